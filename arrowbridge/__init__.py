@@ -1,0 +1,137 @@
+"""arrowbridge: zero-copy exchange of NumPy arrays with Rust ``ndarray`` through Apache Arrow.
+
+>>> import numpy as np, arrowbridge
+>>> x = np.arange(12, dtype=np.float32).reshape(3, 4)
+>>> t = arrowbridge.to_arrow(x)
+>>> t.type
+FixedShapeTensorType(extension<arrow.fixed_shape_tensor[value_type=float, shape=[4]]>)
+>>> np.shares_memory(arrowbridge.to_numpy(t), x)
+True
+>>> arrowbridge.call("normalize", np.array([[3.0, 4.0]]))
+array([[0.6, 0.8]])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from . import _extension, _native
+from ._native import call, kernels
+from .errors import (
+    ArrowBridgeError,
+    ByteOrderError,
+    CopyRequiredError,
+    DTypeMismatchError,
+    InvalidArrowDataError,
+    KernelError,
+    KernelParameterError,
+    MisalignedBufferError,
+    NullValuesError,
+    ShapeError,
+    UnknownKernelError,
+    UnsupportedTypeError,
+)
+
+__version__: str = _native.__version__
+
+_extension.register()
+
+
+def to_arrow(
+    x: Any,
+    *,
+    dim_names: Sequence[str] | None = None,
+    copy: bool | None = None,
+    whole: bool = False,
+) -> pa.Array:
+    """Wraps a NumPy array as a pyarrow array over the same memory.
+
+    A 1-D array becomes a primitive array (``bool`` an ``arrow.bool8`` array); an N-D array a
+    ``pyarrow.FixedShapeTensorArray`` (the canonical ``arrow.fixed_shape_tensor``) whose rows
+    are the array's axis 0. Complex arrays use ``arrowbridge.complex_tensor``.
+
+    Zero-copy whenever the array is one contiguous block with axis 0 outermost: C order, and
+    arrays whose inner axes are transposed (described by the tensor's ``permutation``).
+    Other layouts (Fortran order, ``x[::2]``, misaligned data) are copied, or raise
+    :class:`CopyRequiredError` when ``copy=False``. ``copy=True`` always copies.
+
+    With ``whole=True`` the result has one element holding the whole array (shape and
+    ``permutation`` in the type): zero-copy for a contiguous block in any axis order,
+    Fortran order included. ``to_numpy(result)[0]`` gives the array back.
+
+    ``dim_names`` name the element axes (axes 1.. or, with ``whole=True``, all axes).
+
+    The result keeps ``x`` alive; writing to ``x`` afterwards changes what it holds.
+
+    >>> import numpy as np, arrowbridge
+    >>> x = np.arange(6, dtype=np.int64).reshape(2, 3)
+    >>> arrowbridge.to_arrow(x).to_numpy_ndarray()
+    array([[0, 1, 2],
+           [3, 4, 5]])
+    >>> f = np.asfortranarray(x)
+    >>> arrowbridge.to_arrow(f, whole=True).type.permutation
+    [1, 0]
+    >>> arrowbridge.to_arrow(f, copy=False)
+    Traceback (most recent call last):
+    ...
+    arrowbridge.errors.CopyRequiredError: array of shape [2, 3] and dtype int64: axis 0 is not the outermost axis in memory (Fortran order or a transpose); whole=True keeps it zero-copy; a copy is required but copy=False was given
+    """
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    names = None if dim_names is None else [str(n) for n in dim_names]
+    schema, array = _native.export_array(x, dim_names=names, copy=copy, whole=whole)
+    return pa.Array._import_from_c_capsule(schema, array)
+
+
+def to_numpy(obj: Any, *, copy: bool | None = None) -> np.ndarray:
+    """Converts an Arrow array to a NumPy array over the same memory.
+
+    Accepts pyarrow arrays (``FixedShapeTensorArray`` and ``ChunkedArray`` included), NumPy
+    arrays (returned as they are), and any object with ``__arrow_c_array__`` or
+    ``__arrow_c_stream__`` (nanoarrow, arro3, polars Series, duckdb results, …).
+
+    Zero-copy for a single chunk of a supported type; the result is read-only and keeps its
+    source alive. Several chunks are concatenated, bit-packed ``bool`` is unpacked and
+    misaligned buffers are realigned: each is a copy, which ``copy=False`` turns into
+    :class:`CopyRequiredError` (or :class:`MisalignedBufferError`). ``copy=True`` always
+    returns a fresh, writable C-ordered array. Nulls raise :class:`NullValuesError`.
+
+    >>> import pyarrow as pa, arrowbridge
+    >>> arrowbridge.to_numpy(pa.array([1.5, 2.5]))
+    array([1.5, 2.5])
+    >>> arrowbridge.to_numpy(pa.chunked_array([[1, 2], [3]]))
+    array([1, 2, 3])
+    >>> arrowbridge.to_numpy(pa.array([1, None]))
+    Traceback (most recent call last):
+    ...
+    arrowbridge.errors.NullValuesError: field "" has 1 null value(s); arrowbridge arrays cannot hold nulls (fill or drop them first)
+    """
+    return _native.to_numpy(obj, copy=copy)
+
+
+# Doctests of the functions implemented in Rust.
+__test__ = {"call": call.__doc__, "kernels": kernels.__doc__}
+
+__all__ = [
+    "ArrowBridgeError",
+    "ByteOrderError",
+    "CopyRequiredError",
+    "DTypeMismatchError",
+    "InvalidArrowDataError",
+    "KernelError",
+    "KernelParameterError",
+    "MisalignedBufferError",
+    "NullValuesError",
+    "ShapeError",
+    "UnknownKernelError",
+    "UnsupportedTypeError",
+    "__version__",
+    "call",
+    "kernels",
+    "to_arrow",
+    "to_numpy",
+]

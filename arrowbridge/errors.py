@@ -1,0 +1,70 @@
+"""The exceptions arrowbridge raises.
+
+Every error derives from :class:`ArrowBridgeError`; each subclass also derives from the
+built-in exception a Python user would expect (``ValueError``, ``TypeError``, …), so existing
+``except`` clauses keep working. Messages name the field, dtype, offset or kernel involved.
+"""
+
+
+class ArrowBridgeError(Exception):
+    """Base class of every arrowbridge error."""
+
+
+class NullValuesError(ArrowBridgeError, ValueError):
+    """The Arrow data has null values, which a NumPy array cannot hold."""
+
+
+class MisalignedBufferError(ArrowBridgeError, ValueError):
+    """A data buffer's address is not a multiple of its element's alignment."""
+
+
+class ByteOrderError(ArrowBridgeError, ValueError):
+    """The array is not in this machine's byte order."""
+
+
+class UnsupportedTypeError(ArrowBridgeError, TypeError):
+    """A dtype, Arrow type or Python object that arrowbridge does not carry."""
+
+
+class DTypeMismatchError(ArrowBridgeError, TypeError):
+    """A kernel received an argument of the wrong dtype."""
+
+
+class ShapeError(ArrowBridgeError, ValueError):
+    """A wrong rank, or shapes that do not fit together."""
+
+
+class UnknownKernelError(ArrowBridgeError, LookupError):
+    """No kernel of that name is registered."""
+
+
+class KernelParameterError(ArrowBridgeError, TypeError):
+    """A kernel keyword parameter is unknown or of the wrong type."""
+
+
+class CopyRequiredError(ArrowBridgeError, ValueError):
+    """``copy=False`` was given, but the layout needs a copy."""
+
+
+class InvalidArrowDataError(ArrowBridgeError, ValueError):
+    """Arrow data or metadata that does not describe a valid array."""
+
+
+class KernelError(ArrowBridgeError, RuntimeError):
+    """A kernel failed, or panicked."""
+
+
+__all__ = [
+    "ArrowBridgeError",
+    "ByteOrderError",
+    "CopyRequiredError",
+    "DTypeMismatchError",
+    "InvalidArrowDataError",
+    "KernelError",
+    "KernelParameterError",
+    "MisalignedBufferError",
+    "NullValuesError",
+    "ShapeError",
+    "UnknownKernelError",
+    "UnsupportedTypeError",
+]

@@ -1,0 +1,142 @@
+//! `call` and `kernels`: running registered Rust kernels on arrays from Python.
+
+use std::sync::OnceLock;
+
+use arrowbridge::{ArrowTensor, Error, Param, Params, Registry};
+use numpy::PyUntypedArray;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+
+use crate::convert::input_tensor;
+use crate::errors::BridgeResult;
+use crate::numpy_input::{tensor_from_numpy, Realign, Want};
+use crate::numpy_output::tensor_to_numpy;
+
+/// Inputs of at least this many bytes are processed with the GIL released.
+const RELEASE_GIL_BYTES: usize = 1 << 16;
+
+/// The kernels callable from Python.
+pub fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(Registry::with_builtins)
+}
+
+fn param(name: &str, value: &Bound<'_, PyAny>) -> BridgeResult<Param> {
+    Ok(if value.is_none() {
+        Param::None
+    } else if value.is_instance_of::<PyBool>() {
+        Param::Bool(value.extract()?)
+    } else if value.is_instance_of::<PyInt>() {
+        Param::Int(value.extract()?)
+    } else if value.is_instance_of::<PyFloat>() {
+        Param::Float(value.extract()?)
+    } else if value.is_instance_of::<PyString>() {
+        Param::Str(value.extract()?)
+    } else if value.is_instance_of::<PyList>() || value.is_instance_of::<PyTuple>() {
+        Param::Ints(value.extract().map_err(|_| Error::Param {
+            kernel: String::new(),
+            name: name.into(),
+            message: "lists must hold ints".into(),
+        })?)
+    } else {
+        return Err(Error::Param {
+            kernel: String::new(),
+            name: name.into(),
+            message: format!("unsupported value of type {}", value.get_type().name()?),
+        }
+        .into());
+    })
+}
+
+fn kernel_input(obj: &Bound<'_, PyAny>) -> BridgeResult<ArrowTensor> {
+    if let Ok(array) = obj.cast::<PyUntypedArray>() {
+        return tensor_from_numpy(array, Want::AnyBlock, None, None, Realign::Never);
+    }
+    input_tensor(obj, Want::Rows, None)
+}
+
+fn overlaps(a: &ArrowTensor, b: &ArrowTensor) -> bool {
+    let (a0, b0) = (a.data_ptr() as usize, b.data_ptr() as usize);
+    a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes()
+}
+
+/// call(kernel, /, *arrays, **params)
+/// --
+///
+/// Runs the registered Rust kernel `kernel` on `arrays` and returns its result.
+///
+/// Inputs may be NumPy arrays (a contiguous block in any axis order reaches the kernel
+/// without a copy, as a view with the same strides; other layouts are copied first), pyarrow
+/// arrays, or any object with ``__arrow_c_array__`` or ``__arrow_c_stream__``. Outputs are
+/// NumPy arrays over Rust-owned memory (no copy); an output that shares an input's memory is
+/// read-only. The GIL is released while the kernel runs (for inputs of 64 KiB or more). One output is returned as an array,
+/// several as a tuple.
+///
+/// >>> import numpy as np, arrowbridge
+/// >>> arrowbridge.call("sum", np.arange(6.0).reshape(2, 3), axis=1)
+/// array([ 3., 12.])
+/// >>> x = np.ones((2, 3), order="F")
+/// >>> np.shares_memory(arrowbridge.call("identity", x), x)
+/// True
+#[pyfunction]
+#[pyo3(signature = (kernel, /, *arrays, **params))]
+pub fn call<'py>(
+    py: Python<'py>,
+    kernel: &str,
+    arrays: &Bound<'py, PyTuple>,
+    params: Option<&Bound<'py, PyDict>>,
+) -> BridgeResult<Bound<'py, PyAny>> {
+    let kernel = registry().get(kernel)?;
+    let inputs = arrays
+        .iter()
+        .map(|a| kernel_input(&a))
+        .collect::<BridgeResult<Vec<_>>>()?;
+    let params = match params {
+        None => Params::default(),
+        Some(dict) => Params::new(
+            dict.iter()
+                .map(|(k, v)| {
+                    let name: String = k.extract()?;
+                    let value = param(&name, &v)?;
+                    Ok((name, value))
+                })
+                .collect::<BridgeResult<Vec<_>>>()?,
+        ),
+    };
+    // Like NumPy, keep the GIL for work too small to amortize releasing it.
+    let work: usize = inputs.iter().map(ArrowTensor::nbytes).sum();
+    let outputs = if work >= RELEASE_GIL_BYTES {
+        py.detach(|| kernel.call(&inputs, params))?
+    } else {
+        kernel.call(&inputs, params)?
+    };
+    let mut results = outputs
+        .iter()
+        .map(|out| {
+            let shared = inputs.iter().any(|input| overlaps(out, input));
+            tensor_to_numpy(py, out, !shared)
+        })
+        .collect::<BridgeResult<Vec<_>>>()?;
+    Ok(if results.len() == 1 {
+        results.pop().expect("one result")
+    } else {
+        PyTuple::new(py, results)?.into_any()
+    })
+}
+
+/// kernels()
+/// --
+///
+/// The registered kernels: a dict from name to signature.
+///
+/// >>> import arrowbridge
+/// >>> sorted(arrowbridge.kernels())
+/// ['add', 'identity', 'matmul', 'normalize', 'sum']
+#[pyfunction]
+pub fn kernels(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let dict = PyDict::new(py);
+    for kernel in registry().iter() {
+        dict.set_item(kernel.name, kernel.signature)?;
+    }
+    Ok(dict)
+}

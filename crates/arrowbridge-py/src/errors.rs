@@ -1,0 +1,76 @@
+//! Maps [`arrowbridge::Error`] onto the exception classes of `arrowbridge.errors`.
+
+use arrowbridge::Error;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyType;
+
+/// An error on its way to Python: one of ours, or one Python already raised.
+pub enum BridgeError {
+    Core(Error),
+    Python(PyErr),
+}
+
+/// `Result` of the binding layer.
+pub type BridgeResult<T> = Result<T, BridgeError>;
+
+impl From<Error> for BridgeError {
+    fn from(e: Error) -> Self {
+        BridgeError::Core(e)
+    }
+}
+
+impl From<PyErr> for BridgeError {
+    fn from(e: PyErr) -> Self {
+        BridgeError::Python(e)
+    }
+}
+
+impl From<pyo3::CastError<'_, '_>> for BridgeError {
+    fn from(e: pyo3::CastError<'_, '_>) -> Self {
+        BridgeError::Python(e.into())
+    }
+}
+
+impl From<arrow_schema::ArrowError> for BridgeError {
+    fn from(e: arrow_schema::ArrowError) -> Self {
+        BridgeError::Core(Error::Arrow(e))
+    }
+}
+
+/// The name of the `arrowbridge.errors` class that reports `e`.
+fn class_name(e: &Error) -> &'static str {
+    match e {
+        Error::Nulls { .. } => "NullValuesError",
+        Error::Misaligned { .. } => "MisalignedBufferError",
+        Error::ByteOrder { .. } => "ByteOrderError",
+        Error::UnsupportedType { .. } => "UnsupportedTypeError",
+        Error::DType { .. } => "DTypeMismatchError",
+        Error::Shape { .. } => "ShapeError",
+        Error::UnknownKernel { .. } => "UnknownKernelError",
+        Error::Param { .. } => "KernelParameterError",
+        Error::CopyRequired { .. } => "CopyRequiredError",
+        Error::Kernel { .. } => "KernelError",
+        Error::InvalidData { .. } | Error::Arrow(_) => "InvalidArrowDataError",
+        _ => "ArrowBridgeError",
+    }
+}
+
+impl From<BridgeError> for PyErr {
+    fn from(e: BridgeError) -> PyErr {
+        match e {
+            BridgeError::Python(err) => err,
+            BridgeError::Core(err) => Python::attach(|py| {
+                static ERRORS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+                let class = ERRORS
+                    .get_or_try_init(py, || py.import("arrowbridge.errors").map(Bound::unbind))
+                    .and_then(|module| module.bind(py).getattr(class_name(&err)))
+                    .and_then(|class| class.cast_into::<PyType>().map_err(PyErr::from));
+                match class {
+                    Ok(class) => PyErr::from_type(class, err.to_string()),
+                    Err(import_error) => import_error,
+                }
+            }),
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! Python bindings of arrowbridge. This file only registers; each exposed piece lives in a
+//! file of its own.
+
+mod call;
+mod capsule;
+mod convert;
+mod direct;
+mod errors;
+mod numpy_input;
+mod numpy_output;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(call::call, m)?)?;
+    m.add_function(wrap_pyfunction!(call::kernels, m)?)?;
+    m.add_function(wrap_pyfunction!(convert::export_array, m)?)?;
+    m.add_function(wrap_pyfunction!(convert::to_numpy, m)?)?;
+    m.add_function(wrap_pyfunction!(convert::data_address, m)?)?;
+    m.add_function(wrap_pyfunction!(direct::rust_numpy_identity, m)?)?;
+    m.add_class::<numpy_output::ArrowMemory>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! The kernel registry: Rust functions over `ndarray` views, callable by name from every
+//! transport.
+//!
+//! A kernel is an ordinary function `fn(&[ArrowTensor], &Params) -> Result<Vec<ArrowTensor>>`.
+//! It takes views of its inputs with [`ArrowTensor::view`] or [`ArrowTensor::dyn_view`],
+//! computes with `ndarray`, and returns owned arrays through [`ArrowTensor::from_array`]
+//! (no copy) — or returns an input unchanged, which shares its memory.
+//!
+//! ```
+//! use arrowbridge::{ArrowTensor, Kernel, Params, Registry, Result};
+//! use ndarray::ArrayD;
+//!
+//! /// Doubles a float64 array.
+//! fn double(args: &[ArrowTensor], _params: &Params) -> Result<Vec<ArrowTensor>> {
+//!     let x = args[0].view::<f64>()?;
+//!     Ok(vec![ArrowTensor::from_array(x.mapv(|v| 2.0 * v))])
+//! }
+//!
+//! let mut registry = Registry::with_builtins();
+//! registry.register(Kernel::new("double", "double(x: float64[...]) -> float64[...]", double).arity(1))?;
+//! let x = ArrowTensor::from_array(ArrayD::from_elem(vec![2, 2], 1.5f64));
+//! let out = registry.call("double", &[x], Params::default())?;
+//! assert_eq!(out[0].view::<f64>()?.sum(), 12.0);
+//! # Ok::<(), arrowbridge::Error>(())
+//! ```
+
+mod builtin;
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::error::{Error, Result};
+use crate::tensor::ArrowTensor;
+
+/// The signature every kernel has.
+pub type KernelFn = fn(&[ArrowTensor], &Params) -> Result<Vec<ArrowTensor>>;
+
+/// A registered kernel: its function and what users see of it.
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    /// The name callers use.
+    pub name: &'static str,
+    /// A one-line signature, e.g. `"add(a: numeric[...], b: numeric[...]) -> numeric[...]"`.
+    pub signature: &'static str,
+    /// Names of the keyword parameters the kernel accepts; others are rejected.
+    pub params: &'static [&'static str],
+    /// How many arrays the kernel takes (`None`: one or more).
+    pub arity: Option<usize>,
+    /// The function.
+    pub func: KernelFn,
+}
+
+impl Kernel {
+    /// A kernel with no keyword parameters that takes one or more arrays.
+    pub fn new(name: &'static str, signature: &'static str, func: KernelFn) -> Self {
+        Kernel {
+            name,
+            signature,
+            params: &[],
+            arity: None,
+            func,
+        }
+    }
+
+    /// Declares the keyword parameters the kernel accepts.
+    pub fn params(mut self, params: &'static [&'static str]) -> Self {
+        self.params = params;
+        self
+    }
+
+    /// Declares how many arrays the kernel takes.
+    pub fn arity(mut self, arity: usize) -> Self {
+        self.arity = Some(arity);
+        self
+    }
+}
+
+/// A keyword parameter's value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Param {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Ints(Vec<i64>),
+}
+
+/// The keyword parameters of one call.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Params {
+    kernel: &'static str,
+    values: BTreeMap<String, Param>,
+}
+
+impl Params {
+    /// Parameters from name/value pairs.
+    pub fn new(values: impl IntoIterator<Item = (String, Param)>) -> Self {
+        Params {
+            kernel: "",
+            values: values.into_iter().collect(),
+        }
+    }
+
+    /// The raw value of a parameter, if given (and not `None`).
+    pub fn get(&self, name: &str) -> Option<&Param> {
+        self.values.get(name).filter(|p| **p != Param::None)
+    }
+
+    /// An integer parameter.
+    pub fn int(&self, name: &str) -> Result<Option<i64>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Param::Int(v)) => Ok(Some(*v)),
+            Some(other) => Err(self.error(name, format!("expected an int, got {other:?}"))),
+        }
+    }
+
+    /// A float parameter (ints are accepted).
+    pub fn float(&self, name: &str) -> Result<Option<f64>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Param::Float(v)) => Ok(Some(*v)),
+            Some(Param::Int(v)) => Ok(Some(*v as f64)),
+            Some(other) => Err(self.error(name, format!("expected a float, got {other:?}"))),
+        }
+    }
+
+    /// An error about parameter `name` of this call's kernel.
+    pub fn error(&self, name: &str, message: impl Into<String>) -> Error {
+        Error::Param {
+            kernel: self.kernel.to_string(),
+            name: name.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// Names of the given parameters.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.values.keys().map(String::as_str)
+    }
+}
+
+/// Kernels by name.
+#[derive(Clone, Debug, Default)]
+pub struct Registry {
+    kernels: BTreeMap<&'static str, Kernel>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A registry holding the built-in kernels: `identity`, `sum`, `add`, `matmul`,
+    /// `normalize`.
+    pub fn with_builtins() -> Self {
+        let mut registry = Self::new();
+        for kernel in builtin::kernels() {
+            registry
+                .register(kernel)
+                .expect("built-in kernel names are unique");
+        }
+        registry
+    }
+
+    /// Adds a kernel; a name that is taken is an error.
+    pub fn register(&mut self, kernel: Kernel) -> Result<()> {
+        if self.kernels.contains_key(kernel.name) {
+            return Err(Error::kernel(kernel.name, "a kernel of this name is already registered"));
+        }
+        self.kernels.insert(kernel.name, kernel);
+        Ok(())
+    }
+
+    /// The kernel called `name`.
+    pub fn get(&self, name: &str) -> Result<&Kernel> {
+        self.kernels.get(name).ok_or_else(|| Error::UnknownKernel {
+            name: name.to_string(),
+            available: self.kernels.keys().copied().collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// All kernels, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Kernel> {
+        self.kernels.values()
+    }
+
+    /// Runs kernel `name` on `inputs`. Unknown parameters, a wrong number of inputs and a
+    /// panic inside the kernel all come back as errors.
+    pub fn call(&self, name: &str, inputs: &[ArrowTensor], params: Params) -> Result<Vec<ArrowTensor>> {
+        self.get(name)?.call(inputs, params)
+    }
+}
+
+impl Kernel {
+    /// Runs the kernel on `inputs`. Unknown parameters, a wrong number of inputs and a panic
+    /// inside the kernel all come back as errors.
+    pub fn call(&self, inputs: &[ArrowTensor], mut params: Params) -> Result<Vec<ArrowTensor>> {
+        let name = self.name;
+        params.kernel = name;
+        if let Some(unknown) = params.names().find(|p| !self.params.contains(p)) {
+            return Err(params.error(
+                unknown,
+                format!("unknown parameter; {} accepts {:?}", self.signature, self.params),
+            ));
+        }
+        match self.arity {
+            Some(n) if inputs.len() != n => {
+                return Err(Error::kernel(name, format!("takes {n} array(s), {} given; {}", inputs.len(), self.signature)))
+            }
+            None if inputs.is_empty() => {
+                return Err(Error::kernel(name, format!("takes at least one array; {}", self.signature)))
+            }
+            _ => {}
+        }
+        catch_unwind(AssertUnwindSafe(|| (self.func)(inputs, &params))).unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic payload".into());
+            Err(Error::kernel(name, format!("panicked: {message}")))
+        })
+    }
+}
+
+/// The error for an argument of the wrong dtype.
+pub fn dtype_error(kernel: &str, arg: usize, expected: &str, got: &ArrowTensor) -> Error {
+    Error::DType {
+        kernel: kernel.to_string(),
+        arg,
+        expected: expected.to_string(),
+        got: got.dtype().name(),
+    }
+}
