@@ -78,7 +78,7 @@ def to_arrow(
     >>> arrowbridge.to_arrow(f, copy=False)
     Traceback (most recent call last):
     ...
-    arrowbridge.errors.CopyRequiredError: array of shape [2, 3] and dtype int64: axis 0 is not the outermost axis in memory (Fortran order or a transpose); whole=True keeps it zero-copy; a copy is required but copy=False was given
+    arrowbridge.errors.CopyRequiredError: array of shape (2, 3) and dtype int64: axis 0 is not ...
     """
     if not isinstance(x, np.ndarray):
         x = np.asarray(x)
@@ -108,7 +108,7 @@ def to_numpy(obj: Any, *, copy: bool | None = None) -> np.ndarray:
     >>> arrowbridge.to_numpy(pa.array([1, None]))
     Traceback (most recent call last):
     ...
-    arrowbridge.errors.NullValuesError: field "" has 1 null value(s); arrowbridge arrays cannot hold nulls (fill or drop them first)
+    arrowbridge.errors.NullValuesError: field "" has 1 null value(s); ...
     """
     return _native.to_numpy(obj, copy=copy)
 

@@ -22,7 +22,11 @@ class ComplexTensorType(pa.ExtensionType):
     """Complex tensors of a fixed shape, stored as interleaved (re, im) floats."""
 
     def __init__(self, value_type, shape, permutation=None, dim_names=None):
-        value_type = pa.from_numpy_dtype(value_type) if not isinstance(value_type, pa.DataType) else value_type
+        value_type = (
+            pa.from_numpy_dtype(value_type)
+            if not isinstance(value_type, pa.DataType)
+            else value_type
+        )
         if value_type not in (pa.float32(), pa.float64()):
             raise TypeError(f"complex tensors store float32 or float64 values, not {value_type}")
         self.value_type = value_type
@@ -43,7 +47,9 @@ class ComplexTensorType(pa.ExtensionType):
     @classmethod
     def __arrow_ext_deserialize__(cls, storage_type, serialized):
         meta = json.loads(serialized.decode())
-        return cls(storage_type.value_type, meta["shape"], meta.get("permutation"), meta.get("dim_names"))
+        return cls(
+            storage_type.value_type, meta["shape"], meta.get("permutation"), meta.get("dim_names")
+        )
 
     def __reduce__(self):
         return ComplexTensorType, (self.value_type, self.shape, self.permutation, self.dim_names)

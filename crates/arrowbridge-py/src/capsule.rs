@@ -49,7 +49,12 @@ fn imported_addresses(data: &ArrayData, out: &mut Vec<usize>) {
 /// # Safety
 /// `array` must point to a valid, unreleased `ArrowArray` described by `schema`; it is moved
 /// out (and left released).
-unsafe fn import_array(array: *mut FFI_ArrowArray, schema: &FFI_ArrowSchema, field: &Field, allow_copy: bool) -> BridgeResult<ArrayData> {
+unsafe fn import_array(
+    array: *mut FFI_ArrowArray,
+    schema: &FFI_ArrowSchema,
+    field: &Field,
+    allow_copy: bool,
+) -> BridgeResult<ArrayData> {
     let mut before = Vec::new();
     // SAFETY: the caller guarantees `array` is valid.
     buffer_addresses(unsafe { &*array }, &mut before);
@@ -64,7 +69,11 @@ unsafe fn import_array(array: *mut FFI_ArrowArray, schema: &FFI_ArrowSchema, fie
             let align = data
                 .data_type()
                 .primitive_width()
-                .or_else(|| data.child_data().first().and_then(|c| c.data_type().primitive_width()))
+                .or_else(|| {
+                    data.child_data()
+                        .first()
+                        .and_then(|c| c.data_type().primitive_width())
+                })
                 .unwrap_or(8);
             return Err(Error::Misaligned {
                 what: format!("field {:?}", field.name()),
@@ -117,7 +126,10 @@ pub fn import_c_stream(obj: &Bound<'_, PyAny>, allow_copy: bool) -> BridgeResult
             // SAFETY: a non-null error is a NUL-terminated string owned by the producer.
             .map(|p| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
             .unwrap_or_default();
-        Error::invalid("Arrow stream", format!("producer failed with code {code}: {message}"))
+        Error::invalid(
+            "Arrow stream",
+            format!("producer failed with code {code}: {message}"),
+        )
     };
     let mut schema = FFI_ArrowSchema::empty();
     let get_schema = stream
@@ -150,7 +162,11 @@ pub fn import_c_stream(obj: &Bound<'_, PyAny>, allow_copy: bool) -> BridgeResult
 }
 
 /// Exports `tensor` as the (schema, array) capsule pair of the PyCapsule interface.
-pub fn export_tensor<'py>(py: Python<'py>, tensor: &ArrowTensor, name: &str) -> BridgeResult<Bound<'py, PyTuple>> {
+pub fn export_tensor<'py>(
+    py: Python<'py>,
+    tensor: &ArrowTensor,
+    name: &str,
+) -> BridgeResult<Bound<'py, PyTuple>> {
     let schema = FFI_ArrowSchema::try_from(&tensor.field(name))?;
     let array = FFI_ArrowArray::new(&tensor.data());
     let schema = PyCapsule::new_with_value(py, schema, SCHEMA)?;

@@ -13,7 +13,11 @@ use crate::numpy_output::tensor_to_numpy;
 
 /// Any array-like input as a tensor: NumPy arrays are wrapped in place (`want` says which
 /// layouts), Arrow producers are imported through the PyCapsule interface.
-pub fn input_tensor(obj: &Bound<'_, PyAny>, want: Want, copy: CopyPolicy) -> BridgeResult<ArrowTensor> {
+pub fn input_tensor(
+    obj: &Bound<'_, PyAny>,
+    want: Want,
+    copy: CopyPolicy,
+) -> BridgeResult<ArrowTensor> {
     let py = obj.py();
     if let Ok(array) = obj.cast::<PyUntypedArray>() {
         return tensor_from_numpy(array, want, copy, None, Realign::IfCopyAllowed);

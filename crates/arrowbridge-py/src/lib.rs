@@ -8,6 +8,7 @@ mod direct;
 mod errors;
 mod numpy_input;
 mod numpy_output;
+mod testing;
 
 use pyo3::prelude::*;
 
@@ -19,6 +20,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(convert::to_numpy, m)?)?;
     m.add_function(wrap_pyfunction!(convert::data_address, m)?)?;
     m.add_function(wrap_pyfunction!(direct::rust_numpy_identity, m)?)?;
+    m.add_function(wrap_pyfunction!(testing::panic_in_kernel, m)?)?;
     m.add_class::<numpy_output::ArrowMemory>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

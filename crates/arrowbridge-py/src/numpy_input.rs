@@ -12,7 +12,22 @@ use pyo3::prelude::*;
 use crate::errors::BridgeResult;
 
 /// Keeps a NumPy array (and so its memory) alive while Arrow buffers point into it.
-struct NumpyOwner(#[allow(dead_code)] Py<PyAny>);
+struct NumpyOwner(Option<Py<PyAny>>);
+
+impl Drop for NumpyOwner {
+    fn drop(&mut self) {
+        let Some(array) = self.0.take() else { return };
+        // Arrow consumers (pyarrow's C++ among them) release buffers with the GIL held but
+        // outside any PyO3 call; PyO3 would then defer the decref until our next call. When
+        // this thread holds the GIL, release the array now so its refcount is exact.
+        // SAFETY: PyGILState_Check only reads this thread's state.
+        if unsafe { pyo3::ffi::PyGILState_Check() } == 1 {
+            // SAFETY: the GIL is held, and `into_ptr` hands over the one owned reference.
+            unsafe { pyo3::ffi::Py_DecRef(array.into_ptr()) };
+        }
+        // Otherwise `array` drops here and PyO3 decrefs it once a thread holds the GIL.
+    }
+}
 
 // The owner is only ever dropped, never read, so a panic cannot observe it half-updated.
 impl std::panic::RefUnwindSafe for NumpyOwner {}
@@ -85,7 +100,11 @@ pub fn numpy_dtype(descr: &Bound<'_, PyArrayDescr>) -> BridgeResult<DType> {
             // `str` is e.g. "<M8[ns]"; the unit is what DType::from_name parses.
             let s: String = descr.getattr("str")?.extract()?;
             let unit = s.split_once('[').map(|(_, u)| u).unwrap_or("]");
-            let base = if descr.kind() == b'M' { "datetime64" } else { "timedelta64" };
+            let base = if descr.kind() == b'M' {
+                "datetime64"
+            } else {
+                "timedelta64"
+            };
             DType::from_name(&format!("{base}[{unit}")).map_err(|_| unsupported())?
         }
         _ => return Err(unsupported().into()),
@@ -106,7 +125,7 @@ pub fn tensor_from_numpy(
     let shape = array.shape().to_vec();
     let data = data_address(array) as *mut u8;
     let order = block_order(&shape, array.strides(), dtype.itemsize());
-    let aligned = array.is_empty() || data as usize % dtype.alignment() == 0;
+    let aligned = array.is_empty() || (data as usize).is_multiple_of(dtype.alignment());
     if !aligned && realign == Realign::Never {
         return Err(Error::Misaligned {
             what: format!("array of dtype {dtype}"),
@@ -137,13 +156,15 @@ pub fn tensor_from_numpy(
                     Buffer::from_custom_allocation(
                         ptr,
                         nbytes,
-                        Arc::new(NumpyOwner(array.clone().into_any().unbind())),
+                        Arc::new(NumpyOwner(Some(array.clone().into_any().unbind()))),
                     )
                 },
                 _ => Buffer::from_vec(Vec::<u8>::new()),
             };
             let form = form(&order);
-            Ok(ArrowTensor::from_buffer(buffer, dtype, shape, order, form, dim_names)?)
+            Ok(ArrowTensor::from_buffer(
+                buffer, dtype, shape, order, form, dim_names,
+            )?)
         }
         (layout, aligned, Some(false)) => {
             let reason = if !aligned {
@@ -152,13 +173,18 @@ pub fn tensor_from_numpy(
                     data as usize,
                     dtype.alignment()
                 )
-            } else if layout.is_none() && block_order(&shape, array.strides(), dtype.itemsize()).is_some() {
+            } else if layout.is_none()
+                && block_order(&shape, array.strides(), dtype.itemsize()).is_some()
+            {
                 "axis 0 is not the outermost axis in memory (Fortran order or a transpose); whole=True keeps it zero-copy".to_string()
             } else {
-                format!("strides {:?} do not describe one contiguous block", array.strides())
+                format!(
+                    "strides {} do not describe one contiguous block",
+                    py_tuple(array.strides())
+                )
             };
             Err(Error::CopyRequired {
-                what: format!("array of shape {shape:?} and dtype {dtype}"),
+                what: format!("array of shape {} and dtype {dtype}", py_tuple(&shape)),
                 reason,
             }
             .into())
@@ -171,7 +197,9 @@ pub fn tensor_from_numpy(
 }
 
 /// A C-ordered, aligned copy of `array`.
-pub fn c_order_copy<'py>(array: &Bound<'py, PyUntypedArray>) -> PyResult<Bound<'py, PyUntypedArray>> {
+pub fn c_order_copy<'py>(
+    array: &Bound<'py, PyUntypedArray>,
+) -> PyResult<Bound<'py, PyUntypedArray>> {
     let py = array.py();
     // SAFETY: PyArray_NewCopy takes a borrowed ndarray and returns a new reference (or NULL
     // with an exception set), which from_owned_ptr_or_err takes over.
@@ -180,4 +208,18 @@ pub fn c_order_copy<'py>(array: &Bound<'py, PyUntypedArray>) -> PyResult<Bound<'
         Bound::from_owned_ptr_or_err(py, ptr)?
     };
     Ok(copy.cast_into::<PyUntypedArray>()?)
+}
+
+/// Formats dimensions the way Python prints a shape: `(5, 3)`, `(7,)`, `()`.
+pub fn py_tuple<T: std::fmt::Display>(dims: &[T]) -> String {
+    match dims {
+        [one] => format!("({one},)"),
+        _ => format!(
+            "({})",
+            dims.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }

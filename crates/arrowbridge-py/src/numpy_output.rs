@@ -33,7 +33,11 @@ impl ArrowMemory {
     }
 
     fn __repr__(&self) -> String {
-        format!("<ArrowMemory of {} bytes at {:#x}>", self.nbytes(), self.address())
+        format!(
+            "<ArrowMemory of {} bytes at {:#x}>",
+            self.nbytes(),
+            self.address()
+        )
     }
 }
 
@@ -57,11 +61,19 @@ fn descr(py: Python<'_>, dtype: DType) -> PyResult<Bound<'_, PyArrayDescr>> {
 }
 
 /// A NumPy array viewing `tensor`'s memory; its `base` keeps the memory alive.
-pub fn tensor_to_numpy<'py>(py: Python<'py>, tensor: &ArrowTensor, writeable: bool) -> BridgeResult<Bound<'py, PyAny>> {
+pub fn tensor_to_numpy<'py>(
+    py: Python<'py>,
+    tensor: &ArrowTensor,
+    writeable: bool,
+) -> BridgeResult<Bound<'py, PyAny>> {
     let descr = descr(py, tensor.dtype())?;
     let ndim = tensor.shape().len();
     if ndim > MAX_DIMS {
-        return Err(arrowbridge::Error::shape("NumPy array", format!("{ndim} dimensions; NumPy allows at most {MAX_DIMS}")).into());
+        return Err(arrowbridge::Error::shape(
+            "NumPy array",
+            format!("{ndim} dimensions; NumPy allows at most {MAX_DIMS}"),
+        )
+        .into());
     }
     let mut dims = [0 as npy_intp; MAX_DIMS];
     let mut strides = [0 as npy_intp; MAX_DIMS];
@@ -70,7 +82,12 @@ pub fn tensor_to_numpy<'py>(py: Python<'py>, tensor: &ArrowTensor, writeable: bo
     }
     tensor.byte_strides_into(&mut strides[..ndim]);
     let flags: c_int = if writeable { NPY_ARRAY_WRITEABLE } else { 0 };
-    let base = Bound::new(py, ArrowMemory { buffer: tensor.values().clone() })?;
+    let base = Bound::new(
+        py,
+        ArrowMemory {
+            buffer: tensor.values().clone(),
+        },
+    )?;
     // SAFETY: `descr` is a valid dtype; NewFromDescr steals a reference to it, so one is
     // added first. dims and strides describe `tensor.len()` elements inside the Arrow buffers
     // starting at data_ptr (ArrowTensor checked this); NumPy does not own the data and the

@@ -208,6 +208,13 @@ impl DType {
             DataType::Float64 => DType::Float64,
             DataType::Timestamp(u, None) => DType::Datetime64(*u),
             DataType::Duration(u) => DType::Timedelta64(*u),
+            DataType::Timestamp(_, Some(tz)) => {
+                return Err(Error::UnsupportedType {
+                    what: what.to_string(),
+                    kind: "Arrow type",
+                    name: format!("{data_type} (a time zone, {tz:?}, has no NumPy datetime64 equivalent: cast to a timestamp without time zone first)"),
+                })
+            }
             other => {
                 return Err(Error::UnsupportedType {
                     what: what.to_string(),

@@ -35,10 +35,7 @@ pub fn block_order(shape: &[usize], strides: &[isize], itemsize: usize) -> Optio
     // Put each length-1 axis right after the nearest preceding logical axis already placed.
     let mut order = big;
     for a in (0..shape.len()).filter(|&a| shape[a] <= 1) {
-        let pos = order
-            .iter()
-            .rposition(|&b| b < a)
-            .map_or(0, |p| p + 1);
+        let pos = order.iter().rposition(|&b| b < a).map_or(0, |p| p + 1);
         order.insert(pos, a);
     }
     Some(order)
@@ -114,7 +111,10 @@ mod tests {
 
     #[test]
     fn length_one_axes_do_not_break_c_order() {
-        assert_eq!(block_order(&[1, 5, 1], &[999, 8, -7], 8), Some(vec![0, 1, 2]));
+        assert_eq!(
+            block_order(&[1, 5, 1], &[999, 8, -7], 8),
+            Some(vec![0, 1, 2])
+        );
         assert_eq!(block_order(&[3, 1], &[1, 24], 1), Some(vec![0, 1]));
     }
 

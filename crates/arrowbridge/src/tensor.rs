@@ -62,18 +62,17 @@ impl TensorMetadata {
     /// assert!(TensorMetadata::parse(r#"{"shape":[2],"permutations":[0]}"#).is_err());
     /// ```
     pub fn parse(json: &str) -> Result<Self> {
-        let meta: TensorMetadata = serde_json::from_str(json).map_err(|e| {
-            Error::invalid(
-                "tensor extension metadata",
-                format!("{e} in {json:?}"),
-            )
-        })?;
+        let meta: TensorMetadata = serde_json::from_str(json)
+            .map_err(|e| Error::invalid("tensor extension metadata", format!("{e} in {json:?}")))?;
         let n = meta.shape.len();
         if let Some(p) = &meta.permutation {
             if p.len() != n || !is_permutation(p) {
                 return Err(Error::invalid(
                     "tensor extension metadata",
-                    format!("permutation {p:?} is not a permutation of the {n} axes of shape {:?}", meta.shape),
+                    format!(
+                        "permutation {p:?} is not a permutation of the {n} axes of shape {:?}",
+                        meta.shape
+                    ),
                 ));
             }
         }
@@ -181,7 +180,10 @@ impl ArrowTensor {
         let what = "array";
         let ndim = shape.len();
         if order.len() != ndim || !is_permutation(&order) {
-            return Err(Error::invalid(what, format!("axis order {order:?} for shape {shape:?}")));
+            return Err(Error::invalid(
+                what,
+                format!("axis order {order:?} for shape {shape:?}"),
+            ));
         }
         let form = if ndim == 0 { Form::Element } else { form };
         if form == Form::Rows && order[0] != 0 {
@@ -192,7 +194,10 @@ impl ArrowTensor {
             if names.len() != element_axes {
                 return Err(Error::shape(
                     "dim_names",
-                    format!("{} names given for {element_axes} element axes of shape {shape:?}", names.len()),
+                    format!(
+                        "{} names given for {element_axes} element axes of shape {shape:?}",
+                        names.len()
+                    ),
                 ));
             }
         }
@@ -204,8 +209,12 @@ impl ArrowTensor {
                 format!("buffer of {} bytes holds fewer than the {nbytes} bytes of shape {shape:?} {dtype}", buffer.len()),
             ));
         }
-        if count > 0 && buffer.as_ptr() as usize % dtype.alignment() != 0 {
-            return Err(misaligned(what, buffer.as_ptr() as usize, dtype.alignment()));
+        if count > 0 && !(buffer.as_ptr() as usize).is_multiple_of(dtype.alignment()) {
+            return Err(misaligned(
+                what,
+                buffer.as_ptr() as usize,
+                dtype.alignment(),
+            ));
         }
         let tensor = ArrowTensor {
             dtype,
@@ -357,8 +366,17 @@ impl ArrowTensor {
 
     /// The values buffer of primitive `leaf` data, from value `start` for `count` elements
     /// of `dtype`; checks length and alignment.
-    fn leaf_values(leaf: &ArrayData, start: usize, dtype: DType, count: usize, what: &str) -> Result<Buffer> {
-        let value_size = dtype.storage_type().primitive_width().expect("primitive storage");
+    fn leaf_values(
+        leaf: &ArrayData,
+        start: usize,
+        dtype: DType,
+        count: usize,
+        what: &str,
+    ) -> Result<Buffer> {
+        let value_size = dtype
+            .storage_type()
+            .primitive_width()
+            .expect("primitive storage");
         let buffer = leaf
             .buffers()
             .first()
@@ -367,14 +385,20 @@ impl ArrowTensor {
             .checked_mul(value_size)
             .ok_or_else(|| Error::invalid(what, "offset overflows"))?;
         let nbytes = count * dtype.itemsize();
-        if offset.checked_add(nbytes).is_none_or(|end| end > buffer.len()) {
+        if offset
+            .checked_add(nbytes)
+            .is_none_or(|end| end > buffer.len())
+        {
             return Err(Error::invalid(
                 what,
-                format!("{nbytes} bytes of data expected at byte offset {offset}, the buffer holds {}", buffer.len()),
+                format!(
+                    "{nbytes} bytes of data expected at byte offset {offset}, the buffer holds {}",
+                    buffer.len()
+                ),
             ));
         }
         let address = buffer.as_ptr() as usize + offset;
-        if nbytes > 0 && address % dtype.alignment() != 0 {
+        if nbytes > 0 && !address.is_multiple_of(dtype.alignment()) {
             return Err(misaligned(what, address, dtype.alignment()));
         }
         Ok(buffer.slice_with_length(offset, nbytes))
@@ -513,7 +537,12 @@ impl ArrowTensor {
 
     /// The Arrow data: a primitive array, or a `fixed_size_list` whose rows are the elements.
     pub fn data(&self) -> ArrayData {
-        let values = self.values.len() / self.dtype.storage_type().primitive_width().expect("primitive storage");
+        let values = self.values.len()
+            / self
+                .dtype
+                .storage_type()
+                .primitive_width()
+                .expect("primitive storage");
         // SAFETY: `values` holds exactly `values` storage values, aligned (checked when the
         // tensor was made); no validity buffer and no offset.
         let leaf = unsafe {
@@ -532,10 +561,13 @@ impl ArrowTensor {
                 // SAFETY: `rows * size` is the child's length (the product of the shape,
                 // times two for complex), and the list has no validity buffer.
                 unsafe {
-                    ArrayData::builder(DataType::FixedSizeList(Arc::new(value_field(self.dtype)), size))
-                        .len(rows)
-                        .add_child_data(leaf)
-                        .build_unchecked()
+                    ArrayData::builder(DataType::FixedSizeList(
+                        Arc::new(value_field(self.dtype)),
+                        size,
+                    ))
+                    .len(rows)
+                    .add_child_data(leaf)
+                    .build_unchecked()
                 }
             }
         }

@@ -12,14 +12,36 @@ use crate::view::DynView;
 
 pub(super) fn kernels() -> Vec<Kernel> {
     vec![
-        Kernel::new("identity", "identity(*arrays) -> arrays, sharing their memory", identity),
-        Kernel::new("sum", "sum(x: numeric[...], axis: int | None = None) -> numeric[...]", sum)
-            .params(&["axis"])
-            .arity(1),
-        Kernel::new("add", "add(a: numeric[...], b: numeric[...]) -> numeric[...] (broadcasting)", add).arity(2),
-        Kernel::new("matmul", "matmul(a: float[n, k], b: float[k, m]) -> float[n, m]", matmul).arity(2),
-        Kernel::new("normalize", "normalize(x: float[n, d]) -> float[n, d], each row scaled to unit L2 norm", normalize)
-            .arity(1),
+        Kernel::new(
+            "identity",
+            "identity(*arrays) -> arrays, sharing their memory",
+            identity,
+        ),
+        Kernel::new(
+            "sum",
+            "sum(x: numeric[...], axis: int | None = None) -> numeric[...]",
+            sum,
+        )
+        .params(&["axis"])
+        .arity(1),
+        Kernel::new(
+            "add",
+            "add(a: numeric[...], b: numeric[...]) -> numeric[...] (broadcasting)",
+            add,
+        )
+        .arity(2),
+        Kernel::new(
+            "matmul",
+            "matmul(a: float[n, k], b: float[k, m]) -> float[n, m]",
+            matmul,
+        )
+        .arity(2),
+        Kernel::new(
+            "normalize",
+            "normalize(x: float[n, d]) -> float[n, d], each row scaled to unit L2 norm",
+            normalize,
+        )
+        .arity(1),
     ]
 }
 
@@ -33,7 +55,10 @@ fn resolve_axis(axis: i64, ndim: usize, params: &Params) -> Result<usize> {
     if (0..ndim as i64).contains(&resolved) {
         Ok(resolved as usize)
     } else {
-        Err(params.error("axis", format!("axis {axis} is out of bounds for an array of {ndim} dimension(s)")))
+        Err(params.error(
+            "axis",
+            format!("axis {axis} is out of bounds for an array of {ndim} dimension(s)"),
+        ))
     }
 }
 
@@ -92,13 +117,19 @@ fn sum(args: &[ArrowTensor], params: &Params) -> Result<Vec<ArrowTensor>> {
             None => ArrayD::from_elem(IxDyn(&[]), v.sum()),
             Some(a) => v.sum_axis(Axis(a)),
         }),
-        DynView::Complex64(v) => ArrowTensor::from_array(reduce_any(&v, axis, Complex::new(0f32, 0.0), |a, b| a + b)),
-        DynView::Complex128(v) => ArrowTensor::from_array(reduce_any(&v, axis, Complex::new(0f64, 0.0), |a, b| a + b)),
+        DynView::Complex64(v) => {
+            ArrowTensor::from_array(reduce_any(&v, axis, Complex::new(0f32, 0.0), |a, b| a + b))
+        }
+        DynView::Complex128(v) => {
+            ArrowTensor::from_array(reduce_any(&v, axis, Complex::new(0f64, 0.0), |a, b| a + b))
+        }
         DynView::Timedelta64(v, unit) => ArrowTensor::from_array_as(
             reduce_any(&v, axis, 0i64, i64::wrapping_add),
             DType::Timedelta64(unit),
         )?,
-        DynView::Datetime64(..) => return Err(dtype_error("sum", 0, "a numeric or timedelta64 dtype", x)),
+        DynView::Datetime64(..) => {
+            return Err(dtype_error("sum", 0, "a numeric or timedelta64 dtype", x))
+        }
     };
     Ok(vec![out])
 }
@@ -106,12 +137,21 @@ fn sum(args: &[ArrowTensor], params: &Params) -> Result<Vec<ArrowTensor>> {
 /// The shape two arrays broadcast to, as NumPy defines it.
 fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     let n = a.len().max(b.len());
-    let dim = |s: &[usize], i: usize| if i + s.len() < n { 1 } else { s[i + s.len() - n] };
+    let dim = |s: &[usize], i: usize| {
+        if i + s.len() < n {
+            1
+        } else {
+            s[i + s.len() - n]
+        }
+    };
     (0..n)
         .map(|i| match (dim(a, i), dim(b, i)) {
             (x, y) if x == y || y == 1 => Ok(x),
             (1, y) => Ok(y),
-            _ => Err(Error::shape("kernel \"add\"", format!("shapes {a:?} and {b:?} do not broadcast"))),
+            _ => Err(Error::shape(
+                "kernel \"add\"",
+                format!("shapes {a:?} and {b:?} do not broadcast"),
+            )),
         })
         .collect()
 }
@@ -156,10 +196,9 @@ fn add(args: &[ArrowTensor], _: &Params) -> Result<Vec<ArrowTensor>> {
         (DynView::Float64(x), DynView::Float64(y)) => plain!(x, y),
         (DynView::Complex64(x), DynView::Complex64(y)) => plain!(x, y),
         (DynView::Complex128(x), DynView::Complex128(y)) => plain!(x, y),
-        (DynView::Timedelta64(x, u), DynView::Timedelta64(y, _)) => ArrowTensor::from_array_as(
-            zip_with(&x, &y, i64::wrapping_add)?,
-            DType::Timedelta64(u),
-        )?,
+        (DynView::Timedelta64(x, u), DynView::Timedelta64(y, _)) => {
+            ArrowTensor::from_array_as(zip_with(&x, &y, i64::wrapping_add)?, DType::Timedelta64(u))?
+        }
         _ => return Err(dtype_error("add", 0, "a numeric or timedelta64 dtype", a)),
     };
     Ok(vec![out])
@@ -184,16 +223,28 @@ fn matmul(args: &[ArrowTensor], _: &Params) -> Result<Vec<ArrowTensor>> {
         if a.ncols() != b.nrows() {
             return Err(Error::shape(
                 "kernel \"matmul\"",
-                format!("shapes {:?} and {:?} are not aligned: {} (dim 1) != {} (dim 0)", a.shape(), b.shape(), a.ncols(), b.nrows()),
+                format!(
+                    "shapes {:?} and {:?} are not aligned: {} (dim 1) != {} (dim 0)",
+                    a.shape(),
+                    b.shape(),
+                    a.ncols(),
+                    b.nrows()
+                ),
             ));
         }
         Ok(ArrowTensor::from_array(a.dot(&b).into_dyn()))
     }
     let (a, b) = (&args[0], &args[1]);
     let out = match (a.dyn_view(), b.dyn_view()) {
-        (DynView::Float32(x), DynView::Float32(y)) => product(matrix(x, "matmul", 0)?, matrix(y, "matmul", 1)?)?,
-        (DynView::Float64(x), DynView::Float64(y)) => product(matrix(x, "matmul", 0)?, matrix(y, "matmul", 1)?)?,
-        (DynView::Float32(_) | DynView::Float64(_), _) => return Err(dtype_error("matmul", 1, &a.dtype().name(), b)),
+        (DynView::Float32(x), DynView::Float32(y)) => {
+            product(matrix(x, "matmul", 0)?, matrix(y, "matmul", 1)?)?
+        }
+        (DynView::Float64(x), DynView::Float64(y)) => {
+            product(matrix(x, "matmul", 0)?, matrix(y, "matmul", 1)?)?
+        }
+        (DynView::Float32(_) | DynView::Float64(_), _) => {
+            return Err(dtype_error("matmul", 1, &a.dtype().name(), b))
+        }
         _ => return Err(dtype_error("matmul", 0, "float32 or float64", a)),
     };
     Ok(vec![out])
@@ -225,7 +276,11 @@ mod tests {
     use crate::kernels::{Param, Registry};
     use ndarray::array;
 
-    fn run(name: &str, args: Vec<ArrowTensor>, params: Vec<(&str, Param)>) -> Result<Vec<ArrowTensor>> {
+    fn run(
+        name: &str,
+        args: Vec<ArrowTensor>,
+        params: Vec<(&str, Param)>,
+    ) -> Result<Vec<ArrowTensor>> {
         let params = Params::new(params.into_iter().map(|(k, v)| (k.to_string(), v)));
         Registry::with_builtins().call(name, &args, params)
     }
@@ -243,7 +298,10 @@ mod tests {
         let all = run("sum", vec![x.clone()], vec![]).unwrap();
         assert_eq!(all[0].view::<i64>().unwrap().into_iter().next(), Some(&400));
         let cols = run("sum", vec![x], vec![("axis", Param::Int(-2))]).unwrap();
-        assert_eq!(cols[0].view::<i64>().unwrap().to_owned(), array![200i64, 200].into_dyn());
+        assert_eq!(
+            cols[0].view::<i64>().unwrap().to_owned(),
+            array![200i64, 200].into_dyn()
+        );
     }
 
     #[test]
@@ -258,16 +316,25 @@ mod tests {
         let a = ArrowTensor::from_array(array![[1.0f32, 2.0], [3.0, 4.0]].into_dyn());
         let b = ArrowTensor::from_array(array![10.0f32, 20.0].into_dyn());
         let out = run("add", vec![a.clone(), b], vec![]).unwrap();
-        assert_eq!(out[0].view::<f32>().unwrap().to_owned(), array![[11.0f32, 22.0], [13.0, 24.0]].into_dyn());
+        assert_eq!(
+            out[0].view::<f32>().unwrap().to_owned(),
+            array![[11.0f32, 22.0], [13.0, 24.0]].into_dyn()
+        );
         let c = ArrowTensor::from_array(array![1.0f64, 2.0].into_dyn());
-        assert!(matches!(run("add", vec![a, c], vec![]), Err(Error::DType { .. })));
+        assert!(matches!(
+            run("add", vec![a, c], vec![]),
+            Err(Error::DType { .. })
+        ));
     }
 
     #[test]
     fn matmul_multiplies_and_names_mismatched_shapes() {
         let a = ArrowTensor::from_array(array![[1.0f64, 2.0], [3.0, 4.0]].into_dyn());
         let out = run("matmul", vec![a.clone(), a.clone()], vec![]).unwrap();
-        assert_eq!(out[0].view::<f64>().unwrap().to_owned(), array![[7.0, 10.0], [15.0, 22.0]].into_dyn());
+        assert_eq!(
+            out[0].view::<f64>().unwrap().to_owned(),
+            array![[7.0, 10.0], [15.0, 22.0]].into_dyn()
+        );
         let b = ArrowTensor::from_array(array![[1.0f64, 2.0, 3.0]].into_dyn());
         let err = run("matmul", vec![a, b], vec![]).unwrap_err();
         assert!(err.to_string().contains("not aligned"), "{err}");
@@ -277,15 +344,27 @@ mod tests {
     fn normalize_gives_unit_rows_and_keeps_zero_rows() {
         let x = ArrowTensor::from_array(array![[3.0f64, 4.0], [0.0, 0.0]].into_dyn());
         let out = run("normalize", vec![x], vec![]).unwrap();
-        assert_eq!(out[0].view::<f64>().unwrap().to_owned(), array![[0.6, 0.8], [0.0, 0.0]].into_dyn());
+        assert_eq!(
+            out[0].view::<f64>().unwrap().to_owned(),
+            array![[0.6, 0.8], [0.0, 0.0]].into_dyn()
+        );
     }
 
     #[test]
     fn registry_reports_unknown_kernels_parameters_and_arity() {
         let x = ArrowTensor::from_array(array![1.0f64].into_dyn());
-        assert!(matches!(run("nope", vec![x.clone()], vec![]), Err(Error::UnknownKernel { .. })));
-        assert!(matches!(run("sum", vec![x.clone()], vec![("axes", Param::Int(0))]), Err(Error::Param { .. })));
-        assert!(matches!(run("add", vec![x], vec![]), Err(Error::Kernel { .. })));
+        assert!(matches!(
+            run("nope", vec![x.clone()], vec![]),
+            Err(Error::UnknownKernel { .. })
+        ));
+        assert!(matches!(
+            run("sum", vec![x.clone()], vec![("axes", Param::Int(0))]),
+            Err(Error::Param { .. })
+        ));
+        assert!(matches!(
+            run("add", vec![x], vec![]),
+            Err(Error::Kernel { .. })
+        ));
     }
 
     #[test]
@@ -294,7 +373,9 @@ mod tests {
             panic!("boom")
         }
         let mut registry = Registry::new();
-        registry.register(Kernel::new("boom", "boom(x)", boom)).unwrap();
+        registry
+            .register(Kernel::new("boom", "boom(x)", boom))
+            .unwrap();
         let x = ArrowTensor::from_array(array![1u8].into_dyn());
         let err = registry.call("boom", &[x], Params::default()).unwrap_err();
         assert!(err.to_string().contains("panicked: boom"), "{err}");

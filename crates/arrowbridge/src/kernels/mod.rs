@@ -168,7 +168,10 @@ impl Registry {
     /// Adds a kernel; a name that is taken is an error.
     pub fn register(&mut self, kernel: Kernel) -> Result<()> {
         if self.kernels.contains_key(kernel.name) {
-            return Err(Error::kernel(kernel.name, "a kernel of this name is already registered"));
+            return Err(Error::kernel(
+                kernel.name,
+                "a kernel of this name is already registered",
+            ));
         }
         self.kernels.insert(kernel.name, kernel);
         Ok(())
@@ -189,7 +192,12 @@ impl Registry {
 
     /// Runs kernel `name` on `inputs`. Unknown parameters, a wrong number of inputs and a
     /// panic inside the kernel all come back as errors.
-    pub fn call(&self, name: &str, inputs: &[ArrowTensor], params: Params) -> Result<Vec<ArrowTensor>> {
+    pub fn call(
+        &self,
+        name: &str,
+        inputs: &[ArrowTensor],
+        params: Params,
+    ) -> Result<Vec<ArrowTensor>> {
         self.get(name)?.call(inputs, params)
     }
 }
@@ -203,15 +211,28 @@ impl Kernel {
         if let Some(unknown) = params.names().find(|p| !self.params.contains(p)) {
             return Err(params.error(
                 unknown,
-                format!("unknown parameter; {} accepts {:?}", self.signature, self.params),
+                format!(
+                    "unknown parameter; {} accepts {:?}",
+                    self.signature, self.params
+                ),
             ));
         }
         match self.arity {
             Some(n) if inputs.len() != n => {
-                return Err(Error::kernel(name, format!("takes {n} array(s), {} given; {}", inputs.len(), self.signature)))
+                return Err(Error::kernel(
+                    name,
+                    format!(
+                        "takes {n} array(s), {} given; {}",
+                        inputs.len(),
+                        self.signature
+                    ),
+                ))
             }
             None if inputs.is_empty() => {
-                return Err(Error::kernel(name, format!("takes at least one array; {}", self.signature)))
+                return Err(Error::kernel(
+                    name,
+                    format!("takes at least one array; {}", self.signature),
+                ))
             }
             _ => {}
         }

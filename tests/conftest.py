@@ -1,0 +1,135 @@
+"""Helpers shared by the tests: where data lives, so zero-copy is proven by addresses."""
+
+import ctypes
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import arrowbridge
+
+# Every dtype arrowbridge carries, with a way to make varied values of it.
+DTYPES = [
+    "bool",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
+    "complex64",
+    "complex128",
+    *[f"datetime64[{u}]" for u in ("s", "ms", "us", "ns")],
+    *[f"timedelta64[{u}]" for u in ("s", "ms", "us", "ns")],
+]
+
+
+def sample(dtype: str, shape, seed: int = 0) -> np.ndarray:
+    """A C-ordered array of `shape` with varied values of `dtype`."""
+    rng = np.random.default_rng(seed)
+    n = int(np.prod(shape))
+    dt = np.dtype(dtype)
+    if dt.kind == "b":
+        flat = rng.integers(0, 2, n).astype(bool)
+    elif dt.kind in "iu":
+        info = np.iinfo(dt)
+        flat = rng.integers(info.min, info.max, n, dtype=dt, endpoint=True)
+    elif dt.kind == "f":
+        flat = rng.standard_normal(n).astype(dt)
+    elif dt.kind == "c":
+        flat = (rng.standard_normal(n) + 1j * rng.standard_normal(n)).astype(dt)
+    else:  # datetime64 / timedelta64, NaT included
+        flat = rng.integers(-(10**12), 10**12, n).astype(np.int64).view(dt)
+        if n:
+            flat[0] = np.array("NaT", dtype=dt)
+    return flat.reshape(shape)
+
+
+def address(x: np.ndarray) -> int:
+    """Address of a NumPy array's first element."""
+    return x.__array_interface__["data"][0]
+
+
+def arrow_values_address(arr: pa.Array) -> int:
+    """Address of the first value of a primitive or tensor pyarrow array."""
+    if isinstance(arr, pa.ExtensionArray):
+        arr = arr.storage
+    if pa.types.is_fixed_size_list(arr.type):
+        size = arr.type.list_size
+        offset = arr.offset * size
+        arr = arr.values
+        offset += arr.offset
+    else:
+        offset = arr.offset
+    width = arr.type.bit_width // 8
+    return arr.buffers()[1].address + offset * width
+
+
+def spec_logical(arr: pa.ExtensionArray) -> np.ndarray:
+    """A tensor array's logical contents computed straight from the specification.
+
+    ``shape`` is the physical (row-major) shape; logical axis ``i`` is physical axis
+    ``permutation[i]``. (pyarrow 26's ``to_numpy_ndarray`` gets the strides of permuted
+    tensors wrong, so the tests do not use it as the reference for them.)
+    """
+    shape = list(arr.type.shape)
+    perm = arr.type.permutation or list(range(len(shape)))
+    values = arr.storage.flatten().to_numpy(zero_copy_only=False)
+    physical = values.reshape([len(arr), *shape])
+    return physical.transpose([0, *[p + 1 for p in perm]])
+
+
+def same_values(a: np.ndarray, b: np.ndarray) -> bool:
+    """Exact equality of dtype, shape and bits (NaN and NaT compare equal to themselves)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    a = np.ascontiguousarray(a)
+    b = np.ascontiguousarray(b)
+    return a.tobytes() == b.tobytes()
+
+
+@pytest.fixture
+def ab():
+    return arrowbridge
+
+
+class _ArrowArray(ctypes.Structure):
+    _fields_ = [
+        ("length", ctypes.c_int64),
+        ("null_count", ctypes.c_int64),
+        ("offset", ctypes.c_int64),
+        ("n_buffers", ctypes.c_int64),
+        ("n_children", ctypes.c_int64),
+        ("buffers", ctypes.c_void_p),
+        ("children", ctypes.c_void_p),
+        ("dictionary", ctypes.c_void_p),
+        ("release", ctypes.c_void_p),
+        ("private_data", ctypes.c_void_p),
+    ]
+
+
+_capsule_new = ctypes.pythonapi.PyCapsule_New
+_capsule_new.restype = ctypes.py_object
+_capsule_new.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+_KEEP = []  # the raw structs must outlive their capsules
+
+
+class RawArrow:
+    """An Arrow producer whose C struct fields can be corrupted, as a hostile producer would."""
+
+    def __init__(self, arr: pa.Array, field: pa.Field | None = None, **fields):
+        self.struct = _ArrowArray()
+        arr._export_to_c(ctypes.addressof(self.struct))
+        for name, value in fields.items():
+            setattr(self.struct, name, value)
+        self.field = field if field is not None else pa.field("", arr.type)
+        _KEEP.append(self.struct)
+
+    def __arrow_c_array__(self, requested_schema=None):
+        capsule = _capsule_new(ctypes.addressof(self.struct), b"arrow_array", None)
+        return self.field.__arrow_c_schema__(), capsule
