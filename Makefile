@@ -29,14 +29,16 @@ demo: build
 lint: $(DEPS)
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
-	$(BIN)/ruff check arrowbridge tests benchmarks
-	$(BIN)/ruff format --check arrowbridge tests benchmarks
+	$(BIN)/ruff check arrowbridge tests benchmarks notebooks
+	$(BIN)/ruff format --check arrowbridge tests benchmarks notebooks
 
 rust-test: $(DEPS)
 	cargo test --workspace --locked
 
 py-test: build
+	$(BIN)/python -m mypy.stubtest arrowbridge._native
 	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --nbmake notebooks -q
 
 test: lint rust-test py-test
 

@@ -42,17 +42,17 @@ pub fn input_tensor(
 
 /// Exports a NumPy array as the (schema, array) capsules of an Arrow array.
 #[pyfunction]
-#[pyo3(signature = (array, *, dim_names=None, copy=None, whole=false, name="".to_string()))]
+#[pyo3(signature = (array, *, dim_names=None, copy=None, whole=false, name=""))]
 pub fn export_array<'py>(
     array: &Bound<'py, PyUntypedArray>,
     dim_names: Option<Vec<String>>,
     copy: CopyPolicy,
     whole: bool,
-    name: String,
+    name: &str,
 ) -> BridgeResult<Bound<'py, PyTuple>> {
     let want = if whole { Want::Element } else { Want::Rows };
     let tensor = tensor_from_numpy(array, want, copy, dim_names, Realign::IfCopyAllowed)?;
-    export_tensor(array.py(), &tensor, &name)
+    export_tensor(array.py(), &tensor, name)
 }
 
 /// Converts NumPy arrays, pyarrow arrays and any Arrow PyCapsule producer to a NumPy array.

@@ -1,0 +1,198 @@
+"""arrowbridge benchmarks: every path against its alternatives, in one run, on the same data.
+
+    python benchmarks/run.py            # full run (sizes up to 1 GiB)
+    python benchmarks/run.py --quick    # under a minute; CI runs this so the suite never rots
+
+Writes docs/benchmarks.md (regenerated, never edited by hand) and prints the same tables.
+Times are medians over repeated runs; the spread is the interquartile range.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+import arrowbridge
+from arrowbridge import _native
+
+ROOT = Path(__file__).resolve().parent.parent
+KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
+DIRECT = "rust-numpy direct (PyReadonlyArray -> view -> PyArray)"
+
+
+def measure(
+    cases: dict[str, Callable[[], object]], budget_s: float
+) -> dict[str, tuple[float, float]]:
+    """Median and interquartile range of one call's time, in seconds, for each case.
+
+    The cases are measured in interleaved rounds, so that a change in the machine's state
+    (frequency, a neighbour's load) hits them all alike; fast calls are timed in batches
+    so that the clock's resolution does not matter.
+    """
+    batches = {}
+    for name, fn in cases.items():
+        fn()  # warm up
+        start = time.perf_counter()
+        fn()
+        once = time.perf_counter() - start
+        batches[name] = max(1, int(2e-3 / max(once, 1e-9)))
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    deadline = time.perf_counter() + budget_s * len(cases)
+    rounds = 0
+    while rounds < 5 or (time.perf_counter() < deadline and rounds < 200):
+        for name, fn in cases.items():
+            batch = batches[name]
+            t0 = time.perf_counter()
+            for _ in range(batch):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / batch)
+        rounds += 1
+    result = {}
+    for name, values in samples.items():
+        q = statistics.quantiles(values, n=4)
+        result[name] = (statistics.median(values), q[2] - q[0])
+    return result
+
+
+def fmt_time(t: float) -> str:
+    for unit, scale in (("s", 1), ("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9)):
+        if t >= scale:
+            return f"{t / scale:.3g} {unit}"
+    return f"{t * 1e9:.3g} ns"
+
+
+def fmt_size(n: int) -> str:
+    for unit, scale in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
+        if n >= scale:
+            return f"{n // scale} {unit}"
+    return f"{n} B"
+
+
+def in_process_cases(x: np.ndarray) -> dict[str, Callable[[], object]]:
+    """The ways to hand `x` to native code and get an array back, fastest first."""
+    t = arrowbridge.to_arrow(x)
+    return {
+        'arrowbridge.call("identity")': lambda: arrowbridge.call("identity", x),
+        DIRECT: lambda: _native.rust_numpy_identity(x),
+        "arrowbridge.to_arrow": lambda: arrowbridge.to_arrow(x),
+        "arrowbridge.to_numpy": lambda: arrowbridge.to_numpy(t),
+        "pyarrow FixedShapeTensorArray.from_numpy_ndarray": lambda: (
+            pa.FixedShapeTensorArray.from_numpy_ndarray(x)
+        ),
+        "np.from_dlpack": lambda: np.from_dlpack(x),
+        "pickle protocol 5 (dumps + loads)": lambda: pickle.loads(pickle.dumps(x, protocol=5)),
+        "tobytes + frombuffer": lambda: np.frombuffer(x.tobytes(), x.dtype).reshape(x.shape),
+        "memcpy (np.copy): the physical limit": lambda: x.copy(),
+    }
+
+
+def in_process(sizes: list[int], budget: float) -> list[dict]:
+    """Per-call cost of handing a float64 (n, 128) array to Rust and back."""
+    rows = []
+    for nbytes in sizes:
+        x = np.random.default_rng(0).standard_normal((max(1, nbytes // (8 * 128)), 128))
+        for name, (median, iqr) in measure(in_process_cases(x), budget).items():
+            rows.append({"size": x.nbytes, "case": name, "median": median, "iqr": iqr})
+        print(f"  measured {fmt_size(x.nbytes)}", file=sys.stderr)
+    return rows
+
+
+def table(rows: list[dict], baseline: str) -> str:
+    sizes = sorted({r["size"] for r in rows})
+    cases = list(dict.fromkeys(r["case"] for r in rows))
+    by = {(r["case"], r["size"]): r for r in rows}
+    head = "| path | " + " | ".join(fmt_size(s) for s in sizes) + " |"
+    lines = [head, "|" + " --- |" * (len(sizes) + 1)]
+    for case in cases:
+        cells = []
+        for s in sizes:
+            r = by[(case, s)]
+            ratio = r["median"] / by[(baseline, s)]["median"]
+            cells.append(f"{fmt_time(r['median'])} ±{fmt_time(r['iqr'])} ({ratio:.2g}×)")
+        lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB; {platform.platform()}; "
+        f"Python {platform.python_version()}, NumPy {np.__version__}, pyarrow {pa.__version__}, "
+        f"arrowbridge {arrowbridge.__version__}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes and short budgets (< 1 minute)"
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = parser.parse_args()
+
+    sizes = [KIB, MIB, 64 * MIB] if args.quick else [KIB, 64 * KIB, MIB, 16 * MIB, 256 * MIB, GIB]
+    budget = 0.2 if args.quick else 1.0
+    print("in-process ...", file=sys.stderr)
+    rows = in_process(sizes, budget)
+    baseline = DIRECT
+
+    by = {(r["case"], r["size"]): r["median"] for r in rows}
+    call = [by[('arrowbridge.call("identity")', s)] for s in sorted({r["size"] for r in rows})]
+    direct = [by[(baseline, s)] for s in sorted({r["size"] for r in rows})]
+    small, large = min(r["size"] for r in rows), max(r["size"] for r in rows)
+    ratios = ", ".join(f"{c / d:.2f}×" for c, d in zip(call, direct, strict=True))
+    headline = [
+        f'- `call("identity")` costs {fmt_time(call[0])} at {fmt_size(small)} and '
+        f"{fmt_time(call[-1])} at {fmt_size(large)}: "
+        f"largest / smallest = {call[-1] / call[0]:.2f}×.",
+        f'- `call("identity")` / rust-numpy direct path, by size: {ratios}.',
+    ]
+    report = "\n".join(
+        [
+            "# arrowbridge benchmarks",
+            "",
+            "Generated by `make bench`"
+            + (" (quick mode)" if args.quick else "")
+            + "; do not edit by hand.",
+            "",
+            f"Machine: {machine()}.",
+            "",
+            "## Headlines",
+            "",
+            *headline,
+            "",
+            "## In-process: one call, NumPy float64 (n, 128) -> Rust -> NumPy",
+            "",
+            "Median per call ± interquartile range, and the ratio to the rust-numpy direct path.",
+            "",
+            table(rows, baseline),
+            "",
+        ]
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
