@@ -26,7 +26,9 @@ from .errors import (
     ByteOrderError,
     CopyRequiredError,
     DTypeMismatchError,
+    FileError,
     InvalidArrowDataError,
+    InvalidFileError,
     KernelError,
     KernelParameterError,
     MisalignedBufferError,
@@ -35,6 +37,7 @@ from .errors import (
     UnknownKernelError,
     UnsupportedTypeError,
 )
+from .ipc import IpcReader, iter_ipc, open_ipc, read_ipc, write_ipc
 
 __version__: str = _native.__version__
 
@@ -121,7 +124,10 @@ __all__ = [
     "ByteOrderError",
     "CopyRequiredError",
     "DTypeMismatchError",
+    "FileError",
     "InvalidArrowDataError",
+    "InvalidFileError",
+    "IpcReader",
     "KernelError",
     "KernelParameterError",
     "MisalignedBufferError",
@@ -131,7 +137,11 @@ __all__ = [
     "UnsupportedTypeError",
     "__version__",
     "call",
+    "iter_ipc",
     "kernels",
+    "open_ipc",
+    "read_ipc",
     "to_arrow",
     "to_numpy",
+    "write_ipc",
 ]

@@ -54,12 +54,22 @@ class KernelError(ArrowBridgeError, RuntimeError):
     """A kernel failed, or panicked."""
 
 
+class FileError(ArrowBridgeError, OSError):
+    """A file could not be opened, read or written (the message names it)."""
+
+
+class InvalidFileError(ArrowBridgeError, ValueError):
+    """A file that is not valid Arrow IPC data: truncated, corrupt, or pointing outside itself."""
+
+
 __all__ = [
     "ArrowBridgeError",
     "ByteOrderError",
     "CopyRequiredError",
     "DTypeMismatchError",
+    "FileError",
     "InvalidArrowDataError",
+    "InvalidFileError",
     "KernelError",
     "KernelParameterError",
     "MisalignedBufferError",

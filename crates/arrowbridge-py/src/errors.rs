@@ -51,6 +51,8 @@ fn class_name(e: &Error) -> &'static str {
         Error::Param { .. } => "KernelParameterError",
         Error::CopyRequired { .. } => "CopyRequiredError",
         Error::Kernel { .. } => "KernelError",
+        Error::Io { .. } => "FileError",
+        Error::BadFile { .. } => "InvalidFileError",
         Error::InvalidData { .. } | Error::Arrow(_) => "InvalidArrowDataError",
         _ => "ArrowBridgeError",
     }

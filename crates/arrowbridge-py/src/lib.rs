@@ -6,6 +6,7 @@ mod capsule;
 mod convert;
 mod direct;
 mod errors;
+mod ipc;
 mod numpy_input;
 mod numpy_output;
 mod testing;
@@ -21,6 +22,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(convert::data_address, m)?)?;
     m.add_function(wrap_pyfunction!(direct::rust_numpy_identity, m)?)?;
     m.add_function(wrap_pyfunction!(testing::panic_in_kernel, m)?)?;
+    m.add_function(wrap_pyfunction!(ipc::write_arrays, m)?)?;
+    m.add_function(wrap_pyfunction!(ipc::write_stream, m)?)?;
+    m.add_class::<ipc::IpcReader>()?;
     m.add_class::<numpy_output::ArrowMemory>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

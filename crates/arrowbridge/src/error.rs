@@ -72,6 +72,18 @@ pub enum Error {
     #[error("kernel {kernel:?} failed: {message}")]
     Kernel { kernel: String, message: String },
 
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An Arrow IPC file or stream that cannot be read.
+    #[error("{path}: {message}")]
+    BadFile { path: String, message: String },
+
     /// An error reported by the Arrow libraries.
     #[error(transparent)]
     Arrow(#[from] ArrowError),

@@ -7,10 +7,14 @@
 //! * [`Registry`] holds kernels — Rust functions over views — callable by name from Python,
 //!   IPC tools and the Flight server alike.
 //!
+//! * [`ipc`] writes named tensors to Arrow IPC files and streams and reads them back as views
+//!   of a memory mapping.
+//!
 //! This crate has no Python in it.
 
 mod dtype;
 mod error;
+pub mod ipc;
 pub mod kernels;
 mod layout;
 mod tensor;

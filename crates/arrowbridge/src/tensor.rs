@@ -480,6 +480,15 @@ impl ArrowTensor {
         })
     }
 
+    /// The same memory described as one whole element ([`Form::Element`]).
+    pub fn as_element(&self) -> ArrowTensor {
+        ArrowTensor {
+            form: Form::Element,
+            dim_names: None,
+            ..self.clone()
+        }
+    }
+
     /// The dtype of the elements.
     pub fn dtype(&self) -> DType {
         self.dtype

@@ -1,0 +1,108 @@
+"""Arrow IPC files and streams: NumPy arrays in, memory-mapped NumPy views out.
+
+>>> import numpy as np, arrowbridge, tempfile, os
+>>> path = os.path.join(tempfile.mkdtemp(), "data.arrow")
+>>> arrowbridge.write_ipc(path, {"embeddings": np.ones((4, 3), np.float32), "labels": np.arange(4)})
+>>> arrays = arrowbridge.read_ipc(path)
+>>> arrays["embeddings"].shape, arrays["labels"].tolist()
+((4, 3), [0, 1, 2, 3])
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
+
+import numpy as np
+
+from . import _native
+from .errors import UnsupportedTypeError
+
+IpcReader = _native.IpcReader
+
+Format = Literal["file", "stream"]
+CompressionName = Literal["lz4", "zstd"]
+
+
+def write_ipc(
+    path: str | os.PathLike[str],
+    data: Any,
+    *,
+    format: Format = "file",
+    compression: CompressionName | None = None,
+) -> None:
+    """Writes arrays to an Arrow IPC file (or stream) at ``path``, atomically.
+
+    ``data`` is a NumPy array (stored as column ``"data"``), a dict of name -> array (NumPy,
+    pyarrow or any Arrow PyCapsule producer), or a table: a pyarrow ``Table``,
+    ``RecordBatch`` or ``RecordBatchReader``, a polars ``DataFrame``, or anything else with
+    ``__arrow_c_stream__`` (written as it is).
+
+    Arrays that share the length of axis 0 become rows of one table (N-D arrays as
+    ``arrow.fixed_shape_tensor`` columns), so pyarrow, polars and duckdb read N rows. Any other
+    set of shapes is stored one whole array per column in a single row (marked
+    ``arrowbridge.form = element``), so every dict round-trips exactly.
+
+    Buffers are 64-byte aligned. ``compression`` ("lz4" or "zstd") compresses them; reading
+    then decompresses (a copy). The file is written to a temporary file in the same directory,
+    flushed to disk and renamed into place: a crash mid-write leaves the previous file intact.
+    """
+    if isinstance(data, np.ndarray):
+        data = {"data": data}
+    if isinstance(data, Mapping):
+        names = [str(n) for n in data]
+        arrays = [
+            v
+            if hasattr(v, "__arrow_c_array__") or hasattr(v, "__arrow_c_stream__")
+            else np.asarray(v)
+            for v in data.values()
+        ]
+        _native.write_arrays(os.fspath(path), names, arrays, format=format, compression=compression)
+        return
+    if not hasattr(data, "__arrow_c_stream__") and hasattr(data, "to_batches"):
+        import pyarrow as pa
+
+        data = pa.Table.from_batches([data])
+    if not hasattr(data, "__arrow_c_stream__"):
+        raise UnsupportedTypeError(
+            f"write_ipc: cannot write {type(data).__name__}; expected a numpy.ndarray, a dict of "
+            "arrays, or a table with __arrow_c_stream__"
+        )
+    _native.write_stream(os.fspath(path), data, format=format, compression=compression)
+
+
+def read_ipc(path: str | os.PathLike[str], *, mmap: bool = True) -> dict[str, np.ndarray]:
+    """Reads every column of an Arrow IPC file or stream as a NumPy array.
+
+    With ``mmap=True`` (the default) the file is memory-mapped and each array of a one-batch,
+    uncompressed file is a read-only view into the mapping: nothing is read until it is
+    touched, and the mapping lives as long as any array. A file of several batches is
+    concatenated per column (a copy; :func:`iter_ipc` gives views batch by batch), and
+    compressed files are decompressed (a copy). ``mmap=False`` reads the file into memory.
+
+    Files written by pyarrow (``ipc.new_file``, ``ipc.new_stream``, ``feather.write_feather``)
+    read as well as arrowbridge's own; columns of types without a NumPy equivalent raise
+    :class:`UnsupportedTypeError` naming the column.
+    """
+    return IpcReader(os.fspath(path), mmap=mmap).read_all()
+
+
+def iter_ipc(path: str | os.PathLike[str], *, mmap: bool = True) -> Iterator[dict[str, np.ndarray]]:
+    """Yields the columns of each record batch in turn, as views (no batch is copied).
+
+    >>> import numpy as np, pyarrow as pa, arrowbridge, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "batches.arrow")
+    >>> table = pa.Table.from_batches([pa.record_batch({"x": [1, 2]}), pa.record_batch({"x": [3]})])
+    >>> arrowbridge.write_ipc(path, table)
+    >>> [batch["x"].tolist() for batch in arrowbridge.iter_ipc(path)]
+    [[1, 2], [3]]
+    """
+    reader = IpcReader(os.fspath(path), mmap=mmap)
+    for index in range(reader.num_batches):
+        yield reader.read_batch(index)
+
+
+def open_ipc(path: str | os.PathLike[str], *, mmap: bool = True) -> IpcReader:
+    """Opens an Arrow IPC file or stream for inspection and batch-by-batch reading."""
+    return IpcReader(os.fspath(path), mmap=mmap)

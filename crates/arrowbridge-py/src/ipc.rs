@@ -1,0 +1,216 @@
+//! `write_ipc`, `read_ipc` and friends: Arrow IPC files and streams from Python.
+
+use std::path::PathBuf;
+
+use arrow_array::ffi_stream::{FFI_ArrowArrayStream, RecordBatchStreamReader};
+use arrow_array::RecordBatchReader;
+use arrowbridge::ipc::{self, Compression, IpcData, IpcFormat, WriteOptions};
+use arrowbridge::{ArrowTensor, Error};
+use numpy::PyUntypedArray;
+use pyo3::exceptions::PyValueError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyCapsule, PyCapsuleMethods, PyDict, PyList, PyTuple};
+
+use crate::convert::input_tensor;
+use crate::errors::BridgeResult;
+use crate::numpy_input::{tensor_from_numpy, Realign, Want};
+use crate::numpy_output::tensor_to_numpy;
+
+fn write_options(format: &str, compression: Option<&str>) -> PyResult<WriteOptions> {
+    let format = match format {
+        "file" => IpcFormat::File,
+        "stream" => IpcFormat::Stream,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "format must be \"file\" or \"stream\", not {other:?}"
+            )))
+        }
+    };
+    let compression = match compression {
+        None => None,
+        Some("lz4") => Some(Compression::Lz4),
+        Some("zstd") => Some(Compression::Zstd),
+        Some(other) => {
+            return Err(PyValueError::new_err(format!(
+                "compression must be None, \"lz4\" or \"zstd\", not {other:?}"
+            )))
+        }
+    };
+    Ok(WriteOptions {
+        format,
+        compression,
+    })
+}
+
+fn column_tensor(obj: &Bound<'_, PyAny>) -> BridgeResult<ArrowTensor> {
+    if let Ok(array) = obj.cast::<PyUntypedArray>() {
+        return tensor_from_numpy(array, Want::Rows, None, None, Realign::IfCopyAllowed);
+    }
+    input_tensor(obj, Want::Rows, None)
+}
+
+/// Writes named arrays (NumPy or Arrow) to `path`.
+#[pyfunction]
+#[pyo3(signature = (path, names, arrays, *, format="file", compression=None))]
+pub fn write_arrays(
+    py: Python<'_>,
+    path: PathBuf,
+    names: Vec<String>,
+    arrays: &Bound<'_, PyList>,
+    format: &str,
+    compression: Option<&str>,
+) -> BridgeResult<()> {
+    let options = write_options(format, compression)?;
+    let tensors = arrays
+        .iter()
+        .map(|a| column_tensor(&a))
+        .collect::<BridgeResult<Vec<_>>>()?;
+    let columns: Vec<(&str, &ArrowTensor)> =
+        names.iter().map(String::as_str).zip(&tensors).collect();
+    py.detach(|| ipc::write_ipc(&path, &columns, &options))?;
+    Ok(())
+}
+
+/// Writes every batch of an object with `__arrow_c_stream__` (a pyarrow Table or
+/// RecordBatchReader, a polars DataFrame, …) to `path`, as it is.
+#[pyfunction]
+#[pyo3(signature = (path, data, *, format="file", compression=None))]
+pub fn write_stream(
+    py: Python<'_>,
+    path: PathBuf,
+    data: &Bound<'_, PyAny>,
+    format: &str,
+    compression: Option<&str>,
+) -> BridgeResult<()> {
+    let options = write_options(format, compression)?;
+    let capsule = data.call_method0(intern!(py, "__arrow_c_stream__"))?;
+    let capsule = capsule.cast::<PyCapsule>()?;
+    let ptr = capsule
+        .pointer_checked(Some(c"arrow_array_stream"))?
+        .as_ptr()
+        .cast::<FFI_ArrowArrayStream>();
+    // SAFETY: a live "arrow_array_stream" capsule points to a valid stream; from_raw moves it
+    // out, leaving a released stream for the capsule's destructor.
+    let reader = unsafe { RecordBatchStreamReader::from_raw(ptr) }?;
+    let schema = reader.schema();
+    py.detach(move || {
+        ipc::write_atomically(&path, |w| {
+            ipc::write_batches(w, &schema, reader.map(|b| b.map_err(Error::from)), &options)
+        })
+    })?;
+    Ok(())
+}
+
+/// An open IPC file or stream whose batches become NumPy arrays on request.
+#[pyclass(frozen, module = "arrowbridge._native", name = "IpcReader")]
+pub struct IpcReader {
+    data: IpcData,
+}
+
+fn tensors_to_dict<'py>(
+    py: Python<'py>,
+    tensors: Vec<(String, ArrowTensor)>,
+) -> BridgeResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    for (name, tensor) in tensors {
+        dict.set_item(name, tensor_to_numpy(py, &tensor, false)?)?;
+    }
+    Ok(dict)
+}
+
+#[pymethods]
+impl IpcReader {
+    #[new]
+    #[pyo3(signature = (path, *, mmap=true))]
+    fn new(py: Python<'_>, path: PathBuf, mmap: bool) -> BridgeResult<Self> {
+        let data = py.detach(|| ipc::read_ipc(&path, mmap))?;
+        Ok(IpcReader { data })
+    }
+
+    /// Number of record batches.
+    #[getter]
+    fn num_batches(&self) -> usize {
+        self.data.batches().len()
+    }
+
+    /// Total rows.
+    #[getter]
+    fn num_rows(&self) -> usize {
+        self.data.batches().iter().map(|b| b.num_rows()).sum()
+    }
+
+    /// "file" or "stream".
+    #[getter]
+    fn format(&self) -> &'static str {
+        match self.data.format() {
+            IpcFormat::File => "file",
+            IpcFormat::Stream => "stream",
+        }
+    }
+
+    /// (address, length) of the memory mapping, or None when the file was read into memory.
+    #[getter]
+    fn mapping(&self) -> Option<(usize, usize)> {
+        self.data.mapping()
+    }
+
+    /// Column names.
+    #[getter]
+    fn names(&self) -> Vec<String> {
+        self.data
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
+    }
+
+    /// The Arrow schema, as a string.
+    #[getter]
+    fn schema(&self) -> String {
+        self.data.schema().to_string()
+    }
+
+    /// All columns as NumPy arrays (views of the mapping for a one-batch file).
+    fn read_all<'py>(&self, py: Python<'py>) -> BridgeResult<Bound<'py, PyDict>> {
+        tensors_to_dict(py, self.data.tensors()?)
+    }
+
+    /// The columns of batch `index` as NumPy arrays: always views.
+    fn read_batch<'py>(&self, py: Python<'py>, index: usize) -> BridgeResult<Bound<'py, PyDict>> {
+        if index >= self.data.batches().len() {
+            return Err(Error::shape(
+                "batch index",
+                format!(
+                    "{index} out of range for {} batches",
+                    self.data.batches().len()
+                ),
+            )
+            .into());
+        }
+        tensors_to_dict(py, self.data.batch_tensors(index)?)
+    }
+
+    /// One dict per column: name, dtype, shape, nbytes, and zero_copy (whether reading it
+    /// gives a view of the mapping rather than a copy).
+    fn describe<'py>(&self, py: Python<'py>) -> BridgeResult<Vec<Bound<'py, PyDict>>> {
+        let mapping = self.data.mapping();
+        self.data
+            .tensors()?
+            .into_iter()
+            .map(|(name, t)| {
+                let start = t.data_ptr() as usize;
+                let mapped = mapping
+                    .is_some_and(|(base, len)| start >= base && start + t.nbytes() <= base + len);
+                let dict = PyDict::new(py);
+                dict.set_item("name", name)?;
+                dict.set_item("dtype", t.dtype().name())?;
+                dict.set_item("shape", PyTuple::new(py, t.shape())?)?;
+                dict.set_item("nbytes", t.nbytes())?;
+                dict.set_item("zero_copy", mapped || t.is_empty())?;
+                Ok(dict)
+            })
+            .collect()
+    }
+}
