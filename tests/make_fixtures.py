@@ -28,9 +28,15 @@ def table() -> pa.Table:
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     t = table()
-    with pa.OSFile(str(OUT / "pyarrow_file.arrow"), "wb") as sink, pa.ipc.new_file(sink, t.schema) as w:
+    with (
+        pa.OSFile(str(OUT / "pyarrow_file.arrow"), "wb") as sink,
+        pa.ipc.new_file(sink, t.schema) as w,
+    ):
         w.write_table(t)
-    with pa.OSFile(str(OUT / "pyarrow_stream.arrows"), "wb") as sink, pa.ipc.new_stream(sink, t.schema) as w:
+    with (
+        pa.OSFile(str(OUT / "pyarrow_stream.arrows"), "wb") as sink,
+        pa.ipc.new_stream(sink, t.schema) as w,
+    ):
         w.write_table(t, max_chunksize=2)
     feather.write_feather(t, str(OUT / "pyarrow_lz4.feather"), compression="lz4")
 

@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 
 use crate::convert::input_tensor;
-use crate::errors::BridgeResult;
+use crate::errors::{no_panic, BridgeResult};
 use crate::numpy_input::{tensor_from_numpy, Realign, Want};
 use crate::numpy_output::tensor_to_numpy;
 
@@ -86,41 +86,43 @@ pub fn call<'py>(
     arrays: &Bound<'py, PyTuple>,
     params: Option<&Bound<'py, PyDict>>,
 ) -> BridgeResult<Bound<'py, PyAny>> {
-    let kernel = registry().get(kernel)?;
-    let inputs = arrays
-        .iter()
-        .map(|a| kernel_input(&a))
-        .collect::<BridgeResult<Vec<_>>>()?;
-    let params = match params {
-        None => Params::default(),
-        Some(dict) => Params::new(
-            dict.iter()
-                .map(|(k, v)| {
-                    let name: String = k.extract()?;
-                    let value = param(&name, &v)?;
-                    Ok((name, value))
-                })
-                .collect::<BridgeResult<Vec<_>>>()?,
-        ),
-    };
-    // Like NumPy, keep the GIL for work too small to amortize releasing it.
-    let work: usize = inputs.iter().map(ArrowTensor::nbytes).sum();
-    let outputs = if work >= RELEASE_GIL_BYTES {
-        py.detach(|| kernel.call(&inputs, params))?
-    } else {
-        kernel.call(&inputs, params)?
-    };
-    let mut results = outputs
-        .iter()
-        .map(|out| {
-            let shared = inputs.iter().any(|input| overlaps(out, input));
-            tensor_to_numpy(py, out, !shared)
+    no_panic("call", || {
+        let kernel = registry().get(kernel)?;
+        let inputs = arrays
+            .iter()
+            .map(|a| kernel_input(&a))
+            .collect::<BridgeResult<Vec<_>>>()?;
+        let params = match params {
+            None => Params::default(),
+            Some(dict) => Params::new(
+                dict.iter()
+                    .map(|(k, v)| {
+                        let name: String = k.extract()?;
+                        let value = param(&name, &v)?;
+                        Ok((name, value))
+                    })
+                    .collect::<BridgeResult<Vec<_>>>()?,
+            ),
+        };
+        // Like NumPy, keep the GIL for work too small to amortize releasing it.
+        let work: usize = inputs.iter().map(ArrowTensor::nbytes).sum();
+        let outputs = if work >= RELEASE_GIL_BYTES {
+            py.detach(|| kernel.call(&inputs, params))?
+        } else {
+            kernel.call(&inputs, params)?
+        };
+        let mut results = outputs
+            .iter()
+            .map(|out| {
+                let shared = inputs.iter().any(|input| overlaps(out, input));
+                tensor_to_numpy(py, out, !shared)
+            })
+            .collect::<BridgeResult<Vec<_>>>()?;
+        Ok(if results.len() == 1 {
+            results.pop().expect("one result")
+        } else {
+            PyTuple::new(py, results)?.into_any()
         })
-        .collect::<BridgeResult<Vec<_>>>()?;
-    Ok(if results.len() == 1 {
-        results.pop().expect("one result")
-    } else {
-        PyTuple::new(py, results)?.into_any()
     })
 }
 

@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use crate::capsule::{export_tensor, import_c_array, import_c_stream, imported_tensor};
-use crate::errors::BridgeResult;
+use crate::errors::{no_panic, BridgeResult};
 use crate::numpy_input::{tensor_from_numpy, CopyPolicy, Realign, Want};
 use crate::numpy_output::tensor_to_numpy;
 
@@ -50,29 +50,33 @@ pub fn export_array<'py>(
     whole: bool,
     name: &str,
 ) -> BridgeResult<Bound<'py, PyTuple>> {
-    let want = if whole { Want::Element } else { Want::Rows };
-    let tensor = tensor_from_numpy(array, want, copy, dim_names, Realign::IfCopyAllowed)?;
-    export_tensor(array.py(), &tensor, name)
+    no_panic("to_arrow", || {
+        let want = if whole { Want::Element } else { Want::Rows };
+        let tensor = tensor_from_numpy(array, want, copy, dim_names, Realign::IfCopyAllowed)?;
+        export_tensor(array.py(), &tensor, name)
+    })
 }
 
 /// Converts NumPy arrays, pyarrow arrays and any Arrow PyCapsule producer to a NumPy array.
 #[pyfunction]
 #[pyo3(signature = (obj, *, copy=None))]
 pub fn to_numpy<'py>(obj: &Bound<'py, PyAny>, copy: CopyPolicy) -> BridgeResult<Bound<'py, PyAny>> {
-    let py = obj.py();
-    if let Ok(array) = obj.cast::<PyUntypedArray>() {
-        return Ok(if copy == Some(true) {
-            crate::numpy_input::c_order_copy(array)?.into_any()
+    no_panic("to_numpy", || {
+        let py = obj.py();
+        if let Ok(array) = obj.cast::<PyUntypedArray>() {
+            return Ok(if copy == Some(true) {
+                crate::numpy_input::c_order_copy(array)?.into_any()
+            } else {
+                array.clone().into_any()
+            });
+        }
+        let tensor = input_tensor(obj, Want::Rows, copy)?;
+        let array = tensor_to_numpy(py, &tensor, false)?;
+        Ok(if copy == Some(true) {
+            crate::numpy_input::c_order_copy(array.cast::<PyUntypedArray>()?)?.into_any()
         } else {
-            array.clone().into_any()
-        });
-    }
-    let tensor = input_tensor(obj, Want::Rows, copy)?;
-    let array = tensor_to_numpy(py, &tensor, false)?;
-    Ok(if copy == Some(true) {
-        crate::numpy_input::c_order_copy(array.cast::<PyUntypedArray>()?)?.into_any()
-    } else {
-        array
+            array
+        })
     })
 }
 

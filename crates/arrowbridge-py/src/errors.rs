@@ -76,3 +76,20 @@ impl From<BridgeError> for PyErr {
         }
     }
 }
+
+/// Runs `f`, turning a Rust panic into an `ArrowBridgeError` instead of letting PyO3 raise
+/// its `PanicException` (which is not an `Exception`). `what` names the entry point.
+pub fn no_panic<T>(what: &str, f: impl FnOnce() -> BridgeResult<T>) -> BridgeResult<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic payload".into());
+        Err(Error::invalid(
+            what,
+            format!("internal error (a Rust panic, please report it): {message}"),
+        )
+        .into())
+    })
+}

@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyCapsule, PyCapsuleMethods, PyDict, PyList, PyTuple};
 
 use crate::convert::input_tensor;
-use crate::errors::BridgeResult;
+use crate::errors::{no_panic, BridgeResult};
 use crate::numpy_input::{tensor_from_numpy, Realign, Want};
 use crate::numpy_output::tensor_to_numpy;
 
@@ -61,15 +61,17 @@ pub fn write_arrays(
     format: &str,
     compression: Option<&str>,
 ) -> BridgeResult<()> {
-    let options = write_options(format, compression)?;
-    let tensors = arrays
-        .iter()
-        .map(|a| column_tensor(&a))
-        .collect::<BridgeResult<Vec<_>>>()?;
-    let columns: Vec<(&str, &ArrowTensor)> =
-        names.iter().map(String::as_str).zip(&tensors).collect();
-    py.detach(|| ipc::write_ipc(&path, &columns, &options))?;
-    Ok(())
+    no_panic("write_ipc", || {
+        let options = write_options(format, compression)?;
+        let tensors = arrays
+            .iter()
+            .map(|a| column_tensor(&a))
+            .collect::<BridgeResult<Vec<_>>>()?;
+        let columns: Vec<(&str, &ArrowTensor)> =
+            names.iter().map(String::as_str).zip(&tensors).collect();
+        py.detach(|| ipc::write_ipc(&path, &columns, &options))?;
+        Ok(())
+    })
 }
 
 /// Writes every batch of an object with `__arrow_c_stream__` (a pyarrow Table or
@@ -83,23 +85,25 @@ pub fn write_stream(
     format: &str,
     compression: Option<&str>,
 ) -> BridgeResult<()> {
-    let options = write_options(format, compression)?;
-    let capsule = data.call_method0(intern!(py, "__arrow_c_stream__"))?;
-    let capsule = capsule.cast::<PyCapsule>()?;
-    let ptr = capsule
-        .pointer_checked(Some(c"arrow_array_stream"))?
-        .as_ptr()
-        .cast::<FFI_ArrowArrayStream>();
-    // SAFETY: a live "arrow_array_stream" capsule points to a valid stream; from_raw moves it
-    // out, leaving a released stream for the capsule's destructor.
-    let reader = unsafe { RecordBatchStreamReader::from_raw(ptr) }?;
-    let schema = reader.schema();
-    py.detach(move || {
-        ipc::write_atomically(&path, |w| {
-            ipc::write_batches(w, &schema, reader.map(|b| b.map_err(Error::from)), &options)
-        })
-    })?;
-    Ok(())
+    no_panic("write_ipc", || {
+        let options = write_options(format, compression)?;
+        let capsule = data.call_method0(intern!(py, "__arrow_c_stream__"))?;
+        let capsule = capsule.cast::<PyCapsule>()?;
+        let ptr = capsule
+            .pointer_checked(Some(c"arrow_array_stream"))?
+            .as_ptr()
+            .cast::<FFI_ArrowArrayStream>();
+        // SAFETY: a live "arrow_array_stream" capsule points to a valid stream; from_raw moves it
+        // out, leaving a released stream for the capsule's destructor.
+        let reader = unsafe { RecordBatchStreamReader::from_raw(ptr) }?;
+        let schema = reader.schema();
+        py.detach(move || {
+            ipc::write_atomically(&path, |w| {
+                ipc::write_batches(w, &schema, reader.map(|b| b.map_err(Error::from)), &options)
+            })
+        })?;
+        Ok(())
+    })
 }
 
 /// An open IPC file or stream whose batches become NumPy arrays on request.
@@ -124,8 +128,10 @@ impl IpcReader {
     #[new]
     #[pyo3(signature = (path, *, mmap=true))]
     fn new(py: Python<'_>, path: PathBuf, mmap: bool) -> BridgeResult<Self> {
-        let data = py.detach(|| ipc::read_ipc(&path, mmap))?;
-        Ok(IpcReader { data })
+        no_panic("read_ipc", || {
+            let data = py.detach(|| ipc::read_ipc(&path, mmap))?;
+            Ok(IpcReader { data })
+        })
     }
 
     /// Number of record batches.
@@ -174,22 +180,24 @@ impl IpcReader {
 
     /// All columns as NumPy arrays (views of the mapping for a one-batch file).
     fn read_all<'py>(&self, py: Python<'py>) -> BridgeResult<Bound<'py, PyDict>> {
-        tensors_to_dict(py, self.data.tensors()?)
+        no_panic("read_ipc", || tensors_to_dict(py, self.data.tensors()?))
     }
 
     /// The columns of batch `index` as NumPy arrays: always views.
     fn read_batch<'py>(&self, py: Python<'py>, index: usize) -> BridgeResult<Bound<'py, PyDict>> {
-        if index >= self.data.batches().len() {
-            return Err(Error::shape(
-                "batch index",
-                format!(
-                    "{index} out of range for {} batches",
-                    self.data.batches().len()
-                ),
-            )
-            .into());
-        }
-        tensors_to_dict(py, self.data.batch_tensors(index)?)
+        no_panic("read_ipc", || {
+            if index >= self.data.batches().len() {
+                return Err(Error::shape(
+                    "batch index",
+                    format!(
+                        "{index} out of range for {} batches",
+                        self.data.batches().len()
+                    ),
+                )
+                .into());
+            }
+            tensors_to_dict(py, self.data.batch_tensors(index)?)
+        })
     }
 
     /// One dict per column: name, dtype, shape, nbytes, and zero_copy (whether reading it

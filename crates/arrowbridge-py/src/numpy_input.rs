@@ -159,7 +159,7 @@ pub fn tensor_from_numpy(
                         Arc::new(NumpyOwner(Some(array.clone().into_any().unbind()))),
                     )
                 },
-                _ => Buffer::from_vec(Vec::<u8>::new()),
+                _ => Buffer::from(arrow_buffer::MutableBuffer::new(0)),
             };
             let form = form(&order);
             Ok(ArrowTensor::from_buffer(

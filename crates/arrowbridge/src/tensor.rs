@@ -216,13 +216,18 @@ impl ArrowTensor {
                 dtype.alignment(),
             ));
         }
+        let values = if nbytes == 0 {
+            Buffer::from(arrow_buffer::MutableBuffer::new(0))
+        } else {
+            buffer.slice_with_length(0, nbytes)
+        };
         let tensor = ArrowTensor {
             dtype,
             shape,
             order,
             form,
             dim_names,
-            values: buffer.slice_with_length(0, nbytes),
+            values,
         };
         tensor.list_size()?;
         Ok(tensor)
@@ -261,7 +266,7 @@ impl ArrowTensor {
             Some(ptr) if nbytes > 0 => unsafe {
                 Buffer::from_custom_allocation(ptr, nbytes, Arc::new(OwnedVec(vec)))
             },
-            _ => Buffer::from_vec(Vec::<u8>::new()),
+            _ => Buffer::from(arrow_buffer::MutableBuffer::new(0)),
         };
         Self::from_buffer(buffer, dtype, shape, (0..ndim).collect(), Form::Rows, None)
     }
@@ -400,6 +405,10 @@ impl ArrowTensor {
         let address = buffer.as_ptr() as usize + offset;
         if nbytes > 0 && !address.is_multiple_of(dtype.alignment()) {
             return Err(misaligned(what, address, dtype.alignment()));
+        }
+        if nbytes == 0 {
+            // An empty buffer may sit anywhere; give views an aligned one.
+            return Ok(Buffer::from(arrow_buffer::MutableBuffer::new(0)));
         }
         Ok(buffer.slice_with_length(offset, nbytes))
     }
