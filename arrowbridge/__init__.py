@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from . import _extension, _native
+from . import _extension, _native, shm
 from ._native import call, kernels
 from .errors import (
     ArrowBridgeError,
@@ -141,6 +141,7 @@ __all__ = [
     "kernels",
     "open_ipc",
     "read_ipc",
+    "shm",
     "to_arrow",
     "to_numpy",
     "write_ipc",
