@@ -107,6 +107,75 @@ def in_process(sizes: list[int], budget: float) -> list[dict]:
     return rows
 
 
+def file_cases(x: np.ndarray, tmp: Path) -> tuple[dict, dict]:
+    """Writers and readers of one float64 tensor, each on its own file in `tmp` (tmpfs)."""
+    import pyarrow.feather as feather
+    from safetensors.numpy import load_file, save_file
+
+    paths = {k: tmp / f"bench.{k}" for k in ("arrow", "lz4", "zstd", "npy", "pa", "st", "feather")}
+
+    def pa_write():
+        t = pa.table({"x": pa.FixedShapeTensorArray.from_numpy_ndarray(x)})
+        with pa.ipc.new_file(paths["pa"], t.schema) as w:
+            w.write_table(t)
+
+    writers = {
+        "arrowbridge.write_ipc": lambda: arrowbridge.write_ipc(paths["arrow"], {"x": x}),
+        "arrowbridge.write_ipc(lz4)": lambda: arrowbridge.write_ipc(
+            paths["lz4"], {"x": x}, compression="lz4"
+        ),
+        "arrowbridge.write_ipc(zstd)": lambda: arrowbridge.write_ipc(
+            paths["zstd"], {"x": x}, compression="zstd"
+        ),
+        "np.save": lambda: np.save(paths["npy"], x),
+        "pyarrow ipc.new_file (from_numpy_ndarray)": pa_write,
+        "pyarrow feather.write_feather": lambda: feather.write_feather(
+            pa.table({"x": pa.FixedShapeTensorArray.from_numpy_ndarray(x)}), paths["feather"]
+        ),
+        "safetensors save_file": lambda: save_file({"x": x}, str(paths["st"])),
+    }
+    for fn in writers.values():
+        fn()
+
+    def pa_read():
+        with pa.memory_map(str(paths["pa"])) as source:
+            return pa.ipc.open_file(source).read_all()["x"].chunk(0).to_numpy_ndarray()
+
+    readers = {
+        "arrowbridge.read_ipc(mmap=True)": lambda: arrowbridge.read_ipc(paths["arrow"])["x"],
+        "Rust read_ipc + view (IpcReader.describe)": lambda: arrowbridge.IpcReader(
+            str(paths["arrow"])
+        ).describe(),
+        "arrowbridge.read_ipc(mmap=False)": lambda: arrowbridge.read_ipc(
+            paths["arrow"], mmap=False
+        )["x"],
+        "arrowbridge.read_ipc(lz4)": lambda: arrowbridge.read_ipc(paths["lz4"])["x"],
+        "arrowbridge.read_ipc(zstd)": lambda: arrowbridge.read_ipc(paths["zstd"])["x"],
+        "np.load": lambda: np.load(paths["npy"]),
+        "np.load(mmap_mode='r')": lambda: np.load(paths["npy"], mmap_mode="r"),
+        "pyarrow memory_map + to_numpy_ndarray": pa_read,
+        "safetensors load_file": lambda: load_file(str(paths["st"]))["x"],
+    }
+    return writers, readers
+
+
+def files(sizes: list[int], budget: float) -> tuple[list[dict], list[dict]]:
+    import tempfile
+
+    tmpfs = "/dev/shm" if Path("/dev/shm").is_dir() else None
+    writes, reads = [], []
+    with tempfile.TemporaryDirectory(dir=tmpfs) as tmp:
+        for nbytes in sizes:
+            x = np.random.default_rng(0).standard_normal((max(1, nbytes // (8 * 1024)), 1024))
+            writers, readers = file_cases(x, Path(tmp))
+            for name, (median, iqr) in measure(writers, budget).items():
+                writes.append({"size": x.nbytes, "case": name, "median": median, "iqr": iqr})
+            for name, (median, iqr) in measure(readers, budget).items():
+                reads.append({"size": x.nbytes, "case": name, "median": median, "iqr": iqr})
+            print(f"  measured files of {fmt_size(x.nbytes)}", file=sys.stderr)
+    return writes, reads
+
+
 def table(rows: list[dict], baseline: str) -> str:
     sizes = sorted({r["size"] for r in rows})
     cases = list(dict.fromkeys(r["case"] for r in rows))
@@ -167,6 +236,24 @@ def main() -> None:
         f"largest / smallest = {call[-1] / call[0]:.2f}×.",
         f'- `call("identity")` / rust-numpy direct path, by size: {ratios}.',
     ]
+    print("files ...", file=sys.stderr)
+    file_sizes = [16 * MIB, 64 * MIB] if args.quick else [MIB, 16 * MIB, 256 * MIB, GIB]
+    writes, reads = files(file_sizes, budget)
+    wby = {(r["case"], r["size"]): r["median"] for r in writes}
+    rby = {(r["case"], r["size"]): r["median"] for r in reads}
+    measured = sorted({r["size"] for r in writes})
+    big = measured[-1]
+    ours_w = wby[("arrowbridge.write_ipc", big)]
+    ours_r = {s: rby[("arrowbridge.read_ipc(mmap=True)", s)] for s in measured}
+    vs_npsave = wby[("np.save", big)] / ours_w
+    vs_pyarrow = wby[("pyarrow ipc.new_file (from_numpy_ndarray)", big)] / ours_w
+    read_times = ", ".join(f"{fmt_time(t)} at {fmt_size(s)}" for s, t in ours_r.items())
+    headline += [
+        f"- write_ipc of {fmt_size(big)}: {big / ours_w / 1e9:.2f} GB/s, "
+        f"{vs_npsave:.2f}× np.save's throughput, {vs_pyarrow:.2f}× pyarrow's IPC writer's.",
+        f"- read_ipc(mmap=True): {read_times}; "
+        f"{rby[('np.load', big)] / ours_r[big]:.0f}× faster than np.load at {fmt_size(big)}.",
+    ]
     report = "\n".join(
         [
             "# arrowbridge benchmarks",
@@ -186,6 +273,18 @@ def main() -> None:
             "Median per call ± interquartile range, and the ratio to the rust-numpy direct path.",
             "",
             table(rows, baseline),
+            "",
+            "## Files on tmpfs: write (float64 (n, 1024) tensor)",
+            "",
+            "Median per write ± interquartile range, and the ratio to np.save.",
+            "",
+            table(writes, "np.save"),
+            "",
+            "## Files on tmpfs: read to a NumPy array",
+            "",
+            "Median per read ± interquartile range, and the ratio to np.load (reads every byte).",
+            "",
+            table(reads, "np.load"),
             "",
         ]
     )

@@ -9,8 +9,8 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 
 use crate::convert::input_tensor;
 use crate::errors::{no_panic, BridgeResult};
-use crate::numpy_input::{tensor_from_numpy, Realign, Want};
-use crate::numpy_output::tensor_to_numpy;
+use crate::numpy_input::{data_address, tensor_from_numpy, Realign, Want};
+use crate::numpy_output::{tensor_to_numpy, tensor_to_numpy_with_base};
 
 /// Inputs of at least this many bytes are processed with the GIL released.
 const RELEASE_GIL_BYTES: usize = 1 << 16;
@@ -48,11 +48,16 @@ fn param(name: &str, value: &Bound<'_, PyAny>) -> BridgeResult<Param> {
     })
 }
 
-fn kernel_input(obj: &Bound<'_, PyAny>) -> BridgeResult<ArrowTensor> {
+/// A kernel input, and the NumPy array it views when it views one without a copy.
+fn kernel_input<'py>(
+    obj: &Bound<'py, PyAny>,
+) -> BridgeResult<(ArrowTensor, Option<Bound<'py, PyAny>>)> {
     if let Ok(array) = obj.cast::<PyUntypedArray>() {
-        return tensor_from_numpy(array, Want::AnyBlock, None, None, Realign::Never);
+        let tensor = tensor_from_numpy(array, Want::AnyBlock, None, None, Realign::Never)?;
+        let direct = (tensor.data_ptr() as usize == data_address(array)).then(|| obj.clone());
+        return Ok((tensor, direct));
     }
-    input_tensor(obj, Want::Rows, None)
+    Ok((input_tensor(obj, Want::Rows, None)?, None))
 }
 
 fn overlaps(a: &ArrowTensor, b: &ArrowTensor) -> bool {
@@ -88,10 +93,12 @@ pub fn call<'py>(
 ) -> BridgeResult<Bound<'py, PyAny>> {
     no_panic("call", || {
         let kernel = registry().get(kernel)?;
-        let inputs = arrays
+        let (inputs, owners): (Vec<ArrowTensor>, Vec<Option<Bound<'py, PyAny>>>) = arrays
             .iter()
             .map(|a| kernel_input(&a))
-            .collect::<BridgeResult<Vec<_>>>()?;
+            .collect::<BridgeResult<Vec<_>>>()?
+            .into_iter()
+            .unzip();
         let params = match params {
             None => Params::default(),
             Some(dict) => Params::new(
@@ -114,8 +121,20 @@ pub fn call<'py>(
         let mut results = outputs
             .iter()
             .map(|out| {
-                let shared = inputs.iter().any(|input| overlaps(out, input));
-                tensor_to_numpy(py, out, !shared)
+                // An output inside an input's memory is a read-only view; when that input is a
+                // NumPy array viewed in place, the array itself is the base (as NumPy's own
+                // views do), otherwise the Arrow buffer is.
+                match inputs
+                    .iter()
+                    .zip(&owners)
+                    .find(|(input, _)| overlaps(out, input))
+                {
+                    Some((_, Some(owner))) => {
+                        tensor_to_numpy_with_base(py, out, false, owner.clone())
+                    }
+                    Some((_, None)) => tensor_to_numpy(py, out, false),
+                    None => tensor_to_numpy(py, out, true),
+                }
             })
             .collect::<BridgeResult<Vec<_>>>()?;
         Ok(if results.len() == 1 {

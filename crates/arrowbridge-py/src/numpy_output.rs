@@ -60,11 +60,26 @@ fn descr(py: Python<'_>, dtype: DType) -> PyResult<Bound<'_, PyArrayDescr>> {
     Ok(all[index].bind(py).clone())
 }
 
-/// A NumPy array viewing `tensor`'s memory; its `base` keeps the memory alive.
+/// A NumPy array viewing `tensor`'s memory; its `base` (an [`ArrowMemory`]) keeps the memory
+/// alive.
 pub fn tensor_to_numpy<'py>(
     py: Python<'py>,
     tensor: &ArrowTensor,
     writeable: bool,
+) -> BridgeResult<Bound<'py, PyAny>> {
+    let base = ArrowMemory {
+        buffer: tensor.values().clone(),
+    };
+    tensor_to_numpy_with_base(py, tensor, writeable, Bound::new(py, base)?.into_any())
+}
+
+/// A NumPy array viewing `tensor`'s memory with `base` as its base object, which must keep
+/// that memory alive (an [`ArrowMemory`], or the NumPy array that owns the memory).
+pub fn tensor_to_numpy_with_base<'py>(
+    py: Python<'py>,
+    tensor: &ArrowTensor,
+    writeable: bool,
+    base: Bound<'py, PyAny>,
 ) -> BridgeResult<Bound<'py, PyAny>> {
     let descr = descr(py, tensor.dtype())?;
     let ndim = tensor.shape().len();
@@ -82,16 +97,10 @@ pub fn tensor_to_numpy<'py>(
     }
     tensor.byte_strides_into(&mut strides[..ndim]);
     let flags: c_int = if writeable { NPY_ARRAY_WRITEABLE } else { 0 };
-    let base = Bound::new(
-        py,
-        ArrowMemory {
-            buffer: tensor.values().clone(),
-        },
-    )?;
     // SAFETY: `descr` is a valid dtype; NewFromDescr steals a reference to it, so one is
-    // added first. dims and strides describe `tensor.len()` elements inside the Arrow buffers
-    // starting at data_ptr (ArrowTensor checked this); NumPy does not own the data and the
-    // base object set below keeps it alive. SetBaseObject steals the reference to `base`.
+    // added first. dims and strides describe `tensor.len()` elements inside the buffer that
+    // starts at data_ptr (ArrowTensor checked this); NumPy does not own the data and `base`,
+    // set below, keeps it alive. SetBaseObject steals the reference `into_ptr` hands over.
     unsafe {
         let subtype = get_type_object(py, NpyTypes::PyArray_Type);
         pyo3::ffi::Py_INCREF(descr.as_ptr());
