@@ -37,6 +37,7 @@ from .errors import (
     UnknownKernelError,
     UnsupportedTypeError,
 )
+from .flight import Client, Server, connect, serve
 from .ipc import IpcReader, iter_ipc, open_ipc, read_ipc, write_ipc
 
 __version__: str = _native.__version__
@@ -122,6 +123,7 @@ __test__ = {"call": call.__doc__, "kernels": kernels.__doc__}
 __all__ = [
     "ArrowBridgeError",
     "ByteOrderError",
+    "Client",
     "CopyRequiredError",
     "DTypeMismatchError",
     "FileError",
@@ -132,15 +134,18 @@ __all__ = [
     "KernelParameterError",
     "MisalignedBufferError",
     "NullValuesError",
+    "Server",
     "ShapeError",
     "UnknownKernelError",
     "UnsupportedTypeError",
     "__version__",
     "call",
+    "connect",
     "iter_ipc",
     "kernels",
     "open_ipc",
     "read_ipc",
+    "serve",
     "shm",
     "to_arrow",
     "to_numpy",

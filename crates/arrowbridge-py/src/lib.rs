@@ -6,6 +6,7 @@ mod capsule;
 mod convert;
 mod direct;
 mod errors;
+mod flight;
 mod ipc;
 mod numpy_input;
 mod numpy_output;
@@ -25,6 +26,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ipc::write_arrays, m)?)?;
     m.add_function(wrap_pyfunction!(ipc::write_stream, m)?)?;
     m.add_class::<ipc::IpcReader>()?;
+    m.add_class::<flight::FlightServer>()?;
+    m.add_function(wrap_pyfunction!(flight::record_batch_capsules, m)?)?;
+    m.add_function(wrap_pyfunction!(flight::stream_to_arrays, m)?)?;
     m.add_class::<numpy_output::ArrowMemory>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

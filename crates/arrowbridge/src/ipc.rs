@@ -385,6 +385,35 @@ fn column_tensor(field: &Field, array: &dyn Array) -> Result<ArrowTensor> {
     }
 }
 
+/// The tensor of column `index` across `batches`: a view when there is one batch, a
+/// concatenation (a copy) when there are several.
+pub fn column_across(
+    schema: &Schema,
+    batches: &[RecordBatch],
+    index: usize,
+) -> Result<ArrowTensor> {
+    let field = schema.field(index);
+    match batches {
+        [one] => column_tensor(field, one.column(index).as_ref()),
+        [] => column_tensor(
+            field,
+            arrow_array::new_empty_array(field.data_type()).as_ref(),
+        ),
+        _ => {
+            let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(index).as_ref()).collect();
+            let joined = arrow_select::concat::concat(&parts)?;
+            column_tensor(field, joined.as_ref())
+        }
+    }
+}
+
+/// Every column of `batches` as a named tensor (see [`column_across`]).
+pub fn tensors_of(schema: &Schema, batches: &[RecordBatch]) -> Result<Vec<(String, ArrowTensor)>> {
+    (0..schema.fields().len())
+        .map(|i| column_across(schema, batches, i).map(|t| (schema.field(i).name().clone(), t)))
+        .collect()
+}
+
 impl IpcData {
     /// The schema.
     pub fn schema(&self) -> &SchemaRef {
@@ -442,7 +471,7 @@ impl IpcData {
     /// The tensor of column `name` across all batches: a view when the data has one batch,
     /// a concatenation (a copy) when it has several.
     pub fn tensor(&self, name: &str) -> Result<ArrowTensor> {
-        let (index, field) = self.schema.column_with_name(name).ok_or_else(|| {
+        let (index, _) = self.schema.column_with_name(name).ok_or_else(|| {
             bad_file(
                 &self.path,
                 format!(
@@ -455,23 +484,7 @@ impl IpcData {
                 ),
             )
         })?;
-        let tensor = match self.batches.len() {
-            1 => column_tensor(field, self.batches[0].column(index).as_ref()),
-            0 => column_tensor(
-                field,
-                arrow_array::new_empty_array(field.data_type()).as_ref(),
-            ),
-            _ => {
-                let parts: Vec<&dyn Array> = self
-                    .batches
-                    .iter()
-                    .map(|b| b.column(index).as_ref())
-                    .collect();
-                let joined = arrow_select::concat::concat(&parts)?;
-                column_tensor(field, joined.as_ref())
-            }
-        };
-        tensor.map_err(|e| self.context(e))
+        column_across(&self.schema, &self.batches, index).map_err(|e| self.context(e))
     }
 
     /// Every column's tensor, in schema order (see [`tensor`](Self::tensor)).

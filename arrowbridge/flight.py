@@ -1,0 +1,287 @@
+"""Arrow Flight: a Rust server that stores arrays and runs kernels, and a NumPy client.
+
+>>> import numpy as np, arrowbridge
+>>> with arrowbridge.serve() as server:
+...     client = arrowbridge.connect(server.location)
+...     client.put("x", np.arange(6.0).reshape(2, 3))
+...     client.call("sum", client.stored("x"), axis=1).tolist()
+[3.0, 12.0]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from . import _native
+from .errors import ArrowBridgeError
+
+#: Largest chunk of a put or call the client sends in one message; tensors are split by rows.
+CHUNK_BYTES = 8 << 20
+
+
+class FlightCallError(ArrowBridgeError, RuntimeError):
+    """A Flight call failed; the message is the server's."""
+
+
+class AuthenticationError(FlightCallError, PermissionError):
+    """The server wants a (different) bearer token."""
+
+
+class RemoteNotFoundError(FlightCallError, LookupError):
+    """The server has no array (or kernel) of that name."""
+
+
+class RemoteInvalidError(FlightCallError, ValueError):
+    """The server rejected the request: wrong dtype, shape, parameter or data."""
+
+
+class ServerUnavailableError(FlightCallError, ConnectionError):
+    """The server cannot be reached."""
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except flight.FlightUnauthenticatedError as e:
+        raise AuthenticationError(str(e)) from e
+    except flight.FlightUnavailableError as e:
+        raise ServerUnavailableError(str(e)) from e
+    except pa.ArrowKeyError as e:
+        raise RemoteNotFoundError(str(e)) from e
+    except (pa.ArrowInvalid, flight.FlightServerError) as e:
+        raise RemoteInvalidError(str(e)) from e
+    except flight.FlightError as e:
+        raise FlightCallError(str(e)) from e
+
+
+class Server:
+    """A running arrowbridge Flight server (see :func:`serve`)."""
+
+    def __init__(self, native: _native.FlightServer):
+        self._native = native
+
+    @property
+    def location(self) -> str:
+        """``grpc://host:port``: what clients connect to."""
+        return self._native.location
+
+    @property
+    def running(self) -> bool:
+        return self._native.running
+
+    def shutdown(self) -> None:
+        """Stops the server after the calls under way; idempotent."""
+        self._native.shutdown()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        return f"<arrowbridge.Server {self.location} {'running' if self.running else 'stopped'}>"
+
+
+def serve(
+    location: str = "grpc://127.0.0.1:0",
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    token: str | None = None,
+    tls: tuple[bytes, bytes] | None = None,
+) -> Server:
+    """Starts the Rust Flight server on background threads of this process.
+
+    ``location`` is ``grpc://host:port`` (port 0 picks a free one; see :attr:`Server.location`).
+    Without ``data_dir`` arrays live in memory. With it, every acknowledged put is first
+    written to ``data_dir/<name>.arrow`` (atomically, fsynced) and the directory's arrays are
+    served again after a restart. ``token`` requires ``authorization: Bearer <token>`` on every
+    call; ``tls=(cert_pem, key_pem)`` serves over TLS (``grpc+tls://``).
+    """
+    url = urlparse(location)
+    if (
+        url.scheme not in ("grpc", "grpc+tcp", "grpc+tls")
+        or (url.port is None
+        and url.hostname is None)
+    ):
+        raise ValueError(f"location {location!r}: expected grpc://host:port")
+    native = _native.FlightServer(
+        url.hostname or "127.0.0.1",
+        url.port or 0,
+        data_dir=None if data_dir is None else os.fspath(data_dir),
+        token=token,
+        tls_cert=None if tls is None else tls[0],
+        tls_key=None if tls is None else tls[1],
+    )
+    return Server(native)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A kernel argument that names an array already on the server (not sent again)."""
+
+    name: str
+
+
+def _record_batch(arrays: Mapping[str, Any]) -> pa.RecordBatch:
+    names = list(arrays)
+    values = [
+        v if hasattr(v, "__arrow_c_array__") or hasattr(v, "__arrow_c_stream__") else np.asarray(v)
+        for v in arrays.values()
+    ]
+    schema, array = _native.record_batch_capsules(names, values)
+    return pa.RecordBatch._import_from_c_capsule(schema, array)
+
+
+def _chunks(batch: pa.RecordBatch, chunk_bytes: int) -> Iterator[pa.RecordBatch]:
+    rows = batch.num_rows
+    row_bytes = max(1, batch.nbytes // max(rows, 1))
+    step = max(1, chunk_bytes // row_bytes)
+    if rows == 0:
+        yield batch
+    for start in range(0, rows, step):
+        yield batch.slice(start, step)
+
+
+class Client:
+    """A Flight client speaking NumPy (see :func:`connect`). Works against any Flight server
+    for put/get/list/info; ``call`` needs an arrowbridge server."""
+
+    def __init__(
+        self, location: str, *, token: str | None = None, tls_root_certs: bytes | None = None
+    ):
+        kwargs = {} if tls_root_certs is None else {"tls_root_certs": tls_root_certs}
+        self.location = location
+        self._client = flight.FlightClient(location, **kwargs)
+        headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+        self._options = flight.FlightCallOptions(headers=headers)
+
+    def put(self, name: str, data: Any, *, chunk_bytes: int = CHUNK_BYTES) -> None:
+        """Stores ``data`` under ``name``: a NumPy array, a dict of arrays (rows of one table when
+        they share axis 0), or a pyarrow Table/RecordBatch. Large data is sent in chunks of rows."""
+        if isinstance(data, np.ndarray):
+            data = {"data": data}
+        batches = (
+            [_record_batch(data)]
+            if isinstance(data, Mapping)
+            else list(data.to_batches() if hasattr(data, "to_batches") else [data])
+        )
+        schema = batches[0].schema
+        with _translated():
+            writer, reader = self._client.do_put(
+                flight.FlightDescriptor.for_path(name), schema, self._options
+            )
+            with writer:
+                for batch in batches:
+                    for chunk in _chunks(batch, chunk_bytes):
+                        writer.write_batch(chunk)
+                writer.done_writing()
+                reader.read()
+
+    def get(self, name: str) -> dict[str, np.ndarray]:
+        """The arrays stored under ``name``; read-only views of the received buffers where they
+        are aligned and in one piece (several chunks are concatenated)."""
+        with _translated():
+            table = self._client.do_get(flight.Ticket(name.encode()), self._options).read_all()
+        return _native.stream_to_arrays(table)
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every stored item: name, rows, bytes and columns (dtype, shape)."""
+        with _translated():
+            return [
+                self._describe(info) for info in self._client.list_flights(options=self._options)
+            ]
+
+    def info(self, name: str) -> dict[str, Any]:
+        """What is stored under ``name``."""
+        with _translated():
+            info = self._client.get_flight_info(
+                flight.FlightDescriptor.for_path(name), self._options
+            )
+        return self._describe(info)
+
+    @staticmethod
+    def _describe(info: flight.FlightInfo) -> dict[str, Any]:
+        meta = json.loads(info.app_metadata or b"{}")
+        return {
+            "name": info.descriptor.path[0].decode(),
+            "rows": info.total_records,
+            "bytes": info.total_bytes,
+            "schema": info.schema,
+            "columns": meta.get("columns", []),
+        }
+
+    def delete(self, name: str) -> None:
+        """Deletes ``name`` from the server."""
+        self._action("delete", name.encode())
+
+    def kernels(self) -> dict[str, str]:
+        """The server's kernels: name -> signature."""
+        return json.loads(self._action("list_kernels"))
+
+    def health(self) -> dict[str, Any]:
+        return json.loads(self._action("health"))
+
+    def _action(self, kind: str, body: bytes = b"") -> bytes:
+        with _translated():
+            results = list(self._client.do_action(flight.Action(kind, body), self._options))
+        return results[0].body.to_pybytes() if results else b""
+
+    @staticmethod
+    def stored(name: str) -> Stored:
+        """A kernel argument naming an array already on the server."""
+        return Stored(name)
+
+    def call(self, kernel: str, *arrays: Any, chunk_bytes: int = CHUNK_BYTES, **params: Any) -> Any:
+        """Runs ``kernel`` on the server (DoExchange) and returns its result as NumPy.
+
+        Arguments are NumPy arrays (sent) or :meth:`stored` names (already on the server).
+        """
+        args, sent = [], {}
+        for i, a in enumerate(arrays):
+            if isinstance(a, Stored):
+                args.append({"stored": a.name})
+            else:
+                args.append({"column": f"arg{i}"})
+                sent[f"arg{i}"] = a
+        command = json.dumps({"kernel": kernel, "args": args, "params": params}).encode()
+        batch = _record_batch(sent) if sent else pa.record_batch([], schema=pa.schema([]))
+        with _translated():
+            writer, reader = self._client.do_exchange(
+                flight.FlightDescriptor.for_command(command), self._options
+            )
+            with writer:
+                writer.begin(batch.schema)
+                for chunk in _chunks(batch, chunk_bytes) if sent else []:
+                    writer.write_batch(chunk)
+                writer.done_writing()
+                table = reader.read_all()
+        result = list(_native.stream_to_arrays(table).values())
+        return result[0] if len(result) == 1 else tuple(result)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(
+    location: str, *, token: str | None = None, tls_root_certs: bytes | None = None
+) -> Client:
+    """A client of the Flight server at ``location`` (``grpc://host:port``)."""
+    return Client(location, token=token, tls_root_certs=tls_root_certs)

@@ -1,0 +1,54 @@
+//! Errors of the Flight server, and how they reach clients.
+
+use std::path::Path;
+
+use tonic::Status;
+
+/// What can go wrong in the server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FlightServerError {
+    #[error(transparent)]
+    Core(#[from] arrowbridge::Error),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Transport(String),
+}
+
+/// `Result` of the Flight server.
+pub type Result<T, E = FlightServerError> = std::result::Result<T, E>;
+
+impl FlightServerError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        FlightServerError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+impl From<FlightServerError> for Status {
+    fn from(e: FlightServerError) -> Status {
+        use arrowbridge::Error as E;
+        let message = e.to_string();
+        match e {
+            FlightServerError::NotFound(_) | FlightServerError::Core(E::UnknownKernel { .. }) => {
+                Status::not_found(message)
+            }
+            FlightServerError::Io { .. } | FlightServerError::Core(E::Io { .. }) => {
+                Status::internal(message)
+            }
+            FlightServerError::Transport(_) => Status::internal(message),
+            _ => Status::invalid_argument(message),
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! An Arrow Flight server for arrowbridge: stores named arrays and runs the kernels of an
+//! [`arrowbridge::Registry`] on arrays sent by any Flight client.
+//!
+//! | RPC | what it does |
+//! | --- | --- |
+//! | DoPut | stores the streamed batches under the descriptor's path `[name]` |
+//! | DoGet | streams a stored item back (ticket = name), split into messages of at most 8 MiB |
+//! | ListFlights, GetFlightInfo, GetSchema | describe stored items (schema, rows, bytes) |
+//! | DoExchange | runs a kernel: descriptor command `{"kernel": ..., "args": [...], "params": {...}}` |
+//! | DoAction | `delete` (body = name), `list_kernels`, `health` |
+
+mod error;
+mod server;
+mod service;
+mod store;
+
+pub use error::{FlightServerError, Result};
+pub use server::{start, RunningServer, ServerConfig, MAX_MESSAGE};
+pub use service::{ExchangeArg, ExchangeCommand, Service, MAX_FLIGHT_DATA};
+pub use store::{check_name, Store, Stored};

@@ -1,0 +1,163 @@
+//! Named record batches held by the server, optionally persisted as IPC files.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use arrowbridge::ipc::{self, IpcFormat, WriteOptions};
+
+use crate::error::{FlightServerError, Result};
+
+/// One stored item: the batches a client put under a name.
+#[derive(Debug)]
+pub struct Stored {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+}
+
+impl Stored {
+    /// Total rows.
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+
+    /// Total bytes of the Arrow buffers.
+    pub fn bytes(&self) -> usize {
+        self.batches
+            .iter()
+            .map(RecordBatch::get_array_memory_size)
+            .sum()
+    }
+}
+
+/// The server's arrays by name. With a data directory, every put is written to
+/// `<dir>/<name>.arrow` atomically (temporary file, fsync, rename) before it is acknowledged,
+/// and the directory's files are served again after a restart.
+#[derive(Debug, Default)]
+pub struct Store {
+    items: RwLock<BTreeMap<String, Arc<Stored>>>,
+    data_dir: Option<PathBuf>,
+}
+
+/// Whether `name` can name a stored item (and its file).
+pub fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(FlightServerError::BadRequest(format!(
+            "name {name:?}: use 1-200 letters, digits, '_', '-' or '.', not starting with '.'"
+        )))
+    }
+}
+
+impl Store {
+    /// An in-memory store, or one backed by `data_dir` (created if missing; its `.arrow`
+    /// files are loaded, memory-mapped).
+    pub fn open(data_dir: Option<PathBuf>) -> Result<Self> {
+        let store = Store {
+            items: RwLock::default(),
+            data_dir,
+        };
+        if let Some(dir) = &store.data_dir {
+            std::fs::create_dir_all(dir).map_err(|e| FlightServerError::io(dir, e))?;
+            let entries = std::fs::read_dir(dir).map_err(|e| FlightServerError::io(dir, e))?;
+            for entry in entries {
+                let path = entry.map_err(|e| FlightServerError::io(dir, e))?.path();
+                let Some(name) = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(".arrow"))
+                else {
+                    continue;
+                };
+                // Temporary files of interrupted writes start with '.' and are not served.
+                if check_name(name).is_err() {
+                    continue;
+                }
+                let data = ipc::read_ipc(&path, true)?;
+                let stored = Stored {
+                    schema: data.schema().clone(),
+                    batches: data.batches().to_vec(),
+                };
+                store
+                    .write_items()
+                    .insert(name.to_string(), Arc::new(stored));
+            }
+        }
+        Ok(store)
+    }
+
+    fn write_items(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Stored>>> {
+        self.items
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn read_items(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Stored>>> {
+        self.items
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn file(&self, dir: &Path, name: &str) -> PathBuf {
+        dir.join(format!("{name}.arrow"))
+    }
+
+    /// Stores `stored` under `name`, durably first when the store has a data directory.
+    pub fn put(&self, name: &str, stored: Stored) -> Result<()> {
+        check_name(name)?;
+        if let Some(dir) = &self.data_dir {
+            let path = self.file(dir, name);
+            let options = WriteOptions {
+                format: IpcFormat::File,
+                compression: None,
+            };
+            ipc::write_atomically(&path, |w| {
+                ipc::write_batches(
+                    w,
+                    &stored.schema,
+                    stored.batches.iter().cloned().map(Ok),
+                    &options,
+                )
+            })?;
+        }
+        self.write_items()
+            .insert(name.to_string(), Arc::new(stored));
+        Ok(())
+    }
+
+    /// The item called `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<Stored>> {
+        self.read_items().get(name).cloned()
+    }
+
+    /// Removes `name`; whether it existed.
+    pub fn delete(&self, name: &str) -> Result<bool> {
+        let existed = self.write_items().remove(name).is_some();
+        if let Some(dir) = &self.data_dir {
+            check_name(name)?;
+            match std::fs::remove_file(self.file(dir, name)) {
+                Ok(()) => return Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(FlightServerError::io(dir, e)),
+            }
+        }
+        Ok(existed)
+    }
+
+    /// Every item, by name.
+    pub fn list(&self) -> Vec<(String, Arc<Stored>)> {
+        self.read_items()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
