@@ -158,6 +158,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    tls = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise SystemExit("arrowbridge serve: --tls-cert and --tls-key go together")
+        tls = (Path(args.tls_cert).read_bytes(), Path(args.tls_key).read_bytes())
+    server = arrowbridge.serve(
+        f"grpc://{args.host}:{args.port}", data_dir=args.data_dir, token=args.token, tls=tls
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    store = f"data directory {args.data_dir}" if args.data_dir else "in memory"
+    print(f"arrowbridge Flight server at {server.location} ({store})", flush=True)
+    while not stop.wait(0.5):
+        if not server.running:
+            print("arrowbridge serve: the server stopped", file=sys.stderr)
+            return 1
+    server.shutdown()
+    print("arrowbridge Flight server stopped", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="arrowbridge",
@@ -181,6 +207,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("output", type=Path)
     p.add_argument("-p", "--param", action="append", default=[], help="kernel parameter NAME=VALUE")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser(
+        "serve", help="run the Flight server in the foreground (SIGINT/SIGTERM stop it)"
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8815)
+    p.add_argument(
+        "--data-dir", type=Path, help="persist every put here and serve it after restarts"
+    )
+    p.add_argument("--token", help="require 'authorization: Bearer TOKEN' on every call")
+    p.add_argument("--tls-cert", help="PEM certificate: serve over TLS")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p.set_defaults(func=cmd_serve)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -110,10 +110,8 @@ def serve(
     call; ``tls=(cert_pem, key_pem)`` serves over TLS (``grpc+tls://``).
     """
     url = urlparse(location)
-    if (
-        url.scheme not in ("grpc", "grpc+tcp", "grpc+tls")
-        or (url.port is None
-        and url.hostname is None)
+    if url.scheme not in ("grpc", "grpc+tcp", "grpc+tls") or (
+        url.port is None and url.hostname is None
     ):
         raise ValueError(f"location {location!r}: expected grpc://host:port")
     native = _native.FlightServer(

@@ -104,7 +104,7 @@ fn flight_info(name: &str, stored: &Stored) -> Result<FlightInfo, Status> {
                 serde_json::json!({"name": f.name(), "arrow_type": f.data_type().to_string()});
             // A column that is a tensor reports its dtype and shape (a view: nothing is copied
             // unless the item has several batches).
-            if let Ok(t) = column_tensor(&stored.schema, &stored.batches, f.name()) {
+            if let Ok(t) = stored.tensor(f.name()) {
                 column["dtype"] = t.dtype().name().into();
                 column["shape"] = t.shape().into();
             }
@@ -224,8 +224,7 @@ impl Service {
                                 "no array called {name:?} is stored"
                             ))
                         })?;
-                        let first = stored.schema.field(0).name().clone();
-                        column_tensor(&stored.schema, &stored.batches, &first)
+                        stored.tensor(stored.schema.field(0).name())
                     }
                 })
                 .collect::<Result<Vec<_>>>()?,
@@ -358,7 +357,7 @@ impl FlightService for Service {
         let schema = schema.ok_or_else(|| Status::invalid_argument("DoPut sent no schema"))?;
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         let store = self.store.clone();
-        let stored = Stored { schema, batches };
+        let stored = Stored::new(schema, batches);
         // Writing (and fsyncing) a file blocks: keep it off the async workers.
         tokio::task::spawn_blocking(move || store.put(&name, stored))
             .await

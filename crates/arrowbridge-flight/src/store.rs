@@ -2,11 +2,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use arrowbridge::ipc::{self, IpcFormat, WriteOptions};
+use arrowbridge::ArrowTensor;
 
 use crate::error::{FlightServerError, Result};
 
@@ -15,9 +16,35 @@ use crate::error::{FlightServerError, Result};
 pub struct Stored {
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
+    /// The columns as tensors, made on first use: a put split into many batches is
+    /// concatenated once, not on every call that reads it.
+    tensors: OnceLock<Vec<(String, ArrowTensor)>>,
 }
 
 impl Stored {
+    /// An item made of `batches`.
+    pub fn new(schema: SchemaRef, batches: Vec<RecordBatch>) -> Self {
+        Stored {
+            schema,
+            batches,
+            tensors: OnceLock::new(),
+        }
+    }
+
+    /// Column `name` as a tensor (a view when the item has one batch).
+    pub fn tensor(&self, name: &str) -> Result<ArrowTensor> {
+        if self.tensors.get().is_none() {
+            let tensors = ipc::tensors_of(&self.schema, &self.batches)?;
+            let _ = self.tensors.set(tensors);
+        }
+        let tensors = self.tensors.get().expect("set above");
+        tensors
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.clone())
+            .ok_or_else(|| FlightServerError::NotFound(format!("no column {name:?}")))
+    }
+
     /// Total rows.
     pub fn rows(&self) -> usize {
         self.batches.iter().map(RecordBatch::num_rows).sum()
@@ -83,10 +110,7 @@ impl Store {
                     continue;
                 }
                 let data = ipc::read_ipc(&path, true)?;
-                let stored = Stored {
-                    schema: data.schema().clone(),
-                    batches: data.batches().to_vec(),
-                };
+                let stored = Stored::new(data.schema().clone(), data.batches().to_vec());
                 store
                     .write_items()
                     .insert(name.to_string(), Arc::new(stored));
