@@ -24,6 +24,7 @@ build: $(DEPS)
 	$(BIN)/maturin develop --release --locked --quiet
 
 demo: build
+	cargo build --release --locked --example ipc_view
 	$(BIN)/python -m arrowbridge.demo
 
 lint: $(DEPS)
