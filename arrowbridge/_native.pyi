@@ -1,19 +1,26 @@
 """Typed interface of the compiled extension (crates/arrowbridge-py)."""
 
+import os
 from typing import Any, final
 
 import numpy as np
 
 __all__ = [
     "ArrowMemory",
+    "FlightServer",
+    "IpcReader",
     "__version__",
     "call",
     "data_address",
     "export_array",
     "kernels",
     "panic_in_kernel",
+    "record_batch_capsules",
     "rust_numpy_identity",
+    "stream_to_arrays",
     "to_numpy",
+    "write_arrays",
+    "write_stream",
 ]
 
 __version__: str
@@ -52,3 +59,65 @@ class ArrowMemory:
     def nbytes(self) -> int: ...
     @property
     def address(self) -> int: ...
+
+def write_arrays(
+    path: str | os.PathLike[str],
+    names: list[str],
+    arrays: list[Any],
+    *,
+    format: str = "file",
+    compression: str | None = None,
+) -> None:
+    """Writes named arrays to an Arrow IPC file or stream, atomically."""
+
+def write_stream(
+    path: str | os.PathLike[str], data: Any, *, format: str = "file", compression: str | None = None
+) -> None:
+    """Writes every batch of an ``__arrow_c_stream__`` producer to an IPC file or stream."""
+
+def record_batch_capsules(names: list[str], arrays: list[Any]) -> tuple[object, object]:
+    """The (schema, array) capsules of one record batch holding ``arrays``."""
+
+def stream_to_arrays(data: Any) -> dict[str, np.ndarray]:
+    """Every column of an ``__arrow_c_stream__`` producer as NumPy arrays."""
+
+@final
+class IpcReader:
+    """An open Arrow IPC file or stream."""
+
+    def __new__(cls, path: str | os.PathLike[str], *, mmap: bool = True) -> IpcReader: ...
+    @property
+    def num_batches(self) -> int: ...
+    @property
+    def num_rows(self) -> int: ...
+    @property
+    def format(self) -> str: ...
+    @property
+    def mapping(self) -> tuple[int, int] | None: ...
+    @property
+    def names(self) -> list[str]: ...
+    @property
+    def schema(self) -> str: ...
+    def read_all(self) -> dict[str, np.ndarray]: ...
+    def read_batch(self, index: int) -> dict[str, np.ndarray]: ...
+    def describe(self) -> list[dict[str, Any]]: ...
+
+@final
+class FlightServer:
+    """The Rust Flight server, running on background threads."""
+
+    def __new__(
+        cls,
+        host: str,
+        port: int,
+        *,
+        data_dir: str | os.PathLike[str] | None = None,
+        token: str | None = None,
+        tls_cert: bytes | None = None,
+        tls_key: bytes | None = None,
+    ) -> FlightServer: ...
+    @property
+    def location(self) -> str: ...
+    @property
+    def running(self) -> bool: ...
+    def shutdown(self) -> None: ...
