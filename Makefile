@@ -8,7 +8,7 @@ DEPS := $(VENV)/.deps-installed
 # Build the extension and run cargo against the virtualenv's interpreter.
 export PYO3_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: all build demo test lint rust-test py-test bench clean
+.PHONY: all build demo test lint rust-test py-test bench bench-smoke fuzz clean
 
 all: test
 
@@ -41,10 +41,20 @@ py-test: build
 	$(BIN)/python -m pytest
 	$(BIN)/python -m pytest --nbmake notebooks -q
 
-test: lint rust-test py-test
+# The quick benchmark runs in CI so that the suite never rots; its report goes to a
+# temporary directory, not over docs/benchmarks.md.
+bench-smoke: build
+	$(BIN)/python benchmarks/run.py --quick --out "$$(mktemp -d)/benchmarks.md" > /dev/null
+
+test: lint rust-test py-test bench-smoke
 
 bench: build
 	$(BIN)/python benchmarks/run.py $(if $(QUICK),--quick)
+
+# Fuzzes the IPC reader (atheris); FUZZ_RUNS inputs, 200000 by default.
+fuzz: build
+	$(BIN)/python -m pip install --quiet -r fuzz/requirements.txt
+	$(BIN)/python fuzz/fuzz_ipc.py -atheris_runs=$(or $(FUZZ_RUNS),200000) -print_final_stats=1
 
 clean:
 	rm -rf $(VENV) target

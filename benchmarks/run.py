@@ -345,6 +345,46 @@ def flight_bench(nbytes: int, repeats: int, concurrency: tuple[int, int]) -> dic
     return results
 
 
+def plot_sizes(rows: list[dict], title: str, path: Path) -> None:
+    """Time against size, log-log: constant costs are flat lines, copies rise with size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for case in dict.fromkeys(r["case"] for r in rows):
+        points = sorted((r["size"], r["median"]) for r in rows if r["case"] == case)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=case)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("array size (bytes)")
+    ax.set_ylabel("median time per operation (s)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_bars(values: dict[str, float], title: str, unit: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    names = list(values)
+    ax.barh(names, [values[n] for n in names], color="tab:blue")
+    ax.set_xlabel(unit)
+    ax.set_title(title)
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def table(rows: list[dict], baseline: str) -> str:
     sizes = sorted({r["size"] for r in rows})
     cases = list(dict.fromkeys(r["case"] for r in rows))
@@ -505,6 +545,28 @@ def main() -> None:
         ]
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    plots = args.out.parent / "benchmarks"
+    plots.mkdir(exist_ok=True)
+    plot_sizes(rows, "In-process: NumPy -> Rust -> NumPy, per call", plots / "in_process.png")
+    plot_sizes(reads, "Reading a float64 tensor file on tmpfs", plots / "file_read.png")
+    plot_sizes(writes, "Writing a float64 tensor file on tmpfs", plots / "file_write.png")
+    plot_bars(
+        {k: v for k, v in gbs.items()},
+        f"Flight on loopback, {fmt_size(fr['size'])}: throughput",
+        "GB/s",
+        plots / "flight.png",
+    )
+    report += "\n".join(
+        [
+            "## Plots",
+            "",
+            "![in-process](benchmarks/in_process.png)",
+            "![file reads](benchmarks/file_read.png)",
+            "![file writes](benchmarks/file_write.png)",
+            "![flight](benchmarks/flight.png)",
+            "",
+        ]
+    )
     args.out.write_text(report)
     print(report)
 

@@ -290,6 +290,108 @@ pub fn decode(path: &Path, buffer: Buffer, mapping: Option<(usize, usize)>) -> R
     })
 }
 
+/// The most memory a buffer may claim to decompress to: this machine's RAM. arrow-ipc
+/// allocates the size a compressed buffer declares before decompressing it, and a failed
+/// allocation aborts the process, so a corrupt or hostile file must be refused first.
+fn decompression_limit() -> u64 {
+    static LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|info| {
+                let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+                let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+                Some(kib * 1024)
+            })
+            .unwrap_or(1 << 40)
+    })
+}
+
+/// Checks the declared uncompressed sizes of a message's compressed buffers (see
+/// [`decompression_limit`]). `metadata` is the message flatbuffer, `body` its body.
+fn check_declared_sizes(path: &Path, metadata: &[u8], body: &[u8]) -> Result<()> {
+    let message = arrow_ipc::root_as_message(metadata)
+        .map_err(|e| bad_file(path, format!("corrupt message: {e}")))?;
+    let batch = match message.header_type() {
+        arrow_ipc::MessageHeader::RecordBatch => message.header_as_record_batch(),
+        arrow_ipc::MessageHeader::DictionaryBatch => {
+            message.header_as_dictionary_batch().and_then(|d| d.data())
+        }
+        _ => None,
+    };
+    let Some(batch) = batch else { return Ok(()) };
+    if batch.compression().is_none() {
+        return Ok(());
+    }
+    let limit = decompression_limit();
+    let mut total = 0u64;
+    for b in batch.buffers().iter().flatten() {
+        if b.length() == 0 {
+            continue;
+        }
+        let start = usize::try_from(b.offset()).ok();
+        let prefix = start
+            .and_then(|s| body.get(s..s.checked_add(8)?))
+            .ok_or_else(|| {
+                bad_file(
+                    path,
+                    format!(
+                        "a compressed buffer at body offset {} lies outside the message body",
+                        b.offset()
+                    ),
+                )
+            })?;
+        let declared = i64::from_le_bytes(prefix.try_into().expect("8 bytes"));
+        if declared == -1 {
+            continue; // stored uncompressed
+        }
+        total = total.saturating_add(u64::try_from(declared).unwrap_or(u64::MAX));
+        if declared < 0 || total > limit {
+            return Err(bad_file(
+                path,
+                format!("a compressed buffer declares {declared} bytes uncompressed; more than this machine's {limit} bytes of memory"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The (metadata, body) of each message of an IPC stream, with their bounds checked.
+fn stream_messages<'a>(path: &Path, mut bytes: &'a [u8]) -> Result<Vec<(&'a [u8], &'a [u8])>> {
+    let mut messages = Vec::new();
+    let truncated = || bad_file(path, "truncated Arrow IPC message");
+    while bytes.len() >= 4 {
+        let mut len = i32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
+        let mut header = 4;
+        if len == -1 {
+            len = i32::from_le_bytes(
+                bytes
+                    .get(4..8)
+                    .ok_or_else(truncated)?
+                    .try_into()
+                    .expect("4 bytes"),
+            );
+            header = 8;
+        }
+        if len == 0 {
+            break; // end of stream
+        }
+        let len = usize::try_from(len)
+            .map_err(|_| bad_file(path, format!("negative message length {len}")))?;
+        let metadata = bytes.get(header..header + len).ok_or_else(truncated)?;
+        let message = arrow_ipc::root_as_message(metadata)
+            .map_err(|e| bad_file(path, format!("corrupt message: {e}")))?;
+        let body_len = usize::try_from(message.bodyLength()).map_err(|_| truncated())?;
+        let body_start = header + len;
+        let body = bytes
+            .get(body_start..body_start.checked_add(body_len).ok_or_else(truncated)?)
+            .ok_or_else(truncated)?;
+        messages.push((metadata, body));
+        bytes = &bytes[body_start + body_len..];
+    }
+    Ok(messages)
+}
+
 fn decode_file(path: &Path, buffer: &Buffer) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let trailer = buffer.len() - 10;
     let footer_len = read_footer_length(buffer[trailer..].try_into().expect("10 bytes"))
@@ -338,15 +440,30 @@ fn decode_file(path: &Path, buffer: &Buffer) -> Result<(SchemaRef, Vec<RecordBat
             )),
         }
     };
+    let check = |block: &arrow_ipc::Block, data: &Buffer| -> Result<()> {
+        let meta_len = (block.metaDataLength() as usize).min(data.len());
+        let (meta, body) = data.split_at(meta_len);
+        // The metadata block is [continuation][length][flatbuffer], padded.
+        let fb = match meta {
+            [0xff, 0xff, 0xff, 0xff, _, _, _, _, rest @ ..] => rest,
+            [_, _, _, _, rest @ ..] => rest,
+            _ => return Err(bad_file(path, "truncated message metadata")),
+        };
+        check_declared_sizes(path, fb, body)
+    };
     for block in footer.dictionaries().iter().flatten() {
+        let data = block_data(block)?;
+        check(block, &data)?;
         decoder
-            .read_dictionary(block, &block_data(block)?)
+            .read_dictionary(block, &data)
             .map_err(|e| bad_file(path, e.to_string()))?;
     }
     let mut batches = Vec::new();
     for block in footer.recordBatches().iter().flatten() {
+        let data = block_data(block)?;
+        check(block, &data)?;
         if let Some(batch) = decoder
-            .read_record_batch(block, &block_data(block)?)
+            .read_record_batch(block, &data)
             .map_err(|e| bad_file(path, e.to_string()))?
         {
             batches.push(batch);
@@ -356,6 +473,9 @@ fn decode_file(path: &Path, buffer: &Buffer) -> Result<(SchemaRef, Vec<RecordBat
 }
 
 fn decode_stream(path: &Path, mut buffer: Buffer) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    for (metadata, body) in stream_messages(path, &buffer)? {
+        check_declared_sizes(path, metadata, body)?;
+    }
     let mut decoder = StreamDecoder::new();
     let mut batches = Vec::new();
     while !buffer.is_empty() {

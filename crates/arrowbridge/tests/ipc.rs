@@ -195,17 +195,20 @@ fn mutated_files_never_panic() {
     let (e, l) = sample();
     let mut executions = 0usize;
     let mut rejected = 0usize;
-    for format in [IpcFormat::File, IpcFormat::Stream] {
+    let z = ArrowTensor::from_array(ArrayD::<f64>::zeros(IxDyn(&[6, 100])));
+    let seeds = [
+        (IpcFormat::File, None),
+        (IpcFormat::Stream, None),
+        (IpcFormat::File, Some(Compression::Lz4)),
+        (IpcFormat::Stream, Some(Compression::Zstd)),
+    ];
+    for (format, compression) in seeds {
         let path = dir.path("seed.arrow");
-        write_ipc(
-            &path,
-            &[("e", &e), ("l", &l)],
-            &WriteOptions {
-                format,
-                compression: None,
-            },
-        )
-        .unwrap();
+        let options = WriteOptions {
+            format,
+            compression,
+        };
+        write_ipc(&path, &[("e", &e), ("l", &l), ("z", &z)], &options).unwrap();
         let seed = std::fs::read(&path).unwrap();
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut next = || {
@@ -244,7 +247,7 @@ fn mutated_files_never_panic() {
             match outcome {
                 Ok(Ok(_)) => {}
                 Ok(Err(_)) => rejected += 1,
-                Err(_) => panic!("round {round} ({format:?}) panicked"),
+                Err(_) => panic!("round {round} ({format:?}, {compression:?}) panicked"),
             }
         }
     }
@@ -252,4 +255,17 @@ fn mutated_files_never_panic() {
         "mutation fuzzing: {executions} executions, {rejected} rejected with an error, 0 panics"
     );
     assert!(rejected > executions / 10);
+}
+
+/// Regression: the atheris fuzzer found files whose compressed buffers declare an
+/// uncompressed size of ~1.7e18 bytes; decoding them used to abort the process on the
+/// failed allocation. They must be refused with an error instead.
+#[test]
+fn absurd_decompressed_sizes_are_refused() {
+    for name in ["fuzz-457d4b5e.arrow", "fuzz-eaaed0de.arrow"] {
+        let err = read_ipc(&data(name), true)
+            .and_then(|f| f.tensors().map(|_| ()))
+            .unwrap_err();
+        assert!(err.to_string().contains("uncompressed"), "{name}: {err}");
+    }
 }
