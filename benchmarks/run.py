@@ -89,6 +89,9 @@ def in_process_cases(x: np.ndarray) -> dict[str, Callable[[], object]]:
         "pyarrow FixedShapeTensorArray.from_numpy_ndarray": lambda: (
             pa.FixedShapeTensorArray.from_numpy_ndarray(x)
         ),
+        "pyarrow from_numpy_ndarray + arrow-rs import (C Data Interface)": lambda: (
+            arrowbridge.to_numpy(pa.FixedShapeTensorArray.from_numpy_ndarray(x))
+        ),
         "np.from_dlpack": lambda: np.from_dlpack(x),
         "pickle protocol 5 (dumps + loads)": lambda: pickle.loads(pickle.dumps(x, protocol=5)),
         "tobytes + frombuffer": lambda: np.frombuffer(x.tobytes(), x.dtype).reshape(x.shape),
@@ -558,6 +561,7 @@ def main() -> None:
     )
     report += "\n".join(
         [
+            "",
             "## Plots",
             "",
             "![in-process](benchmarks/in_process.png)",
