@@ -93,12 +93,13 @@ pub fn call<'py>(
 ) -> BridgeResult<Bound<'py, PyAny>> {
     no_panic("call", || {
         let kernel = registry().get(kernel)?;
-        let (inputs, owners): (Vec<ArrowTensor>, Vec<Option<Bound<'py, PyAny>>>) = arrays
-            .iter()
-            .map(|a| kernel_input(&a))
-            .collect::<BridgeResult<Vec<_>>>()?
-            .into_iter()
-            .unzip();
+        let mut inputs = Vec::with_capacity(arrays.len());
+        let mut owners = Vec::with_capacity(arrays.len());
+        for array in arrays.iter() {
+            let (tensor, owner) = kernel_input(&array)?;
+            inputs.push(tensor);
+            owners.push(owner);
+        }
         let params = match params {
             None => Params::default(),
             Some(dict) => Params::new(

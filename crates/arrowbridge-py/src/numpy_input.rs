@@ -122,9 +122,9 @@ pub fn tensor_from_numpy(
     realign: Realign,
 ) -> BridgeResult<ArrowTensor> {
     let dtype = numpy_dtype(&array.dtype())?;
-    let shape = array.shape().to_vec();
+    let shape = array.shape();
     let data = data_address(array) as *mut u8;
-    let order = block_order(&shape, array.strides(), dtype.itemsize());
+    let order = block_order(shape, array.strides(), dtype.itemsize());
     let aligned = array.is_empty() || (data as usize).is_multiple_of(dtype.alignment());
     if !aligned && realign == Realign::Never {
         return Err(Error::Misaligned {
@@ -163,7 +163,7 @@ pub fn tensor_from_numpy(
             };
             let form = form(&order);
             Ok(ArrowTensor::from_buffer(
-                buffer, dtype, shape, order, form, dim_names,
+                buffer, dtype, shape, &order, form, dim_names,
             )?)
         }
         (layout, aligned, Some(false)) => {
@@ -174,7 +174,7 @@ pub fn tensor_from_numpy(
                     dtype.alignment()
                 )
             } else if layout.is_none()
-                && block_order(&shape, array.strides(), dtype.itemsize()).is_some()
+                && block_order(shape, array.strides(), dtype.itemsize()).is_some()
             {
                 "axis 0 is not the outermost axis in memory (Fortran order or a transpose); whole=True keeps it zero-copy".to_string()
             } else {
@@ -184,7 +184,7 @@ pub fn tensor_from_numpy(
                 )
             };
             Err(Error::CopyRequired {
-                what: format!("array of shape {} and dtype {dtype}", py_tuple(&shape)),
+                what: format!("array of shape {} and dtype {dtype}", py_tuple(shape)),
                 reason,
             }
             .into())

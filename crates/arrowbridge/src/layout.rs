@@ -1,5 +1,10 @@
 //! Which strided layouts are one contiguous block, and in which axis order.
 
+use smallvec::SmallVec;
+
+/// A shape or axis order: up to four axes live inline, without a heap allocation.
+pub type Dims = SmallVec<[usize; 4]>;
+
 /// The physical order of the axes of a strided array whose elements form one contiguous
 /// block, outermost axis first; `None` when the elements are not one gap-free block (a step
 /// slice, a negative stride, overlapping or broadcast axes).
@@ -11,18 +16,18 @@
 /// ```
 /// use arrowbridge::block_order;
 /// // C order: the identity.
-/// assert_eq!(block_order(&[2, 3, 4], &[96, 32, 8], 8), Some(vec![0, 1, 2]));
+/// assert_eq!(block_order(&[2, 3, 4], &[96, 32, 8], 8).unwrap().as_slice(), &[0, 1, 2]);
 /// // Fortran order: axes reversed.
-/// assert_eq!(block_order(&[2, 3, 4], &[8, 16, 48], 8), Some(vec![2, 1, 0]));
+/// assert_eq!(block_order(&[2, 3, 4], &[8, 16, 48], 8).unwrap().as_slice(), &[2, 1, 0]);
 /// // x[::2]: a gap between rows.
 /// assert_eq!(block_order(&[2, 3], &[48, 8], 8), None);
 /// ```
-pub fn block_order(shape: &[usize], strides: &[isize], itemsize: usize) -> Option<Vec<usize>> {
+pub fn block_order(shape: &[usize], strides: &[isize], itemsize: usize) -> Option<Dims> {
     debug_assert_eq!(shape.len(), strides.len());
     if shape.contains(&0) || is_c_block(shape, strides, itemsize) {
         return Some((0..shape.len()).collect());
     }
-    let mut big: Vec<usize> = (0..shape.len()).filter(|&a| shape[a] > 1).collect();
+    let mut big: Dims = (0..shape.len()).filter(|&a| shape[a] > 1).collect();
     // Stable sort: among equal strides (impossible for a valid block) keep logical order.
     big.sort_by_key(|&a| std::cmp::Reverse(strides[a]));
     let mut expected = itemsize as isize;
@@ -59,8 +64,8 @@ fn is_c_block(shape: &[usize], strides: &[isize], itemsize: usize) -> bool {
 }
 
 /// The inverse of a permutation: `inverse(p)[p[i]] == i`.
-pub(crate) fn inverse(perm: &[usize]) -> Vec<usize> {
-    let mut inv = vec![0; perm.len()];
+pub(crate) fn inverse(perm: &[usize]) -> Dims {
+    let mut inv: Dims = smallvec::smallvec![0; perm.len()];
     for (i, &p) in perm.iter().enumerate() {
         inv[p] = i;
     }
@@ -105,7 +110,7 @@ mod tests {
         let s = c_strides(&[2, 3, 4], 4);
         assert_eq!(
             block_order(&[2, 4, 3], &[s[0], s[2], s[1]], 4),
-            Some(vec![0, 2, 1])
+            Some(Dims::from_slice(&[0, 2, 1]))
         );
     }
 
@@ -113,9 +118,12 @@ mod tests {
     fn length_one_axes_do_not_break_c_order() {
         assert_eq!(
             block_order(&[1, 5, 1], &[999, 8, -7], 8),
-            Some(vec![0, 1, 2])
+            Some(Dims::from_slice(&[0, 1, 2]))
         );
-        assert_eq!(block_order(&[3, 1], &[1, 24], 1), Some(vec![0, 1]));
+        assert_eq!(
+            block_order(&[3, 1], &[1, 24], 1),
+            Some(Dims::from_slice(&[0, 1]))
+        );
     }
 
     #[test]
@@ -126,7 +134,7 @@ mod tests {
 
     #[test]
     fn inverse_and_permutation_checks() {
-        assert_eq!(inverse(&[2, 0, 1]), vec![1, 2, 0]);
+        assert_eq!(inverse(&[2, 0, 1]).as_slice(), &[1, 2, 0]);
         assert!(is_permutation(&[1, 0, 2]));
         assert!(!is_permutation(&[1, 1, 2]));
         assert!(!is_permutation(&[0, 3]));

@@ -23,7 +23,7 @@ mod view;
 pub use dtype::{DType, Element, ALL_DTYPES};
 pub use error::{Error, Result};
 pub use kernels::{Kernel, KernelFn, Param, Params, Registry};
-pub use layout::block_order;
+pub use layout::{block_order, Dims};
 pub use tensor::{
     ArrowTensor, Form, TensorMetadata, BOOL8_EXTENSION, COMPLEX_EXTENSION, EXTENSION_METADATA_KEY,
     EXTENSION_NAME_KEY, TENSOR_EXTENSION,

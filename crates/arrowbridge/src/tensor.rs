@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
-use crate::layout::{inverse, is_permutation};
+use crate::layout::{inverse, is_permutation, Dims};
 use crate::view::DynView;
 
 /// Name of the canonical fixed-shape tensor extension type.
@@ -124,8 +124,8 @@ impl TensorMetadata {
 #[derive(Clone, Debug)]
 pub struct ArrowTensor {
     dtype: DType,
-    shape: Vec<usize>,
-    order: Vec<usize>,
+    shape: Dims,
+    order: Dims,
     form: Form,
     dim_names: Option<Vec<String>>,
     /// The elements, starting at the first one in memory, in physical (`order`) C order.
@@ -172,14 +172,14 @@ impl ArrowTensor {
     pub fn from_buffer(
         buffer: Buffer,
         dtype: DType,
-        shape: Vec<usize>,
-        order: Vec<usize>,
+        shape: &[usize],
+        order: &[usize],
         form: Form,
         dim_names: Option<Vec<String>>,
     ) -> Result<Self> {
         let what = "array";
         let ndim = shape.len();
-        if order.len() != ndim || !is_permutation(&order) {
+        if order.len() != ndim || !is_permutation(order) {
             return Err(Error::invalid(
                 what,
                 format!("axis order {order:?} for shape {shape:?}"),
@@ -223,8 +223,8 @@ impl ArrowTensor {
         };
         let tensor = ArrowTensor {
             dtype,
-            shape,
-            order,
+            shape: Dims::from_slice(shape),
+            order: Dims::from_slice(order),
             form,
             dim_names,
             values,
@@ -253,7 +253,7 @@ impl ArrowTensor {
         } else {
             array.as_standard_layout().into_owned()
         };
-        let shape = array.shape().to_vec();
+        let shape = Dims::from_slice(array.shape());
         let ndim = shape.len();
         let (vec, offset) = array.into_raw_vec_and_offset();
         let offset = offset.unwrap_or(0);
@@ -268,7 +268,8 @@ impl ArrowTensor {
             },
             _ => Buffer::from(arrow_buffer::MutableBuffer::new(0)),
         };
-        Self::from_buffer(buffer, dtype, shape, (0..ndim).collect(), Form::Rows, None)
+        let order: Dims = (0..ndim).collect();
+        Self::from_buffer(buffer, dtype, &shape, &order, Form::Rows, None)
     }
 
     /// Reads an Arrow array and the field that describes it (its extension type lives in the
@@ -416,8 +417,8 @@ impl ArrowTensor {
     fn plain(dtype: DType, data: &ArrayData, what: &str) -> Result<Self> {
         Ok(ArrowTensor {
             dtype,
-            shape: vec![data.len()],
-            order: vec![0],
+            shape: Dims::from_slice(&[data.len()]),
+            order: Dims::from_slice(&[0]),
             form: Form::Rows,
             dim_names: None,
             values: Self::leaf_values(data, data.offset(), dtype, data.len(), what)?,
@@ -446,11 +447,11 @@ impl ArrowTensor {
         let n = meta.shape.len();
         let perm = meta.permutation.clone().unwrap_or_else(|| (0..n).collect());
         // Logical axis i + 1 is physical axis perm[i] + 1; physical axis 0 is the rows.
-        let mut order = vec![0; n + 1];
+        let mut order: Dims = smallvec::smallvec![0; n + 1];
         for (logical, &physical) in perm.iter().enumerate() {
             order[physical + 1] = logical + 1;
         }
-        let mut shape = vec![data.len()];
+        let mut shape = Dims::from_slice(&[data.len()]);
         shape.extend(meta.logical_shape());
         let dim_names = meta
             .dim_names
@@ -482,7 +483,7 @@ impl ArrowTensor {
         }
         let order = self.order[1..].iter().map(|a| a - 1).collect();
         Ok(ArrowTensor {
-            shape: self.shape[1..].to_vec(),
+            shape: Dims::from_slice(&self.shape[1..]),
             order,
             form: Form::Element,
             ..self
@@ -644,7 +645,7 @@ impl ArrowTensor {
     /// The extension parameters of the tensor's Arrow type.
     pub fn tensor_metadata(&self) -> TensorMetadata {
         let skip = usize::from(self.form == Form::Rows);
-        let element_order: Vec<usize> = self.order[skip..].iter().map(|a| a - skip).collect();
+        let element_order: Dims = self.order[skip..].iter().map(|a| a - skip).collect();
         let shape = element_order
             .iter()
             .map(|&a| self.shape[a + skip])
@@ -657,7 +658,7 @@ impl ArrowTensor {
                 .dim_names
                 .as_ref()
                 .map(|names| element_order.iter().map(|&a| names[a].clone()).collect()),
-            permutation: (!identity).then_some(perm),
+            permutation: (!identity).then(|| perm.to_vec()),
         }
     }
 
@@ -705,7 +706,7 @@ impl ArrowTensor {
     /// # Safety
     /// `T` must accept `self.dtype`.
     unsafe fn view_unchecked<T: Element>(&self) -> ArrayViewD<'_, T> {
-        let physical: Vec<usize> = self.order.iter().map(|&a| self.shape[a]).collect();
+        let physical: Dims = self.order.iter().map(|&a| self.shape[a]).collect();
         let ptr = if self.is_empty() {
             NonNull::<T>::dangling().as_ptr() as *const T
         } else {

@@ -107,8 +107,8 @@ fn a_fortran_block_is_one_element_with_a_permutation() {
     let t = ArrowTensor::from_buffer(
         buffer.clone(),
         DType::Int64,
-        vec![2, 3],
-        vec![1, 0],
+        &[2, 3],
+        &[1, 0],
         Form::Element,
         None,
     )
@@ -133,15 +133,8 @@ fn a_fortran_block_is_one_element_with_a_permutation() {
 #[test]
 fn row_form_needs_axis_zero_outermost() {
     let buffer = Buffer::from_vec(vec![0f32; 6]);
-    let err = ArrowTensor::from_buffer(
-        buffer,
-        DType::Float32,
-        vec![2, 3],
-        vec![1, 0],
-        Form::Rows,
-        None,
-    )
-    .unwrap_err();
+    let err = ArrowTensor::from_buffer(buffer, DType::Float32, &[2, 3], &[1, 0], Form::Rows, None)
+        .unwrap_err();
     assert!(err.to_string().contains("axis 0 outermost"), "{err}");
 }
 
@@ -152,8 +145,8 @@ fn misaligned_buffers_are_refused_with_the_address() {
     let err = ArrowTensor::from_buffer(
         shifted.clone(),
         DType::Float64,
-        vec![4],
-        vec![0],
+        &[4],
+        &[0],
         Form::Rows,
         None,
     )
@@ -171,8 +164,8 @@ fn short_buffers_are_refused() {
     let err = ArrowTensor::from_buffer(
         Buffer::from_vec(vec![0i32; 3]),
         DType::Int32,
-        vec![2, 2],
-        vec![0, 1],
+        &[2, 2],
+        &[0, 1],
         Form::Rows,
         None,
     )
