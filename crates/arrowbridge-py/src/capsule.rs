@@ -4,7 +4,7 @@
 use std::ffi::CStr;
 
 use arrow_array::ffi::{from_ffi, FFI_ArrowArray, FFI_ArrowSchema};
-use arrow_array::ffi_stream::FFI_ArrowArrayStream;
+use arrow_array::ffi_stream::{FFI_ArrowArrayStream, RecordBatchStreamReader};
 use arrow_data::ArrayData;
 use arrow_schema::Field;
 use arrowbridge::{ArrowTensor, Error};
@@ -199,4 +199,14 @@ pub fn imported_tensor(imported: Imported, allow_copy: bool) -> BridgeResult<Arr
     } else {
         ArrowTensor::from_arrow(&field, data)?
     })
+}
+
+/// The record batches of an object with `__arrow_c_stream__` whose items are record batches
+/// (a pyarrow Table or RecordBatchReader, a polars DataFrame, …).
+pub fn import_batch_stream(obj: &Bound<'_, PyAny>) -> BridgeResult<RecordBatchStreamReader> {
+    let capsule = obj.call_method0(intern!(obj.py(), "__arrow_c_stream__"))?;
+    let ptr = capsule_pointer::<FFI_ArrowArrayStream>(&capsule, STREAM)?;
+    // SAFETY: a live "arrow_array_stream" capsule points to a valid stream; from_raw moves it
+    // out, leaving a released stream for the capsule's destructor.
+    Ok(unsafe { RecordBatchStreamReader::from_raw(ptr) }?)
 }

@@ -40,6 +40,15 @@ pub fn input_tensor(
     }
 }
 
+/// A column of a table to write or send: NumPy arrays in row form (copied into C order when
+/// axis 0 is not outermost), Arrow producers as they are.
+pub fn column_input(obj: &Bound<'_, PyAny>) -> BridgeResult<ArrowTensor> {
+    if let Ok(array) = obj.cast::<PyUntypedArray>() {
+        return tensor_from_numpy(array, Want::Rows, None, None, Realign::IfCopyAllowed);
+    }
+    input_tensor(obj, Want::Rows, None)
+}
+
 /// Exports a NumPy array as the (schema, array) capsules of an Arrow array.
 #[pyfunction]
 #[pyo3(signature = (array, *, dim_names=None, copy=None, whole=false, name=""))]

@@ -81,11 +81,7 @@ impl From<BridgeError> for PyErr {
 /// its `PanicException` (which is not an `Exception`). `what` names the entry point.
 pub fn no_panic<T>(what: &str, f: impl FnOnce() -> BridgeResult<T>) -> BridgeResult<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic payload".into());
+        let message = arrowbridge::panic_message(panic.as_ref());
         Err(Error::invalid(
             what,
             format!("internal error (a Rust panic, please report it): {message}"),

@@ -4,19 +4,16 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
-use arrow_array::ffi_stream::{FFI_ArrowArrayStream, RecordBatchStreamReader};
 use arrow_array::{Array, RecordBatchReader, StructArray};
 use arrowbridge::ipc::{record_batch, tensors_of};
 use arrowbridge::{ArrowTensor, Error};
 use arrowbridge_flight::{start, RunningServer, ServerConfig};
-use numpy::PyUntypedArray;
-use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyCapsule, PyCapsuleMethods, PyDict, PyList, PyTuple};
+use pyo3::types::{PyCapsule, PyDict, PyList, PyTuple};
 
-use crate::convert::input_tensor;
+use crate::capsule::import_batch_stream;
+use crate::convert::column_input;
 use crate::errors::{no_panic, BridgeResult};
-use crate::numpy_input::{tensor_from_numpy, Realign, Want};
 use crate::numpy_output::tensor_to_numpy;
 
 fn server_error(e: arrowbridge_flight::FlightServerError) -> crate::errors::BridgeError {
@@ -83,13 +80,6 @@ impl FlightServer {
     }
 }
 
-fn column_tensor(obj: &Bound<'_, PyAny>) -> BridgeResult<ArrowTensor> {
-    if let Ok(array) = obj.cast::<PyUntypedArray>() {
-        return tensor_from_numpy(array, Want::Rows, None, None, Realign::IfCopyAllowed);
-    }
-    input_tensor(obj, Want::Rows, None)
-}
-
 /// The (schema, array) capsules of one record batch holding `arrays` under `names` (rows
 /// when they share axis 0, whole-array elements otherwise), for `pa.RecordBatch`.
 #[pyfunction]
@@ -101,7 +91,7 @@ pub fn record_batch_capsules<'py>(
     no_panic("record_batch", || {
         let tensors = arrays
             .iter()
-            .map(|a| column_tensor(&a))
+            .map(|a| column_input(&a))
             .collect::<BridgeResult<Vec<_>>>()?;
         let columns: Vec<(&str, &ArrowTensor)> =
             names.iter().map(String::as_str).zip(&tensors).collect();
@@ -120,15 +110,7 @@ pub fn record_batch_capsules<'py>(
 pub fn stream_to_arrays<'py>(data: &Bound<'py, PyAny>) -> BridgeResult<Bound<'py, PyDict>> {
     no_panic("stream_to_arrays", || {
         let py = data.py();
-        let capsule = data.call_method0(intern!(py, "__arrow_c_stream__"))?;
-        let capsule = capsule.cast::<PyCapsule>()?;
-        let ptr = capsule
-            .pointer_checked(Some(c"arrow_array_stream"))?
-            .as_ptr()
-            .cast::<FFI_ArrowArrayStream>();
-        // SAFETY: a live "arrow_array_stream" capsule points to a valid stream; from_raw
-        // moves it out, leaving a released stream for the capsule's destructor.
-        let reader = unsafe { RecordBatchStreamReader::from_raw(ptr) }?;
+        let reader = import_batch_stream(data)?;
         let schema = reader.schema();
         let batches = reader.collect::<Result<Vec<_>, _>>()?;
         let dict = PyDict::new(py);

@@ -2,19 +2,16 @@
 
 use std::path::PathBuf;
 
-use arrow_array::ffi_stream::{FFI_ArrowArrayStream, RecordBatchStreamReader};
 use arrow_array::RecordBatchReader;
 use arrowbridge::ipc::{self, Compression, IpcData, IpcFormat, WriteOptions};
 use arrowbridge::{ArrowTensor, Error};
-use numpy::PyUntypedArray;
 use pyo3::exceptions::PyValueError;
-use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyCapsule, PyCapsuleMethods, PyDict, PyList, PyTuple};
+use pyo3::types::{PyDict, PyList, PyTuple};
 
-use crate::convert::input_tensor;
+use crate::capsule::import_batch_stream;
+use crate::convert::column_input;
 use crate::errors::{no_panic, BridgeResult};
-use crate::numpy_input::{tensor_from_numpy, Realign, Want};
 use crate::numpy_output::tensor_to_numpy;
 
 fn write_options(format: &str, compression: Option<&str>) -> PyResult<WriteOptions> {
@@ -43,13 +40,6 @@ fn write_options(format: &str, compression: Option<&str>) -> PyResult<WriteOptio
     })
 }
 
-fn column_tensor(obj: &Bound<'_, PyAny>) -> BridgeResult<ArrowTensor> {
-    if let Ok(array) = obj.cast::<PyUntypedArray>() {
-        return tensor_from_numpy(array, Want::Rows, None, None, Realign::IfCopyAllowed);
-    }
-    input_tensor(obj, Want::Rows, None)
-}
-
 /// Writes named arrays (NumPy or Arrow) to `path`.
 #[pyfunction]
 #[pyo3(signature = (path, names, arrays, *, format="file", compression=None))]
@@ -65,7 +55,7 @@ pub fn write_arrays(
         let options = write_options(format, compression)?;
         let tensors = arrays
             .iter()
-            .map(|a| column_tensor(&a))
+            .map(|a| column_input(&a))
             .collect::<BridgeResult<Vec<_>>>()?;
         let columns: Vec<(&str, &ArrowTensor)> =
             names.iter().map(String::as_str).zip(&tensors).collect();
@@ -87,15 +77,7 @@ pub fn write_stream(
 ) -> BridgeResult<()> {
     no_panic("write_ipc", || {
         let options = write_options(format, compression)?;
-        let capsule = data.call_method0(intern!(py, "__arrow_c_stream__"))?;
-        let capsule = capsule.cast::<PyCapsule>()?;
-        let ptr = capsule
-            .pointer_checked(Some(c"arrow_array_stream"))?
-            .as_ptr()
-            .cast::<FFI_ArrowArrayStream>();
-        // SAFETY: a live "arrow_array_stream" capsule points to a valid stream; from_raw moves it
-        // out, leaving a released stream for the capsule's destructor.
-        let reader = unsafe { RecordBatchStreamReader::from_raw(ptr) }?;
+        let reader = import_batch_stream(data)?;
         let schema = reader.schema();
         py.detach(move || {
             ipc::write_atomically(&path, |w| {

@@ -270,11 +270,7 @@ pub fn decode(path: &Path, buffer: Buffer, mapping: Option<(usize, usize)>) -> R
         }
     }))
     .unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
+        let message = crate::error::panic_message(panic.as_ref());
         Err(bad_file(
             path,
             format!("corrupt Arrow IPC data ({message})"),

@@ -21,7 +21,7 @@ mod tensor;
 mod view;
 
 pub use dtype::{DType, Element, ALL_DTYPES};
-pub use error::{Error, Result};
+pub use error::{panic_message, Error, Result};
 pub use kernels::{Kernel, KernelFn, Param, Params, Registry};
 pub use layout::{block_order, Dims};
 pub use tensor::{

@@ -62,21 +62,9 @@ fn resolve_axis(axis: i64, ndim: usize, params: &Params) -> Result<usize> {
     }
 }
 
-/// Sums `view` over `axis` (all axes when `None`) with the accumulator `A`, as NumPy does:
-/// integers widen to 64 bits and wrap, floats keep their type.
-fn reduce<T: Copy, A: Copy + ndarray::NdFloat + 'static>(
-    view: &ArrayViewD<'_, T>,
-    axis: Option<usize>,
-    zero: A,
-    add: impl Fn(A, T) -> A + Copy,
-) -> ArrayD<A> {
-    match axis {
-        None => ArrayD::from_elem(IxDyn(&[]), view.fold(zero, |acc, &v| add(acc, v))),
-        Some(axis) => view.fold_axis(Axis(axis), zero, |&acc, &v| add(acc, v)),
-    }
-}
-
-fn reduce_any<T: Copy, A: Copy + Clone + 'static>(
+/// Folds `view` over `axis` (all axes when `None`) into the accumulator type `A`, as NumPy
+/// sums: integers widen to 64 bits and wrap, float16 accumulates in float32.
+fn reduce<T: Copy, A: Copy + 'static>(
     view: &ArrayViewD<'_, T>,
     axis: Option<usize>,
     zero: A,
@@ -97,15 +85,15 @@ fn sum(args: &[ArrowTensor], params: &Params) -> Result<Vec<ArrowTensor>> {
     let int = |v: ArrayD<i64>| ArrowTensor::from_array(v);
     let uint = |v: ArrayD<u64>| ArrowTensor::from_array(v);
     let out = match x.dyn_view() {
-        DynView::Bool(v) => int(reduce_any(&v, axis, 0i64, |a, b| a + i64::from(b != 0))),
-        DynView::Int8(v) => int(reduce_any(&v, axis, 0i64, |a, b| a.wrapping_add(b.into()))),
-        DynView::Int16(v) => int(reduce_any(&v, axis, 0i64, |a, b| a.wrapping_add(b.into()))),
-        DynView::Int32(v) => int(reduce_any(&v, axis, 0i64, |a, b| a.wrapping_add(b.into()))),
-        DynView::Int64(v) => int(reduce_any(&v, axis, 0i64, i64::wrapping_add)),
-        DynView::UInt8(v) => uint(reduce_any(&v, axis, 0u64, |a, b| a.wrapping_add(b.into()))),
-        DynView::UInt16(v) => uint(reduce_any(&v, axis, 0u64, |a, b| a.wrapping_add(b.into()))),
-        DynView::UInt32(v) => uint(reduce_any(&v, axis, 0u64, |a, b| a.wrapping_add(b.into()))),
-        DynView::UInt64(v) => uint(reduce_any(&v, axis, 0u64, u64::wrapping_add)),
+        DynView::Bool(v) => int(reduce(&v, axis, 0i64, |a, b| a + i64::from(b != 0))),
+        DynView::Int8(v) => int(reduce(&v, axis, 0i64, |a, b| a.wrapping_add(b.into()))),
+        DynView::Int16(v) => int(reduce(&v, axis, 0i64, |a, b| a.wrapping_add(b.into()))),
+        DynView::Int32(v) => int(reduce(&v, axis, 0i64, |a, b| a.wrapping_add(b.into()))),
+        DynView::Int64(v) => int(reduce(&v, axis, 0i64, i64::wrapping_add)),
+        DynView::UInt8(v) => uint(reduce(&v, axis, 0u64, |a, b| a.wrapping_add(b.into()))),
+        DynView::UInt16(v) => uint(reduce(&v, axis, 0u64, |a, b| a.wrapping_add(b.into()))),
+        DynView::UInt32(v) => uint(reduce(&v, axis, 0u64, |a, b| a.wrapping_add(b.into()))),
+        DynView::UInt64(v) => uint(reduce(&v, axis, 0u64, u64::wrapping_add)),
         DynView::Float16(v) => ArrowTensor::from_array(
             reduce(&v, axis, 0f32, |a, b| a + f32::from(b)).mapv(f16::from_f32),
         ),
@@ -118,13 +106,13 @@ fn sum(args: &[ArrowTensor], params: &Params) -> Result<Vec<ArrowTensor>> {
             Some(a) => v.sum_axis(Axis(a)),
         }),
         DynView::Complex64(v) => {
-            ArrowTensor::from_array(reduce_any(&v, axis, Complex::new(0f32, 0.0), |a, b| a + b))
+            ArrowTensor::from_array(reduce(&v, axis, Complex::new(0f32, 0.0), |a, b| a + b))
         }
         DynView::Complex128(v) => {
-            ArrowTensor::from_array(reduce_any(&v, axis, Complex::new(0f64, 0.0), |a, b| a + b))
+            ArrowTensor::from_array(reduce(&v, axis, Complex::new(0f64, 0.0), |a, b| a + b))
         }
         DynView::Timedelta64(v, unit) => ArrowTensor::from_array_as(
-            reduce_any(&v, axis, 0i64, i64::wrapping_add),
+            reduce(&v, axis, 0i64, i64::wrapping_add),
             DType::Timedelta64(unit),
         )?,
         DynView::Datetime64(..) => {

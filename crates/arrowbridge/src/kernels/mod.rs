@@ -237,11 +237,7 @@ impl Kernel {
             _ => {}
         }
         catch_unwind(AssertUnwindSafe(|| (self.func)(inputs, &params))).unwrap_or_else(|panic| {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic payload".into());
+            let message = crate::error::panic_message(panic.as_ref());
             Err(Error::kernel(name, format!("panicked: {message}")))
         })
     }
