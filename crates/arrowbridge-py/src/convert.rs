@@ -49,6 +49,20 @@ pub fn column_input(obj: &Bound<'_, PyAny>) -> BridgeResult<ArrowTensor> {
     input_tensor(obj, Want::Rows, None)
 }
 
+/// One record batch of named columns (see [`arrowbridge::ipc::record_batch`] for the layout).
+pub fn columns_batch(
+    names: &[String],
+    arrays: &Bound<'_, pyo3::types::PyList>,
+) -> BridgeResult<arrow_array::RecordBatch> {
+    let tensors = arrays
+        .iter()
+        .map(|a| column_input(&a))
+        .collect::<BridgeResult<Vec<_>>>()?;
+    let columns: Vec<(&str, &ArrowTensor)> =
+        names.iter().map(String::as_str).zip(&tensors).collect();
+    Ok(arrowbridge::ipc::record_batch(&columns)?)
+}
+
 /// Exports a NumPy array as the (schema, array) capsules of an Arrow array.
 #[pyfunction]
 #[pyo3(signature = (array, *, dim_names=None, copy=None, whole=false, name=""))]

@@ -5,14 +5,14 @@ use std::sync::Mutex;
 
 use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
 use arrow_array::{Array, RecordBatchReader, StructArray};
-use arrowbridge::ipc::{record_batch, tensors_of};
-use arrowbridge::{ArrowTensor, Error};
+use arrowbridge::ipc::tensors_of;
+use arrowbridge::Error;
 use arrowbridge_flight::{start, RunningServer, ServerConfig};
 use pyo3::prelude::*;
 use pyo3::types::{PyCapsule, PyDict, PyList, PyTuple};
 
 use crate::capsule::import_batch_stream;
-use crate::convert::column_input;
+use crate::convert::columns_batch;
 use crate::errors::{no_panic, BridgeResult};
 use crate::numpy_output::tensor_to_numpy;
 
@@ -89,13 +89,7 @@ pub fn record_batch_capsules<'py>(
     arrays: &Bound<'py, PyList>,
 ) -> BridgeResult<Bound<'py, PyTuple>> {
     no_panic("record_batch", || {
-        let tensors = arrays
-            .iter()
-            .map(|a| column_input(&a))
-            .collect::<BridgeResult<Vec<_>>>()?;
-        let columns: Vec<(&str, &ArrowTensor)> =
-            names.iter().map(String::as_str).zip(&tensors).collect();
-        let batch = record_batch(&columns)?;
+        let batch = columns_batch(&names, arrays)?;
         let schema = FFI_ArrowSchema::try_from(batch.schema().as_ref())?;
         let array = FFI_ArrowArray::new(&StructArray::from(batch).to_data());
         let schema = PyCapsule::new_with_value(py, schema, c"arrow_schema")?;

@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::capsule::import_batch_stream;
-use crate::convert::column_input;
+use crate::convert::columns_batch;
 use crate::errors::{no_panic, BridgeResult};
 use crate::numpy_output::tensor_to_numpy;
 
@@ -53,13 +53,8 @@ pub fn write_arrays(
 ) -> BridgeResult<()> {
     no_panic("write_ipc", || {
         let options = write_options(format, compression)?;
-        let tensors = arrays
-            .iter()
-            .map(|a| column_input(&a))
-            .collect::<BridgeResult<Vec<_>>>()?;
-        let columns: Vec<(&str, &ArrowTensor)> =
-            names.iter().map(String::as_str).zip(&tensors).collect();
-        py.detach(|| ipc::write_ipc(&path, &columns, &options))?;
+        let batch = columns_batch(&names, arrays)?;
+        py.detach(|| ipc::write_batch(&path, &batch, &options))?;
         Ok(())
     })
 }

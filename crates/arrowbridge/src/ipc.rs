@@ -203,7 +203,11 @@ pub fn write_ipc(
     columns: &[(&str, &ArrowTensor)],
     options: &WriteOptions,
 ) -> Result<()> {
-    let batch = record_batch(columns)?;
+    write_batch(path, &record_batch(columns)?, options)
+}
+
+/// Writes one record batch to an IPC file or stream at `path`, atomically.
+pub fn write_batch(path: &Path, batch: &RecordBatch, options: &WriteOptions) -> Result<()> {
     write_atomically(path, |w| {
         write_batches(w, batch.schema().as_ref(), [Ok(batch.clone())], options)
     })
