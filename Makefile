@@ -20,16 +20,19 @@ $(DEPS): requirements-dev.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
+# The extension, the example kernel plugin and the Rust reader the demo and tests run.
+
 build: $(DEPS)
 	$(BIN)/maturin develop --release --locked --quiet
+	cargo build --release --locked -p arrowbridge-example-kernels -p arrowbridge --lib --example ipc_view
 
 demo: build
-	cargo build --release --locked --example ipc_view
 	$(BIN)/python -m arrowbridge.demo
 
 lint: $(DEPS)
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 	$(BIN)/ruff check arrowbridge tests benchmarks notebooks
 	$(BIN)/ruff format --check arrowbridge tests benchmarks notebooks
 

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import _extension, _native, shm
-from ._native import call, kernels
+from ._native import call, kernels, load_kernels
 from .errors import (
     ArrowBridgeError,
     ByteOrderError,
@@ -33,6 +33,7 @@ from .errors import (
     KernelParameterError,
     MisalignedBufferError,
     NullValuesError,
+    PluginError,
     ShapeError,
     UnknownKernelError,
     UnsupportedTypeError,
@@ -118,7 +119,7 @@ def to_numpy(obj: Any, *, copy: bool | None = None) -> np.ndarray:
 
 
 # Doctests of the functions implemented in Rust.
-__test__ = {"call": call.__doc__, "kernels": kernels.__doc__}
+__test__ = {"call": call.__doc__, "kernels": kernels.__doc__, "load_kernels": load_kernels.__doc__}
 
 __all__ = [
     "ArrowBridgeError",
@@ -134,6 +135,7 @@ __all__ = [
     "KernelParameterError",
     "MisalignedBufferError",
     "NullValuesError",
+    "PluginError",
     "Server",
     "ShapeError",
     "UnknownKernelError",
@@ -143,6 +145,7 @@ __all__ = [
     "connect",
     "iter_ipc",
     "kernels",
+    "load_kernels",
     "open_ipc",
     "read_ipc",
     "serve",

@@ -2,7 +2,8 @@
 
 arrowbridge inspect FILE
 arrowbridge convert IN OUT          # between .npy/.npz/.safetensors and .arrow/.arrows
-arrowbridge run KERNEL IN.arrow OUT.arrow [-p NAME=VALUE ...]
+arrowbridge run KERNEL IN.arrow OUT.arrow [-p NAME=VALUE ...] [--kernels PLUGIN]
+arrowbridge serve [--host H] [--port P] [--data-dir DIR] [--kernels PLUGIN ...]
 """
 
 from __future__ import annotations
@@ -144,7 +145,13 @@ def parse_param(text: str) -> tuple[str, Any]:
         return name, value
 
 
+def load_plugins(paths: list[Path]) -> None:
+    for path in paths:
+        arrowbridge.load_kernels(path)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    load_plugins(args.kernels)
     arrays = arrowbridge.read_ipc(args.input)
     params = dict(parse_param(p) for p in args.param)
     result = arrowbridge.call(args.kernel, *arrays.values(), **params)
@@ -168,7 +175,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise SystemExit("arrowbridge serve: --tls-cert and --tls-key go together")
         tls = (Path(args.tls_cert).read_bytes(), Path(args.tls_key).read_bytes())
     server = arrowbridge.serve(
-        f"grpc://{args.host}:{args.port}", data_dir=args.data_dir, token=args.token, tls=tls
+        f"grpc://{args.host}:{args.port}",
+        data_dir=args.data_dir,
+        token=args.token,
+        tls=tls,
+        kernels=args.kernels,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -182,6 +193,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server.shutdown()
     print("arrowbridge Flight server stopped", flush=True)
     return 0
+
+
+def add_kernels_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--kernels",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PLUGIN",
+        help="load the kernels of this plugin (shared library); may be repeated",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("input", type=Path)
     p.add_argument("output", type=Path)
     p.add_argument("-p", "--param", action="append", default=[], help="kernel parameter NAME=VALUE")
+    add_kernels_option(p)
     p.set_defaults(func=cmd_run)
     p = sub.add_parser(
         "serve", help="run the Flight server in the foreground (SIGINT/SIGTERM stop it)"
@@ -218,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--token", help="require 'authorization: Bearer TOKEN' on every call")
     p.add_argument("--tls-cert", help="PEM certificate: serve over TLS")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    add_kernels_option(p)
     p.set_defaults(func=cmd_serve)
     args = parser.parse_args(argv)
     try:

@@ -14,6 +14,7 @@ __all__ = [
     "data_address",
     "export_array",
     "kernels",
+    "load_kernels",
     "panic_in_kernel",
     "record_batch_capsules",
     "rust_numpy_identity",
@@ -30,6 +31,9 @@ def call(kernel: str, /, *arrays: Any, **params: Any) -> Any:
 
 def kernels() -> dict[str, str]:
     """Registered kernels: name -> signature."""
+
+def load_kernels(path: str | os.PathLike[str]) -> list[str]:
+    """Loads a kernel plugin (shared library); returns its kernels' names."""
 
 def export_array(
     array: np.ndarray,

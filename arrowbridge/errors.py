@@ -78,3 +78,7 @@ __all__ = [
     "UnknownKernelError",
     "UnsupportedTypeError",
 ]
+
+
+class PluginError(ArrowBridgeError, ImportError):
+    """A kernel plugin could not be loaded (the message names the library and the reason)."""

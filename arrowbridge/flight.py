@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -100,6 +100,7 @@ def serve(
     data_dir: str | os.PathLike[str] | None = None,
     token: str | None = None,
     tls: tuple[bytes, bytes] | None = None,
+    kernels: Sequence[str | os.PathLike[str]] = (),
 ) -> Server:
     """Starts the Rust Flight server on background threads of this process.
 
@@ -108,7 +109,19 @@ def serve(
     written to ``data_dir/<name>.arrow`` (atomically, fsynced) and the directory's arrays are
     served again after a restart. ``token`` requires ``authorization: Bearer <token>`` on every
     call; ``tls=(cert_pem, key_pem)`` serves over TLS (``grpc+tls://``).
+
+    The server runs the built-in kernels and those of every plugin loaded in this process
+    (:func:`arrowbridge.load_kernels`), including the plugins named in ``kernels``, which are
+    loaded first.
+
+    >>> import numpy as np, arrowbridge
+    >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
+    ...     client.put("x", np.arange(4.0))
+    ...     client.call("sum", client.stored("x"))
+    array(6.)
     """
+    for plugin in kernels:
+        _native.load_kernels(plugin)
     url = urlparse(location)
     if url.scheme not in ("grpc", "grpc+tcp", "grpc+tls") or (
         url.port is None and url.hostname is None

@@ -1,6 +1,10 @@
 """Helpers shared by the tests: where data lives, so zero-copy is proven by addresses."""
 
 import ctypes
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -133,3 +137,43 @@ class RawArrow:
     def __arrow_c_array__(self, requested_schema=None):
         capsule = _capsule_new(ctypes.addressof(self.struct), b"arrow_array", None)
         return self.field.__arrow_c_schema__(), capsule
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The example kernel plugin (crates/example-kernels), built by `make build`.
+PLUGIN = ROOT / "target" / "release" / "libarrowbridge_example_kernels.so"
+
+
+@pytest.fixture(scope="session")
+def plugin() -> Path:
+    assert PLUGIN.exists(), f"{PLUGIN} is missing: `make build` builds it"
+    arrowbridge.load_kernels(PLUGIN)
+    return PLUGIN
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_cli_server(port, data_dir, *extra):
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "arrowbridge",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    line = proc.stdout.readline()
+    assert f"grpc://127.0.0.1:{port}" in line, line
+    return proc

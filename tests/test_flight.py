@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-from conftest import address, same_values, sample
+from conftest import address, free_port, same_values, sample, start_cli_server
 
 import arrowbridge
 from arrowbridge import _native
@@ -33,12 +33,6 @@ def server():
 def client(server):
     with arrowbridge.connect(server.location) as c:
         yield c
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize(
@@ -277,27 +271,6 @@ class TestFaults:
 
         with ThreadPoolExecutor(16) as pool:
             assert all(pool.map(work, range(16)))
-
-
-def start_cli_server(port, data_dir, *extra):
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "arrowbridge",
-            "serve",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data_dir),
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    line = proc.stdout.readline()
-    assert f"grpc://127.0.0.1:{port}" in line, line
-    return proc
 
 
 def test_every_acknowledged_put_survives_kill_9(tmp_path):

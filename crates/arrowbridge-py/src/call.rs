@@ -1,8 +1,10 @@
 //! `call` and `kernels`: running registered Rust kernels on arrays from Python.
 
-use std::sync::OnceLock;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
 
-use arrowbridge::{ArrowTensor, Error, Param, Params, Registry};
+use arrowbridge::{ArrowTensor, Error, Kernel, Param, Params, Registry};
 use numpy::PyUntypedArray;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
@@ -15,10 +17,62 @@ use crate::numpy_output::{tensor_to_numpy, tensor_to_numpy_with_base};
 /// Inputs of at least this many bytes are processed with the GIL released.
 const RELEASE_GIL_BYTES: usize = 1 << 16;
 
-/// The kernels callable from Python.
-pub fn registry() -> &'static Registry {
-    static REGISTRY: OnceLock<Registry> = OnceLock::new();
-    REGISTRY.get_or_init(Registry::with_builtins)
+/// The kernels callable from Python: the built-ins and those of loaded plugins.
+fn registry() -> &'static RwLock<Registry> {
+    static REGISTRY: OnceLock<RwLock<Registry>> = OnceLock::new();
+    REGISTRY.get_or_init(|| RwLock::new(Registry::with_builtins()))
+}
+
+/// The kernel called `name`. The registry is only locked while looking it up, never while a
+/// kernel runs.
+fn kernel(name: &str) -> BridgeResult<Kernel> {
+    let registry = registry().read().unwrap_or_else(PoisonError::into_inner);
+    Ok(registry.get(name)?.clone())
+}
+
+/// A copy of the registry as it is now, for a server to run.
+pub fn registry_snapshot() -> Registry {
+    registry()
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+}
+
+/// load_kernels(path)
+/// --
+///
+/// Loads the kernel plugin at ``path`` (a shared library built from a Rust crate that uses
+/// ``arrowbridge::export_kernels!``) and returns the names of its kernels, which
+/// :func:`call` can then run, as can servers started afterwards by :func:`serve`.
+///
+/// Loading the same library again returns the same names and loads nothing; a library whose
+/// kernel names are already taken, or that is not an arrowbridge plugin, raises
+/// :class:`PluginError`.
+///
+/// >>> import arrowbridge
+/// >>> arrowbridge.load_kernels("/nonexistent/libmy_kernels.so")
+/// Traceback (most recent call last):
+/// ...
+/// arrowbridge.errors.PluginError: kernel plugin /nonexistent/libmy_kernels.so: cannot load the library: ...
+#[pyfunction]
+pub fn load_kernels(py: Python<'_>, path: PathBuf) -> BridgeResult<Vec<&'static str>> {
+    static LOADED: OnceLock<Mutex<BTreeMap<PathBuf, Vec<&'static str>>>> = OnceLock::new();
+    let loaded = LOADED.get_or_init(Default::default);
+    no_panic("load_kernels", || {
+        py.detach(|| -> BridgeResult<Vec<&'static str>> {
+            let key = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+            let mut loaded = loaded.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(names) = loaded.get(&key) {
+                return Ok(names.clone());
+            }
+            let names = registry()
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .load_plugin(&path)?;
+            loaded.insert(key, names.clone());
+            Ok(names)
+        })
+    })
 }
 
 fn param(name: &str, value: &Bound<'_, PyAny>) -> BridgeResult<Param> {
@@ -92,7 +146,7 @@ pub fn call<'py>(
     params: Option<&Bound<'py, PyDict>>,
 ) -> BridgeResult<Bound<'py, PyAny>> {
     no_panic("call", || {
-        let kernel = registry().get(kernel)?;
+        let kernel = self::kernel(kernel)?;
         let mut inputs = Vec::with_capacity(arrays.len());
         let mut owners = Vec::with_capacity(arrays.len());
         for array in arrays.iter() {
@@ -152,12 +206,18 @@ pub fn call<'py>(
 /// The registered kernels: a dict from name to signature.
 ///
 /// >>> import arrowbridge
-/// >>> sorted(arrowbridge.kernels())
-/// ['add', 'identity', 'matmul', 'normalize', 'sum']
+/// >>> {"add", "identity", "matmul", "normalize", "sum"} <= set(arrowbridge.kernels())
+/// True
+/// >>> arrowbridge.kernels()["sum"]
+/// 'sum(x: numeric[...], axis: int | None = None) -> numeric[...]'
 #[pyfunction]
 pub fn kernels(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let dict = PyDict::new(py);
-    for kernel in registry().iter() {
+    for kernel in registry()
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+    {
         dict.set_item(kernel.name, kernel.signature)?;
     }
     Ok(dict)

@@ -53,6 +53,7 @@ fn class_name(e: &Error) -> &'static str {
         Error::Kernel { .. } => "KernelError",
         Error::Io { .. } => "FileError",
         Error::BadFile { .. } => "InvalidFileError",
+        Error::Plugin { .. } => "PluginError",
         Error::InvalidData { .. } | Error::Arrow(_) => "InvalidArrowDataError",
         _ => "ArrowBridgeError",
     }

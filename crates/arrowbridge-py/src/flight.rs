@@ -1,7 +1,7 @@
 //! The Flight server from Python, and the record-batch conversions the Python client uses.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
 use arrow_array::{Array, RecordBatchReader, StructArray};
@@ -47,6 +47,7 @@ impl FlightServer {
         config.data_dir = data_dir;
         config.token = token;
         config.tls = tls_cert.zip(tls_key);
+        config.registry = Arc::new(crate::call::registry_snapshot());
         let running = py.detach(|| start(config)).map_err(server_error)?;
         let location = running.location().to_string();
         Ok(FlightServer {

@@ -18,6 +18,7 @@ use pyo3::prelude::*;
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(call::call, m)?)?;
     m.add_function(wrap_pyfunction!(call::kernels, m)?)?;
+    m.add_function(wrap_pyfunction!(call::load_kernels, m)?)?;
     m.add_function(wrap_pyfunction!(convert::export_array, m)?)?;
     m.add_function(wrap_pyfunction!(convert::to_numpy, m)?)?;
     m.add_function(wrap_pyfunction!(convert::data_address, m)?)?;

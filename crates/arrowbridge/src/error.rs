@@ -84,6 +84,10 @@ pub enum Error {
     #[error("{path}: {message}")]
     BadFile { path: String, message: String },
 
+    /// A kernel plugin could not be loaded.
+    #[error("kernel plugin {path}: {message}")]
+    Plugin { path: String, message: String },
+
     /// An error reported by the Arrow libraries.
     #[error(transparent)]
     Arrow(#[from] ArrowError),

@@ -104,10 +104,7 @@ pub fn record_batch(columns: &[(&str, &ArrowTensor)]) -> Result<RecordBatch> {
             arrays.push(tensor.array());
         } else {
             let element = tensor.as_element();
-            let field = element.field(name);
-            let mut metadata = field.metadata().clone();
-            metadata.insert(FORM_KEY.to_string(), "element".to_string());
-            fields.push(field.with_metadata(metadata));
+            fields.push(column_field(name, &element));
             arrays.push(element.array());
         }
     }
@@ -115,6 +112,18 @@ pub fn record_batch(columns: &[(&str, &ArrowTensor)]) -> Result<RecordBatch> {
     let options =
         RecordBatchOptions::new().with_row_count(Some(if as_rows { rows.unwrap_or(0) } else { 1 }));
     Ok(RecordBatch::try_new_with_options(schema, arrays, &options)?)
+}
+
+/// The field of a column holding `tensor`: its own [`ArrowTensor::field`], marked
+/// `arrowbridge.form = element` when the tensor is one whole element.
+pub(crate) fn column_field(name: &str, tensor: &ArrowTensor) -> Field {
+    let field = tensor.field(name);
+    if tensor.form() == Form::Rows {
+        return field;
+    }
+    let mut metadata = field.metadata().clone();
+    metadata.insert(FORM_KEY.to_string(), "element".to_string());
+    field.with_metadata(metadata)
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -496,7 +505,7 @@ fn decode_stream(path: &Path, mut buffer: Buffer) -> Result<(SchemaRef, Vec<Reco
 }
 
 /// The tensor a column of a record batch holds.
-fn column_tensor(field: &Field, array: &dyn Array) -> Result<ArrowTensor> {
+pub(crate) fn column_tensor(field: &Field, array: &dyn Array) -> Result<ArrowTensor> {
     let tensor = ArrowTensor::from_arrow(field, array.to_data())?;
     if field.metadata().get(FORM_KEY).map(String::as_str) == Some("element") {
         tensor.into_element()

@@ -25,18 +25,22 @@
 //! ```
 
 mod builtin;
+pub mod plugin;
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::tensor::ArrowTensor;
 
-/// The signature every kernel has.
-pub type KernelFn = fn(&[ArrowTensor], &Params) -> Result<Vec<ArrowTensor>>;
+/// The signature every kernel has: a plain `fn`, or a closure (a kernel loaded from a
+/// [`plugin`] is one).
+pub type KernelFn = Arc<dyn Fn(&[ArrowTensor], &Params) -> Result<Vec<ArrowTensor>> + Send + Sync>;
 
 /// A registered kernel: its function and what users see of it.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Kernel {
     /// The name callers use.
     pub name: &'static str,
@@ -52,13 +56,17 @@ pub struct Kernel {
 
 impl Kernel {
     /// A kernel with no keyword parameters that takes one or more arrays.
-    pub fn new(name: &'static str, signature: &'static str, func: KernelFn) -> Self {
+    pub fn new(
+        name: &'static str,
+        signature: &'static str,
+        func: impl Fn(&[ArrowTensor], &Params) -> Result<Vec<ArrowTensor>> + Send + Sync + 'static,
+    ) -> Self {
         Kernel {
             name,
             signature,
             params: &[],
             arity: None,
-            func,
+            func: Arc::new(func),
         }
     }
 
@@ -72,6 +80,17 @@ impl Kernel {
     pub fn arity(mut self, arity: usize) -> Self {
         self.arity = Some(arity);
         self
+    }
+}
+
+impl fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Kernel")
+            .field("name", &self.name)
+            .field("signature", &self.signature)
+            .field("params", &self.params)
+            .field("arity", &self.arity)
+            .finish_non_exhaustive()
     }
 }
 
