@@ -47,6 +47,13 @@ def write_ipc(
     Buffers are 64-byte aligned. ``compression`` ("lz4" or "zstd") compresses them; reading
     then decompresses (a copy). The file is written to a temporary file in the same directory,
     flushed to disk and renamed into place: a crash mid-write leaves the previous file intact.
+
+    >>> import numpy as np, pyarrow as pa, arrowbridge, tempfile, os
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = os.path.join(tmp, "rows.arrow")
+    ...     arrowbridge.write_ipc(path, {"id": np.arange(3), "vec": np.ones((3, 2))})
+    ...     pa.ipc.open_file(path).read_all().num_rows
+    3
     """
     if isinstance(data, np.ndarray):
         data = {"data": data}
@@ -84,6 +91,14 @@ def read_ipc(path: str | os.PathLike[str], *, mmap: bool = True) -> dict[str, np
     Files written by pyarrow (``ipc.new_file``, ``ipc.new_stream``, ``feather.write_feather``)
     read as well as arrowbridge's own; columns of types without a NumPy equivalent raise
     :class:`UnsupportedTypeError` naming the column.
+
+    >>> import numpy as np, arrowbridge, tempfile, os
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = os.path.join(tmp, "x.arrow")
+    ...     arrowbridge.write_ipc(path, np.arange(4.0))
+    ...     x = arrowbridge.read_ipc(path)["data"]
+    ...     x, x.flags.writeable
+    (array([0., 1., 2., 3.]), False)
     """
     return IpcReader(os.fspath(path), mmap=mmap).read_all()
 
@@ -104,5 +119,23 @@ def iter_ipc(path: str | os.PathLike[str], *, mmap: bool = True) -> Iterator[dic
 
 
 def open_ipc(path: str | os.PathLike[str], *, mmap: bool = True) -> IpcReader:
-    """Opens an Arrow IPC file or stream for inspection and batch-by-batch reading."""
+    """Opens an Arrow IPC file or stream for inspection and batch-by-batch reading.
+
+    The returned :class:`IpcReader` has ``format``, ``num_batches``, ``num_rows``, ``names``,
+    ``schema`` and ``mapping``, and reads with ``describe()``, ``read_all()`` and
+    ``read_batch(index)``.
+
+    >>> import numpy as np, arrowbridge, tempfile, os
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = os.path.join(tmp.name, "x.arrow")
+    >>> arrowbridge.write_ipc(path, {"x": np.arange(3.0)})
+    >>> reader = arrowbridge.open_ipc(path)
+    >>> reader.format, reader.num_batches, reader.num_rows, reader.names
+    ('file', 1, 3, ['x'])
+    >>> reader.describe()
+    [{'name': 'x', 'dtype': 'float64', 'shape': (3,), 'nbytes': 24, 'zero_copy': True}]
+    >>> reader.read_all()["x"], reader.read_batch(0)["x"]
+    (array([0., 1., 2.]), array([0., 1., 2.]))
+    >>> tmp.cleanup()
+    """
     return IpcReader(os.fspath(path), mmap=mmap)

@@ -32,7 +32,12 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 
 
 def segment_path(name: str) -> Path:
-    """The file that backs the segment called ``name``."""
+    """The file that backs the segment called ``name``.
+
+    >>> import arrowbridge
+    >>> arrowbridge.shm.segment_path("features")
+    PosixPath('/dev/shm/arrowbridge.features')
+    """
     if not _NAME.match(name):
         raise ValueError(f"segment name {name!r}: use 1-200 letters, digits, '_', '.' or '-'")
     return SHM_DIR / f"{PREFIX}{name}"
@@ -46,7 +51,16 @@ def _remove(path: Path) -> None:
 
 
 class SharedArrays:
-    """A shared-memory segment of Arrow IPC data (see the module docstring)."""
+    """A shared-memory segment of Arrow IPC data (see the module docstring).
+
+    >>> import numpy as np, arrowbridge, os
+    >>> name = f"doctest-class-{os.getpid()}"
+    >>> with arrowbridge.shm.create(name, np.arange(3)) as seg:
+    ...     seg
+    ...     arrowbridge.shm.attach(name)
+    <SharedArrays 'doctest-class-...' at /dev/shm/arrowbridge.doctest-class-... (owner)>
+    <SharedArrays 'doctest-class-...' at /dev/shm/arrowbridge.doctest-class-... (attached)>
+    """
 
     def __init__(self, name: str, *, owner: bool):
         self.name = name
@@ -55,11 +69,26 @@ class SharedArrays:
         self._finalizer = weakref.finalize(self, _remove, self.path) if owner else None
 
     def read(self) -> dict[str, np.ndarray]:
-        """The arrays, as read-only views of the shared memory."""
+        """The arrays, as read-only views of the shared memory.
+
+        >>> import numpy as np, arrowbridge, os
+        >>> with arrowbridge.shm.create(f"doctest-read-{os.getpid()}", np.arange(3)) as seg:
+        ...     x = seg.read()["data"]
+        ...     x, x.flags.writeable
+        (array([0, 1, 2]), False)
+        """
         return _read_ipc(self.path, mmap=True)
 
     def unlink(self) -> None:
-        """Removes the segment (owner only); existing views stay valid."""
+        """Removes the segment (owner only); existing views stay valid.
+
+        >>> import numpy as np, arrowbridge, os
+        >>> seg = arrowbridge.shm.create(f"doctest-unlink-{os.getpid()}", np.arange(3))
+        >>> x = seg.read()["data"]
+        >>> seg.unlink()
+        >>> seg.path.exists(), x.sum()
+        (False, np.int64(3))
+        """
         if self._finalizer is not None:
             self._finalizer()
 
@@ -80,6 +109,12 @@ def create(name: str, data: Any, *, format: str = "file") -> SharedArrays:
 
     The calling process owns the segment: it is removed when the returned object is unlinked,
     closed as a context manager, garbage-collected or the process exits normally.
+
+    >>> import numpy as np, arrowbridge, os
+    >>> seg = arrowbridge.shm.create(f"doctest-create-{os.getpid()}", {"x": np.ones(3)})
+    >>> seg.owner, seg.path.exists()
+    (True, True)
+    >>> seg.unlink()
     """
     path = segment_path(name)
     if not SHM_DIR.is_dir():
@@ -89,7 +124,15 @@ def create(name: str, data: Any, *, format: str = "file") -> SharedArrays:
 
 
 def attach(name: str) -> SharedArrays:
-    """Opens an existing segment for reading (without owning it)."""
+    """Opens an existing segment for reading (without owning it).
+
+    >>> import numpy as np, arrowbridge, os
+    >>> name = f"doctest-attach-{os.getpid()}"
+    >>> with arrowbridge.shm.create(name, {"x": np.arange(4)}):
+    ...     reader = arrowbridge.shm.attach(name)
+    ...     reader.owner, reader.read()["x"].tolist()
+    (False, [0, 1, 2, 3])
+    """
     path = segment_path(name)
     if not path.exists():
         raise FileError(f"{path}: no shared-memory segment called {name!r}")
@@ -97,12 +140,30 @@ def attach(name: str) -> SharedArrays:
 
 
 def unlink(name: str) -> None:
-    """Removes the segment called ``name`` if it exists."""
+    """Removes the segment called ``name`` if it exists.
+
+    >>> import numpy as np, arrowbridge, os
+    >>> name = f"doctest-unlink-name-{os.getpid()}"
+    >>> seg = arrowbridge.shm.create(name, np.arange(3))
+    >>> arrowbridge.shm.unlink(name)
+    >>> arrowbridge.shm.unlink(name)
+    >>> seg.path.exists()
+    False
+    """
     _remove(segment_path(name))
 
 
 def list_segments() -> list[str]:
-    """Names of the arrowbridge segments that exist now."""
+    """Names of the arrowbridge segments that exist now, sorted.
+
+    >>> import numpy as np, arrowbridge, os
+    >>> name = f"doctest-list-{os.getpid()}"
+    >>> with arrowbridge.shm.create(name, np.arange(3)):
+    ...     name in arrowbridge.shm.list_segments()
+    True
+    >>> name in arrowbridge.shm.list_segments()
+    False
+    """
     return sorted(
         p.name[len(PREFIX) :] for p in SHM_DIR.glob(f"{PREFIX}*") if not p.name.startswith(".")
     )
