@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -165,9 +166,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def keep_heap_small() -> None:
+    """Makes glibc serve large allocations with mmap, so freed Flight messages go back to the
+    OS. By default glibc raises its mmap threshold after large frees and keeps later 8 MiB
+    messages in the heap: a server whose clients die mid-put grew by ~18 MiB per client."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        M_MMAP_THRESHOLD = -3
+        with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+            ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 1 << 20)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
+
+    keep_heap_small()
 
     tls = None
     if args.tls_cert or args.tls_key:

@@ -49,6 +49,16 @@ class ServerUnavailableError(FlightCallError, ConnectionError):
     """The server cannot be reached."""
 
 
+class RemoteStorageError(FlightCallError, OSError):
+    """The server could not write its data directory: the disk is full (gRPC
+    ``RESOURCE_EXHAUSTED``) or the directory is read-only (``FAILED_PRECONDITION``). Nothing
+    was stored or deleted; the message names the file."""
+
+
+# How pyarrow words the gRPC codes of storage failures.
+_STORAGE_CODES = ("gRPC returned resource exhausted", "gRPC returned precondition failed")
+
+
 @contextmanager
 def _translated() -> Iterator[None]:
     try:
@@ -59,29 +69,64 @@ def _translated() -> Iterator[None]:
         raise ServerUnavailableError(str(e)) from e
     except pa.ArrowKeyError as e:
         raise RemoteNotFoundError(str(e)) from e
-    except (pa.ArrowInvalid, flight.FlightServerError) as e:
+    except pa.ArrowInvalid as e:
+        storage = str(e).startswith(_STORAGE_CODES)
+        raise (RemoteStorageError if storage else RemoteInvalidError)(str(e)) from e
+    except flight.FlightServerError as e:
         raise RemoteInvalidError(str(e)) from e
     except flight.FlightError as e:
         raise FlightCallError(str(e)) from e
 
 
 class Server:
-    """A running arrowbridge Flight server (see :func:`serve`)."""
+    """A running arrowbridge Flight server (see :func:`serve`).
+
+    >>> import arrowbridge
+    >>> server = arrowbridge.serve()
+    >>> server
+    <arrowbridge.Server grpc://127.0.0.1:... running>
+    >>> server.shutdown()
+    >>> server
+    <arrowbridge.Server grpc://127.0.0.1:... stopped>
+    """
 
     def __init__(self, native: _native.FlightServer):
         self._native = native
 
     @property
     def location(self) -> str:
-        """``grpc://host:port``: what clients connect to."""
+        """``grpc://host:port``: what clients connect to.
+
+        >>> import arrowbridge
+        >>> with arrowbridge.serve("grpc://127.0.0.1:0") as server:
+        ...     server.location
+        'grpc://127.0.0.1:...'
+        """
         return self._native.location
 
     @property
     def running(self) -> bool:
+        """Whether the server is serving (until :meth:`shutdown`).
+
+        >>> import arrowbridge
+        >>> with arrowbridge.serve() as server:
+        ...     server.running
+        True
+        >>> server.running
+        False
+        """
         return self._native.running
 
     def shutdown(self) -> None:
-        """Stops the server after the calls under way; idempotent."""
+        """Stops the server after the calls under way; idempotent.
+
+        >>> import arrowbridge
+        >>> server = arrowbridge.serve()
+        >>> server.shutdown()
+        >>> server.shutdown()
+        >>> server.running
+        False
+        """
         self._native.shutdown()
 
     def __enter__(self) -> Server:
@@ -140,7 +185,12 @@ def serve(
 
 @dataclass(frozen=True)
 class Stored:
-    """A kernel argument that names an array already on the server (not sent again)."""
+    """A kernel argument that names an array already on the server (not sent again).
+
+    >>> import arrowbridge
+    >>> arrowbridge.Client.stored("x")
+    Stored(name='x')
+    """
 
     name: str
 
@@ -167,7 +217,14 @@ def _chunks(batch: pa.RecordBatch, chunk_bytes: int) -> Iterator[pa.RecordBatch]
 
 class Client:
     """A Flight client speaking NumPy (see :func:`connect`). Works against any Flight server
-    for put/get/list/info; ``call`` needs an arrowbridge server."""
+    for put/get/list/info; ``call`` needs an arrowbridge server.
+
+    >>> import numpy as np, arrowbridge
+    >>> with arrowbridge.serve() as server, arrowbridge.Client(server.location) as client:
+    ...     client.put("x", np.arange(3))
+    ...     client.get("x")
+    {'data': array([0, 1, 2])}
+    """
 
     def __init__(
         self, location: str, *, token: str | None = None, tls_root_certs: bytes | None = None
@@ -180,7 +237,14 @@ class Client:
 
     def put(self, name: str, data: Any, *, chunk_bytes: int = CHUNK_BYTES) -> None:
         """Stores ``data`` under ``name``: a NumPy array, a dict of arrays (rows of one table when
-        they share axis 0), or a pyarrow Table/RecordBatch. Large data is sent in chunks of rows."""
+        they share axis 0), or a pyarrow Table/RecordBatch. Large data is sent in chunks of rows.
+
+        >>> import numpy as np, arrowbridge
+        >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
+        ...     client.put("pair", {"id": np.arange(2), "vec": np.ones((2, 3), np.float32)})
+        ...     client.info("pair")["rows"]
+        2
+        """
         if isinstance(data, np.ndarray):
             data = {"data": data}
         batches = (
@@ -202,20 +266,45 @@ class Client:
 
     def get(self, name: str) -> dict[str, np.ndarray]:
         """The arrays stored under ``name``; read-only views of the received buffers where they
-        are aligned and in one piece (several chunks are concatenated)."""
+        are aligned and in one piece (several chunks are concatenated).
+
+        >>> import numpy as np, arrowbridge
+        >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
+        ...     client.put("m", np.eye(2))
+        ...     m = client.get("m")["data"]
+        ...     m, m.flags.writeable
+        (array([[1., 0.],
+               [0., 1.]]), False)
+        """
         with _translated():
             table = self._client.do_get(flight.Ticket(name.encode()), self._options).read_all()
         return _native.stream_to_arrays(table)
 
     def list(self) -> list[dict[str, Any]]:
-        """Every stored item: name, rows, bytes and columns (dtype, shape)."""
+        """Every stored item: name, rows, bytes and columns (dtype, shape), sorted by name.
+
+        >>> import numpy as np, arrowbridge
+        >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
+        ...     client.put("b", np.arange(4))
+        ...     client.put("a", np.zeros((2, 3)))
+        ...     [(item["name"], item["rows"]) for item in client.list()]
+        [('a', 2), ('b', 4)]
+        """
         with _translated():
             return [
                 self._describe(info) for info in self._client.list_flights(options=self._options)
             ]
 
     def info(self, name: str) -> dict[str, Any]:
-        """What is stored under ``name``."""
+        """What is stored under ``name``.
+
+        >>> import numpy as np, arrowbridge
+        >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
+        ...     client.put("x", np.zeros((2, 3)))
+        ...     client.info("x")["columns"]
+        [{'arrow_type': 'FixedSizeList(3 x Float64)', 'dtype': 'float64', 'name': 'data',
+          'shape': [2, 3]}]
+        """
         with _translated():
             info = self._client.get_flight_info(
                 flight.FlightDescriptor.for_path(name), self._options
@@ -234,14 +323,36 @@ class Client:
         }
 
     def delete(self, name: str) -> None:
-        """Deletes ``name`` from the server."""
+        """Deletes ``name`` from the server.
+
+        >>> import numpy as np, arrowbridge
+        >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
+        ...     client.put("x", np.arange(3))
+        ...     client.delete("x")
+        ...     client.list()
+        []
+        """
         self._action("delete", name.encode())
 
     def kernels(self) -> dict[str, str]:
-        """The server's kernels: name -> signature."""
+        """The server's kernels: name -> signature.
+
+        >>> import arrowbridge
+        >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
+        ...     client.kernels()["sum"]
+        'sum(x: numeric[...], axis: int | None = None) -> numeric[...]'
+        """
         return json.loads(self._action("list_kernels"))
 
     def health(self) -> dict[str, Any]:
+        """The server's status and the number of items it stores.
+
+        >>> import numpy as np, arrowbridge
+        >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
+        ...     client.put("x", np.arange(3))
+        ...     client.health()
+        {'status': 'ok', 'stored': 1}
+        """
         return json.loads(self._action("health"))
 
     def _action(self, kind: str, body: bytes = b"") -> bytes:
@@ -251,13 +362,29 @@ class Client:
 
     @staticmethod
     def stored(name: str) -> Stored:
-        """A kernel argument naming an array already on the server."""
+        """A kernel argument naming an array already on the server.
+
+        >>> import numpy as np, arrowbridge
+        >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
+        ...     client.put("x", np.arange(4.0))
+        ...     client.call("add", client.stored("x"), np.ones(4))
+        array([1., 2., 3., 4.])
+        """
         return Stored(name)
 
     def call(self, kernel: str, *arrays: Any, chunk_bytes: int = CHUNK_BYTES, **params: Any) -> Any:
         """Runs ``kernel`` on the server (DoExchange) and returns its result as NumPy.
 
-        Arguments are NumPy arrays (sent) or :meth:`stored` names (already on the server).
+        Arguments are NumPy arrays (sent) or :meth:`stored` names (already on the server);
+        keyword arguments are the kernel's parameters. One output is returned as an array,
+        several as a tuple.
+
+        >>> import numpy as np, arrowbridge
+        >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
+        ...     client.call("sum", np.arange(6.0).reshape(2, 3), axis=0)
+        ...     client.call("identity", np.arange(2), np.zeros(1))
+        array([3., 5., 7.])
+        (array([0, 1]), array([0.]))
         """
         args, sent = [], {}
         for i, a in enumerate(arrays):
@@ -282,6 +409,15 @@ class Client:
         return result[0] if len(result) == 1 else tuple(result)
 
     def close(self) -> None:
+        """Closes the connection (what leaving a ``with`` block does); idempotent.
+
+        >>> import arrowbridge
+        >>> with arrowbridge.serve() as server:
+        ...     client = arrowbridge.connect(server.location)
+        ...     client.health()["status"]
+        ...     client.close()
+        'ok'
+        """
         self._client.close()
 
     def __enter__(self) -> Client:
@@ -294,5 +430,15 @@ class Client:
 def connect(
     location: str, *, token: str | None = None, tls_root_certs: bytes | None = None
 ) -> Client:
-    """A client of the Flight server at ``location`` (``grpc://host:port``)."""
+    """A client of the Flight server at ``location`` (``grpc://host:port``).
+
+    ``token`` is sent as ``authorization: Bearer <token>``; ``tls_root_certs`` (PEM) verify a
+    ``grpc+tls://`` server.
+
+    >>> import arrowbridge
+    >>> with arrowbridge.serve(token="s3cret") as server:
+    ...     with arrowbridge.connect(server.location, token="s3cret") as client:
+    ...         client.health()
+    {'status': 'ok', 'stored': 0}
+    """
     return Client(location, token=token, tls_root_certs=tls_root_certs)

@@ -44,11 +44,26 @@ impl From<FlightServerError> for Status {
             FlightServerError::NotFound(_) | FlightServerError::Core(E::UnknownKernel { .. }) => {
                 Status::not_found(message)
             }
-            FlightServerError::Io { .. } | FlightServerError::Core(E::Io { .. }) => {
-                Status::internal(message)
-            }
+            FlightServerError::Io { source, .. }
+            | FlightServerError::Core(E::Io { source, .. }) => storage_status(&source, message),
             FlightServerError::Transport(_) => Status::internal(message),
             _ => Status::invalid_argument(message),
         }
+    }
+}
+
+/// The status of a failed read or write of the data directory. The server is sound but
+/// cannot store: a full disk is `RESOURCE_EXHAUSTED`, a read-only or forbidden directory
+/// `FAILED_PRECONDITION`, anything else `INTERNAL`.
+fn storage_status(source: &std::io::Error, message: String) -> Status {
+    use std::io::ErrorKind as K;
+    match source.kind() {
+        K::StorageFull | K::QuotaExceeded | K::FileTooLarge => {
+            Status::resource_exhausted(format!("data directory full: {message}"))
+        }
+        K::ReadOnlyFilesystem | K::PermissionDenied => {
+            Status::failed_precondition(format!("data directory not writable: {message}"))
+        }
+        _ => Status::internal(message),
     }
 }

@@ -164,17 +164,21 @@ impl Store {
     }
 
     /// Removes `name`; whether it existed.
+    /// Removes `name`; whether it existed. When the file cannot be removed the item stays
+    /// (in memory and on disk), so that a failed delete changes nothing.
     pub fn delete(&self, name: &str) -> Result<bool> {
-        let existed = self.write_items().remove(name).is_some();
+        let mut removed_file = false;
         if let Some(dir) = &self.data_dir {
             check_name(name)?;
-            match std::fs::remove_file(self.file(dir, name)) {
-                Ok(()) => return Ok(true),
+            let path = self.file(dir, name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed_file = true,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(FlightServerError::io(dir, e)),
+                Err(e) => return Err(FlightServerError::io(&path, e)),
             }
         }
-        Ok(existed)
+        let existed = self.write_items().remove(name).is_some();
+        Ok(existed || removed_file)
     }
 
     /// Every item, by name.

@@ -147,14 +147,19 @@ pub fn write_atomically(
         std::process::id(),
         TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
+    // Errors name `path`, the file the caller asked for; the temporary file is ours.
     let result = (|| {
-        let file = File::create(&temp).map_err(io_error(&temp))?;
+        let file = File::create(&temp).map_err(io_error(path))?;
         let mut writer = BufWriter::with_capacity(1 << 20, file);
-        write(&mut writer)?;
+        write(&mut writer).map_err(|e| match e {
+            // The Arrow writer reports a failed write without the file's name.
+            Error::Arrow(arrow_schema::ArrowError::IoError(_, source)) => io_error(path)(source),
+            other => other,
+        })?;
         let file = writer
             .into_inner()
-            .map_err(|e| io_error(&temp)(e.into_error()))?;
-        file.sync_all().map_err(io_error(&temp))?;
+            .map_err(|e| io_error(path)(e.into_error()))?;
+        file.sync_all().map_err(io_error(path))?;
         std::fs::rename(&temp, path).map_err(io_error(path))?;
         // Make the rename itself durable.
         if let Ok(d) = File::open(&dir) {

@@ -1,0 +1,202 @@
+"""The Flight server under load and faults: 64 concurrent clients, clients killed mid-stream,
+a full disk and a read-only data directory. Every server here is a real `arrowbridge serve`
+process on loopback.
+
+`LOAD_SECONDS` sets how long the load test runs (`make test-long` runs it for minutes).
+"""
+
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import free_port, same_values, sample
+
+import arrowbridge
+from arrowbridge.flight import RemoteStorageError
+
+LOAD_SECONDS = float(os.environ.get("LOAD_SECONDS", "12"))
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@contextlib.contextmanager
+def server_process(*args, preexec_fn=None):
+    port = free_port()
+    command = [sys.executable, "-m", "arrowbridge", "serve", "--port", str(port), *args]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
+    try:
+        line = proc.stdout.readline()
+        assert f"grpc://127.0.0.1:{port}" in line, line
+        yield proc, f"grpc://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0, "the server did not stop cleanly"
+
+
+def test_64_clients_mixing_put_get_call_see_no_errors_and_flat_memory():
+    clients = 64
+    with server_process() as (proc, location):
+        errors: list[BaseException] = []
+        ops = [0] * clients
+        stop = threading.Event()
+
+        def work(i: int) -> None:
+            rng = random.Random(i)
+            try:
+                with arrowbridge.connect(location) as c:
+                    while not stop.is_set():
+                        x = sample("float32", (rng.randint(1, 64), 16), seed=rng.randrange(1000))
+                        name = f"c{i}-{rng.randrange(4)}"  # each client overwrites its own four
+                        op = rng.random()
+                        if op < 0.4:
+                            c.put(name, x)
+                            assert same_values(c.get(name)["data"], x)
+                        elif op < 0.7:
+                            assert same_values(c.call("identity", x), x)
+                        else:
+                            np.testing.assert_allclose(c.call("sum", x, axis=0), x.sum(axis=0))
+                        ops[i] += 1
+            except BaseException as e:  # every failure is reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
+        for t in threads:
+            t.start()
+        # Memory is compared between the end of a warm-up third and the end of the run.
+        time.sleep(LOAD_SECONDS / 3)
+        warm = rss_bytes(proc.pid)
+        time.sleep(LOAD_SECONDS * 2 / 3)
+        end = rss_bytes(proc.pid)
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        assert not errors, errors[:3]
+        assert all(n > 0 for n in ops), "every client got work done"
+        print(
+            f"\n{clients} clients, {sum(ops)} operations in {LOAD_SECONDS:.0f} s, "
+            f"server RSS {warm / 2**20:.0f} -> {end / 2**20:.0f} MiB"
+        )
+        assert end - warm < 64 * 2**20, f"server memory grew from {warm} to {end} bytes"
+
+
+def test_clients_killed_mid_stream_leave_nothing_behind(tmp_path):
+    # Each victim streams a 256 MiB put in 8 MiB messages and is killed part-way through.
+    victim = """
+import sys, numpy as np, arrowbridge
+c = arrowbridge.connect(sys.argv[1])
+print("sending", flush=True)
+c.put(sys.argv[2], np.ones((32768, 1024)))
+"""
+    with server_process("--data-dir", str(tmp_path)) as (proc, location):
+        with arrowbridge.connect(location) as c:
+            c.put("keep", np.arange(10.0))
+            baseline = rss_bytes(proc.pid)
+            for i in range(8):
+                v = subprocess.Popen(
+                    [sys.executable, "-c", victim, location, f"victim{i}"],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                assert v.stdout.readline().strip() == "sending"
+                time.sleep(random.Random(i).uniform(0.05, 0.4))
+                v.kill()
+                v.wait()
+            assert c.health()["status"] == "ok"
+            names = {item["name"] for item in c.list()}
+            # A put that never finished is never stored (unless it finished before the kill).
+            for i in range(8):
+                if f"victim{i}" in names:
+                    assert c.get(f"victim{i}")["data"].shape == (32768, 1024)
+            assert same_values(c.get("keep")["data"], np.arange(10.0))
+            time.sleep(0.5)
+            assert rss_bytes(proc.pid) - baseline < 64 * 2**20, "memory of dead puts is freed"
+        leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+        assert not leftovers, f"temporary files left behind: {leftovers}"
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 3 MiB tmpfs: a disk that fills up, and that can be made read-only."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True
+    )
+    if result.returncode != 0:
+        pytest.skip(f"mounting a small tmpfs needs root (CAP_SYS_ADMIN): {result.stderr!r}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_disk_is_a_clear_error_and_loses_nothing(small_tmpfs):
+    one_mib = np.ones((1024, 128))
+    with server_process("--data-dir", str(small_tmpfs)) as (_, location):
+        with arrowbridge.connect(location) as c:
+            c.put("a", one_mib)
+            c.put("b", one_mib)
+            with pytest.raises(
+                RemoteStorageError, match=r"data directory full.*c\.arrow.*No space"
+            ):
+                c.put("c", one_mib)
+            assert isinstance(RemoteStorageError("x"), OSError)
+            # Nothing half-written is served or left behind; what was stored is intact.
+            assert sorted(i["name"] for i in c.list()) == ["a", "b"]
+            assert sorted(p.name for p in small_tmpfs.iterdir()) == ["a.arrow", "b.arrow"]
+            assert same_values(c.get("a")["data"], one_mib)
+            # Freeing space makes puts work again.
+            c.delete("a")
+            c.put("c", one_mib)
+            assert c.health()["status"] == "ok"
+    # And a restart serves exactly what was acknowledged.
+    with server_process("--data-dir", str(small_tmpfs)) as (_, location):
+        with arrowbridge.connect(location) as c:
+            assert sorted(i["name"] for i in c.list()) == ["b", "c"]
+
+
+def test_a_read_only_data_directory_is_a_clear_error(small_tmpfs):
+    with server_process("--data-dir", str(small_tmpfs)) as (_, location):
+        with arrowbridge.connect(location) as c:
+            c.put("a", np.arange(5))
+    subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
+    with server_process("--data-dir", str(small_tmpfs)) as (_, location):
+        with arrowbridge.connect(location) as c:
+            assert same_values(c.get("a")["data"], np.arange(5))  # still served
+            with pytest.raises(RemoteStorageError, match=r"not writable.*b\.arrow.*Read-only"):
+                c.put("b", np.arange(3))
+            with pytest.raises(RemoteStorageError, match=r"not writable.*a\.arrow.*Read-only"):
+                c.delete("a")
+            # A failed delete deletes nothing.
+            assert [i["name"] for i in c.list()] == ["a"]
+            assert same_values(c.get("a")["data"], np.arange(5))
+
+
+def test_a_file_size_limit_is_a_clear_error():
+    # RLIMIT_FSIZE makes writes past 1 MiB fail (EFBIG) without needing a special disk.
+    import resource
+    import tempfile
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    with tempfile.TemporaryDirectory() as data_dir:
+        with server_process("--data-dir", data_dir, preexec_fn=limit) as (_, location):
+            with arrowbridge.connect(location) as c:
+                c.put("small", np.arange(100.0))
+                with pytest.raises(RemoteStorageError, match=r"big\.arrow.*too large"):
+                    c.put("big", np.ones((1024, 256)))
+                assert [i["name"] for i in c.list()] == ["small"]
+                assert not [p for p in os.listdir(data_dir) if p.startswith(".")]
