@@ -142,7 +142,7 @@ def ipc_files() -> None:
                 print(
                     f"Rust (examples/ipc_view) mapped {name}: {dtype} {' '.join(rest[:-4])}, sum {rest[-4]}"
                 )
-        with arrowbridge.shm.create("demo", {"labels": arrays["labels"]}) as segment:
+        with arrowbridge.shm.create("demo", {"labels": arrays["labels"]}, replace=True) as segment:
             other = arrowbridge.shm.attach("demo").read()["labels"]
             print(
                 f"shared memory {segment.path}: another reader sees {other[:5]}... ({other.nbytes} bytes, mapped)"

@@ -70,6 +70,10 @@ def _translated() -> Iterator[None]:
     except pa.ArrowKeyError as e:
         raise RemoteNotFoundError(str(e)) from e
     except pa.ArrowInvalid as e:
+        if str(e) == "FlightClient is closed":  # pyarrow's words: nothing reached a server
+            raise FlightCallError(
+                "the client is closed (by close() or its with block); connect() again"
+            ) from e
         storage = str(e).startswith(_STORAGE_CODES)
         raise (RemoteStorageError if storage else RemoteInvalidError)(str(e)) from e
     except flight.FlightServerError as e:

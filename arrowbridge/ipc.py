@@ -1,11 +1,15 @@
 """Arrow IPC files and streams: NumPy arrays in, memory-mapped NumPy views out.
 
 >>> import numpy as np, arrowbridge, tempfile, os
->>> path = os.path.join(tempfile.mkdtemp(), "data.arrow")
+>>> tmp = tempfile.TemporaryDirectory()
+>>> path = os.path.join(tmp.name, "data.arrow")
 >>> arrowbridge.write_ipc(path, {"embeddings": np.ones((4, 3), np.float32), "labels": np.arange(4)})
 >>> arrays = arrowbridge.read_ipc(path)
 >>> arrays["embeddings"].shape, arrays["labels"].tolist()
 ((4, 3), [0, 1, 2, 3])
+>>> tmp.cleanup()  # the views stay valid: the mapping outlives the file's name
+>>> arrays["labels"].sum()
+np.int64(6)
 """
 
 from __future__ import annotations
@@ -107,11 +111,13 @@ def iter_ipc(path: str | os.PathLike[str], *, mmap: bool = True) -> Iterator[dic
     """Yields the columns of each record batch in turn, as views (no batch is copied).
 
     >>> import numpy as np, pyarrow as pa, arrowbridge, tempfile, os
-    >>> path = os.path.join(tempfile.mkdtemp(), "batches.arrow")
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = os.path.join(tmp.name, "batches.arrow")
     >>> table = pa.Table.from_batches([pa.record_batch({"x": [1, 2]}), pa.record_batch({"x": [3]})])
     >>> arrowbridge.write_ipc(path, table)
     >>> [batch["x"].tolist() for batch in arrowbridge.iter_ipc(path)]
     [[1, 2], [3]]
+    >>> tmp.cleanup()
     """
     reader = IpcReader(os.fspath(path), mmap=mmap)
     for index in range(reader.num_batches):

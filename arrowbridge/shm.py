@@ -7,7 +7,7 @@ the segment when it calls :meth:`SharedArrays.unlink`, leaves its ``with`` block
 normally; views that other processes hold stay valid until they drop them.
 
 >>> import numpy as np, arrowbridge
->>> with arrowbridge.shm.create("doctest-demo", {"x": np.arange(6.0)}) as seg:
+>>> with arrowbridge.shm.create("doctest-demo", {"x": np.arange(6.0)}, replace=True) as seg:
 ...     other = arrowbridge.shm.attach("doctest-demo")
 ...     other.read()["x"].sum()
 np.float64(15.0)
@@ -104,11 +104,13 @@ class SharedArrays:
         return f"<SharedArrays {self.name!r} at {self.path} ({role})>"
 
 
-def create(name: str, data: Any, *, format: str = "file") -> SharedArrays:
+def create(name: str, data: Any, *, format: str = "file", replace: bool = False) -> SharedArrays:
     """Writes ``data`` (anything :func:`arrowbridge.write_ipc` takes) to a new segment.
 
     The calling process owns the segment: it is removed when the returned object is unlinked,
-    closed as a context manager, garbage-collected or the process exits normally.
+    closed as a context manager, garbage-collected or the process exits normally. A segment
+    of that name that exists already (another process may own it) is a :class:`FileError`;
+    ``replace=True`` replaces it (atomically: readers see the old or the new data).
 
     >>> import numpy as np, arrowbridge, os
     >>> seg = arrowbridge.shm.create(f"doctest-create-{os.getpid()}", {"x": np.ones(3)})
@@ -119,6 +121,11 @@ def create(name: str, data: Any, *, format: str = "file") -> SharedArrays:
     path = segment_path(name)
     if not SHM_DIR.is_dir():
         raise FileError(f"{SHM_DIR}: no shared-memory file system on this machine")
+    if path.exists() and not replace:
+        raise FileError(
+            f"{path}: a segment called {name!r} exists already; pass replace=True to replace "
+            f"it, or remove it with arrowbridge.shm.unlink({name!r})"
+        )
     write_ipc(path, data, format=format)  # type: ignore[arg-type]
     return SharedArrays(name, owner=True)
 
@@ -164,9 +171,7 @@ def list_segments() -> list[str]:
     >>> name in arrowbridge.shm.list_segments()
     False
     """
-    return sorted(
-        p.name[len(PREFIX) :] for p in SHM_DIR.glob(f"{PREFIX}*") if not p.name.startswith(".")
-    )
+    return sorted(p.name[len(PREFIX) :] for p in SHM_DIR.glob(f"{PREFIX}*"))
 
 
 __all__ = ["SharedArrays", "attach", "create", "list_segments", "segment_path", "unlink"]

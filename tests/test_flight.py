@@ -336,3 +336,11 @@ def test_arrays_over_2_gib_work(server):
     assert back.shape == x.shape and back[-1, -1] == 7.0 and back[0, 0] == 1.0
     del back
     c.delete("huge")
+
+
+def test_a_closed_client_says_so(server):
+    c = arrowbridge.connect(server.location)
+    c.close()
+    with pytest.raises(arrowbridge.flight.FlightCallError, match="the client is closed") as err:
+        c.list()
+    assert not isinstance(err.value, RemoteInvalidError)

@@ -118,6 +118,31 @@ def test_100k_round_trips_leak_nothing():
     assert grown < 2048, f"RSS grew by {grown} KiB over 100k round trips"
 
 
+def test_a_million_calls_leak_nothing(plugin):
+    # 1,000,000 calls: views of the input (identity), fresh Rust-owned outputs (sum), and a
+    # kernel in a plugin library (head: across the C Data Interface both ways).
+    x = np.ones((16, 8))
+    refs = sys.getrefcount(x)
+    call = arrowbridge.call
+
+    def cycle(n):
+        for _ in range(n):
+            call("identity", x)
+            call("sum", x, axis=0)
+            call("identity", x)
+            call("sum", x)
+            call("head", x, n=4)
+
+    cycle(20_000)
+    gc.collect()
+    before = rss_kib()
+    cycle(200_000)
+    gc.collect()
+    grown = rss_kib() - before
+    assert sys.getrefcount(x) == refs
+    assert grown < 2048, f"RSS grew by {grown} KiB over 1M calls"
+
+
 def test_owner_refcount_returns_after_results_die():
     x = np.arange(10.0)
     refs = sys.getrefcount(x)

@@ -86,3 +86,14 @@ def test_a_rust_process_reads_the_segment_without_copying(name):
 def test_bad_names_are_refused():
     with pytest.raises(ValueError, match="segment name"):
         arrowbridge.shm.create("../etc/passwd", {"x": np.ones(1)})
+
+
+def test_an_existing_segment_is_not_overwritten_unless_asked(name):
+    with arrowbridge.shm.create(name, {"x": np.arange(3)}):
+        with pytest.raises(FileError, match="exists already; pass replace=True"):
+            arrowbridge.shm.create(name, {"x": np.zeros(3)})
+        np.testing.assert_array_equal(arrowbridge.shm.attach(name).read()["x"], np.arange(3))
+        replacement = arrowbridge.shm.create(name, {"x": np.ones(2)}, replace=True)
+        np.testing.assert_array_equal(arrowbridge.shm.attach(name).read()["x"], np.ones(2))
+        replacement.unlink()
+    assert name not in arrowbridge.shm.list_segments()
