@@ -8,7 +8,7 @@ DEPS := $(VENV)/.deps-installed
 # Build the extension and run cargo against the virtualenv's interpreter.
 export PYO3_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: all build demo test lint rust-test py-test bench bench-smoke fuzz clean
+.PHONY: all build demo test lint rust-test py-test bench bench-smoke fuzz test-long memcheck clean
 
 all: test
 
@@ -58,6 +58,25 @@ bench: build
 fuzz: build
 	$(BIN)/python -m pip install --quiet -r fuzz/requirements.txt
 	$(BIN)/python fuzz/fuzz_ipc.py -atheris_runs=$(or $(FUZZ_RUNS),200000) -print_final_stats=1
+
+# The long reliability profiles: ten times the property and fuzz examples, five minutes of
+# 64-client load, and a million atheris inputs to the IPC reader.
+test-long: build
+	HYPOTHESIS_PROFILE=nightly LOAD_SECONDS=$(or $(LOAD_SECONDS),300) $(BIN)/python -m pytest \
+		tests/test_properties.py tests/test_fuzz.py tests/test_faults.py -q -p no:cacheprovider
+	$(MAKE) fuzz FUZZ_RUNS=$(or $(FUZZ_RUNS),1000000)
+
+# Memory safety under valgrind memcheck: the Rust test suite (no invalid access, no definite
+# leak), then the in-process Python tests (no invalid access in arrowbridge's code; see
+# tests/memcheck.py). About an hour on 2 cores.
+VALGRIND := valgrind --error-exitcode=99 -q
+memcheck: build
+	apt-get --version > /dev/null 2>&1 && ! command -v valgrind > /dev/null && \
+		(apt-get update -qq && apt-get install -y -qq valgrind) || true
+	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$(VALGRIND) --leak-check=full \
+		--errors-for-leak-kinds=definite --show-leak-kinds=definite" cargo test --workspace --locked
+	$(BIN)/python tests/memcheck.py tests/test_call.py tests/test_to_numpy.py \
+		tests/test_to_arrow.py tests/test_plugin.py -k "not cli and not server"
 
 clean:
 	rm -rf $(VENV) target

@@ -37,11 +37,11 @@
 //! `arrowbridge_plugin_v1_call(request, n, arrays, schemas, emit, ctx) -> char*` (`NULL`, or a
 //! JSON error) and `arrowbridge_plugin_v1_free(char*)`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arrow_array::ffi::from_ffi;
 pub use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
@@ -96,10 +96,9 @@ impl Registry {
     pub fn load_plugin(&mut self, path: &Path) -> Result<Vec<&'static str>> {
         let what = path.display().to_string();
         // SAFETY: loading a library runs its initializers; loading one is what the caller asked
-        // for. The library is never unloaded: buffers it allocated may outlive any handle.
+        // for.
         let library = unsafe { libloading::Library::new(path) }
             .map_err(|e| plugin_error(&what, format!("cannot load the library: {e}")))?;
-        let library: &'static libloading::Library = Box::leak(Box::new(library));
         let symbol = |name: &str| {
             // SAFETY: the symbol is read as a plain address; its type is checked by the ABI
             // version in its name.
@@ -126,6 +125,8 @@ impl Registry {
                 )?),
             }
         };
+        // A plugin is never unloaded: arrays it allocated may outlive any handle to it.
+        std::mem::forget(library);
         // SAFETY: `api` comes from a library that stays loaded for the life of the process.
         let kernels = unsafe { plugin_kernels(&what, api) }?;
         if let Some(taken) = kernels.iter().find(|k| self.kernels.contains_key(k.name)) {
@@ -160,7 +161,6 @@ pub unsafe fn plugin_kernels(what: &str, api: PluginApi) -> Result<Vec<Kernel>> 
         .get("kernels")
         .and_then(Value::as_array)
         .ok_or_else(|| plugin_error(what, "bad kernel list: no \"kernels\" array"))?;
-    let leak = |s: &str| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) };
     list.iter()
         .map(|entry| {
             let text = |key: &str| {
@@ -168,11 +168,11 @@ pub unsafe fn plugin_kernels(what: &str, api: PluginApi) -> Result<Vec<Kernel>> 
                     plugin_error(what, format!("bad kernel list: an entry has no {key:?}"))
                 })
             };
-            let name = leak(text("name")?);
+            let name = intern(text("name")?);
             let params: Vec<&'static str> = entry
                 .get("params")
                 .and_then(Value::as_array)
-                .map(|ps| ps.iter().filter_map(Value::as_str).map(leak).collect())
+                .map(|ps| ps.iter().filter_map(Value::as_str).map(intern).collect())
                 .unwrap_or_default();
             let arity = entry
                 .get("arity")
@@ -180,8 +180,8 @@ pub unsafe fn plugin_kernels(what: &str, api: PluginApi) -> Result<Vec<Kernel>> 
                 .map(|n| n as usize);
             Ok(Kernel {
                 name,
-                signature: leak(text("signature")?),
-                params: Box::leak(params.into_boxed_slice()),
+                signature: intern(text("signature")?),
+                params: intern_list(params),
                 arity,
                 func: Arc::new(move |args: &[ArrowTensor], params: &Params| {
                     // SAFETY: per this function's contract.
@@ -190,6 +190,32 @@ pub unsafe fn plugin_kernels(what: &str, api: PluginApi) -> Result<Vec<Kernel>> 
             })
         })
         .collect()
+}
+
+/// Names and signatures of loaded kernels live as long as the process (a [`Kernel`] holds
+/// `&'static str`s, like the built-ins' literals); each distinct string is stored once, however
+/// often a plugin is loaded.
+fn intern(text: &str) -> &'static str {
+    static STRINGS: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+    let mut strings = STRINGS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(&known) = strings.get(text) {
+        return known;
+    }
+    let text: &'static str = Box::leak(text.to_owned().into_boxed_str());
+    strings.insert(text);
+    text
+}
+
+/// [`intern`] for a kernel's list of parameter names.
+fn intern_list(list: Vec<&'static str>) -> &'static [&'static str] {
+    static LISTS: Mutex<BTreeSet<&'static [&'static str]>> = Mutex::new(BTreeSet::new());
+    let mut lists = LISTS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(&known) = lists.get(list.as_slice()) {
+        return known;
+    }
+    let list: &'static [&'static str] = Box::leak(list.into_boxed_slice());
+    lists.insert(list);
+    list
 }
 
 /// Reads and frees a string returned by the plugin.
