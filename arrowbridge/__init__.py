@@ -97,7 +97,8 @@ def to_numpy(obj: Any, *, copy: bool | None = None) -> np.ndarray:
 
     Accepts pyarrow arrays (``FixedShapeTensorArray`` and ``ChunkedArray`` included), NumPy
     arrays (returned as they are), and any object with ``__arrow_c_array__`` or
-    ``__arrow_c_stream__`` (nanoarrow, arro3, polars Series, duckdb results, …).
+    ``__arrow_c_stream__`` (nanoarrow, arro3, polars Series, duckdb results, …). A table of
+    one column (a pyarrow Table, a polars DataFrame, a duckdb relation) is that column.
 
     Zero-copy for a single chunk of a supported type; the result is read-only and keeps its
     source alive. Several chunks are concatenated, bit-packed ``bool`` is unpacked and
@@ -110,6 +111,8 @@ def to_numpy(obj: Any, *, copy: bool | None = None) -> np.ndarray:
     array([1.5, 2.5])
     >>> arrowbridge.to_numpy(pa.chunked_array([[1, 2], [3]]))
     array([1, 2, 3])
+    >>> arrowbridge.to_numpy(pa.table({"v": [1.0, 2.0]}))
+    array([1., 2.])
     >>> arrowbridge.to_numpy(pa.array([1, None]))
     Traceback (most recent call last):
     ...

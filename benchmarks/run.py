@@ -78,12 +78,19 @@ def fmt_size(n: int) -> str:
     return f"{n} B"
 
 
+# The example kernel plugin (make build builds it): `head` returns a view of its input, so
+# the case measures what crossing into a plugin library and back costs.
+PLUGIN = ROOT / "target" / "release" / "libarrowbridge_example_kernels.so"
+PLUGIN_CALL = 'arrowbridge.call("head"), a kernel in a plugin library'
+
+
 def in_process_cases(x: np.ndarray) -> dict[str, Callable[[], object]]:
     """The ways to hand `x` to native code and get an array back, fastest first."""
     t = arrowbridge.to_arrow(x)
     return {
         'arrowbridge.call("identity")': lambda: arrowbridge.call("identity", x),
         DIRECT: lambda: _native.rust_numpy_identity(x),
+        PLUGIN_CALL: lambda: arrowbridge.call("head", x, n=len(x)),
         "arrowbridge.to_arrow": lambda: arrowbridge.to_arrow(x),
         "arrowbridge.to_numpy": lambda: arrowbridge.to_numpy(t),
         "pyarrow FixedShapeTensorArray.from_numpy_ndarray": lambda: (
@@ -434,6 +441,7 @@ def main() -> None:
     sizes = [KIB, MIB, 64 * MIB] if args.quick else [KIB, 64 * KIB, MIB, 16 * MIB, 256 * MIB, GIB]
     budget = 0.2 if args.quick else 1.0
     print("in-process ...", file=sys.stderr)
+    arrowbridge.load_kernels(PLUGIN)
     rows = in_process(sizes, budget)
     baseline = DIRECT
 
@@ -447,6 +455,9 @@ def main() -> None:
         f"{fmt_time(call[-1])} at {fmt_size(large)}: "
         f"largest / smallest = {call[-1] / call[0]:.2f}×.",
         f'- `call("identity")` / rust-numpy direct path, by size: {ratios}.',
+        f"- A kernel in a plugin library (`head`, a view, through the C Data Interface both "
+        f"ways) costs {fmt_time(by[(PLUGIN_CALL, small)])} per call at {fmt_size(small)}, "
+        f"{fmt_time(by[(PLUGIN_CALL, small)] - call[0])} more than a built-in kernel.",
     ]
     print("files ...", file=sys.stderr)
     file_sizes = [16 * MIB, 64 * MIB] if args.quick else [MIB, 16 * MIB, 256 * MIB, GIB]

@@ -6,7 +6,7 @@ use std::ffi::CStr;
 use arrow_array::ffi::{from_ffi, FFI_ArrowArray, FFI_ArrowSchema};
 use arrow_array::ffi_stream::{FFI_ArrowArrayStream, RecordBatchStreamReader};
 use arrow_data::ArrayData;
-use arrow_schema::Field;
+use arrow_schema::{DataType, Field};
 use arrowbridge::{ArrowTensor, Error};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -174,10 +174,48 @@ pub fn export_tensor<'py>(
     Ok(PyTuple::new(py, [schema, array])?)
 }
 
+/// A table (a stream of record batches: a duckdb result, a polars DataFrame, a pyarrow Table)
+/// of one column is that column; a table of several columns is an error naming them.
+fn single_column(imported: Imported) -> BridgeResult<Imported> {
+    let DataType::Struct(children) = imported.field.data_type() else {
+        return Ok(imported);
+    };
+    let [child] = children.as_ref() else {
+        let names: Vec<&str> = children.iter().map(|c| c.name().as_str()).collect();
+        return Err(Error::UnsupportedType {
+            what: format!("field {:?}", imported.field.name()),
+            kind: "Arrow type",
+            name: format!(
+                "a table of {} columns {names:?} (pass one column, e.g. table[{:?}])",
+                names.len(),
+                names.first().copied().unwrap_or("name")
+            ),
+        }
+        .into());
+    };
+    let chunks = imported
+        .chunks
+        .into_iter()
+        .map(|chunk| {
+            if chunk.null_count() > 0 {
+                return Err(Error::Nulls {
+                    what: format!("table {:?}", imported.field.name()),
+                    count: chunk.null_count(),
+                });
+            }
+            Ok(chunk.child_data()[0].slice(chunk.offset(), chunk.len()))
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    Ok(Imported {
+        field: child.as_ref().clone(),
+        chunks,
+    })
+}
+
 /// Reads imported data as one tensor: one chunk is viewed in place; several are
 /// concatenated (a copy), which `allow_copy` must permit.
 pub fn imported_tensor(imported: Imported, allow_copy: bool) -> BridgeResult<ArrowTensor> {
-    let Imported { field, mut chunks } = imported;
+    let Imported { field, mut chunks } = single_column(imported)?;
     let data = match chunks.len() {
         1 => chunks.pop().expect("one chunk"),
         0 => arrow_array::new_empty_array(field.data_type()).to_data(),
