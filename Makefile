@@ -68,7 +68,7 @@ test-long: build
 
 # Memory safety under valgrind memcheck: the Rust test suite (no invalid access, no definite
 # leak), then the in-process Python tests (no invalid access in arrowbridge's code; see
-# tests/memcheck.py). About an hour on 2 cores.
+# tests/memcheck.py). About 5 minutes on 2 cores.
 VALGRIND := valgrind --error-exitcode=99 -q
 memcheck: build
 	apt-get --version > /dev/null 2>&1 && ! command -v valgrind > /dev/null && \

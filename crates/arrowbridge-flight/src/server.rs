@@ -56,7 +56,19 @@ pub struct RunningServer {
     thread: Option<JoinHandle<Result<()>>>,
 }
 
-/// Starts a server; returns once it accepts connections.
+/// Starts a server on threads of its own; returns once it accepts connections. It may be
+/// called from synchronous or asynchronous code.
+///
+/// ```
+/// use arrowbridge_flight::{start, ServerConfig};
+///
+/// let mut server = start(ServerConfig::new("127.0.0.1", 0))?; // port 0: any free port
+/// assert!(server.location().starts_with("grpc://127.0.0.1:"));
+/// // Any Flight client can now put, get and call kernels (see tests/rust_client.rs).
+/// server.shutdown()?;
+/// assert!(!server.is_running());
+/// # Ok::<(), arrowbridge_flight::FlightServerError>(())
+/// ```
 pub fn start(config: ServerConfig) -> Result<RunningServer> {
     let store = Arc::new(Store::open(config.data_dir.clone())?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -64,17 +76,20 @@ pub fn start(config: ServerConfig) -> Result<RunningServer> {
         .enable_all()
         .build()
         .map_err(|e| FlightServerError::Transport(e.to_string()))?;
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind((
-            config.host.as_str(),
-            config.port,
-        )))
-        .map_err(|e| {
-            FlightServerError::Transport(format!(
-                "cannot listen on {}:{}: {e}",
-                config.host, config.port
-            ))
-        })?;
+    // Bound without blocking on the runtime, so that `start` may be called from async code.
+    let listen_error = |e: std::io::Error| {
+        FlightServerError::Transport(format!(
+            "cannot listen on {}:{}: {e}",
+            config.host, config.port
+        ))
+    };
+    let listener = std::net::TcpListener::bind((config.host.as_str(), config.port))
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(listen_error)?;
+    let listener = {
+        let _context = runtime.enter();
+        tokio::net::TcpListener::from_std(listener).map_err(listen_error)?
+    };
     let addr = listener
         .local_addr()
         .map_err(|e| FlightServerError::Transport(e.to_string()))?;

@@ -11,6 +11,28 @@
 //!   of a memory mapping.
 //!
 //! This crate has no Python in it.
+//!
+//! ```
+//! use arrowbridge::{ipc, ArrowTensor, Params, Registry};
+//! use ndarray::{ArrayD, IxDyn};
+//!
+//! // An ndarray moved into Arrow memory (no copy), and an ndarray view of it.
+//! let x = ArrowTensor::from_array(ArrayD::from_shape_fn(IxDyn(&[3, 4]), |i| (i[0] * 4 + i[1]) as f32));
+//! assert_eq!(x.field("x").extension_type_name(), Some("arrow.fixed_shape_tensor"));
+//! assert_eq!(x.view::<f32>()?[[2, 3]], 11.0);
+//!
+//! // A kernel by name, as Python, IPC tools and the Flight server call it.
+//! let sums = Registry::with_builtins().call("sum", &[x.clone()], Params::default())?;
+//! assert_eq!(sums[0].view::<f32>()?[[]], 66.0); // float32 sums stay float32, as in NumPy
+//!
+//! // An IPC file, read back as a view of its memory mapping.
+//! let path = std::env::temp_dir().join(format!("arrowbridge-doc-{}.arrow", std::process::id()));
+//! ipc::write_ipc(&path, &[("x", &x)], &ipc::WriteOptions::default())?;
+//! let mapped = ipc::read_ipc(&path, true)?.tensor("x")?;
+//! assert_eq!(mapped.view::<f32>()?, x.view::<f32>()?);
+//! std::fs::remove_file(&path).ok();
+//! # Ok::<(), arrowbridge::Error>(())
+//! ```
 
 mod dtype;
 mod error;
