@@ -25,6 +25,14 @@ from .errors import UnsupportedTypeError
 
 IpcReader = _native.IpcReader
 
+# Doctests of the reader, which is implemented in Rust.
+__test__ = {
+    "IpcReader": IpcReader.__doc__,
+    "IpcReader.read_all": IpcReader.read_all.__doc__,
+    "IpcReader.read_batch": IpcReader.read_batch.__doc__,
+    "IpcReader.describe": IpcReader.describe.__doc__,
+}
+
 Format = Literal["file", "stream"]
 CompressionName = Literal["lz4", "zstd"]
 

@@ -83,7 +83,17 @@ pub fn write_stream(
     })
 }
 
-/// An open IPC file or stream whose batches become NumPy arrays on request.
+/// An open IPC file or stream whose batches become NumPy arrays on request
+/// (``arrowbridge.open_ipc(path)``).
+///
+/// >>> import numpy as np, pyarrow as pa, arrowbridge, tempfile, os
+/// >>> tmp = tempfile.TemporaryDirectory()
+/// >>> path = os.path.join(tmp.name, "x.arrow")
+/// >>> arrowbridge.write_ipc(path, pa.table({"x": [1.0, 2.0, 3.0]}))
+/// >>> reader = arrowbridge.IpcReader(path)
+/// >>> reader.format, reader.num_batches, reader.num_rows, reader.names
+/// ('file', 1, 3, ['x'])
+/// >>> tmp.cleanup()
 #[pyclass(frozen, module = "arrowbridge._native", name = "IpcReader")]
 pub struct IpcReader {
     data: IpcData,
@@ -156,11 +166,29 @@ impl IpcReader {
     }
 
     /// All columns as NumPy arrays (views of the mapping for a one-batch file).
+    ///
+    /// >>> import numpy as np, arrowbridge, tempfile, os
+    /// >>> tmp = tempfile.TemporaryDirectory()
+    /// >>> path = os.path.join(tmp.name, "x.arrow")
+    /// >>> arrowbridge.write_ipc(path, {"x": np.arange(6).reshape(2, 3)})
+    /// >>> arrowbridge.open_ipc(path).read_all()
+    /// {'x': array([[0, 1, 2],
+    ///        [3, 4, 5]])}
+    /// >>> tmp.cleanup()
     fn read_all<'py>(&self, py: Python<'py>) -> BridgeResult<Bound<'py, PyDict>> {
         no_panic("read_ipc", || tensors_to_dict(py, self.data.tensors()?))
     }
 
     /// The columns of batch `index` as NumPy arrays: always views.
+    ///
+    /// >>> import pyarrow as pa, arrowbridge, tempfile, os
+    /// >>> tmp = tempfile.TemporaryDirectory()
+    /// >>> path = os.path.join(tmp.name, "b.arrow")
+    /// >>> batches = [pa.record_batch({"x": [1, 2]}), pa.record_batch({"x": [3]})]
+    /// >>> arrowbridge.write_ipc(path, pa.Table.from_batches(batches))
+    /// >>> arrowbridge.open_ipc(path).read_batch(1)
+    /// {'x': array([3])}
+    /// >>> tmp.cleanup()
     fn read_batch<'py>(&self, py: Python<'py>, index: usize) -> BridgeResult<Bound<'py, PyDict>> {
         no_panic("read_ipc", || {
             if index >= self.data.batches().len() {
@@ -179,6 +207,14 @@ impl IpcReader {
 
     /// One dict per column: name, dtype, shape, nbytes, and zero_copy (whether reading it
     /// gives a view of the mapping rather than a copy).
+    ///
+    /// >>> import numpy as np, arrowbridge, tempfile, os
+    /// >>> tmp = tempfile.TemporaryDirectory()
+    /// >>> path = os.path.join(tmp.name, "d.arrow")
+    /// >>> arrowbridge.write_ipc(path, {"e": np.ones((4, 2), np.float32)})
+    /// >>> arrowbridge.open_ipc(path).describe()
+    /// [{'name': 'e', 'dtype': 'float32', 'shape': (4, 2), 'nbytes': 32, 'zero_copy': True}]
+    /// >>> tmp.cleanup()
     fn describe<'py>(&self, py: Python<'py>) -> BridgeResult<Vec<Bound<'py, PyDict>>> {
         let mapping = self.data.mapping();
         self.data
