@@ -63,7 +63,7 @@ fuzz: build
 # 64-client load, and a million atheris inputs to the IPC reader.
 test-long: build
 	HYPOTHESIS_PROFILE=nightly LOAD_SECONDS=$(or $(LOAD_SECONDS),300) $(BIN)/python -m pytest \
-		tests/test_properties.py tests/test_fuzz.py tests/test_faults.py -q -p no:cacheprovider
+		tests/test_properties.py tests/test_fuzz.py tests/test_faults.py -q -s -p no:cacheprovider
 	$(MAKE) fuzz FUZZ_RUNS=$(or $(FUZZ_RUNS),1000000)
 
 # Memory safety under valgrind memcheck: the Rust test suite (no invalid access, no definite
