@@ -3,7 +3,8 @@
 Shows the three transports on the embedded defaults: in-process calls (NumPy arrays handed
 to Rust kernels and pyarrow without copies, proven by data addresses), Arrow IPC files
 (written from Python, memory-mapped back, read by pyarrow and by a Rust program), and the
-Flight server on loopback with an in-memory store.
+Flight server on loopback with an in-memory store; then a kernel plugin of one's own called
+in-process and over Flight.
 """
 
 from __future__ import annotations
@@ -188,10 +189,31 @@ def flight_server() -> None:
             )
 
 
+def own_kernels() -> None:
+    print("\n== Your own Rust kernels: a plugin library, loaded at run time ==")
+    root = Path(__file__).resolve().parent.parent
+    plugin = root / "target" / "release" / "libarrowbridge_example_kernels.so"
+    if not plugin.exists():
+        print(f"{plugin} is not built: `make build` builds crates/example-kernels")
+        return
+    print(f"load_kernels({plugin.name}) -> {arrowbridge.load_kernels(plugin)}")
+    x = np.random.default_rng(3).normal(5.0, 2.0, size=(1000, 3))
+    z = arrowbridge.call("zscore", x)
+    print(
+        f"in-process call('zscore'): column means {z.mean(axis=0).round(9)}, stds {z.std(axis=0)}"
+    )
+    head = arrowbridge.call("head", x, n=2)
+    print(f"call('head', n=2) at {_addr(head)}, x at {_addr(x)}: the plugin returned a view")
+    with arrowbridge.serve(kernels=[plugin]) as server, arrowbridge.connect(server.location) as c:
+        d = c.call("pairwise_distances", x[:3], x[:2])
+        print(f"over Flight, call('pairwise_distances') -> shape {d.shape}, d[0, 0] = {d[0, 0]}")
+
+
 def main() -> None:
     in_process()
     ipc_files()
     flight_server()
+    own_kernels()
 
 
 if __name__ == "__main__":
