@@ -62,6 +62,10 @@ class InvalidFileError(ArrowBridgeError, ValueError):
     """A file that is not valid Arrow IPC data: truncated, corrupt, or pointing outside itself."""
 
 
+class PluginError(ArrowBridgeError, ImportError):
+    """A kernel plugin could not be loaded (the message names the library and the reason)."""
+
+
 __all__ = [
     "ArrowBridgeError",
     "ByteOrderError",
@@ -74,11 +78,8 @@ __all__ = [
     "KernelParameterError",
     "MisalignedBufferError",
     "NullValuesError",
+    "PluginError",
     "ShapeError",
     "UnknownKernelError",
     "UnsupportedTypeError",
 ]
-
-
-class PluginError(ArrowBridgeError, ImportError):
-    """A kernel plugin could not be loaded (the message names the library and the reason)."""

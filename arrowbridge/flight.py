@@ -74,7 +74,7 @@ def _translated() -> Iterator[None]:
             raise FlightCallError(
                 "the client is closed (by close() or its with block); connect() again"
             ) from e
-        storage = str(e).startswith(_STORAGE_CODES)
+        storage = str(e).startswith(_STORAGE_CODES) and "data directory" in str(e)
         raise (RemoteStorageError if storage else RemoteInvalidError)(str(e)) from e
     except flight.FlightServerError as e:
         raise RemoteInvalidError(str(e)) from e
@@ -159,9 +159,9 @@ def serve(
     served again after a restart. ``token`` requires ``authorization: Bearer <token>`` on every
     call; ``tls=(cert_pem, key_pem)`` serves over TLS (``grpc+tls://``).
 
-    The server runs the built-in kernels and those of every plugin loaded in this process
-    (:func:`arrowbridge.load_kernels`), including the plugins named in ``kernels``, which are
-    loaded first.
+    The server runs the built-in kernels and those of every plugin loaded in this process when
+    it starts (:func:`arrowbridge.load_kernels`), including the plugins named in ``kernels``,
+    which are loaded first; plugins loaded later are not seen by a running server.
 
     >>> import numpy as np, arrowbridge
     >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
@@ -169,13 +169,13 @@ def serve(
     ...     client.call("sum", client.stored("x"))
     array(6.)
     """
-    for plugin in kernels:
-        _native.load_kernels(plugin)
     url = urlparse(location)
     if url.scheme not in ("grpc", "grpc+tcp", "grpc+tls") or (
         url.port is None and url.hostname is None
     ):
         raise ValueError(f"location {location!r}: expected grpc://host:port")
+    for plugin in kernels:
+        _native.load_kernels(plugin)
     native = _native.FlightServer(
         url.hostname or "127.0.0.1",
         url.port or 0,

@@ -52,7 +52,17 @@ class Producer:
 
 
 @st.composite
-def tensor_metadata(draw):
+def tensor_metadata(draw, size: int):
+    if draw(st.booleans()):
+        # Consistent metadata for `size` values per row, so that acceptance is exercised too.
+        a = draw(st.sampled_from([d for d in range(1, size + 1) if size % d == 0]))
+        shape = [a, size // a]
+        meta = {"shape": shape}
+        if draw(st.booleans()):
+            meta["permutation"] = draw(st.permutations([0, 1]))
+        if draw(st.booleans()):
+            meta["dim_names"] = ["h", "w"]
+        return json.dumps(meta)
     meta = {}
     if draw(st.booleans()):
         meta["shape"] = draw(st.lists(nasty_ints, max_size=6))
@@ -70,15 +80,16 @@ def tensor_metadata(draw):
 
 @inputs(1500)
 @given(
+    data=st.data(),
     rows=st.integers(0, 4),
     size=st.integers(1, 12),
     value_type=st.sampled_from([pa.float64(), pa.int8(), pa.uint32(), pa.float16(), pa.bool_()]),
     extension=st.sampled_from(
         ["arrow.fixed_shape_tensor", "arrowbridge.complex_tensor", "arrow.bool8", "x.other", None]
     ),
-    metadata=tensor_metadata(),
 )
-def test_tensor_metadata_from_any_producer(rows, size, value_type, extension, metadata):
+def test_tensor_metadata_from_any_producer(data, rows, size, value_type, extension):
+    metadata = data.draw(tensor_metadata(size))
     values = pa.array(np.zeros(rows * size, dtype=value_type.to_pandas_dtype()), value_type)
     storage = pa.FixedSizeListArray.from_arrays(values, size)
     field_metadata = {}
@@ -109,8 +120,8 @@ def test_tensor_metadata_from_any_producer(rows, size, value_type, extension, me
 )
 def test_c_array_struct_fields_from_a_hostile_producer(data, dtype, n):
     arr = pa.array(np.arange(n, dtype=dtype))
-    # Values a producer could put in the struct without pointing outside its allocation:
-    # a length and offset within the data, or nonsense that must be refused.
+    # Lengths and offsets within the data, or nonsense that must be refused; buffer and child
+    # counts that disagree with the type (only the type's own are read).
     length = data.draw(st.one_of(st.integers(0, n), st.sampled_from([-1, -(2**63)])))
     offset = data.draw(
         st.one_of(

@@ -60,6 +60,12 @@ def test_sliced_pyarrow_input_is_viewed_in_place():
     assert address(arrowbridge.to_numpy(arr)) == arrow_values_address(arr)
 
 
+def test_a_sliced_one_field_struct_is_its_field_sliced():
+    struct = pa.StructArray.from_arrays([pa.array(np.arange(6.0))], names=["v"]).slice(2, 3)
+    np.testing.assert_array_equal(arrowbridge.to_numpy(struct), [2.0, 3.0, 4.0])
+    np.testing.assert_array_equal(arrowbridge.call("identity", struct), [2.0, 3.0, 4.0])
+
+
 def test_tables_of_several_columns_name_them():
     table = pa.table({"a": [1.0], "b": [2.0]})
     with pytest.raises(

@@ -2,9 +2,11 @@
 called from every transport (in-process, IPC files through the CLI, the Flight server)."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +27,16 @@ def zscore(x):
 def test_loading_registers_the_kernels_once(plugin):
     names = arrowbridge.load_kernels(plugin)
     assert names == ["head", "pairwise_distances", "zscore"]
-    assert arrowbridge.load_kernels(str(plugin)) == names  # loaded once, however named
+    # Loaded once, however named: as a string, relative to the working directory, bare.
+    assert arrowbridge.load_kernels(str(plugin)) == names
+    here = os.getcwd()
+    try:
+        os.chdir(plugin.parent.parent)
+        assert arrowbridge.load_kernels(Path("release") / plugin.name) == names
+        os.chdir(plugin.parent)
+        assert arrowbridge.load_kernels(plugin.name) == names
+    finally:
+        os.chdir(here)
     assert "pairwise_distances(a: float64[n, d]" in arrowbridge.kernels()["pairwise_distances"]
 
 

@@ -154,6 +154,18 @@ def test_lengths_that_do_not_match_the_buffers_are_refused():
         arrowbridge.to_numpy(RawArrow(arr, offset=-3))
 
 
+def test_buffer_and_child_counts_that_disagree_with_the_type_are_refused():
+    # Found by tests/test_fuzz.py: arrow-rs's import trusts n_buffers and n_children, and
+    # reading past a producer's pointer arrays crashed the process.
+    arr = pa.array(np.arange(4, dtype=np.int64))
+    with pytest.raises(InvalidArrowDataError, match=r"has 3 buffer\(s\); a Int64 array has 2"):
+        arrowbridge.to_numpy(RawArrow(arr, n_buffers=3))
+    with pytest.raises(InvalidArrowDataError, match=r"has 1 child array\(s\); a Int64 array has 0"):
+        arrowbridge.to_numpy(RawArrow(arr, n_children=1))
+    with pytest.raises(InvalidArrowDataError, match=r"has 0 buffer\(s\)"):
+        arrowbridge.call("identity", RawArrow(arr, n_buffers=0))
+
+
 def test_inconsistent_tensor_metadata_is_refused():
     storage = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(12)), 6)
 

@@ -58,9 +58,12 @@ impl From<FlightServerError> for Status {
 fn storage_status(source: &std::io::Error, message: String) -> Status {
     use std::io::ErrorKind as K;
     match source.kind() {
-        K::StorageFull | K::QuotaExceeded | K::FileTooLarge => {
+        K::StorageFull | K::QuotaExceeded => {
             Status::resource_exhausted(format!("data directory full: {message}"))
         }
+        K::FileTooLarge => Status::resource_exhausted(format!(
+            "data directory refuses a file this large: {message}"
+        )),
         K::ReadOnlyFilesystem | K::PermissionDenied => {
             Status::failed_precondition(format!("data directory not writable: {message}"))
         }

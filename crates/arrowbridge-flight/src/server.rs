@@ -49,6 +49,7 @@ impl ServerConfig {
 }
 
 /// A server running on its own threads; dropping it shuts it down.
+#[derive(Debug)]
 pub struct RunningServer {
     location: String,
     addr: SocketAddr,
@@ -57,7 +58,9 @@ pub struct RunningServer {
 }
 
 /// Starts a server on threads of its own; returns once it accepts connections. It may be
-/// called from synchronous or asynchronous code.
+/// called from synchronous or asynchronous code (its errors are returned, never panics);
+/// [`RunningServer::shutdown`] waits for the server's thread, so from async code call it
+/// where blocking is allowed (e.g. `spawn_blocking`).
 ///
 /// ```
 /// use arrowbridge_flight::{start, ServerConfig};
@@ -71,12 +74,8 @@ pub struct RunningServer {
 /// ```
 pub fn start(config: ServerConfig) -> Result<RunningServer> {
     let store = Arc::new(Store::open(config.data_dir.clone())?);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("arrowbridge-flight")
-        .enable_all()
-        .build()
-        .map_err(|e| FlightServerError::Transport(e.to_string()))?;
-    // Bound without blocking on the runtime, so that `start` may be called from async code.
+    // Everything that can fail happens before the runtime exists: a runtime dropped inside
+    // async code panics, and `start` may be called from async code.
     let listen_error = |e: std::io::Error| {
         FlightServerError::Transport(format!(
             "cannot listen on {}:{}: {e}",
@@ -86,10 +85,6 @@ pub fn start(config: ServerConfig) -> Result<RunningServer> {
     let listener = std::net::TcpListener::bind((config.host.as_str(), config.port))
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(listen_error)?;
-    let listener = {
-        let _context = runtime.enter();
-        tokio::net::TcpListener::from_std(listener).map_err(listen_error)?
-    };
     let addr = listener
         .local_addr()
         .map_err(|e| FlightServerError::Transport(e.to_string()))?;
@@ -120,8 +115,25 @@ pub fn start(config: ServerConfig) -> Result<RunningServer> {
             .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
             .map_err(|e| FlightServerError::Transport(format!("TLS: {e}")))?;
     }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("arrowbridge-flight")
+        .enable_all()
+        .build()
+        .map_err(|e| FlightServerError::Transport(e.to_string()))?;
+    let listener = {
+        let _context = runtime.enter();
+        tokio::net::TcpListener::from_std(listener)
+    };
+    let listener = match listener {
+        Ok(listener) => listener,
+        Err(e) => {
+            runtime.shutdown_background();
+            return Err(listen_error(e));
+        }
+    };
     let (tx, rx) = oneshot::channel::<()>();
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // The runtime lives and dies on the server's own thread.
     let thread = std::thread::Builder::new()
         .name("arrowbridge-flight-server".into())
         .spawn(move || {

@@ -1,8 +1,8 @@
 //! Named record batches held by the server, optionally persisted as IPC files.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
@@ -66,6 +66,9 @@ impl Stored {
 pub struct Store {
     items: RwLock<BTreeMap<String, Arc<Stored>>>,
     data_dir: Option<PathBuf>,
+    /// One lock per name being written, so that a put and a delete of the same name keep
+    /// file and memory in step (other names go on in parallel).
+    writing: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 /// Whether `name` can name a stored item (and its file).
@@ -92,6 +95,7 @@ impl Store {
         let store = Store {
             items: RwLock::default(),
             data_dir,
+            writing: Mutex::default(),
         };
         if let Some(dir) = &store.data_dir {
             std::fs::create_dir_all(dir).map_err(|e| FlightServerError::io(dir, e))?;
@@ -131,6 +135,27 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Runs `f` holding the write lock of `name`.
+    fn writing<T>(&self, name: &str, f: impl FnOnce() -> T) -> T {
+        let lock = self
+            .writing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        let result = {
+            let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            f()
+        };
+        let mut writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        // The map's and ours: nobody else waits for this name.
+        if Arc::strong_count(&lock) == 2 {
+            writing.remove(name);
+        }
+        result
+    }
+
     fn file(&self, dir: &Path, name: &str) -> PathBuf {
         dir.join(format!("{name}.arrow"))
     }
@@ -138,24 +163,26 @@ impl Store {
     /// Stores `stored` under `name`, durably first when the store has a data directory.
     pub fn put(&self, name: &str, stored: Stored) -> Result<()> {
         check_name(name)?;
-        if let Some(dir) = &self.data_dir {
-            let path = self.file(dir, name);
-            let options = WriteOptions {
-                format: IpcFormat::File,
-                compression: None,
-            };
-            ipc::write_atomically(&path, |w| {
-                ipc::write_batches(
-                    w,
-                    &stored.schema,
-                    stored.batches.iter().cloned().map(Ok),
-                    &options,
-                )
-            })?;
-        }
-        self.write_items()
-            .insert(name.to_string(), Arc::new(stored));
-        Ok(())
+        self.writing(name, || {
+            if let Some(dir) = &self.data_dir {
+                let path = self.file(dir, name);
+                let options = WriteOptions {
+                    format: IpcFormat::File,
+                    compression: None,
+                };
+                ipc::write_atomically(&path, |w| {
+                    ipc::write_batches(
+                        w,
+                        &stored.schema,
+                        stored.batches.iter().cloned().map(Ok),
+                        &options,
+                    )
+                })?;
+            }
+            self.write_items()
+                .insert(name.to_string(), Arc::new(stored));
+            Ok(())
+        })
     }
 
     /// The item called `name`.
@@ -167,18 +194,20 @@ impl Store {
     /// Removes `name`; whether it existed. When the file cannot be removed the item stays
     /// (in memory and on disk), so that a failed delete changes nothing.
     pub fn delete(&self, name: &str) -> Result<bool> {
-        let mut removed_file = false;
-        if let Some(dir) = &self.data_dir {
-            check_name(name)?;
-            let path = self.file(dir, name);
-            match std::fs::remove_file(&path) {
-                Ok(()) => removed_file = true,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(FlightServerError::io(&path, e)),
+        check_name(name)?;
+        self.writing(name, || {
+            let mut removed_file = false;
+            if let Some(dir) = &self.data_dir {
+                let path = self.file(dir, name);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => removed_file = true,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(FlightServerError::io(&path, e)),
+                }
             }
-        }
-        let existed = self.write_items().remove(name).is_some();
-        Ok(existed || removed_file)
+            let existed = self.write_items().remove(name).is_some();
+            Ok(existed || removed_file)
+        })
     }
 
     /// Every item, by name.

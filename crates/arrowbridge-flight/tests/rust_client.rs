@@ -86,3 +86,14 @@ async fn put_get_exchange_and_health_from_a_rust_client() {
     server.shutdown().unwrap();
     assert!(!server.is_running());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_port_in_use_is_an_error_even_from_async_code() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let err = start(ServerConfig::new("127.0.0.1", port)).unwrap_err();
+    assert!(
+        err.to_string().contains("cannot listen on 127.0.0.1"),
+        "{err}"
+    );
+}

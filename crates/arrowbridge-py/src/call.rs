@@ -68,7 +68,7 @@ pub fn load_kernels(py: Python<'_>, path: PathBuf) -> BridgeResult<Vec<&'static 
             let names = registry()
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
-                .load_plugin(&path)?;
+                .load_plugin(&key)?;
             loaded.insert(key, names.clone());
             Ok(names)
         })
@@ -212,13 +212,16 @@ pub fn call<'py>(
 /// 'sum(x: numeric[...], axis: int | None = None) -> numeric[...]'
 #[pyfunction]
 pub fn kernels(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
-    let dict = PyDict::new(py);
-    for kernel in registry()
+    // Read under the lock, build the dict (which may run Python code) after it.
+    let pairs: Vec<(&str, &str)> = registry()
         .read()
         .unwrap_or_else(PoisonError::into_inner)
         .iter()
-    {
-        dict.set_item(kernel.name, kernel.signature)?;
+        .map(|k| (k.name, k.signature))
+        .collect();
+    let dict = PyDict::new(py);
+    for (name, signature) in pairs {
+        dict.set_item(name, signature)?;
     }
     Ok(dict)
 }

@@ -24,13 +24,66 @@ pub struct Imported {
     pub chunks: Vec<ArrayData>,
 }
 
+/// The child types an array of `data_type` has.
+fn child_types(data_type: &DataType) -> Vec<&DataType> {
+    match data_type {
+        DataType::FixedSizeList(f, _)
+        | DataType::List(f)
+        | DataType::LargeList(f)
+        | DataType::ListView(f)
+        | DataType::LargeListView(f)
+        | DataType::Map(f, _) => vec![f.data_type()],
+        DataType::Struct(fields) => fields.iter().map(|f| f.data_type()).collect(),
+        DataType::Union(fields, _) => fields.iter().map(|(_, f)| f.data_type()).collect(),
+        DataType::RunEndEncoded(ends, values) => vec![ends.data_type(), values.data_type()],
+        _ => Vec::new(),
+    }
+}
+
+/// Checks that an exported array has the buffers and children its type has, before arrow-rs
+/// reads them: a producer that declares more than it exported would make the import read
+/// past its pointer arrays.
+fn check_structure(array: &FFI_ArrowArray, data_type: &DataType, what: &str) -> Result<(), Error> {
+    let layout = arrow_data::layout(data_type);
+    let buffers = layout.buffers.len() + usize::from(layout.can_contain_null_mask);
+    let n = array.num_buffers();
+    if n != buffers && !(layout.variadic && n > buffers) {
+        return Err(Error::invalid(
+            what,
+            format!("the exported array has {n} buffer(s); a {data_type} array has {buffers}"),
+        ));
+    }
+    let children = child_types(data_type);
+    if array.num_children() != children.len() {
+        return Err(Error::invalid(
+            what,
+            format!(
+                "the exported array has {} child array(s); a {data_type} array has {}",
+                array.num_children(),
+                children.len()
+            ),
+        ));
+    }
+    for (c, child_type) in children.into_iter().enumerate() {
+        check_structure(array.child(c), child_type, what)?;
+    }
+    Ok(())
+}
+
 /// Addresses of every data buffer in an exported array, in the order arrow-rs imports them.
-fn buffer_addresses(array: &FFI_ArrowArray, out: &mut Vec<usize>) {
-    for i in 1..array.num_buffers() {
+/// Only the buffers and children that `data_type` has are read: a producer's `n_buffers` and
+/// `n_children` are not trusted to match the arrays its pointers lead to.
+fn buffer_addresses(array: &FFI_ArrowArray, data_type: &DataType, out: &mut Vec<usize>) {
+    let buffers = 1 + arrow_data::layout(data_type).buffers.len();
+    for i in 1..array.num_buffers().min(buffers) {
         out.push(array.buffer(i) as usize);
     }
-    for c in 0..array.num_children() {
-        buffer_addresses(array.child(c), out);
+    for (c, child_type) in child_types(data_type)
+        .into_iter()
+        .enumerate()
+        .take(array.num_children())
+    {
+        buffer_addresses(array.child(c), child_type, out);
     }
 }
 
@@ -55,9 +108,15 @@ unsafe fn import_array(
     field: &Field,
     allow_copy: bool,
 ) -> BridgeResult<ArrayData> {
-    let mut before = Vec::new();
     // SAFETY: the caller guarantees `array` is valid.
-    buffer_addresses(unsafe { &*array }, &mut before);
+    let exported = unsafe { &*array };
+    check_structure(
+        exported,
+        field.data_type(),
+        &format!("field {:?}", field.name()),
+    )?;
+    let mut before = Vec::new();
+    buffer_addresses(exported, field.data_type(), &mut before);
     // SAFETY: as above; from_raw moves the struct out and leaves a released one behind.
     let ffi_array = unsafe { FFI_ArrowArray::from_raw(array) };
     // SAFETY: the producer promises the array matches the schema (C Data Interface).

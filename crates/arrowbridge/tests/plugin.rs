@@ -102,3 +102,16 @@ fn unknown_kernels_and_wrong_dtypes_are_reported_by_name() {
         .unwrap_err();
     assert!(err.to_string().contains("int32"), "{err}");
 }
+
+#[test]
+fn non_finite_float_parameters_cross_intact() {
+    let x = ArrowTensor::from_array(ArrayD::from_elem(IxDyn(&[2, 1, 1]), 1.0f64));
+    for scale in [f64::INFINITY, f64::NEG_INFINITY, f64::NAN] {
+        let params = Params::new([("scale".to_string(), Param::Float(scale))]);
+        let out = registry()
+            .call("echo", std::slice::from_ref(&x), params)
+            .unwrap();
+        let got = out[1].view::<f64>().unwrap()[[]];
+        assert!(got.to_bits() == (2.0 * scale).to_bits() || (got.is_nan() && scale.is_nan()));
+    }
+}

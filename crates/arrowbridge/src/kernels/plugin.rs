@@ -56,7 +56,8 @@ use crate::tensor::ArrowTensor;
 
 /// `arrowbridge_plugin_v1_kernels`: the JSON description of the plugin's kernels.
 pub type KernelsFn = unsafe extern "C" fn() -> *mut c_char;
-/// Receives one output of a call; returns 0 when it took the output.
+/// Receives one output of a call; returns 0 when it took the output. `emit` and its `ctx` are
+/// valid only until the call they were passed to returns.
 pub type EmitFn = unsafe extern "C" fn(
     ctx: *mut c_void,
     array: *mut FFI_ArrowArray,
@@ -95,6 +96,14 @@ impl Registry {
     /// error and registers nothing.
     pub fn load_plugin(&mut self, path: &Path) -> Result<Vec<&'static str>> {
         let what = path.display().to_string();
+        // dlopen searches the system's library path for a bare file name; a user means the file.
+        let local;
+        let path = if path.is_relative() && path.components().count() == 1 {
+            local = Path::new(".").join(path);
+            local.as_path()
+        } else {
+            path
+        };
         // SAFETY: loading a library runs its initializers; loading one is what the caller asked
         // for.
         let library = unsafe { libloading::Library::new(path) }
@@ -129,7 +138,11 @@ impl Registry {
         std::mem::forget(library);
         // SAFETY: `api` comes from a library that stays loaded for the life of the process.
         let kernels = unsafe { plugin_kernels(&what, api) }?;
-        if let Some(taken) = kernels.iter().find(|k| self.kernels.contains_key(k.name)) {
+        let mut seen = BTreeSet::new();
+        if let Some(taken) = kernels
+            .iter()
+            .find(|k| self.kernels.contains_key(k.name) || !seen.insert(k.name))
+        {
             return Err(plugin_error(
                 &what,
                 format!("kernel {:?} is already registered", taken.name),
@@ -156,6 +169,15 @@ pub unsafe fn plugin_kernels(what: &str, api: PluginApi) -> Result<Vec<Kernel>> 
         .map_err(|e| plugin_error(what, format!("bad kernel list: {e}")))?;
     if let Some(error) = description.get("error").and_then(Value::as_str) {
         return Err(plugin_error(what, error));
+    }
+    if description.get("abi").and_then(Value::as_u64) != Some(1) {
+        return Err(plugin_error(
+            what,
+            format!(
+                "plugin ABI {} (this arrowbridge speaks 1)",
+                description["abi"]
+            ),
+        ));
     }
     let list = description
         .get("kernels")
@@ -314,6 +336,8 @@ fn params_to_json(params: &Params) -> Value {
                 Param::None => Value::Null,
                 Param::Bool(b) => json!(b),
                 Param::Int(i) => json!(i),
+                // JSON has no NaN or infinity; those travel as {"float": "nan" | "inf" | "-inf"}.
+                Param::Float(f) if !f.is_finite() => json!({"float": f.to_string().to_lowercase()}),
                 Param::Float(f) => json!(f),
                 Param::Str(s) => json!(s),
                 Param::Ints(v) => json!(v),
@@ -345,7 +369,13 @@ fn params_from_json(value: &Value) -> std::result::Result<Params, String> {
                     })
                     .collect::<std::result::Result<_, _>>()?,
             ),
-            Value::Object(_) => return Err(format!("parameter {name:?}: unsupported value")),
+            Value::Object(o) => match o.get("float").and_then(Value::as_str) {
+                Some(text) => Param::Float(
+                    text.parse()
+                        .map_err(|_| format!("parameter {name:?}: bad float {text:?}"))?,
+                ),
+                None => return Err(format!("parameter {name:?}: unsupported value")),
+            },
         };
         values.insert(name.clone(), param);
     }
@@ -378,6 +408,22 @@ fn error_to_json(error: &Error) -> Value {
             json!({"kind": "unknown_kernel", "name": name, "available": available})
         }
         Error::Nulls { what, count } => json!({"kind": "nulls", "what": what, "count": count}),
+        Error::UnsupportedType { what, kind, name } => {
+            json!({"kind": "unsupported", "what": what, "type_kind": kind, "name": name})
+        }
+        Error::CopyRequired { what, reason } => {
+            json!({"kind": "copy_required", "what": what, "reason": reason})
+        }
+        Error::Misaligned {
+            what,
+            address,
+            align,
+            misalignment,
+        } => json!({"kind": "misaligned", "what": what, "address": address, "align": align,
+                    "misalignment": misalignment}),
+        Error::ByteOrder { what, dtype } => {
+            json!({"kind": "byte_order", "what": what, "dtype": dtype})
+        }
         other => json!({"kind": "invalid", "message": other.to_string()}),
     }
 }
@@ -408,6 +454,31 @@ fn error_from_json(kernel: &str, text: &str) -> Error {
         "nulls" => Error::Nulls {
             what: s("what"),
             count: n("count"),
+        },
+        "unsupported" => Error::UnsupportedType {
+            what: s("what"),
+            kind: match s("type_kind").as_str() {
+                "dtype" => "dtype",
+                "Arrow type" => "Arrow type",
+                "extension type" => "extension type",
+                "object type" => "object type",
+                _ => "type",
+            },
+            name: s("name"),
+        },
+        "copy_required" => Error::CopyRequired {
+            what: s("what"),
+            reason: s("reason"),
+        },
+        "misaligned" => Error::Misaligned {
+            what: s("what"),
+            address: n("address"),
+            align: n("align"),
+            misalignment: n("misalignment"),
+        },
+        "byte_order" => Error::ByteOrder {
+            what: s("what"),
+            dtype: s("dtype"),
         },
         "invalid" => Error::invalid(format!("kernel {kernel:?}"), s("message")),
         _ => Error::kernel(kernel, s("message")),
