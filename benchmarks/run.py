@@ -222,6 +222,7 @@ def raw_socket_throughput(nbytes: int) -> float:
     server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     port = server.getsockname()[1]
     received = np.empty(nbytes, dtype=np.uint8)
+    received.fill(0)  # fault the pages in now: Flight's receive buffers are warm, so are these
 
     def receive():
         conn, _ = server.accept()
