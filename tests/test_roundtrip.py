@@ -96,6 +96,16 @@ def rss_kib() -> int:
         return int(f.read().split()[1]) * resource.getpagesize() // 1024
 
 
+def rss_growth_kib(cycle, warm_up: int, n: int) -> int:
+    """How much RSS `cycle(n)` adds once `cycle(warm_up)` has warmed allocators and caches."""
+    cycle(warm_up)
+    gc.collect()
+    before = rss_kib()
+    cycle(n)
+    gc.collect()
+    return rss_kib() - before
+
+
 def test_100k_round_trips_leak_nothing():
     x = np.ones((64, 16), dtype=np.float32)
     refs = sys.getrefcount(x)
@@ -108,12 +118,7 @@ def test_100k_round_trips_leak_nothing():
             w = arrowbridge.call("add", y, z)
             del y, t, z, w
 
-    cycle(10_000)  # warm up allocators and caches
-    gc.collect()
-    before = rss_kib()
-    cycle(100_000)
-    gc.collect()
-    grown = rss_kib() - before
+    grown = rss_growth_kib(cycle, warm_up=10_000, n=100_000)
     assert sys.getrefcount(x) == refs
     assert grown < 2048, f"RSS grew by {grown} KiB over 100k round trips"
 
@@ -133,12 +138,7 @@ def test_a_million_calls_leak_nothing(plugin):
             call("sum", x)
             call("head", x, n=4)
 
-    cycle(20_000)
-    gc.collect()
-    before = rss_kib()
-    cycle(200_000)
-    gc.collect()
-    grown = rss_kib() - before
+    grown = rss_growth_kib(cycle, warm_up=20_000, n=200_000)
     assert sys.getrefcount(x) == refs
     assert grown < 2048, f"RSS grew by {grown} KiB over 1M calls"
 
