@@ -16,10 +16,10 @@ __all__ = [
     "kernels",
     "load_kernels",
     "panic_in_kernel",
-    "record_batch_capsules",
     "rust_numpy_identity",
     "stream_to_arrays",
     "to_numpy",
+    "wire_capsules",
     "write_arrays",
     "write_stream",
 ]
@@ -79,8 +79,11 @@ def write_stream(
 ) -> None:
     """Writes every batch of an ``__arrow_c_stream__`` producer to an IPC file or stream."""
 
-def record_batch_capsules(names: list[str], arrays: list[Any]) -> tuple[object, object]:
-    """The (schema, array) capsules of one record batch holding ``arrays``."""
+def wire_capsules(
+    names: list[str], arrays: list[Any], max_bytes: int
+) -> list[tuple[object, object]]:
+    """(schema, array) capsules of the batches that carry the arrays in messages of at most
+    ``max_bytes``."""
 
 def stream_to_arrays(data: Any) -> dict[str, np.ndarray]:
     """Every column of an ``__arrow_c_stream__`` producer as NumPy arrays."""

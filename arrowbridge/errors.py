@@ -62,6 +62,20 @@ class InvalidFileError(ArrowBridgeError, ValueError):
     """A file that is not valid Arrow IPC data: truncated, corrupt, or pointing outside itself."""
 
 
+class OutOfMemoryError(ArrowBridgeError, MemoryError):
+    """A result or buffer too large for the memory this process may allocate (NumPy raises
+    ``MemoryError`` in the same place); the message names the size and the limit."""
+
+
+class ServerStartError(ArrowBridgeError, OSError):
+    """A Flight server could not start: its address is taken or cannot be used (``errno``
+    says why, e.g. ``errno.EADDRINUSE``)."""
+
+
+class TLSConfigError(ArrowBridgeError, ValueError):
+    """The TLS certificate or key given to a Flight server cannot be used."""
+
+
 class PluginError(ArrowBridgeError, ImportError):
     """A kernel plugin could not be loaded (the message names the library and the reason)."""
 
@@ -78,8 +92,11 @@ __all__ = [
     "KernelParameterError",
     "MisalignedBufferError",
     "NullValuesError",
+    "OutOfMemoryError",
     "PluginError",
+    "ServerStartError",
     "ShapeError",
+    "TLSConfigError",
     "UnknownKernelError",
     "UnsupportedTypeError",
 ]

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -23,7 +24,8 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from . import _native
-from .errors import ArrowBridgeError
+from .errors import ArrowBridgeError, KernelParameterError
+from .ipc import _array_like
 
 #: Largest chunk of a put or call the client sends in one message; tensors are split by rows.
 CHUNK_BYTES = 8 << 20
@@ -49,14 +51,21 @@ class ServerUnavailableError(FlightCallError, ConnectionError):
     """The server cannot be reached."""
 
 
+class RemoteOutOfMemoryError(FlightCallError, MemoryError):
+    """The server cannot allocate what the call needs (gRPC ``RESOURCE_EXHAUSTED``): a
+    kernel's result, or a buffer the request declares, is larger than its memory. The
+    server keeps serving."""
+
+
 class RemoteStorageError(FlightCallError, OSError):
     """The server could not write its data directory: the disk is full (gRPC
     ``RESOURCE_EXHAUSTED``) or the directory is read-only (``FAILED_PRECONDITION``). Nothing
     was stored or deleted; the message names the file."""
 
 
-# How pyarrow words the gRPC codes of storage failures.
-_STORAGE_CODES = ("gRPC returned resource exhausted", "gRPC returned precondition failed")
+# How pyarrow words the gRPC codes of storage and memory failures.
+_EXHAUSTED = "gRPC returned resource exhausted"
+_STORAGE_CODES = (_EXHAUSTED, "gRPC returned precondition failed")
 
 
 @contextmanager
@@ -75,7 +84,11 @@ def _translated() -> Iterator[None]:
                 "the client is closed (by close() or its with block); connect() again"
             ) from e
         storage = str(e).startswith(_STORAGE_CODES) and "data directory" in str(e)
-        raise (RemoteStorageError if storage else RemoteInvalidError)(str(e)) from e
+        if storage:
+            raise RemoteStorageError(str(e)) from e
+        if str(e).startswith(_EXHAUSTED):
+            raise RemoteOutOfMemoryError(str(e)) from e
+        raise RemoteInvalidError(str(e)) from e
     except flight.FlightServerError as e:
         raise RemoteInvalidError(str(e)) from e
     except flight.FlightError as e:
@@ -199,14 +212,35 @@ class Stored:
     name: str
 
 
-def _record_batch(arrays: Mapping[str, Any]) -> pa.RecordBatch:
+def _wire_batches(arrays: Mapping[str, Any], chunk_bytes: int) -> list[pa.RecordBatch]:
+    """The batches that carry ``arrays`` in messages of at most ``chunk_bytes``: slices of
+    rows, or, when arrays differ in their first axis or one row is larger than a message,
+    every array laid out flat (its shape in the field metadata, restored on receipt)."""
     names = list(arrays)
-    values = [
-        v if hasattr(v, "__arrow_c_array__") or hasattr(v, "__arrow_c_stream__") else np.asarray(v)
-        for v in arrays.values()
+    values = [_array_like(v) for v in arrays.values()]
+    return [
+        pa.RecordBatch._import_from_c_capsule(schema, array)
+        for schema, array in _native.wire_capsules(names, values, chunk_bytes)
     ]
-    schema, array = _native.record_batch_capsules(names, values)
-    return pa.RecordBatch._import_from_c_capsule(schema, array)
+
+
+def _param(kernel: str, name: str, value: Any) -> Any:
+    """A kernel parameter in the JSON form the server reads (``Params::from_json``): NumPy
+    scalars as the Python numbers they hold, NaN and infinities (which JSON lacks) as
+    ``{"float": "nan" | "inf" | "-inf"}``. Ints must fit in 64 bits, as in process: JSON
+    would carry a larger one, but the server would read it as a float."""
+    if isinstance(value, np.generic | np.ndarray) and np.ndim(value) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"float": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        raise KernelParameterError(
+            f"kernel {json.dumps(kernel)}: parameter {json.dumps(name)}: {value} does not fit "
+            "in a 64-bit signed integer"
+        )
+    if isinstance(value, list | tuple):
+        return [_param(kernel, name, v) for v in value]
+    return value
 
 
 def _chunks(batch: pa.RecordBatch, chunk_bytes: int) -> Iterator[pa.RecordBatch]:
@@ -251,20 +285,20 @@ class Client:
         """
         if isinstance(data, np.ndarray):
             data = {"data": data}
-        batches = (
-            [_record_batch(data)]
-            if isinstance(data, Mapping)
-            else list(data.to_batches() if hasattr(data, "to_batches") else [data])
-        )
-        schema = batches[0].schema
+        if isinstance(data, Mapping):
+            chunks = _wire_batches(data, chunk_bytes)
+        else:
+            batches = list(data.to_batches()) if hasattr(data, "to_batches") else [data]
+            chunks = [c for batch in batches for c in _chunks(batch, chunk_bytes)]
+        # A table may have no batches at all; its schema still describes the (empty) item.
+        schema = chunks[0].schema if chunks else data.schema
         with _translated():
             writer, reader = self._client.do_put(
                 flight.FlightDescriptor.for_path(name), schema, self._options
             )
             with writer:
-                for batch in batches:
-                    for chunk in _chunks(batch, chunk_bytes):
-                        writer.write_batch(chunk)
+                for chunk in chunks:
+                    writer.write_batch(chunk)
                 writer.done_writing()
                 reader.read()
 
@@ -397,15 +431,19 @@ class Client:
             else:
                 args.append({"column": f"arg{i}"})
                 sent[f"arg{i}"] = a
-        command = json.dumps({"kernel": kernel, "args": args, "params": params}).encode()
-        batch = _record_batch(sent) if sent else pa.record_batch([], schema=pa.schema([]))
+        encoded = {k: _param(kernel, k, v) for k, v in params.items()}
+        command = json.dumps(
+            {"kernel": kernel, "args": args, "params": encoded}, allow_nan=False
+        ).encode()
+        chunks = _wire_batches(sent, chunk_bytes) if sent else []
+        schema = chunks[0].schema if chunks else pa.schema([])
         with _translated():
             writer, reader = self._client.do_exchange(
                 flight.FlightDescriptor.for_command(command), self._options
             )
             with writer:
-                writer.begin(batch.schema)
-                for chunk in _chunks(batch, chunk_bytes) if sent else []:
+                writer.begin(schema)
+                for chunk in chunks:
                     writer.write_batch(chunk)
                 writer.done_writing()
                 table = reader.read_all()

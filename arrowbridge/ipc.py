@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from . import _native
-from .errors import UnsupportedTypeError
+from .errors import InvalidArrowDataError, UnsupportedTypeError
 
 IpcReader = _native.IpcReader
 
@@ -71,12 +71,7 @@ def write_ipc(
         data = {"data": data}
     if isinstance(data, Mapping):
         names = [str(n) for n in data]
-        arrays = [
-            v
-            if hasattr(v, "__arrow_c_array__") or hasattr(v, "__arrow_c_stream__")
-            else np.asarray(v)
-            for v in data.values()
-        ]
+        arrays = [_array_like(v) for v in data.values()]
         _native.write_arrays(os.fspath(path), names, arrays, format=format, compression=compression)
         return
     if not hasattr(data, "__arrow_c_stream__") and hasattr(data, "to_batches"):
@@ -88,7 +83,43 @@ def write_ipc(
             f"write_ipc: cannot write {type(data).__name__}; expected a numpy.ndarray, a dict of "
             "arrays, or a table with __arrow_c_stream__"
         )
+    data = _checked_reader(data)
     _native.write_stream(os.fspath(path), data, format=format, compression=compression)
+
+
+def _array_like(value: Any) -> Any:
+    """A column as the native layer takes it: NumPy arrays (masked ones included, so that
+    their mask is seen) and Arrow producers as they are, anything else through NumPy."""
+    if isinstance(value, np.ndarray) or hasattr(value, "__arrow_c_array__"):
+        return value
+    if hasattr(value, "__arrow_c_stream__"):
+        return value
+    return np.asarray(value)
+
+
+def _checked_reader(data: Any) -> Any:
+    """A pyarrow RecordBatchReader that refuses a batch whose schema is not the stream's.
+
+    The C stream interface carries one schema for the whole stream: a batch of int64 under a
+    float64 schema would arrive as float64 bytes. pyarrow's readers do not check their
+    batches, so the check happens here, before the batch crosses.
+    """
+    import pyarrow as pa
+
+    if not isinstance(data, pa.RecordBatchReader):
+        return data
+    schema = data.schema
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for index, batch in enumerate(data):
+            if not batch.schema.equals(schema):
+                raise InvalidArrowDataError(
+                    f"write_ipc: batch {index} has schema {batch.schema.to_string()!r}, "
+                    f"not the stream's {schema.to_string()!r}"
+                )
+            yield batch
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
 
 
 def read_ipc(path: str | os.PathLike[str], *, mmap: bool = True) -> dict[str, np.ndarray]:
@@ -146,8 +177,9 @@ def open_ipc(path: str | os.PathLike[str], *, mmap: bool = True) -> IpcReader:
     >>> reader = arrowbridge.open_ipc(path)
     >>> reader.format, reader.num_batches, reader.num_rows, reader.names
     ('file', 1, 3, ['x'])
-    >>> reader.describe()
-    [{'name': 'x', 'dtype': 'float64', 'shape': (3,), 'nbytes': 24, 'zero_copy': True}]
+    >>> reader.describe()  # doctest: +NORMALIZE_WHITESPACE
+    [{'name': 'x', 'dtype': 'float64', 'shape': (3,), 'nbytes': 24, 'zero_copy': True,
+      'error': None}]
     >>> reader.read_all()["x"], reader.read_batch(0)["x"]
     (array([0., 1., 2.]), array([0., 1., 2.]))
     >>> tmp.cleanup()

@@ -20,6 +20,16 @@ pub enum FlightServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The server cannot listen on its address (taken, not local, not permitted).
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS certificate or key cannot be used.
+    #[error("TLS certificate or key: {0}")]
+    Tls(String),
     #[error("{0}")]
     Transport(String),
 }
@@ -46,7 +56,10 @@ impl From<FlightServerError> for Status {
             }
             FlightServerError::Io { source, .. }
             | FlightServerError::Core(E::Io { source, .. }) => storage_status(&source, message),
-            FlightServerError::Transport(_) => Status::internal(message),
+            FlightServerError::Core(E::OutOfMemory { .. }) => Status::resource_exhausted(message),
+            FlightServerError::Transport(_)
+            | FlightServerError::Listen { .. }
+            | FlightServerError::Tls(_) => Status::internal(message),
             _ => Status::invalid_argument(message),
         }
     }

@@ -15,6 +15,6 @@ mod service;
 mod store;
 
 pub use error::{FlightServerError, Result};
-pub use server::{start, RunningServer, ServerConfig, MAX_MESSAGE};
+pub use server::{start, RunningServer, ServerConfig, MAX_MESSAGE, SHUTDOWN_GRACE};
 pub use service::{ExchangeArg, ExchangeCommand, Service, MAX_FLIGHT_DATA};
 pub use store::{check_name, Store, Stored};

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use arrowbridge::Registry;
@@ -14,6 +15,9 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use crate::error::{FlightServerError, Result};
 use crate::service::Service;
 use crate::store::Store;
+
+/// How long [`RunningServer::shutdown`] lets calls under way finish before it cancels them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Largest message the server accepts from a client (larger puts must be split by rows;
 /// clients built on arrowbridge and pyarrow.flight writers with `max_chunksize` do so).
@@ -53,7 +57,7 @@ impl ServerConfig {
 pub struct RunningServer {
     location: String,
     addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
+    shutdown: Option<oneshot::Sender<Duration>>,
     thread: Option<JoinHandle<Result<()>>>,
 }
 
@@ -76,11 +80,9 @@ pub fn start(config: ServerConfig) -> Result<RunningServer> {
     let store = Arc::new(Store::open(config.data_dir.clone())?);
     // Everything that can fail happens before the runtime exists: a runtime dropped inside
     // async code panics, and `start` may be called from async code.
-    let listen_error = |e: std::io::Error| {
-        FlightServerError::Transport(format!(
-            "cannot listen on {}:{}: {e}",
-            config.host, config.port
-        ))
+    let listen_error = |source: std::io::Error| FlightServerError::Listen {
+        address: format!("{}:{}", config.host, config.port),
+        source,
     };
     let listener = std::net::TcpListener::bind((config.host.as_str(), config.port))
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -113,7 +115,7 @@ pub fn start(config: ServerConfig) -> Result<RunningServer> {
     if let Some((cert, key)) = &config.tls {
         builder = builder
             .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
-            .map_err(|e| FlightServerError::Transport(format!("TLS: {e}")))?;
+            .map_err(|e| FlightServerError::Tls(e.to_string()))?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .thread_name("arrowbridge-flight")
@@ -131,20 +133,37 @@ pub fn start(config: ServerConfig) -> Result<RunningServer> {
             return Err(listen_error(e));
         }
     };
-    let (tx, rx) = oneshot::channel::<()>();
+    let (tx, rx) = oneshot::channel::<Duration>();
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let serve = async move {
+        let (grace_tx, grace_rx) = oneshot::channel::<Duration>();
+        let signal = async move {
+            let _ = grace_tx.send(rx.await.unwrap_or(SHUTDOWN_GRACE));
+        };
+        let serve = builder
+            .add_service(flight)
+            .serve_with_incoming_shutdown(incoming, signal);
+        tokio::pin!(serve);
+        tokio::select! {
+            result = &mut serve => result,
+            Ok(grace) = grace_rx => {
+                // New connections are refused from now on; calls under way get `grace` to
+                // finish, and are cancelled (their connections dropped) after that.
+                tokio::time::timeout(grace, &mut serve).await.unwrap_or(Ok(()))
+            }
+        }
+    };
     // The runtime lives and dies on the server's own thread.
     let thread = std::thread::Builder::new()
         .name("arrowbridge-flight-server".into())
         .spawn(move || {
-            runtime
-                .block_on(builder.add_service(flight).serve_with_incoming_shutdown(
-                    incoming,
-                    async {
-                        let _ = rx.await;
-                    },
-                ))
-                .map_err(|e| FlightServerError::Transport(e.to_string()))
+            let result = runtime
+                .block_on(serve)
+                .map_err(|e| FlightServerError::Transport(e.to_string()));
+            // A kernel still running on a blocking thread cannot be interrupted; the server
+            // stops without waiting for it.
+            runtime.shutdown_timeout(Duration::from_millis(100));
+            result
         })
         .map_err(|e| FlightServerError::Transport(e.to_string()))?;
     Ok(RunningServer {
@@ -166,10 +185,17 @@ impl RunningServer {
         self.addr
     }
 
-    /// Stops accepting calls, finishes the ones under way, and waits for the threads.
+    /// Stops accepting calls, gives the ones under way [`SHUTDOWN_GRACE`] to finish, cancels
+    /// the rest, and waits for the server's thread.
     pub fn shutdown(&mut self) -> Result<()> {
+        self.shutdown_within(SHUTDOWN_GRACE)
+    }
+
+    /// [`shutdown`](Self::shutdown) with a grace period of `grace`: a client that never
+    /// finishes its call cannot keep the server alive past it.
+    pub fn shutdown_within(&mut self, grace: Duration) -> Result<()> {
         if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+            let _ = tx.send(grace);
         }
         match self.thread.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,

@@ -14,8 +14,7 @@ use arrow_flight::{
 };
 use arrow_ipc::writer::IpcWriteOptions;
 use arrow_schema::SchemaRef;
-use arrowbridge::ipc::record_batch;
-use arrowbridge::{ArrowTensor, Param, Params, Registry};
+use arrowbridge::{ArrowTensor, Params, Registry};
 use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
@@ -45,7 +44,7 @@ pub struct ExchangeCommand {
     #[serde(default)]
     pub args: Option<Vec<ExchangeArg>>,
     #[serde(default)]
-    pub params: BTreeMap<String, serde_json::Value>,
+    pub params: serde_json::Map<String, serde_json::Value>,
 }
 
 /// One kernel argument of [`ExchangeCommand`].
@@ -56,33 +55,6 @@ pub enum ExchangeArg {
     Column(String),
     /// An array stored on the server (its only column).
     Stored(String),
-}
-
-fn param(name: &str, value: &serde_json::Value) -> Result<Param> {
-    use serde_json::Value as V;
-    Ok(match value {
-        V::Null => Param::None,
-        V::Bool(b) => Param::Bool(*b),
-        V::Number(n) if n.is_i64() => Param::Int(n.as_i64().expect("checked")),
-        V::Number(n) => Param::Float(n.as_f64().unwrap_or(f64::NAN)),
-        V::String(s) => Param::Str(s.clone()),
-        V::Array(items) => Param::Ints(
-            items
-                .iter()
-                .map(|v| v.as_i64())
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| {
-                    FlightServerError::BadRequest(format!(
-                        "parameter {name:?}: lists must hold ints"
-                    ))
-                })?,
-        ),
-        V::Object(_) => {
-            return Err(FlightServerError::BadRequest(format!(
-                "parameter {name:?}: objects are not supported"
-            )))
-        }
-    })
 }
 
 fn descriptor_name(descriptor: &FlightDescriptor) -> Result<String> {
@@ -123,6 +95,21 @@ fn flight_info(name: &str, stored: &Stored) -> Result<FlightInfo, Status> {
         .with_app_metadata(metadata.to_string()))
 }
 
+/// The batches of an item as they travel: as they are when each row fits in a message, laid
+/// out flat ([`arrowbridge::ipc::wire_batches`]) when one does not (an item put as a single
+/// large row, or arrays of different lengths read from a data directory file).
+fn wire(schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let oversized = batches
+        .iter()
+        .any(|b| b.num_rows() > 0 && b.get_array_memory_size() / b.num_rows() > MAX_FLIGHT_DATA);
+    if !oversized {
+        return Ok((schema, batches));
+    }
+    let tensors = arrowbridge::ipc::tensors_of(&schema, &batches)?;
+    let columns: Vec<(&str, &ArrowTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    Ok(arrowbridge::ipc::wire_batches(&columns, MAX_FLIGHT_DATA)?)
+}
+
 fn encode(
     schema: SchemaRef,
     batches: Vec<RecordBatch>,
@@ -136,9 +123,12 @@ fn encode(
 }
 
 /// Reads the first message of a client stream (it carries the descriptor) and decodes the
-/// record batches of the whole stream.
+/// record batches of the whole stream. Every message is checked before it is decoded
+/// ([`arrowbridge::ipc::check_message`]), so no request can reach a panic or an aborting
+/// allocation in the decoder.
 async fn read_upload(
     mut stream: Streaming<FlightData>,
+    call: &'static str,
 ) -> Result<
     (
         Option<FlightDescriptor>,
@@ -152,15 +142,41 @@ async fn read_upload(
     };
     let descriptor = first.flight_descriptor.clone();
     let rest = stream.map_err(|status| FlightError::Tonic(Box::new(status)));
+    // The status of a message that failed its check; the decoder only sees an error.
+    let refused: Arc<std::sync::Mutex<Option<Status>>> = Arc::default();
+    let refusal = refused.clone();
     // Some clients (pyarrow's DoExchange) send the descriptor in a message of its own, and any
     // message may carry only app_metadata: neither is Arrow data to decode.
     let all = stream::once(async { Ok(first) })
         .chain(rest)
-        .try_filter(|data| futures::future::ready(!data.data_header.is_empty()));
+        .try_filter(|data| futures::future::ready(!data.data_header.is_empty()))
+        .and_then(move |data| {
+            let checked = arrowbridge::ipc::check_message(call, &data.data_header, &data.data_body)
+                .map(|()| data)
+                .map_err(|e| {
+                    let status = Status::from(FlightServerError::from(e));
+                    let error = FlightError::ProtocolError(status.message().to_string());
+                    *refusal
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(status);
+                    error
+                });
+            futures::future::ready(checked)
+        });
     let mut decoded = FlightRecordBatchStream::new_from_flight_data(all);
     let mut batches = Vec::new();
     while let Some(batch) = decoded.next().await {
-        batches.push(batch.map_err(|e| Status::invalid_argument(format!("bad Arrow data: {e}")))?);
+        match batch {
+            Ok(batch) => batches.push(batch),
+            Err(e) => {
+                let refused = refused
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take();
+                return Err(refused
+                    .unwrap_or_else(|| Status::invalid_argument(format!("bad Arrow data: {e}"))));
+            }
+        }
     }
     Ok((descriptor, decoded.schema().cloned(), batches))
 }
@@ -211,7 +227,7 @@ impl Service {
         command: &ExchangeCommand,
         schema: Option<SchemaRef>,
         batches: Vec<RecordBatch>,
-    ) -> Result<RecordBatch> {
+    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         let schema = schema.unwrap_or_else(|| Arc::new(arrow_schema::Schema::empty()));
         let args = match &command.args {
             Some(args) => args
@@ -224,7 +240,12 @@ impl Service {
                                 "no array called {name:?} is stored"
                             ))
                         })?;
-                        stored.tensor(stored.schema.field(0).name())
+                        let column = stored.schema.fields().first().ok_or_else(|| {
+                            FlightServerError::BadRequest(format!(
+                                "the stored item {name:?} has no columns, so it holds no array to pass to a kernel"
+                            ))
+                        })?;
+                        stored.tensor(column.name())
                     }
                 })
                 .collect::<Result<Vec<_>>>()?,
@@ -234,13 +255,7 @@ impl Service {
                 .map(|f| column_tensor(&schema, &batches, f.name()))
                 .collect::<Result<Vec<_>>>()?,
         };
-        let params = Params::new(
-            command
-                .params
-                .iter()
-                .map(|(k, v)| param(k, v).map(|p| (k.clone(), p)))
-                .collect::<Result<Vec<_>>>()?,
-        );
+        let params = Params::from_json(&command.kernel, &command.params)?;
         let outputs = self.registry.call(&command.kernel, &args, params)?;
         let names: Vec<String> = if outputs.len() == 1 {
             vec!["result".to_string()]
@@ -249,7 +264,7 @@ impl Service {
         };
         let columns: Vec<(&str, &ArrowTensor)> =
             names.iter().map(String::as_str).zip(&outputs).collect();
-        Ok(record_batch(&columns)?)
+        Ok(arrowbridge::ipc::wire_batches(&columns, MAX_FLIGHT_DATA)?)
     }
 }
 
@@ -338,10 +353,12 @@ impl FlightService for Service {
             .map_err(|_| Status::invalid_argument("the ticket must be a UTF-8 name"))?
             .to_string();
         let stored = self.stored(&name)?;
-        Ok(Response::new(encode(
-            stored.schema.clone(),
-            stored.batches.clone(),
-        )))
+        let (schema, batches) = tokio::task::spawn_blocking(move || {
+            wire(stored.schema.clone(), stored.batches.clone())
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(encode(schema, batches)))
     }
 
     async fn do_put(
@@ -349,7 +366,7 @@ impl FlightService for Service {
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
         self.authorize(&request)?;
-        let (descriptor, schema, batches) = read_upload(request.into_inner()).await?;
+        let (descriptor, schema, batches) = read_upload(request.into_inner(), "DoPut").await?;
         let descriptor = descriptor.ok_or_else(|| {
             Status::invalid_argument("DoPut needs a descriptor with a path: [name]")
         })?;
@@ -431,7 +448,7 @@ impl FlightService for Service {
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
         self.authorize(&request)?;
-        let (descriptor, schema, batches) = read_upload(request.into_inner()).await?;
+        let (descriptor, schema, batches) = read_upload(request.into_inner(), "DoExchange").await?;
         let command = descriptor
             .map(|d| d.cmd)
             .filter(|cmd| !cmd.is_empty())
@@ -442,23 +459,18 @@ impl FlightService for Service {
             })?;
         let command: ExchangeCommand = serde_json::from_slice(&command)
             .map_err(|e| Status::invalid_argument(format!("bad DoExchange command: {e}")))?;
-        let result = if batches
-            .iter()
-            .map(RecordBatch::get_array_memory_size)
-            .sum::<usize>()
-            < 1 << 16
-        {
-            self.run_exchange(&command, schema, batches)
-        } else {
-            let this = Service {
-                store: self.store.clone(),
-                registry: self.registry.clone(),
-                token: None,
-            };
+        // Every kernel runs off the async workers, whatever the size of what was streamed: a
+        // kernel on stored arrays, or one whose result dwarfs its inputs, would otherwise hold
+        // a worker that health checks and other clients need.
+        let this = Service {
+            store: self.store.clone(),
+            registry: self.registry.clone(),
+            token: None,
+        };
+        let (schema, batches) =
             tokio::task::spawn_blocking(move || this.run_exchange(&command, schema, batches))
                 .await
-                .map_err(|e| Status::internal(e.to_string()))?
-        }?;
-        Ok(Response::new(encode(result.schema(), vec![result])))
+                .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(encode(schema, batches)))
     }
 }

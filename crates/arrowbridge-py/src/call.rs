@@ -6,6 +6,7 @@ use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
 
 use arrowbridge::{ArrowTensor, Error, Kernel, Param, Params, Registry};
 use numpy::PyUntypedArray;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 
@@ -75,29 +76,60 @@ pub fn load_kernels(py: Python<'_>, path: PathBuf) -> BridgeResult<Vec<&'static 
     })
 }
 
-fn param(name: &str, value: &Bound<'_, PyAny>) -> BridgeResult<Param> {
+/// A keyword parameter of kernel `kernel` as a [`Param`]. NumPy scalars (and 0-d arrays) are
+/// taken wherever the Python numbers they hold are.
+fn param(kernel: &str, name: &str, value: &Bound<'_, PyAny>) -> BridgeResult<Param> {
+    let error = |message: String| Error::Param {
+        kernel: kernel.to_string(),
+        name: name.to_string(),
+        message,
+    };
+    let int = |v: &Bound<'_, PyAny>| -> BridgeResult<i64> {
+        v.extract::<i64>().map_err(|_| {
+            let text = v.str().map(|s| s.to_string()).unwrap_or_default();
+            error(format!("{text} does not fit in a 64-bit signed integer")).into()
+        })
+    };
     Ok(if value.is_none() {
         Param::None
     } else if value.is_instance_of::<PyBool>() {
         Param::Bool(value.extract()?)
     } else if value.is_instance_of::<PyInt>() {
-        Param::Int(value.extract()?)
+        Param::Int(int(value)?)
     } else if value.is_instance_of::<PyFloat>() {
         Param::Float(value.extract()?)
     } else if value.is_instance_of::<PyString>() {
         Param::Str(value.extract()?)
     } else if value.is_instance_of::<PyList>() || value.is_instance_of::<PyTuple>() {
-        Param::Ints(value.extract().map_err(|_| Error::Param {
-            kernel: String::new(),
-            name: name.into(),
-            message: "lists must hold ints".into(),
-        })?)
-    } else {
-        return Err(Error::Param {
-            kernel: String::new(),
-            name: name.into(),
-            message: format!("unsupported value of type {}", value.get_type().name()?),
+        let items = value
+            .try_iter()?
+            .map(|item| {
+                let item = item?;
+                if item.is_instance_of::<PyBool>() || item.is_instance_of::<PyFloat>() {
+                    return Err(error(format!("lists must hold ints, got {item}")).into());
+                }
+                int(&item)
+            })
+            .collect::<BridgeResult<Vec<_>>>()?;
+        Param::Ints(items)
+    } else if value.hasattr(intern!(value.py(), "dtype"))?
+        && value.hasattr(intern!(value.py(), "item"))?
+    {
+        // A NumPy scalar or 0-d array: the Python number it holds.
+        let item = value.call_method0(intern!(value.py(), "item"))?;
+        if item.hasattr(intern!(value.py(), "dtype"))? {
+            return Err(error(format!(
+                "unsupported value of type {}",
+                value.get_type().name()?
+            ))
+            .into());
         }
+        param(kernel, name, &item)?
+    } else {
+        return Err(error(format!(
+            "unsupported value of type {}",
+            value.get_type().name()?
+        ))
         .into());
     })
 }
@@ -160,7 +192,7 @@ pub fn call<'py>(
                 dict.iter()
                     .map(|(k, v)| {
                         let name: String = k.extract()?;
-                        let value = param(&name, &v)?;
+                        let value = param(kernel.name, &name, &v)?;
                         Ok((name, value))
                     })
                     .collect::<BridgeResult<Vec<_>>>()?,

@@ -87,9 +87,10 @@ fn buffer_addresses(array: &FFI_ArrowArray, data_type: &DataType, out: &mut Vec<
     }
 }
 
-fn imported_addresses(data: &ArrayData, out: &mut Vec<usize>) {
+/// (address, length) of every data buffer of imported data, in import order.
+fn imported_addresses(data: &ArrayData, out: &mut Vec<(usize, usize)>) {
     for b in data.buffers() {
-        out.push(b.as_ptr() as usize);
+        out.push((b.as_ptr() as usize, b.len()));
     }
     for c in data.child_data() {
         imported_addresses(c, out);
@@ -124,7 +125,12 @@ unsafe fn import_array(
     let mut after = Vec::new();
     imported_addresses(&data, &mut after);
     if !allow_copy {
-        if let Some((&address, _)) = before.iter().zip(&after).find(|(b, a)| b != a) {
+        // An empty buffer may be replaced by any other empty one: nothing was copied.
+        if let Some((&address, _)) = before
+            .iter()
+            .zip(&after)
+            .find(|(&b, &(a, len))| len > 0 && b != a)
+        {
             let align = data
                 .data_type()
                 .primitive_width()

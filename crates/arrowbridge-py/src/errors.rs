@@ -55,6 +55,7 @@ fn class_name(e: &Error) -> &'static str {
         Error::BadFile { .. } => "InvalidFileError",
         Error::Plugin { .. } => "PluginError",
         Error::InvalidData { .. } | Error::Arrow(_) => "InvalidArrowDataError",
+        Error::OutOfMemory { .. } => "OutOfMemoryError",
         _ => "ArrowBridgeError",
     }
 }
@@ -63,19 +64,27 @@ impl From<BridgeError> for PyErr {
     fn from(e: BridgeError) -> PyErr {
         match e {
             BridgeError::Python(err) => err,
-            BridgeError::Core(err) => Python::attach(|py| {
-                static ERRORS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
-                let class = ERRORS
-                    .get_or_try_init(py, || py.import("arrowbridge.errors").map(Bound::unbind))
-                    .and_then(|module| module.bind(py).getattr(class_name(&err)))
-                    .and_then(|class| class.cast_into::<PyType>().map_err(PyErr::from));
-                match class {
-                    Ok(class) => PyErr::from_type(class, err.to_string()),
-                    Err(import_error) => import_error,
-                }
-            }),
+            BridgeError::Core(err) => python_error(class_name(&err), err.to_string()),
         }
     }
+}
+
+/// An exception of class `name` of `arrowbridge.errors`, made with `args`.
+pub fn python_error<A>(name: &str, args: A) -> PyErr
+where
+    A: pyo3::PyErrArguments + Send + Sync + 'static,
+{
+    Python::attach(|py| {
+        static ERRORS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+        let class = ERRORS
+            .get_or_try_init(py, || py.import("arrowbridge.errors").map(Bound::unbind))
+            .and_then(|module| module.bind(py).getattr(name))
+            .and_then(|class| class.cast_into::<PyType>().map_err(PyErr::from));
+        match class {
+            Ok(class) => PyErr::from_type(class, args),
+            Err(import_error) => import_error,
+        }
+    })
 }
 
 /// Runs `f`, turning a Rust panic into an `ArrowBridgeError` instead of letting PyO3 raise

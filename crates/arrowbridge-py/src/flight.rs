@@ -6,20 +6,28 @@ use std::sync::{Arc, Mutex};
 use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
 use arrow_array::{Array, RecordBatchReader, StructArray};
 use arrowbridge::ipc::tensors_of;
-use arrowbridge::Error;
 use arrowbridge_flight::{start, RunningServer, ServerConfig};
 use pyo3::prelude::*;
 use pyo3::types::{PyCapsule, PyDict, PyList, PyTuple};
 
 use crate::capsule::import_batch_stream;
-use crate::convert::columns_batch;
-use crate::errors::{no_panic, BridgeResult};
+use crate::errors::{no_panic, python_error, BridgeResult};
 use crate::numpy_output::tensor_to_numpy;
 
+/// A failure to start or stop a server, as the exception a Python user expects: `OSError`
+/// subclasses (with the errno) for an address or data directory that cannot be used.
 fn server_error(e: arrowbridge_flight::FlightServerError) -> crate::errors::BridgeError {
+    use arrowbridge_flight::FlightServerError as E;
+    let message = e.to_string();
     match e {
-        arrowbridge_flight::FlightServerError::Core(core) => core.into(),
-        other => Error::invalid("Flight server", other.to_string()).into(),
+        E::Core(core) => core.into(),
+        E::Listen { source, .. } => match source.raw_os_error() {
+            Some(errno) => python_error("ServerStartError", (errno, message)).into(),
+            None => python_error("ServerStartError", (message,)).into(),
+        },
+        E::Io { .. } => python_error("FileError", (message,)).into(),
+        E::Tls(_) => python_error("TLSConfigError", (message,)).into(),
+        other => python_error("ServerStartError", (other.to_string(),)).into(),
     }
 }
 
@@ -81,21 +89,35 @@ impl FlightServer {
     }
 }
 
-/// The (schema, array) capsules of one record batch holding `arrays` under `names` (rows
-/// when they share axis 0, whole-array elements otherwise), for `pa.RecordBatch`.
+/// The (schema, array) capsules of the record batches that carry `arrays` under `names` in
+/// messages of at most `max_bytes` (see `arrowbridge::ipc::wire_batches`): rows cut into
+/// slices, or every column laid out flat when one row would not fit.
 #[pyfunction]
-pub fn record_batch_capsules<'py>(
+pub fn wire_capsules<'py>(
     py: Python<'py>,
     names: Vec<String>,
     arrays: &Bound<'py, PyList>,
-) -> BridgeResult<Bound<'py, PyTuple>> {
-    no_panic("record_batch", || {
-        let batch = columns_batch(&names, arrays)?;
-        let schema = FFI_ArrowSchema::try_from(batch.schema().as_ref())?;
-        let array = FFI_ArrowArray::new(&StructArray::from(batch).to_data());
-        let schema = PyCapsule::new_with_value(py, schema, c"arrow_schema")?;
-        let array = PyCapsule::new_with_value(py, array, c"arrow_array")?;
-        Ok(PyTuple::new(py, [schema, array])?)
+    max_bytes: usize,
+) -> BridgeResult<Vec<Bound<'py, PyTuple>>> {
+    no_panic("wire_batches", || {
+        let tensors = arrays
+            .iter()
+            .map(|a| crate::convert::column_input(&a))
+            .collect::<BridgeResult<Vec<_>>>()?;
+        let columns: Vec<(&str, &arrowbridge::ArrowTensor)> =
+            names.iter().map(String::as_str).zip(&tensors).collect();
+        let (_, batches) =
+            py.detach(|| arrowbridge::ipc::wire_batches(&columns, max_bytes.max(1)))?;
+        batches
+            .into_iter()
+            .map(|batch| {
+                let schema = FFI_ArrowSchema::try_from(batch.schema().as_ref())?;
+                let array = FFI_ArrowArray::new(&StructArray::from(batch).to_data());
+                let schema = PyCapsule::new_with_value(py, schema, c"arrow_schema")?;
+                let array = PyCapsule::new_with_value(py, array, c"arrow_array")?;
+                Ok(PyTuple::new(py, [schema, array])?)
+            })
+            .collect()
     })
 }
 

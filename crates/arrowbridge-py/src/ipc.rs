@@ -205,31 +205,38 @@ impl IpcReader {
         })
     }
 
-    /// One dict per column: name, dtype, shape, nbytes, and zero_copy (whether reading it
-    /// gives a view of the mapping rather than a copy).
+    /// One dict per column: name, dtype, shape, nbytes, zero_copy (whether reading it gives a
+    /// view of the mapping rather than a copy) and error. It reads the schema and the
+    /// batches' lengths only: nothing is decompressed or concatenated. A column that
+    /// arrowbridge cannot carry (strings, decimals, nulls, ...) has dtype and shape None and
+    /// the reason in error.
     ///
-    /// >>> import numpy as np, arrowbridge, tempfile, os
+    /// >>> import numpy as np, pyarrow as pa, arrowbridge, tempfile, os
     /// >>> tmp = tempfile.TemporaryDirectory()
     /// >>> path = os.path.join(tmp.name, "d.arrow")
     /// >>> arrowbridge.write_ipc(path, {"e": np.ones((4, 2), np.float32)})
     /// >>> arrowbridge.open_ipc(path).describe()
-    /// [{'name': 'e', 'dtype': 'float32', 'shape': (4, 2), 'nbytes': 32, 'zero_copy': True}]
+    /// [{'name': 'e', 'dtype': 'float32', 'shape': (4, 2), 'nbytes': 32, 'zero_copy': True, 'error': None}]
+    /// >>> arrowbridge.write_ipc(path, pa.table({"s": ["a", "b"]}))
+    /// >>> arrowbridge.open_ipc(path).describe()[0]["error"]
+    /// '...: unsupported Arrow type Utf8'
     /// >>> tmp.cleanup()
     fn describe<'py>(&self, py: Python<'py>) -> BridgeResult<Vec<Bound<'py, PyDict>>> {
-        let mapping = self.data.mapping();
         self.data
-            .tensors()?
+            .describe()
             .into_iter()
-            .map(|(name, t)| {
-                let start = t.data_ptr() as usize;
-                let mapped = mapping
-                    .is_some_and(|(base, len)| start >= base && start + t.nbytes() <= base + len);
+            .map(|column| {
                 let dict = PyDict::new(py);
-                dict.set_item("name", name)?;
-                dict.set_item("dtype", t.dtype().name())?;
-                dict.set_item("shape", PyTuple::new(py, t.shape())?)?;
-                dict.set_item("nbytes", t.nbytes())?;
-                dict.set_item("zero_copy", mapped || t.is_empty())?;
+                dict.set_item("name", column.name)?;
+                dict.set_item("dtype", column.dtype.map(|d| d.name()))?;
+                let shape = match column.error {
+                    None => Some(PyTuple::new(py, column.shape)?),
+                    Some(_) => None,
+                };
+                dict.set_item("shape", shape)?;
+                dict.set_item("nbytes", column.nbytes)?;
+                dict.set_item("zero_copy", column.zero_copy)?;
+                dict.set_item("error", column.error)?;
                 Ok(dict)
             })
             .collect()

@@ -8,6 +8,7 @@ use arrowbridge::{block_order, ArrowTensor, DType, Error, Form};
 use numpy::npyffi::{NPY_ORDER, PY_ARRAY_API};
 use numpy::{PyArrayDescr, PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 
 use crate::errors::BridgeResult;
 
@@ -112,6 +113,34 @@ pub fn numpy_dtype(descr: &Bound<'_, PyArrayDescr>) -> BridgeResult<DType> {
     Ok(dtype)
 }
 
+/// Refuses a masked array that masks any value: Arrow data read through it would show the
+/// values behind the mask as valid data. A masked array with no masked value is its data.
+fn reject_masked(array: &Bound<'_, PyUntypedArray>) -> BridgeResult<()> {
+    if array.is_exact_instance_of::<PyUntypedArray>() {
+        return Ok(()); // the common case costs one type comparison
+    }
+    let py = array.py();
+    static MASKED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let masked_type = MASKED.get_or_try_init(py, || {
+        Ok::<_, PyErr>(py.import("numpy.ma")?.getattr("MaskedArray")?.unbind())
+    })?;
+    if !array.is_instance(masked_type.bind(py))? {
+        return Ok(());
+    }
+    let count: usize = py
+        .import("numpy.ma")?
+        .call_method1("count_masked", (array,))?
+        .extract()?;
+    if count > 0 {
+        return Err(Error::Nulls {
+            what: format!("masked array of shape {}", py_tuple(array.shape())),
+            count,
+        }
+        .into());
+    }
+    Ok(())
+}
+
 /// Wraps a NumPy array as an [`ArrowTensor`], copying only where `want` and the layout
 /// require it and `copy` allows it.
 pub fn tensor_from_numpy(
@@ -121,6 +150,7 @@ pub fn tensor_from_numpy(
     dim_names: Option<Vec<String>>,
     realign: Realign,
 ) -> BridgeResult<ArrowTensor> {
+    reject_masked(array)?;
     let dtype = numpy_dtype(&array.dtype())?;
     let shape = array.shape();
     let data = data_address(array) as *mut u8;

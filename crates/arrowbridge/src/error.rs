@@ -88,6 +88,15 @@ pub enum Error {
     #[error("kernel plugin {path}: {message}")]
     Plugin { path: String, message: String },
 
+    /// An allocation of a computed size that this process cannot make (NumPy's
+    /// `MemoryError`): a kernel's result, or a buffer an IPC message declares.
+    #[error("{what}: cannot allocate {bytes} bytes: {reason}")]
+    OutOfMemory {
+        what: String,
+        bytes: u64,
+        reason: String,
+    },
+
     /// An error reported by the Arrow libraries.
     #[error(transparent)]
     Arrow(#[from] ArrowError),

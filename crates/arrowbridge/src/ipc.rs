@@ -21,7 +21,6 @@
 //! # Ok::<(), arrowbridge::Error>(())
 //! ```
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -42,6 +41,9 @@ use crate::tensor::{ArrowTensor, Form};
 
 /// Field metadata key that marks a column holding one whole array in its single row.
 pub const FORM_KEY: &str = "arrowbridge.form";
+/// Field metadata key holding the shape (a JSON list) of a column sent flat (see
+/// [`wire_batches`]).
+pub const SHAPE_KEY: &str = "arrowbridge.shape";
 /// Every buffer arrowbridge writes starts at a multiple of this many bytes.
 pub const ALIGNMENT: usize = 64;
 const MAGIC: &[u8; 6] = b"ARROW1";
@@ -114,6 +116,91 @@ pub fn record_batch(columns: &[(&str, &ArrowTensor)]) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new_with_options(schema, arrays, &options)?)
 }
 
+/// Rows of about this many bytes when columns are laid out flat for a transport.
+const FLAT_ROW_BYTES: usize = 64 << 10;
+
+/// Record batches that carry `columns` through a transport whose messages hold at most
+/// `max_bytes` each (a gRPC message): the batch of [`record_batch`], cut into slices of
+/// rows, when one row fits in a message; otherwise every column laid out *flat*.
+///
+/// Flat, a column of `n` elements of any shape is a `[rows, k]` tensor of its elements in C
+/// order, zero-padded to `rows × k`, with `rows` the same for every column and chosen so that
+/// a row is about 64 KiB; its field is marked `arrowbridge.form = flat` and
+/// `arrowbridge.shape` holds the array's shape, from which the readers ([`tensors_of`], [`read_ipc`]) restore it. So
+/// arguments of different first-axis lengths, and single rows larger than a message, travel
+/// in messages of at most `max_bytes`. Laying out is a copy unless a column's elements
+/// already fill its rows in C order.
+pub fn wire_batches(
+    columns: &[(&str, &ArrowTensor)],
+    max_bytes: usize,
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let batch = record_batch(columns)?;
+    let rows = batch.num_rows().max(1);
+    let total: usize = columns.iter().map(|(_, t)| t.nbytes()).sum();
+    let row_bytes = total.div_ceil(rows);
+    if row_bytes <= max_bytes {
+        return Ok((batch.schema(), slices(&batch, row_bytes, max_bytes)));
+    }
+    let rows = total.div_ceil(FLAT_ROW_BYTES.min(max_bytes)).max(1);
+    let mut fields = Vec::with_capacity(columns.len());
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(columns.len());
+    for (name, tensor) in columns {
+        let flat = flat_tensor(tensor, rows)?;
+        let mut metadata = flat.field(name).metadata().clone();
+        metadata.insert(FORM_KEY.to_string(), "flat".to_string());
+        metadata.insert(
+            SHAPE_KEY.to_string(),
+            serde_json::to_string(tensor.shape()).expect("a shape is serializable"),
+        );
+        fields.push(flat.field(name).with_metadata(metadata));
+        arrays.push(flat.array());
+    }
+    let flat = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?;
+    let row_bytes: usize = columns
+        .iter()
+        .map(|(_, t)| t.len().div_ceil(rows).max(1) * t.dtype().itemsize())
+        .sum();
+    Ok((flat.schema(), slices(&flat, row_bytes, max_bytes)))
+}
+
+/// `batch` cut into slices of whole rows of at most `max_bytes` (one row per slice at least).
+fn slices(batch: &RecordBatch, row_bytes: usize, max_bytes: usize) -> Vec<RecordBatch> {
+    let step = (max_bytes / row_bytes.max(1)).max(1);
+    if batch.num_rows() <= step {
+        return vec![batch.clone()];
+    }
+    (0..batch.num_rows())
+        .step_by(step)
+        .map(|start| batch.slice(start, step.min(batch.num_rows() - start)))
+        .collect()
+}
+
+/// `tensor`'s elements in C order as a `[rows, k]` tensor, zero-padded to `rows × k`.
+fn flat_tensor(tensor: &ArrowTensor, rows: usize) -> Result<ArrowTensor> {
+    let dtype = tensor.dtype();
+    let k = tensor.len().div_ceil(rows).max(1);
+    let identity = tensor.axis_order().iter().enumerate().all(|(i, &a)| i == a);
+    let shape = [rows, k];
+    if identity && tensor.len() == rows * k {
+        return ArrowTensor::from_buffer(
+            tensor.values().clone(),
+            dtype,
+            &shape,
+            &[0, 1],
+            Form::Rows,
+            None,
+        );
+    }
+    let bytes = rows
+        .checked_mul(k)
+        .and_then(|n| n.checked_mul(dtype.itemsize()))
+        .ok_or_else(|| Error::invalid("flat layout", "the padded size overflows usize"))?;
+    crate::memory::check_allocation("flat layout", bytes as u64)?;
+    let mut buffer = arrow_buffer::MutableBuffer::from_len_zeroed(bytes);
+    tensor.write_c_order(&mut buffer.as_slice_mut()[..tensor.nbytes()]);
+    ArrowTensor::from_buffer(buffer.into(), dtype, &shape, &[0, 1], Form::Rows, None)
+}
+
 /// The field of a column holding `tensor`: its own [`ArrowTensor::field`], marked
 /// `arrowbridge.form = element` when the tensor is one whole element.
 pub(crate) fn column_field(name: &str, tensor: &ArrowTensor) -> Field {
@@ -128,28 +215,90 @@ pub(crate) fn column_field(name: &str, tensor: &ArrowTensor) -> Field {
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// The file a write to `path` replaces: `path` itself, or, when `path` is a symbolic link,
+/// the file the chain of links ends at (which need not exist yet), so that the link stays a
+/// link, as editors and atomic-write libraries do it.
+fn write_target(path: &Path) -> Result<PathBuf> {
+    let mut target = path.to_path_buf();
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&target) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let link = std::fs::read_link(&target).map_err(io_error(path))?;
+                target = match target.parent() {
+                    Some(parent) if link.is_relative() => parent.join(link),
+                    _ => link,
+                };
+            }
+            _ => return Ok(target),
+        }
+    }
+    Err(bad_file(path, "too many levels of symbolic links"))
+}
+
+/// A temporary name beside `name` that stays within the 255-byte limit of file names
+/// whatever the length of `name`.
+fn temp_name(name: &str) -> String {
+    let mut stem = &name[..name.len().min(100)];
+    while !name.is_char_boundary(stem.len()) {
+        stem = &stem[..stem.len() - 1];
+    }
+    format!(
+        ".{stem}.tmp-{}-{}",
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Creates the temporary file that will replace `existing` (if any), with its permission bits
+/// (and, where the process may, its owner) before any data goes in.
+fn create_temp(temp: &Path, existing: Option<&std::fs::Metadata>, path: &Path) -> Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(temp)
+        .map_err(io_error(path))?;
+    #[cfg(unix)]
+    if let Some(meta) = existing {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        // Set explicitly: the umask applied at creation may have removed bits the file had.
+        file.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+            .map_err(io_error(path))?;
+        // Only a privileged process may give a file away; others keep the new file theirs.
+        let _ = std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()));
+    }
+    #[cfg(not(unix))]
+    let _ = existing;
+    Ok(file)
+}
+
 /// Writes `path` atomically: the data goes to a temporary file in the same directory, is
 /// flushed to disk, and is renamed into place, so a crash leaves the previous file intact.
+///
+/// The new file keeps the permission bits (and, for a privileged process, the owner) of the
+/// file it replaces. When `path` is a symbolic link, the file it points to is replaced and
+/// the link stays.
 pub fn write_atomically(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
 ) -> Result<()> {
-    let dir = match path.parent() {
+    let target = write_target(path)?;
+    let dir = match target.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path
+    let name = target
         .file_name()
         .ok_or_else(|| bad_file(path, "not a file name"))?
-        .to_string_lossy();
-    let temp = dir.join(format!(
-        ".{name}.tmp-{}-{}",
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+        .to_string_lossy()
+        .into_owned();
+    let existing = std::fs::metadata(&target).ok();
+    if existing.as_ref().is_some_and(std::fs::Metadata::is_dir) {
+        return Err(bad_file(path, "is a directory"));
+    }
+    let temp = dir.join(temp_name(&name));
     // Errors name `path`, the file the caller asked for; the temporary file is ours.
     let result = (|| {
-        let file = File::create(&temp).map_err(io_error(path))?;
+        let file = create_temp(&temp, existing.as_ref(), path)?;
         let mut writer = BufWriter::with_capacity(1 << 20, file);
         write(&mut writer).map_err(|e| match e {
             // The Arrow writer reports a failed write without the file's name.
@@ -160,7 +309,7 @@ pub fn write_atomically(
             .into_inner()
             .map_err(|e| io_error(path)(e.into_error()))?;
         file.sync_all().map_err(io_error(path))?;
-        std::fs::rename(&temp, path).map_err(io_error(path))?;
+        std::fs::rename(&temp, &target).map_err(io_error(path))?;
         // Make the rename itself durable.
         if let Ok(d) = File::open(&dir) {
             let _ = d.sync_all();
@@ -191,6 +340,11 @@ pub fn write_batches<W: Write>(
     options: &WriteOptions,
 ) -> Result<()> {
     let ipc = ipc_options(options)?;
+    check_schema("write_ipc", schema)?;
+    let batches = batches
+        .into_iter()
+        .enumerate()
+        .map(|(i, batch)| batch.and_then(|b| check_batch(schema, i, b)));
     match options.format {
         IpcFormat::File => {
             let mut w = FileWriter::try_new_with_options(writer, schema, ipc)?;
@@ -208,6 +362,36 @@ pub fn write_batches<W: Write>(
         }
     }
     Ok(())
+}
+
+/// Checks that batch `index` has the columns and types of `schema`: a stream whose producer
+/// sends a batch of another type would otherwise be written as bytes of the wrong type.
+fn check_batch(schema: &Schema, index: usize, batch: RecordBatch) -> Result<RecordBatch> {
+    let given = batch.schema();
+    if given.fields().len() != schema.fields().len() {
+        return Err(Error::invalid(
+            format!("batch {index}"),
+            format!(
+                "has {} columns, the schema {}",
+                given.fields().len(),
+                schema.fields().len()
+            ),
+        ));
+    }
+    for (field, column) in schema.fields().iter().zip(batch.columns()) {
+        if column.data_type() != field.data_type() {
+            return Err(Error::invalid(
+                format!("batch {index}"),
+                format!(
+                    "column {:?} is {}, the schema says {}",
+                    field.name(),
+                    column.data_type(),
+                    field.data_type()
+                ),
+            ));
+        }
+    }
+    Ok(batch)
 }
 
 /// Writes named tensors to an IPC file or stream at `path`, atomically (see
@@ -304,29 +488,33 @@ pub fn decode(path: &Path, buffer: Buffer, mapping: Option<(usize, usize)>) -> R
     })
 }
 
-/// The most memory a buffer may claim to decompress to: this machine's RAM. arrow-ipc
-/// allocates the size a compressed buffer declares before decompressing it, and a failed
-/// allocation aborts the process, so a corrupt or hostile file must be refused first.
-fn decompression_limit() -> u64 {
-    static LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *LIMIT.get_or_init(|| {
-        std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|info| {
-                let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
-                let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-                Some(kib * 1024)
-            })
-            .unwrap_or(1 << 40)
-    })
-}
-
-/// Checks the declared uncompressed sizes of a message's compressed buffers (see
-/// [`decompression_limit`]). `metadata` is the message flatbuffer, `body` its body.
-fn check_declared_sizes(path: &Path, metadata: &[u8], body: &[u8]) -> Result<()> {
-    let message = arrow_ipc::root_as_message(metadata)
-        .map_err(|e| bad_file(path, format!("corrupt message: {e}")))?;
+/// Checks one IPC message before arrow-ipc decodes it, so that no input, however hostile,
+/// reaches a panic or an aborting allocation inside the decoder. `what` names the input in
+/// errors (a path, or the Flight call), `metadata` is the message flatbuffer, `body` its
+/// body.
+///
+/// * every buffer of a record or dictionary batch lies inside `body` (arrow-ipc slices the
+///   body at the offsets a message declares, and panics past its end);
+/// * the uncompressed sizes that compressed buffers declare add up to memory this process
+///   may allocate ([`crate::memory::allocation_limit`]; arrow-ipc allocates them up front);
+/// * a schema is little-endian (arrow-ipc would hand out byte-swapped values) and has no
+///   union columns (whose buffers arrow-ipc slices without checking their lengths).
+///
+/// Files, streams and the Flight server all decode through this check.
+pub fn check_message(what: &str, metadata: &[u8], body: &[u8]) -> Result<()> {
+    let bad = |message: String| Error::BadFile {
+        path: what.to_string(),
+        message,
+    };
+    let message =
+        arrow_ipc::root_as_message(metadata).map_err(|e| bad(format!("corrupt message: {e}")))?;
     let batch = match message.header_type() {
+        arrow_ipc::MessageHeader::Schema => {
+            return match message.header_as_schema() {
+                Some(schema) => check_schema_message(what, schema),
+                None => Err(bad("a schema message without a schema".into())),
+            }
+        }
         arrow_ipc::MessageHeader::RecordBatch => message.header_as_record_batch(),
         arrow_ipc::MessageHeader::DictionaryBatch => {
             message.header_as_dictionary_batch().and_then(|d| d.data())
@@ -334,40 +522,133 @@ fn check_declared_sizes(path: &Path, metadata: &[u8], body: &[u8]) -> Result<()>
         _ => None,
     };
     let Some(batch) = batch else { return Ok(()) };
-    if batch.compression().is_none() {
-        return Ok(());
-    }
-    let limit = decompression_limit();
-    let mut total = 0u64;
-    for b in batch.buffers().iter().flatten() {
-        if b.length() == 0 {
+    let compressed = batch.compression().is_some();
+    let mut declared_total = 0u64;
+    for (i, b) in batch.buffers().iter().flatten().enumerate() {
+        let range = usize::try_from(b.offset())
+            .ok()
+            .zip(usize::try_from(b.length()).ok())
+            .and_then(|(start, len)| Some(start..start.checked_add(len)?))
+            .filter(|r| r.end <= body.len())
+            .ok_or_else(|| {
+                bad(format!(
+                    "buffer {i} at body offset {} of {} bytes lies outside the message body of {} bytes",
+                    b.offset(),
+                    b.length(),
+                    body.len()
+                ))
+            })?;
+        if !compressed || range.is_empty() {
             continue;
         }
-        let start = usize::try_from(b.offset()).ok();
-        let prefix = start
-            .and_then(|s| body.get(s..s.checked_add(8)?))
+        let prefix = body
+            .get(range.start..range.start + 8)
+            .filter(|_| range.len() >= 8)
             .ok_or_else(|| {
-                bad_file(
-                    path,
-                    format!(
-                        "a compressed buffer at body offset {} lies outside the message body",
-                        b.offset()
-                    ),
-                )
+                bad(format!(
+                    "compressed buffer {i} at body offset {} has {} bytes, fewer than its 8-byte length prefix",
+                    range.start,
+                    range.len()
+                ))
             })?;
         let declared = i64::from_le_bytes(prefix.try_into().expect("8 bytes"));
         if declared == -1 {
             continue; // stored uncompressed
         }
-        total = total.saturating_add(u64::try_from(declared).unwrap_or(u64::MAX));
-        if declared < 0 || total > limit {
-            return Err(bad_file(
-                path,
-                format!("a compressed buffer declares {declared} bytes uncompressed; more than this machine's {limit} bytes of memory"),
-            ));
+        let declared = u64::try_from(declared).map_err(|_| {
+            bad(format!(
+                "compressed buffer {i} declares a negative uncompressed length {declared}"
+            ))
+        })?;
+        declared_total = declared_total.saturating_add(declared);
+    }
+    if declared_total == 0 {
+        return Ok(());
+    }
+    let physical = crate::memory::physical_memory().unwrap_or(u64::MAX);
+    if declared_total > physical {
+        return Err(bad(format!(
+            "its compressed buffers declare {declared_total} bytes uncompressed, more than this machine's {physical} bytes of memory"
+        )));
+    }
+    crate::memory::check_allocation(
+        &format!("{what}: decompressing a record batch"),
+        declared_total,
+    )
+}
+
+fn check_schema_message(what: &str, schema: arrow_ipc::Schema<'_>) -> Result<()> {
+    let native = if cfg!(target_endian = "little") {
+        arrow_ipc::Endianness::Little
+    } else {
+        arrow_ipc::Endianness::Big
+    };
+    if schema.endianness() != native {
+        return Err(Error::ByteOrder {
+            what: what.to_string(),
+            dtype: format!(
+                "data written {} (the schema's endianness)",
+                if native == arrow_ipc::Endianness::Little {
+                    "big-endian"
+                } else {
+                    "little-endian"
+                }
+            ),
+        });
+    }
+    let decoded = arrow_ipc::convert::try_fb_to_schema(schema).map_err(|e| Error::BadFile {
+        path: what.to_string(),
+        message: format!("corrupt schema: {e}"),
+    })?;
+    check_schema(what, &decoded)
+}
+
+/// Checks a decoded schema: names are unique (arrowbridge returns columns by name, so two
+/// columns of one name would lose one of them) and no column is a union (see
+/// [`check_message`]).
+pub fn check_schema(what: &str, schema: &Schema) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for field in schema.fields() {
+        if !seen.insert(field.name().as_str()) {
+            let count = schema
+                .fields()
+                .iter()
+                .filter(|f| f.name() == field.name())
+                .count();
+            return Err(Error::BadFile {
+                path: what.to_string(),
+                message: format!(
+                    "{count} columns are named {:?}; arrowbridge reads columns by name, so names must be unique (rename them, e.g. with pyarrow's Table.rename_columns)",
+                    field.name()
+                ),
+            });
+        }
+        if has_union(field.data_type()) {
+            return Err(Error::UnsupportedType {
+                what: format!("{what}: column {:?}", field.name()),
+                kind: "Arrow type",
+                name: field.data_type().to_string(),
+            });
         }
     }
     Ok(())
+}
+
+fn has_union(data_type: &arrow_schema::DataType) -> bool {
+    use arrow_schema::DataType as D;
+    match data_type {
+        D::Union(..) => true,
+        D::List(f)
+        | D::LargeList(f)
+        | D::ListView(f)
+        | D::LargeListView(f)
+        | D::FixedSizeList(f, _)
+        | D::Map(f, _) => has_union(f.data_type()),
+        D::Struct(fields) => fields.iter().any(|f| has_union(f.data_type())),
+        D::Dictionary(_, v) => has_union(v),
+        D::RunEndEncoded(_, v) => has_union(v.data_type()),
+        _ => false,
+    }
 }
 
 /// The (metadata, body) of each message of an IPC stream, with their bounds checked.
@@ -427,6 +708,8 @@ fn decode_file(path: &Path, buffer: &Buffer) -> Result<(SchemaRef, Vec<RecordBat
     let ipc_schema = footer
         .schema()
         .ok_or_else(|| bad_file(path, "the footer has no schema"))?;
+    let what = path.display().to_string();
+    check_schema_message(&what, ipc_schema)?;
     let schema = Arc::new(
         arrow_ipc::convert::try_fb_to_schema(ipc_schema)
             .map_err(|e| bad_file(path, e.to_string()))?,
@@ -463,7 +746,7 @@ fn decode_file(path: &Path, buffer: &Buffer) -> Result<(SchemaRef, Vec<RecordBat
             [_, _, _, _, rest @ ..] => rest,
             _ => return Err(bad_file(path, "truncated message metadata")),
         };
-        check_declared_sizes(path, fb, body)
+        check_message(&what, fb, body)
     };
     for block in footer.dictionaries().iter().flatten() {
         let data = block_data(block)?;
@@ -487,8 +770,9 @@ fn decode_file(path: &Path, buffer: &Buffer) -> Result<(SchemaRef, Vec<RecordBat
 }
 
 fn decode_stream(path: &Path, mut buffer: Buffer) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let what = path.display().to_string();
     for (metadata, body) in stream_messages(path, &buffer)? {
-        check_declared_sizes(path, metadata, body)?;
+        check_message(&what, metadata, body)?;
     }
     let mut decoder = StreamDecoder::new();
     let mut batches = Vec::new();
@@ -509,14 +793,26 @@ fn decode_stream(path: &Path, mut buffer: Buffer) -> Result<(SchemaRef, Vec<Reco
     Ok((schema, batches))
 }
 
-/// The tensor a column of a record batch holds.
+/// The tensor a column of a record batch holds: a view of its buffers, except for a
+/// bit-packed `boolean` column (pyarrow's bool), which is unpacked into bytes (a copy).
 pub(crate) fn column_tensor(field: &Field, array: &dyn Array) -> Result<ArrowTensor> {
-    let tensor = ArrowTensor::from_arrow(field, array.to_data())?;
-    if field.metadata().get(FORM_KEY).map(String::as_str) == Some("element") {
-        tensor.into_element()
-    } else {
-        Ok(tensor)
+    let tensor = ArrowTensor::from_arrow_unpacking(field, array.to_data())?;
+    match field.metadata().get(FORM_KEY).map(String::as_str) {
+        Some("element") => tensor.into_element(),
+        Some("flat") => tensor.reshaped(&flat_shape(field)?),
+        _ => Ok(tensor),
     }
+}
+
+/// The shape a flat column restores (see [`wire_batches`]).
+fn flat_shape(field: &Field) -> Result<Vec<usize>> {
+    let what = format!("field {:?}", field.name());
+    let json = field
+        .metadata()
+        .get(SHAPE_KEY)
+        .ok_or_else(|| Error::invalid(&what, format!("a flat column without {SHAPE_KEY}")))?;
+    serde_json::from_str(json)
+        .map_err(|e| Error::invalid(&what, format!("{SHAPE_KEY} {json:?}: {e}")))
 }
 
 /// The tensor of column `index` across `batches`: a view when there is one batch, a
@@ -630,12 +926,100 @@ impl IpcData {
             .collect()
     }
 
-    /// Column names and their tensors' descriptions, without touching the data.
-    pub fn describe(&self) -> HashMap<String, String> {
+    /// What each column holds, from the schema and the batches' lengths alone: no buffer is
+    /// read, decompressed or concatenated. A column arrowbridge cannot carry (strings,
+    /// decimals, nulls, ...) is described with the reason in [`ColumnInfo::error`].
+    pub fn describe(&self) -> Vec<ColumnInfo> {
+        let rows: usize = self.batches.iter().map(RecordBatch::num_rows).sum();
         self.schema
             .fields()
             .iter()
-            .map(|f| (f.name().clone(), f.data_type().to_string()))
+            .enumerate()
+            .map(|(index, field)| self.describe_column(index, field, rows))
             .collect()
     }
+
+    fn describe_column(&self, index: usize, field: &Field, rows: usize) -> ColumnInfo {
+        let mut info = ColumnInfo {
+            name: field.name().clone(),
+            arrow_type: field.data_type().to_string(),
+            dtype: None,
+            shape: Vec::new(),
+            nbytes: 0,
+            zero_copy: false,
+            error: None,
+        };
+        let empty;
+        let first: &dyn Array = match self.batches.first() {
+            Some(batch) => batch.column(index).as_ref(),
+            None => {
+                empty = arrow_array::new_empty_array(field.data_type());
+                empty.as_ref()
+            }
+        };
+        // A bit-packed boolean column is unpacked when read; describing it must not.
+        let packed_bool = field.metadata().get(crate::EXTENSION_NAME_KEY).is_none()
+            && field.data_type() == &arrow_schema::DataType::Boolean;
+        let view = if packed_bool {
+            Ok(None)
+        } else {
+            ArrowTensor::from_arrow(field, first.to_data())
+                .and_then(
+                    |t| match field.metadata().get(FORM_KEY).map(String::as_str) {
+                        Some("element") => t.into_element(),
+                        Some("flat") => Ok(t.as_element()),
+                        _ => Ok(t),
+                    },
+                )
+                .map(Some)
+        };
+        match view {
+            Err(e) => info.error = Some(self.context(e).to_string()),
+            Ok(None) => {
+                info.dtype = Some(crate::DType::Bool);
+                info.shape = vec![rows];
+                info.nbytes = rows;
+            }
+            Ok(Some(t)) => {
+                info.dtype = Some(t.dtype());
+                info.shape = match (t.form(), flat_shape(field)) {
+                    (_, Ok(shape)) if field.metadata().contains_key(SHAPE_KEY) => shape,
+                    (Form::Rows, _) => std::iter::once(rows)
+                        .chain(t.shape()[1..].iter().copied())
+                        .collect(),
+                    (Form::Element, _) => t.shape().to_vec(),
+                };
+                info.nbytes = info
+                    .shape
+                    .iter()
+                    .try_fold(t.dtype().itemsize(), |acc, &d| acc.checked_mul(d))
+                    .unwrap_or(usize::MAX);
+                let start = t.data_ptr() as usize;
+                let mapped = self.mapping.is_some_and(|(base, len)| {
+                    start >= base && start.saturating_add(t.nbytes()) <= base + len
+                });
+                info.zero_copy = self.batches.len() <= 1 && (mapped || info.nbytes == 0);
+            }
+        }
+        info
+    }
+}
+
+/// One column of an IPC file or stream as [`IpcData::describe`] sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ColumnInfo {
+    /// The column's name.
+    pub name: String,
+    /// Its Arrow type, as Arrow prints it.
+    pub arrow_type: String,
+    /// The dtype it reads as; `None` when arrowbridge cannot carry it (see `error`).
+    pub dtype: Option<crate::DType>,
+    /// The shape it reads as (rows first); empty when it cannot be carried.
+    pub shape: Vec<usize>,
+    /// Bytes of the array it reads as.
+    pub nbytes: usize,
+    /// Whether reading it gives a view of the memory mapping rather than a copy.
+    pub zero_copy: bool,
+    /// Why the column cannot be read, when it cannot.
+    pub error: Option<String>,
 }

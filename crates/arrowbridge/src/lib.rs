@@ -39,6 +39,7 @@ mod error;
 pub mod ipc;
 pub mod kernels;
 mod layout;
+pub mod memory;
 mod tensor;
 mod view;
 

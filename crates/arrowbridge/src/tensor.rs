@@ -135,11 +135,26 @@ pub struct ArrowTensor {
 /// Holds an owned `ndarray` allocation for as long as an Arrow buffer points into it.
 struct OwnedVec<T>(#[allow(dead_code)] Vec<T>);
 
-fn product(dims: impl IntoIterator<Item = usize>, what: &str) -> Result<usize> {
-    dims.into_iter().try_fold(1usize, |acc, d| {
-        acc.checked_mul(d)
-            .ok_or_else(|| Error::invalid(what, "the number of elements overflows usize"))
-    })
+/// The number of elements of `shape`, checked as NumPy checks a shape: the product of its
+/// nonzero axes, times the itemsize, must fit in an `isize` (so a shape like `[0, 2**63]`,
+/// which holds no element, is refused too: no array of that shape can exist).
+fn element_count(dtype: DType, shape: &[usize], what: &str) -> Result<usize> {
+    let too_big = || {
+        Error::invalid(
+            what,
+            format!("shape {shape:?} of {dtype} is too big: its size in bytes overflows isize"),
+        )
+    };
+    let nonzero = shape
+        .iter()
+        .filter(|&&d| d != 0)
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(too_big)?;
+    nonzero
+        .checked_mul(dtype.itemsize())
+        .filter(|&bytes| bytes <= isize::MAX as usize)
+        .ok_or_else(too_big)?;
+    Ok(if shape.contains(&0) { 0 } else { nonzero })
 }
 
 fn extension_metadata(name: &str, json: String) -> HashMap<String, String> {
@@ -201,7 +216,7 @@ impl ArrowTensor {
                 ));
             }
         }
-        let count = product(shape.iter().copied(), what)?;
+        let count = element_count(dtype, shape, what)?;
         let nbytes = count * dtype.itemsize();
         if buffer.len() < nbytes {
             return Err(Error::invalid(
@@ -390,7 +405,12 @@ impl ArrowTensor {
         let offset = start
             .checked_mul(value_size)
             .ok_or_else(|| Error::invalid(what, "offset overflows"))?;
-        let nbytes = count * dtype.itemsize();
+        let nbytes = count.checked_mul(dtype.itemsize()).ok_or_else(|| {
+            Error::invalid(
+                what,
+                format!("{count} values of {dtype} overflow usize bytes"),
+            )
+        })?;
         if offset
             .checked_add(nbytes)
             .is_none_or(|end| end > buffer.len())
@@ -438,10 +458,28 @@ impl ArrowTensor {
             ));
         }
         let child = &data.child_data()[0];
-        if child.null_count() > 0 {
+        // Only the values of the rows viewed count: a slice may leave null rows out.
+        let viewed = data
+            .offset()
+            .checked_mul(size)
+            .zip(data.len().checked_mul(size))
+            .ok_or_else(|| Error::invalid(what, "the number of values overflows usize"))?;
+        let nulls = match child.nulls() {
+            Some(nulls)
+                if viewed
+                    .0
+                    .checked_add(viewed.1)
+                    .is_some_and(|end| end <= nulls.len()) =>
+            {
+                nulls.slice(viewed.0, viewed.1).null_count()
+            }
+            Some(nulls) => nulls.null_count(),
+            None => 0,
+        };
+        if nulls > 0 {
             return Err(Error::Nulls {
                 what: format!("{what} (tensor values)"),
-                count: child.null_count(),
+                count: nulls,
             });
         }
         let n = meta.shape.len();
@@ -457,8 +495,11 @@ impl ArrowTensor {
             .dim_names
             .as_ref()
             .map(|names| perm.iter().map(|&p| names[p].clone()).collect());
-        let count = product(shape.iter().copied(), what)?;
-        let start = child.offset() + data.offset() * size;
+        let count = element_count(dtype, &shape, what)?;
+        let start = child
+            .offset()
+            .checked_add(viewed.0)
+            .ok_or_else(|| Error::invalid(what, "the values' offset overflows usize"))?;
         Ok(ArrowTensor {
             dtype,
             shape,
@@ -717,6 +758,68 @@ impl ArrowTensor {
         view.permuted_axes(IxDyn(&inverse(&self.order)))
     }
 
+    /// Copies the elements in logical C order into `out`, which holds exactly
+    /// [`nbytes`](Self::nbytes) bytes.
+    pub fn write_c_order(&self, out: &mut [u8]) {
+        assert_eq!(out.len(), self.nbytes(), "out holds the tensor's bytes");
+        let identity = self.order.iter().enumerate().all(|(i, &a)| i == a);
+        if identity || self.is_empty() {
+            out.copy_from_slice(self.values.as_slice());
+            return;
+        }
+        /// Copies with elements seen as `E`, a plain type of the itemsize's width.
+        fn copy<E: Copy>(tensor: &ArrowTensor, out: &mut [u8]) {
+            let physical: Dims = tensor.order.iter().map(|&a| tensor.shape[a]).collect();
+            // SAFETY: the values hold the physical shape's elements in C order, aligned for
+            // the dtype; `E` has the itemsize's width and an alignment the dtype's covers,
+            // and any bit pattern is a valid `E`. The view borrows `tensor`.
+            let view = unsafe {
+                ArrayViewD::from_shape_ptr(IxDyn(&physical), tensor.values.as_ptr() as *const E)
+            }
+            .permuted_axes(IxDyn(&inverse(&tensor.order)));
+            let size = std::mem::size_of::<E>();
+            for (chunk, value) in out.chunks_exact_mut(size).zip(view.iter()) {
+                // SAFETY: `chunk` has `size` bytes; an unaligned write needs no alignment.
+                unsafe { std::ptr::write_unaligned(chunk.as_mut_ptr() as *mut E, *value) };
+            }
+        }
+        match self.dtype.itemsize() {
+            1 => copy::<u8>(self, out),
+            2 => copy::<u16>(self, out),
+            4 => copy::<u32>(self, out),
+            8 => copy::<u64>(self, out),
+            16 => copy::<[u64; 2]>(self, out),
+            other => unreachable!("no dtype has an itemsize of {other}"),
+        }
+    }
+
+    /// The first elements in memory of a tensor whose elements are in C order, seen as an
+    /// array of `shape` (a view, no copy): the inverse of laying an array out flat.
+    pub fn reshaped(&self, shape: &[usize]) -> Result<Self> {
+        let what = "reshape";
+        let identity = self.order.iter().enumerate().all(|(i, &a)| i == a);
+        let count = element_count(self.dtype, shape, what)?;
+        if !identity || count > self.len() {
+            return Err(Error::shape(
+                what,
+                format!(
+                    "cannot view {} elements of shape {:?} as shape {shape:?}",
+                    self.len(),
+                    self.shape()
+                ),
+            ));
+        }
+        let order: Dims = (0..shape.len()).collect();
+        Self::from_buffer(
+            self.values.clone(),
+            self.dtype,
+            shape,
+            &order,
+            Form::Rows,
+            None,
+        )
+    }
+
     /// A view of the elements, typed by the dtype.
     pub fn dyn_view(&self) -> DynView<'_> {
         // SAFETY (all arms): each arm views the data as the Element type that accepts it.
@@ -743,8 +846,9 @@ impl ArrowTensor {
     }
 }
 
+/// The number of storage values one element of `shape` takes (complex values are two).
 fn values_per_element(dtype: DType, shape: &[usize]) -> Result<usize> {
-    let n = product(shape.iter().copied(), "tensor")?;
+    let n = element_count(dtype, shape, "tensor")?;
     Ok(if dtype.is_complex() { 2 * n } else { n })
 }
 

@@ -269,3 +269,154 @@ fn absurd_decompressed_sizes_are_refused() {
         assert!(err.to_string().contains("uncompressed"), "{name}: {err}");
     }
 }
+
+/// An IPC stream of one schema message that says the data is big-endian.
+fn big_endian_stream() -> Vec<u8> {
+    let mut fbb = flatbuffers::FlatBufferBuilder::new();
+    let fields = fbb.create_vector::<flatbuffers::WIPOffset<arrow_ipc::Field>>(&[]);
+    let mut schema = arrow_ipc::SchemaBuilder::new(&mut fbb);
+    schema.add_endianness(arrow_ipc::Endianness::Big);
+    schema.add_fields(fields);
+    let schema = schema.finish();
+    let mut message = arrow_ipc::MessageBuilder::new(&mut fbb);
+    message.add_version(arrow_ipc::MetadataVersion::V5);
+    message.add_header_type(arrow_ipc::MessageHeader::Schema);
+    message.add_header(schema.as_union_value());
+    message.add_bodyLength(0);
+    let message = message.finish();
+    fbb.finish(message, None);
+    let mut metadata = fbb.finished_data().to_vec();
+    metadata.resize(metadata.len().next_multiple_of(8), 0);
+    let mut stream = vec![0xff; 4];
+    stream.extend((metadata.len() as i32).to_le_bytes());
+    stream.extend(metadata);
+    stream.extend([0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+    stream
+}
+
+#[test]
+fn big_endian_data_is_refused_not_read_byte_swapped() {
+    let dir = TempDir::new("endian");
+    let path = dir.path("big.arrows");
+    std::fs::write(&path, big_endian_stream()).unwrap();
+    let err = read_ipc(&path, true).unwrap_err();
+    assert!(matches!(err, Error::ByteOrder { .. }), "{err}");
+    assert!(err.to_string().contains("big-endian"), "{err}");
+}
+
+#[test]
+fn duplicate_column_names_are_refused_on_read_and_write() {
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
+    use arrow_schema::{DataType, Field, Schema};
+
+    let dir = TempDir::new("dup");
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("x", DataType::Int64, false),
+        Field::new("x", DataType::Float64, false),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(vec![1, 2])),
+        Arc::new(Float64Array::from(vec![0.5, 1.5])),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+    // Written with arrow-rs's own writer (arrowbridge's refuses, see below).
+    let path = dir.path("dup.arrow");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let mut writer = arrow_ipc::writer::FileWriter::try_new(&mut file, &schema).unwrap();
+    writer.write(&batch).unwrap();
+    writer.finish().unwrap();
+    let err = read_ipc(&path, true).unwrap_err();
+    assert!(
+        err.to_string().contains("2 columns are named \"x\""),
+        "{err}"
+    );
+
+    let err =
+        arrowbridge::ipc::write_batch(&dir.path("out.arrow"), &batch, &WriteOptions::default())
+            .unwrap_err();
+    assert!(
+        err.to_string().contains("2 columns are named \"x\""),
+        "{err}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn rewrites_keep_the_mode_and_go_through_symlinks() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = TempDir::new("modes");
+    let (e, l) = sample();
+    let target = dir.path("target.arrow");
+    write_ipc(&target, &[("l", &l)], &WriteOptions::default()).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let link = dir.path("link.arrow");
+    std::os::unix::fs::symlink("target.arrow", &link).unwrap();
+
+    write_ipc(&link, &[("e", &e)], &WriteOptions::default()).unwrap();
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600);
+    let read = read_ipc(&target, true).unwrap();
+    assert_eq!(read.tensor("e").unwrap().shape(), e.shape());
+}
+
+#[test]
+fn every_shape_travels_in_messages_no_larger_than_asked() {
+    use arrowbridge::ipc::{tensors_of, wire_batches};
+    use arrowbridge::Form;
+
+    let big = ArrowTensor::from_array(ArrayD::from_shape_fn(IxDyn(&[1, 10_000]), |i| i[1] as f64));
+    let transposed = ArrowTensor::from_buffer(
+        ArrowTensor::from_array(ArrayD::from_shape_fn(IxDyn(&[3, 4]), |i| {
+            (i[0] * 4 + i[1]) as i16
+        }))
+        .values()
+        .clone(),
+        DType::Int16,
+        &[4, 3],
+        &[1, 0],
+        Form::Element,
+        None,
+    )
+    .unwrap();
+    let scalar = ArrowTensor::from_array(ArrayD::from_elem(IxDyn(&[]), 2.5f32));
+    let columns = [("big", &big), ("t", &transposed), ("s", &scalar)];
+    let (schema, batches) = wire_batches(&columns, 4096).unwrap();
+    assert!(batches.len() > 1);
+    // The size of a stream of `batches` as the IPC writer encodes it.
+    let encoded = |batches: &[&arrow_array::RecordBatch]| {
+        let mut bytes = Vec::new();
+        let mut writer = arrow_ipc::writer::StreamWriter::try_new(&mut bytes, &schema).unwrap();
+        for batch in batches {
+            writer.write(batch).unwrap();
+        }
+        writer.finish().unwrap();
+        bytes.len()
+    };
+    let schema_only = encoded(&[]);
+    for batch in &batches {
+        let message = encoded(&[batch]) - schema_only;
+        assert!(message <= 4096 + 512, "a message of {message} bytes");
+    }
+    let back = tensors_of(&schema, &batches).unwrap();
+    for ((name, sent), (got_name, got)) in columns.iter().zip(&back) {
+        assert_eq!(name, got_name);
+        assert_eq!(got.shape(), sent.shape(), "{name}");
+        assert_eq!(got.dtype(), sent.dtype(), "{name}");
+    }
+    assert_eq!(back[0].1.view::<f64>().unwrap(), big.view::<f64>().unwrap());
+    assert_eq!(
+        back[1].1.view::<i16>().unwrap(),
+        transposed.view::<i16>().unwrap()
+    );
+    assert_eq!(
+        back[2].1.view::<f32>().unwrap(),
+        scalar.view::<f32>().unwrap()
+    );
+}

@@ -1,12 +1,14 @@
 //! The kernels every arrowbridge build carries.
 
 use half::f16;
-use ndarray::{linalg::Dot, Array2, ArrayD, ArrayView2, ArrayViewD, Axis, IxDyn, Zip};
+use ndarray::linalg::general_mat_mul;
+use ndarray::{ArrayD, ArrayView2, ArrayViewD, Axis, Ix2, IxDyn, Zip};
 use num_complex::Complex;
 
 use super::{dtype_error, Kernel, Params};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::memory::{try_build, try_full};
 use crate::tensor::ArrowTensor;
 use crate::view::DynView;
 
@@ -62,17 +64,55 @@ fn resolve_axis(axis: i64, ndim: usize, params: &Params) -> Result<usize> {
     }
 }
 
+/// The shape left when `axis` is summed away (`None`: all axes, a scalar).
+fn reduced_shape(shape: &[usize], axis: Option<usize>) -> Vec<usize> {
+    match axis {
+        None => Vec::new(),
+        Some(axis) => [&shape[..axis], &shape[axis + 1..]].concat(),
+    }
+}
+
 /// Folds `view` over `axis` (all axes when `None`) into the accumulator type `A`, as NumPy
-/// sums: integers widen to 64 bits and wrap, float16 accumulates in float32.
+/// sums: integers widen to 64 bits and wrap, float16 accumulates in float32. An empty input
+/// costs nothing whatever its shape: its result is `zero` everywhere, allocated fallibly.
 fn reduce<T: Copy, A: Copy + 'static>(
     view: &ArrayViewD<'_, T>,
     axis: Option<usize>,
     zero: A,
     add: impl Fn(A, T) -> A + Copy,
-) -> ArrayD<A> {
-    match axis {
+) -> Result<ArrayD<A>> {
+    if view.is_empty() {
+        return try_full(&reduced_shape(view.shape(), axis), zero, "sum");
+    }
+    Ok(match axis {
         None => ArrayD::from_elem(IxDyn(&[]), view.fold(zero, |acc, &v| add(acc, v))),
         Some(axis) => view.fold_axis(Axis(axis), zero, |&acc, &v| add(acc, v)),
+    })
+}
+
+/// Sums a float array with ndarray's pairwise summation (as NumPy's is pairwise).
+fn float_sum<T: ndarray::NdFloat>(
+    view: &ArrayViewD<'_, T>,
+    axis: Option<usize>,
+) -> Result<ArrayD<T>> {
+    if view.is_empty() {
+        return try_full(&reduced_shape(view.shape(), axis), T::zero(), "sum");
+    }
+    Ok(match axis {
+        None => ArrayD::from_elem(IxDyn(&[]), view.sum()),
+        Some(a) => view.sum_axis(Axis(a)),
+    })
+}
+
+/// NumPy's not-a-time: the smallest i64, which every datetime/timedelta operation propagates.
+const NAT: i64 = i64::MIN;
+
+/// Adds timedeltas as NumPy does: NaT in, NaT out; otherwise wrapping.
+fn add_timedelta(a: i64, b: i64) -> i64 {
+    if a == NAT || b == NAT {
+        NAT
+    } else {
+        a.wrapping_add(b)
     }
 }
 
@@ -85,34 +125,28 @@ fn sum(args: &[ArrowTensor], params: &Params) -> Result<Vec<ArrowTensor>> {
     let int = |v: ArrayD<i64>| ArrowTensor::from_array(v);
     let uint = |v: ArrayD<u64>| ArrowTensor::from_array(v);
     let out = match x.dyn_view() {
-        DynView::Bool(v) => int(reduce(&v, axis, 0i64, |a, b| a + i64::from(b != 0))),
-        DynView::Int8(v) => int(reduce(&v, axis, 0i64, |a, b| a.wrapping_add(b.into()))),
-        DynView::Int16(v) => int(reduce(&v, axis, 0i64, |a, b| a.wrapping_add(b.into()))),
-        DynView::Int32(v) => int(reduce(&v, axis, 0i64, |a, b| a.wrapping_add(b.into()))),
-        DynView::Int64(v) => int(reduce(&v, axis, 0i64, i64::wrapping_add)),
-        DynView::UInt8(v) => uint(reduce(&v, axis, 0u64, |a, b| a.wrapping_add(b.into()))),
-        DynView::UInt16(v) => uint(reduce(&v, axis, 0u64, |a, b| a.wrapping_add(b.into()))),
-        DynView::UInt32(v) => uint(reduce(&v, axis, 0u64, |a, b| a.wrapping_add(b.into()))),
-        DynView::UInt64(v) => uint(reduce(&v, axis, 0u64, u64::wrapping_add)),
+        DynView::Bool(v) => int(reduce(&v, axis, 0i64, |a, b| a + i64::from(b != 0))?),
+        DynView::Int8(v) => int(reduce(&v, axis, 0i64, |a, b| a.wrapping_add(b.into()))?),
+        DynView::Int16(v) => int(reduce(&v, axis, 0i64, |a, b| a.wrapping_add(b.into()))?),
+        DynView::Int32(v) => int(reduce(&v, axis, 0i64, |a, b| a.wrapping_add(b.into()))?),
+        DynView::Int64(v) => int(reduce(&v, axis, 0i64, i64::wrapping_add)?),
+        DynView::UInt8(v) => uint(reduce(&v, axis, 0u64, |a, b| a.wrapping_add(b.into()))?),
+        DynView::UInt16(v) => uint(reduce(&v, axis, 0u64, |a, b| a.wrapping_add(b.into()))?),
+        DynView::UInt32(v) => uint(reduce(&v, axis, 0u64, |a, b| a.wrapping_add(b.into()))?),
+        DynView::UInt64(v) => uint(reduce(&v, axis, 0u64, u64::wrapping_add)?),
         DynView::Float16(v) => ArrowTensor::from_array(
-            reduce(&v, axis, 0f32, |a, b| a + f32::from(b)).mapv(f16::from_f32),
+            reduce(&v, axis, 0f32, |a, b| a + f32::from(b))?.mapv(f16::from_f32),
         ),
-        DynView::Float32(v) => ArrowTensor::from_array(match axis {
-            None => ArrayD::from_elem(IxDyn(&[]), v.sum()),
-            Some(a) => v.sum_axis(Axis(a)),
-        }),
-        DynView::Float64(v) => ArrowTensor::from_array(match axis {
-            None => ArrayD::from_elem(IxDyn(&[]), v.sum()),
-            Some(a) => v.sum_axis(Axis(a)),
-        }),
+        DynView::Float32(v) => ArrowTensor::from_array(float_sum(&v, axis)?),
+        DynView::Float64(v) => ArrowTensor::from_array(float_sum(&v, axis)?),
         DynView::Complex64(v) => {
-            ArrowTensor::from_array(reduce(&v, axis, Complex::new(0f32, 0.0), |a, b| a + b))
+            ArrowTensor::from_array(reduce(&v, axis, Complex::new(0f32, 0.0), |a, b| a + b)?)
         }
         DynView::Complex128(v) => {
-            ArrowTensor::from_array(reduce(&v, axis, Complex::new(0f64, 0.0), |a, b| a + b))
+            ArrowTensor::from_array(reduce(&v, axis, Complex::new(0f64, 0.0), |a, b| a + b)?)
         }
         DynView::Timedelta64(v, unit) => ArrowTensor::from_array_as(
-            reduce(&v, axis, 0i64, i64::wrapping_add),
+            reduce(&v, axis, 0i64, add_timedelta)?,
             DType::Timedelta64(unit),
         )?,
         DynView::Datetime64(..) => {
@@ -144,7 +178,7 @@ fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
         .collect()
 }
 
-fn zip_with<T: Copy, U: Copy>(
+fn zip_with<T: Copy, U>(
     a: &ArrayViewD<'_, T>,
     b: &ArrayViewD<'_, T>,
     f: impl Fn(T, T) -> U,
@@ -152,7 +186,14 @@ fn zip_with<T: Copy, U: Copy>(
     let shape = broadcast_shape(a.shape(), b.shape())?;
     let a = a.broadcast(IxDyn(&shape)).expect("shape is a's broadcast");
     let b = b.broadcast(IxDyn(&shape)).expect("shape is b's broadcast");
-    Ok(Zip::from(&a).and(&b).map_collect(|&x, &y| f(x, y)))
+    // SAFETY: the Zip visits every element of `out` once and writes it.
+    unsafe {
+        try_build(&shape, "kernel \"add\"", |out| {
+            Zip::from(out).and(&a).and(&b).for_each(|o, &x, &y| {
+                o.write(f(x, y));
+            })
+        })
+    }
 }
 
 fn add(args: &[ArrowTensor], _: &Params) -> Result<Vec<ArrowTensor>> {
@@ -185,7 +226,7 @@ fn add(args: &[ArrowTensor], _: &Params) -> Result<Vec<ArrowTensor>> {
         (DynView::Complex64(x), DynView::Complex64(y)) => plain!(x, y),
         (DynView::Complex128(x), DynView::Complex128(y)) => plain!(x, y),
         (DynView::Timedelta64(x, u), DynView::Timedelta64(y, _)) => {
-            ArrowTensor::from_array_as(zip_with(&x, &y, i64::wrapping_add)?, DType::Timedelta64(u))?
+            ArrowTensor::from_array_as(zip_with(&x, &y, add_timedelta)?, DType::Timedelta64(u))?
         }
         _ => return Err(dtype_error("add", 0, "a numeric or timedelta64 dtype", a)),
     };
@@ -206,7 +247,6 @@ fn matmul(args: &[ArrowTensor], _: &Params) -> Result<Vec<ArrowTensor>> {
     fn product<T>(a: ArrayView2<'_, T>, b: ArrayView2<'_, T>) -> Result<ArrowTensor>
     where
         T: crate::Element + ndarray::LinalgScalar,
-        for<'x, 'y> ArrayView2<'x, T>: Dot<ArrayView2<'y, T>, Output = Array2<T>>,
     {
         if a.ncols() != b.nrows() {
             return Err(Error::shape(
@@ -220,7 +260,11 @@ fn matmul(args: &[ArrowTensor], _: &Params) -> Result<Vec<ArrowTensor>> {
                 ),
             ));
         }
-        Ok(ArrowTensor::from_array(a.dot(&b).into_dyn()))
+        let mut out = try_full(&[a.nrows(), b.ncols()], T::zero(), "kernel \"matmul\"")?
+            .into_dimensionality::<Ix2>()
+            .expect("2-D");
+        general_mat_mul(T::one(), &a, &b, T::zero(), &mut out);
+        Ok(ArrowTensor::from_array(out.into_dyn()))
     }
     let (a, b) = (&args[0], &args[1]);
     let out = match (a.dyn_view(), b.dyn_view()) {
@@ -239,20 +283,32 @@ fn matmul(args: &[ArrowTensor], _: &Params) -> Result<Vec<ArrowTensor>> {
 }
 
 fn normalize(args: &[ArrowTensor], _: &Params) -> Result<Vec<ArrowTensor>> {
-    fn rows<T: ndarray::NdFloat + crate::Element>(x: ArrayView2<'_, T>) -> ArrowTensor {
-        let mut out = x.to_owned();
+    fn rows<T: ndarray::NdFloat + crate::Element>(x: ArrayView2<'_, T>) -> Result<ArrowTensor> {
+        // SAFETY: the Zip visits every element of `out` once and writes it.
+        let out = unsafe {
+            try_build(x.shape(), "kernel \"normalize\"", |out| {
+                Zip::from(out).and(&x.into_dyn()).for_each(|o, &v| {
+                    o.write(v);
+                })
+            })
+        }?;
+        let mut out = out.into_dimensionality::<Ix2>().expect("2-D");
+        if out.is_empty() {
+            // No values: nothing to scale, however many (empty) rows there are.
+            return Ok(ArrowTensor::from_array(out.into_dyn()));
+        }
         for mut row in out.rows_mut() {
             let norm = row.dot(&row).sqrt();
             if norm > T::zero() {
                 row.mapv_inplace(|v| v / norm);
             }
         }
-        ArrowTensor::from_array(out.into_dyn())
+        Ok(ArrowTensor::from_array(out.into_dyn()))
     }
     let x = &args[0];
     let out = match x.dyn_view() {
-        DynView::Float32(v) => rows(matrix(v, "normalize", 0)?),
-        DynView::Float64(v) => rows(matrix(v, "normalize", 0)?),
+        DynView::Float32(v) => rows(matrix(v, "normalize", 0)?)?,
+        DynView::Float64(v) => rows(matrix(v, "normalize", 0)?)?,
         _ => return Err(dtype_error("normalize", 0, "float32 or float64", x)),
     };
     Ok(vec![out])
@@ -367,5 +423,65 @@ mod tests {
         let x = ArrowTensor::from_array(array![1u8].into_dyn());
         let err = registry.call("boom", &[x], Params::default()).unwrap_err();
         assert!(err.to_string().contains("panicked: boom"), "{err}");
+    }
+
+    #[test]
+    fn results_too_large_for_memory_are_errors_not_aborts() {
+        let col = ArrowTensor::from_array(ArrayD::<f64>::zeros(IxDyn(&[200_000, 1])));
+        let row = ArrowTensor::from_array(ArrayD::<f64>::zeros(IxDyn(&[1, 200_000])));
+        for kernel in ["add", "matmul"] {
+            let err = run(kernel, vec![col.clone(), row.clone()], vec![]).unwrap_err();
+            assert!(matches!(err, Error::OutOfMemory { .. }), "{kernel}: {err}");
+            assert!(err.to_string().contains("320000000000 bytes"), "{err}");
+        }
+    }
+
+    #[test]
+    fn nat_propagates_through_timedelta_sums_and_adds() {
+        use crate::TimeUnit;
+        let td = |v: Vec<i64>| {
+            let n = v.len();
+            ArrowTensor::from_array_as(
+                ArrayD::from_shape_vec(IxDyn(&[n]), v).unwrap(),
+                DType::Timedelta64(TimeUnit::Second),
+            )
+            .unwrap()
+        };
+        let total = run("sum", vec![td(vec![1, NAT])], vec![]).unwrap();
+        assert_eq!(total[0].view::<i64>().unwrap()[[]], NAT);
+        let both = run("add", vec![td(vec![NAT, 2]), td(vec![NAT, 3])], vec![]).unwrap();
+        assert_eq!(
+            both[0].view::<i64>().unwrap().as_slice().unwrap(),
+            &[NAT, 5]
+        );
+    }
+
+    #[test]
+    fn zero_size_inputs_cost_nothing_whatever_their_shape() {
+        // 2^40 rows of nothing: iterating them would take minutes.
+        let x = ArrowTensor::from_buffer(
+            arrow_buffer::Buffer::from(Vec::<u8>::new()),
+            DType::Float64,
+            &[1 << 40, 0],
+            &[0, 1],
+            crate::Form::Rows,
+            None,
+        )
+        .unwrap();
+        let start = std::time::Instant::now();
+        let rows = run("sum", vec![x.clone()], vec![("axis", Param::Int(0))]).unwrap();
+        assert_eq!(rows[0].shape(), &[0]);
+        let all = run("sum", vec![x.clone()], vec![]).unwrap();
+        assert_eq!(all[0].view::<f64>().unwrap()[[]], 0.0);
+        let normalized = run("normalize", vec![x.clone()], vec![]).unwrap();
+        assert_eq!(normalized[0].shape(), &[1 << 40, 0]);
+        // One zero per row: 8 TiB, which is refused, not attempted.
+        let err = run("sum", vec![x], vec![("axis", Param::Int(1))]).unwrap_err();
+        assert!(matches!(err, Error::OutOfMemory { .. }), "{err}");
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "zero-size work took {:?}",
+            start.elapsed()
+        );
     }
 }

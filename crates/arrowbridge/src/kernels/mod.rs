@@ -158,6 +158,95 @@ impl Params {
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.values.keys().map(String::as_str)
     }
+
+    /// The parameters as a JSON object: the one form they take between processes (Flight
+    /// commands, kernel plugins). JSON has no NaN or infinity; those travel as
+    /// `{"float": "nan" | "inf" | "-inf"}`.
+    ///
+    /// ```
+    /// use arrowbridge::{Param, Params};
+    /// let params = Params::new([("eps".to_string(), Param::Float(f64::NAN))]);
+    /// let json = params.to_json();
+    /// assert_eq!(json.to_string(), r#"{"eps":{"float":"nan"}}"#);
+    /// let back = Params::from_json("zscore", json.as_object().unwrap()).unwrap();
+    /// assert!(matches!(back.get("eps"), Some(Param::Float(f)) if f.is_nan()));
+    /// ```
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::{json, Value};
+        let values = self
+            .values
+            .iter()
+            .map(|(name, value)| {
+                let value = match value {
+                    Param::None => Value::Null,
+                    Param::Bool(b) => json!(b),
+                    Param::Int(i) => json!(i),
+                    Param::Float(f) if f.is_nan() => json!({"float": "nan"}),
+                    Param::Float(f) if f.is_infinite() => {
+                        json!({"float": if *f > 0.0 { "inf" } else { "-inf" }})
+                    }
+                    Param::Float(f) => json!(f),
+                    Param::Str(s) => json!(s),
+                    Param::Ints(v) => json!(v),
+                };
+                (name.clone(), value)
+            })
+            .collect();
+        Value::Object(values)
+    }
+
+    /// Parameters from the JSON form of [`to_json`](Self::to_json); `kernel` names the kernel
+    /// in errors.
+    pub fn from_json(
+        kernel: &str,
+        object: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Params> {
+        use serde_json::Value;
+        let error = |name: &str, message: String| Error::Param {
+            kernel: kernel.to_string(),
+            name: name.to_string(),
+            message,
+        };
+        let int = |name: &str, n: &serde_json::Number| {
+            n.as_i64()
+                .ok_or_else(|| error(name, format!("{n} does not fit in a 64-bit signed integer")))
+        };
+        let mut values = BTreeMap::new();
+        for (name, value) in object {
+            let param = match value {
+                Value::Null => Param::None,
+                Value::Bool(b) => Param::Bool(*b),
+                Value::Number(n) if n.is_i64() || n.is_u64() => Param::Int(int(name, n)?),
+                Value::Number(n) => Param::Float(
+                    n.as_f64()
+                        .ok_or_else(|| error(name, format!("{n} is not a number")))?,
+                ),
+                Value::String(s) => Param::Str(s.clone()),
+                Value::Array(items) => Param::Ints(
+                    items
+                        .iter()
+                        .map(|item| match item {
+                            Value::Number(n) if n.is_i64() || n.is_u64() => int(name, n),
+                            other => Err(error(name, format!("lists must hold ints, got {other}"))),
+                        })
+                        .collect::<Result<_>>()?,
+                ),
+                Value::Object(o) => match o.get("float").and_then(Value::as_str) {
+                    Some(text @ ("nan" | "inf" | "-inf")) => {
+                        Param::Float(text.parse().expect("Rust parses nan, inf and -inf"))
+                    }
+                    _ => {
+                        return Err(error(
+                            name,
+                            format!("unsupported value {value}; expected null, a bool, a number, a string, a list of ints or {{\"float\": \"nan\" | \"inf\" | \"-inf\"}}"),
+                        ))
+                    }
+                },
+            };
+            values.insert(name.clone(), param);
+        }
+        Ok(Params { kernel: "", values })
+    }
 }
 
 /// Kernels by name.

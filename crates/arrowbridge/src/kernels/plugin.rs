@@ -37,7 +37,7 @@
 //! `arrowbridge_plugin_v1_call(request, n, arrays, schemas, emit, ctx) -> char*` (`NULL`, or a
 //! JSON error) and `arrowbridge_plugin_v1_free(char*)`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -47,9 +47,9 @@ use arrow_array::ffi::from_ffi;
 pub use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
 use arrow_array::make_array;
 use arrow_schema::Field;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-use super::{Kernel, Param, Params, Registry};
+use super::{Kernel, Params, Registry};
 use crate::error::{panic_message, Error, Result};
 use crate::ipc::{column_field, column_tensor};
 use crate::tensor::ArrowTensor;
@@ -283,7 +283,7 @@ unsafe fn call_plugin(
     args: &[ArrowTensor],
     params: &Params,
 ) -> Result<Vec<ArrowTensor>> {
-    let request = json!({"kernel": name, "params": params_to_json(params)}).to_string();
+    let request = json!({"kernel": name, "params": params.to_json()}).to_string();
     let request = CString::new(request).expect("JSON has no NUL bytes");
     let (mut arrays, schemas): (Vec<_>, Vec<_>) = args
         .iter()
@@ -325,61 +325,6 @@ unsafe extern "C" fn receive_output(
         0
     }))
     .unwrap_or(1)
-}
-
-fn params_to_json(params: &Params) -> Value {
-    let values = params
-        .values
-        .iter()
-        .map(|(name, value)| {
-            let value = match value {
-                Param::None => Value::Null,
-                Param::Bool(b) => json!(b),
-                Param::Int(i) => json!(i),
-                // JSON has no NaN or infinity; those travel as {"float": "nan" | "inf" | "-inf"}.
-                Param::Float(f) if !f.is_finite() => json!({"float": f.to_string().to_lowercase()}),
-                Param::Float(f) => json!(f),
-                Param::Str(s) => json!(s),
-                Param::Ints(v) => json!(v),
-            };
-            (name.clone(), value)
-        })
-        .collect::<Map<_, _>>();
-    Value::Object(values)
-}
-
-fn params_from_json(value: &Value) -> std::result::Result<Params, String> {
-    let Some(object) = value.as_object() else {
-        return Ok(Params::default());
-    };
-    let mut values = BTreeMap::new();
-    for (name, value) in object {
-        let param = match value {
-            Value::Null => Param::None,
-            Value::Bool(b) => Param::Bool(*b),
-            Value::Number(n) if n.is_i64() => Param::Int(n.as_i64().expect("checked")),
-            Value::Number(n) => Param::Float(n.as_f64().unwrap_or(f64::NAN)),
-            Value::String(s) => Param::Str(s.clone()),
-            Value::Array(items) => Param::Ints(
-                items
-                    .iter()
-                    .map(|i| {
-                        i.as_i64()
-                            .ok_or(format!("parameter {name:?}: lists hold ints"))
-                    })
-                    .collect::<std::result::Result<_, _>>()?,
-            ),
-            Value::Object(o) => match o.get("float").and_then(Value::as_str) {
-                Some(text) => Param::Float(
-                    text.parse()
-                        .map_err(|_| format!("parameter {name:?}: bad float {text:?}"))?,
-                ),
-                None => return Err(format!("parameter {name:?}: unsupported value")),
-            },
-        };
-        values.insert(name.clone(), param);
-    }
-    Ok(Params::new(values))
 }
 
 /// An error as JSON, keeping the variants a caller tells apart.
@@ -424,6 +369,11 @@ fn error_to_json(error: &Error) -> Value {
         Error::ByteOrder { what, dtype } => {
             json!({"kind": "byte_order", "what": what, "dtype": dtype})
         }
+        Error::OutOfMemory {
+            what,
+            bytes,
+            reason,
+        } => json!({"kind": "out_of_memory", "what": what, "bytes": bytes, "reason": reason}),
         other => json!({"kind": "invalid", "message": other.to_string()}),
     }
 }
@@ -479,6 +429,11 @@ fn error_from_json(kernel: &str, text: &str) -> Error {
         "byte_order" => Error::ByteOrder {
             what: s("what"),
             dtype: s("dtype"),
+        },
+        "out_of_memory" => Error::OutOfMemory {
+            what: s("what"),
+            bytes: v.get("bytes").and_then(Value::as_u64).unwrap_or(0),
+            reason: s("reason"),
         },
         "invalid" => Error::invalid(format!("kernel {kernel:?}"), s("message")),
         _ => Error::kernel(kernel, s("message")),
@@ -546,11 +501,10 @@ pub mod export {
             let request: Value = serde_json::from_str(&request)
                 .map_err(|e| Error::invalid("plugin call", format!("bad request: {e}")))?;
             let name = request.get("kernel").and_then(Value::as_str).unwrap_or("");
-            let params = params_from_json(&request["params"]).map_err(|e| Error::Param {
-                kernel: name.to_string(),
-                name: String::new(),
-                message: e,
-            })?;
+            let params = match request.get("params").and_then(Value::as_object) {
+                Some(object) => Params::from_json(name, object)?,
+                None => Params::default(),
+            };
             let registry = registry
                 .as_ref()
                 .map_err(|e| Error::kernel(name, e.clone()))?;
