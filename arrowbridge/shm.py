@@ -4,7 +4,12 @@ The owner writes a segment under ``/dev/shm`` (a RAM-backed file system); any ot
 Python through :func:`attach`, Rust through ``arrowbridge::ipc::read_ipc`` on
 :attr:`SharedArrays.path` — maps it and reads the arrays as zero-copy views. The owner removes
 the segment when it calls :meth:`SharedArrays.unlink`, leaves its ``with`` block, or exits
-normally; views that other processes hold stay valid until they drop them.
+normally; views that other processes hold stay valid until they drop them. Segments are
+readable by their owner's user only (mode 0600), like :mod:`multiprocessing.shared_memory`.
+
+The owner removes only the segment it created: not one that another process has since put in
+its place (``replace=True``), and never from a forked child, whose exit would otherwise take
+the parent's segment with it.
 
 >>> import numpy as np, arrowbridge
 >>> with arrowbridge.shm.create("doctest-demo", {"x": np.arange(6.0)}, replace=True) as seg:
@@ -15,7 +20,9 @@ np.float64(15.0)
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
 import weakref
 from pathlib import Path
 from typing import Any
@@ -28,7 +35,7 @@ from .ipc import write_ipc
 
 SHM_DIR = Path("/dev/shm")
 PREFIX = "arrowbridge."
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 
 
 def segment_path(name: str) -> Path:
@@ -38,7 +45,8 @@ def segment_path(name: str) -> Path:
     >>> arrowbridge.shm.segment_path("features")
     PosixPath('/dev/shm/arrowbridge.features')
     """
-    if not _NAME.match(name):
+    # fullmatch, not match with "$": "$" also matches before a trailing newline.
+    if not _NAME.fullmatch(name):
         raise ValueError(f"segment name {name!r}: use 1-200 letters, digits, '_', '.' or '-'")
     return SHM_DIR / f"{PREFIX}{name}"
 
@@ -48,6 +56,20 @@ def _remove(path: Path) -> None:
         path.unlink()
     except FileNotFoundError:
         pass
+
+
+def _remove_own(path: Path, identity: tuple[int, int], creator_pid: int) -> None:
+    """Removes ``path`` if this is the creating process and the file is still the one it made."""
+    if os.getpid() != creator_pid:
+        return
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return
+    # A replacement that lands between this check and the unlink is still removed; POSIX has
+    # no "unlink if this inode", and the window is a few system calls wide.
+    if (st.st_dev, st.st_ino) == identity:
+        _remove(path)
 
 
 class SharedArrays:
@@ -62,11 +84,16 @@ class SharedArrays:
     <SharedArrays 'doctest-class-...' at /dev/shm/arrowbridge.doctest-class-... (attached)>
     """
 
-    def __init__(self, name: str, *, owner: bool):
+    def __init__(self, name: str, *, owner: bool, _identity: tuple[int, int] | None = None):
         self.name = name
         self.path = segment_path(name)
         self.owner = owner
-        self._finalizer = weakref.finalize(self, _remove, self.path) if owner else None
+        self._finalizer = None
+        if owner:
+            if _identity is None:
+                st = self.path.stat()
+                _identity = (st.st_dev, st.st_ino)
+            self._finalizer = weakref.finalize(self, _remove_own, self.path, _identity, os.getpid())
 
     def read(self) -> dict[str, np.ndarray]:
         """The arrays, as read-only views of the shared memory.
@@ -81,6 +108,10 @@ class SharedArrays:
 
     def unlink(self) -> None:
         """Removes the segment (owner only); existing views stay valid.
+
+        Only the process that created the segment removes it, and only while it is still the
+        segment that process created (see the module docstring); otherwise this does nothing.
+        :func:`arrowbridge.shm.unlink` removes a segment by name, whoever created it.
 
         >>> import numpy as np, arrowbridge, os
         >>> seg = arrowbridge.shm.create(f"doctest-unlink-{os.getpid()}", np.arange(3))
@@ -109,8 +140,10 @@ def create(name: str, data: Any, *, format: str = "file", replace: bool = False)
 
     The calling process owns the segment: it is removed when the returned object is unlinked,
     closed as a context manager, garbage-collected or the process exits normally. A segment
-    of that name that exists already (another process may own it) is a :class:`FileError`;
-    ``replace=True`` replaces it (atomically: readers see the old or the new data).
+    of that name that exists already (another process may own it) is a :class:`FileError`,
+    even when several processes create the name at once: exactly one of them succeeds.
+    ``replace=True`` replaces it (atomically: readers see the old or the new data); its
+    previous owner then leaves the new segment alone.
 
     >>> import numpy as np, arrowbridge, os
     >>> seg = arrowbridge.shm.create(f"doctest-create-{os.getpid()}", {"x": np.ones(3)})
@@ -121,13 +154,31 @@ def create(name: str, data: Any, *, format: str = "file", replace: bool = False)
     path = segment_path(name)
     if not SHM_DIR.is_dir():
         raise FileError(f"{SHM_DIR}: no shared-memory file system on this machine")
-    if path.exists() and not replace:
-        raise FileError(
-            f"{path}: a segment called {name!r} exists already; pass replace=True to replace "
-            f"it, or remove it with arrowbridge.shm.unlink({name!r})"
-        )
-    write_ipc(path, data, format=format)  # type: ignore[arg-type]
-    return SharedArrays(name, owner=True)
+    # The data is written to a private file first and only then given the segment's name, in
+    # one step (link or rename): checking for the name and then writing it would let two
+    # creators both "succeed". The name is cut short so that write_ipc's own temporary file
+    # next to it stays within the 255-byte file-name limit.
+    tmp = SHM_DIR / f".{PREFIX}{name[:64]}.{os.getpid()}.{secrets.token_hex(8)}.tmp"
+    # Created 0600 before any data goes in: write_ipc keeps the mode of the file it replaces,
+    # so other users never read the data; the chmod covers a write_ipc that does not.
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    try:
+        write_ipc(tmp, data, format=format)  # type: ignore[arg-type]
+        os.chmod(tmp, 0o600)
+        st = tmp.stat()
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise FileError(
+                    f"{path}: a segment called {name!r} exists already; pass replace=True to "
+                    f"replace it, or remove it with arrowbridge.shm.unlink({name!r})"
+                ) from None
+    finally:
+        _remove(tmp)
+    return SharedArrays(name, owner=True, _identity=(st.st_dev, st.st_ino))
 
 
 def attach(name: str) -> SharedArrays:
@@ -147,7 +198,7 @@ def attach(name: str) -> SharedArrays:
 
 
 def unlink(name: str) -> None:
-    """Removes the segment called ``name`` if it exists.
+    """Removes the segment called ``name`` if it exists, whichever process created it.
 
     >>> import numpy as np, arrowbridge, os
     >>> name = f"doctest-unlink-name-{os.getpid()}"

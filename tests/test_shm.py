@@ -1,5 +1,9 @@
 """Shared memory: one process writes Arrow IPC data into /dev/shm, another maps it."""
 
+import json
+import multiprocessing
+import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -97,3 +101,123 @@ def test_an_existing_segment_is_not_overwritten_unless_asked(name):
         np.testing.assert_array_equal(arrowbridge.shm.attach(name).read()["x"], np.ones(2))
         replacement.unlink()
     assert name not in arrowbridge.shm.list_segments()
+
+
+def test_segments_are_readable_by_their_owner_only(name):
+    with arrowbridge.shm.create(name, {"x": np.arange(3)}) as seg:
+        assert stat.S_IMODE(seg.path.stat().st_mode) == 0o600
+        replacement = arrowbridge.shm.create(name, {"x": np.ones(3)}, replace=True)
+        assert stat.S_IMODE(replacement.path.stat().st_mode) == 0o600
+
+
+def test_segment_path_refuses_a_name_ending_in_a_newline():
+    with pytest.raises(ValueError, match="segment name"):
+        arrowbridge.shm.segment_path("x\n")
+
+
+def test_create_refuses_a_name_ending_in_a_newline(name):
+    try:
+        with pytest.raises(ValueError, match="segment name"):
+            arrowbridge.shm.create(f"{name}\n", {"x": np.ones(1)})
+    finally:
+        Path(f"/dev/shm/arrowbridge.{name}\n").unlink(missing_ok=True)
+
+
+def test_a_failed_create_leaves_no_file_behind(name):
+    with pytest.raises(arrowbridge.UnsupportedTypeError):
+        arrowbridge.shm.create(name, {"x": np.array([None], dtype=object)})
+    assert [f for f in os.listdir("/dev/shm") if name in f] == []
+
+
+def test_the_previous_owner_leaves_a_replacement_alone_when_it_exits(name):
+    owner = textwrap.dedent(
+        f"""
+        import sys, numpy as np, arrowbridge
+        seg = arrowbridge.shm.create({name!r}, {{"x": np.zeros(3)}})
+        print("created", flush=True)
+        sys.stdin.readline()
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", owner], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "created"
+        replacement = arrowbridge.shm.create(name, {"x": np.arange(4.0)}, replace=True)
+        proc.communicate("exit\n", timeout=60)
+        assert proc.returncode == 0
+        assert replacement.path.exists()
+        np.testing.assert_array_equal(arrowbridge.shm.attach(name).read()["x"], np.arange(4.0))
+        replacement.unlink()
+        assert not replacement.path.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_forked_child_that_exits_leaves_its_parents_segment(name):
+    script = textwrap.dedent(
+        f"""
+        import json, os, sys, numpy as np, arrowbridge
+        seg = arrowbridge.shm.create({name!r}, {{"x": np.arange(5.0)}})
+        pid = os.fork()
+        if pid == 0:
+            sys.exit(0)
+        _, status = os.waitpid(pid, 0)
+        exists = seg.path.exists()
+        total = float(arrowbridge.shm.attach({name!r}).read()["x"].sum()) if exists else None
+        print(json.dumps([os.waitstatus_to_exitcode(status), exists, total]))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == [0, True, 10.0]
+    # The parent, the segment's creator, still removes it when it exits.
+    assert name not in arrowbridge.shm.list_segments()
+
+
+def _create_at_once(name, index, barrier, results, done):
+    # 8 MiB each: the data is ready before the start, and writing it takes long enough that
+    # a check-then-write create() lets several processes through in practically every round.
+    data = {"x": np.full(1 << 20, index)}
+    barrier.wait()
+    try:
+        seg = arrowbridge.shm.create(name, data)
+    except FileError as err:
+        results.put((index, "FileError", str(err)))
+        return
+    except BaseException as err:
+        results.put((index, type(err).__name__, str(err)))
+        return
+    results.put((index, "created", ""))
+    done.wait(60)  # the winner keeps its segment until the test has read it
+    seg.unlink()
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_one_of_six_simultaneous_creators_wins_the_others_get_file_error(name, attempt):
+    ctx = multiprocessing.get_context("fork")
+    barrier, results, done = ctx.Barrier(6), ctx.Queue(), ctx.Event()
+    procs = [
+        ctx.Process(target=_create_at_once, args=(name, i, barrier, results, done))
+        for i in range(6)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        outcomes = sorted(results.get(timeout=60) for _ in procs)
+        winners = [i for i, kind, _ in outcomes if kind == "created"]
+        losers = [(kind, message) for _, kind, message in outcomes if kind != "created"]
+        assert len(winners) == 1, outcomes
+        assert len(losers) == 5 and all(kind == "FileError" for kind, _ in losers), outcomes
+        assert all(f"{name!r} exists already" in message for _, message in losers)
+        x = arrowbridge.shm.attach(name).read()["x"]
+        assert x.shape == (1 << 20,) and (x == winners[0]).all()
+        assert [f for f in os.listdir("/dev/shm") if name in f] == [f"arrowbridge.{name}"]
+    finally:
+        done.set()
+        for proc in procs:
+            proc.join(60)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
