@@ -92,7 +92,9 @@ def stream_to_arrays(data: Any) -> dict[str, np.ndarray]:
 class IpcReader:
     """An open Arrow IPC file or stream."""
 
-    def __new__(cls, path: str | os.PathLike[str], *, mmap: bool = True) -> IpcReader: ...
+    def __new__(
+        cls, path: str | os.PathLike[str], *, mmap: bool = True, columns: list[str] | None = None
+    ) -> IpcReader: ...
     @property
     def num_batches(self) -> int: ...
     @property

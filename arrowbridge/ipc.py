@@ -15,7 +15,7 @@ np.int64(6)
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -122,7 +122,9 @@ def _checked_reader(data: Any) -> Any:
     return pa.RecordBatchReader.from_batches(schema, batches())
 
 
-def read_ipc(path: str | os.PathLike[str], *, mmap: bool = True) -> dict[str, np.ndarray]:
+def read_ipc(
+    path: str | os.PathLike[str], *, mmap: bool = True, columns: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
     """Reads every column of an Arrow IPC file or stream as a NumPy array.
 
     With ``mmap=True`` (the default) the file is memory-mapped and each array of a one-batch,
@@ -133,7 +135,8 @@ def read_ipc(path: str | os.PathLike[str], *, mmap: bool = True) -> dict[str, np
 
     Files written by pyarrow (``ipc.new_file``, ``ipc.new_stream``, ``feather.write_feather``)
     read as well as arrowbridge's own; columns of types without a NumPy equivalent raise
-    :class:`UnsupportedTypeError` naming the column.
+    :class:`UnsupportedTypeError` naming the column. ``columns`` reads only the columns it
+    names, in its order: the others are never decoded, so they may be of any type.
 
     >>> import numpy as np, arrowbridge, tempfile, os
     >>> with tempfile.TemporaryDirectory() as tmp:
@@ -142,12 +145,30 @@ def read_ipc(path: str | os.PathLike[str], *, mmap: bool = True) -> dict[str, np
     ...     x = arrowbridge.read_ipc(path)["data"]
     ...     x, x.flags.writeable
     (array([0., 1., 2., 3.]), False)
+    >>> import pyarrow as pa
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = os.path.join(tmp, "mixed.arrow")
+    ...     arrowbridge.write_ipc(path, pa.table({"name": ["a", "b"], "score": [0.5, 0.7]}))
+    ...     arrowbridge.read_ipc(path, columns=["score"])
+    {'score': array([0.5, 0.7])}
     """
-    return IpcReader(os.fspath(path), mmap=mmap).read_all()
+    return _reader(path, mmap, columns).read_all()
 
 
-def iter_ipc(path: str | os.PathLike[str], *, mmap: bool = True) -> Iterator[dict[str, np.ndarray]]:
+def _reader(path: str | os.PathLike[str], mmap: bool, columns: Sequence[str] | None) -> IpcReader:
+    if isinstance(columns, str):
+        raise TypeError(f"columns must be a list of names, not the string {columns!r}")
+    names = None if columns is None else [str(c) for c in columns]
+    return IpcReader(os.fspath(path), mmap=mmap, columns=names)
+
+
+def iter_ipc(
+    path: str | os.PathLike[str], *, mmap: bool = True, columns: Sequence[str] | None = None
+) -> Iterator[dict[str, np.ndarray]]:
     """Yields the columns of each record batch in turn, as views (no batch is copied).
+
+    Each batch is decoded when it is reached, so a compressed file is decompressed one batch
+    at a time and only the batch in hand is held. ``columns`` as in :func:`read_ipc`.
 
     >>> import numpy as np, pyarrow as pa, arrowbridge, tempfile, os
     >>> tmp = tempfile.TemporaryDirectory()
@@ -158,13 +179,18 @@ def iter_ipc(path: str | os.PathLike[str], *, mmap: bool = True) -> Iterator[dic
     [[1, 2], [3]]
     >>> tmp.cleanup()
     """
-    reader = IpcReader(os.fspath(path), mmap=mmap)
+    reader = _reader(path, mmap, columns)
     for index in range(reader.num_batches):
         yield reader.read_batch(index)
 
 
-def open_ipc(path: str | os.PathLike[str], *, mmap: bool = True) -> IpcReader:
+def open_ipc(
+    path: str | os.PathLike[str], *, mmap: bool = True, columns: Sequence[str] | None = None
+) -> IpcReader:
     """Opens an Arrow IPC file or stream for inspection and batch-by-batch reading.
+
+    Opening reads the schema and the batches' headers only; ``describe()`` reads no data,
+    and each batch is decoded when it is read. ``columns`` as in :func:`read_ipc`.
 
     The returned :class:`IpcReader` has ``format``, ``num_batches``, ``num_rows``, ``names``,
     ``schema`` and ``mapping``, and reads with ``describe()``, ``read_all()`` and
@@ -184,4 +210,4 @@ def open_ipc(path: str | os.PathLike[str], *, mmap: bool = True) -> IpcReader:
     (array([0., 1., 2.]), array([0., 1., 2.]))
     >>> tmp.cleanup()
     """
-    return IpcReader(os.fspath(path), mmap=mmap)
+    return _reader(path, mmap, columns)

@@ -165,9 +165,9 @@ def test_a_full_disk_is_a_clear_error_and_loses_nothing(small_tmpfs):
             c.put("b", one_mib)
             with pytest.raises(
                 RemoteStorageError, match=r"data directory full.*c\.arrow.*No space"
-            ):
+            ) as info:
                 c.put("c", one_mib)
-            assert isinstance(RemoteStorageError("x"), OSError)
+            assert isinstance(info.value, OSError)  # the error raised, not a fresh instance
             # Nothing half-written is served or left behind; what was stored is intact.
             assert sorted(i["name"] for i in c.list()) == ["a", "b"]
             assert sorted(p.name for p in small_tmpfs.iterdir()) == ["a.arrow", "b.arrow"]

@@ -14,6 +14,7 @@ import pytest
 from conftest import DTYPES, address, same_values, sample
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_ipc import mapped_files
 
 import arrowbridge
 
@@ -141,8 +142,12 @@ def test_ipc_round_trips(tmp_dir, case, format):
     arrowbridge.write_ipc(path, {"x": x}, format=format)
     back = arrowbridge.read_ipc(path)["x"]
     assert same_values(back, x)
+    # What read_ipc returned is a view of the file's mapping, not a copy (describe() is a
+    # separate code path, so its flag alone would not prove it).
+    if x.size:
+        assert mapped_files(address(back)) == [path]
     (column,) = arrowbridge.open_ipc(path).describe()
-    assert column["zero_copy"], column  # read from the mapping, not copied
+    assert column["zero_copy"], column
 
 
 @examples(600)

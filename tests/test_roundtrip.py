@@ -3,6 +3,7 @@
 import gc
 import resource
 import sys
+import weakref
 
 import numpy as np
 import pyarrow as pa
@@ -157,10 +158,14 @@ def test_owner_refcount_returns_after_results_die():
 
 
 def test_views_outlive_their_source():
-    x = np.arange(1000.0)
+    x = np.arange(1000.0)  # owns its memory: keeping the memory alive keeps x alive
+    alive = weakref.ref(x)
     y = arrowbridge.call("identity", x)
+    assert address(y) == address(x)  # a view of x, not a copy that outlives nothing
     del x
     gc.collect()
+    # A weak reference tells, where reading y could read freed memory still holding the values.
+    assert alive() is not None, "the source was freed under its view"
     np.testing.assert_array_equal(y, np.arange(1000.0))
     # Like NumPy's own views, the result's base is the array whose memory it views.
     assert isinstance(y.base, np.ndarray) and address(y) == address(y.base)

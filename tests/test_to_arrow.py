@@ -1,5 +1,8 @@
 """to_arrow: NumPy -> pyarrow, zero-copy where the README says so, and what pyarrow sees."""
 
+import gc
+import weakref
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -148,11 +151,22 @@ def test_complex_is_an_interleaved_tensor_extension(dtype):
 
 
 def test_the_arrow_array_keeps_the_numpy_memory_alive():
-    x = sample("float64", (1000, 8))
+    # x owns its memory, so whatever keeps the memory alive keeps x alive: a weak reference
+    # tells, where reading the values after `del x` could read freed memory still holding them.
+    x = np.empty((1000, 8))
+    x[...] = sample("float64", (1000, 8))
+    assert x.base is None
     expected = x.copy()
+    alive = weakref.ref(x)
     arr = arrowbridge.to_arrow(x)
+    assert arrow_values_address(arr) == address(x)  # x's memory, not a copy of it
     del x
+    gc.collect()
+    assert alive() is not None, "the NumPy array was freed while Arrow still views it"
     np.testing.assert_array_equal(arr.to_numpy_ndarray(), expected)
+    del arr
+    gc.collect()
+    assert alive() is None, "the Arrow array never released the NumPy array"
 
 
 def test_lists_are_accepted_like_numpy_does():

@@ -126,8 +126,8 @@ fn encode(
 /// record batches of the whole stream. Every message is checked before it is decoded
 /// ([`arrowbridge::ipc::check_message`]), so no request can reach a panic or an aborting
 /// allocation in the decoder.
-async fn read_upload(
-    mut stream: Streaming<FlightData>,
+async fn read_upload<S>(
+    mut stream: S,
     call: &'static str,
 ) -> Result<
     (
@@ -136,8 +136,11 @@ async fn read_upload(
         Vec<RecordBatch>,
     ),
     Status,
-> {
-    let Some(first) = stream.message().await? else {
+>
+where
+    S: futures::Stream<Item = Result<FlightData, Status>> + Send + Unpin + 'static,
+{
+    let Some(first) = stream.next().await.transpose()? else {
         return Ok((None, None, Vec::new()));
     };
     let descriptor = first.flight_descriptor.clone();
@@ -145,22 +148,34 @@ async fn read_upload(
     // The status of a message that failed its check; the decoder only sees an error.
     let refused: Arc<std::sync::Mutex<Option<Status>>> = Arc::default();
     let refusal = refused.clone();
+    // Batches are checked against the stream's schema, which its schema message brings.
+    let mut schema: Option<arrow_schema::Schema> = None;
     // Some clients (pyarrow's DoExchange) send the descriptor in a message of its own, and any
     // message may carry only app_metadata: neither is Arrow data to decode.
     let all = stream::once(async { Ok(first) })
         .chain(rest)
         .try_filter(|data| futures::future::ready(!data.data_header.is_empty()))
         .and_then(move |data| {
-            let checked = arrowbridge::ipc::check_message(call, &data.data_header, &data.data_body)
-                .map(|()| data)
-                .map_err(|e| {
-                    let status = Status::from(FlightServerError::from(e));
-                    let error = FlightError::ProtocolError(status.message().to_string());
-                    *refusal
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(status);
-                    error
-                });
+            let checked = arrowbridge::ipc::check_message_of(
+                call,
+                &data.data_header,
+                &data.data_body,
+                schema.as_ref(),
+            )
+            .map(|()| {
+                if let Some(sent) = arrowbridge::ipc::schema_of_message(&data.data_header) {
+                    schema = Some(sent);
+                }
+                data
+            })
+            .map_err(|e| {
+                let status = Status::from(FlightServerError::from(e));
+                let error = FlightError::ProtocolError(status.message().to_string());
+                *refusal
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(status);
+                error
+            });
             futures::future::ready(checked)
         });
     let mut decoded = FlightRecordBatchStream::new_from_flight_data(all);
@@ -196,6 +211,66 @@ impl Service {
             registry,
             token,
         }
+    }
+
+    /// Stores the item a DoPut stream of `messages` carries; its acknowledgement. The RPC
+    /// handler calls this with the client's stream; tests and fuzzers call it in-process.
+    pub async fn put_messages<S>(&self, messages: S) -> Result<PutResult, Status>
+    where
+        S: futures::Stream<Item = Result<FlightData, Status>> + Send + Unpin + 'static,
+    {
+        let (descriptor, schema, batches) = read_upload(messages, "DoPut").await?;
+        let descriptor = descriptor.ok_or_else(|| {
+            Status::invalid_argument("DoPut needs a descriptor with a path: [name]")
+        })?;
+        let name = descriptor_name(&descriptor)?;
+        let schema = schema.ok_or_else(|| Status::invalid_argument("DoPut sent no schema"))?;
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let store = self.store.clone();
+        let stored = Stored::new(schema, batches);
+        // Writing (and fsyncing) a file blocks: keep it off the async workers.
+        tokio::task::spawn_blocking(move || store.put(&name, stored))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(PutResult {
+            app_metadata: serde_json::json!({"rows": rows}).to_string().into(),
+        })
+    }
+
+    /// Runs the kernel a DoExchange stream of `messages` asks for; the result's batches as
+    /// they travel back. The RPC handler calls this with the client's stream; tests and
+    /// fuzzers call it in-process.
+    pub async fn exchange_messages<S>(
+        &self,
+        messages: S,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), Status>
+    where
+        S: futures::Stream<Item = Result<FlightData, Status>> + Send + Unpin + 'static,
+    {
+        let (descriptor, schema, batches) = read_upload(messages, "DoExchange").await?;
+        let command = descriptor
+            .map(|d| d.cmd)
+            .filter(|cmd| !cmd.is_empty())
+            .ok_or_else(|| {
+                Status::invalid_argument(
+                    "DoExchange needs a descriptor whose command is JSON: {\"kernel\": ...}",
+                )
+            })?;
+        let command: ExchangeCommand = serde_json::from_slice(&command)
+            .map_err(|e| Status::invalid_argument(format!("bad DoExchange command: {e}")))?;
+        // Every kernel runs off the async workers, whatever the size of what was streamed: a
+        // kernel on stored arrays, or one whose result dwarfs its inputs, would otherwise hold
+        // a worker that health checks and other clients need.
+        let this = Service {
+            store: self.store.clone(),
+            registry: self.registry.clone(),
+            token: None,
+        };
+        let result =
+            tokio::task::spawn_blocking(move || this.run_exchange(&command, schema, batches))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(result)
     }
 
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
@@ -366,22 +441,7 @@ impl FlightService for Service {
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
         self.authorize(&request)?;
-        let (descriptor, schema, batches) = read_upload(request.into_inner(), "DoPut").await?;
-        let descriptor = descriptor.ok_or_else(|| {
-            Status::invalid_argument("DoPut needs a descriptor with a path: [name]")
-        })?;
-        let name = descriptor_name(&descriptor)?;
-        let schema = schema.ok_or_else(|| Status::invalid_argument("DoPut sent no schema"))?;
-        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-        let store = self.store.clone();
-        let stored = Stored::new(schema, batches);
-        // Writing (and fsyncing) a file blocks: keep it off the async workers.
-        tokio::task::spawn_blocking(move || store.put(&name, stored))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
-        let ack = PutResult {
-            app_metadata: serde_json::json!({"rows": rows}).to_string().into(),
-        };
+        let ack = self.put_messages(request.into_inner()).await?;
         Ok(Response::new(stream::once(async { Ok(ack) }).boxed()))
     }
 
@@ -448,29 +508,7 @@ impl FlightService for Service {
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
         self.authorize(&request)?;
-        let (descriptor, schema, batches) = read_upload(request.into_inner(), "DoExchange").await?;
-        let command = descriptor
-            .map(|d| d.cmd)
-            .filter(|cmd| !cmd.is_empty())
-            .ok_or_else(|| {
-                Status::invalid_argument(
-                    "DoExchange needs a descriptor whose command is JSON: {\"kernel\": ...}",
-                )
-            })?;
-        let command: ExchangeCommand = serde_json::from_slice(&command)
-            .map_err(|e| Status::invalid_argument(format!("bad DoExchange command: {e}")))?;
-        // Every kernel runs off the async workers, whatever the size of what was streamed: a
-        // kernel on stored arrays, or one whose result dwarfs its inputs, would otherwise hold
-        // a worker that health checks and other clients need.
-        let this = Service {
-            store: self.store.clone(),
-            registry: self.registry.clone(),
-            token: None,
-        };
-        let (schema, batches) =
-            tokio::task::spawn_blocking(move || this.run_exchange(&command, schema, batches))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))??;
+        let (schema, batches) = self.exchange_messages(request.into_inner()).await?;
         Ok(Response::new(encode(schema, batches)))
     }
 }

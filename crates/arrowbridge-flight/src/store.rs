@@ -114,7 +114,7 @@ impl Store {
                     continue;
                 }
                 let data = ipc::read_ipc(&path, true)?;
-                let stored = Stored::new(data.schema().clone(), data.batches().to_vec());
+                let stored = Stored::new(data.schema().clone(), data.batches()?);
                 store
                     .write_items()
                     .insert(name.to_string(), Arc::new(stored));

@@ -113,10 +113,15 @@ fn tensors_to_dict<'py>(
 #[pymethods]
 impl IpcReader {
     #[new]
-    #[pyo3(signature = (path, *, mmap=true))]
-    fn new(py: Python<'_>, path: PathBuf, mmap: bool) -> BridgeResult<Self> {
+    #[pyo3(signature = (path, *, mmap=true, columns=None))]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        mmap: bool,
+        columns: Option<Vec<String>>,
+    ) -> BridgeResult<Self> {
         no_panic("read_ipc", || {
-            let data = py.detach(|| ipc::read_ipc(&path, mmap))?;
+            let data = py.detach(|| ipc::read_ipc_columns(&path, mmap, columns.as_deref()))?;
             Ok(IpcReader { data })
         })
     }
@@ -124,13 +129,13 @@ impl IpcReader {
     /// Number of record batches.
     #[getter]
     fn num_batches(&self) -> usize {
-        self.data.batches().len()
+        self.data.num_batches()
     }
 
     /// Total rows.
     #[getter]
     fn num_rows(&self) -> usize {
-        self.data.batches().iter().map(|b| b.num_rows()).sum()
+        self.data.num_rows()
     }
 
     /// "file" or "stream".
@@ -176,7 +181,10 @@ impl IpcReader {
     ///        [3, 4, 5]])}
     /// >>> tmp.cleanup()
     fn read_all<'py>(&self, py: Python<'py>) -> BridgeResult<Bound<'py, PyDict>> {
-        no_panic("read_ipc", || tensors_to_dict(py, self.data.tensors()?))
+        no_panic("read_ipc", || {
+            let tensors = py.detach(|| self.data.tensors())?;
+            tensors_to_dict(py, tensors)
+        })
     }
 
     /// The columns of batch `index` as NumPy arrays: always views.
@@ -191,17 +199,8 @@ impl IpcReader {
     /// >>> tmp.cleanup()
     fn read_batch<'py>(&self, py: Python<'py>, index: usize) -> BridgeResult<Bound<'py, PyDict>> {
         no_panic("read_ipc", || {
-            if index >= self.data.batches().len() {
-                return Err(Error::shape(
-                    "batch index",
-                    format!(
-                        "{index} out of range for {} batches",
-                        self.data.batches().len()
-                    ),
-                )
-                .into());
-            }
-            tensors_to_dict(py, self.data.batch_tensors(index)?)
+            let tensors = py.detach(|| self.data.batch_tensors(index))?;
+            tensors_to_dict(py, tensors)
         })
     }
 

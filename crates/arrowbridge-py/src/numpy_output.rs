@@ -13,7 +13,7 @@ use crate::errors::BridgeResult;
 
 /// The Arrow memory behind a NumPy array made by arrowbridge: the array's `base`. It holds
 /// the Arrow buffers (and whatever owns them, a NumPy array or an IPC mapping) alive.
-#[pyclass(frozen, module = "arrowbridge._native", name = "ArrowMemory")]
+#[pyclass(frozen, weakref, module = "arrowbridge._native", name = "ArrowMemory")]
 pub struct ArrowMemory {
     buffer: Buffer,
 }

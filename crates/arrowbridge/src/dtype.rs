@@ -232,11 +232,31 @@ impl fmt::Display for DType {
     }
 }
 
+mod sealed {
+    /// Implemented by the element types of this module only.
+    pub trait Sealed {}
+}
+
 /// A Rust type whose values can be viewed in place in an Arrow buffer.
 ///
 /// `i64` views also accept `datetime64` and `timedelta64` data (their raw ticks); `u8` views
 /// also accept `bool` data (0 is false, any other byte true).
-pub trait Element: Copy + Send + Sync + std::panic::RefUnwindSafe + 'static {
+///
+/// The trait is sealed: [`ArrowTensor::view`](crate::ArrowTensor::view) reads memory as `T`
+/// on the strength of `T::accepts`, so a type that claimed a dtype whose size, alignment or
+/// bit patterns it does not share would read invalid values through safe code. Only the
+/// types listed here implement it.
+///
+/// ```compile_fail
+/// #[derive(Clone, Copy)]
+/// struct Mine(u8);
+/// impl arrowbridge::Element for Mine {
+///     const DTYPE: arrowbridge::DType = arrowbridge::DType::Float64;
+/// }
+/// ```
+pub trait Element:
+    sealed::Sealed + Copy + Send + Sync + std::panic::RefUnwindSafe + 'static
+{
     /// The dtype a freshly built array of this type gets.
     const DTYPE: DType;
 
@@ -251,6 +271,28 @@ macro_rules! element {
         $(impl Element for $t { const DTYPE: DType = $d; })*
     };
 }
+
+macro_rules! sealed {
+    ($($t:ty),* $(,)?) => {
+        $(impl sealed::Sealed for $t {})*
+    };
+}
+
+sealed!(
+    i8,
+    i16,
+    i32,
+    i64,
+    u8,
+    u16,
+    u32,
+    u64,
+    f16,
+    f32,
+    f64,
+    Complex<f32>,
+    Complex<f64>
+);
 
 element! {
     i8 => DType::Int8,

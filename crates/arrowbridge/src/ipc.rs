@@ -21,8 +21,10 @@
 //! # Ok::<(), arrowbridge::Error>(())
 //! ```
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
+use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
@@ -31,7 +33,7 @@ use std::sync::Arc;
 
 use arrow_array::{Array, ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow_buffer::Buffer;
-use arrow_ipc::reader::{read_footer_length, FileDecoder, StreamDecoder};
+use arrow_ipc::reader::read_footer_length;
 use arrow_ipc::writer::{FileWriter, IpcWriteOptions, StreamWriter};
 use arrow_ipc::{root_as_footer, CompressionType, MetadataVersion};
 use arrow_schema::{Field, Schema, SchemaRef};
@@ -414,12 +416,33 @@ pub fn write_batch(path: &Path, batch: &RecordBatch, options: &WriteOptions) -> 
 /// Holds a file mapping alive while Arrow buffers point into it.
 struct Mapping(#[allow(dead_code)] memmap2::Mmap);
 
-/// The contents of an IPC file or stream, decoded without copying its buffers.
+/// Where one IPC message lies in the data: its flatbuffer and its body.
+#[derive(Clone, Debug)]
+struct MessageLocation {
+    metadata: Range<usize>,
+    body: Range<usize>,
+}
+
+/// An Arrow IPC file or stream, opened for reading.
+///
+/// Opening reads the schema, the dictionaries and the headers of the record batches, and
+/// checks every message ([`check_message`]); a record batch is decoded only when it is read,
+/// so [`describe`](Self::describe) reads no data and reading batch by batch holds one batch
+/// at a time. Uncompressed buffers are views of the data (a memory mapping, or one read);
+/// compressed ones are decompressed when their batch is read.
 #[derive(Clone, Debug)]
 pub struct IpcData {
     path: PathBuf,
+    data: Buffer,
+    /// The file's schema, which every message is decoded against.
+    full_schema: SchemaRef,
+    /// The columns read: all, or those asked for (`projection`, indices into `full_schema`).
     schema: SchemaRef,
-    batches: Vec<RecordBatch>,
+    projection: Option<Vec<usize>>,
+    dictionaries: HashMap<i64, ArrayRef>,
+    batches: Vec<MessageLocation>,
+    rows: Vec<usize>,
+    compressed: bool,
     mapping: Option<(usize, usize)>,
     format: IpcFormat,
 }
@@ -430,8 +453,18 @@ pub struct IpcData {
 /// into the mapping, which lives as long as any view; without, the file is read into one
 /// 64-byte aligned allocation first. Compressed buffers are decompressed (a copy).
 pub fn read_ipc(path: &Path, mmap: bool) -> Result<IpcData> {
+    read_ipc_columns(path, mmap, None)
+}
+
+/// [`read_ipc`] of the columns named in `columns` only (all when `None`), in that order. The
+/// other columns are never decoded, so they may be of types arrowbridge does not carry.
+pub fn read_ipc_columns(path: &Path, mmap: bool, columns: Option<&[String]>) -> Result<IpcData> {
     let file = File::open(path).map_err(io_error(path))?;
-    let len = file.metadata().map_err(io_error(path))?.len() as usize;
+    let metadata = file.metadata().map_err(io_error(path))?;
+    if metadata.is_dir() {
+        return Err(bad_file(path, "is a directory, not an Arrow IPC file"));
+    }
+    let len = metadata.len() as usize;
     let (buffer, mapping) = if mmap && len > 0 {
         // SAFETY: the mapping is read-only. Another process truncating or rewriting the file
         // while it is mapped is outside what Rust can guard against; arrowbridge's own writers
@@ -452,40 +485,280 @@ pub fn read_ipc(path: &Path, mmap: bool) -> Result<IpcData> {
         (&file).read_to_end(&mut bytes).map_err(io_error(path))?;
         (Buffer::from_vec(bytes), None)
     };
-    decode(path, buffer, mapping)
+    decode_columns(path, buffer, mapping, columns)
 }
 
-/// Decodes IPC bytes already in memory (`path` only names them in errors).
+/// Opens IPC bytes already in memory (`path` only names them in errors).
 pub fn decode(path: &Path, buffer: Buffer, mapping: Option<(usize, usize)>) -> Result<IpcData> {
-    // A corrupt file must give an error, never a panic, whatever the decoder does with it.
-    let decoded = catch_unwind(AssertUnwindSafe(|| {
-        if buffer.len() >= 12 && buffer[..6] == MAGIC[..] && buffer[buffer.len() - 6..] == MAGIC[..]
-        {
-            decode_file(path, &buffer).map(|(s, b)| (s, b, IpcFormat::File))
-        } else if buffer.len() >= 6 && buffer[..6] == MAGIC[..] {
-            Err(bad_file(
+    decode_columns(path, buffer, mapping, None)
+}
+
+/// [`decode`] of the columns named in `columns` only (see [`read_ipc_columns`]).
+pub fn decode_columns(
+    path: &Path,
+    buffer: Buffer,
+    mapping: Option<(usize, usize)>,
+    columns: Option<&[String]>,
+) -> Result<IpcData> {
+    // Every message is checked before arrow-ipc reads it; a panic that gets through anyway
+    // becomes an error naming the file, never a crash.
+    catch_unwind(AssertUnwindSafe(|| {
+        open_data(path, buffer, mapping, columns)
+    }))
+    .unwrap_or_else(|panic| Err(corrupt(path, panic.as_ref())))
+}
+
+fn corrupt(path: &Path, panic: &(dyn std::any::Any + Send)) -> Error {
+    let message = crate::error::panic_message(panic);
+    bad_file(path, format!("corrupt Arrow IPC data ({message})"))
+}
+
+fn open_data(
+    path: &Path,
+    data: Buffer,
+    mapping: Option<(usize, usize)>,
+    columns: Option<&[String]>,
+) -> Result<IpcData> {
+    let what = path.display().to_string();
+    let (format, schema, dictionaries, batches) =
+        if data.len() >= 12 && data[..6] == MAGIC[..] && data[data.len() - 6..] == MAGIC[..] {
+            let (schema, dictionaries, batches) = index_file(path, &data)?;
+            (IpcFormat::File, schema, dictionaries, batches)
+        } else if data.len() >= 6 && data[..6] == MAGIC[..] {
+            return Err(bad_file(
                 path,
                 "truncated Arrow IPC file (the footer and trailing magic are missing)",
-            ))
+            ));
         } else {
-            decode_stream(path, buffer.clone()).map(|(s, b)| (s, b, IpcFormat::Stream))
-        }
-    }))
-    .unwrap_or_else(|panic| {
-        let message = crate::error::panic_message(panic.as_ref());
-        Err(bad_file(
-            path,
-            format!("corrupt Arrow IPC data ({message})"),
-        ))
-    });
-    let (schema, batches, format) = decoded?;
+            let (schema, dictionaries, batches) = index_stream(path, &data)?;
+            (IpcFormat::Stream, schema, dictionaries, batches)
+        };
+    for at in dictionaries.iter().chain(&batches) {
+        let (metadata, body) = (&data[at.metadata.clone()], &data[at.body.clone()]);
+        check_message_of(&what, metadata, body, Some(&schema))?;
+    }
+    let full_schema = Arc::new(schema);
+    let projection = columns
+        .map(|names| {
+            names
+                .iter()
+                .map(|n| column_index(&full_schema, n, path))
+                .collect::<Result<Vec<usize>>>()
+        })
+        .transpose()?;
+    let schema = match &projection {
+        Some(indices) => Arc::new(full_schema.project(indices)?),
+        None => full_schema.clone(),
+    };
+    check_schema(&what, &schema)?;
+    let mut dictionaries_by_id = HashMap::new();
+    for at in &dictionaries {
+        let message = message_at(path, &data, at)?;
+        let dictionary = message
+            .header_as_dictionary_batch()
+            .ok_or_else(|| bad_file(path, "a dictionary block holds no dictionary batch"))?;
+        let body = data.slice_with_length(at.body.start, at.body.len());
+        arrow_ipc::reader::read_dictionary(
+            &body,
+            dictionary,
+            &full_schema,
+            &mut dictionaries_by_id,
+            &message.version(),
+        )
+        .map_err(|e| bad_file(path, e.to_string()))?;
+    }
+    let mut rows = Vec::with_capacity(batches.len());
+    let mut compressed = false;
+    for at in &batches {
+        let batch = message_at(path, &data, at)?
+            .header_as_record_batch()
+            .ok_or_else(|| bad_file(path, "a record batch block holds no record batch"))?;
+        compressed |= batch.compression().is_some();
+        rows.push(
+            usize::try_from(batch.length())
+                .map_err(|_| bad_file(path, format!("negative row count {}", batch.length())))?,
+        );
+    }
     Ok(IpcData {
         path: path.to_path_buf(),
+        data,
+        full_schema,
         schema,
+        projection,
+        dictionaries: dictionaries_by_id,
         batches,
+        rows,
+        compressed,
         mapping,
         format,
     })
+}
+
+/// The index of the column called `name`, which must be the only one of its name.
+fn column_index(schema: &Schema, name: &str, path: &Path) -> Result<usize> {
+    let matches: Vec<usize> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.name() == name)
+        .map(|(i, _)| i)
+        .collect();
+    match matches[..] {
+        [index] => Ok(index),
+        [] => Err(bad_file(
+            path,
+            format!(
+                "no column {name:?}; the columns are {:?}",
+                schema.fields().iter().map(|f| f.name()).collect::<Vec<_>>()
+            ),
+        )),
+        _ => Err(bad_file(
+            path,
+            format!("{} columns are named {name:?}", matches.len()),
+        )),
+    }
+}
+
+/// The message at `at`, whose flatbuffer was checked when the data was opened.
+fn message_at<'a>(
+    path: &Path,
+    data: &'a Buffer,
+    at: &MessageLocation,
+) -> Result<arrow_ipc::Message<'a>> {
+    arrow_ipc::root_as_message(&data[at.metadata.clone()])
+        .map_err(|e| bad_file(path, format!("corrupt message: {e}")))
+}
+
+/// The (metadata, body) of each message of an IPC stream, with their bounds checked, as
+/// ranges of `bytes`.
+fn stream_messages(path: &Path, bytes: &[u8]) -> Result<Vec<MessageLocation>> {
+    let mut messages = Vec::new();
+    let truncated = || bad_file(path, "truncated Arrow IPC message");
+    let mut at = 0usize;
+    while bytes.len() - at >= 4 {
+        let word = |i: usize| -> Result<i32> {
+            let four = bytes.get(i..i + 4).ok_or_else(truncated)?;
+            Ok(i32::from_le_bytes(four.try_into().expect("4 bytes")))
+        };
+        let (mut len, mut header) = (word(at)?, 4);
+        if len == -1 {
+            len = word(at + 4)?;
+            header = 8;
+        }
+        if len == 0 {
+            break; // end of stream
+        }
+        let len = usize::try_from(len)
+            .map_err(|_| bad_file(path, format!("negative message length {len}")))?;
+        let metadata = at + header..(at + header).checked_add(len).ok_or_else(truncated)?;
+        let flatbuffer = bytes.get(metadata.clone()).ok_or_else(truncated)?;
+        let message = arrow_ipc::root_as_message(flatbuffer)
+            .map_err(|e| bad_file(path, format!("corrupt message: {e}")))?;
+        let body_len = usize::try_from(message.bodyLength()).map_err(|_| truncated())?;
+        let body = metadata.end..metadata.end.checked_add(body_len).ok_or_else(truncated)?;
+        if body.end > bytes.len() {
+            return Err(truncated());
+        }
+        at = body.end;
+        messages.push(MessageLocation { metadata, body });
+    }
+    Ok(messages)
+}
+
+/// The schema, dictionary messages and record batch messages of an IPC stream.
+type Index = (Schema, Vec<MessageLocation>, Vec<MessageLocation>);
+
+fn index_stream(path: &Path, data: &Buffer) -> Result<Index> {
+    let what = path.display().to_string();
+    let messages = stream_messages(path, data)?;
+    let no_schema = || bad_file(path, "not an Arrow IPC file or stream (no schema message)");
+    let (first, rest) = messages.split_first().ok_or_else(no_schema)?;
+    let schema = message_at(path, data, first)?
+        .header_as_schema()
+        .ok_or_else(no_schema)
+        .and_then(|fb| schema_of(&what, fb))?;
+    let (mut dictionaries, mut batches) = (Vec::new(), Vec::new());
+    for at in rest {
+        match message_at(path, data, at)?.header_type() {
+            arrow_ipc::MessageHeader::RecordBatch => batches.push(at.clone()),
+            arrow_ipc::MessageHeader::DictionaryBatch => dictionaries.push(at.clone()),
+            arrow_ipc::MessageHeader::Schema => {
+                return Err(bad_file(path, "a second schema message in the stream"))
+            }
+            _ => {}
+        }
+    }
+    Ok((schema, dictionaries, batches))
+}
+
+fn index_file(path: &Path, data: &Buffer) -> Result<Index> {
+    let what = path.display().to_string();
+    let trailer = data.len() - 10;
+    let footer_len = read_footer_length(data[trailer..].try_into().expect("10 bytes"))
+        .map_err(|e| bad_file(path, e.to_string()))?;
+    let footer_start = trailer
+        .checked_sub(footer_len)
+        .filter(|&s| s >= 8)
+        .ok_or_else(|| {
+            bad_file(
+                path,
+                format!(
+                    "footer of {footer_len} bytes does not fit in a file of {} bytes",
+                    data.len()
+                ),
+            )
+        })?;
+    let footer = root_as_footer(&data[footer_start..trailer])
+        .map_err(|e| bad_file(path, format!("corrupt footer: {e}")))?;
+    let schema = footer
+        .schema()
+        .ok_or_else(|| bad_file(path, "the footer has no schema"))
+        .and_then(|fb| schema_of(&what, fb))?;
+    let locate = |block: &arrow_ipc::Block| -> Result<MessageLocation> {
+        let outside = || {
+            bad_file(
+                path,
+                format!(
+                    "a block at offset {} of {} + {} bytes points outside the file ({} bytes)",
+                    block.offset(),
+                    block.metaDataLength(),
+                    block.bodyLength(),
+                    data.len()
+                ),
+            )
+        };
+        let start = usize::try_from(block.offset()).map_err(|_| outside())?;
+        let meta_len = usize::try_from(block.metaDataLength()).map_err(|_| outside())?;
+        let body_len = usize::try_from(block.bodyLength()).map_err(|_| outside())?;
+        let meta_end = start.checked_add(meta_len).ok_or_else(outside)?;
+        let body_end = meta_end.checked_add(body_len).ok_or_else(outside)?;
+        if body_end > footer_start {
+            return Err(outside());
+        }
+        // The metadata block is [continuation][length][flatbuffer], padded.
+        let prefix = match &data[start..meta_end] {
+            [0xff, 0xff, 0xff, 0xff, _, _, _, _, ..] => 8,
+            [_, _, _, _, ..] => 4,
+            _ => return Err(bad_file(path, "truncated message metadata")),
+        };
+        Ok(MessageLocation {
+            metadata: start + prefix..meta_end,
+            body: meta_end..body_end,
+        })
+    };
+    let dictionaries = footer
+        .dictionaries()
+        .iter()
+        .flatten()
+        .map(locate)
+        .collect::<Result<_>>()?;
+    let batches = footer
+        .recordBatches()
+        .iter()
+        .flatten()
+        .map(locate)
+        .collect::<Result<_>>()?;
+    Ok((schema, dictionaries, batches))
 }
 
 /// Checks one IPC message before arrow-ipc decodes it, so that no input, however hostile,
@@ -502,6 +775,18 @@ pub fn decode(path: &Path, buffer: Buffer, mapping: Option<(usize, usize)>) -> R
 ///
 /// Files, streams and the Flight server all decode through this check.
 pub fn check_message(what: &str, metadata: &[u8], body: &[u8]) -> Result<()> {
+    check_message_of(what, metadata, body, None)
+}
+
+/// [`check_message`] for a message of a stream or file whose schema is `schema`: a record
+/// batch is also checked against it, so that no field node declares a length whose
+/// fixed-size-list values overflow (arrow-data's validation panics on those).
+pub fn check_message_of(
+    what: &str,
+    metadata: &[u8],
+    body: &[u8],
+    schema: Option<&Schema>,
+) -> Result<()> {
     let bad = |message: String| Error::BadFile {
         path: what.to_string(),
         message,
@@ -515,7 +800,13 @@ pub fn check_message(what: &str, metadata: &[u8], body: &[u8]) -> Result<()> {
                 None => Err(bad("a schema message without a schema".into())),
             }
         }
-        arrow_ipc::MessageHeader::RecordBatch => message.header_as_record_batch(),
+        arrow_ipc::MessageHeader::RecordBatch => {
+            let batch = message.header_as_record_batch();
+            if let (Some(batch), Some(schema)) = (batch, schema) {
+                check_nodes(what, schema, batch)?;
+            }
+            batch
+        }
         arrow_ipc::MessageHeader::DictionaryBatch => {
             message.header_as_dictionary_batch().and_then(|d| d.data())
         }
@@ -577,7 +868,84 @@ pub fn check_message(what: &str, metadata: &[u8], body: &[u8]) -> Result<()> {
     )
 }
 
+/// The schema a schema message carries (`None` for other messages and unreadable ones).
+pub fn schema_of_message(metadata: &[u8]) -> Option<Schema> {
+    let message = arrow_ipc::root_as_message(metadata).ok()?;
+    arrow_ipc::convert::try_fb_to_schema(message.header_as_schema()?).ok()
+}
+
+/// Checks the field nodes of `batch` against `schema`, in the depth-first order the IPC
+/// format lays them out: lengths are not negative, and a fixed-size list's length times its
+/// size fits in an `i64` (arrow-data computes it with `expect`).
+fn check_nodes(what: &str, schema: &Schema, batch: arrow_ipc::RecordBatch<'_>) -> Result<()> {
+    use arrow_schema::DataType as D;
+    fn walk<'a>(
+        what: &str,
+        data_type: &D,
+        nodes: &mut impl Iterator<Item = &'a arrow_ipc::FieldNode>,
+    ) -> Result<()> {
+        // Fewer nodes than fields is reported by arrow-ipc itself, as an error.
+        let Some(node) = nodes.next() else {
+            return Ok(());
+        };
+        let bad = |message: String| Error::BadFile {
+            path: what.to_string(),
+            message,
+        };
+        let len = u64::try_from(node.length()).map_err(|_| {
+            bad(format!(
+                "a field node declares a negative length {}",
+                node.length()
+            ))
+        })?;
+        match data_type {
+            D::FixedSizeList(child, size) => {
+                let size = u64::try_from(*size).unwrap_or(0);
+                len.checked_mul(size)
+                    .filter(|&n| n <= i64::MAX as u64)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "a fixed_size_list node of {len} rows of {size} values overflows"
+                        ))
+                    })?;
+                walk(what, child.data_type(), nodes)
+            }
+            D::List(child)
+            | D::LargeList(child)
+            | D::ListView(child)
+            | D::LargeListView(child)
+            | D::Map(child, _) => walk(what, child.data_type(), nodes),
+            D::Struct(fields) => fields
+                .iter()
+                .try_for_each(|f| walk(what, f.data_type(), nodes)),
+            D::Union(fields, _) => fields
+                .iter()
+                .try_for_each(|(_, f)| walk(what, f.data_type(), nodes)),
+            D::RunEndEncoded(ends, values) => {
+                walk(what, ends.data_type(), nodes)?;
+                walk(what, values.data_type(), nodes)
+            }
+            _ => Ok(()),
+        }
+    }
+    let Some(nodes) = batch.nodes() else {
+        return Ok(());
+    };
+    let mut nodes = nodes.iter();
+    schema
+        .fields()
+        .iter()
+        .try_for_each(|f| walk(what, f.data_type(), &mut nodes))
+}
+
 fn check_schema_message(what: &str, schema: arrow_ipc::Schema<'_>) -> Result<()> {
+    let decoded = schema_of(what, schema)?;
+    check_schema(what, &decoded)
+}
+
+/// The schema of a schema flatbuffer, refused when its data is not in this machine's byte
+/// order (arrow-ipc would hand out byte-swapped values).
+fn schema_of(what: &str, schema: arrow_ipc::Schema<'_>) -> Result<Schema> {
     let native = if cfg!(target_endian = "little") {
         arrow_ipc::Endianness::Little
     } else {
@@ -596,11 +964,10 @@ fn check_schema_message(what: &str, schema: arrow_ipc::Schema<'_>) -> Result<()>
             ),
         });
     }
-    let decoded = arrow_ipc::convert::try_fb_to_schema(schema).map_err(|e| Error::BadFile {
+    arrow_ipc::convert::try_fb_to_schema(schema).map_err(|e| Error::BadFile {
         path: what.to_string(),
         message: format!("corrupt schema: {e}"),
-    })?;
-    check_schema(what, &decoded)
+    })
 }
 
 /// Checks a decoded schema: names are unique (arrowbridge returns columns by name, so two
@@ -649,148 +1016,6 @@ fn has_union(data_type: &arrow_schema::DataType) -> bool {
         D::RunEndEncoded(_, v) => has_union(v.data_type()),
         _ => false,
     }
-}
-
-/// The (metadata, body) of each message of an IPC stream, with their bounds checked.
-fn stream_messages<'a>(path: &Path, mut bytes: &'a [u8]) -> Result<Vec<(&'a [u8], &'a [u8])>> {
-    let mut messages = Vec::new();
-    let truncated = || bad_file(path, "truncated Arrow IPC message");
-    while bytes.len() >= 4 {
-        let mut len = i32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
-        let mut header = 4;
-        if len == -1 {
-            len = i32::from_le_bytes(
-                bytes
-                    .get(4..8)
-                    .ok_or_else(truncated)?
-                    .try_into()
-                    .expect("4 bytes"),
-            );
-            header = 8;
-        }
-        if len == 0 {
-            break; // end of stream
-        }
-        let len = usize::try_from(len)
-            .map_err(|_| bad_file(path, format!("negative message length {len}")))?;
-        let metadata = bytes.get(header..header + len).ok_or_else(truncated)?;
-        let message = arrow_ipc::root_as_message(metadata)
-            .map_err(|e| bad_file(path, format!("corrupt message: {e}")))?;
-        let body_len = usize::try_from(message.bodyLength()).map_err(|_| truncated())?;
-        let body_start = header + len;
-        let body = bytes
-            .get(body_start..body_start.checked_add(body_len).ok_or_else(truncated)?)
-            .ok_or_else(truncated)?;
-        messages.push((metadata, body));
-        bytes = &bytes[body_start + body_len..];
-    }
-    Ok(messages)
-}
-
-fn decode_file(path: &Path, buffer: &Buffer) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-    let trailer = buffer.len() - 10;
-    let footer_len = read_footer_length(buffer[trailer..].try_into().expect("10 bytes"))
-        .map_err(|e| bad_file(path, e.to_string()))?;
-    let footer_start = trailer
-        .checked_sub(footer_len)
-        .filter(|&s| s >= 8)
-        .ok_or_else(|| {
-            bad_file(
-                path,
-                format!(
-                    "footer of {footer_len} bytes does not fit in a file of {} bytes",
-                    buffer.len()
-                ),
-            )
-        })?;
-    let footer = root_as_footer(&buffer[footer_start..trailer])
-        .map_err(|e| bad_file(path, format!("corrupt footer: {e}")))?;
-    let ipc_schema = footer
-        .schema()
-        .ok_or_else(|| bad_file(path, "the footer has no schema"))?;
-    let what = path.display().to_string();
-    check_schema_message(&what, ipc_schema)?;
-    let schema = Arc::new(
-        arrow_ipc::convert::try_fb_to_schema(ipc_schema)
-            .map_err(|e| bad_file(path, e.to_string()))?,
-    );
-    let mut decoder = FileDecoder::new(schema.clone(), footer.version());
-    let block_data = |block: &arrow_ipc::Block| -> Result<Buffer> {
-        let offset = usize::try_from(block.offset()).ok();
-        let len = usize::try_from(block.metaDataLength())
-            .ok()
-            .zip(usize::try_from(block.bodyLength()).ok())
-            .and_then(|(m, b)| m.checked_add(b));
-        match (offset, len) {
-            (Some(o), Some(l)) if o.checked_add(l).is_some_and(|end| end <= footer_start) => {
-                Ok(buffer.slice_with_length(o, l))
-            }
-            _ => Err(bad_file(
-                path,
-                format!(
-                    "a block at offset {} of {} + {} bytes points outside the file ({} bytes)",
-                    block.offset(),
-                    block.metaDataLength(),
-                    block.bodyLength(),
-                    buffer.len()
-                ),
-            )),
-        }
-    };
-    let check = |block: &arrow_ipc::Block, data: &Buffer| -> Result<()> {
-        let meta_len = (block.metaDataLength() as usize).min(data.len());
-        let (meta, body) = data.split_at(meta_len);
-        // The metadata block is [continuation][length][flatbuffer], padded.
-        let fb = match meta {
-            [0xff, 0xff, 0xff, 0xff, _, _, _, _, rest @ ..] => rest,
-            [_, _, _, _, rest @ ..] => rest,
-            _ => return Err(bad_file(path, "truncated message metadata")),
-        };
-        check_message(&what, fb, body)
-    };
-    for block in footer.dictionaries().iter().flatten() {
-        let data = block_data(block)?;
-        check(block, &data)?;
-        decoder
-            .read_dictionary(block, &data)
-            .map_err(|e| bad_file(path, e.to_string()))?;
-    }
-    let mut batches = Vec::new();
-    for block in footer.recordBatches().iter().flatten() {
-        let data = block_data(block)?;
-        check(block, &data)?;
-        if let Some(batch) = decoder
-            .read_record_batch(block, &data)
-            .map_err(|e| bad_file(path, e.to_string()))?
-        {
-            batches.push(batch);
-        }
-    }
-    Ok((schema, batches))
-}
-
-fn decode_stream(path: &Path, mut buffer: Buffer) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-    let what = path.display().to_string();
-    for (metadata, body) in stream_messages(path, &buffer)? {
-        check_message(&what, metadata, body)?;
-    }
-    let mut decoder = StreamDecoder::new();
-    let mut batches = Vec::new();
-    while !buffer.is_empty() {
-        if let Some(batch) = decoder
-            .decode(&mut buffer)
-            .map_err(|e| bad_file(path, e.to_string()))?
-        {
-            batches.push(batch);
-        }
-    }
-    decoder
-        .finish()
-        .map_err(|e| bad_file(path, format!("truncated Arrow IPC stream: {e}")))?;
-    let schema = decoder
-        .schema()
-        .ok_or_else(|| bad_file(path, "not an Arrow IPC file or stream (no schema message)"))?;
-    Ok((schema, batches))
 }
 
 /// The tensor a column of a record batch holds: a view of its buffers, except for a
@@ -845,7 +1070,7 @@ pub fn tensors_of(schema: &Schema, batches: &[RecordBatch]) -> Result<Vec<(Strin
 }
 
 impl IpcData {
-    /// The schema.
+    /// The schema of the columns read.
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
     }
@@ -855,14 +1080,59 @@ impl IpcData {
         self.format
     }
 
-    /// The record batches.
-    pub fn batches(&self) -> &[RecordBatch] {
-        &self.batches
+    /// The number of record batches.
+    pub fn num_batches(&self) -> usize {
+        self.batches.len()
+    }
+
+    /// The number of rows of batch `index`, from its header (nothing is decoded).
+    pub fn batch_rows(&self, index: usize) -> Option<usize> {
+        self.rows.get(index).copied()
+    }
+
+    /// The number of rows of all batches.
+    pub fn num_rows(&self) -> usize {
+        self.rows.iter().sum()
     }
 
     /// The address range of the memory mapping, when the data was mapped.
     pub fn mapping(&self) -> Option<(usize, usize)> {
         self.mapping
+    }
+
+    /// Record batch `index`, decoded now (its columns are views of the data unless they are
+    /// compressed).
+    pub fn batch(&self, index: usize) -> Result<RecordBatch> {
+        let at = self.batches.get(index).ok_or_else(|| {
+            Error::shape(
+                "batch index",
+                format!("{index} out of range for {} batches", self.batches.len()),
+            )
+        })?;
+        let decode = || -> Result<RecordBatch> {
+            let message = message_at(&self.path, &self.data, at)?;
+            let batch = message.header_as_record_batch().ok_or_else(|| {
+                bad_file(&self.path, "a record batch block holds no record batch")
+            })?;
+            let body = self.data.slice_with_length(at.body.start, at.body.len());
+            arrow_ipc::reader::read_record_batch(
+                &body,
+                batch,
+                self.full_schema.clone(),
+                &self.dictionaries,
+                self.projection.as_deref(),
+                &message.version(),
+            )
+            .map_err(|e| bad_file(&self.path, e.to_string()))
+        };
+        // The message was checked at open; a panic that gets through anyway is an error.
+        catch_unwind(AssertUnwindSafe(decode))
+            .unwrap_or_else(|panic| Err(corrupt(&self.path, panic.as_ref())))
+    }
+
+    /// Every record batch, decoded now.
+    pub fn batches(&self) -> Result<Vec<RecordBatch>> {
+        (0..self.batches.len()).map(|i| self.batch(i)).collect()
     }
 
     fn context(&self, e: Error) -> Error {
@@ -883,9 +1153,10 @@ impl IpcData {
         }
     }
 
-    /// The tensors of batch `index`, by column: views, never copies.
+    /// The tensors of batch `index`, by column: views, except for compressed buffers and
+    /// bit-packed booleans.
     pub fn batch_tensors(&self, index: usize) -> Result<Vec<(String, ArrowTensor)>> {
-        let batch = &self.batches[index];
+        let batch = self.batch(index)?;
         self.schema
             .fields()
             .iter()
@@ -901,45 +1172,46 @@ impl IpcData {
     /// The tensor of column `name` across all batches: a view when the data has one batch,
     /// a concatenation (a copy) when it has several.
     pub fn tensor(&self, name: &str) -> Result<ArrowTensor> {
-        let (index, _) = self.schema.column_with_name(name).ok_or_else(|| {
-            bad_file(
-                &self.path,
-                format!(
-                    "no column {name:?}; the columns are {:?}",
-                    self.schema
-                        .fields()
-                        .iter()
-                        .map(|f| f.name())
-                        .collect::<Vec<_>>()
-                ),
-            )
-        })?;
-        column_across(&self.schema, &self.batches, index).map_err(|e| self.context(e))
+        let index = column_index(&self.schema, name, &self.path)?;
+        column_across(&self.schema, &self.batches()?, index).map_err(|e| self.context(e))
     }
 
-    /// Every column's tensor, in schema order (see [`tensor`](Self::tensor)).
+    /// Every column's tensor, in schema order (see [`tensor`](Self::tensor)); each batch is
+    /// decoded once.
     pub fn tensors(&self) -> Result<Vec<(String, ArrowTensor)>> {
-        self.schema
-            .fields()
-            .iter()
-            .map(|f| self.tensor(f.name()).map(|t| (f.name().clone(), t)))
+        let batches = self.batches()?;
+        (0..self.schema.fields().len())
+            .map(|i| {
+                column_across(&self.schema, &batches, i)
+                    .map(|t| (self.schema.field(i).name().clone(), t))
+                    .map_err(|e| self.context(e))
+            })
             .collect()
     }
 
-    /// What each column holds, from the schema and the batches' lengths alone: no buffer is
-    /// read, decompressed or concatenated. A column arrowbridge cannot carry (strings,
-    /// decimals, nulls, ...) is described with the reason in [`ColumnInfo::error`].
+    /// What each column holds, from the schema and the batches' headers: nothing is
+    /// decompressed or concatenated, and no value is read. A column arrowbridge cannot carry
+    /// (strings, decimals, ...) is described with the reason in [`ColumnInfo::error`]; nulls
+    /// are found only when the data is read.
     pub fn describe(&self) -> Vec<ColumnInfo> {
-        let rows: usize = self.batches.iter().map(RecordBatch::num_rows).sum();
+        let rows = self.num_rows();
+        // One uncompressed batch decodes without reading a value (its buffers are views), and
+        // tells exactly which columns are views of the mapping.
+        let single = (self.batches.len() == 1 && !self.compressed)
+            .then(|| self.batch(0).ok())
+            .flatten();
         self.schema
             .fields()
             .iter()
             .enumerate()
-            .map(|(index, field)| self.describe_column(index, field, rows))
+            .map(|(i, field)| {
+                let column = single.as_ref().map(|b| b.column(i).clone());
+                self.describe_column(field, rows, column)
+            })
             .collect()
     }
 
-    fn describe_column(&self, index: usize, field: &Field, rows: usize) -> ColumnInfo {
+    fn describe_column(&self, field: &Field, rows: usize, column: Option<ArrayRef>) -> ColumnInfo {
         let mut info = ColumnInfo {
             name: field.name().clone(),
             arrow_type: field.data_type().to_string(),
@@ -949,58 +1221,63 @@ impl IpcData {
             zero_copy: false,
             error: None,
         };
-        let empty;
-        let first: &dyn Array = match self.batches.first() {
-            Some(batch) => batch.column(index).as_ref(),
-            None => {
-                empty = arrow_array::new_empty_array(field.data_type());
-                empty.as_ref()
-            }
-        };
-        // A bit-packed boolean column is unpacked when read; describing it must not.
-        let packed_bool = field.metadata().get(crate::EXTENSION_NAME_KEY).is_none()
-            && field.data_type() == &arrow_schema::DataType::Boolean;
-        let view = if packed_bool {
-            Ok(None)
-        } else {
-            ArrowTensor::from_arrow(field, first.to_data())
-                .and_then(
-                    |t| match field.metadata().get(FORM_KEY).map(String::as_str) {
-                        Some("element") => t.into_element(),
-                        Some("flat") => Ok(t.as_element()),
-                        _ => Ok(t),
-                    },
-                )
-                .map(Some)
-        };
-        match view {
-            Err(e) => info.error = Some(self.context(e).to_string()),
-            Ok(None) => {
-                info.dtype = Some(crate::DType::Bool);
-                info.shape = vec![rows];
-                info.nbytes = rows;
-            }
-            Ok(Some(t)) => {
-                info.dtype = Some(t.dtype());
-                info.shape = match (t.form(), flat_shape(field)) {
-                    (_, Ok(shape)) if field.metadata().contains_key(SHAPE_KEY) => shape,
-                    (Form::Rows, _) => std::iter::once(rows)
-                        .chain(t.shape()[1..].iter().copied())
-                        .collect(),
-                    (Form::Element, _) => t.shape().to_vec(),
-                };
-                info.nbytes = info
-                    .shape
-                    .iter()
-                    .try_fold(t.dtype().itemsize(), |acc, &d| acc.checked_mul(d))
-                    .unwrap_or(usize::MAX);
-                let start = t.data_ptr() as usize;
-                let mapped = self.mapping.is_some_and(|(base, len)| {
-                    start >= base && start.saturating_add(t.nbytes()) <= base + len
-                });
-                info.zero_copy = self.batches.len() <= 1 && (mapped || info.nbytes == 0);
-            }
+        // A bit-packed boolean column is unpacked when read: a copy.
+        if field.metadata().get(crate::EXTENSION_NAME_KEY).is_none()
+            && field.data_type() == &arrow_schema::DataType::Boolean
+        {
+            info.dtype = Some(crate::DType::Bool);
+            info.shape = vec![rows];
+            info.nbytes = rows;
+            info.zero_copy = rows == 0;
+            return info;
         }
+        // The type alone gives the dtype and the shape of one row.
+        let empty = arrow_array::new_empty_array(field.data_type());
+        let typed = ArrowTensor::from_arrow(field, empty.to_data());
+        let t = match typed {
+            Ok(t) => t,
+            Err(e) => {
+                info.error = Some(self.context(e).to_string());
+                return info;
+            }
+        };
+        let element = &t.shape()[1..];
+        info.dtype = Some(t.dtype());
+        info.shape = match field.metadata().get(FORM_KEY).map(String::as_str) {
+            Some("element") => element.to_vec(),
+            Some("flat") => match flat_shape(field) {
+                Ok(shape) => shape,
+                Err(e) => {
+                    info.error = Some(self.context(e).to_string());
+                    return info;
+                }
+            },
+            _ => std::iter::once(rows)
+                .chain(element.iter().copied())
+                .collect(),
+        };
+        info.nbytes = info
+            .shape
+            .iter()
+            .try_fold(t.dtype().itemsize(), |acc, &d| acc.checked_mul(d))
+            .unwrap_or(usize::MAX);
+        info.zero_copy = match column {
+            _ if self.batches.is_empty() => true,
+            None => false,
+            Some(column) => match column_tensor(field, column.as_ref()) {
+                Ok(read) => {
+                    let start = read.data_ptr() as usize;
+                    read.is_empty()
+                        || self.mapping.is_some_and(|(base, len)| {
+                            start >= base && start.saturating_add(read.nbytes()) <= base + len
+                        })
+                }
+                Err(e) => {
+                    info.error = Some(self.context(e).to_string());
+                    false
+                }
+            },
+        };
         info
     }
 }

@@ -36,6 +36,7 @@
 
 mod dtype;
 mod error;
+pub mod ffi;
 pub mod ipc;
 pub mod kernels;
 mod layout;

@@ -98,9 +98,22 @@ fn shapes_axis_orders_and_params_cross_intact() {
 fn unknown_kernels_and_wrong_dtypes_are_reported_by_name() {
     let ints = ArrowTensor::from_array(ArrayD::from_elem(IxDyn(&[2]), 1i32));
     let err = registry()
+        .call("nope", std::slice::from_ref(&ints), Params::default())
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::UnknownKernel { name, available }
+            if name == "nope" && available.contains("echo")),
+        "{err}"
+    );
+    let err = registry()
         .call("echo", &[ints], Params::default())
         .unwrap_err();
-    assert!(err.to_string().contains("int32"), "{err}");
+    // The dtype error keeps its kind across the plugin boundary and names what it got.
+    assert!(
+        matches!(&err, Error::DType { arg: 0, expected, got, .. }
+            if expected == "float64" && got == "int32"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -213,7 +213,14 @@ fn bool_and_complex_have_their_encodings() {
 fn metadata_written_by_other_implementations_is_checked() {
     // arrow-rs has been seen to write "permutations"; silently ignoring it would give a
     // wrong answer, so it is an error.
-    assert!(TensorMetadata::parse(r#"{"shape":[2,3],"permutations":[1,0]}"#).is_err());
+    let err = TensorMetadata::parse(r#"{"shape":[2,3],"permutations":[1,0]}"#).unwrap_err();
+    // Refused for the misspelt key itself (the message quotes the JSON, so a bare
+    // "permutations" would be found in any parse error of this text).
+    assert!(
+        matches!(&err, Error::InvalidData { message, .. }
+            if message.contains("unknown field `permutations`")),
+        "{err}"
+    );
     // A null dim_names is accepted as absent.
     assert_eq!(
         TensorMetadata::parse(r#"{"shape":[2],"dim_names":null}"#)
@@ -230,5 +237,9 @@ fn dyn_views_dispatch_on_the_dtype() {
         panic!("expected u16")
     };
     assert_eq!(v.sum_axis(Axis(0)), array![6u16, 6].into_dyn());
-    assert!(t.view::<f32>().is_err());
+    let err = t.view::<f32>().unwrap_err();
+    assert!(
+        matches!(&err, Error::DType { expected, got, .. } if expected == "float32" && got == "uint16"),
+        "{err}"
+    );
 }

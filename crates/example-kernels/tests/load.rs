@@ -75,9 +75,23 @@ fn memory_crosses_the_library_boundary_without_copies() {
     // view: one address all the way.
     assert_eq!(out[0].data_ptr(), x.data_ptr());
     assert_eq!(out[0].shape(), [10, 4]);
+    // A handle on x's allocation that counts its owners (reading the values after drop(x)
+    // would not tell: freed memory can still hold them).
+    let probe = x.values().clone();
     drop(x);
-    // The output keeps the memory alive on its own.
+    // The output keeps the memory alive on its own: it owns a reference besides the probe.
+    assert!(
+        probe.strong_count() > 1,
+        "nothing but the probe holds the viewed memory"
+    );
     assert_eq!(out[0].view::<i32>().unwrap()[[9, 0]], 9);
+    // And lets go of it when it dies: across the boundary both ways, nothing leaks.
+    drop(out);
+    assert_eq!(
+        probe.strong_count(),
+        1,
+        "the dropped output still holds the memory"
+    );
 }
 
 #[test]

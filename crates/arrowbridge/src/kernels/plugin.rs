@@ -43,7 +43,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use arrow_array::ffi::from_ffi;
 pub use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
 use arrow_array::make_array;
 use arrow_schema::Field;
@@ -271,8 +270,10 @@ unsafe fn import(
     // SAFETY: per this function's contract; the array is moved out and its slot left released.
     let (array, schema) = unsafe { (std::ptr::replace(array, FFI_ArrowArray::empty()), &*schema) };
     let field = Field::try_from(schema)?;
-    // SAFETY: `array` and `schema` describe the same data (the exporter's contract).
-    let data = unsafe { from_ffi(array, schema) }?;
+    let mut array = array;
+    // SAFETY: `array` and `schema` describe the same data (the exporter's contract); the
+    // import checks its buffer and child counts against the type first.
+    let data = unsafe { crate::ffi::import_array(&mut array, schema, &field, true) }?;
     column_tensor(&field, make_array(data).as_ref())
 }
 

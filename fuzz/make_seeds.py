@@ -1,0 +1,152 @@
+"""Writes the seed inputs of the cargo-fuzz targets into fuzz/seeds/<target>/.
+
+    python fuzz/make_seeds.py          # run by `make fuzz` before fuzzing
+
+The seeds are valid inputs of every kind each target reads (IPC files and streams, plain
+and compressed; real Flight messages; tensor metadata; parameters), so that libFuzzer starts
+deep in the decoders. The corpora fuzzing grows from them are minimized into fuzz/corpus/
+(committed, replayed by `cargo test`).
+"""
+
+import json
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+import arrowbridge
+
+ROOT = Path(__file__).resolve().parent
+SEEDS = ROOT / "seeds"
+FIXTURES = ROOT.parent / "crates" / "arrowbridge" / "tests" / "data"
+
+
+def write(target: str, name: str, data: bytes) -> None:
+    folder = SEEDS / target
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(data)
+
+
+def ipc_seeds() -> None:
+    tmp = SEEDS / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "e": np.arange(12, dtype=np.float32).reshape(4, 3),
+        "l": np.arange(4),
+        "b": np.array([True, False, True, True]),
+        "z": (np.arange(4) + 1j).astype(np.complex64),
+        "t": np.arange(4).astype("m8[ms]"),
+    }
+    different = {"a": np.arange(5.0), "s": np.array(2.5), "m": np.ones((2, 3), np.int16)}
+    cases = {
+        "rows.arrow": (arrays, "file", None),
+        "rows.arrows": (arrays, "stream", None),
+        "rows-lz4.arrow": (arrays, "file", "lz4"),
+        "rows-zstd.arrows": (arrays, "stream", "zstd"),
+        "elements.arrow": (different, "file", None),
+        "elements-lz4.arrows": (different, "stream", "lz4"),
+    }
+    for name, (data, fmt, compression) in cases.items():
+        path = tmp / name
+        arrowbridge.write_ipc(path, data, format=fmt, compression=compression)
+        write("ipc_decode", name, path.read_bytes())
+    batches = pa.Table.from_batches(
+        [pa.record_batch({"x": [1.0, 2.0]}), pa.record_batch({"x": [3.0]})]
+    )
+    path = tmp / "batches.arrow"
+    arrowbridge.write_ipc(path, batches)
+    write("ipc_decode", "batches.arrow", path.read_bytes())
+    for fixture in sorted(FIXTURES.iterdir()):
+        write("ipc_decode", fixture.name, fixture.read_bytes())
+    for path in tmp.iterdir():
+        path.unlink()
+    tmp.rmdir()
+
+
+def messages(table: pa.Table) -> list[tuple[bytes, bytes]]:
+    """The (flatbuffer header, body) of each IPC message of `table`, as Flight carries them."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=2)
+    reader = pa.BufferReader(sink.getvalue())
+    out = []
+    while True:
+        try:
+            message = pa.ipc.read_message(reader)
+        except (EOFError, StopIteration, pa.ArrowInvalid):
+            break
+        out.append((message.metadata.to_pybytes(), message.body.to_pybytes()))
+    return out
+
+
+def flight_input(put: bool, tag: bytes, table: pa.Table | None) -> bytes:
+    out = bytes([0 if put else 1]) + struct.pack("<H", len(tag)) + tag
+    for header, body in messages(table) if table is not None else []:
+        out += struct.pack("<I", len(header)) + header + struct.pack("<I", len(body)) + body
+    return out
+
+
+def flight_seeds() -> None:
+    x = arrowbridge.to_arrow(np.arange(6.0).reshape(3, 2))
+    table = pa.table({"x": x, "v": np.arange(3)})
+    write("flight_service", "put", flight_input(True, b"item", table))
+    write("flight_service", "put-empty", flight_input(True, b"e", pa.table({"x": pa.array([], pa.int64())})))
+    for name, command, sent in [
+        ("sum-stored", {"kernel": "sum", "args": [{"stored": "x"}], "params": {"axis": 0}}, None),
+        ("add-columns", {"kernel": "add", "args": [{"column": "a"}, {"column": "b"}]},
+         pa.table({"a": np.arange(3.0), "b": np.ones(3)})),
+        ("matmul", {"kernel": "matmul"},
+         pa.table({"a": arrowbridge.to_arrow(np.ones((2, 2))), "b": arrowbridge.to_arrow(np.eye(2))})),
+        ("normalize-nan", {"kernel": "normalize", "params": {"eps": {"float": "nan"}}},
+         pa.table({"a": arrowbridge.to_arrow(np.ones((2, 3), np.float32))})),
+    ]:
+        write("flight_service", name, flight_input(False, json.dumps(command).encode(), sent))
+
+
+def metadata_seeds() -> None:
+    for name, prefix, meta in [
+        ("plain", bytes([6, 2, 1]), {"shape": [2, 3]}),
+        ("permuted", bytes([6, 1, 1]), {"shape": [2, 3], "permutation": [1, 0]}),
+        ("named", bytes([8, 3, 1]), {"shape": [2, 2, 2], "dim_names": ["a", "b", "c"]}),
+        ("complex", bytes([4, 2, 0]), {"shape": [2]}),
+        ("empty", bytes([0, 4, 1]), {"shape": [0, 7]}),
+        ("scalar", bytes([1, 1, 1]), {"shape": []}),
+    ]:
+        write("tensor_metadata", name, prefix + json.dumps(meta).encode())
+
+
+def params_seeds() -> None:
+    for name, params in [
+        ("axis", {"axis": 0}),
+        ("negative", {"axis": -1}),
+        ("none", {"axis": None}),
+        ("nan", {"eps": {"float": "nan"}, "k": [1, 2, 3]}),
+        ("mixed", {"s": "text", "b": True, "f": 1.5, "big": 9223372036854775807}),
+    ]:
+        write("kernel_params", name, json.dumps(params).encode())
+
+
+def c_data_seeds() -> None:
+    # [size, type, (extension: even, kind, json length, json)], rows, then lies.
+    for type_index in range(12):
+        write("c_data_import", f"type-{type_index}", bytes([2, type_index, 1, 8, 0xFF, 3]))
+    tensor = json.dumps({"shape": [2, 2]}).encode()
+    write("c_data_import", "tensor", bytes([4, 9, 0, 1, len(tensor)]) + tensor + bytes([5, 0]))
+    write("c_data_import", "lies", bytes([3, 10, 1, 9, 0x7F, 2, 1, 3, 4, 2, 1, 0x40, 1]))
+
+
+def main() -> int:
+    ipc_seeds()
+    flight_seeds()
+    metadata_seeds()
+    params_seeds()
+    c_data_seeds()
+    total = sum(1 for _ in SEEDS.rglob("*") if _.is_file())
+    print(f"{total} seed inputs in {SEEDS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
