@@ -8,7 +8,7 @@ DEPS := $(VENV)/.deps-installed
 # Build the extension and run cargo against the virtualenv's interpreter.
 export PYO3_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: all build demo test lint rust-test py-test bench bench-smoke fuzz test-long memcheck clean
+.PHONY: all build demo test lint rust-test py-test bench bench-smoke fuzz fuzz-cmin fuzz-python test-long memcheck clean
 
 all: test
 
@@ -54,23 +54,52 @@ test: lint rust-test py-test bench-smoke
 bench: build
 	$(BIN)/python benchmarks/run.py $(if $(QUICK),--quick)
 
-# Fuzzes the IPC reader (atheris); FUZZ_RUNS inputs, 200000 by default.
+# Coverage-guided fuzzing of the Rust code: every cargo-fuzz target (fuzz/fuzz_targets, bodies
+# in crates/fuzz-targets) under libFuzzer and AddressSanitizer for FUZZ_SECONDS (60 by default)
+# each, growing fuzz/corpus/. Needs the nightly toolchain; installs cargo-fuzz if missing.
+# `make test` replays the committed corpora and fuzz/regressions through every target.
+FUZZ_TARGETS := ipc_decode c_data_import tensor_metadata flight_service kernel_params
+FUZZ_ENV := ASAN_OPTIONS=allocator_may_return_null=1
+FUZZ_LIMITS := -rss_limit_mb=4096 -malloc_limit_mb=65536
 fuzz: build
+	command -v cargo-fuzz > /dev/null || cargo install cargo-fuzz --locked
+	$(BIN)/python fuzz/make_seeds.py
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+		$(FUZZ_ENV) cargo +nightly fuzz run -O $$t corpus/$$t seeds/$$t -- \
+			-max_total_time=$(or $(FUZZ_SECONDS),60) $(FUZZ_LIMITS) -print_final_stats=1 || exit 1; \
+	done
+
+# Shrinks each corpus to the inputs that keep its coverage (before committing it).
+fuzz-cmin:
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+		$(FUZZ_ENV) cargo +nightly fuzz cmin -O $$t corpus/$$t -- $(FUZZ_LIMITS) || exit 1; \
+	done
+
+# Fuzzes the IPC reader from Python (atheris); FUZZ_RUNS inputs, 200000 by default.
+fuzz-python: build
 	$(BIN)/python -m pip install --quiet -r fuzz/requirements.txt
 	$(BIN)/python fuzz/fuzz_ipc.py -atheris_runs=$(or $(FUZZ_RUNS),200000) -print_final_stats=1
 
 # The long reliability profiles: ten times the property and fuzz examples, five minutes of
-# 64-client load, and a million atheris inputs to the IPC reader.
+# 64-client load, the heavy tests (`@pytest.mark.long`: arrays over 2 GiB over Flight, a
+# million in-process calls), and a million atheris inputs to the IPC reader.
 test-long: build
 	HYPOTHESIS_PROFILE=nightly LOAD_SECONDS=$(or $(LOAD_SECONDS),300) $(BIN)/python -m pytest \
-		tests/test_properties.py tests/test_fuzz.py tests/test_faults.py -q -s -p no:cacheprovider
-	$(MAKE) fuzz FUZZ_RUNS=$(or $(FUZZ_RUNS),1000000)
+		tests/test_properties.py tests/test_fuzz.py tests/test_faults.py -q -s -p no:cacheprovider \
+		-m "long or not long"
+	$(BIN)/python -m pytest -m long -q -s -p no:cacheprovider --deselect \
+		tests/test_faults.py::test_64_clients_mixing_put_get_call_see_no_errors_and_flat_memory
+	$(MAKE) fuzz-python FUZZ_RUNS=$(or $(FUZZ_RUNS),1000000)
 
-# Memory safety under valgrind memcheck: the Rust test suite (no invalid access, no definite
-# leak), then the in-process Python tests (no invalid access in arrowbridge's code; see
-# tests/memcheck.py). About 5 minutes on 2 cores.
+# Memory safety: the Rust tests of the core and Flight crates under AddressSanitizer and
+# LeakSanitizer (nightly), the Rust test suite under valgrind memcheck (no invalid access, no
+# definite leak), then the in-process Python tests (no invalid access in arrowbridge's code;
+# see tests/memcheck.py). About 15 minutes on 2 cores, most of it the sanitized build.
 VALGRIND := valgrind --error-exitcode=99 -q
+HOST := $(shell rustc -vV | sed -n 's/^host: //p')
 memcheck: build
+	RUSTFLAGS="-Zsanitizer=address" $(FUZZ_ENV) cargo +nightly test --locked --target $(HOST) \
+		--target-dir target/asan -p arrowbridge -p arrowbridge-flight --lib --tests
 	apt-get --version > /dev/null 2>&1 && ! command -v valgrind > /dev/null && \
 		(apt-get update -qq && apt-get install -y -qq valgrind) || true
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$(VALGRIND) --leak-check=full \

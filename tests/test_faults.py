@@ -47,6 +47,7 @@ def server_process(*args, preexec_fn=None):
     assert proc.returncode == 0, "the server did not stop cleanly"
 
 
+@pytest.mark.long
 def test_64_clients_mixing_put_get_call_see_no_errors_and_flat_memory():
     clients = 64
     with server_process() as (proc, location):

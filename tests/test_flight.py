@@ -333,6 +333,7 @@ def test_serve_stops_cleanly_on_sigint(tmp_path):
     assert Path(tmp_path).is_dir()
 
 
+@pytest.mark.long
 def test_arrays_over_2_gib_work(server):
     # 2.3 GiB: more than one protobuf message (2 GiB) or one gRPC message could carry.
     x = np.ones((300_000, 1024), dtype=np.float64)

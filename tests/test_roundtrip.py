@@ -124,6 +124,7 @@ def test_100k_round_trips_leak_nothing():
     assert grown < 2048, f"RSS grew by {grown} KiB over 100k round trips"
 
 
+@pytest.mark.long
 def test_a_million_calls_leak_nothing(plugin):
     # 1,000,000 calls: views of the input (identity), fresh Rust-owned outputs (sum), and a
     # kernel in a plugin library (head: across the C Data Interface both ways).
