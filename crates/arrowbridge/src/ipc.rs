@@ -1050,16 +1050,32 @@ pub fn column_across(
     let field = schema.field(index);
     match batches {
         [one] => column_tensor(field, one.column(index).as_ref()),
-        [] => column_tensor(
-            field,
-            arrow_array::new_empty_array(field.data_type()).as_ref(),
-        ),
+        [] => column_tensor(field, empty_column(field)?.as_ref()),
         _ => {
             let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(index).as_ref()).collect();
             let joined = arrow_select::concat::concat(&parts)?;
             column_tensor(field, joined.as_ref())
         }
     }
+}
+
+/// An empty array of `field`'s type, for the types a tensor can be read from (primitive
+/// arrays and fixed-size lists of them); other types are refused here, because arrow-array
+/// panics on some that a schema can declare (a map whose entries are not a struct).
+fn empty_column(field: &Field) -> Result<ArrayRef> {
+    use arrow_schema::DataType as D;
+    let carried = match field.data_type() {
+        D::FixedSizeList(child, _) => child.data_type().is_primitive(),
+        other => other.is_primitive() || other == &D::Boolean,
+    };
+    if !carried {
+        return Err(Error::UnsupportedType {
+            what: format!("field {:?}", field.name()),
+            kind: "Arrow type",
+            name: field.data_type().to_string(),
+        });
+    }
+    Ok(arrow_array::new_empty_array(field.data_type()))
 }
 
 /// Every column of `batches` as a named tensor (see [`column_across`]).
@@ -1232,8 +1248,7 @@ impl IpcData {
             return info;
         }
         // The type alone gives the dtype and the shape of one row.
-        let empty = arrow_array::new_empty_array(field.data_type());
-        let typed = ArrowTensor::from_arrow(field, empty.to_data());
+        let typed = empty_column(field).and_then(|e| ArrowTensor::from_arrow(field, e.to_data()));
         let t = match typed {
             Ok(t) => t,
             Err(e) => {
