@@ -23,7 +23,7 @@ $(DEPS): requirements-dev.txt | $(BIN)/python
 # The extension, the example kernel plugin and the Rust reader the demo and tests run.
 
 build: $(DEPS)
-	$(BIN)/maturin develop --release --locked --quiet
+	$(BIN)/maturin develop --release --locked --quiet --features testing
 	cargo build --release --locked -p arrowbridge-example-kernels -p arrowbridge --lib --example ipc_view
 
 demo: build
@@ -31,7 +31,7 @@ demo: build
 
 lint: $(DEPS)
 	cargo fmt --all -- --check
-	cargo clippy --workspace --all-targets --locked -- -D warnings
+	cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 	$(BIN)/ruff check arrowbridge tests benchmarks notebooks
 	$(BIN)/ruff format --check arrowbridge tests benchmarks notebooks

@@ -49,6 +49,7 @@ def to_numpy(obj: Any, *, copy: bool | None = None) -> np.ndarray: ...
 def data_address(array: np.ndarray) -> int:
     """Address of the first element of an ndarray."""
 
+# Only in builds with the `testing` cargo feature (`make build`), not in a plain wheel.
 def rust_numpy_identity(x: np.ndarray) -> np.ndarray:
     """The direct rust-numpy path, for benchmarks."""
 

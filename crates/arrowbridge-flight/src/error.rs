@@ -8,28 +8,37 @@ use tonic::Status;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FlightServerError {
+    /// An error of the arrays, kernels or files themselves.
     #[error(transparent)]
     Core(#[from] arrowbridge::Error),
+    /// A request the server cannot serve as it is (`INVALID_ARGUMENT`).
     #[error("{0}")]
     BadRequest(String),
+    /// No item or kernel of that name (`NOT_FOUND`).
     #[error("{0}")]
     NotFound(String),
+    /// The data directory cannot be read or written.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory.
         path: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
     /// The server cannot listen on its address (taken, not local, not permitted).
     #[error("cannot listen on {address}: {source}")]
     Listen {
+        /// `host:port`.
         address: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
     /// The TLS certificate or key cannot be used.
     #[error("TLS certificate or key: {0}")]
     Tls(String),
+    /// The server's runtime or transport failed.
     #[error("{0}")]
     Transport(String),
 }

@@ -9,6 +9,8 @@
 //! | DoExchange | runs a kernel: descriptor command `{"kernel": ..., "args": [...], "params": {...}}` |
 //! | DoAction | `delete` (body = name), `list_kernels`, `health` |
 
+#![warn(missing_docs)]
+
 mod error;
 mod server;
 mod service;

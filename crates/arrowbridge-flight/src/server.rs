@@ -26,6 +26,7 @@ pub const MAX_MESSAGE: usize = 64 << 20;
 /// How to run a server.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
+    /// The address to listen on (`127.0.0.1` for this machine only).
     pub host: String,
     /// 0 picks a free port.
     pub port: u16,
@@ -35,6 +36,7 @@ pub struct ServerConfig {
     pub token: Option<String>,
     /// PEM certificate and key: serve gRPC over TLS.
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// The kernels DoExchange runs.
     pub registry: Arc<Registry>,
 }
 

@@ -40,9 +40,12 @@ pub struct Service {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExchangeCommand {
+    /// The kernel's name.
     pub kernel: String,
+    /// Its arguments; without, the streamed columns in order.
     #[serde(default)]
     pub args: Option<Vec<ExchangeArg>>,
+    /// Its parameters, in the JSON form of `arrowbridge::Params::to_json`.
     #[serde(default)]
     pub params: serde_json::Map<String, serde_json::Value>,
 }

@@ -14,7 +14,9 @@ use crate::error::{FlightServerError, Result};
 /// One stored item: the batches a client put under a name.
 #[derive(Debug)]
 pub struct Stored {
+    /// The schema the client put.
     pub schema: SchemaRef,
+    /// The batches, as they arrived.
     pub batches: Vec<RecordBatch>,
     /// The columns as tensors, made on first use: a put split into many batches is
     /// concatenated once, not on every call that reads it.

@@ -4,12 +4,14 @@
 mod call;
 mod capsule;
 mod convert;
+#[cfg(feature = "testing")]
 mod direct;
 mod errors;
 mod flight;
 mod ipc;
 mod numpy_input;
 mod numpy_output;
+#[cfg(feature = "testing")]
 mod testing;
 
 use pyo3::prelude::*;
@@ -22,8 +24,11 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(convert::export_array, m)?)?;
     m.add_function(wrap_pyfunction!(convert::to_numpy, m)?)?;
     m.add_function(wrap_pyfunction!(convert::data_address, m)?)?;
-    m.add_function(wrap_pyfunction!(direct::rust_numpy_identity, m)?)?;
-    m.add_function(wrap_pyfunction!(testing::panic_in_kernel, m)?)?;
+    #[cfg(feature = "testing")]
+    {
+        m.add_function(wrap_pyfunction!(direct::rust_numpy_identity, m)?)?;
+        m.add_function(wrap_pyfunction!(testing::panic_in_kernel, m)?)?;
+    }
     m.add_function(wrap_pyfunction!(ipc::write_arrays, m)?)?;
     m.add_function(wrap_pyfunction!(ipc::write_stream, m)?)?;
     m.add_class::<ipc::IpcReader>()?;

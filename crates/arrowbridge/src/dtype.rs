@@ -19,21 +19,37 @@ use crate::error::{Error, Result};
 /// | `timedelta64[unit]` | `duration[unit]` | yes |
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// NumPy's `bool`. Each value is one byte, 0 or 1.
     Bool,
+    /// NumPy's `int8`.
     Int8,
+    /// NumPy's `int16`.
     Int16,
+    /// NumPy's `int32`.
     Int32,
+    /// NumPy's `int64`.
     Int64,
+    /// NumPy's `uint8`.
     UInt8,
+    /// NumPy's `uint16`.
     UInt16,
+    /// NumPy's `uint32`.
     UInt32,
+    /// NumPy's `uint64`.
     UInt64,
+    /// NumPy's `float16`.
     Float16,
+    /// NumPy's `float32`.
     Float32,
+    /// NumPy's `float64`.
     Float64,
+    /// NumPy's `complex64`.
     Complex64,
+    /// NumPy's `complex128`.
     Complex128,
+    /// NumPy's `datetime64[unit]`. Ticks of the unit since the epoch; `NaT` is the smallest `i64`.
     Datetime64(TimeUnit),
+    /// NumPy's `timedelta64[unit]`. Ticks of the unit; `NaT` is the smallest `i64`.
     Timedelta64(TimeUnit),
 }
 

@@ -53,22 +53,28 @@ const MAGIC: &[u8; 6] = b"ARROW1";
 /// File (random access, with a footer) or stream (sequential messages).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum IpcFormat {
+    /// The IPC file format: random access through a footer (`.arrow`).
     #[default]
     File,
+    /// The IPC streaming format: messages in sequence (`.arrows`).
     Stream,
 }
 
 /// Buffer compression of the IPC format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compression {
+    /// LZ4 frames.
     Lz4,
+    /// Zstandard.
     Zstd,
 }
 
 /// How to write.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WriteOptions {
+    /// File (the default) or stream.
     pub format: IpcFormat,
+    /// Compress every buffer, or none (the default: uncompressed buffers are read as views).
     pub compression: Option<Compression>,
 }
 

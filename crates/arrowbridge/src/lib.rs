@@ -34,6 +34,8 @@
 //! # Ok::<(), arrowbridge::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod dtype;
 mod error;
 pub mod ffi;

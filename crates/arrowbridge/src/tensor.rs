@@ -45,9 +45,12 @@ pub enum Form {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TensorMetadata {
+    /// The physical shape of one element.
     pub shape: Vec<usize>,
+    /// Names of the physical axes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dim_names: Option<Vec<String>>,
+    /// Logical axis `i` is physical axis `permutation[i]`; the identity when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub permutation: Option<Vec<usize>>,
 }
@@ -822,7 +825,7 @@ impl ArrowTensor {
 
     /// A view of the elements, typed by the dtype.
     pub fn dyn_view(&self) -> DynView<'_> {
-        // SAFETY (all arms): each arm views the data as the Element type that accepts it.
+        // SAFETY: each arm views the data as the Element type that accepts its dtype.
         unsafe {
             match self.dtype {
                 DType::Bool => DynView::Bool(self.view_unchecked()),

@@ -13,21 +13,37 @@ use crate::dtype::DType;
 /// as their `i64` ticks with the unit beside them.
 #[derive(Clone, Debug)]
 pub enum DynView<'a> {
+    /// A view of `bool` data (bytes, 0 or 1).
     Bool(ArrayViewD<'a, u8>),
+    /// A view of `int8` data.
     Int8(ArrayViewD<'a, i8>),
+    /// A view of `int16` data.
     Int16(ArrayViewD<'a, i16>),
+    /// A view of `int32` data.
     Int32(ArrayViewD<'a, i32>),
+    /// A view of `int64` data.
     Int64(ArrayViewD<'a, i64>),
+    /// A view of `uint8` data.
     UInt8(ArrayViewD<'a, u8>),
+    /// A view of `uint16` data.
     UInt16(ArrayViewD<'a, u16>),
+    /// A view of `uint32` data.
     UInt32(ArrayViewD<'a, u32>),
+    /// A view of `uint64` data.
     UInt64(ArrayViewD<'a, u64>),
+    /// A view of `float16` data.
     Float16(ArrayViewD<'a, f16>),
+    /// A view of `float32` data.
     Float32(ArrayViewD<'a, f32>),
+    /// A view of `float64` data.
     Float64(ArrayViewD<'a, f64>),
+    /// A view of `complex64` data.
     Complex64(ArrayViewD<'a, Complex<f32>>),
+    /// A view of `complex128` data.
     Complex128(ArrayViewD<'a, Complex<f64>>),
+    /// A view of `datetime64[unit]` data, with its unit.
     Datetime64(ArrayViewD<'a, i64>, TimeUnit),
+    /// A view of `timedelta64[unit]` data, with its unit.
     Timedelta64(ArrayViewD<'a, i64>, TimeUnit),
 }
 

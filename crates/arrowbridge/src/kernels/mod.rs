@@ -97,11 +97,17 @@ impl fmt::Debug for Kernel {
 /// A keyword parameter's value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Param {
+    /// Not given (Python `None`, JSON `null`).
     None,
+    /// A bool.
     Bool(bool),
+    /// An int that fits in 64 bits.
     Int(i64),
+    /// A float, NaN and infinities included.
     Float(f64),
+    /// A string.
     Str(String),
+    /// A list of ints (e.g. axes).
     Ints(Vec<i64>),
 }
 

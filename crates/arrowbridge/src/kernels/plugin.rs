@@ -77,8 +77,11 @@ pub type FreeFn = unsafe extern "C" fn(*mut c_char);
 /// The three entry points of a plugin.
 #[derive(Clone, Copy, Debug)]
 pub struct PluginApi {
+    /// Lists the plugin's kernels (JSON).
     pub kernels: KernelsFn,
+    /// Runs one kernel on arrays passed through the C Data Interface.
     pub call: CallFn,
+    /// Frees a string the plugin returned.
     pub free: FreeFn,
 }
 
@@ -240,6 +243,10 @@ fn intern_list(list: Vec<&'static str>) -> &'static [&'static str] {
 }
 
 /// Reads and frees a string returned by the plugin.
+///
+/// # Safety
+/// `ptr` is null or a string that `api`'s plugin returned and has not been freed; it is freed
+/// here (by the plugin's own `free`) and must not be used again.
 unsafe fn take_string(api: PluginApi, ptr: *mut c_char) -> Option<String> {
     if ptr.is_null() {
         return None;
@@ -278,6 +285,10 @@ unsafe fn import(
 }
 
 /// The host's side of a call: exports `args`, runs the kernel in the plugin, imports outputs.
+///
+/// # Safety
+/// `api` holds the entry points of a loaded plugin whose ABI version was checked, and the
+/// library stays loaded for as long as the outputs (whose memory it may own) live.
 unsafe fn call_plugin(
     api: PluginApi,
     name: &'static str,
@@ -322,6 +333,7 @@ unsafe extern "C" fn receive_output(
         // SAFETY: `ctx` is the `Vec` `call_plugin` passed; array and schema are the plugin's
         // valid exports, of which the host takes the array (the plugin keeps the schema).
         let outputs = unsafe { &mut *ctx.cast::<Vec<Result<ArrowTensor>>>() };
+        // SAFETY: `array` and `schema` are the plugin's valid exports of one output.
         outputs.push(unsafe { import(array, schema) });
         0
     }))
