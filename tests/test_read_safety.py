@@ -156,3 +156,81 @@ def test_describe_marks_columns_it_cannot_carry_without_reading_them(tmp_path):
         "zero_copy": True,
         "error": None,
     }
+
+
+def mixed_file(path):
+    table = pa.table({"name": ["a", "b", "c"], "score": [0.5, 0.7, 0.9], "n": [1, 2, 3]})
+    with pa.ipc.new_file(path, table.schema) as writer:
+        writer.write_table(table)
+    return path
+
+
+def test_columns_reads_only_the_named_columns_in_their_order(tmp_path):
+    path = mixed_file(tmp_path / "mixed.arrow")
+    with pytest.raises(arrowbridge.UnsupportedTypeError, match='"name"'):
+        arrowbridge.read_ipc(path)
+    arrays = arrowbridge.read_ipc(path, columns=["n", "score"])
+    assert list(arrays) == ["n", "score"]
+    assert arrays["n"].tolist() == [1, 2, 3] and arrays["score"].tolist() == [0.5, 0.7, 0.9]
+    assert [list(b) for b in arrowbridge.iter_ipc(path, columns=["score"])] == [["score"]]
+    reader = arrowbridge.open_ipc(path, columns=["score"])
+    assert reader.names == ["score"] and reader.describe()[0]["zero_copy"] is True
+    with pytest.raises(arrowbridge.InvalidFileError, match='no column "nope"'):
+        arrowbridge.read_ipc(path, columns=["nope"])
+    with pytest.raises(TypeError, match="list of names"):
+        arrowbridge.read_ipc(path, columns="score")
+
+
+def test_columns_picks_a_unique_name_out_of_a_file_with_duplicates(tmp_path):
+    path = tmp_path / "dup.arrow"
+    table = pa.table(
+        [pa.array([1, 2]), pa.array([3, 4]), pa.array([0.5, 1.5])], names=["x", "x", "y"]
+    )
+    with pa.ipc.new_file(path, table.schema) as writer:
+        writer.write_table(table)
+    assert arrowbridge.read_ipc(path, columns=["y"])["y"].tolist() == [0.5, 1.5]
+    with pytest.raises(arrowbridge.InvalidFileError, match='2 columns are named "x"'):
+        arrowbridge.read_ipc(path, columns=["x"])
+
+
+def test_each_batch_is_decoded_only_when_it_is_read(tmp_path):
+    # Two lz4 batches, the second one's compressed bytes corrupted (its header intact):
+    # opening, describing and reading the first batch never decompress the second.
+    path = tmp_path / "two.arrow"
+    first, second = np.arange(1000, dtype=np.int64), np.arange(1000, 2000, dtype=np.int64)
+    options = pa.ipc.IpcWriteOptions(compression="lz4")
+    table = pa.Table.from_batches([pa.record_batch({"x": first}), pa.record_batch({"x": second})])
+    with pa.ipc.new_file(path, table.schema, options=options) as writer:
+        writer.write_table(table, max_chunksize=1000)
+    data = bytearray(path.read_bytes())
+    frames = [i for i in range(len(data) - 4) if data[i : i + 4] == bytes.fromhex("04224d18")]
+    assert len(frames) == 2
+    data[frames[1] + 12 : frames[1] + 40] = bytes(28)  # inside the second lz4 frame
+    path.write_bytes(bytes(data))
+    reader = arrowbridge.open_ipc(path)
+    assert reader.num_batches == 2 and reader.num_rows == 2000
+    assert reader.describe()[0]["shape"] == (2000,)
+    np.testing.assert_array_equal(reader.read_batch(0)["x"], first)
+    with pytest.raises(arrowbridge.InvalidFileError):
+        reader.read_batch(1)
+
+
+@pytest.mark.parametrize("fmt", ["file", "stream"])
+@pytest.mark.parametrize("batches", [0, 1], ids=["no-batch", "zero-rows"])
+def test_files_without_rows_read_as_empty_arrays_of_their_dtype(tmp_path, fmt, batches):
+    tensor = arrowbridge.to_arrow(np.ones((2, 3), np.float32))
+    schema = pa.schema([("x", pa.float64()), ("b", pa.bool_()), ("t", tensor.type)])
+    empty = pa.record_batch(
+        [pa.array([], pa.float64()), pa.array([], pa.bool_()), tensor[:0]], schema=schema
+    )
+    path = tmp_path / f"empty.{fmt}"
+    open_writer = pa.ipc.new_file if fmt == "file" else pa.ipc.new_stream
+    with open_writer(path, schema) as writer:
+        for _ in range(batches):
+            writer.write_batch(empty)
+    arrays = arrowbridge.read_ipc(path)
+    assert {k: (v.dtype.name, v.shape) for k, v in arrays.items()} == {
+        "x": ("float64", (0,)),
+        "b": ("bool", (0,)),
+        "t": ("float32", (0, 3)),
+    }

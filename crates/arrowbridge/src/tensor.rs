@@ -852,7 +852,9 @@ impl ArrowTensor {
 /// The number of storage values one element of `shape` takes (complex values are two).
 fn values_per_element(dtype: DType, shape: &[usize]) -> Result<usize> {
     let n = element_count(dtype, shape, "tensor")?;
-    Ok(if dtype.is_complex() { 2 * n } else { n })
+    let per_value = if dtype.is_complex() { 2 } else { 1 };
+    n.checked_mul(per_value)
+        .ok_or_else(|| Error::invalid("tensor", format!("shape {shape:?} has too many values")))
 }
 
 fn misaligned(what: &str, address: usize, align: usize) -> Error {
