@@ -234,3 +234,28 @@ def test_files_without_rows_read_as_empty_arrays_of_their_dtype(tmp_path, fmt, b
         "b": ("bool", (0,)),
         "t": ("float32", (0, 3)),
     }
+
+
+@pytest.mark.parametrize("compression", [None, "lz4", "zstd"])
+def test_buffer_checks_accept_every_legal_layout(tmp_path, compression):
+    # Writers pad buffers to 8 bytes and compress them unpadded: the checks made before
+    # decoding (whole values in every typed buffer) must accept both, for every type, even
+    # those arrowbridge does not carry.
+    table = pa.table(
+        {
+            "fsb": pa.array([b"abc", b"def", b"ghi", b"jkl", b"mno"], pa.binary(3)),
+            "h": pa.array(np.arange(5, dtype=np.float16)),
+            "s": ["a", "bb", "c", "dd", "e"],
+            "dec": pa.array([1, 2, 3, 4, 5], pa.decimal128(10, 2)),
+            "x": np.arange(5.0),
+        }
+    )
+    path = tmp_path / "types.arrow"
+    options = pa.ipc.IpcWriteOptions(compression=compression)
+    with pa.ipc.new_file(path, table.schema, options=options) as writer:
+        writer.write_table(table)
+    arrays = arrowbridge.read_ipc(path, columns=["h", "x"])
+    np.testing.assert_array_equal(arrays["h"], np.arange(5, dtype=np.float16))
+    np.testing.assert_array_equal(arrays["x"], np.arange(5.0))
+    described = {c["name"]: c for c in arrowbridge.open_ipc(path).describe()}
+    assert described["x"]["error"] is None and described["fsb"]["error"] is not None

@@ -809,7 +809,7 @@ pub fn check_message_of(
         arrow_ipc::MessageHeader::RecordBatch => {
             let batch = message.header_as_record_batch();
             if let (Some(batch), Some(schema)) = (batch, schema) {
-                check_nodes(what, schema, batch)?;
+                check_nodes(what, schema, batch, body)?;
             }
             batch
         }
@@ -880,68 +880,155 @@ pub fn schema_of_message(metadata: &[u8]) -> Option<Schema> {
     arrow_ipc::convert::try_fb_to_schema(message.header_as_schema()?).ok()
 }
 
-/// Checks the field nodes of `batch` against `schema`, in the depth-first order the IPC
-/// format lays them out: lengths are not negative, and a fixed-size list's length times its
-/// size fits in an `i64` (arrow-data computes it with `expect`).
-fn check_nodes(what: &str, schema: &Schema, batch: arrow_ipc::RecordBatch<'_>) -> Result<()> {
+/// Checks the field nodes and buffers of `batch` against `schema`, walking them in the
+/// depth-first order the IPC format lays them out (the order arrow-ipc reads them):
+///
+/// * a node's length is not negative, and a fixed-size list's length times its size fits in
+///   an `i64` (arrow-data computes it with `expect`);
+/// * a fixed-width buffer holds whole values: its byte length (once decompressed, as the
+///   8-byte prefix of a compressed buffer declares it) is a multiple of the value's width
+///   (arrow-data's validation asserts it when it views offsets as `i32`).
+///
+/// Types whose buffer count the schema does not fix (views with variadic buffers, unions)
+/// end the walk: what follows them is left to arrow-ipc's own checks.
+fn check_nodes(
+    what: &str,
+    schema: &Schema,
+    batch: arrow_ipc::RecordBatch<'_>,
+    body: &[u8],
+) -> Result<()> {
+    use arrow_data::BufferSpec;
     use arrow_schema::DataType as D;
-    fn walk<'a>(
-        what: &str,
-        data_type: &D,
-        nodes: &mut impl Iterator<Item = &'a arrow_ipc::FieldNode>,
-    ) -> Result<()> {
-        // Fewer nodes than fields is reported by arrow-ipc itself, as an error.
-        let Some(node) = nodes.next() else {
-            return Ok(());
-        };
-        let bad = |message: String| Error::BadFile {
-            path: what.to_string(),
-            message,
-        };
-        let len = u64::try_from(node.length()).map_err(|_| {
-            bad(format!(
-                "a field node declares a negative length {}",
-                node.length()
-            ))
-        })?;
-        match data_type {
-            D::FixedSizeList(child, size) => {
-                let size = u64::try_from(*size).unwrap_or(0);
-                len.checked_mul(size)
-                    .filter(|&n| n <= i64::MAX as u64)
-                    .ok_or_else(|| {
-                        bad(format!(
-                            "a fixed_size_list node of {len} rows of {size} values overflows"
-                        ))
-                    })?;
-                walk(what, child.data_type(), nodes)
+
+    struct Walk<'a, N, B> {
+        what: &'a str,
+        nodes: N,
+        buffers: B,
+        body: &'a [u8],
+        compressed: bool,
+    }
+
+    impl<'a, 'b, N, B> Walk<'a, N, B>
+    where
+        N: Iterator<Item = &'b arrow_ipc::FieldNode>,
+        B: Iterator<Item = &'b arrow_ipc::Buffer>,
+    {
+        fn bad(&self, message: String) -> Error {
+            Error::BadFile {
+                path: self.what.to_string(),
+                message,
             }
-            D::List(child)
-            | D::LargeList(child)
-            | D::ListView(child)
-            | D::LargeListView(child)
-            | D::Map(child, _) => walk(what, child.data_type(), nodes),
-            D::Struct(fields) => fields
-                .iter()
-                .try_for_each(|f| walk(what, f.data_type(), nodes)),
-            D::Union(fields, _) => fields
-                .iter()
-                .try_for_each(|(_, f)| walk(what, f.data_type(), nodes)),
-            D::RunEndEncoded(ends, values) => {
-                walk(what, ends.data_type(), nodes)?;
-                walk(what, values.data_type(), nodes)
+        }
+
+        /// The byte length buffer `b` has once decoded (checked to lie in the body before).
+        fn decoded_len(&self, b: &arrow_ipc::Buffer) -> Option<u64> {
+            let len = u64::try_from(b.length()).ok()?;
+            if !self.compressed || len == 0 {
+                return Some(len);
             }
-            _ => Ok(()),
+            let start = usize::try_from(b.offset()).ok()?;
+            let prefix = self.body.get(start..start.checked_add(8)?)?;
+            match i64::from_le_bytes(prefix.try_into().ok()?) {
+                -1 => Some(len - 8),
+                declared => u64::try_from(declared).ok(),
+            }
+        }
+
+        /// Walks one field; `false` when the walk cannot go on past it.
+        fn field(&mut self, data_type: &D) -> Result<bool> {
+            // Fewer nodes or buffers than fields is reported by arrow-ipc itself, as an error.
+            let Some(node) = self.nodes.next() else {
+                return Ok(false);
+            };
+            let len = u64::try_from(node.length()).map_err(|_| {
+                self.bad(format!(
+                    "a field node declares a negative length {}",
+                    node.length()
+                ))
+            })?;
+            if matches!(
+                data_type,
+                D::Union(..) | D::Utf8View | D::BinaryView | D::Null
+            ) {
+                return Ok(false);
+            }
+            let layout = arrow_data::layout(data_type);
+            if layout.variadic {
+                return Ok(false);
+            }
+            if layout.can_contain_null_mask && self.buffers.next().is_none() {
+                return Ok(false);
+            }
+            for spec in &layout.buffers {
+                let Some(buffer) = self.buffers.next() else {
+                    return Ok(false);
+                };
+                // Widths that are not powers of two (fixed_size_binary) are not viewed as
+                // typed values, and writers pad buffers to 8 bytes, so only typed widths count.
+                if let BufferSpec::FixedWidth { byte_width, .. } = spec {
+                    let width = *byte_width as u64;
+                    if !width.is_power_of_two() {
+                        continue;
+                    }
+                    match self.decoded_len(buffer) {
+                        Some(n) if width > 0 && n % width != 0 => {
+                            return Err(self.bad(format!(
+                                "a buffer of {data_type} values has {n} bytes, not a whole number of {width}-byte values"
+                            )))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            match data_type {
+                D::FixedSizeList(child, size) => {
+                    let size = u64::try_from(*size).unwrap_or(0);
+                    len.checked_mul(size)
+                        .filter(|&n| n <= i64::MAX as u64)
+                        .ok_or_else(|| {
+                            self.bad(format!(
+                                "a fixed_size_list node of {len} rows of {size} values overflows"
+                            ))
+                        })?;
+                    self.field(child.data_type())
+                }
+                D::List(child)
+                | D::LargeList(child)
+                | D::ListView(child)
+                | D::LargeListView(child)
+                | D::Map(child, _) => self.field(child.data_type()),
+                D::Struct(fields) => {
+                    for f in fields {
+                        if !self.field(f.data_type())? {
+                            return Ok(false);
+                        }
+                    }
+                    Ok(true)
+                }
+                D::RunEndEncoded(ends, values) => {
+                    Ok(self.field(ends.data_type())? && self.field(values.data_type())?)
+                }
+                _ => Ok(true),
+            }
         }
     }
-    let Some(nodes) = batch.nodes() else {
+
+    let (Some(nodes), Some(buffers)) = (batch.nodes(), batch.buffers()) else {
         return Ok(());
     };
-    let mut nodes = nodes.iter();
-    schema
-        .fields()
-        .iter()
-        .try_for_each(|f| walk(what, f.data_type(), &mut nodes))
+    let mut walk = Walk {
+        what,
+        nodes: nodes.iter(),
+        buffers: buffers.iter(),
+        body,
+        compressed: batch.compression().is_some(),
+    };
+    for field in schema.fields() {
+        if !walk.field(field.data_type())? {
+            break;
+        }
+    }
+    Ok(())
 }
 
 fn check_schema_message(what: &str, schema: arrow_ipc::Schema<'_>) -> Result<()> {
