@@ -157,9 +157,9 @@ def test_lengths_that_do_not_match_the_buffers_are_refused():
     # see the lie in general; a length beyond the buffer's allocation is caught by the
     # bounds the producer's buffers do carry here (an offset past the end).
     arr = pa.array(np.arange(4, dtype=np.int64))
-    with pytest.raises(InvalidArrowDataError):
+    with pytest.raises(InvalidArrowDataError, match=r"declares a negative length \(-1\)"):
         arrowbridge.to_numpy(RawArrow(arr, length=-1))
-    with pytest.raises(InvalidArrowDataError):
+    with pytest.raises(InvalidArrowDataError, match=r"declares a negative offset \(-3\)"):
         arrowbridge.to_numpy(RawArrow(arr, offset=-3))
 
 

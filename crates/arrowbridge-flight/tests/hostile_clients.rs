@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
-use arrow_flight::{Action, FlightClient, FlightData, FlightDescriptor};
+use arrow_flight::{FlightClient, FlightData, FlightDescriptor};
 use arrow_ipc::writer::IpcWriteOptions;
 use arrow_ipc::CompressionType;
 use arrow_schema::Schema;
@@ -16,14 +16,10 @@ use futures::{stream, TryStreamExt};
 use ndarray::{ArrayD, IxDyn};
 use tonic::Code;
 
+mod common;
+
 async fn client(server: &RunningServer) -> FlightClient {
-    let url = server.location().replace("grpc://", "http://");
-    let channel = tonic::transport::Channel::from_shared(url)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    FlightClient::new(channel)
+    common::client(server.location()).await
 }
 
 /// The FlightData messages of a put of a 1000-value int64 array called `name`.
@@ -71,14 +67,16 @@ fn status_of(result: Result<(), FlightError>) -> tonic::Status {
 }
 
 async fn assert_healthy(client: &mut FlightClient) {
-    let health: Vec<_> = client
-        .do_action(Action::new("health", ""))
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
-    assert!(String::from_utf8_lossy(&health[0]).contains("ok"));
+    assert_eq!(common::health(client).await["status"], "ok");
+}
+
+/// Runs a DoExchange of `messages` to its end.
+async fn exchange(
+    client: &mut FlightClient,
+    messages: impl futures::Stream<Item = Result<FlightData, FlightError>> + Send + 'static,
+) -> Result<(), FlightError> {
+    let results = client.do_exchange(messages).await?;
+    results.try_collect::<Vec<_>>().await.map(|_| ())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -140,11 +138,7 @@ async fn a_kernel_on_a_stored_item_without_columns_is_refused() {
         .with_schema(Arc::new(Schema::empty()))
         .with_flight_descriptor(Some(FlightDescriptor::new_cmd(command)))
         .build(stream::empty());
-    let result = match client.do_exchange(exchange).await {
-        Ok(stream) => stream.try_collect::<Vec<_>>().await.map(|_| ()),
-        Err(e) => Err(e),
-    };
-    let status = status_of(result);
+    let status = status_of(self::exchange(&mut client, exchange).await);
     assert_eq!(status.code(), Code::InvalidArgument, "{status}");
     assert!(status.message().contains("has no columns"), "{status}");
     assert_healthy(&mut client).await;
@@ -163,11 +157,7 @@ async fn a_result_too_large_for_memory_is_resource_exhausted() {
         .with_schema(schema)
         .with_flight_descriptor(Some(FlightDescriptor::new_cmd(command)))
         .build(stream::iter(batches.into_iter().map(Ok)));
-    let result = match client.do_exchange(exchange).await {
-        Ok(stream) => stream.try_collect::<Vec<_>>().await.map(|_| ()),
-        Err(e) => Err(e),
-    };
-    let status = status_of(result);
+    let status = status_of(self::exchange(&mut client, exchange).await);
     assert_eq!(status.code(), Code::ResourceExhausted, "{status}");
     assert!(status.message().contains("320000000000 bytes"), "{status}");
     assert_healthy(&mut client).await;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use arrow_flight::encode::FlightDataEncoderBuilder;
-use arrow_flight::{Action, FlightClient, FlightDescriptor, Ticket};
+use arrow_flight::{FlightDescriptor, Ticket};
 use arrow_schema::Schema;
 use arrowbridge::ipc::{record_batch, tensors_of};
 use arrowbridge::ArrowTensor;
@@ -13,15 +13,9 @@ use arrowbridge_flight::{start, ServerConfig};
 use futures::{stream, TryStreamExt};
 use ndarray::{array, ArrayD, IxDyn};
 
-async fn client(location: &str) -> FlightClient {
-    let url = location.replace("grpc://", "http://");
-    let channel = tonic::transport::Channel::from_shared(url)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    FlightClient::new(channel)
-}
+mod common;
+
+use common::{client, health};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn put_get_exchange_and_health_from_a_rust_client() {
@@ -72,14 +66,7 @@ async fn put_get_exchange_and_health_from_a_rust_client() {
         array![6.0, 9.0].into_dyn()
     );
 
-    let health: Vec<_> = client
-        .do_action(Action::new("health", ""))
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
-    let health: serde_json::Value = serde_json::from_slice(&health[0]).unwrap();
+    let health = health(&mut client).await;
     assert_eq!(health["status"], "ok");
     assert_eq!(health["stored"], 1);
 

@@ -31,6 +31,20 @@ fn child_types(data_type: &DataType) -> Vec<&DataType> {
 /// reads them: a producer that declares more than it exported would make the import read
 /// past its pointer arrays.
 pub fn check_structure(array: &FFI_ArrowArray, data_type: &DataType, what: &str) -> Result<()> {
+    // arrow-rs reads the C struct's int64 counts as usize: a negative one would wrap into
+    // sizes no buffer has (and error messages of 18446744073709551615 bytes). `null_count`
+    // may be -1, which the specification uses for "not computed".
+    for (name, value) in [("length", array.len()), ("offset", array.offset())] {
+        if value > i64::MAX as usize {
+            return Err(Error::invalid(
+                what,
+                format!(
+                    "the exported array declares a negative {name} ({})",
+                    value as i64
+                ),
+            ));
+        }
+    }
     let layout = arrow_data::layout(data_type);
     let buffers = layout.buffers.len() + usize::from(layout.can_contain_null_mask);
     let n = array.num_buffers();

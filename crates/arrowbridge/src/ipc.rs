@@ -752,19 +752,14 @@ fn index_file(path: &Path, data: &Buffer) -> Result<Index> {
             body: meta_end..body_end,
         })
     };
-    let dictionaries = footer
-        .dictionaries()
-        .iter()
-        .flatten()
-        .map(locate)
-        .collect::<Result<_>>()?;
-    let batches = footer
-        .recordBatches()
-        .iter()
-        .flatten()
-        .map(locate)
-        .collect::<Result<_>>()?;
-    Ok((schema, dictionaries, batches))
+    let [dictionaries, batches] = [footer.dictionaries(), footer.recordBatches()].map(|blocks| {
+        blocks
+            .iter()
+            .flatten()
+            .map(locate)
+            .collect::<Result<Vec<_>>>()
+    });
+    Ok((schema, dictionaries?, batches?))
 }
 
 /// Checks one IPC message before arrow-ipc decodes it, so that no input, however hostile,

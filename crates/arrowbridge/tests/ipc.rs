@@ -143,7 +143,27 @@ fn reads_what_pyarrow_wrote() {
     // The stream was written in batches of two rows: batch by batch, each is a view.
     let stream = read_ipc(&data("pyarrow_stream.arrows"), true).unwrap();
     assert_eq!(stream.num_batches(), 3);
+    let (base, len) = stream.mapping().expect("mapped");
+    for index in 0..3 {
+        for (name, t) in stream.batch_tensors(index).unwrap() {
+            let address = t.data_ptr() as usize;
+            assert!(
+                address >= base && address + t.nbytes() <= base + len,
+                "batch {index} column {name} is not a view of the mapping"
+            );
+        }
+    }
     assert_eq!(stream.batch_tensors(2).unwrap()[0].1.shape(), &[1, 2, 3]);
+    // The uncompressed file, read whole: one batch, every column a view.
+    let file = read_ipc(&data("pyarrow_file.arrow"), true).unwrap();
+    let (base, len) = file.mapping().expect("mapped");
+    for (name, t) in file.tensors().unwrap() {
+        let address = t.data_ptr() as usize;
+        assert!(
+            t.is_empty() || (address >= base && address + t.nbytes() <= base + len),
+            "{name} is not a view of the mapping"
+        );
+    }
 }
 
 fn expect_bad_file(bytes: &[u8], dir: &TempDir) -> Error {
