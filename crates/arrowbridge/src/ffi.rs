@@ -11,6 +11,20 @@ use arrow_schema::{DataType, Field};
 
 use crate::error::{Error, Result};
 
+/// The buffer layout of `data_type`, refused for a fixed-size binary of negative size, on
+/// which `arrow_data::layout` panics (a schema, from a file or a producer, can declare one).
+pub(crate) fn layout(data_type: &DataType, what: &str) -> Result<arrow_data::DataTypeLayout> {
+    if let DataType::FixedSizeBinary(size) = data_type {
+        if *size < 0 {
+            return Err(Error::invalid(
+                what,
+                format!("{data_type} has a negative size {size}"),
+            ));
+        }
+    }
+    Ok(arrow_data::layout(data_type))
+}
+
 /// The child types an array of `data_type` has.
 fn child_types(data_type: &DataType) -> Vec<&DataType> {
     match data_type {
@@ -45,7 +59,7 @@ pub fn check_structure(array: &FFI_ArrowArray, data_type: &DataType, what: &str)
             ));
         }
     }
-    let layout = arrow_data::layout(data_type);
+    let layout = layout(data_type, what)?;
     let buffers = layout.buffers.len() + usize::from(layout.can_contain_null_mask);
     let n = array.num_buffers();
     if n != buffers && !(layout.variadic && n > buffers) {
@@ -75,7 +89,8 @@ pub fn check_structure(array: &FFI_ArrowArray, data_type: &DataType, what: &str)
 /// Only the buffers and children that `data_type` has are read: a producer's `n_buffers` and
 /// `n_children` are not trusted to match the arrays its pointers lead to.
 fn buffer_addresses(array: &FFI_ArrowArray, data_type: &DataType, out: &mut Vec<usize>) {
-    let buffers = 1 + arrow_data::layout(data_type).buffers.len();
+    // check_structure refused the types without a layout before this runs.
+    let buffers = 1 + layout(data_type, "").map_or(0, |l| l.buffers.len());
     for i in 1..array.num_buffers().min(buffers) {
         out.push(array.buffer(i) as usize);
     }
@@ -150,4 +165,17 @@ pub unsafe fn import_array(
         }
     }
     Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fixed_size_binary_of_negative_size_is_refused_not_a_panic() {
+        // Found by fuzzing: arrow_data::layout unwraps the size.
+        let array = FFI_ArrowArray::empty();
+        let err = check_structure(&array, &DataType::FixedSizeBinary(-3), "f").unwrap_err();
+        assert!(err.to_string().contains("negative size -3"), "{err}");
+    }
 }

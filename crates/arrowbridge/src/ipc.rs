@@ -947,7 +947,8 @@ fn check_nodes(
             ) {
                 return Ok(false);
             }
-            let layout = arrow_data::layout(data_type);
+            let layout =
+                crate::ffi::layout(data_type, self.what).map_err(|e| self.bad(e.to_string()))?;
             if layout.variadic {
                 return Ok(false);
             }
