@@ -159,7 +159,7 @@ where
         .chain(rest)
         .try_filter(|data| futures::future::ready(!data.data_header.is_empty()))
         .and_then(move |data| {
-            let checked = arrowbridge::ipc::check_message_of(
+            let checked = arrowbridge::ipc::check_message(
                 call,
                 &data.data_header,
                 &data.data_body,

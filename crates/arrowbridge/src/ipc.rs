@@ -541,7 +541,7 @@ fn open_data(
         };
     for at in dictionaries.iter().chain(&batches) {
         let (metadata, body) = (&data[at.metadata.clone()], &data[at.body.clone()]);
-        check_message_of(&what, metadata, body, Some(&schema))?;
+        check_message(&what, metadata, body, Some(&schema))?;
     }
     let full_schema = Arc::new(schema);
     let projection = columns
@@ -772,17 +772,13 @@ fn index_file(path: &Path, data: &Buffer) -> Result<Index> {
 /// * the uncompressed sizes that compressed buffers declare add up to memory this process
 ///   may allocate ([`crate::memory::allocation_limit`]; arrow-ipc allocates them up front);
 /// * a schema is little-endian (arrow-ipc would hand out byte-swapped values) and has no
-///   union columns (whose buffers arrow-ipc slices without checking their lengths).
+///   union columns (whose buffers arrow-ipc slices without checking their lengths);
+/// * with the stream's `schema` known (a file's, or the one its schema message brought), a
+///   record batch's field nodes and typed buffers fit it: no fixed-size list overflows,
+///   every typed buffer holds whole values (arrow-data panics on both).
 ///
 /// Files, streams and the Flight server all decode through this check.
-pub fn check_message(what: &str, metadata: &[u8], body: &[u8]) -> Result<()> {
-    check_message_of(what, metadata, body, None)
-}
-
-/// [`check_message`] for a message of a stream or file whose schema is `schema`: a record
-/// batch is also checked against it, so that no field node declares a length whose
-/// fixed-size-list values overflow (arrow-data's validation panics on those).
-pub fn check_message_of(
+pub fn check_message(
     what: &str,
     metadata: &[u8],
     body: &[u8],
