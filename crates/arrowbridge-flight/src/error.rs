@@ -65,7 +65,9 @@ impl From<FlightServerError> for Status {
             }
             FlightServerError::Io { source, .. }
             | FlightServerError::Core(E::Io { source, .. }) => storage_status(&source, message),
-            FlightServerError::Core(E::OutOfMemory { .. }) => Status::resource_exhausted(message),
+            FlightServerError::Core(E::OutOfMemory { .. }) => {
+                with_kind(Status::resource_exhausted(message), KIND_OUT_OF_MEMORY)
+            }
             FlightServerError::Transport(_)
             | FlightServerError::Listen { .. }
             | FlightServerError::Tls(_) => Status::internal(message),
@@ -74,12 +76,28 @@ impl From<FlightServerError> for Status {
     }
 }
 
+/// Response metadata key that says which kind of failure a status reports, where its gRPC
+/// code alone does not (`RESOURCE_EXHAUSTED` is either memory or disk): clients choose their
+/// exception from the code and this, never from the message's text.
+pub const KIND_KEY: &str = "arrowbridge-error";
+/// [`KIND_KEY`] of a server that cannot allocate what a call needs.
+pub const KIND_OUT_OF_MEMORY: &str = "out-of-memory";
+/// [`KIND_KEY`] of a server that cannot write its data directory.
+pub const KIND_STORAGE: &str = "storage";
+
+fn with_kind(mut status: Status, kind: &'static str) -> Status {
+    status
+        .metadata_mut()
+        .insert(KIND_KEY, tonic::metadata::MetadataValue::from_static(kind));
+    status
+}
+
 /// The status of a failed read or write of the data directory. The server is sound but
 /// cannot store: a full disk is `RESOURCE_EXHAUSTED`, a read-only or forbidden directory
 /// `FAILED_PRECONDITION`, anything else `INTERNAL`.
 fn storage_status(source: &std::io::Error, message: String) -> Status {
     use std::io::ErrorKind as K;
-    match source.kind() {
+    let status = match source.kind() {
         K::StorageFull | K::QuotaExceeded => {
             Status::resource_exhausted(format!("data directory full: {message}"))
         }
@@ -90,5 +108,6 @@ fn storage_status(source: &std::io::Error, message: String) -> Status {
             Status::failed_precondition(format!("data directory not writable: {message}"))
         }
         _ => Status::internal(message),
-    }
+    };
+    with_kind(status, KIND_STORAGE)
 }

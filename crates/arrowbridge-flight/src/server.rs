@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use arrowbridge::Registry;
+use futures::future::{BoxFuture, FutureExt};
+use std::future::Future;
 use tokio::sync::oneshot;
+use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
@@ -30,6 +33,9 @@ pub struct ServerConfig {
     pub host: String,
     /// 0 picks a free port.
     pub port: u16,
+    /// Listen on this Unix socket instead of `host:port` (`grpc+unix://` locations). The
+    /// socket is created readable and writable by this user only.
+    pub unix: Option<PathBuf>,
     /// Persist every put here, and serve what is here at start.
     pub data_dir: Option<PathBuf>,
     /// Require `authorization: Bearer <token>` on every call.
@@ -41,11 +47,20 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// An in-memory server on the Unix socket `path` with the built-in kernels.
+    pub fn unix(path: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            unix: Some(path.into()),
+            ..ServerConfig::new("", 0)
+        }
+    }
+
     /// An in-memory server on `host:port` with the built-in kernels.
     pub fn new(host: impl Into<String>, port: u16) -> Self {
         ServerConfig {
             host: host.into(),
             port,
+            unix: None,
             data_dir: None,
             token: None,
             tls: None,
@@ -58,7 +73,7 @@ impl ServerConfig {
 #[derive(Debug)]
 pub struct RunningServer {
     location: String,
-    addr: SocketAddr,
+    addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<Duration>>,
     thread: Option<JoinHandle<Result<()>>>,
 }
@@ -82,27 +97,8 @@ pub fn start(config: ServerConfig) -> Result<RunningServer> {
     let store = Arc::new(Store::open(config.data_dir.clone())?);
     // Everything that can fail happens before the runtime exists: a runtime dropped inside
     // async code panics, and `start` may be called from async code.
-    let listen_error = |source: std::io::Error| FlightServerError::Listen {
-        address: format!("{}:{}", config.host, config.port),
-        source,
-    };
-    let listener = std::net::TcpListener::bind((config.host.as_str(), config.port))
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(listen_error)?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| FlightServerError::Transport(e.to_string()))?;
-    let scheme = if config.tls.is_some() {
-        "grpc+tls"
-    } else {
-        "grpc"
-    };
-    let host = if addr.is_ipv6() {
-        format!("[{}]", addr.ip())
-    } else {
-        addr.ip().to_string()
-    };
-    let location = format!("{scheme}://{host}:{}", addr.port());
+    let listener = Listener::bind(&config)?;
+    let location = listener.location(config.tls.is_some());
     let service = Service::new(store, config.registry.clone(), config.token.clone());
     let flight = FlightServiceServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE)
@@ -124,34 +120,32 @@ pub fn start(config: ServerConfig) -> Result<RunningServer> {
         .enable_all()
         .build()
         .map_err(|e| FlightServerError::Transport(e.to_string()))?;
-    let listener = {
-        let _context = runtime.enter();
-        tokio::net::TcpListener::from_std(listener)
-    };
-    let listener = match listener {
-        Ok(listener) => listener,
-        Err(e) => {
-            runtime.shutdown_background();
-            return Err(listen_error(e));
-        }
-    };
     let (tx, rx) = oneshot::channel::<Duration>();
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let serve = async move {
-        let (grace_tx, grace_rx) = oneshot::channel::<Duration>();
-        let signal = async move {
-            let _ = grace_tx.send(rx.await.unwrap_or(SHUTDOWN_GRACE));
-        };
-        let serve = builder
-            .add_service(flight)
-            .serve_with_incoming_shutdown(incoming, signal);
-        tokio::pin!(serve);
-        tokio::select! {
-            result = &mut serve => result,
-            Ok(grace) = grace_rx => {
-                // New connections are refused from now on; calls under way get `grace` to
-                // finish, and are cancelled (their connections dropped) after that.
-                tokio::time::timeout(grace, &mut serve).await.unwrap_or(Ok(()))
+    let addr = listener.addr();
+    let socket = listener.socket_path();
+    let serve: BoxFuture<'static, std::result::Result<(), tonic::transport::Error>> = {
+        let _context = runtime.enter();
+        let router = builder.add_service(flight);
+        match listener.into_tokio() {
+            Ok(Incoming::Tcp(listener)) => {
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                serve_until(
+                    move |signal| router.serve_with_incoming_shutdown(incoming, signal),
+                    rx,
+                )
+                .boxed()
+            }
+            Ok(Incoming::Unix(listener)) => {
+                let incoming = UnixListenerStream::new(listener);
+                serve_until(
+                    move |signal| router.serve_with_incoming_shutdown(incoming, signal),
+                    rx,
+                )
+                .boxed()
+            }
+            Err(e) => {
+                runtime.shutdown_background();
+                return Err(e);
             }
         }
     };
@@ -165,6 +159,9 @@ pub fn start(config: ServerConfig) -> Result<RunningServer> {
             // A kernel still running on a blocking thread cannot be interrupted; the server
             // stops without waiting for it.
             runtime.shutdown_timeout(Duration::from_millis(100));
+            if let Some(socket) = socket {
+                let _ = std::fs::remove_file(socket);
+            }
             result
         })
         .map_err(|e| FlightServerError::Transport(e.to_string()))?;
@@ -176,14 +173,151 @@ pub fn start(config: ServerConfig) -> Result<RunningServer> {
     })
 }
 
+/// Runs `serve` until the shutdown signal `rx`, then gives calls under way the grace period
+/// the signal carries, and cancels them (their connections dropped) after that.
+async fn serve_until<F, S>(
+    serve: S,
+    rx: oneshot::Receiver<Duration>,
+) -> std::result::Result<(), tonic::transport::Error>
+where
+    S: FnOnce(BoxFuture<'static, ()>) -> F,
+    F: Future<Output = std::result::Result<(), tonic::transport::Error>>,
+{
+    let (grace_tx, grace_rx) = oneshot::channel::<Duration>();
+    let signal = async move {
+        let _ = grace_tx.send(rx.await.unwrap_or(SHUTDOWN_GRACE));
+    };
+    let serve = serve(signal.boxed());
+    tokio::pin!(serve);
+    tokio::select! {
+        result = &mut serve => result,
+        Ok(grace) = grace_rx => {
+            // New connections are refused from now on.
+            tokio::time::timeout(grace, &mut serve).await.unwrap_or(Ok(()))
+        }
+    }
+}
+
+/// A bound listening socket, before the runtime exists.
+enum Listener {
+    Tcp(std::net::TcpListener, SocketAddr),
+    Unix(std::os::unix::net::UnixListener, PathBuf),
+}
+
+/// A listening socket registered with the runtime.
+enum Incoming {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+impl Listener {
+    fn bind(config: &ServerConfig) -> Result<Self> {
+        if let Some(path) = &config.unix {
+            let listen_error = |source: std::io::Error| FlightServerError::Listen {
+                address: format!("unix:{}", path.display()),
+                source,
+            };
+            if config.tls.is_some() {
+                return Err(FlightServerError::Tls(
+                    "TLS is for TCP locations; a Unix socket is reached only on this host".into(),
+                ));
+            }
+            remove_stale_socket(path).map_err(listen_error)?;
+            let listener = std::os::unix::net::UnixListener::bind(path).map_err(listen_error)?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .and_then(|()| listener.set_nonblocking(true))
+                .map_err(listen_error)?;
+            let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+            return Ok(Listener::Unix(listener, path));
+        }
+        let listen_error = |source: std::io::Error| FlightServerError::Listen {
+            address: format!("{}:{}", config.host, config.port),
+            source,
+        };
+        let listener = std::net::TcpListener::bind((config.host.as_str(), config.port))
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(listen_error)?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| FlightServerError::Transport(e.to_string()))?;
+        Ok(Listener::Tcp(listener, addr))
+    }
+
+    fn location(&self, tls: bool) -> String {
+        match self {
+            Listener::Unix(_, path) => format!("grpc+unix://{}", path.display()),
+            Listener::Tcp(_, addr) => {
+                let scheme = if tls { "grpc+tls" } else { "grpc" };
+                let host = if addr.is_ipv6() {
+                    format!("[{}]", addr.ip())
+                } else {
+                    addr.ip().to_string()
+                };
+                format!("{scheme}://{host}:{}", addr.port())
+            }
+        }
+    }
+
+    fn addr(&self) -> Option<SocketAddr> {
+        match self {
+            Listener::Tcp(_, addr) => Some(*addr),
+            Listener::Unix(..) => None,
+        }
+    }
+
+    fn socket_path(&self) -> Option<PathBuf> {
+        match self {
+            Listener::Unix(_, path) => Some(path.clone()),
+            Listener::Tcp(..) => None,
+        }
+    }
+
+    /// Registers the socket with the current runtime.
+    fn into_tokio(self) -> Result<Incoming> {
+        match self {
+            Listener::Tcp(l, addr) => tokio::net::TcpListener::from_std(l)
+                .map(Incoming::Tcp)
+                .map_err(|source| FlightServerError::Listen {
+                    address: addr.to_string(),
+                    source,
+                }),
+            Listener::Unix(l, path) => tokio::net::UnixListener::from_std(l)
+                .map(Incoming::Unix)
+                .map_err(|source| FlightServerError::Listen {
+                    address: format!("unix:{}", path.display()),
+                    source,
+                }),
+        }
+    }
+}
+
+/// Removes a socket file that nobody listens on any more (a server that did not stop
+/// cleanly leaves its socket behind); anything else at `path` is left for `bind` to refuse.
+fn remove_stale_socket(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "a server is listening on this socket already",
+                )),
+                Err(_) => std::fs::remove_file(path),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
 impl RunningServer {
-    /// `grpc://host:port` (or `grpc+tls://…`): what clients connect to.
+    /// `grpc://host:port` (or `grpc+tls://…`, `grpc+unix:///path`): what clients connect to.
     pub fn location(&self) -> &str {
         &self.location
     }
 
-    /// The bound address.
-    pub fn addr(&self) -> SocketAddr {
+    /// The bound address (`None` on a Unix socket).
+    pub fn addr(&self) -> Option<SocketAddr> {
         self.addr
     }
 

@@ -3,8 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow_array::RecordBatch;
-use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_array::{RecordBatch, RecordBatchOptions};
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
@@ -21,6 +20,7 @@ use serde::Deserialize;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{FlightServerError, Result};
+use crate::receive::{receive, Received};
 use crate::store::{check_name, Store, Stored};
 
 /// Largest FlightData message the server sends; bigger batches are split by rows.
@@ -68,135 +68,156 @@ fn descriptor_name(descriptor: &FlightDescriptor) -> Result<String> {
     Ok(name.clone())
 }
 
+/// Items larger than this are offered as several endpoints (row ranges) that clients may
+/// fetch in parallel.
+pub const PART_BYTES: usize = 64 << 20;
+/// The most endpoints one item is offered as.
+pub const MAX_ENDPOINTS: usize = 4;
+
+/// What a ticket asks for: a whole item (the ticket is its name), or rows of it
+/// (`{"name": ..., "rows": [start, end]}`, the tickets of a large item's endpoints).
+#[derive(Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct TicketRows {
+    name: String,
+    rows: [usize; 2],
+}
+
+fn parse_ticket(ticket: &[u8]) -> Result<(String, Option<std::ops::Range<usize>>), Status> {
+    if ticket.first() == Some(&b'{') {
+        let t: TicketRows = serde_json::from_slice(ticket)
+            .map_err(|e| Status::invalid_argument(format!("bad ticket: {e}")))?;
+        let [start, end] = t.rows;
+        if start > end {
+            return Err(Status::invalid_argument(format!(
+                "bad ticket: rows [{start}, {end}] run backwards"
+            )));
+        }
+        return Ok((t.name, Some(start..end)));
+    }
+    let name = std::str::from_utf8(ticket)
+        .map_err(|_| Status::invalid_argument("the ticket must be a UTF-8 name"))?;
+    Ok((name.to_string(), None))
+}
+
+/// The row ranges a stored item is offered as: one, or up to [`MAX_ENDPOINTS`] of about
+/// [`PART_BYTES`] each.
+fn row_ranges(stored: &Stored) -> Vec<std::ops::Range<usize>> {
+    let rows = stored.rows();
+    let parts = stored
+        .bytes()
+        .div_ceil(PART_BYTES)
+        .clamp(1, MAX_ENDPOINTS)
+        .min(rows.max(1));
+    let step = rows.div_ceil(parts).max(1);
+    (0..parts)
+        .map(|i| (i * step).min(rows)..((i + 1) * step).min(rows))
+        .collect()
+}
+
 fn flight_info(name: &str, stored: &Stored) -> Result<FlightInfo, Status> {
     // Shapes and dtypes, for clients that do not read extension metadata.
     let columns: Vec<serde_json::Value> = stored
         .schema
         .fields()
         .iter()
-        .map(|f| {
+        .enumerate()
+        .map(|(i, f)| {
             let mut column =
                 serde_json::json!({"name": f.name(), "arrow_type": f.data_type().to_string()});
-            // A column that is a tensor reports its dtype and shape (a view: nothing is copied
-            // unless the item has several batches).
-            if let Ok(t) = stored.tensor(f.name()) {
-                column["dtype"] = t.dtype().name().into();
-                column["shape"] = t.shape().into();
+            if let Some((dtype, shape)) = stored.column_shape(i) {
+                column["dtype"] = dtype.name().into();
+                column["shape"] = shape.into();
             }
             column
         })
         .collect();
     let metadata =
         serde_json::json!({"rows": stored.rows(), "bytes": stored.bytes(), "columns": columns});
-    Ok(FlightInfo::new()
+    let ranges = row_ranges(stored);
+    let mut info = FlightInfo::new()
         .try_with_schema(&stored.schema)
         .map_err(|e| Status::internal(e.to_string()))?
         .with_descriptor(FlightDescriptor::new_path(vec![name.to_string()]))
-        .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(name.to_string())))
         .with_total_records(stored.rows() as i64)
         .with_total_bytes(stored.bytes() as i64)
-        .with_app_metadata(metadata.to_string()))
+        .with_ordered(true)
+        .with_app_metadata(metadata.to_string());
+    if ranges.len() == 1 {
+        info = info.with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(name.to_string())));
+    } else {
+        for range in ranges {
+            let ticket = TicketRows {
+                name: name.to_string(),
+                rows: [range.start, range.end],
+            };
+            let ticket = serde_json::to_string(&ticket).expect("a ticket is serializable");
+            info = info.with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)));
+        }
+    }
+    Ok(info)
 }
 
-/// The batches of an item as they travel: as they are when each row fits in a message, laid
-/// out flat ([`arrowbridge::ipc::wire_batches`]) when one does not (an item put as a single
-/// large row, or arrays of different lengths read from a data directory file).
+/// Rows `range` of `batches` (slices: views, no copies).
+fn rows_of(batches: &[RecordBatch], range: std::ops::Range<usize>) -> Vec<RecordBatch> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for batch in batches {
+        let end = start + batch.num_rows();
+        let (from, to) = (range.start.max(start), range.end.min(end));
+        if from < to {
+            out.push(batch.slice(from - start, to - from));
+        }
+        start = end;
+    }
+    out
+}
+
+/// The batches of an item as they travel, the schema announcing their rows: as they are
+/// when each row fits in a message, laid out flat ([`arrowbridge::ipc::wire_batches`]) when
+/// one does not (an item put as a single large row by another writer, or a data directory
+/// file of arrays of different lengths).
 fn wire(schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let oversized = batches
         .iter()
         .any(|b| b.num_rows() > 0 && b.get_array_memory_size() / b.num_rows() > MAX_FLIGHT_DATA);
     if !oversized {
+        let rows = batches.iter().map(RecordBatch::num_rows).sum();
+        let schema = Arc::new(arrowbridge::landing::announcing(&schema, rows));
         return Ok((schema, batches));
     }
     let tensors = arrowbridge::ipc::tensors_of(&schema, &batches)?;
     let columns: Vec<(&str, &ArrowTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    Ok(arrowbridge::ipc::wire_batches(&columns, MAX_FLIGHT_DATA)?)
+    let (wire_schema, batches) = arrowbridge::ipc::wire_batches(&columns, MAX_FLIGHT_DATA)?;
+    // The item's own schema metadata (its form) travels too.
+    let mut metadata = schema.metadata().clone();
+    metadata.extend(wire_schema.metadata().clone());
+    Ok((
+        Arc::new(wire_schema.as_ref().clone().with_metadata(metadata)),
+        batches,
+    ))
 }
 
 fn encode(
     schema: SchemaRef,
     batches: Vec<RecordBatch>,
 ) -> BoxStream<'static, Result<FlightData, Status>> {
+    // The encoder wants every batch to carry exactly the schema it sends (which may have
+    // more metadata than the stored batches: the rows it announces).
+    let batches = batches.into_iter().map({
+        let schema = schema.clone();
+        move |b| {
+            let options = RecordBatchOptions::new().with_row_count(Some(b.num_rows()));
+            RecordBatch::try_new_with_options(schema.clone(), b.columns().to_vec(), &options)
+                .map_err(FlightError::from)
+        }
+    });
     FlightDataEncoderBuilder::new()
         .with_schema(schema)
         .with_max_flight_data_size(MAX_FLIGHT_DATA)
-        .build(stream::iter(batches.into_iter().map(Ok)))
+        .build(stream::iter(batches))
         .map_err(Status::from)
         .boxed()
-}
-
-/// Reads the first message of a client stream (it carries the descriptor) and decodes the
-/// record batches of the whole stream. Every message is checked before it is decoded
-/// ([`arrowbridge::ipc::check_message`]), so no request can reach a panic or an aborting
-/// allocation in the decoder.
-async fn read_upload<S>(
-    mut stream: S,
-    call: &'static str,
-) -> Result<
-    (
-        Option<FlightDescriptor>,
-        Option<SchemaRef>,
-        Vec<RecordBatch>,
-    ),
-    Status,
->
-where
-    S: futures::Stream<Item = Result<FlightData, Status>> + Send + Unpin + 'static,
-{
-    let Some(first) = stream.next().await.transpose()? else {
-        return Ok((None, None, Vec::new()));
-    };
-    let descriptor = first.flight_descriptor.clone();
-    let rest = stream.map_err(|status| FlightError::Tonic(Box::new(status)));
-    // The status of a message that failed its check; the decoder only sees an error.
-    let refused: Arc<std::sync::Mutex<Option<Status>>> = Arc::default();
-    let refusal = refused.clone();
-    // Batches are checked against the stream's schema, which its schema message brings.
-    let mut schema: Option<arrow_schema::Schema> = None;
-    // Some clients (pyarrow's DoExchange) send the descriptor in a message of its own, and any
-    // message may carry only app_metadata: neither is Arrow data to decode.
-    let all = stream::once(async { Ok(first) })
-        .chain(rest)
-        .try_filter(|data| futures::future::ready(!data.data_header.is_empty()))
-        .and_then(move |data| {
-            let checked = arrowbridge::ipc::check_message(
-                call,
-                &data.data_header,
-                &data.data_body,
-                schema.as_ref(),
-            )
-            .map(|()| {
-                if let Some(sent) = arrowbridge::ipc::schema_of_message(&data.data_header) {
-                    schema = Some(sent);
-                }
-                data
-            })
-            .map_err(|e| {
-                let status = Status::from(FlightServerError::from(e));
-                let error = FlightError::ProtocolError(status.message().to_string());
-                *refusal
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(status);
-                error
-            });
-            futures::future::ready(checked)
-        });
-    let mut decoded = FlightRecordBatchStream::new_from_flight_data(all);
-    let mut batches = Vec::new();
-    while let Some(batch) = decoded.next().await {
-        match batch {
-            Ok(batch) => batches.push(batch),
-            Err(e) => {
-                let refused = refused
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .take();
-                return Err(refused
-                    .unwrap_or_else(|| Status::invalid_argument(format!("bad Arrow data: {e}"))));
-            }
-        }
-    }
-    Ok((descriptor, decoded.schema().cloned(), batches))
 }
 
 fn column_tensor(schema: &SchemaRef, batches: &[RecordBatch], name: &str) -> Result<ArrowTensor> {
@@ -222,7 +243,11 @@ impl Service {
     where
         S: futures::Stream<Item = Result<FlightData, Status>> + Send + Unpin + 'static,
     {
-        let (descriptor, schema, batches) = read_upload(messages, "DoPut").await?;
+        let Received {
+            descriptor,
+            schema,
+            batches,
+        } = receive(messages, "DoPut").await?;
         let descriptor = descriptor.ok_or_else(|| {
             Status::invalid_argument("DoPut needs a descriptor with a path: [name]")
         })?;
@@ -250,7 +275,11 @@ impl Service {
     where
         S: futures::Stream<Item = Result<FlightData, Status>> + Send + Unpin + 'static,
     {
-        let (descriptor, schema, batches) = read_upload(messages, "DoExchange").await?;
+        let Received {
+            descriptor,
+            schema,
+            batches,
+        } = receive(messages, "DoExchange").await?;
         let command = descriptor
             .map(|d| d.cmd)
             .filter(|cmd| !cmd.is_empty())
@@ -427,12 +456,24 @@ impl FlightService for Service {
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
         self.authorize(&request)?;
-        let name = std::str::from_utf8(&request.get_ref().ticket)
-            .map_err(|_| Status::invalid_argument("the ticket must be a UTF-8 name"))?
-            .to_string();
+        let (name, rows) = parse_ticket(&request.get_ref().ticket)?;
         let stored = self.stored(&name)?;
+        if let Some(rows) = &rows {
+            if rows.end > stored.rows() {
+                return Err(Status::out_of_range(format!(
+                    "ticket for rows [{}, {}] of {name:?}, which has {} rows",
+                    rows.start,
+                    rows.end,
+                    stored.rows()
+                )));
+            }
+        }
         let (schema, batches) = tokio::task::spawn_blocking(move || {
-            wire(stored.schema.clone(), stored.batches.clone())
+            let batches = match rows {
+                Some(rows) => rows_of(&stored.batches, rows),
+                None => stored.batches.clone(),
+            };
+            wire(stored.schema.clone(), batches)
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))??;

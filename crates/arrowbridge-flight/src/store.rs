@@ -2,49 +2,77 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use arrow_array::RecordBatch;
+use arrow_array::{RecordBatch, RecordBatchOptions};
 use arrow_schema::SchemaRef;
 use arrowbridge::ipc::{self, IpcFormat, WriteOptions};
-use arrowbridge::ArrowTensor;
+use arrowbridge::landing::{unannounced, ROWS_KEY};
+use arrowbridge::{ArrowTensor, DType};
 
 use crate::error::{FlightServerError, Result};
 
-/// One stored item: the batches a client put under a name.
+/// One stored item: the batches a client put under a name, held once. A put from an
+/// arrowbridge client lands as one batch of contiguous columns; other writers' batches are
+/// kept as they arrived.
 #[derive(Debug)]
 pub struct Stored {
-    /// The schema the client put.
+    /// The schema the client put (without the row count its stream announced).
     pub schema: SchemaRef,
-    /// The batches, as they arrived.
+    /// The batches.
     pub batches: Vec<RecordBatch>,
-    /// The columns as tensors, made on first use: a put split into many batches is
-    /// concatenated once, not on every call that reads it.
-    tensors: OnceLock<Vec<(String, ArrowTensor)>>,
 }
 
 impl Stored {
     /// An item made of `batches`.
     pub fn new(schema: SchemaRef, batches: Vec<RecordBatch>) -> Self {
-        Stored {
-            schema,
-            batches,
-            tensors: OnceLock::new(),
-        }
+        let schema = if schema.metadata().contains_key(ROWS_KEY) {
+            Arc::new(unannounced(&schema))
+        } else {
+            schema
+        };
+        // The batches share the item's schema, so that slices of them travel with it.
+        let batches = batches
+            .into_iter()
+            .map(|b| {
+                let options = RecordBatchOptions::new().with_row_count(Some(b.num_rows()));
+                RecordBatch::try_new_with_options(schema.clone(), b.columns().to_vec(), &options)
+                    .unwrap_or(b)
+            })
+            .collect();
+        Stored { schema, batches }
     }
 
-    /// Column `name` as a tensor (a view when the item has one batch).
+    /// Column `name` as a tensor: a view when the item is one batch, a concatenation made
+    /// for this call when it is several (nothing is cached: the item is held once).
     pub fn tensor(&self, name: &str) -> Result<ArrowTensor> {
-        if self.tensors.get().is_none() {
-            let tensors = ipc::tensors_of(&self.schema, &self.batches)?;
-            let _ = self.tensors.set(tensors);
+        let (index, _) = self
+            .schema
+            .column_with_name(name)
+            .ok_or_else(|| FlightServerError::NotFound(format!("no column {name:?}")))?;
+        Ok(ipc::column_across(&self.schema, &self.batches, index)?)
+    }
+
+    /// The dtype and shape of column `index`, without concatenating anything; `None` when
+    /// the column is not a tensor.
+    pub fn column_shape(&self, index: usize) -> Option<(DType, Vec<usize>)> {
+        match self.batches.as_slice() {
+            [] | [_] => {
+                let t = ipc::column_across(&self.schema, &self.batches, index).ok()?;
+                Some((t.dtype(), t.shape().to_vec()))
+            }
+            [first, ..] => {
+                let field = self.schema.field(index);
+                if field.metadata().contains_key(ipc::FORM_KEY) {
+                    return None; // flat and element columns come in one batch
+                }
+                let data = first.column(index).slice(0, 0).to_data();
+                let t = ArrowTensor::from_arrow_unpacking(field, data).ok()?;
+                let mut shape = t.shape().to_vec();
+                *shape.first_mut()? = self.rows();
+                Some((t.dtype(), shape))
+            }
         }
-        let tensors = self.tensors.get().expect("set above");
-        tensors
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, t)| t.clone())
-            .ok_or_else(|| FlightServerError::NotFound(format!("no column {name:?}")))
     }
 
     /// Total rows.
@@ -192,7 +220,6 @@ impl Store {
         self.read_items().get(name).cloned()
     }
 
-    /// Removes `name`; whether it existed.
     /// Removes `name`; whether it existed. When the file cannot be removed the item stays
     /// (in memory and on disk), so that a failed delete changes nothing.
     pub fn delete(&self, name: &str) -> Result<bool> {

@@ -147,6 +147,7 @@ pub fn wire_batches(
     let total: usize = columns.iter().map(|(_, t)| t.nbytes()).sum();
     let row_bytes = total.div_ceil(rows);
     if row_bytes <= max_bytes {
+        let batch = announced(batch)?;
         return Ok((batch.schema(), slices(&batch, row_bytes, max_bytes)));
     }
     let rows = total.div_ceil(FLAT_ROW_BYTES.min(max_bytes)).max(1);
@@ -163,12 +164,19 @@ pub fn wire_batches(
         fields.push(flat.field(name).with_metadata(metadata));
         arrays.push(flat.array());
     }
-    let flat = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?;
+    let flat = announced(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)?;
     let row_bytes: usize = columns
         .iter()
         .map(|(_, t)| t.len().div_ceil(rows).max(1) * t.dtype().itemsize())
         .sum();
     Ok((flat.schema(), slices(&flat, row_bytes, max_bytes)))
+}
+
+/// `batch` with its row count announced in its schema ([`crate::landing::ROWS_KEY`]), so
+/// that a receiver can allocate every column once.
+fn announced(batch: RecordBatch) -> Result<RecordBatch> {
+    let schema = crate::landing::announcing(&batch.schema(), batch.num_rows());
+    Ok(batch.with_schema(Arc::new(schema))?)
 }
 
 /// `batch` cut into slices of whole rows of at most `max_bytes` (one row per slice at least).

@@ -9,6 +9,8 @@
 //!
 //! * [`ipc`] writes named tensors to Arrow IPC files and streams and reads them back as views
 //!   of a memory mapping.
+//! * [`landing`] receives a stream of record batches straight into one contiguous buffer per
+//!   column, as the Flight client and server do.
 //!
 //! This crate has no Python in it.
 //!
@@ -41,6 +43,7 @@ mod error;
 pub mod ffi;
 pub mod ipc;
 pub mod kernels;
+pub mod landing;
 mod layout;
 pub mod memory;
 mod tensor;

@@ -1,0 +1,474 @@
+//! Streams of IPC record batches received straight into one contiguous buffer per column.
+//!
+//! A sender that knows how many rows it will send says so in its schema's metadata
+//! ([`ROWS_KEY`]). The receiver then allocates every column once ([`Destination`]) and copies
+//! each message's values into their rows as the message arrives: no batch objects, no
+//! realignment of unaligned message bodies, no concatenation after receipt. The received
+//! columns are one batch whose buffers are aligned, contiguous and owned.
+//!
+//! Only columns whose rows are fixed-width values can land this way: primitive arrays and
+//! fixed-size lists of them (every tensor arrowbridge sends). [`Destination::new`] returns
+//! `None` for other schemas, and the caller decodes their messages as usual.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use arrow_array::{Array, Float64Array, RecordBatch};
+//! use arrow_ipc::writer::{IpcDataGenerator, IpcWriteOptions, DictionaryTracker};
+//! use arrow_schema::{DataType, Field, Schema};
+//! use arrowbridge::landing::{announcing, Destination};
+//!
+//! // The sender's schema says that 5 rows will follow.
+//! let schema = Arc::new(announcing(&Schema::new(vec![Field::new("x", DataType::Float64, false)]), 5));
+//! let mut destination = Destination::new("example", schema.clone(), 5)?.expect("fixed width");
+//! // Two messages of 3 and 2 rows, as a sender splits them.
+//! let values = Float64Array::from(vec![1.0, 2.0, 3.0, 4.0, 5.0]);
+//! let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(values)]).unwrap();
+//! let (generator, options) = (IpcDataGenerator::default(), IpcWriteOptions::default());
+//! let mut parts = destination.parts(&[5])?;
+//! for slice in [batch.slice(0, 3), batch.slice(3, 2)] {
+//!     let mut tracker = DictionaryTracker::new(false);
+//!     let (_, message) = generator.encode(&slice, &mut tracker, &options, &mut Default::default()).unwrap();
+//!     parts[0].fill(&message.ipc_message, &message.arrow_data)?;
+//! }
+//! parts.pop().unwrap().finish()?;
+//! let received = destination.into_batch()?;
+//! assert_eq!(received.column(0).as_ref(), &Float64Array::from(vec![1.0, 2.0, 3.0, 4.0, 5.0]) as &dyn Array);
+//! # Ok::<(), arrowbridge::Error>(())
+//! ```
+
+use std::ops::Range;
+
+use arrow_array::{make_array, ArrayRef, RecordBatch, RecordBatchOptions};
+use arrow_buffer::MutableBuffer;
+use arrow_data::ArrayData;
+use arrow_schema::{DataType, Schema, SchemaRef};
+
+use crate::error::{Error, Result};
+
+/// Schema metadata key: how many rows the stream that this schema begins carries.
+pub const ROWS_KEY: &str = "arrowbridge.rows";
+
+/// The rows a schema announces ([`ROWS_KEY`]), if it does.
+pub fn announced_rows(schema: &Schema) -> Option<usize> {
+    schema.metadata().get(ROWS_KEY)?.parse().ok()
+}
+
+/// How one column's rows are laid out: `values` values of `width` bytes per row.
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    /// Values per row: 1 for a primitive column, the list size for a fixed-size list.
+    values: usize,
+    /// Bytes per value.
+    width: usize,
+    /// Whether the column is a fixed-size list (two field nodes instead of one).
+    list: bool,
+}
+
+impl Layout {
+    fn of(data_type: &DataType) -> Option<Self> {
+        let primitive = |t: &DataType| t.is_primitive().then(|| t.primitive_width()).flatten();
+        match data_type {
+            DataType::FixedSizeList(child, size) => Some(Layout {
+                values: usize::try_from(*size).ok()?,
+                width: primitive(child.data_type())?,
+                list: true,
+            }),
+            other => Some(Layout {
+                values: 1,
+                width: primitive(other)?,
+                list: false,
+            }),
+        }
+    }
+
+    fn row_bytes(&self) -> Option<usize> {
+        self.values.checked_mul(self.width)
+    }
+}
+
+/// The columns of a stream being received: one aligned buffer per column, allocated once.
+#[derive(Debug)]
+pub struct Destination {
+    what: String,
+    schema: SchemaRef,
+    rows: usize,
+    layouts: Vec<Layout>,
+    buffers: Vec<MutableBuffer>,
+}
+
+impl Destination {
+    /// The destination of `rows` rows of `schema`, or `None` when a column's rows are not
+    /// fixed-width values (the caller decodes such streams instead). `what` names the
+    /// stream in errors. Fails when the columns would not fit in memory.
+    pub fn new(what: &str, schema: SchemaRef, rows: usize) -> Result<Option<Self>> {
+        let Some(layouts) = schema
+            .fields()
+            .iter()
+            .map(|f| Layout::of(f.data_type()))
+            .collect::<Option<Vec<_>>>()
+        else {
+            return Ok(None);
+        };
+        let sizes = layouts
+            .iter()
+            .map(|l| l.row_bytes().and_then(|b| b.checked_mul(rows)))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                Error::invalid(what, format!("{rows} rows overflow the address space"))
+            })?;
+        let total = sizes
+            .iter()
+            .try_fold(0u64, |acc, &n| acc.checked_add(n as u64));
+        crate::memory::check_allocation(what, total.unwrap_or(u64::MAX))?;
+        // Zeroed allocations of this size come straight from the kernel's zero pages: the
+        // pages are touched once, by the copy that fills them.
+        let buffers = sizes
+            .into_iter()
+            .map(MutableBuffer::from_len_zeroed)
+            .collect();
+        Ok(Some(Destination {
+            what: what.to_string(),
+            schema,
+            rows,
+            layouts,
+            buffers,
+        }))
+    }
+
+    /// The schema the stream began with.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Rows in all.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The destination cut into consecutive parts of `counts` rows each (which must add up
+    /// to [`rows`](Self::rows)), one per stream that fills it: streams fetched in parallel
+    /// land in their own rows of the same buffers.
+    pub fn parts(&mut self, counts: &[usize]) -> Result<Vec<Part<'_>>> {
+        let sum = counts.iter().try_fold(0usize, |a, &n| a.checked_add(n));
+        if sum != Some(self.rows) {
+            return Err(Error::invalid(
+                &self.what,
+                format!(
+                    "parts of {counts:?} rows do not add up to the {} rows announced",
+                    self.rows
+                ),
+            ));
+        }
+        let mut remaining: Vec<&mut [u8]> =
+            self.buffers.iter_mut().map(|b| b.as_slice_mut()).collect();
+        let mut parts = Vec::with_capacity(counts.len());
+        let mut start = 0;
+        for &count in counts {
+            let mut columns = Vec::with_capacity(remaining.len());
+            for (slot, layout) in remaining.iter_mut().zip(&self.layouts) {
+                let bytes = count * layout.row_bytes().expect("checked in new");
+                let (head, tail) = std::mem::take(slot).split_at_mut(bytes);
+                columns.push(head);
+                *slot = tail;
+            }
+            parts.push(Part {
+                what: &self.what,
+                schema: &self.schema,
+                layouts: &self.layouts,
+                rows: start..start + count,
+                filled: 0,
+                columns,
+            });
+            start += count;
+        }
+        Ok(parts)
+    }
+
+    /// The received columns as one record batch (call once every part is finished).
+    pub fn into_batch(self) -> Result<RecordBatch> {
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.buffers.len());
+        for ((field, layout), buffer) in self
+            .schema
+            .fields()
+            .iter()
+            .zip(&self.layouts)
+            .zip(self.buffers)
+        {
+            let values = buffer.into();
+            let data = match field.data_type() {
+                DataType::FixedSizeList(child, _) => {
+                    let child = ArrayData::builder(child.data_type().clone())
+                        .len(self.rows * layout.values)
+                        .add_buffer(values)
+                        .build()?;
+                    ArrayData::builder(field.data_type().clone())
+                        .len(self.rows)
+                        .add_child_data(child)
+                        .build()?
+                }
+                other => ArrayData::builder(other.clone())
+                    .len(self.rows)
+                    .add_buffer(values)
+                    .build()?,
+            };
+            arrays.push(make_array(data));
+        }
+        let options = RecordBatchOptions::new().with_row_count(Some(self.rows));
+        Ok(RecordBatch::try_new_with_options(
+            self.schema,
+            arrays,
+            &options,
+        )?)
+    }
+}
+
+/// Consecutive rows of a [`Destination`], filled by the record-batch messages of one stream.
+#[derive(Debug)]
+pub struct Part<'a> {
+    what: &'a str,
+    schema: &'a Schema,
+    layouts: &'a [Layout],
+    rows: Range<usize>,
+    filled: usize,
+    columns: Vec<&'a mut [u8]>,
+}
+
+impl Part<'_> {
+    /// The rows of the destination this part fills.
+    pub fn rows(&self) -> Range<usize> {
+        self.rows.clone()
+    }
+
+    /// Copies the values of one record-batch message (`metadata` is its flatbuffer, `body`
+    /// its body) into the next rows. Messages that are not record batches are ignored.
+    ///
+    /// The message must have passed [`crate::ipc::check_message`] against the schema: its
+    /// buffers lie inside the body. Here each column must be uncompressed and without nulls,
+    /// its field nodes must say the batch's rows, and its values buffer must hold them.
+    pub fn fill(&mut self, metadata: &[u8], body: &[u8]) -> Result<()> {
+        let bad = |message: String| Error::BadFile {
+            path: self.what.to_string(),
+            message,
+        };
+        let message = arrow_ipc::root_as_message(metadata)
+            .map_err(|e| bad(format!("corrupt message: {e}")))?;
+        let Some(batch) = message.header_as_record_batch() else {
+            return Ok(());
+        };
+        if batch.compression().is_some() {
+            return Err(bad(
+                "a stream that announces its rows must not compress its buffers".into(),
+            ));
+        }
+        let rows = usize::try_from(batch.length())
+            .map_err(|_| bad(format!("a record batch of {} rows", batch.length())))?;
+        let room = self.rows.len() - self.filled;
+        if rows > room {
+            return Err(bad(format!(
+                "a record batch of {rows} rows at row {} overflows the {} rows announced",
+                self.rows.start + self.filled,
+                self.rows.len()
+            )));
+        }
+        let (Some(nodes), Some(buffers)) = (batch.nodes(), batch.buffers()) else {
+            return Err(bad("a record batch without field nodes or buffers".into()));
+        };
+        let mut nodes = nodes.iter();
+        let mut buffers = buffers.iter();
+        for ((field, layout), column) in self
+            .schema
+            .fields()
+            .iter()
+            .zip(self.layouts)
+            .zip(self.columns.iter_mut())
+        {
+            let mut node = |expected: usize| -> Result<()> {
+                let node = nodes
+                    .next()
+                    .ok_or_else(|| bad(format!("column {:?}: missing field node", field.name())))?;
+                if node.null_count() != 0 {
+                    return Err(Error::Nulls {
+                        what: format!("{}: column {:?}", self.what, field.name()),
+                        count: usize::try_from(node.null_count()).unwrap_or(0),
+                    });
+                }
+                if usize::try_from(node.length()).ok() != Some(expected) {
+                    return Err(bad(format!(
+                        "column {:?}: a field node of {} values in a batch that needs {expected}",
+                        field.name(),
+                        node.length()
+                    )));
+                }
+                Ok(())
+            };
+            let values = rows * layout.values;
+            if layout.list {
+                node(rows)?;
+                buffers.next(); // the list's validity: no nulls, as its node says
+            }
+            node(values)?;
+            buffers.next(); // the values' validity
+            let buffer = buffers
+                .next()
+                .ok_or_else(|| bad(format!("column {:?}: missing values buffer", field.name())))?;
+            let bytes = values * layout.width;
+            // Within the body: check_message saw to that.
+            let start = usize::try_from(buffer.offset()).unwrap_or(usize::MAX);
+            let source = body
+                .get(start..start.saturating_add(bytes))
+                .filter(|_| usize::try_from(buffer.length()).is_ok_and(|n| n >= bytes))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "column {:?}: a values buffer of {} bytes at body offset {} cannot hold {rows} rows ({bytes} bytes)",
+                        field.name(),
+                        buffer.length(),
+                        buffer.offset()
+                    ))
+                })?;
+            let at = self.filled * layout.row_bytes().expect("checked in new");
+            column[at..at + bytes].copy_from_slice(source);
+        }
+        self.filled += rows;
+        Ok(())
+    }
+
+    /// Checks that every row of the part arrived.
+    pub fn finish(self) -> Result<()> {
+        if self.filled != self.rows.len() {
+            return Err(Error::BadFile {
+                path: self.what.to_string(),
+                message: format!(
+                    "the stream ended after {} of the {} rows it announced",
+                    self.filled,
+                    self.rows.len()
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `schema` with [`ROWS_KEY`] set to `rows`.
+pub fn announcing(schema: &Schema, rows: usize) -> Schema {
+    let mut metadata = schema.metadata().clone();
+    metadata.insert(ROWS_KEY.to_string(), rows.to_string());
+    schema.clone().with_metadata(metadata)
+}
+
+/// `schema` without [`ROWS_KEY`] (what a stored item's schema says, whatever stream brought it).
+pub fn unannounced(schema: &Schema) -> Schema {
+    let mut metadata = schema.metadata().clone();
+    metadata.remove(ROWS_KEY);
+    schema.clone().with_metadata(metadata)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Array, FixedSizeListArray, Float32Array, Int64Array};
+    use arrow_ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteOptions};
+    use arrow_schema::Field;
+    use std::sync::Arc;
+
+    fn encode(batch: &RecordBatch) -> (Vec<u8>, Vec<u8>) {
+        let mut tracker = DictionaryTracker::new(false);
+        let (_, m) = IpcDataGenerator::default()
+            .encode(
+                batch,
+                &mut tracker,
+                &IpcWriteOptions::default(),
+                &mut Default::default(),
+            )
+            .unwrap();
+        (m.ipc_message, m.arrow_data)
+    }
+
+    fn table(rows: usize) -> RecordBatch {
+        let ids = Int64Array::from_iter_values(0..rows as i64);
+        let values = Float32Array::from_iter_values((0..rows * 3).map(|v| v as f32));
+        let item = Arc::new(Field::new("item", DataType::Float32, false));
+        let vectors = FixedSizeListArray::new(item, 3, Arc::new(values), None);
+        let schema = Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("v", vectors.data_type().clone(), false),
+        ]);
+        RecordBatch::try_new(
+            Arc::new(announcing(&schema, rows)),
+            vec![Arc::new(ids), Arc::new(vectors)],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn parts_filled_in_any_order_make_the_batch_that_was_sent() {
+        let sent = table(10);
+        let mut destination = Destination::new("t", sent.schema(), 10).unwrap().unwrap();
+        let mut parts = destination.parts(&[4, 6]).unwrap();
+        // The second part's stream arrives first, in two messages.
+        for slice in [sent.slice(4, 5), sent.slice(9, 1)] {
+            let (meta, body) = encode(&slice);
+            parts[1].fill(&meta, &body).unwrap();
+        }
+        let (meta, body) = encode(&sent.slice(0, 4));
+        parts[0].fill(&meta, &body).unwrap();
+        for part in parts {
+            part.finish().unwrap();
+        }
+        let received = destination.into_batch().unwrap();
+        assert_eq!(received, sent);
+        let address = received.column(1).to_data().child_data()[0].buffers()[0].as_ptr() as usize;
+        assert_eq!(address % 64, 0, "columns land aligned");
+    }
+
+    #[test]
+    fn missing_and_extra_rows_are_errors_naming_the_counts() {
+        let sent = table(5);
+        let mut destination = Destination::new("t", sent.schema(), 5).unwrap().unwrap();
+        let mut parts = destination.parts(&[5]).unwrap();
+        let (meta, body) = encode(&sent.slice(0, 3));
+        parts[0].fill(&meta, &body).unwrap();
+        let err = parts[0].fill(&meta, &body).unwrap_err().to_string();
+        assert!(
+            err.contains("a record batch of 3 rows at row 3 overflows the 5 rows"),
+            "{err}"
+        );
+        let err = parts.pop().unwrap().finish().unwrap_err().to_string();
+        assert!(err.contains("after 3 of the 5 rows"), "{err}");
+    }
+
+    #[test]
+    fn nulls_are_refused_with_the_column_named() {
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]));
+        let with_null = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from(vec![Some(1), None]))],
+        )
+        .unwrap();
+        let mut destination = Destination::new("t", schema, 2).unwrap().unwrap();
+        let mut parts = destination.parts(&[2]).unwrap();
+        let (meta, body) = encode(&with_null);
+        let err = parts[0].fill(&meta, &body).unwrap_err();
+        assert!(matches!(err, Error::Nulls { count: 1, .. }), "{err}");
+        assert!(err.to_string().contains("column \"x\""), "{err}");
+    }
+
+    #[test]
+    fn columns_that_are_not_fixed_width_are_left_to_the_decoder() {
+        let schema = Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8, false)]));
+        assert!(Destination::new("t", schema, 3).unwrap().is_none());
+        let schema = Arc::new(Schema::new(vec![Field::new("b", DataType::Boolean, false)]));
+        assert!(Destination::new("t", schema, 3).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_size_past_memory_is_an_error_before_any_allocation() {
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Float64, false)]));
+        let err = Destination::new("t", schema.clone(), usize::MAX / 4).unwrap_err();
+        assert!(
+            matches!(err, Error::OutOfMemory { .. } | Error::InvalidData { .. }),
+            "{err}"
+        );
+        let err = Destination::new("t", schema, usize::MAX).unwrap_err();
+        assert!(err.to_string().contains("overflow"), "{err}");
+    }
+}
