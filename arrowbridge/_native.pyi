@@ -1,5 +1,6 @@
 """Typed interface of the compiled extension (crates/arrowbridge-py)."""
 
+import builtins
 import os
 from typing import Any, final
 
@@ -7,6 +8,7 @@ import numpy as np
 
 __all__ = [
     "ArrowMemory",
+    "FlightClient",
     "FlightServer",
     "IpcReader",
     "__version__",
@@ -19,7 +21,6 @@ __all__ = [
     "rust_numpy_identity",
     "stream_to_arrays",
     "to_numpy",
-    "wire_capsules",
     "write_arrays",
     "write_stream",
 ]
@@ -80,12 +81,6 @@ def write_stream(
 ) -> None:
     """Writes every batch of an ``__arrow_c_stream__`` producer to an IPC file or stream."""
 
-def wire_capsules(
-    names: list[str], arrays: list[Any], max_bytes: int
-) -> list[tuple[object, object]]:
-    """(schema, array) capsules of the batches that carry the arrays in messages of at most
-    ``max_bytes``."""
-
 def stream_to_arrays(data: Any) -> dict[str, np.ndarray]:
     """Every column of an ``__arrow_c_stream__`` producer as NumPy arrays."""
 
@@ -121,6 +116,7 @@ class FlightServer:
         host: str,
         port: int,
         *,
+        unix: str | None = None,
         data_dir: str | os.PathLike[str] | None = None,
         token: str | None = None,
         tls_cert: bytes | None = None,
@@ -131,3 +127,25 @@ class FlightServer:
     @property
     def running(self) -> bool: ...
     def shutdown(self) -> None: ...
+
+@final
+class FlightClient:
+    """The native Flight client; every call releases the GIL while data moves."""
+
+    def __new__(
+        cls, location: str, *, token: str | None = None, tls_root_certs: bytes | None = None
+    ) -> FlightClient: ...
+    def put(
+        self, name: str, names: builtins.list[str], arrays: builtins.list[Any], form: str
+    ) -> int: ...
+    def get(self, name: str) -> tuple[str, dict[str, np.ndarray]]: ...
+    def list(self) -> builtins.list[dict[str, Any]]: ...
+    def info(self, name: str) -> dict[str, Any]: ...
+    def action(self, kind: str, body: bytes) -> bytes: ...
+    def call(
+        self,
+        kernel: str,
+        args: builtins.list[tuple[str, Any]],
+        params: dict[str, Any] | None = None,
+    ) -> builtins.list[np.ndarray]: ...
+    def close(self) -> None: ...

@@ -80,21 +80,69 @@ class PluginError(ArrowBridgeError, ImportError):
     """A kernel plugin could not be loaded (the message names the library and the reason)."""
 
 
+class InvalidLocationError(ArrowBridgeError, ValueError):
+    """A Flight location that cannot be used: an unknown scheme, a missing host or path."""
+
+
+class FlightCallError(ArrowBridgeError, RuntimeError):
+    """A Flight call failed; the message is the server's. The subclasses below are chosen by
+    the call's gRPC status code (and, where one code has two causes, by the error kind the
+    arrowbridge server attaches), never by the message's text."""
+
+
+class AuthenticationError(FlightCallError, PermissionError):
+    """The server wants a (different) bearer token (``UNAUTHENTICATED``,
+    ``PERMISSION_DENIED``)."""
+
+
+class RemoteNotFoundError(FlightCallError, LookupError):
+    """The server has no array (or kernel) of that name (``NOT_FOUND``)."""
+
+
+class RemoteInvalidError(FlightCallError, ValueError):
+    """The server rejected the request: wrong dtype, shape, parameter or data
+    (``INVALID_ARGUMENT``, ``OUT_OF_RANGE``, ``FAILED_PRECONDITION``)."""
+
+
+class ServerUnavailableError(FlightCallError, ConnectionError):
+    """The server cannot be reached (``UNAVAILABLE``)."""
+
+
+class RemoteOutOfMemoryError(FlightCallError, MemoryError):
+    """The server cannot allocate what the call needs (``RESOURCE_EXHAUSTED``, kind
+    ``out-of-memory``): a kernel's result, or a buffer the request declares, is larger than
+    its memory. The server keeps serving."""
+
+
+class RemoteStorageError(FlightCallError, OSError):
+    """The server could not write its data directory (kind ``storage``): the disk is full
+    (``RESOURCE_EXHAUSTED``) or the directory is read-only (``FAILED_PRECONDITION``). Nothing
+    was stored or deleted; the message names the file."""
+
+
 __all__ = [
     "ArrowBridgeError",
+    "AuthenticationError",
     "ByteOrderError",
     "CopyRequiredError",
     "DTypeMismatchError",
     "FileError",
+    "FlightCallError",
     "InvalidArrowDataError",
     "InvalidFileError",
+    "InvalidLocationError",
     "KernelError",
     "KernelParameterError",
     "MisalignedBufferError",
     "NullValuesError",
     "OutOfMemoryError",
     "PluginError",
+    "RemoteInvalidError",
+    "RemoteNotFoundError",
+    "RemoteOutOfMemoryError",
+    "RemoteStorageError",
     "ServerStartError",
+    "ServerUnavailableError",
     "ShapeError",
     "TLSConfigError",
     "UnknownKernelError",

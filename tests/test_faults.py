@@ -65,7 +65,7 @@ def test_64_clients_mixing_put_get_call_see_no_errors_and_flat_memory():
                         op = rng.random()
                         if op < 0.4:
                             c.put(name, x)
-                            assert same_values(c.get(name)["data"], x)
+                            assert same_values(c.get(name), x)
                         elif op < 0.7:
                             assert same_values(c.call("identity", x), x)
                         else:
@@ -128,9 +128,9 @@ c.put(sys.argv[2], x)
             names = {item["name"] for item in c.list()}
             for i in range(8):
                 if f"victim{i}" in names:
-                    assert c.get(f"victim{i}")["data"].shape == (32768, 1024)
+                    assert c.get(f"victim{i}").shape == (32768, 1024)
                     c.delete(f"victim{i}")
-            assert same_values(c.get("keep")["data"], np.arange(10.0))
+            assert same_values(c.get("keep"), np.arange(10.0))
             # With the finished ones deleted, nothing of the dead puts stays in memory.
             for _ in range(20):
                 time.sleep(0.5)
@@ -172,7 +172,7 @@ def test_a_full_disk_is_a_clear_error_and_loses_nothing(small_tmpfs):
             # Nothing half-written is served or left behind; what was stored is intact.
             assert sorted(i["name"] for i in c.list()) == ["a", "b"]
             assert sorted(p.name for p in small_tmpfs.iterdir()) == ["a.arrow", "b.arrow"]
-            assert same_values(c.get("a")["data"], one_mib)
+            assert same_values(c.get("a"), one_mib)
             # Freeing space makes puts work again.
             c.delete("a")
             c.put("c", one_mib)
@@ -215,14 +215,14 @@ def test_a_read_only_data_directory_is_a_clear_error(data_dir):
     unwritable = r"(Read-only|Permission denied)"
     with server_process("--data-dir", str(data_dir)) as (_, location):
         with arrowbridge.connect(location) as c:
-            assert same_values(c.get("a")["data"], np.arange(5))  # still served
+            assert same_values(c.get("a"), np.arange(5))  # still served
             with pytest.raises(RemoteStorageError, match=r"not writable.*b\.arrow.*" + unwritable):
                 c.put("b", np.arange(3))
             with pytest.raises(RemoteStorageError, match=r"not writable.*a\.arrow.*" + unwritable):
                 c.delete("a")
             # A failed delete deletes nothing.
             assert [i["name"] for i in c.list()] == ["a"]
-            assert same_values(c.get("a")["data"], np.arange(5))
+            assert same_values(c.get("a"), np.arange(5))
 
 
 def test_a_file_size_limit_is_a_clear_error():

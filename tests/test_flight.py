@@ -176,7 +176,7 @@ def test_our_client_against_a_pyarrow_flight_server():
 def test_large_tensors_are_split_into_messages_and_reassembled(client):
     x = np.random.default_rng(0).standard_normal((2048, 8192)).astype(np.float32)  # 64 MiB
     client.put("big", x)
-    back = client.get("big")["data"]
+    back = client.get("big")
     assert back.shape == x.shape
     assert np.array_equal(back, x)
     np.testing.assert_allclose(
@@ -193,7 +193,7 @@ class TestAuth:
                 arrowbridge.connect(srv.location, token="guess").put("x", np.ones(2))
             good = arrowbridge.connect(srv.location, token="s3cret")
             good.put("x", np.ones(2))
-            np.testing.assert_array_equal(good.get("x")["data"], [1.0, 1.0])
+            np.testing.assert_array_equal(good.get("x"), [1.0, 1.0])
             with pytest.raises(flight.FlightUnauthenticatedError):
                 flight.FlightClient(srv.location).do_get(flight.Ticket(b"x")).read_all()
 
@@ -227,7 +227,7 @@ class TestAuth:
             assert srv.location.startswith("grpc+tls://")
             c = arrowbridge.connect(srv.location, tls_root_certs=cert.read_bytes())
             c.put("t", np.arange(3))
-            np.testing.assert_array_equal(c.get("t")["data"], np.arange(3))
+            np.testing.assert_array_equal(c.get("t"), np.arange(3))
 
 
 class TestFaults:
@@ -247,7 +247,7 @@ class TestFaults:
         )
         subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
         client.put("after", np.arange(4))
-        np.testing.assert_array_equal(client.get("after")["data"], np.arange(4))
+        np.testing.assert_array_equal(client.get("after"), np.arange(4))
         assert client.health()["status"] == "ok"
 
     @pytest.mark.parametrize(
@@ -275,7 +275,7 @@ class TestFaults:
                 x = np.full((8, 4), float(i * 100 + j))
                 c.put(f"c{i}", x)
                 assert c.call("sum", c.stored(f"c{i}")) == x.sum()
-                np.testing.assert_array_equal(c.get(f"c{i}")["data"], x)
+                np.testing.assert_array_equal(c.get(f"c{i}"), x)
             return True
 
         with ThreadPoolExecutor(16) as pool:
@@ -314,7 +314,7 @@ def test_every_acknowledged_put_survives_kill_9(tmp_path):
         served = {i["name"] for i in c2.list()}
         assert set(acked) <= served
         for name, x in acked.items():
-            np.testing.assert_array_equal(c2.get(name)["data"], x)
+            np.testing.assert_array_equal(c2.get(name), x)
         # A put cut short may leave a temporary file behind; it is never served.
         assert all(not n.startswith(".") for n in served)
     finally:
@@ -342,7 +342,7 @@ def test_arrays_over_2_gib_work(server):
     c.put("huge", x)
     assert c.info("huge")["rows"] == 300_000
     assert c.call("sum", c.stored("huge")) == x.size - 1 + 7.0
-    back = c.get("huge")["data"]
+    back = c.get("huge")
     assert back.shape == x.shape and back[-1, -1] == 7.0 and back[0, 0] == 1.0
     del back
     c.delete("huge")

@@ -34,7 +34,7 @@ def test_kernel_arguments_of_different_first_axes_larger_than_a_message(client):
 def test_a_single_row_larger_than_a_message_round_trips(client):
     row = np.arange(9_000_000, dtype=np.float64).reshape(1, -1)  # 72 MB in one row
     client.put("row", row)
-    got = client.get("row")["data"]
+    got = client.get("row")
     assert got.shape == row.shape and got.dtype == row.dtype
     np.testing.assert_array_equal(got, row)
     assert client.info("row")["columns"][0]["shape"] == [1, 9_000_000]

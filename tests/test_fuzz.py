@@ -182,7 +182,7 @@ def server():
 def assert_still_serving(server):
     with arrowbridge.connect(server.location) as c:
         assert c.health()["status"] == "ok"
-        np.testing.assert_array_equal(c.get("sentinel")["data"], np.arange(12.0).reshape(4, 3))
+        np.testing.assert_array_equal(c.get("sentinel"), np.arange(12.0).reshape(4, 3))
 
 
 exchange_commands = st.one_of(

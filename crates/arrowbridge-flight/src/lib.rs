@@ -11,12 +11,21 @@
 
 #![warn(missing_docs)]
 
+mod client;
 mod error;
+mod receive;
 mod server;
 mod service;
 mod store;
+mod tls;
 
-pub use error::{FlightServerError, Result};
+pub use client::{
+    Arg, Client, ClientError, ClientOptions, ClientResult, Item, ItemForm, ItemInfo, ITEM_KEY,
+};
+pub use error::{FlightServerError, Result, KIND_KEY, KIND_OUT_OF_MEMORY, KIND_STORAGE};
+pub use receive::{receive, receive_part, Received};
 pub use server::{start, RunningServer, ServerConfig, MAX_MESSAGE, SHUTDOWN_GRACE};
-pub use service::{ExchangeArg, ExchangeCommand, Service, MAX_FLIGHT_DATA};
+pub use service::{
+    ExchangeArg, ExchangeCommand, Service, MAX_ENDPOINTS, MAX_FLIGHT_DATA, PART_BYTES,
+};
 pub use store::{check_name, Store, Stored};

@@ -134,6 +134,23 @@ fn param(kernel: &str, name: &str, value: &Bound<'_, PyAny>) -> BridgeResult<Par
     })
 }
 
+/// The keyword parameters of a call of `kernel`, in process or over Flight (where
+/// [`Params::to_json`] carries them on).
+pub fn params(kernel: &str, params: Option<&Bound<'_, PyDict>>) -> BridgeResult<Params> {
+    let Some(dict) = params else {
+        return Ok(Params::default());
+    };
+    Ok(Params::new(
+        dict.iter()
+            .map(|(k, v)| {
+                let name: String = k.extract()?;
+                let value = param(kernel, &name, &v)?;
+                Ok((name, value))
+            })
+            .collect::<BridgeResult<Vec<_>>>()?,
+    ))
+}
+
 /// A kernel input, and the NumPy array it views when it views one without a copy.
 fn kernel_input<'py>(
     obj: &Bound<'py, PyAny>,
@@ -186,18 +203,7 @@ pub fn call<'py>(
             inputs.push(tensor);
             owners.push(owner);
         }
-        let params = match params {
-            None => Params::default(),
-            Some(dict) => Params::new(
-                dict.iter()
-                    .map(|(k, v)| {
-                        let name: String = k.extract()?;
-                        let value = param(kernel.name, &name, &v)?;
-                        Ok((name, value))
-                    })
-                    .collect::<BridgeResult<Vec<_>>>()?,
-            ),
-        };
+        let params = self::params(kernel.name, params)?;
         // Like NumPy, keep the GIL for work too small to amortize releasing it.
         let work: usize = inputs.iter().map(ArrowTensor::nbytes).sum();
         let outputs = if work >= RELEASE_GIL_BYTES {

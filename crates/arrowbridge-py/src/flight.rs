@@ -3,12 +3,14 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
-use arrow_array::{Array, RecordBatchReader, StructArray};
+use arrow_array::RecordBatchReader;
 use arrowbridge::ipc::tensors_of;
-use arrowbridge_flight::{start, RunningServer, ServerConfig};
+use arrowbridge::ArrowTensor;
+use arrowbridge_flight::{
+    start, Arg, Client, ClientError, ClientOptions, ItemForm, ItemInfo, RunningServer, ServerConfig,
+};
 use pyo3::prelude::*;
-use pyo3::types::{PyCapsule, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList};
 
 use crate::capsule::import_batch_stream;
 use crate::errors::{no_panic, python_error, BridgeResult};
@@ -41,17 +43,20 @@ pub struct FlightServer {
 #[pymethods]
 impl FlightServer {
     #[new]
-    #[pyo3(signature = (host, port, *, data_dir=None, token=None, tls_cert=None, tls_key=None))]
+    #[pyo3(signature = (host, port, *, unix=None, data_dir=None, token=None, tls_cert=None, tls_key=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         host: String,
         port: u16,
+        unix: Option<PathBuf>,
         data_dir: Option<PathBuf>,
         token: Option<String>,
         tls_cert: Option<Vec<u8>>,
         tls_key: Option<Vec<u8>>,
     ) -> BridgeResult<Self> {
         let mut config = ServerConfig::new(host, port);
+        config.unix = unix;
         config.data_dir = data_dir;
         config.token = token;
         config.tls = tls_cert.zip(tls_key);
@@ -89,38 +94,6 @@ impl FlightServer {
     }
 }
 
-/// The (schema, array) capsules of the record batches that carry `arrays` under `names` in
-/// messages of at most `max_bytes` (see `arrowbridge::ipc::wire_batches`): rows cut into
-/// slices, or every column laid out flat when one row would not fit.
-#[pyfunction]
-pub fn wire_capsules<'py>(
-    py: Python<'py>,
-    names: Vec<String>,
-    arrays: &Bound<'py, PyList>,
-    max_bytes: usize,
-) -> BridgeResult<Vec<Bound<'py, PyTuple>>> {
-    no_panic("wire_batches", || {
-        let tensors = arrays
-            .iter()
-            .map(|a| crate::convert::column_input(&a))
-            .collect::<BridgeResult<Vec<_>>>()?;
-        let columns: Vec<(&str, &arrowbridge::ArrowTensor)> =
-            names.iter().map(String::as_str).zip(&tensors).collect();
-        let (_, batches) =
-            py.detach(|| arrowbridge::ipc::wire_batches(&columns, max_bytes.max(1)))?;
-        batches
-            .into_iter()
-            .map(|batch| {
-                let schema = FFI_ArrowSchema::try_from(batch.schema().as_ref())?;
-                let array = FFI_ArrowArray::new(&StructArray::from(batch).to_data());
-                let schema = PyCapsule::new_with_value(py, schema, c"arrow_schema")?;
-                let array = PyCapsule::new_with_value(py, array, c"arrow_array")?;
-                Ok(PyTuple::new(py, [schema, array])?)
-            })
-            .collect()
-    })
-}
-
 /// Every column of a table-like object (anything with `__arrow_c_stream__` whose items are
 /// record batches) as NumPy arrays, honouring arrowbridge's field metadata.
 #[pyfunction]
@@ -136,4 +109,230 @@ pub fn stream_to_arrays<'py>(data: &Bound<'py, PyAny>) -> BridgeResult<Bound<'py
         }
         Ok(dict)
     })
+}
+
+/// A client error as the exception of `arrowbridge.errors` its gRPC status code (and, where
+/// the code alone is ambiguous, the server's error kind) calls for; never chosen by message.
+fn client_error(e: ClientError) -> crate::errors::BridgeError {
+    use tonic::Code;
+    let message = e.to_string();
+    let class = match e {
+        ClientError::Local(core) => return core.into(),
+        ClientError::Location(_) => "InvalidLocationError",
+        ClientError::Remote { code, kind, .. } => match (code, kind.as_deref()) {
+            (Code::Unauthenticated | Code::PermissionDenied, _) => "AuthenticationError",
+            (Code::Unavailable, _) => "ServerUnavailableError",
+            (Code::NotFound, _) => "RemoteNotFoundError",
+            (_, Some(arrowbridge_flight::KIND_STORAGE)) => "RemoteStorageError",
+            (Code::ResourceExhausted, Some(arrowbridge_flight::KIND_OUT_OF_MEMORY)) => {
+                "RemoteOutOfMemoryError"
+            }
+            (Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition, _) => {
+                "RemoteInvalidError"
+            }
+            _ => "FlightCallError",
+        },
+        _ => "FlightCallError",
+    };
+    python_error(class, (message,)).into()
+}
+
+/// The client's error once it is closed.
+fn closed() -> crate::errors::BridgeError {
+    python_error(
+        "FlightCallError",
+        ("the client is closed (by close() or its with block); connect() again",),
+    )
+    .into()
+}
+
+/// A native Flight client; `arrowbridge.Client` wraps it. Every call releases the GIL while
+/// data moves.
+#[pyclass(frozen, module = "arrowbridge._native", name = "FlightClient")]
+pub struct FlightClient {
+    client: Mutex<Option<Arc<Client>>>,
+}
+
+impl FlightClient {
+    fn client(&self) -> BridgeResult<Arc<Client>> {
+        self.client
+            .lock()
+            .ok()
+            .and_then(|c| c.clone())
+            .ok_or_else(closed)
+    }
+}
+
+/// NumPy arrays of received tensors: writeable, since each owns its buffer alone.
+fn arrays<'py>(
+    py: Python<'py>,
+    columns: &[(String, ArrowTensor)],
+) -> BridgeResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    for (name, tensor) in columns {
+        dict.set_item(name, tensor_to_numpy(py, tensor, true)?)?;
+    }
+    Ok(dict)
+}
+
+fn info_dict<'py>(py: Python<'py>, info: &ItemInfo) -> BridgeResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    dict.set_item("name", &info.name)?;
+    dict.set_item("rows", info.rows)?;
+    dict.set_item("bytes", info.bytes)?;
+    // An IPC stream of the schema alone, which pyarrow.ipc.read_schema reads.
+    let schema = arrow_ipc::writer::StreamWriter::try_new(Vec::new(), &info.schema)
+        .and_then(|w| w.into_inner())
+        .map_err(arrowbridge::Error::from)?;
+    dict.set_item("schema_ipc", PyBytes::new(py, &schema))?;
+    dict.set_item(
+        "columns",
+        serde_json::to_string(&info.columns).unwrap_or_default(),
+    )?;
+    dict.set_item("endpoints", info.endpoints)?;
+    Ok(dict)
+}
+
+#[pymethods]
+impl FlightClient {
+    #[new]
+    #[pyo3(signature = (location, *, token=None, tls_root_certs=None))]
+    fn new(
+        location: &str,
+        token: Option<String>,
+        tls_root_certs: Option<Vec<u8>>,
+    ) -> BridgeResult<Self> {
+        let options = ClientOptions {
+            token,
+            tls_root_certs,
+        };
+        let client = Client::connect(location, options).map_err(client_error)?;
+        Ok(FlightClient {
+            client: Mutex::new(Some(Arc::new(client))),
+        })
+    }
+
+    /// Stores the arrays under `name` in form `form` ("array", "dict" or "table").
+    fn put(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        names: Vec<String>,
+        arrays: &Bound<'_, PyList>,
+        form: &str,
+    ) -> BridgeResult<usize> {
+        no_panic("put", || {
+            let client = self.client()?;
+            let form = match form {
+                "array" => ItemForm::Array,
+                "dict" => ItemForm::Dict,
+                _ => ItemForm::Table,
+            };
+            let tensors = arrays
+                .iter()
+                .map(|a| crate::convert::column_input(&a))
+                .collect::<BridgeResult<Vec<_>>>()?;
+            let columns: Vec<(&str, &ArrowTensor)> =
+                names.iter().map(String::as_str).zip(&tensors).collect();
+            py.detach(|| client.put(name, &columns, form))
+                .map_err(client_error)
+        })
+    }
+
+    /// `(form, {name: array})` of the item stored under `name`.
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+    ) -> BridgeResult<(&'static str, Bound<'py, PyDict>)> {
+        no_panic("get", || {
+            let client = self.client()?;
+            let item = py.detach(|| client.get(name)).map_err(client_error)?;
+            Ok((item.form.name(), arrays(py, &item.columns)?))
+        })
+    }
+
+    /// The server's items: dicts of name, rows, bytes, schema_ipc, columns (JSON), endpoints.
+    fn list<'py>(&self, py: Python<'py>) -> BridgeResult<Vec<Bound<'py, PyDict>>> {
+        no_panic("list", || {
+            let client = self.client()?;
+            let infos = py.detach(|| client.list()).map_err(client_error)?;
+            infos.iter().map(|i| info_dict(py, i)).collect()
+        })
+    }
+
+    /// What is stored under `name` (see `list`).
+    fn info<'py>(&self, py: Python<'py>, name: &str) -> BridgeResult<Bound<'py, PyDict>> {
+        no_panic("info", || {
+            let client = self.client()?;
+            let info = py.detach(|| client.info(name)).map_err(client_error)?;
+            info_dict(py, &info)
+        })
+    }
+
+    /// Runs DoAction `kind`; the body of its first result.
+    fn action<'py>(
+        &self,
+        py: Python<'py>,
+        kind: &str,
+        body: Vec<u8>,
+    ) -> BridgeResult<Bound<'py, PyBytes>> {
+        no_panic("action", || {
+            let client = self.client()?;
+            let result = py
+                .detach(|| client.action(kind, body))
+                .map_err(client_error)?;
+            Ok(PyBytes::new(py, &result))
+        })
+    }
+
+    /// Runs `kernel` on `args` (each `("array", x)` or `("stored", name)`) with the
+    /// keyword parameters `params`; the outputs as NumPy arrays.
+    #[pyo3(signature = (kernel, args, params=None))]
+    fn call<'py>(
+        &self,
+        py: Python<'py>,
+        kernel: &str,
+        args: Vec<(String, Bound<'py, PyAny>)>,
+        params: Option<&Bound<'py, PyDict>>,
+    ) -> BridgeResult<Vec<Bound<'py, PyAny>>> {
+        no_panic("call", || {
+            let client = self.client()?;
+            let params = crate::call::params(kernel, params)?;
+            let mut tensors = Vec::new();
+            let mut stored = Vec::new();
+            for (kind, value) in &args {
+                if kind == "stored" {
+                    stored.push(Some(value.extract::<String>()?));
+                    tensors.push(None);
+                } else {
+                    stored.push(None);
+                    tensors.push(Some(crate::convert::column_input(value)?));
+                }
+            }
+            let args: Vec<Arg<'_>> = stored
+                .iter()
+                .zip(&tensors)
+                .map(|(s, t)| match (s, t) {
+                    (Some(name), _) => Arg::Stored(name),
+                    (None, Some(t)) => Arg::Array(t),
+                    (None, None) => unreachable!("every argument is one or the other"),
+                })
+                .collect();
+            let outputs = py
+                .detach(|| client.call(kernel, &args, &params))
+                .map_err(client_error)?;
+            outputs
+                .iter()
+                .map(|t| tensor_to_numpy(py, t, true))
+                .collect()
+        })
+    }
+
+    /// Closes the connection; idempotent.
+    fn close(&self, py: Python<'_>) {
+        let client = self.client.lock().ok().and_then(|mut c| c.take());
+        // The runtime stops (joining its threads) without the GIL held.
+        py.detach(move || drop(client));
+    }
 }

@@ -33,8 +33,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ipc::write_stream, m)?)?;
     m.add_class::<ipc::IpcReader>()?;
     m.add_class::<flight::FlightServer>()?;
+    m.add_class::<flight::FlightClient>()?;
     m.add_function(wrap_pyfunction!(flight::stream_to_arrays, m)?)?;
-    m.add_function(wrap_pyfunction!(flight::wire_capsules, m)?)?;
     m.add_class::<numpy_output::ArrowMemory>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

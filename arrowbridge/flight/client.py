@@ -1,0 +1,244 @@
+"""The arrowbridge Flight client: native (Rust), NumPy in and NumPy out.
+
+>>> import numpy as np, arrowbridge
+>>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
+...     client.put("x", np.arange(6.0).reshape(2, 3))
+...     client.get("x")
+array([[0., 1., 2.],
+       [3., 4., 5.]])
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from .. import _native
+from ..ipc import _array_like
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A kernel argument that names an array already on the server (not sent again).
+
+    >>> import arrowbridge
+    >>> arrowbridge.Client.stored("x")
+    Stored(name='x')
+    """
+
+    name: str
+
+
+def _columns(data: Any) -> tuple[str, list[str], list[Any]]:
+    """The form and the named columns of what a put stores."""
+    if isinstance(data, Mapping):
+        return "dict", [str(k) for k in data], [_array_like(v) for v in data.values()]
+    if isinstance(data, pa.Table | pa.RecordBatch):
+        return "table", list(data.column_names), list(data.columns)
+    return "array", ["data"], [_array_like(data)]
+
+
+def _describe(info: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": info["name"],
+        "rows": info["rows"],
+        "bytes": info["bytes"],
+        "schema": pa.ipc.read_schema(pa.py_buffer(info["schema_ipc"])),
+        "columns": json.loads(info["columns"]),
+        "endpoints": info["endpoints"],
+    }
+
+
+class Client:
+    """A Flight client speaking NumPy (see :func:`connect`). Works against any Flight server
+    for put/get/list/info/delete; ``call`` needs an arrowbridge server.
+
+    The client is native (Rust): data moves with the GIL released, received columns land in
+    one contiguous, aligned NumPy array each, and a large item offered as several endpoints
+    is fetched over parallel connections. One client may be used from several threads.
+
+    >>> import numpy as np, arrowbridge
+    >>> with arrowbridge.serve() as server, arrowbridge.Client(server.location) as client:
+    ...     client.put("x", np.arange(3))
+    ...     client.get("x")
+    array([0, 1, 2])
+    """
+
+    def __init__(
+        self, location: str, *, token: str | None = None, tls_root_certs: bytes | None = None
+    ):
+        self.location = location
+        self._native = _native.FlightClient(location, token=token, tls_root_certs=tls_root_certs)
+
+    def put(self, name: str, data: Any) -> None:
+        """Stores ``data`` under ``name``: a NumPy array, a dict of arrays (rows of one table
+        when they share axis 0, any shapes otherwise), or a pyarrow Table/RecordBatch of
+        tensor columns. :meth:`get` returns it in the same form; the form is recorded in the
+        item's schema metadata (``arrowbridge.item``), so other clients can see it too.
+
+        >>> import numpy as np, arrowbridge
+        >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
+        ...     client.put("pair", {"id": np.arange(2), "vec": np.ones((2, 3), np.float32)})
+        ...     client.info("pair")["rows"]
+        2
+        """
+        form, names, arrays = _columns(data)
+        self._native.put(name, names, arrays, form)
+
+    def get(self, name: str) -> Any:
+        """What was put under ``name``, in the form it was put: an array, or a dict of arrays
+        (for a dict or a table, and for items other clients put). Each array is one
+        contiguous, aligned, writeable NumPy array that owns the received bytes.
+
+        >>> import numpy as np, arrowbridge
+        >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
+        ...     client.put("m", np.eye(2))
+        ...     client.put("d", {"a": np.arange(2)})
+        ...     client.get("m"), client.get("d")
+        (array([[1., 0.],
+               [0., 1.]]), {'a': array([0, 1])})
+        """
+        form, arrays = self._native.get(name)
+        if form == "array":
+            return next(iter(arrays.values()))
+        return arrays
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every stored item: name, rows, bytes, schema, columns (dtype, shape) and the number
+        of endpoints it is offered as, sorted by name.
+
+        >>> import numpy as np, arrowbridge
+        >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
+        ...     client.put("b", np.arange(4))
+        ...     client.put("a", np.zeros((2, 3)))
+        ...     [(item["name"], item["rows"]) for item in client.list()]
+        [('a', 2), ('b', 4)]
+        """
+        return [_describe(info) for info in self._native.list()]
+
+    def info(self, name: str) -> dict[str, Any]:
+        """What is stored under ``name``.
+
+        >>> import numpy as np, arrowbridge
+        >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
+        ...     client.put("x", np.zeros((2, 3)))
+        ...     client.info("x")["columns"]
+        [{'arrow_type': 'FixedSizeList(3 x Float64)', 'dtype': 'float64', 'name': 'data',
+          'shape': [2, 3]}]
+        """
+        return _describe(self._native.info(name))
+
+    def delete(self, name: str) -> None:
+        """Deletes ``name`` from the server.
+
+        >>> import numpy as np, arrowbridge
+        >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
+        ...     client.put("x", np.arange(3))
+        ...     client.delete("x")
+        ...     client.list()
+        []
+        """
+        self._native.action("delete", name.encode())
+
+    def kernels(self) -> dict[str, str]:
+        """The server's kernels: name -> signature.
+
+        >>> import arrowbridge
+        >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
+        ...     client.kernels()["sum"]
+        'sum(x: numeric[...], axis: int | None = None) -> numeric[...]'
+        """
+        return json.loads(self._native.action("list_kernels", b""))
+
+    def health(self) -> dict[str, Any]:
+        """The server's status and the number of items it stores.
+
+        >>> import numpy as np, arrowbridge
+        >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
+        ...     client.put("x", np.arange(3))
+        ...     client.health()
+        {'status': 'ok', 'stored': 1}
+        """
+        return json.loads(self._native.action("health", b""))
+
+    @staticmethod
+    def stored(name: str) -> Stored:
+        """A kernel argument naming an array already on the server.
+
+        >>> import numpy as np, arrowbridge
+        >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
+        ...     client.put("x", np.arange(4.0))
+        ...     client.call("add", client.stored("x"), np.ones(4))
+        array([1., 2., 3., 4.])
+        """
+        return Stored(name)
+
+    def call(self, kernel: str, *arrays: Any, **params: Any) -> Any:
+        """Runs ``kernel`` on the server (DoExchange) and returns its result as NumPy.
+
+        Arguments are arrays (sent) or :meth:`stored` names (already on the server); keyword
+        arguments are the kernel's parameters, converted exactly as an in-process
+        :func:`arrowbridge.call` converts them. One output is returned as an array, several
+        as a tuple.
+
+        >>> import numpy as np, arrowbridge
+        >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
+        ...     client.call("sum", np.arange(6.0).reshape(2, 3), axis=0)
+        ...     client.call("identity", np.arange(2), np.zeros(1))
+        array([3., 5., 7.])
+        (array([0, 1]), array([0.]))
+        """
+        args = [
+            ("stored", a.name) if isinstance(a, Stored) else ("array", _array_like(a))
+            for a in arrays
+        ]
+        result = self._native.call(kernel, args, params)
+        return result[0] if len(result) == 1 else tuple(result)
+
+    def close(self) -> None:
+        """Closes the connection (what leaving a ``with`` block does); idempotent. Calls on a
+        closed client raise :class:`FlightCallError`.
+
+        >>> import arrowbridge
+        >>> with arrowbridge.serve() as server:
+        ...     client = arrowbridge.connect(server.location)
+        ...     client.health()["status"]
+        ...     client.close()
+        'ok'
+        """
+        self._native.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<arrowbridge.Client {self.location}>"
+
+
+def connect(
+    location: str, *, token: str | None = None, tls_root_certs: bytes | None = None
+) -> Client:
+    """A client of the Flight server at ``location``: ``grpc://host:port``,
+    ``grpc+tls://host:port`` or ``grpc+unix:///path/to/socket``. The connection is made on
+    first use; a server that cannot be reached raises :class:`ServerUnavailableError` there.
+
+    ``token`` is sent as ``authorization: Bearer <token>``; ``tls_root_certs`` (PEM) verify a
+    ``grpc+tls://`` server.
+
+    >>> import arrowbridge
+    >>> with arrowbridge.serve(token="s3cret") as server:
+    ...     with arrowbridge.connect(server.location, token="s3cret") as client:
+    ...         client.health()
+    {'status': 'ok', 'stored': 0}
+    """
+    return Client(location, token=token, tls_root_certs=tls_root_certs)
+
+
+__all__ = ["Client", "Stored", "connect"]

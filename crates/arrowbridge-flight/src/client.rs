@@ -1,0 +1,637 @@
+//! A Flight client that speaks tensors: the one `arrowbridge.connect()` wraps.
+//!
+//! It works against any Flight server for put, get, list, info and delete, and runs kernels
+//! on an arrowbridge server. Results land in one contiguous, aligned buffer per column
+//! ([`arrowbridge::landing`]); a large item offered as several endpoints is fetched over
+//! parallel connections into the same buffers.
+//!
+//! The client is blocking (it runs its own small runtime): call it from synchronous code, or
+//! from `spawn_blocking` in async code.
+//!
+//! ```
+//! use arrowbridge::{ArrowTensor, Params};
+//! use arrowbridge_flight::{start, Arg, Client, ClientOptions, ItemForm, ServerConfig};
+//! use ndarray::{ArrayD, IxDyn};
+//!
+//! let server = start(ServerConfig::new("127.0.0.1", 0))?;
+//! let client = Client::connect(server.location(), ClientOptions::default())?;
+//! let x = ArrowTensor::from_array(ArrayD::from_shape_fn(IxDyn(&[2, 3]), |i| (i[0] * 3 + i[1]) as f64));
+//! client.put("x", &[("data", &x)], ItemForm::Array)?;
+//! let item = client.get("x")?;
+//! assert_eq!((item.form, item.columns[0].1.view::<f64>()?), (ItemForm::Array, x.view::<f64>()?));
+//! let sums = client.call("sum", &[Arg::Stored("x")], &Params::new([("axis".to_string(), arrowbridge::Param::Int(1))]))?;
+//! assert_eq!(sums[0].view::<f64>()?.as_slice(), Some(&[3.0, 12.0][..]));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use arrow_array::{RecordBatch, RecordBatchOptions};
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::{Action, Criteria, FlightData, FlightDescriptor, FlightInfo, Ticket};
+use arrow_schema::{Schema, SchemaRef};
+use arrowbridge::landing::Destination;
+use arrowbridge::{ArrowTensor, Params};
+use futures::{StreamExt, TryStreamExt};
+use tonic::metadata::AsciiMetadataValue;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Request, Status};
+
+use crate::receive::{receive, receive_part};
+use crate::server::MAX_MESSAGE;
+use crate::service::MAX_FLIGHT_DATA;
+
+/// Schema metadata key: the form an item was put in ([`ItemForm`]), so that a get returns
+/// what was put.
+pub const ITEM_KEY: &str = "arrowbridge.item";
+
+/// The form of a stored item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ItemForm {
+    /// One array (its column is called `data`).
+    Array,
+    /// Named arrays.
+    Dict,
+    /// A table's columns.
+    Table,
+}
+
+impl ItemForm {
+    /// `"array"`, `"dict"` or `"table"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ItemForm::Array => "array",
+            ItemForm::Dict => "dict",
+            ItemForm::Table => "table",
+        }
+    }
+
+    /// The form a schema records; items put by other clients are tables.
+    pub fn of(schema: &Schema) -> ItemForm {
+        match schema.metadata().get(ITEM_KEY).map(String::as_str) {
+            Some("array") if schema.fields().len() == 1 => ItemForm::Array,
+            Some("dict") => ItemForm::Dict,
+            _ => ItemForm::Table,
+        }
+    }
+}
+
+/// What can go wrong in a client call.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server answered with an error status.
+    #[error("{message}")]
+    Remote {
+        /// The gRPC status code.
+        code: Code,
+        /// The server's [`crate::KIND_KEY`], where the code alone is ambiguous.
+        kind: Option<String>,
+        /// The server's message.
+        message: String,
+    },
+    /// The arrays to send, or those received, are not what arrowbridge carries.
+    #[error(transparent)]
+    Local(#[from] arrowbridge::Error),
+    /// The location cannot be used.
+    #[error("{0}")]
+    Location(String),
+    /// The blocking client was called from inside an async runtime.
+    #[error("the blocking Flight client cannot run inside an async runtime; call it from spawn_blocking")]
+    InsideRuntime,
+}
+
+impl From<Status> for ClientError {
+    fn from(status: Status) -> Self {
+        let kind = status
+            .metadata()
+            .get(crate::KIND_KEY)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let message = if status.message().is_empty() {
+            format!("{:?}", status.code())
+        } else {
+            status.message().to_string()
+        };
+        ClientError::Remote {
+            code: status.code(),
+            kind,
+            message,
+        }
+    }
+}
+
+/// `Result` of the client.
+pub type ClientResult<T> = std::result::Result<T, ClientError>;
+
+/// How to connect.
+#[derive(Clone, Debug, Default)]
+pub struct ClientOptions {
+    /// Sent as `authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// PEM certificates that verify a `grpc+tls://` server.
+    pub tls_root_certs: Option<Vec<u8>>,
+}
+
+/// A stored item as got: its form and its columns, in order.
+#[derive(Debug)]
+pub struct Item {
+    /// How it was put.
+    pub form: ItemForm,
+    /// Its columns by name.
+    pub columns: Vec<(String, ArrowTensor)>,
+}
+
+/// What a server says about an item (its FlightInfo).
+#[derive(Debug)]
+pub struct ItemInfo {
+    /// Its name.
+    pub name: String,
+    /// Rows in all (-1 when the server does not say).
+    pub rows: i64,
+    /// Bytes in all (-1 when the server does not say).
+    pub bytes: i64,
+    /// Its schema.
+    pub schema: SchemaRef,
+    /// Per column: name, Arrow type, and dtype and shape where the column is a tensor.
+    pub columns: Vec<serde_json::Value>,
+    /// How many endpoints (row ranges) it is offered as.
+    pub endpoints: usize,
+}
+
+/// A kernel argument of [`Client::call`].
+#[derive(Clone, Copy, Debug)]
+pub enum Arg<'a> {
+    /// An array sent with the call.
+    Array(&'a ArrowTensor),
+    /// An array stored on the server, by name.
+    Stored(&'a str),
+}
+
+/// A connection to a Flight server (see the module's documentation).
+#[derive(Debug)]
+pub struct Client {
+    runtime: tokio::runtime::Runtime,
+    endpoint: Endpoint,
+    channel: Channel,
+    authorization: Option<AsciiMetadataValue>,
+    location: String,
+}
+
+/// The endpoint of a location: `grpc://host:port`, `grpc+tcp://`, `grpc+tls://` or
+/// `grpc+unix:///path`.
+fn endpoint(location: &str, options: &ClientOptions) -> ClientResult<Endpoint> {
+    let bad = |why: &str| ClientError::Location(format!("location {location:?}: {why}"));
+    let (scheme, rest) = location
+        .split_once("://")
+        .ok_or_else(|| bad("expected grpc://host:port or grpc+unix:///path"))?;
+    let uri = match scheme {
+        "grpc" | "grpc+tcp" => format!("http://{rest}"),
+        "grpc+tls" => format!("https://{rest}"),
+        "grpc+unix" | "unix" => format!("unix://{rest}"),
+        other => {
+            return Err(bad(&format!(
+                "unknown scheme {other:?}; use grpc, grpc+tcp, grpc+tls or grpc+unix"
+            )))
+        }
+    };
+    let mut endpoint = Endpoint::from_shared(uri).map_err(|e| bad(&e.to_string()))?;
+    endpoint = endpoint
+        .initial_connection_window_size(Some(32 << 20))
+        .initial_stream_window_size(Some(16 << 20))
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(10));
+    if scheme == "grpc+tls" {
+        endpoint = match &options.tls_root_certs {
+            Some(pem) => {
+                let verifier =
+                    crate::tls::PinnedRoots::from_pem(pem).map_err(ClientError::Location)?;
+                endpoint.tls_config_with_verifier(ClientTlsConfig::new(), Arc::new(verifier))
+            }
+            None => endpoint.tls_config(ClientTlsConfig::new().with_enabled_roots()),
+        }
+        .map_err(|e| bad(&e.to_string()))?;
+    } else if options.tls_root_certs.is_some() {
+        return Err(bad("tls_root_certs are for grpc+tls:// locations"));
+    }
+    Ok(endpoint)
+}
+
+/// `batch` carrying exactly `schema` (which has its fields, and more metadata).
+fn with_schema(batch: &RecordBatch, schema: &SchemaRef) -> ClientResult<RecordBatch> {
+    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    Ok(
+        RecordBatch::try_new_with_options(schema.clone(), batch.columns().to_vec(), &options)
+            .map_err(arrowbridge::Error::from)?,
+    )
+}
+
+impl Client {
+    /// A client of the server at `location`. The connection is made on first use, so a
+    /// server that cannot be reached is reported by the first call.
+    pub fn connect(location: &str, options: ClientOptions) -> ClientResult<Self> {
+        let endpoint = endpoint(location, &options)?;
+        let authorization = match &options.token {
+            Some(token) => Some(format!("Bearer {token}").parse().map_err(|_| {
+                ClientError::Location("the token must be printable ASCII".to_string())
+            })?),
+            None => None,
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("arrowbridge-flight-client")
+            .enable_all()
+            .build()
+            .map_err(|e| ClientError::Location(format!("cannot start the client: {e}")))?;
+        let channel = {
+            let _context = runtime.enter();
+            endpoint.connect_lazy()
+        };
+        Ok(Client {
+            runtime,
+            endpoint,
+            channel,
+            authorization,
+            location: location.to_string(),
+        })
+    }
+
+    /// The location this client talks to.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    fn block_on<F: std::future::Future>(&self, future: F) -> ClientResult<F::Output> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(ClientError::InsideRuntime);
+        }
+        Ok(self.runtime.block_on(future))
+    }
+
+    fn service(&self, channel: Channel) -> FlightServiceClient<Channel> {
+        FlightServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        request
+    }
+
+    /// Stores `columns` under `name` as one item of form `form`; the rows the server
+    /// acknowledged. Columns that share their first axis are rows of one table; any other
+    /// set of shapes travels flat ([`arrowbridge::ipc::wire_batches`]).
+    pub fn put(
+        &self,
+        name: &str,
+        columns: &[(&str, &ArrowTensor)],
+        form: ItemForm,
+    ) -> ClientResult<usize> {
+        let (schema, batches) = arrowbridge::ipc::wire_batches(columns, MAX_FLIGHT_DATA)?;
+        let mut metadata = schema.metadata().clone();
+        metadata.insert(ITEM_KEY.to_string(), form.name().to_string());
+        let schema = Arc::new(schema.as_ref().clone().with_metadata(metadata));
+        let batches = batches
+            .iter()
+            .map(|b| with_schema(b, &schema))
+            .collect::<ClientResult<Vec<_>>>()?;
+        let descriptor = FlightDescriptor::new_path(vec![name.to_string()]);
+        let (messages, failure) = encode(schema, batches, descriptor);
+        let mut service = self.service(self.channel.clone());
+        let ack = self.block_on(async move {
+            let mut results = service.do_put(self.request(messages)).await?.into_inner();
+            let mut rows = 0;
+            while let Some(result) = results.message().await? {
+                let ack: serde_json::Value =
+                    serde_json::from_slice(&result.app_metadata).unwrap_or_default();
+                rows = ack["rows"].as_u64().unwrap_or(0) as usize;
+            }
+            Ok::<_, Status>(rows)
+        })?;
+        let failed = failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(ack?),
+        }
+    }
+
+    /// The item stored under `name`, each column one contiguous, aligned buffer.
+    pub fn get(&self, name: &str) -> ClientResult<Item> {
+        self.block_on(self.get_async(name))?
+    }
+
+    async fn get_async(&self, name: &str) -> ClientResult<Item> {
+        let descriptor = FlightDescriptor::new_path(vec![name.to_string()]);
+        let info = self
+            .service(self.channel.clone())
+            .get_flight_info(self.request(descriptor))
+            .await?
+            .into_inner();
+        let schema =
+            Arc::new(
+                info.clone()
+                    .try_decode_schema()
+                    .map_err(|e| ClientError::Remote {
+                        code: Code::Internal,
+                        kind: None,
+                        message: format!("the server's FlightInfo for {name:?}: {e}"),
+                    })?,
+            );
+        let form = ItemForm::of(&schema);
+        let ranges = info
+            .endpoint
+            .iter()
+            .map(|e| e.ticket.as_ref().and_then(|t| ticket_rows(&t.ticket)))
+            .collect::<Option<Vec<_>>>();
+        let rows = usize::try_from(info.total_records).ok();
+        let parallel = match (ranges, rows) {
+            (Some(ranges), Some(rows)) if info.endpoint.len() > 1 => {
+                Destination::new(&format!("get {name:?}"), schema.clone(), rows)?
+                    .map(|d| (d, ranges))
+            }
+            _ => None,
+        };
+        let (schema, batches) = match parallel {
+            Some((destination, ranges)) => (
+                schema.clone(),
+                vec![self.fetch_parallel(&info, destination, ranges).await?],
+            ),
+            None => {
+                let mut batches = Vec::new();
+                let mut received_schema = schema.clone();
+                // A FlightInfo without endpoints (some servers list none): the ticket is the name.
+                let tickets: Vec<Ticket> = if info.endpoint.is_empty() {
+                    vec![Ticket::new(name.to_string())]
+                } else {
+                    info.endpoint
+                        .iter()
+                        .map(|e| e.ticket.clone().unwrap_or_default())
+                        .collect()
+                };
+                for ticket in tickets {
+                    let stream = self
+                        .service(self.channel.clone())
+                        .do_get(self.request(ticket))
+                        .await?
+                        .into_inner();
+                    let received = receive(stream, "DoGet").await?;
+                    if let Some(s) = received.schema {
+                        received_schema = s;
+                    }
+                    batches.extend(received.batches);
+                }
+                (received_schema, batches)
+            }
+        };
+        let columns = arrowbridge::ipc::tensors_of(&schema, &batches)?;
+        Ok(Item { form, columns })
+    }
+
+    /// Fetches the endpoints of `info` concurrently, each over a connection of its own,
+    /// into the rows `ranges` of `destination`.
+    async fn fetch_parallel(
+        &self,
+        info: &FlightInfo,
+        mut destination: Destination,
+        ranges: Vec<std::ops::Range<usize>>,
+    ) -> ClientResult<RecordBatch> {
+        let counts: Vec<usize> = ranges.iter().map(|r| r.len()).collect();
+        let contiguous = ranges.windows(2).all(|w| w[0].end == w[1].start)
+            && ranges.first().is_none_or(|r| r.start == 0);
+        if !contiguous {
+            return Err(ClientError::Remote {
+                code: Code::Internal,
+                kind: None,
+                message: "the server's endpoints do not cover the item's rows in order".into(),
+            });
+        }
+        let schema = destination.schema().clone();
+        let mut parts = destination.parts(&counts)?;
+        let fetches = parts
+            .iter_mut()
+            .zip(&info.endpoint)
+            .map(|(part, endpoint)| {
+                let ticket = endpoint.ticket.clone().unwrap_or_default();
+                let schema = schema.clone();
+                async move {
+                    // A connection per endpoint: streams of one connection share one socket.
+                    let channel = self
+                        .endpoint
+                        .connect()
+                        .await
+                        .map_err(|e| Status::unavailable(e.to_string()))?;
+                    let stream = self
+                        .service(channel)
+                        .do_get(self.request(ticket))
+                        .await?
+                        .into_inner();
+                    receive_part(stream, "DoGet", &schema, part).await
+                }
+            });
+        futures::future::try_join_all(fetches).await?;
+        for part in parts {
+            part.finish()?;
+        }
+        Ok(destination.into_batch()?)
+    }
+
+    /// What the server stores, sorted by name.
+    pub fn list(&self) -> ClientResult<Vec<ItemInfo>> {
+        let mut service = self.service(self.channel.clone());
+        let infos = self.block_on(async move {
+            service
+                .list_flights(self.request(Criteria::default()))
+                .await?
+                .into_inner()
+                .try_collect::<Vec<_>>()
+                .await
+        })??;
+        infos.into_iter().map(item_info).collect()
+    }
+
+    /// What is stored under `name`.
+    pub fn info(&self, name: &str) -> ClientResult<ItemInfo> {
+        let mut service = self.service(self.channel.clone());
+        let descriptor = FlightDescriptor::new_path(vec![name.to_string()]);
+        let info =
+            self.block_on(async move { service.get_flight_info(self.request(descriptor)).await })??;
+        item_info(info.into_inner())
+    }
+
+    /// Deletes `name`.
+    pub fn delete(&self, name: &str) -> ClientResult<()> {
+        self.action("delete", name.as_bytes().to_vec()).map(drop)
+    }
+
+    /// The server's kernels: name → signature.
+    pub fn kernels(&self) -> ClientResult<BTreeMap<String, String>> {
+        let body = self.action("list_kernels", Vec::new())?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Remote {
+            code: Code::Internal,
+            kind: None,
+            message: format!("list_kernels answered with bad JSON: {e}"),
+        })
+    }
+
+    /// The server's health: `{"status": "ok", "stored": n}` from an arrowbridge server.
+    pub fn health(&self) -> ClientResult<serde_json::Value> {
+        let body = self.action("health", Vec::new())?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Remote {
+            code: Code::Internal,
+            kind: None,
+            message: format!("health answered with bad JSON: {e}"),
+        })
+    }
+
+    /// Runs DoAction `kind`; the body of its first result.
+    pub fn action(&self, kind: &str, body: Vec<u8>) -> ClientResult<Vec<u8>> {
+        let mut service = self.service(self.channel.clone());
+        let action = Action::new(kind, body);
+        let results = self.block_on(async move {
+            service
+                .do_action(self.request(action))
+                .await?
+                .into_inner()
+                .try_collect::<Vec<_>>()
+                .await
+        })??;
+        Ok(results
+            .into_iter()
+            .next()
+            .map(|r| r.body.to_vec())
+            .unwrap_or_default())
+    }
+
+    /// Runs `kernel` on the server (DoExchange) with `args` and `params`; its outputs.
+    pub fn call(
+        &self,
+        kernel: &str,
+        args: &[Arg<'_>],
+        params: &Params,
+    ) -> ClientResult<Vec<ArrowTensor>> {
+        let mut sent: Vec<(String, &ArrowTensor)> = Vec::new();
+        let mut spec = Vec::with_capacity(args.len());
+        for (i, arg) in args.iter().enumerate() {
+            match arg {
+                Arg::Array(tensor) => {
+                    let column = format!("arg{i}");
+                    spec.push(serde_json::json!({ "column": column }));
+                    sent.push((column, tensor));
+                }
+                Arg::Stored(name) => spec.push(serde_json::json!({ "stored": name })),
+            }
+        }
+        let command =
+            serde_json::json!({"kernel": kernel, "args": spec, "params": params.to_json()});
+        let columns: Vec<(&str, &ArrowTensor)> =
+            sent.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+        let (schema, batches) = if columns.is_empty() {
+            (Arc::new(Schema::empty()), Vec::new())
+        } else {
+            arrowbridge::ipc::wire_batches(&columns, MAX_FLIGHT_DATA)?
+        };
+        let descriptor = FlightDescriptor::new_cmd(command.to_string());
+        let (messages, failure) = encode(schema, batches, descriptor);
+        let mut service = self.service(self.channel.clone());
+        let received = self.block_on(async move {
+            let stream = service
+                .do_exchange(self.request(messages))
+                .await?
+                .into_inner();
+            receive(stream, "DoExchange result").await
+        })?;
+        if let Some(e) = failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            return Err(e);
+        }
+        let received = received?;
+        let schema = received.schema.unwrap_or_else(|| Arc::new(Schema::empty()));
+        let outputs = arrowbridge::ipc::tensors_of(&schema, &received.batches)?;
+        Ok(outputs.into_iter().map(|(_, t)| t).collect())
+    }
+}
+
+/// The rows a ticket of an arrowbridge server's endpoint names (`None` for other tickets).
+fn ticket_rows(ticket: &[u8]) -> Option<std::ops::Range<usize>> {
+    let value: serde_json::Value = serde_json::from_slice(ticket).ok()?;
+    let rows = value.get("rows")?.as_array()?;
+    let (start, end) = (rows.first()?.as_u64()?, rows.get(1)?.as_u64()?);
+    Some(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
+}
+
+/// The FlightData messages of `batches` under `schema`, the first carrying `descriptor`. An
+/// encoding failure ends the stream early (the server then sees fewer rows than announced)
+/// and is kept in the returned slot, for the caller to report instead of the server's
+/// complaint.
+#[allow(clippy::type_complexity)]
+fn encode(
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+    descriptor: FlightDescriptor,
+) -> (
+    futures::stream::BoxStream<'static, FlightData>,
+    Arc<Mutex<Option<ClientError>>>,
+) {
+    let failure: Arc<Mutex<Option<ClientError>>> = Arc::default();
+    let slot = failure.clone();
+    let messages = FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .with_flight_descriptor(Some(descriptor))
+        .with_max_flight_data_size(MAX_FLIGHT_DATA)
+        .build(futures::stream::iter(batches.into_iter().map(Ok)))
+        .scan((), move |(), message| {
+            futures::future::ready(match message {
+                Ok(data) => Some(data),
+                Err(e) => {
+                    *slot.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some(ClientError::Local(arrowbridge::Error::invalid(
+                            "Flight encoding",
+                            e.to_string(),
+                        )));
+                    None
+                }
+            })
+        })
+        .boxed();
+    (messages, failure)
+}
+
+fn item_info(info: FlightInfo) -> ClientResult<ItemInfo> {
+    let schema = info
+        .clone()
+        .try_decode_schema()
+        .map_err(|e| ClientError::Remote {
+            code: Code::Internal,
+            kind: None,
+            message: format!("the server sent a FlightInfo with a bad schema: {e}"),
+        })?;
+    let meta: serde_json::Value = serde_json::from_slice(&info.app_metadata).unwrap_or_default();
+    let name = info
+        .flight_descriptor
+        .as_ref()
+        .and_then(|d| d.path.first().cloned())
+        .unwrap_or_default();
+    Ok(ItemInfo {
+        name,
+        rows: info.total_records,
+        bytes: info.total_bytes,
+        schema: Arc::new(schema),
+        columns: meta["columns"].as_array().cloned().unwrap_or_default(),
+        endpoints: info.endpoint.len(),
+    })
+}
