@@ -202,6 +202,8 @@ fn endpoint(location: &str, options: &ClientOptions) -> ClientResult<Endpoint> {
     endpoint = endpoint
         .initial_connection_window_size(Some(32 << 20))
         .initial_stream_window_size(Some(16 << 20))
+        // Large frames both ways: the server's are as large as it sends.
+        .max_frame_size(Some((1 << 24) - 1))
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(10));
     if scheme == "grpc+tls" {

@@ -37,6 +37,7 @@
 //! ```
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arrow_array::{make_array, ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow_buffer::MutableBuffer;
@@ -93,7 +94,38 @@ pub struct Destination {
     schema: SchemaRef,
     rows: usize,
     layouts: Vec<Layout>,
+    /// Uninitialized until filled: read only once every row was written (`filled`).
     buffers: Vec<MutableBuffer>,
+    /// Rows written by finished parts.
+    filled: AtomicUsize,
+}
+
+/// A buffer of `len` bytes that the caller writes before anything reads them.
+///
+/// Not zeroed: zeroing would touch every page once more than the copy that fills it
+/// (aligned allocations are zeroed by a memset, not by the kernel). Large buffers ask for
+/// transparent huge pages, so that filling them takes one page fault per 2 MiB, not per
+/// 4 KiB.
+fn uninitialized(len: usize) -> MutableBuffer {
+    let mut buffer = MutableBuffer::with_capacity(len);
+    #[cfg(target_os = "linux")]
+    if len >= 4 << 20 {
+        let page = 4096;
+        let start = (buffer.as_mut_ptr() as usize).next_multiple_of(page);
+        let end = (buffer.as_mut_ptr() as usize + len) / page * page;
+        if end > start {
+            // SAFETY: the range lies inside the allocation just made; MADV_HUGEPAGE only
+            // changes how the kernel backs it, never its contents.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    // SAFETY: the capacity is at least `len`; the bytes are written before they are read:
+    // parts write every row they cover, and `into_batch` refuses a destination whose rows
+    // were not all written by finished parts.
+    unsafe { buffer.set_len(len) };
+    buffer
 }
 
 impl Destination {
@@ -120,18 +152,14 @@ impl Destination {
             .iter()
             .try_fold(0u64, |acc, &n| acc.checked_add(n as u64));
         crate::memory::check_allocation(what, total.unwrap_or(u64::MAX))?;
-        // Zeroed allocations of this size come straight from the kernel's zero pages: the
-        // pages are touched once, by the copy that fills them.
-        let buffers = sizes
-            .into_iter()
-            .map(MutableBuffer::from_len_zeroed)
-            .collect();
+        let buffers = sizes.into_iter().map(uninitialized).collect();
         Ok(Some(Destination {
             what: what.to_string(),
             schema,
             rows,
             layouts,
             buffers,
+            filled: AtomicUsize::new(0),
         }))
     }
 
@@ -172,6 +200,7 @@ impl Destination {
                 *slot = tail;
             }
             parts.push(Part {
+                finished: &self.filled,
                 what: &self.what,
                 schema: &self.schema,
                 layouts: &self.layouts,
@@ -184,8 +213,15 @@ impl Destination {
         Ok(parts)
     }
 
-    /// The received columns as one record batch (call once every part is finished).
+    /// The received columns as one record batch, once every part is finished.
     pub fn into_batch(self) -> Result<RecordBatch> {
+        let filled = self.filled.load(Ordering::Acquire);
+        if filled != self.rows {
+            return Err(Error::BadFile {
+                path: self.what,
+                message: format!("{filled} of the {} rows announced were received", self.rows),
+            });
+        }
         let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.buffers.len());
         for ((field, layout), buffer) in self
             .schema
@@ -225,6 +261,7 @@ impl Destination {
 /// Consecutive rows of a [`Destination`], filled by the record-batch messages of one stream.
 #[derive(Debug)]
 pub struct Part<'a> {
+    finished: &'a AtomicUsize,
     what: &'a str,
     schema: &'a Schema,
     layouts: &'a [Layout],
@@ -344,6 +381,7 @@ impl Part<'_> {
                 ),
             });
         }
+        self.finished.fetch_add(self.filled, Ordering::Release);
         Ok(())
     }
 }
@@ -434,6 +472,23 @@ mod tests {
         );
         let err = parts.pop().unwrap().finish().unwrap_err().to_string();
         assert!(err.contains("after 3 of the 5 rows"), "{err}");
+    }
+
+    #[test]
+    fn a_destination_is_read_only_once_every_part_finished() {
+        let sent = table(4);
+        let mut destination = Destination::new("t", sent.schema(), 4).unwrap().unwrap();
+        let mut parts = destination.parts(&[2, 2]).unwrap();
+        let (meta, body) = encode(&sent.slice(0, 2));
+        parts[0].fill(&meta, &body).unwrap();
+        let first = parts.remove(0);
+        first.finish().unwrap();
+        drop(parts); // the second part never came
+        let err = destination.into_batch().unwrap_err().to_string();
+        assert!(
+            err.contains("2 of the 4 rows announced were received"),
+            "{err}"
+        );
     }
 
     #[test]
