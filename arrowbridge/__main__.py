@@ -3,7 +3,7 @@
 arrowbridge inspect FILE
 arrowbridge convert IN OUT          # between .npy/.npz/.safetensors and .arrow/.arrows
 arrowbridge run KERNEL IN.arrow OUT.arrow [-p NAME=VALUE ...] [--kernels PLUGIN]
-arrowbridge serve [--host H] [--port P] [--data-dir DIR] [--kernels PLUGIN ...]
+arrowbridge serve [--host H] [--port P | --unix PATH] [--data-dir DIR] [--kernels PLUGIN ...]
 
 Errors are one line on stderr, "arrowbridge COMMAND: MESSAGE", and exit status 2.
 """
@@ -274,33 +274,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def keep_heap_small() -> None:
-    """Makes glibc serve large allocations with mmap, so freed Flight messages go back to the
-    OS. By default glibc raises its mmap threshold after large frees and keeps later 8 MiB
-    messages in the heap: a server whose clients die mid-put grew by ~18 MiB per client."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        M_MMAP_THRESHOLD = -3
-        with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
-            ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 1 << 20)
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port}: the port must be 0-65535")
-    keep_heap_small()
 
     tls = None
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
             raise ValueError("--tls-cert and --tls-key go together")
         tls = (Path(args.tls_cert).read_bytes(), Path(args.tls_key).read_bytes())
+    if args.unix and (tls or args.host != "127.0.0.1" or args.port != 8815):
+        raise ValueError("--unix replaces --host and --port, and a Unix socket takes no TLS")
+    location = f"grpc+unix://{Path(args.unix).absolute()}" if args.unix else None
     server = arrowbridge.serve(
-        f"grpc://{args.host}:{args.port}",
+        location or f"grpc://{args.host}:{args.port}",
         data_dir=args.data_dir,
         token=args.token,
         tls=tls,
@@ -360,6 +350,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8815)
+    p.add_argument(
+        "--unix",
+        metavar="PATH",
+        help="listen on this Unix socket (mode 0600) instead of --host/--port",
+    )
     p.add_argument(
         "--data-dir", type=Path, help="persist every put here and serve it after restarts"
     )

@@ -191,7 +191,8 @@ fn endpoint(location: &str, options: &ClientOptions) -> ClientResult<Endpoint> {
     let uri = match scheme {
         "grpc" | "grpc+tcp" => format!("http://{rest}"),
         "grpc+tls" => format!("https://{rest}"),
-        "grpc+unix" | "unix" => format!("unix://{rest}"),
+        "grpc+unix" | "unix" if rest.starts_with('/') => format!("unix://{rest}"),
+        "grpc+unix" | "unix" => return Err(bad("expected grpc+unix:///absolute/path/to/socket")),
         other => {
             return Err(bad(&format!(
                 "unknown scheme {other:?}; use grpc, grpc+tcp, grpc+tls or grpc+unix"
