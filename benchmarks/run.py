@@ -23,6 +23,10 @@ import numpy as np
 import pyarrow as pa
 
 import arrowbridge
+
+sys.path.insert(0, str(Path(__file__).parent))
+import flight_bench
+
 from arrowbridge import _native
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,176 +190,6 @@ def files(sizes: list[int], budget: float) -> tuple[list[dict], list[dict]]:
     return writes, reads
 
 
-class PyFlightEcho:
-    """A pyarrow.flight server in Python doing the same work: store on put, serve on get,
-    echo on exchange."""
-
-    def __new__(cls, location: str):
-        import pyarrow.flight as fl
-
-        class Echo(fl.FlightServerBase):
-            def __init__(self, loc):
-                super().__init__(loc)
-                self.tables = {}
-
-            def do_put(self, context, descriptor, reader, writer):
-                self.tables[descriptor.path[0].decode()] = reader.read_all()
-
-            def do_get(self, context, ticket):
-                return fl.RecordBatchStream(self.tables[ticket.ticket.decode()])
-
-            def do_exchange(self, context, descriptor, reader, writer):
-                table = reader.read_all()
-                writer.begin(table.schema)
-                writer.write_table(table)
-
-        return Echo(location)
-
-
-def raw_socket_throughput(nbytes: int) -> float:
-    """Seconds to send `nbytes` over loopback TCP with plain sockets (the transport's limit)."""
-    import socket
-    import threading
-
-    payload = np.ones(nbytes, dtype=np.uint8)
-    server = socket.create_server(("127.0.0.1", 0))
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-    port = server.getsockname()[1]
-    received = np.empty(nbytes, dtype=np.uint8)
-    received.fill(0)  # fault the pages in now: Flight's receive buffers are warm, so are these
-
-    def receive():
-        conn, _ = server.accept()
-        view, got = memoryview(received), 0
-        while got < nbytes:
-            got += conn.recv_into(view[got:], min(nbytes - got, 16 << 20))
-        conn.sendall(b"k")
-        conn.close()
-
-    t = threading.Thread(target=receive)
-    t.start()
-    start = time.perf_counter()
-    with socket.create_connection(("127.0.0.1", port)) as c:
-        c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
-        c.sendall(payload)
-        c.recv(1)
-    elapsed = time.perf_counter() - start
-    t.join()
-    server.close()
-    return elapsed
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
-
-
-def flight_bench(nbytes: int, repeats: int, concurrency: tuple[int, int]) -> dict:
-    from concurrent.futures import ThreadPoolExecutor
-
-    import pyarrow.flight as fl
-
-    x = np.random.default_rng(0).standard_normal((nbytes // (8 * 1024), 1024))
-    table = pa.table({"x": pa.FixedShapeTensorArray.from_numpy_ndarray(x)})
-    results: dict = {"size": x.nbytes}
-
-    def best(fn, n=repeats):
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
-
-    def raw_put_get(location: str) -> tuple[float, float]:
-        client = fl.FlightClient(location)
-
-        def put():
-            w, _reader = client.do_put(fl.FlightDescriptor.for_path("bench"), table.schema)
-            w.write_table(table, max_chunksize=max(1, (8 << 20) // (8 * 1024)))
-            w.close()
-
-        def get():
-            return client.do_get(fl.Ticket(b"bench")).read_all()
-
-        return best(put), best(get)
-
-    small = np.ones(1024)  # 8 KiB
-
-    def latencies(call, n=300) -> list[float]:
-        out = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            call()
-            out.append(time.perf_counter() - t0)
-        return out
-
-    with arrowbridge.serve() as server:
-        ours = arrowbridge.connect(server.location)
-        results["ours put (arrowbridge client)"] = best(lambda: ours.put("bench2", x))
-        results["ours get (arrowbridge client)"] = best(lambda: ours.get("bench2"))
-        results["ours put (pyarrow client)"], results["ours get (pyarrow client)"] = raw_put_get(
-            server.location
-        )
-        ours.call("identity", small)
-        lat = latencies(lambda: ours.call("identity", small))
-        results["ours call p50"], results["ours call p99"] = (
-            percentile(lat, 50),
-            percentile(lat, 99),
-        )
-
-        clients, calls = concurrency
-        errors = []
-
-        def worker(_):
-            c = arrowbridge.connect(server.location)
-            out = []
-            for _ in range(calls):
-                t0 = time.perf_counter()
-                try:
-                    c.call("identity", small)
-                except Exception as e:
-                    errors.append(repr(e))
-                out.append(time.perf_counter() - t0)
-            return out
-
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(clients) as pool:
-            all_lat = [v for chunk in pool.map(worker, range(clients)) for v in chunk]
-        wall = time.perf_counter() - t0
-        results["concurrent"] = {
-            "clients": clients,
-            "calls": clients * calls,
-            "errors": len(errors),
-            "calls_per_s": clients * calls / wall,
-            "p50": percentile(all_lat, 50),
-            "p99": percentile(all_lat, 99),
-        }
-
-    echo = PyFlightEcho("grpc://127.0.0.1:0")
-    try:
-        location = f"grpc://127.0.0.1:{echo.port}"
-        results["pyarrow.flight put"], results["pyarrow.flight get"] = raw_put_get(location)
-        client = fl.FlightClient(location)
-        echo_table = pa.table({"x": small})
-
-        def echo_call():
-            w, r = client.do_exchange(fl.FlightDescriptor.for_command(b"echo"))
-            w.begin(echo_table.schema)
-            w.write_table(echo_table)
-            w.done_writing()
-            r.read_all()
-            w.close()
-
-        echo_call()
-        lat = latencies(echo_call)
-        results["pyarrow.flight exchange p50"] = percentile(lat, 50)
-    finally:
-        echo.shutdown()
-    results["raw socket"] = best(lambda: raw_socket_throughput(x.nbytes))
-    return results
-
-
 def plot_sizes(rows: list[dict], title: str, path: Path) -> None:
     """Time against size, log-log: constant costs are flat lines, copies rise with size."""
     import matplotlib
@@ -479,38 +313,15 @@ def main() -> None:
         f"{rby[('np.load', big)] / ours_r[big]:.0f}× faster than np.load at {fmt_size(big)}.",
     ]
     print("flight ...", file=sys.stderr)
-    flight_size = 32 * MIB if args.quick else 256 * MIB
-    fr = flight_bench(flight_size, 3 if args.quick else 5, (8, 25) if args.quick else (32, 200))
-    gbs = {
-        k: fr["size"] / v / 1e9
-        for k, v in fr.items()
-        if isinstance(v, float) and "p50" not in k and "p99" not in k
-    }
-    conc = fr["concurrent"]
-    flight_rows = [
-        "| path | put GB/s | get GB/s |",
-        "| --- | --- | --- |",
-        f"| arrowbridge server, arrowbridge client (NumPy in/out) | {gbs['ours put (arrowbridge client)']:.2f} "
-        f"| {gbs['ours get (arrowbridge client)']:.2f} |",
-        f"| arrowbridge server, pyarrow.flight client | {gbs['ours put (pyarrow client)']:.2f} "
-        f"| {gbs['ours get (pyarrow client)']:.2f} |",
-        f"| pyarrow.flight Python server, pyarrow.flight client | {gbs['pyarrow.flight put']:.2f} "
-        f"| {gbs['pyarrow.flight get']:.2f} |",
-        f"| raw loopback TCP socket (one way) | {gbs['raw socket']:.2f} | {gbs['raw socket']:.2f} |",
-    ]
-    headline += [
-        f"- Flight {fmt_size(fr['size'])}: put {gbs['ours put (pyarrow client)']:.2f} GB/s "
-        f"({gbs['ours put (pyarrow client)'] / gbs['pyarrow.flight put']:.2f}× the pyarrow.flight server, "
-        f"{gbs['ours put (pyarrow client)'] / gbs['raw socket']:.0%} of raw TCP), get "
-        f"{gbs['ours get (pyarrow client)']:.2f} GB/s "
-        f"({gbs['ours get (pyarrow client)'] / gbs['pyarrow.flight get']:.2f}×, "
-        f"{gbs['ours get (pyarrow client)'] / gbs['raw socket']:.0%} of raw TCP).",
-        f"- Small call (8 KiB identity): p50 {fmt_time(fr['ours call p50'])} vs pyarrow.flight echo "
-        f"{fmt_time(fr['pyarrow.flight exchange p50'])} "
-        f"({fr['ours call p50'] / fr['pyarrow.flight exchange p50']:.2f}×).",
-        f"- {conc['clients']} concurrent clients × {conc['calls'] // conc['clients']} calls: "
-        f"{conc['calls_per_s']:.0f} calls/s, p99 {fmt_time(conc['p99'])}, {conc['errors']} errors.",
-    ]
+    flight_sizes = [32 * MIB] if args.quick else [256 * MIB, GIB]
+    fr = flight_bench.run(
+        flight_sizes,
+        repeats=3 if args.quick else 5,
+        concurrency=(8, 25) if args.quick else (32, 200),
+        small_n=100 if args.quick else 500,
+    )
+    flight_headline, flight_rows = flight_bench.report(fr, fmt_time)
+    headline += flight_headline
     report = "\n".join(
         [
             "# arrowbridge benchmarks",
@@ -543,19 +354,12 @@ def main() -> None:
             "",
             table(reads, "np.load"),
             "",
-            f"## Flight on loopback: {fmt_size(fr['size'])} float64 tensor",
+            "## Flight on loopback: float64 (n, 1024) tensor, NumPy in and out",
             "",
-            "Median over repeated transfers. The pyarrow.flight client sends in 8 MiB chunks.",
+            "Servers in processes of their own; median over repeated transfers. pyarrow.flight's "
+            "client sends in 8 MiB chunks; its server is pyarrow.flight's Python FlightServerBase.",
             "",
             *flight_rows,
-            "",
-            f"Small calls: arrowbridge `call('identity')` of 8 KiB p50 {fmt_time(fr['ours call p50'])}, "
-            f"p99 {fmt_time(fr['ours call p99'])}; pyarrow.flight Python echo server do_exchange p50 "
-            f"{fmt_time(fr['pyarrow.flight exchange p50'])}.",
-            "",
-            f"Concurrency: {conc['clients']} clients × {conc['calls'] // conc['clients']} calls, "
-            f"{conc['calls_per_s']:.0f} calls/s, p50 {fmt_time(conc['p50'])}, p99 {fmt_time(conc['p99'])}, "
-            f"{conc['errors']} errors.",
             "",
         ]
     )
@@ -565,9 +369,14 @@ def main() -> None:
     plot_sizes(rows, "In-process: NumPy -> Rust -> NumPy, per call", plots / "in_process.png")
     plot_sizes(reads, "Reading a float64 tensor file on tmpfs", plots / "file_read.png")
     plot_sizes(writes, "Writing a float64 tensor file on tmpfs", plots / "file_write.png")
+    biggest = max(fr["sizes"])
     plot_bars(
-        {k: v for k, v in gbs.items()},
-        f"Flight on loopback, {fmt_size(fr['size'])}: throughput",
+        {
+            f"{path} {way}": biggest / t / 1e9
+            for path, times in fr["sizes"][biggest].items()
+            for way, t in zip(("put", "get"), times, strict=True)
+        },
+        f"Flight on loopback, {fmt_size(biggest)}: throughput",
         "GB/s",
         plots / "flight.png",
     )

@@ -243,9 +243,7 @@ impl Client {
             })?),
             None => None,
         };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("arrowbridge-flight-client")
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| ClientError::Location(format!("cannot start the client: {e}")))?;

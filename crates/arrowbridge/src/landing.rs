@@ -103,24 +103,9 @@ pub struct Destination {
 /// A buffer of `len` bytes that the caller writes before anything reads them.
 ///
 /// Not zeroed: zeroing would touch every page once more than the copy that fills it
-/// (aligned allocations are zeroed by a memset, not by the kernel). Large buffers ask for
-/// transparent huge pages, so that filling them takes one page fault per 2 MiB, not per
-/// 4 KiB.
+/// (aligned allocations are zeroed by a memset, not by the kernel's zero pages).
 fn uninitialized(len: usize) -> MutableBuffer {
     let mut buffer = MutableBuffer::with_capacity(len);
-    #[cfg(target_os = "linux")]
-    if len >= 4 << 20 {
-        let page = 4096;
-        let start = (buffer.as_mut_ptr() as usize).next_multiple_of(page);
-        let end = (buffer.as_mut_ptr() as usize + len) / page * page;
-        if end > start {
-            // SAFETY: the range lies inside the allocation just made; MADV_HUGEPAGE only
-            // changes how the kernel backs it, never its contents.
-            unsafe {
-                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
-            }
-        }
-    }
     // SAFETY: the capacity is at least `len`; the bytes are written before they are read:
     // parts write every row they cover, and `into_batch` refuses a destination whose rows
     // were not all written by finished parts.

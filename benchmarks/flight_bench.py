@@ -1,0 +1,347 @@
+"""Flight benchmarks: servers in processes of their own, clients in this one, one run.
+
+Compared in the same run: the arrowbridge client and server over TCP and a Unix socket, the
+pyarrow.flight C++ client against the arrowbridge server and against a pyarrow.flight Python
+server, iperf3's single-stream loopback throughput (the wire's ceiling), small calls against
+pyarrow.flight's do_exchange echo, many concurrent clients, and the server's memory after
+large puts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.flight as fl
+
+import arrowbridge
+
+MIB = 1 << 20
+
+ECHO_SERVER = textwrap.dedent(
+    """
+    import sys
+    import pyarrow.flight as fl
+
+    class Echo(fl.FlightServerBase):
+        def __init__(self, loc):
+            super().__init__(loc)
+            self.tables = {}
+
+        def do_put(self, context, descriptor, reader, writer):
+            self.tables[descriptor.path[0].decode()] = reader.read_all()
+
+        def do_get(self, context, ticket):
+            return fl.RecordBatchStream(self.tables[ticket.ticket.decode()])
+
+        def do_exchange(self, context, descriptor, reader, writer):
+            table = reader.read_all()
+            writer.begin(table.schema)
+            writer.write_table(table)
+
+    server = Echo("grpc://127.0.0.1:0")
+    print(f"grpc://127.0.0.1:{server.port}", flush=True)
+    server.wait()
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def process(command: list[str]) -> Iterator[tuple[subprocess.Popen, str]]:
+    """A server process; yields it and the first line it prints (its location)."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline().strip()
+        yield proc, line
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
+def ours(*args: str) -> list[str]:
+    return [sys.executable, "-m", "arrowbridge", "serve", *args]
+
+
+def location_of(line: str) -> str:
+    return next(w for w in line.split() if w.startswith("grpc"))
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm: connections, first-touch pages
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def iperf3() -> float | None:
+    """iperf3's single-stream loopback throughput in bytes/s, or None without iperf3."""
+    if shutil.which("iperf3") is None:
+        return None
+    port = free_port()
+    server = subprocess.Popen(
+        ["iperf3", "-s", "-1", "-p", str(port)], stdout=subprocess.DEVNULL, text=True
+    )
+    try:
+        for _ in range(50):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+                break
+            time.sleep(0.05)
+        out = subprocess.run(
+            ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", "3", "-J"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 8
+    finally:
+        server.wait(timeout=10)
+
+
+def pyarrow_put_get(location: str, x: np.ndarray, repeats: int) -> tuple[float, float]:
+    """pyarrow.flight's C++ client: put a tensor table in 8 MiB chunks, get it back."""
+    client = fl.FlightClient(location)
+    table = pa.table({"x": pa.FixedShapeTensorArray.from_numpy_ndarray(x)})
+    chunk = max(1, (8 * MIB) // (x.itemsize * int(np.prod(x.shape[1:]))))
+
+    def put():
+        w, _ = client.do_put(fl.FlightDescriptor.for_path("bench"), table.schema)
+        w.write_table(table, max_chunksize=chunk)
+        w.close()
+
+    def get():
+        return client.do_get(fl.Ticket(b"bench")).read_all()
+
+    put_t = median_time(put, repeats)
+    get_t = median_time(get, repeats)
+    client.close()
+    return put_t, get_t
+
+
+def ours_put_get(location: str, x: np.ndarray, repeats: int) -> tuple[float, float]:
+    with arrowbridge.connect(location) as client:
+        put_t = median_time(lambda: client.put("bench", x), repeats)
+        get_t = median_time(lambda: client.get("bench"), repeats)
+    return put_t, get_t
+
+
+def small_calls(location: str, n: int) -> list[float]:
+    small = np.ones(1024)  # 8 KiB
+    out = []
+    with arrowbridge.connect(location) as client:
+        client.call("identity", small)
+        for _ in range(n):
+            t0 = time.perf_counter()
+            client.call("identity", small)
+            out.append(time.perf_counter() - t0)
+    return out
+
+
+def echo_calls(location: str, n: int) -> list[float]:
+    client = fl.FlightClient(location)
+    table = pa.table({"x": np.ones(1024)})
+
+    def call():
+        w, r = client.do_exchange(fl.FlightDescriptor.for_command(b"echo"))
+        w.begin(table.schema)
+        w.write_table(table)
+        w.done_writing()
+        r.read_all()
+        w.close()
+
+    call()
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        call()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def concurrent_calls(location: str, clients: int, calls: int) -> dict:
+    small = np.ones(1024)
+    errors: list[str] = []
+
+    def worker(_: int) -> list[float]:
+        out = []
+        with arrowbridge.connect(location) as c:
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                try:
+                    c.call("identity", small)
+                except Exception as e:  # counted, reported
+                    errors.append(repr(e))
+                out.append(time.perf_counter() - t0)
+        return out
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        lat = [v for chunk in pool.map(worker, range(clients)) for v in chunk]
+    wall = time.perf_counter() - t0
+    return {
+        "clients": clients,
+        "calls": clients * calls,
+        "errors": len(errors),
+        "calls_per_s": clients * calls / wall,
+        "p50": percentile(lat, 50),
+        "p99": percentile(lat, 99),
+    }
+
+
+def rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+PUT_AND_EXIT = (
+    "import sys, numpy as np, arrowbridge; "
+    "arrowbridge.connect(sys.argv[1]).put(sys.argv[2], np.ones((int(sys.argv[3]), 1024)))"
+)
+
+
+def server_memory(each: int) -> tuple[int, int]:
+    """Server RSS above idle after four puts of `each` bytes, the second and fourth by client
+    processes that exit right after the acknowledgement; and the bytes put."""
+    rows = each // (1024 * 8)
+    with process(ours("--port", str(free_port()))) as (proc, line):
+        location = location_of(line)
+        with arrowbridge.connect(location) as c:
+            c.health()
+            idle = rss(proc.pid)
+            for i in range(4):
+                if i % 2:
+                    subprocess.run(
+                        [sys.executable, "-c", PUT_AND_EXIT, location, f"m{i}", str(rows)],
+                        check=True,
+                    )
+                else:
+                    c.put(f"m{i}", np.ones((rows, 1024)))
+                c.info(f"m{i}")
+            time.sleep(0.5)
+            return rss(proc.pid) - idle, 4 * rows * 1024 * 8
+
+
+def run(sizes: list[int], repeats: int, concurrency: tuple[int, int], small_n: int) -> dict:
+    """Every Flight figure, at every size in `sizes` (bytes of a float64 (n, 1024) tensor)."""
+    results: dict = {"sizes": {}, "iperf3": iperf3()}
+    tmp = Path(tempfile.mkdtemp(prefix="arrowbridge-bench-"))
+    try:
+        with (
+            process(ours("--port", str(free_port()))) as (_, tcp_line),
+            process(ours("--unix", str(tmp / "ab.sock"))) as (_, unix_line),
+            process([sys.executable, "-c", ECHO_SERVER]) as (_, echo_line),
+        ):
+            tcp, unix, echo = location_of(tcp_line), location_of(unix_line), echo_line
+            for nbytes in sizes:
+                x = np.random.default_rng(0).standard_normal((nbytes // (8 * 1024), 1024))
+                row = {}
+                row["ours tcp"] = ours_put_get(tcp, x, repeats)
+                row["ours unix"] = ours_put_get(unix, x, repeats)
+                row["pyarrow client, ours"] = pyarrow_put_get(tcp, x, repeats)
+                row["pyarrow client, pyarrow server"] = pyarrow_put_get(echo, x, repeats)
+                results["sizes"][x.nbytes] = row
+                with arrowbridge.connect(tcp) as c:
+                    c.delete("bench")
+                with arrowbridge.connect(unix) as c:
+                    c.delete("bench")
+                print(f"  flight: measured {x.nbytes >> 20} MiB", file=sys.stderr)
+            results["ours call"] = small_calls(tcp, small_n)
+            results["echo call"] = echo_calls(echo, small_n)
+            results["concurrent"] = concurrent_calls(tcp, *concurrency)
+        results["memory"] = server_memory(sizes[0])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return results
+
+
+def report(r: dict, fmt_time: Callable[[float], str]) -> tuple[list[str], list[str]]:
+    """(headline lines, section lines) of the Markdown report."""
+    wire = r["iperf3"]
+    lines = [
+        "| size | path | put GB/s | get GB/s | put / iperf3 | get / iperf3 |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    headline = []
+    for nbytes, row in r["sizes"].items():
+        for path, (put_t, get_t) in row.items():
+            put, get = nbytes / put_t, nbytes / get_t
+            rel = (
+                f"{put / wire:.2f}× | {get / wire:.2f}×"
+                if wire
+                else "iperf3 missing | iperf3 missing"
+            )
+            lines.append(
+                f"| {nbytes >> 20} MiB | {path} | {put / 1e9:.2f} | {get / 1e9:.2f} | {rel} |"
+            )
+        ours_put, ours_get = (nbytes / t for t in row["ours tcp"])
+        pa_put, pa_get = (nbytes / t for t in row["pyarrow client, pyarrow server"])
+        unix_put, unix_get = (nbytes / t for t in row["ours unix"])
+        vs_wire = (
+            f"{ours_put / wire:.2f}× / {ours_get / wire:.2f}× iperf3's {wire / 1e9:.2f} GB/s, "
+            if wire
+            else ""
+        )
+        headline.append(
+            f"- Flight {nbytes >> 20} MiB over TCP: put {ours_put / 1e9:.2f} GB/s, get "
+            f"{ours_get / 1e9:.2f} GB/s ({vs_wire}{ours_put / pa_put:.2f}× / "
+            f"{ours_get / pa_get:.2f}× pyarrow.flight client ⇄ server); Unix socket "
+            f"{unix_put / ours_put:.2f}× / {unix_get / ours_get:.2f}× TCP."
+        )
+    p50, echo50 = percentile(r["ours call"], 50), percentile(r["echo call"], 50)
+    c = r["concurrent"]
+    grown, put = r["memory"]
+    headline += [
+        f"- Small call (8 KiB identity, DoExchange): p50 {fmt_time(p50)} vs pyarrow.flight's "
+        f"echo {fmt_time(echo50)} ({p50 / echo50:.2f}×); {c['clients']} clients × "
+        f"{c['calls'] // c['clients']} calls: {c['calls_per_s']:.0f} calls/s, p99 "
+        f"{fmt_time(c['p99'])}, {c['errors']} errors.",
+        f"- Server memory after four puts of {put >> 22} MiB (two by clients that exit right "
+        f"after the acknowledgement): {grown / MIB:.0f} MiB above idle for {put >> 20} MiB "
+        f"({grown / put:.2f}×).",
+    ]
+    lines += [
+        "",
+        "iperf3 single stream on loopback: "
+        + (f"{wire / 1e9:.2f} GB/s." if wire else "not installed (`apt-get install iperf3`)."),
+        "",
+        f"Small calls: p50 {fmt_time(p50)}, p99 {fmt_time(percentile(r['ours call'], 99))}; "
+        f"pyarrow.flight Python echo server do_exchange p50 {fmt_time(echo50)}.",
+        "",
+        f"Concurrency: {c['clients']} clients × {c['calls'] // c['clients']} calls, "
+        f"{c['calls_per_s']:.0f} calls/s, p50 {fmt_time(c['p50'])}, p99 {fmt_time(c['p99'])}, "
+        f"{c['errors']} errors.",
+    ]
+    return headline, lines
