@@ -51,7 +51,11 @@ bench-smoke: build
 
 test: lint rust-test py-test bench-smoke
 
+# The Flight rows compare against iperf3's loopback throughput: installed from Debian's
+# packages when missing (the row says so when that is not possible).
 bench: build
+	command -v iperf3 > /dev/null || (apt-get update -qq && apt-get install -y -qq iperf3) \
+		|| echo "iperf3 could not be installed; its row will say so" >&2
 	$(BIN)/python benchmarks/run.py $(if $(QUICK),--quick)
 
 # Coverage-guided fuzzing of the Rust code: every cargo-fuzz target (fuzz/fuzz_targets, bodies
