@@ -87,6 +87,27 @@ class TestLanding:
         assert isinstance(back.base, _native.ArrowMemory)
         assert back.base.nbytes == back.nbytes
 
+    def test_a_stream_announcing_more_or_fewer_rows_than_it_sends_is_stored_as_sent(
+        self, server, client
+    ):
+        # A table read from the server keeps the row count its stream announced in its
+        # metadata; sliced or extended and sent on by pyarrow, it still stores what is sent.
+        client.put("orig", np.arange(10.0))
+        plain = flight.FlightClient(server.location)
+        table = plain.do_get(flight.Ticket(b"orig")).read_all()
+        assert table.schema.metadata[b"arrowbridge.rows"] == b"10"
+        for name, rows in (("fewer", table.slice(2, 5)), ("more", pa.concat_tables([table] * 3))):
+            w, _ = plain.do_put(flight.FlightDescriptor.for_path(name), rows.schema)
+            w.write_table(rows)
+            w.close()
+            expected = np.concatenate(
+                [
+                    rows.column("data").chunk(i).to_numpy()
+                    for i in range(rows.column("data").num_chunks)
+                ]
+            )
+            assert same_values(client.get(name), expected)
+
     def test_call_results_land_the_same_way(self, client):
         x = sample("float32", (1 << 16, 64))  # 16 MiB
         out = client.call("identity", x)

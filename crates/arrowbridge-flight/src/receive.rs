@@ -14,7 +14,7 @@ use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::error::FlightError;
 use arrow_flight::{FlightData, FlightDescriptor};
 use arrow_schema::{Schema, SchemaRef};
-use arrowbridge::landing::{announced_rows, Destination, Part};
+use arrowbridge::landing::{announced_rows, Landing, Part};
 use futures::stream::{self, Stream, StreamExt, TryStreamExt};
 use tonic::Status;
 
@@ -67,6 +67,21 @@ fn schema_message(what: &str, data: &FlightData) -> Result<Schema, Status> {
     })
 }
 
+/// Checks a message that follows the schema: a record batch that fits it.
+fn check_batch(what: &str, schema: &Schema, data: &FlightData) -> Result<(), Status> {
+    arrowbridge::ipc::check_message(what, &data.data_header, &data.data_body, Some(schema))
+        .map_err(refused)?;
+    let message = arrow_ipc::root_as_message(&data.data_header)
+        .map_err(|e| Status::invalid_argument(format!("{what}: corrupt message: {e}")))?;
+    if message.header_type() != arrow_ipc::MessageHeader::RecordBatch {
+        return Err(Status::invalid_argument(format!(
+            "{what}: a {:?} message in a stream of tensors, where only record batches may follow the schema",
+            message.header_type()
+        )));
+    }
+    Ok(())
+}
+
 /// Fills `part` with the record batches that follow the schema message of `stream`.
 async fn fill<S>(
     stream: &mut S,
@@ -79,16 +94,7 @@ where
     S: Stream<Item = Result<FlightData, Status>> + Unpin,
 {
     while let Some(data) = next_data(stream, descriptor).await? {
-        arrowbridge::ipc::check_message(what, &data.data_header, &data.data_body, Some(schema))
-            .map_err(refused)?;
-        let message = arrow_ipc::root_as_message(&data.data_header)
-            .map_err(|e| Status::invalid_argument(format!("{what}: corrupt message: {e}")))?;
-        if message.header_type() != arrow_ipc::MessageHeader::RecordBatch {
-            return Err(Status::invalid_argument(format!(
-                "{what}: a {:?} message in a stream of tensors, where only record batches may follow the schema",
-                message.header_type()
-            )));
-        }
+        check_batch(what, schema, &data)?;
         part.fill(&data.data_header, &data.data_body)
             .map_err(refused)?;
     }
@@ -110,14 +116,14 @@ where
     let schema = schema_message(what, &first)?;
     if let Some(rows) = announced_rows(&schema) {
         let schema = Arc::new(schema);
-        if let Some(mut destination) =
-            Destination::new(what, schema.clone(), rows).map_err(refused)?
-        {
-            let mut parts = destination.parts(&[rows]).map_err(refused)?;
-            let mut part = parts.pop().expect("one part");
-            fill(&mut stream, what, &schema, &mut part, &mut descriptor).await?;
-            part.finish().map_err(refused)?;
-            let batch = destination.into_batch().map_err(refused)?;
+        if let Some(mut landing) = Landing::new(what, schema.clone(), rows).map_err(refused)? {
+            while let Some(data) = next_data(&mut stream, &mut descriptor).await? {
+                check_batch(what, &schema, &data)?;
+                landing
+                    .fill(&data.data_header, &data.data_body)
+                    .map_err(refused)?;
+            }
+            let batch = landing.into_batch().map_err(refused)?;
             return Ok(Received {
                 descriptor,
                 schema: Some(schema),

@@ -1,14 +1,18 @@
 //! Streams of IPC record batches received straight into one contiguous buffer per column.
 //!
 //! A sender that knows how many rows it will send says so in its schema's metadata
-//! ([`ROWS_KEY`]). The receiver then allocates every column once ([`Destination`]) and copies
-//! each message's values into their rows as the message arrives: no batch objects, no
-//! realignment of unaligned message bodies, no concatenation after receipt. The received
-//! columns are one batch whose buffers are aligned, contiguous and owned.
+//! ([`ROWS_KEY`]). The receiver then allocates every column once and copies each message's
+//! values into their rows as the message arrives: no batch objects, no realignment of
+//! unaligned message bodies, no concatenation after receipt. The received columns are one
+//! batch whose buffers are aligned, contiguous and owned.
+//!
+//! * [`Landing`] receives one stream; the rows it announced are a hint (fewer or more work).
+//! * [`Destination`] is cut into [`Part`]s of fixed row ranges, one per stream, that are
+//!   filled concurrently (the endpoints of a parallel get).
 //!
 //! Only columns whose rows are fixed-width values can land this way: primitive arrays and
-//! fixed-size lists of them (every tensor arrowbridge sends). [`Destination::new`] returns
-//! `None` for other schemas, and the caller decodes their messages as usual.
+//! fixed-size lists of them (every tensor arrowbridge sends). `new` returns `None` for other
+//! schemas, and the caller decodes their messages as usual.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -118,25 +122,10 @@ impl Destination {
     /// fixed-width values (the caller decodes such streams instead). `what` names the
     /// stream in errors. Fails when the columns would not fit in memory.
     pub fn new(what: &str, schema: SchemaRef, rows: usize) -> Result<Option<Self>> {
-        let Some(layouts) = schema
-            .fields()
-            .iter()
-            .map(|f| Layout::of(f.data_type()))
-            .collect::<Option<Vec<_>>>()
-        else {
+        let Some(layouts) = layouts_of(&schema) else {
             return Ok(None);
         };
-        let sizes = layouts
-            .iter()
-            .map(|l| l.row_bytes().and_then(|b| b.checked_mul(rows)))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| {
-                Error::invalid(what, format!("{rows} rows overflow the address space"))
-            })?;
-        let total = sizes
-            .iter()
-            .try_fold(0u64, |acc, &n| acc.checked_add(n as u64));
-        crate::memory::check_allocation(what, total.unwrap_or(u64::MAX))?;
+        let sizes = sizes(what, &layouts, rows)?;
         let buffers = sizes.into_iter().map(uninitialized).collect();
         Ok(Some(Destination {
             what: what.to_string(),
@@ -207,39 +196,7 @@ impl Destination {
                 message: format!("{filled} of the {} rows announced were received", self.rows),
             });
         }
-        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.buffers.len());
-        for ((field, layout), buffer) in self
-            .schema
-            .fields()
-            .iter()
-            .zip(&self.layouts)
-            .zip(self.buffers)
-        {
-            let values = buffer.into();
-            let data = match field.data_type() {
-                DataType::FixedSizeList(child, _) => {
-                    let child = ArrayData::builder(child.data_type().clone())
-                        .len(self.rows * layout.values)
-                        .add_buffer(values)
-                        .build()?;
-                    ArrayData::builder(field.data_type().clone())
-                        .len(self.rows)
-                        .add_child_data(child)
-                        .build()?
-                }
-                other => ArrayData::builder(other.clone())
-                    .len(self.rows)
-                    .add_buffer(values)
-                    .build()?,
-            };
-            arrays.push(make_array(data));
-        }
-        let options = RecordBatchOptions::new().with_row_count(Some(self.rows));
-        Ok(RecordBatch::try_new_with_options(
-            self.schema,
-            arrays,
-            &options,
-        )?)
+        batch_of(self.schema, &self.layouts, self.buffers, self.rows)
     }
 }
 
@@ -262,93 +219,27 @@ impl Part<'_> {
     }
 
     /// Copies the values of one record-batch message (`metadata` is its flatbuffer, `body`
-    /// its body) into the next rows. Messages that are not record batches are ignored.
-    ///
-    /// The message must have passed [`crate::ipc::check_message`] against the schema: its
-    /// buffers lie inside the body. Here each column must be uncompressed and without nulls,
-    /// its field nodes must say the batch's rows, and its values buffer must hold them.
+    /// its body) into the next rows; more rows than the part has are an error. Messages that
+    /// are not record batches are ignored. See [`message_values`] for what a message must be.
     pub fn fill(&mut self, metadata: &[u8], body: &[u8]) -> Result<()> {
-        let bad = |message: String| Error::BadFile {
-            path: self.what.to_string(),
-            message,
-        };
-        let message = arrow_ipc::root_as_message(metadata)
-            .map_err(|e| bad(format!("corrupt message: {e}")))?;
-        let Some(batch) = message.header_as_record_batch() else {
+        let Some((rows, values)) =
+            message_values(self.what, self.schema, self.layouts, metadata, body)?
+        else {
             return Ok(());
         };
-        if batch.compression().is_some() {
-            return Err(bad(
-                "a stream that announces its rows must not compress its buffers".into(),
-            ));
+        if rows > self.rows.len() - self.filled {
+            return Err(Error::BadFile {
+                path: self.what.to_string(),
+                message: format!(
+                    "a record batch of {rows} rows at row {} overflows the {} rows announced",
+                    self.rows.start + self.filled,
+                    self.rows.len()
+                ),
+            });
         }
-        let rows = usize::try_from(batch.length())
-            .map_err(|_| bad(format!("a record batch of {} rows", batch.length())))?;
-        let room = self.rows.len() - self.filled;
-        if rows > room {
-            return Err(bad(format!(
-                "a record batch of {rows} rows at row {} overflows the {} rows announced",
-                self.rows.start + self.filled,
-                self.rows.len()
-            )));
-        }
-        let (Some(nodes), Some(buffers)) = (batch.nodes(), batch.buffers()) else {
-            return Err(bad("a record batch without field nodes or buffers".into()));
-        };
-        let mut nodes = nodes.iter();
-        let mut buffers = buffers.iter();
-        for ((field, layout), column) in self
-            .schema
-            .fields()
-            .iter()
-            .zip(self.layouts)
-            .zip(self.columns.iter_mut())
-        {
-            let mut node = |expected: usize| -> Result<()> {
-                let node = nodes
-                    .next()
-                    .ok_or_else(|| bad(format!("column {:?}: missing field node", field.name())))?;
-                if node.null_count() != 0 {
-                    return Err(Error::Nulls {
-                        what: format!("{}: column {:?}", self.what, field.name()),
-                        count: usize::try_from(node.null_count()).unwrap_or(0),
-                    });
-                }
-                if usize::try_from(node.length()).ok() != Some(expected) {
-                    return Err(bad(format!(
-                        "column {:?}: a field node of {} values in a batch that needs {expected}",
-                        field.name(),
-                        node.length()
-                    )));
-                }
-                Ok(())
-            };
-            let values = rows * layout.values;
-            if layout.list {
-                node(rows)?;
-                buffers.next(); // the list's validity: no nulls, as its node says
-            }
-            node(values)?;
-            buffers.next(); // the values' validity
-            let buffer = buffers
-                .next()
-                .ok_or_else(|| bad(format!("column {:?}: missing values buffer", field.name())))?;
-            let bytes = values * layout.width;
-            // Within the body: check_message saw to that.
-            let start = usize::try_from(buffer.offset()).unwrap_or(usize::MAX);
-            let source = body
-                .get(start..start.saturating_add(bytes))
-                .filter(|_| usize::try_from(buffer.length()).is_ok_and(|n| n >= bytes))
-                .ok_or_else(|| {
-                    bad(format!(
-                        "column {:?}: a values buffer of {} bytes at body offset {} cannot hold {rows} rows ({bytes} bytes)",
-                        field.name(),
-                        buffer.length(),
-                        buffer.offset()
-                    ))
-                })?;
+        for ((column, layout), source) in self.columns.iter_mut().zip(self.layouts).zip(values) {
             let at = self.filled * layout.row_bytes().expect("checked in new");
-            column[at..at + bytes].copy_from_slice(source);
+            column[at..at + source.len()].copy_from_slice(source);
         }
         self.filled += rows;
         Ok(())
@@ -369,6 +260,224 @@ impl Part<'_> {
         self.finished.fetch_add(self.filled, Ordering::Release);
         Ok(())
     }
+}
+
+/// The rows of one record-batch message and, per column, the bytes of its values; `None`
+/// for messages that are not record batches.
+///
+/// The message must have passed [`crate::ipc::check_message`] against the schema: its
+/// buffers lie inside the body. Here each column must be uncompressed and without nulls, its
+/// field nodes must say the batch's rows, and its values buffer must hold them.
+fn message_values<'b>(
+    what: &str,
+    schema: &Schema,
+    layouts: &[Layout],
+    metadata: &[u8],
+    body: &'b [u8],
+) -> Result<Option<(usize, Vec<&'b [u8]>)>> {
+    let bad = |message: String| Error::BadFile {
+        path: what.to_string(),
+        message,
+    };
+    let message =
+        arrow_ipc::root_as_message(metadata).map_err(|e| bad(format!("corrupt message: {e}")))?;
+    let Some(batch) = message.header_as_record_batch() else {
+        return Ok(None);
+    };
+    if batch.compression().is_some() {
+        return Err(bad(
+            "a stream that announces its rows must not compress its buffers".into(),
+        ));
+    }
+    let rows = usize::try_from(batch.length())
+        .map_err(|_| bad(format!("a record batch of {} rows", batch.length())))?;
+    let (Some(nodes), Some(buffers)) = (batch.nodes(), batch.buffers()) else {
+        return Err(bad("a record batch without field nodes or buffers".into()));
+    };
+    let mut nodes = nodes.iter();
+    let mut buffers = buffers.iter();
+    let mut columns = Vec::with_capacity(layouts.len());
+    for (field, layout) in schema.fields().iter().zip(layouts) {
+        let mut node = |expected: usize| -> Result<()> {
+            let node = nodes
+                .next()
+                .ok_or_else(|| bad(format!("column {:?}: missing field node", field.name())))?;
+            if node.null_count() != 0 {
+                return Err(Error::Nulls {
+                    what: format!("{what}: column {:?}", field.name()),
+                    count: usize::try_from(node.null_count()).unwrap_or(0),
+                });
+            }
+            if usize::try_from(node.length()).ok() != Some(expected) {
+                return Err(bad(format!(
+                    "column {:?}: a field node of {} values in a batch that needs {expected}",
+                    field.name(),
+                    node.length()
+                )));
+            }
+            Ok(())
+        };
+        let values = rows
+            .checked_mul(layout.values)
+            .ok_or_else(|| bad(format!("a record batch of {rows} rows overflows")))?;
+        if layout.list {
+            node(rows)?;
+            buffers.next(); // the list's validity: no nulls, as its node says
+        }
+        node(values)?;
+        buffers.next(); // the values' validity
+        let buffer = buffers
+            .next()
+            .ok_or_else(|| bad(format!("column {:?}: missing values buffer", field.name())))?;
+        let bytes = values.saturating_mul(layout.width);
+        // Within the body: check_message saw to that.
+        let start = usize::try_from(buffer.offset()).unwrap_or(usize::MAX);
+        let source = body
+            .get(start..start.saturating_add(bytes))
+            .filter(|_| usize::try_from(buffer.length()).is_ok_and(|n| n >= bytes))
+            .ok_or_else(|| {
+                bad(format!(
+                    "column {:?}: a values buffer of {} bytes at body offset {} cannot hold {rows} rows ({bytes} bytes)",
+                    field.name(),
+                    buffer.length(),
+                    buffer.offset()
+                ))
+            })?;
+        columns.push(source);
+    }
+    Ok(Some((rows, columns)))
+}
+
+/// One stream received into one buffer per column, allocated for the rows its schema
+/// announced. The announcement is a hint, not a contract: a pyarrow table that kept the
+/// metadata of the stream it came from may be sliced or extended before it is sent on, so
+/// fewer rows are kept as they are and more rows grow the buffers.
+#[derive(Debug)]
+pub struct Landing {
+    what: String,
+    schema: SchemaRef,
+    layouts: Vec<Layout>,
+    buffers: Vec<MutableBuffer>,
+    rows: usize,
+}
+
+impl Landing {
+    /// A landing for `rows` rows of `schema`, or `None` when a column's rows are not
+    /// fixed-width values. Fails when the announced rows would not fit in memory.
+    pub fn new(what: &str, schema: SchemaRef, rows: usize) -> Result<Option<Self>> {
+        let Some(layouts) = layouts_of(&schema) else {
+            return Ok(None);
+        };
+        let sizes = sizes(what, &layouts, rows)?;
+        let buffers = sizes
+            .into_iter()
+            .map(MutableBuffer::with_capacity)
+            .collect();
+        Ok(Some(Landing {
+            what: what.to_string(),
+            schema,
+            layouts,
+            buffers,
+            rows: 0,
+        }))
+    }
+
+    /// Appends the rows of one record-batch message (see [`Part::fill`]).
+    pub fn fill(&mut self, metadata: &[u8], body: &[u8]) -> Result<()> {
+        let Some((rows, values)) =
+            message_values(&self.what, &self.schema, &self.layouts, metadata, body)?
+        else {
+            return Ok(());
+        };
+        let extra: u64 = values.iter().map(|v| v.len() as u64).sum();
+        let spare: u64 = self
+            .buffers
+            .iter()
+            .map(|b| (b.capacity() - b.len()) as u64)
+            .sum();
+        if extra > spare {
+            // More rows than announced: the buffers grow (doubling, as a Vec does).
+            let held: u64 = self.buffers.iter().map(|b| b.len() as u64).sum();
+            crate::memory::check_allocation(
+                &self.what,
+                held.saturating_add(extra).saturating_mul(2),
+            )?;
+        }
+        for (buffer, source) in self.buffers.iter_mut().zip(values) {
+            buffer.extend_from_slice(source);
+        }
+        self.rows += rows;
+        Ok(())
+    }
+
+    /// The received rows as one record batch.
+    pub fn into_batch(self) -> Result<RecordBatch> {
+        let buffers = self
+            .buffers
+            .into_iter()
+            .map(|mut b| {
+                if b.capacity() > b.len().saturating_mul(2).max(4096) {
+                    b.shrink_to_fit(); // far fewer rows than announced
+                }
+                b
+            })
+            .collect();
+        batch_of(self.schema, &self.layouts, buffers, self.rows)
+    }
+}
+
+fn layouts_of(schema: &Schema) -> Option<Vec<Layout>> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| Layout::of(f.data_type()))
+        .collect()
+}
+
+/// The bytes of every column for `rows` rows, checked against what may be allocated.
+fn sizes(what: &str, layouts: &[Layout], rows: usize) -> Result<Vec<usize>> {
+    let sizes = layouts
+        .iter()
+        .map(|l| l.row_bytes().and_then(|b| b.checked_mul(rows)))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| Error::invalid(what, format!("{rows} rows overflow the address space")))?;
+    let total = sizes
+        .iter()
+        .try_fold(0u64, |acc, &n| acc.checked_add(n as u64));
+    crate::memory::check_allocation(what, total.unwrap_or(u64::MAX))?;
+    Ok(sizes)
+}
+
+/// One record batch of `rows` rows over the column `buffers` of `schema`.
+fn batch_of(
+    schema: SchemaRef,
+    layouts: &[Layout],
+    buffers: Vec<MutableBuffer>,
+    rows: usize,
+) -> Result<RecordBatch> {
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(buffers.len());
+    for ((field, layout), buffer) in schema.fields().iter().zip(layouts).zip(buffers) {
+        let values = buffer.into();
+        let data = match field.data_type() {
+            DataType::FixedSizeList(child, _) => {
+                let child = ArrayData::builder(child.data_type().clone())
+                    .len(rows * layout.values)
+                    .add_buffer(values)
+                    .build()?;
+                ArrayData::builder(field.data_type().clone())
+                    .len(rows)
+                    .add_child_data(child)
+                    .build()?
+            }
+            other => ArrayData::builder(other.clone())
+                .len(rows)
+                .add_buffer(values)
+                .build()?,
+        };
+        arrays.push(make_array(data));
+    }
+    let options = RecordBatchOptions::new().with_row_count(Some(rows));
+    Ok(RecordBatch::try_new_with_options(schema, arrays, &options)?)
 }
 
 /// `schema` with [`ROWS_KEY`] set to `rows`.
@@ -474,6 +583,21 @@ mod tests {
             err.contains("2 of the 4 rows announced were received"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_landing_takes_fewer_or_more_rows_than_announced() {
+        let sent = table(6);
+        for announced in [2, 6, 50] {
+            let mut landing = Landing::new("t", sent.schema(), announced)
+                .unwrap()
+                .unwrap();
+            for slice in [sent.slice(0, 4), sent.slice(4, 2)] {
+                let (meta, body) = encode(&slice);
+                landing.fill(&meta, &body).unwrap();
+            }
+            assert_eq!(landing.into_batch().unwrap(), sent, "announced {announced}");
+        }
     }
 
     #[test]
