@@ -262,6 +262,9 @@ impl Part<'_> {
     }
 }
 
+/// The rows of a message, and the bytes of each column's values in it.
+type MessageValues<'b> = (usize, Vec<&'b [u8]>);
+
 /// The rows of one record-batch message and, per column, the bytes of its values; `None`
 /// for messages that are not record batches.
 ///
@@ -274,7 +277,7 @@ fn message_values<'b>(
     layouts: &[Layout],
     metadata: &[u8],
     body: &'b [u8],
-) -> Result<Option<(usize, Vec<&'b [u8]>)>> {
+) -> Result<Option<MessageValues<'b>>> {
     let bad = |message: String| Error::BadFile {
         path: what.to_string(),
         message,
