@@ -121,6 +121,7 @@ class FlightServer:
         token: str | None = None,
         tls_cert: bytes | None = None,
         tls_key: bytes | None = None,
+        shm: bool = True,
     ) -> FlightServer: ...
     @property
     def location(self) -> str: ...
@@ -133,7 +134,12 @@ class FlightClient:
     """The native Flight client; every call releases the GIL while data moves."""
 
     def __new__(
-        cls, location: str, *, token: str | None = None, tls_root_certs: bytes | None = None
+        cls,
+        location: str,
+        *,
+        token: str | None = None,
+        tls_root_certs: bytes | None = None,
+        shm: bool | None = None,
     ) -> FlightClient: ...
     def put(
         self, name: str, names: builtins.list[str], arrays: builtins.list[Any], form: str

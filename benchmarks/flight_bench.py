@@ -147,8 +147,10 @@ def pyarrow_put_get(location: str, x: np.ndarray, repeats: int) -> tuple[float, 
     return put_t, get_t
 
 
-def ours_put_get(location: str, x: np.ndarray, repeats: int) -> tuple[float, float]:
-    with arrowbridge.connect(location) as client:
+def ours_put_get(
+    location: str, x: np.ndarray, repeats: int, shm: bool = False
+) -> tuple[float, float]:
+    with arrowbridge.connect(location, shm=shm) as client:
         put_t = median_time(lambda: client.put("bench", x), repeats)
         get_t = median_time(lambda: client.get("bench"), repeats)
     return put_t, get_t
@@ -226,7 +228,8 @@ def rss(pid: int) -> int:
 
 PUT_AND_EXIT = (
     "import sys, numpy as np, arrowbridge; "
-    "arrowbridge.connect(sys.argv[1]).put(sys.argv[2], np.ones((int(sys.argv[3]), 1024)))"
+    "arrowbridge.connect(sys.argv[1], shm=False)"
+    ".put(sys.argv[2], np.ones((int(sys.argv[3]), 1024)))"
 )
 
 
@@ -236,7 +239,7 @@ def server_memory(each: int) -> tuple[int, int]:
     rows = each // (1024 * 8)
     with process(ours("--port", str(free_port()))) as (proc, line):
         location = location_of(line)
-        with arrowbridge.connect(location) as c:
+        with arrowbridge.connect(location, shm=False) as c:
             c.health()
             idle = rss(proc.pid)
             for i in range(4):
@@ -268,15 +271,20 @@ def run(sizes: list[int], repeats: int, concurrency: tuple[int, int], small_n: i
                 row = {}
                 row["ours tcp"] = ours_put_get(tcp, x, repeats)
                 row["ours unix"] = ours_put_get(unix, x, repeats)
+                row["ours shared memory"] = ours_put_get(tcp, x, repeats, shm=True)
+                row["np.copy (reference for a put)"] = (
+                    median_time(lambda x=x: np.copy(x), repeats),
+                    float("nan"),
+                )
                 row["pyarrow client, ours"] = pyarrow_put_get(tcp, x, repeats)
                 row["pyarrow client, pyarrow server"] = pyarrow_put_get(echo, x, repeats)
                 results["sizes"][x.nbytes] = row
-                with arrowbridge.connect(tcp) as c:
+                with arrowbridge.connect(tcp, shm=False) as c:
                     c.delete("bench")
-                with arrowbridge.connect(unix) as c:
+                with arrowbridge.connect(unix, shm=False) as c:
                     c.delete("bench")
                 print(f"  flight: measured {x.nbytes >> 20} MiB", file=sys.stderr)
-            results["ours call"] = small_calls(tcp, small_n)
+            results["ours call"] = small_calls(tcp, small_n)  # calls always go by gRPC
             results["echo call"] = echo_calls(echo, small_n)
             results["concurrent"] = concurrent_calls(tcp, *concurrency)
         results["memory"] = server_memory(sizes[0])
@@ -295,6 +303,9 @@ def report(r: dict, fmt_time: Callable[[float], str]) -> tuple[list[str], list[s
     headline = []
     for nbytes, row in r["sizes"].items():
         for path, (put_t, get_t) in row.items():
+            if path.startswith("np.copy"):
+                lines.append(f"| {nbytes >> 20} MiB | {path} | {nbytes / put_t / 1e9:.2f} | | | |")
+                continue
             put, get = nbytes / put_t, nbytes / get_t
             rel = (
                 f"{put / wire:.2f}× | {get / wire:.2f}×"
@@ -311,6 +322,12 @@ def report(r: dict, fmt_time: Callable[[float], str]) -> tuple[list[str], list[s
             f"{ours_put / wire:.2f}× / {ours_get / wire:.2f}× iperf3's {wire / 1e9:.2f} GB/s, "
             if wire
             else ""
+        )
+        shm_put, shm_get = row["ours shared memory"]
+        copy = row["np.copy (reference for a put)"][0]
+        headline.append(
+            f"- Shared memory, {nbytes >> 20} MiB: get {fmt_time(shm_get)}, put "
+            f"{fmt_time(shm_put)} ({shm_put / copy:.2f}× np.copy's {fmt_time(copy)})."
         )
         headline.append(
             f"- Flight {nbytes >> 20} MiB over TCP: put {ours_put / 1e9:.2f} GB/s, get "

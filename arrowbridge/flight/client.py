@@ -69,10 +69,17 @@ class Client:
     """
 
     def __init__(
-        self, location: str, *, token: str | None = None, tls_root_certs: bytes | None = None
+        self,
+        location: str,
+        *,
+        token: str | None = None,
+        tls_root_certs: bytes | None = None,
+        shm: bool | None = None,
     ):
         self.location = location
-        self._native = _native.FlightClient(location, token=token, tls_root_certs=tls_root_certs)
+        self._native = _native.FlightClient(
+            location, token=token, tls_root_certs=tls_root_certs, shm=shm
+        )
 
     def put(self, name: str, data: Any) -> None:
         """Stores ``data`` under ``name``: a NumPy array, a dict of arrays (rows of one table
@@ -92,7 +99,9 @@ class Client:
     def get(self, name: str) -> Any:
         """What was put under ``name``, in the form it was put: an array, or a dict of arrays
         (for a dict or a table, and for items other clients put). Each array is one
-        contiguous, aligned, writeable NumPy array that owns the received bytes.
+        contiguous, aligned NumPy array: writeable and owning the received bytes when they
+        came over the network, read-only views of sealed shared memory when the server is on
+        this host (see :func:`connect`'s ``shm``).
 
         >>> import numpy as np, arrowbridge
         >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
@@ -223,7 +232,11 @@ class Client:
 
 
 def connect(
-    location: str, *, token: str | None = None, tls_root_certs: bytes | None = None
+    location: str,
+    *,
+    token: str | None = None,
+    tls_root_certs: bytes | None = None,
+    shm: bool | None = None,
 ) -> Client:
     """A client of the Flight server at ``location``: ``grpc://host:port``,
     ``grpc+tls://host:port`` or ``grpc+unix:///path/to/socket``. The connection is made on
@@ -232,13 +245,19 @@ def connect(
     ``token`` is sent as ``authorization: Bearer <token>``; ``tls_root_certs`` (PEM) verify a
     ``grpc+tls://`` server.
 
+    ``shm``: with a server on this host, run by the same user, ``put`` and ``get`` go through
+    sealed shared memory (a get is O(1) whatever the size, a put one copy); calls and other
+    servers use gRPC. ``None`` (the default) uses shared memory where the server offers it
+    and it can be reached, ``False`` never, ``True`` always (``ServerUnavailableError`` where
+    it cannot be used).
+
     >>> import arrowbridge
     >>> with arrowbridge.serve(token="s3cret") as server:
     ...     with arrowbridge.connect(server.location, token="s3cret") as client:
     ...         client.health()
     {'status': 'ok', 'stored': 0}
     """
-    return Client(location, token=token, tls_root_certs=tls_root_certs)
+    return Client(location, token=token, tls_root_certs=tls_root_certs, shm=shm)
 
 
 __all__ = ["Client", "Stored", "connect"]

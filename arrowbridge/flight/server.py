@@ -87,6 +87,7 @@ def serve(
     token: str | None = None,
     tls: tuple[bytes, bytes] | None = None,
     kernels: Sequence[str | os.PathLike[str]] = (),
+    shm: bool = True,
 ) -> Server:
     """Starts the Rust Flight server on background threads of this process.
 
@@ -98,6 +99,10 @@ def serve(
     written to ``data_dir/<name>.arrow`` (atomically, fsynced) and the directory's arrays are
     served again after a restart. ``token`` requires ``authorization: Bearer <token>`` on every
     call; ``tls=(cert_pem, key_pem)`` serves over TLS (``grpc+tls://``).
+
+    With ``shm`` (the default, on Linux), clients on this host and of this user may put and
+    get items as sealed shared memory, through a second socket in ``$TMPDIR/arrowbridge-<uid>/``
+    (see the README's security model); ``shm=False`` offers only gRPC.
 
     The server runs the built-in kernels and those of every plugin loaded in this process when
     it starts (:func:`arrowbridge.load_kernels`), including the plugins named in ``kernels``,
@@ -133,5 +138,6 @@ def serve(
         token=token,
         tls_cert=None if tls is None else tls[0],
         tls_key=None if tls is None else tls[1],
+        shm=shm,
     )
     return Server(native)

@@ -25,7 +25,8 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use arrow_array::{RecordBatch, RecordBatchOptions};
@@ -134,6 +135,10 @@ pub struct ClientOptions {
     pub token: Option<String>,
     /// PEM certificates that verify a `grpc+tls://` server.
     pub tls_root_certs: Option<Vec<u8>>,
+    /// Shared memory with a server on this host and of this user ([`crate::shm`]): `None`
+    /// uses it when the server offers it and it can be reached (else gRPC), `Some(false)`
+    /// never, `Some(true)` always (an error when it cannot be used).
+    pub shm: Option<bool>,
 }
 
 /// A stored item as got: its form and its columns, in order.
@@ -143,6 +148,8 @@ pub struct Item {
     pub form: ItemForm,
     /// Its columns by name.
     pub columns: Vec<(String, ArrowTensor)>,
+    /// Whether the columns view read-only shared memory (else they own their buffers).
+    pub shared: bool,
 }
 
 /// What a server says about an item (its FlightInfo).
@@ -179,6 +186,17 @@ pub struct Client {
     channel: Channel,
     authorization: Option<AsciiMetadataValue>,
     location: String,
+    token: Option<String>,
+    shm: Option<bool>,
+    /// The server's shared-memory socket and instance id, asked once.
+    shm_socket: OnceLock<Option<(PathBuf, String)>>,
+}
+
+/// Why shared memory was not used for a call.
+enum Shm<T> {
+    Done(T),
+    /// Not available here (another host, another user, not offered): gRPC instead.
+    Unavailable(String),
 }
 
 /// The endpoint of a location: `grpc://host:port`, `grpc+tcp://`, `grpc+tls://` or
@@ -257,6 +275,9 @@ impl Client {
             channel,
             authorization,
             location: location.to_string(),
+            token: options.token.clone(),
+            shm: options.shm,
+            shm_socket: OnceLock::new(),
         })
     }
 
@@ -297,6 +318,11 @@ impl Client {
         columns: &[(&str, &ArrowTensor)],
         form: ItemForm,
     ) -> ClientResult<usize> {
+        match self.shm_put(name, columns, form)? {
+            Shm::Done(rows) => return Ok(rows),
+            Shm::Unavailable(why) if self.shm == Some(true) => return Err(shm_refused(&why)),
+            Shm::Unavailable(_) => {}
+        }
         let (schema, batches) = arrowbridge::ipc::wire_batches(columns, MAX_FLIGHT_DATA)?;
         let mut metadata = schema.metadata().clone();
         metadata.insert(ITEM_KEY.to_string(), form.name().to_string());
@@ -330,7 +356,128 @@ impl Client {
 
     /// The item stored under `name`, each column one contiguous, aligned buffer.
     pub fn get(&self, name: &str) -> ClientResult<Item> {
+        match self.shm_get(name)? {
+            Shm::Done(item) => return Ok(item),
+            Shm::Unavailable(why) if self.shm == Some(true) => return Err(shm_refused(&why)),
+            Shm::Unavailable(_) => {}
+        }
         self.block_on(self.get_async(name))?
+    }
+
+    /// The server's shared-memory socket, if it offers one (asked once per client).
+    fn shm_socket(&self) -> Option<(PathBuf, String)> {
+        if self.shm == Some(false) || !cfg!(target_os = "linux") {
+            return None;
+        }
+        self.shm_socket
+            .get_or_init(|| {
+                let body = self.action("shm", Vec::new()).ok()?;
+                let reply: serde_json::Value = serde_json::from_slice(&body).ok()?;
+                let path = reply["location"]
+                    .as_str()?
+                    .strip_prefix("arrowbridge+shm://")?;
+                Some((PathBuf::from(path), reply["instance"].as_str()?.to_string()))
+            })
+            .clone()
+    }
+
+    /// One request over the shared-memory socket: its reply and descriptor.
+    fn shm_request(
+        &self,
+        mut header: serde_json::Value,
+        fd: Option<std::os::fd::RawFd>,
+    ) -> ClientResult<Shm<(serde_json::Value, Option<std::os::fd::OwnedFd>)>> {
+        let Some((path, instance)) = self.shm_socket() else {
+            return Ok(Shm::Unavailable(
+                "the server offers no shared memory".into(),
+            ));
+        };
+        let unavailable = |why: String| Ok(Shm::Unavailable(why));
+        let mut stream = match std::os::unix::net::UnixStream::connect(&path) {
+            Ok(stream) => stream,
+            // Another host (or a server gone): the socket is not here.
+            Err(e) => return unavailable(format!("{}: {e}", path.display())),
+        };
+        match crate::shm::peer_uid(&stream) {
+            Ok(uid) if uid == crate::shm::own_uid() => {}
+            _ => return unavailable("the socket belongs to another user".into()),
+        }
+        if let Some(token) = &self.token {
+            header["token"] = token.clone().into();
+        }
+        let io = |e: std::io::Error| ClientError::Remote {
+            code: Code::Unavailable,
+            kind: None,
+            message: format!("shared memory at {}: {e}", path.display()),
+        };
+        crate::shm::send(&mut stream, &header, fd).map_err(io)?;
+        let (reply, fd) = crate::shm::receive(&mut stream).map_err(io)?;
+        if reply["instance"].as_str() != Some(instance.as_str()) {
+            // The path is reused by another server on this host: not the one asked.
+            return unavailable("the socket belongs to another server".into());
+        }
+        if reply["ok"] != serde_json::Value::Bool(true) {
+            return Err(ClientError::Remote {
+                code: Code::from_i32(reply["code"].as_i64().unwrap_or(2) as i32),
+                kind: reply["kind"].as_str().map(str::to_string),
+                message: reply["message"].as_str().unwrap_or_default().to_string(),
+            });
+        }
+        Ok(Shm::Done((reply, fd)))
+    }
+
+    fn shm_get(&self, name: &str) -> ClientResult<Shm<Item>> {
+        let header = serde_json::json!({"op": "get", "name": name});
+        let (reply, fd) = match self.shm_request(header, None)? {
+            Shm::Done(done) => done,
+            Shm::Unavailable(why) => return Ok(Shm::Unavailable(why)),
+        };
+        let what = format!("shared memory of {name:?}");
+        let fd = fd.ok_or_else(|| ClientError::Remote {
+            code: Code::Internal,
+            kind: None,
+            message: format!("{what}: the server sent no memory"),
+        })?;
+        let layout: crate::shm::Layout = serde_json::from_value(reply["layout"].clone())
+            .map_err(|e| arrowbridge::Error::invalid(&what, format!("bad layout: {e}")))?;
+        let segment = Arc::new(crate::shm::Segment::adopt(&what, fd)?);
+        let (schema, batch) = crate::shm::unpack(&what, segment, &layout)?;
+        let columns = arrowbridge::ipc::tensors_of(&schema, &[batch])?;
+        Ok(Shm::Done(Item {
+            form: ItemForm::of(&schema),
+            columns,
+            shared: true,
+        }))
+    }
+
+    fn shm_put(
+        &self,
+        name: &str,
+        columns: &[(&str, &ArrowTensor)],
+        form: ItemForm,
+    ) -> ClientResult<Shm<usize>> {
+        if self.shm_socket().is_none() {
+            return Ok(Shm::Unavailable(
+                "the server offers no shared memory".into(),
+            ));
+        }
+        // Shapes that need the flat layout (rows of more than 2^31 values) go by gRPC.
+        let Ok(batch) = arrowbridge::ipc::record_batch(columns) else {
+            return Ok(Shm::Unavailable(
+                "a shape that shared memory does not carry".into(),
+            ));
+        };
+        let mut metadata = batch.schema().metadata().clone();
+        metadata.insert(ITEM_KEY.to_string(), form.name().to_string());
+        let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(metadata));
+        let batch = with_schema(&batch, &schema)?;
+        let (segment, layout) =
+            crate::shm::pack(&format!("shared-memory put of {name:?}"), &batch)?;
+        let header = serde_json::json!({"op": "put", "name": name, "layout": layout});
+        match self.shm_request(header, Some(segment.raw_fd()))? {
+            Shm::Done((reply, _)) => Ok(Shm::Done(reply["rows"].as_u64().unwrap_or(0) as usize)),
+            Shm::Unavailable(why) => Ok(Shm::Unavailable(why)),
+        }
     }
 
     async fn get_async(&self, name: &str) -> ClientResult<Item> {
@@ -397,7 +544,11 @@ impl Client {
             }
         };
         let columns = arrowbridge::ipc::tensors_of(&schema, &batches)?;
-        Ok(Item { form, columns })
+        Ok(Item {
+            form,
+            columns,
+            shared: false,
+        })
     }
 
     /// Fetches the endpoints of `info` concurrently, each over a connection of its own,
@@ -564,6 +715,15 @@ impl Client {
         let schema = received.schema.unwrap_or_else(|| Arc::new(Schema::empty()));
         let outputs = arrowbridge::ipc::tensors_of(&schema, &received.batches)?;
         Ok(outputs.into_iter().map(|(_, t)| t).collect())
+    }
+}
+
+/// The error of `shm=True` when shared memory cannot be used.
+fn shm_refused(why: &str) -> ClientError {
+    ClientError::Remote {
+        code: Code::Unavailable,
+        kind: None,
+        message: format!("shared memory was asked for (shm=True) but cannot be used: {why}"),
     }
 }
 

@@ -16,6 +16,7 @@ mod error;
 mod receive;
 mod server;
 mod service;
+pub mod shm;
 mod store;
 mod tls;
 

@@ -44,6 +44,9 @@ pub struct ServerConfig {
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
     /// The kernels DoExchange runs.
     pub registry: Arc<Registry>,
+    /// Offer stored items as shared memory to clients on this host and of this user (see
+    /// [`crate::shm`]); on by default.
+    pub shm: bool,
 }
 
 impl ServerConfig {
@@ -65,6 +68,7 @@ impl ServerConfig {
             token: None,
             tls: None,
             registry: Arc::new(Registry::with_builtins()),
+            shm: cfg!(target_os = "linux"),
         }
     }
 }
@@ -99,7 +103,26 @@ pub fn start(config: ServerConfig) -> Result<RunningServer> {
     // async code panics, and `start` may be called from async code.
     let listener = Listener::bind(&config)?;
     let location = listener.location(config.tls.is_some());
-    let service = Service::new(store, config.registry.clone(), config.token.clone());
+    // The shared-memory socket; a host where it cannot be made serves without it.
+    let shm_listener = if config.shm {
+        crate::shm::socket_path()
+            .and_then(|path| {
+                let listener = crate::shm::bind(&path)?;
+                listener.set_nonblocking(true)?;
+                Ok((listener, path))
+            })
+            .ok()
+    } else {
+        None
+    };
+    let shm_path = shm_listener.as_ref().map(|(_, path)| path.clone());
+    let instance = crate::shm::instance_id();
+    let shm_service = Arc::new(
+        Service::new(store.clone(), config.registry.clone(), config.token.clone())
+            .with_shm(shm_path.clone(), &instance),
+    );
+    let service = Service::new(store, config.registry.clone(), config.token.clone())
+        .with_shm(shm_path.clone(), &instance);
     let flight = FlightServiceServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
@@ -120,6 +143,17 @@ pub fn start(config: ServerConfig) -> Result<RunningServer> {
         .enable_all()
         .build()
         .map_err(|e| FlightServerError::Transport(e.to_string()))?;
+    if let Some((listener, path)) = shm_listener {
+        let _context = runtime.enter();
+        match tokio::net::UnixListener::from_std(listener) {
+            Ok(listener) => {
+                runtime.spawn(serve_shm(listener, shm_service));
+            }
+            Err(_) => {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
     let (tx, rx) = oneshot::channel::<Duration>();
     let addr = listener.addr();
     let socket = listener.socket_path();
@@ -159,7 +193,7 @@ pub fn start(config: ServerConfig) -> Result<RunningServer> {
             // A kernel still running on a blocking thread cannot be interrupted; the server
             // stops without waiting for it.
             runtime.shutdown_timeout(Duration::from_millis(100));
-            if let Some(socket) = socket {
+            for socket in [socket, shm_path].into_iter().flatten() {
                 let _ = std::fs::remove_file(socket);
             }
             result
@@ -195,6 +229,30 @@ where
             // New connections are refused from now on.
             tokio::time::timeout(grace, &mut serve).await.unwrap_or(Ok(()))
         }
+    }
+}
+
+/// Accepts connections to the shared-memory socket, each served on a blocking thread.
+async fn serve_shm(listener: tokio::net::UnixListener, service: Arc<Service>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream.into_std(),
+            Err(_) => {
+                // Out of descriptors, say: wait rather than spin.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(stream) = stream else { continue };
+        // A client that stops talking cannot hold a thread for long.
+        let ready = stream
+            .set_nonblocking(false)
+            .and_then(|()| stream.set_read_timeout(Some(Duration::from_secs(30))));
+        if ready.is_err() {
+            continue;
+        }
+        let service = service.clone();
+        tokio::task::spawn_blocking(move || service.shm_connection(stream));
     }
 }
 

@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{FlightServerError, Result};
 use crate::receive::{receive, Received};
+use crate::shm;
 use crate::store::{check_name, Store, Stored};
 
 /// Largest FlightData message the server sends; bigger batches are split by rows.
@@ -31,6 +32,11 @@ pub struct Service {
     store: Arc<Store>,
     registry: Arc<Registry>,
     token: Option<String>,
+    /// The socket that hands out shared memory, when the server offers it.
+    shm: Option<std::path::PathBuf>,
+    /// This server's id, in every shared-memory reply: a client checks that the socket it
+    /// found answers for the server it asked.
+    instance: String,
 }
 
 /// The DoExchange command: which kernel, on which arguments, with which parameters.
@@ -115,7 +121,11 @@ fn row_ranges(stored: &Stored) -> Vec<std::ops::Range<usize>> {
         .collect()
 }
 
-fn flight_info(name: &str, stored: &Stored) -> Result<FlightInfo, Status> {
+fn flight_info(
+    name: &str,
+    stored: &Stored,
+    shm: Option<&std::path::Path>,
+) -> Result<FlightInfo, Status> {
     // Shapes and dtypes, for clients that do not read extension metadata.
     let columns: Vec<serde_json::Value> = stored
         .schema
@@ -132,8 +142,12 @@ fn flight_info(name: &str, stored: &Stored) -> Result<FlightInfo, Status> {
             column
         })
         .collect();
-    let metadata =
+    let mut metadata =
         serde_json::json!({"rows": stored.rows(), "bytes": stored.bytes(), "columns": columns});
+    if let Some(path) = shm {
+        // Clients on this host and of this user may fetch the item as shared memory there.
+        metadata["shm"] = format!("arrowbridge+shm://{}", path.display()).into();
+    }
     let ranges = row_ranges(stored);
     let mut info = FlightInfo::new()
         .try_with_schema(&stored.schema)
@@ -234,6 +248,8 @@ impl Service {
             store,
             registry,
             token,
+            shm: None,
+            instance: String::new(),
         }
     }
 
@@ -257,9 +273,13 @@ impl Service {
         let store = self.store.clone();
         let stored = Stored::new(schema, batches);
         // Writing (and fsyncing) a file blocks: keep it off the async workers.
-        tokio::task::spawn_blocking(move || store.put(&name, stored))
+        let replaced = tokio::task::spawn_blocking(move || store.put(&name, stored))
             .await
             .map_err(|e| Status::internal(e.to_string()))??;
+        if let Some(replaced) = replaced {
+            // Freed after the acknowledgement, off the async workers.
+            tokio::task::spawn_blocking(move || drop(replaced));
+        }
         Ok(PutResult {
             app_metadata: serde_json::json!({"rows": rows}).to_string().into(),
         })
@@ -297,12 +317,94 @@ impl Service {
             store: self.store.clone(),
             registry: self.registry.clone(),
             token: None,
+            shm: None,
+            instance: String::new(),
         };
         let result =
             tokio::task::spawn_blocking(move || this.run_exchange(&command, schema, batches))
                 .await
                 .map_err(|e| Status::internal(e.to_string()))??;
         Ok(result)
+    }
+
+    /// The service offering shared memory at the socket `path`, as server `instance`.
+    pub fn with_shm(mut self, path: Option<std::path::PathBuf>, instance: &str) -> Self {
+        self.shm = path;
+        self.instance = instance.to_string();
+        self
+    }
+
+    /// Serves one connection to the shared-memory socket until the client closes it
+    /// (blocking: run it on a thread of its own). Only a client of this process's user is
+    /// served.
+    pub fn shm_connection(&self, mut stream: std::os::unix::net::UnixStream) {
+        if shm::peer_uid(&stream).ok() != Some(shm::own_uid()) {
+            let denied =
+                Status::permission_denied("shared memory is for clients of the server's own user");
+            let _ = shm::send(&mut stream, &shm::error_reply(&denied), None);
+            return;
+        }
+        while let Ok((header, fd)) = shm::receive(&mut stream) {
+            let (mut reply, shared) = match self.shm_request(&header, fd) {
+                Ok((reply, shared)) => (reply, shared),
+                Err(status) => (shm::error_reply(&status), None),
+            };
+            reply["instance"] = self.instance.clone().into();
+            let fd = shared.as_ref().map(|s| s.segment.raw_fd());
+            let sent = shm::send(&mut stream, &reply, fd);
+            if sent.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn shm_request(
+        &self,
+        header: &serde_json::Value,
+        fd: Option<std::os::fd::OwnedFd>,
+    ) -> Result<(serde_json::Value, Option<shm::Shared>), Status> {
+        if let Some(token) = &self.token {
+            let given = header["token"].as_str().unwrap_or_default();
+            if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+                return Err(Status::unauthenticated("wrong or missing token"));
+            }
+        }
+        let name = header["name"]
+            .as_str()
+            .ok_or_else(|| Status::invalid_argument("a shared-memory request needs a name"))?;
+        check_name(name)?;
+        match header["op"].as_str() {
+            Some("get") => {
+                let shared = self.store.shared(name)?;
+                let reply = serde_json::json!({"ok": true, "layout": shared.layout});
+                Ok((reply, Some(shared)))
+            }
+            Some("put") => {
+                let what = format!("shared-memory put of {name:?}");
+                let fd = fd.ok_or_else(|| {
+                    Status::invalid_argument(format!("{what}: no memory came with it"))
+                })?;
+                let layout: shm::Layout = serde_json::from_value(header["layout"].clone())
+                    .map_err(|e| Status::invalid_argument(format!("{what}: bad layout: {e}")))?;
+                let segment =
+                    Arc::new(shm::Segment::adopt(&what, fd).map_err(FlightServerError::from)?);
+                let (schema, batch) = shm::unpack(&what, segment.clone(), &layout)
+                    .map_err(FlightServerError::from)?;
+                arrowbridge::ipc::check_schema(&what, &schema).map_err(FlightServerError::from)?;
+                let rows = batch.num_rows();
+                let stored =
+                    Stored::in_shared_memory(schema, batch, shm::Shared { segment, layout });
+                let replaced = self.store.put(name, stored)?;
+                // Freed after the acknowledgement, on a thread of its own.
+                if let Some(replaced) = replaced {
+                    std::thread::spawn(move || drop(replaced));
+                }
+                Ok((serde_json::json!({"ok": true, "rows": rows}), None))
+            }
+            other => Err(Status::invalid_argument(format!(
+                "unknown shared-memory operation {other:?}; operations: get, put"
+            ))),
+        }
     }
 
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
@@ -411,7 +513,7 @@ impl FlightService for Service {
             .store
             .list()
             .iter()
-            .map(|(name, stored)| flight_info(name, stored))
+            .map(|(name, stored)| flight_info(name, stored, self.shm.as_deref()))
             .collect();
         Ok(Response::new(stream::iter(infos).boxed()))
     }
@@ -425,6 +527,7 @@ impl FlightService for Service {
         Ok(Response::new(flight_info(
             &name,
             self.stored(&name)?.as_ref(),
+            self.shm.as_deref(),
         )?))
     }
 
@@ -518,9 +621,16 @@ impl FlightService for Service {
                 .map(|k| (k.name, k.signature))
                 .collect::<BTreeMap<_, _>>()),
             "health" => serde_json::json!({"status": "ok", "stored": self.store.list().len()}),
+            "shm" => match &self.shm {
+                Some(path) => serde_json::json!({
+                    "location": format!("arrowbridge+shm://{}", path.display()),
+                    "instance": self.instance,
+                }),
+                None => return Err(Status::not_found("this server offers no shared memory")),
+            },
             other => {
                 return Err(Status::invalid_argument(format!(
-                    "unknown action {other:?}; actions: delete, list_kernels, health"
+                    "unknown action {other:?}; actions: delete, list_kernels, health, shm"
                 )))
             }
         };
@@ -537,6 +647,10 @@ impl FlightService for Service {
             ("delete", "Deletes the stored array named by the body"),
             ("list_kernels", "JSON object of kernel names and signatures"),
             ("health", "JSON status of the server"),
+            (
+                "shm",
+                "JSON location of the shared-memory socket, for clients of this host and user",
+            ),
         ]
         .map(|(name, doc)| {
             Ok(ActionType {

@@ -11,6 +11,7 @@ use arrowbridge::landing::{unannounced, ROWS_KEY};
 use arrowbridge::{ArrowTensor, DType};
 
 use crate::error::{FlightServerError, Result};
+use crate::shm::{self, Shared};
 
 /// One stored item: the batches a client put under a name, held once. A put from an
 /// arrowbridge client lands as one batch of contiguous columns; other writers' batches are
@@ -21,6 +22,8 @@ pub struct Stored {
     pub schema: SchemaRef,
     /// The batches.
     pub batches: Vec<RecordBatch>,
+    /// The sealed shared memory the batches view, when they live in one.
+    pub shared: Option<Shared>,
 }
 
 impl Stored {
@@ -40,7 +43,18 @@ impl Stored {
                     .unwrap_or(b)
             })
             .collect();
-        Stored { schema, batches }
+        Stored {
+            schema,
+            batches,
+            shared: None,
+        }
+    }
+
+    /// An item that lives in shared memory: `batch` views `shared`'s segment.
+    pub fn in_shared_memory(schema: SchemaRef, batch: RecordBatch, shared: Shared) -> Self {
+        let mut stored = Stored::new(schema, vec![batch]);
+        stored.shared = Some(shared);
+        stored
     }
 
     /// Column `name` as a tensor: a view when the item is one batch, a concatenation made
@@ -190,8 +204,10 @@ impl Store {
         dir.join(format!("{name}.arrow"))
     }
 
-    /// Stores `stored` under `name`, durably first when the store has a data directory.
-    pub fn put(&self, name: &str, stored: Stored) -> Result<()> {
+    /// Stores `stored` under `name`, durably first when the store has a data directory; the
+    /// item it replaced, for the caller to drop once it has answered (freeing a large item
+    /// takes time the client need not wait for).
+    pub fn put(&self, name: &str, stored: Stored) -> Result<Option<Arc<Stored>>> {
         check_name(name)?;
         self.writing(name, || {
             if let Some(dir) = &self.data_dir {
@@ -209,9 +225,10 @@ impl Store {
                     )
                 })?;
             }
-            self.write_items()
+            let replaced = self
+                .write_items()
                 .insert(name.to_string(), Arc::new(stored));
-            Ok(())
+            Ok(replaced)
         })
     }
 
@@ -237,6 +254,39 @@ impl Store {
             let existed = self.write_items().remove(name).is_some();
             Ok(existed || removed_file)
         })
+    }
+
+    /// The shared memory of item `name`, made on first use: the item's columns are copied
+    /// into a sealed memfd, which then replaces the item (the store still holds it once).
+    pub fn shared(&self, name: &str) -> Result<Shared> {
+        let item = self.get(name).ok_or_else(|| {
+            FlightServerError::NotFound(format!("no array called {name:?} is stored"))
+        })?;
+        if let Some(shared) = &item.shared {
+            return Ok(shared.clone());
+        }
+        let what = format!("shared memory of {name:?}");
+        let batch = match item.batches.as_slice() {
+            [one] => one.clone(),
+            many => arrow_select::concat::concat_batches(&item.schema, many)
+                .map_err(arrowbridge::Error::from)?,
+        };
+        let (segment, layout) = shm::pack(&what, &batch)?;
+        let segment = Arc::new(segment);
+        let (_, batch) = shm::unpack(&what, segment.clone(), &layout)?;
+        let shared = Shared { segment, layout };
+        let stored = Stored::in_shared_memory(item.schema.clone(), batch, shared.clone());
+        self.writing(name, || {
+            let mut items = self.write_items();
+            // Unless a put replaced the item meanwhile.
+            if items
+                .get(name)
+                .is_some_and(|current| Arc::ptr_eq(current, &item))
+            {
+                items.insert(name.to_string(), Arc::new(stored));
+            }
+        });
+        Ok(shared)
     }
 
     /// Every item, by name.

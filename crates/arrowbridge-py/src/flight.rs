@@ -43,7 +43,7 @@ pub struct FlightServer {
 #[pymethods]
 impl FlightServer {
     #[new]
-    #[pyo3(signature = (host, port, *, unix=None, data_dir=None, token=None, tls_cert=None, tls_key=None))]
+    #[pyo3(signature = (host, port, *, unix=None, data_dir=None, token=None, tls_cert=None, tls_key=None, shm=true))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -54,8 +54,10 @@ impl FlightServer {
         token: Option<String>,
         tls_cert: Option<Vec<u8>>,
         tls_key: Option<Vec<u8>>,
+        shm: bool,
     ) -> BridgeResult<Self> {
         let mut config = ServerConfig::new(host, port);
+        config.shm &= shm;
         config.unix = unix;
         config.data_dir = data_dir;
         config.token = token;
@@ -163,14 +165,16 @@ impl FlightClient {
     }
 }
 
-/// NumPy arrays of received tensors: writeable, since each owns its buffer alone.
+/// NumPy arrays of received tensors: writeable when each owns its buffer alone, read-only
+/// when they view sealed shared memory.
 fn arrays<'py>(
     py: Python<'py>,
     columns: &[(String, ArrowTensor)],
+    writeable: bool,
 ) -> BridgeResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
     for (name, tensor) in columns {
-        dict.set_item(name, tensor_to_numpy(py, tensor, true)?)?;
+        dict.set_item(name, tensor_to_numpy(py, tensor, writeable)?)?;
     }
     Ok(dict)
 }
@@ -196,15 +200,17 @@ fn info_dict<'py>(py: Python<'py>, info: &ItemInfo) -> BridgeResult<Bound<'py, P
 #[pymethods]
 impl FlightClient {
     #[new]
-    #[pyo3(signature = (location, *, token=None, tls_root_certs=None))]
+    #[pyo3(signature = (location, *, token=None, tls_root_certs=None, shm=None))]
     fn new(
         location: &str,
         token: Option<String>,
         tls_root_certs: Option<Vec<u8>>,
+        shm: Option<bool>,
     ) -> BridgeResult<Self> {
         let options = ClientOptions {
             token,
             tls_root_certs,
+            shm,
         };
         let client = Client::connect(location, options).map_err(client_error)?;
         Ok(FlightClient {
@@ -248,7 +254,7 @@ impl FlightClient {
         no_panic("get", || {
             let client = self.client()?;
             let item = py.detach(|| client.get(name)).map_err(client_error)?;
-            Ok((item.form.name(), arrays(py, &item.columns)?))
+            Ok((item.form.name(), arrays(py, &item.columns, !item.shared)?))
         })
     }
 

@@ -44,7 +44,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arrow_array::{make_array, ArrayRef, RecordBatch, RecordBatchOptions};
-use arrow_buffer::MutableBuffer;
+use arrow_buffer::{Buffer, MutableBuffer};
 use arrow_data::ArrayData;
 use arrow_schema::{DataType, Schema, SchemaRef};
 
@@ -196,7 +196,8 @@ impl Destination {
                 message: format!("{filled} of the {} rows announced were received", self.rows),
             });
         }
-        batch_of(self.schema, &self.layouts, self.buffers, self.rows)
+        let buffers = self.buffers.into_iter().map(Buffer::from).collect();
+        batch_of(self.schema, &self.layouts, buffers, self.rows)
     }
 }
 
@@ -220,7 +221,11 @@ impl Part<'_> {
 
     /// Copies the values of one record-batch message (`metadata` is its flatbuffer, `body`
     /// its body) into the next rows; more rows than the part has are an error. Messages that
-    /// are not record batches are ignored. See [`message_values`] for what a message must be.
+    /// are not record batches are ignored.
+    ///
+    /// The message must have passed [`crate::ipc::check_message`] against the schema; each
+    /// column must be uncompressed and without nulls, and its values buffer must hold the
+    /// batch's rows.
     pub fn fill(&mut self, metadata: &[u8], body: &[u8]) -> Result<()> {
         let Some((rows, values)) =
             message_values(self.what, self.schema, self.layouts, metadata, body)?
@@ -385,7 +390,7 @@ impl Landing {
         }))
     }
 
-    /// Appends the rows of one record-batch message (see [`Part::fill`]).
+    /// Appends the rows of one record-batch message (the message as for [`Part::fill`]).
     pub fn fill(&mut self, metadata: &[u8], body: &[u8]) -> Result<()> {
         let Some((rows, values)) =
             message_values(&self.what, &self.schema, &self.layouts, metadata, body)?
@@ -422,11 +427,37 @@ impl Landing {
                 if b.capacity() > b.len().saturating_mul(2).max(4096) {
                     b.shrink_to_fit(); // far fewer rows than announced
                 }
-                b
+                Buffer::from(b)
             })
             .collect();
         batch_of(self.schema, &self.layouts, buffers, self.rows)
     }
+}
+
+/// The bytes of one row of each column of `schema`, or `None` when a column's rows are not
+/// fixed-width values (primitive values, or fixed-size lists of them).
+pub fn row_bytes(schema: &Schema) -> Option<Vec<usize>> {
+    layouts_of(schema)?.iter().map(Layout::row_bytes).collect()
+}
+
+/// One record batch of `rows` rows of `schema` over the values `buffers` of its columns
+/// (one per column, each exactly `rows` × its [`row_bytes`]).
+pub fn batch_over(schema: SchemaRef, buffers: Vec<Buffer>, rows: usize) -> Result<RecordBatch> {
+    let layouts = layouts_of(&schema).ok_or_else(|| {
+        Error::invalid("batch_over", "a column's rows are not fixed-width values")
+    })?;
+    if buffers.len() != layouts.len() {
+        return Err(Error::invalid("batch_over", "one buffer per column"));
+    }
+    for ((field, layout), buffer) in schema.fields().iter().zip(&layouts).zip(&buffers) {
+        if Some(buffer.len()) != layout.row_bytes().and_then(|b| b.checked_mul(rows)) {
+            return Err(Error::invalid(
+                format!("column {:?}", field.name()),
+                format!("{} bytes do not hold {rows} rows", buffer.len()),
+            ));
+        }
+    }
+    batch_of(schema, &layouts, buffers, rows)
 }
 
 fn layouts_of(schema: &Schema) -> Option<Vec<Layout>> {
@@ -455,12 +486,12 @@ fn sizes(what: &str, layouts: &[Layout], rows: usize) -> Result<Vec<usize>> {
 fn batch_of(
     schema: SchemaRef,
     layouts: &[Layout],
-    buffers: Vec<MutableBuffer>,
+    buffers: Vec<Buffer>,
     rows: usize,
 ) -> Result<RecordBatch> {
     let mut arrays: Vec<ArrayRef> = Vec::with_capacity(buffers.len());
     for ((field, layout), buffer) in schema.fields().iter().zip(layouts).zip(buffers) {
-        let values = buffer.into();
+        let values = buffer;
         let data = match field.data_type() {
             DataType::FixedSizeList(child, _) => {
                 let child = ArrayData::builder(child.data_type().clone())

@@ -1,0 +1,496 @@
+//! Shared memory between a server and the clients on its host: stored items handed over as
+//! sealed memfds, passed over a Unix socket with `SCM_RIGHTS` (the design of Apache Arrow's
+//! Plasma store).
+//!
+//! **The memory.** A segment is a memfd sealed against writes, shrinking and growing
+//! (`F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`) before it is handed over.
+//! Whoever receives one checks the seals, so once it has validated the bytes nobody can
+//! change them or truncate the file under its mapping (no `SIGBUS`). A segment holds an
+//! item: its schema (an IPC schema message) at offset 0, then each column's values at a
+//! 64-byte-aligned offset. The receiver maps it read-only: a get is O(1) whatever the size,
+//! a put is one copy (the client's `memcpy` into the segment).
+//!
+//! **Who may map what.** The server listens on a second socket, `shm-<pid>-<n>.sock`, in
+//! `$TMPDIR/arrowbridge-<uid>/` (mode 0700, owned by the server's user; the socket 0600).
+//! Each side checks the other's user id (`SO_PEERCRED`): a server serves only clients of its
+//! own user, and a client accepts memory only from a server of its own user. A server with a
+//! token asks for it here too.
+//!
+//! **The protocol.** Each message is a 4-byte little-endian length, a JSON object, and at
+//! most one file descriptor (`SCM_RIGHTS`): `{"op": "get", "name": ...}` is answered with
+//! the item's segment; `{"op": "put", "name": ..., ...}` sends one, answered with
+//! `{"ok": true, "rows": n}`. Errors are `{"ok": false, "code": <gRPC code>, "message": ...}`.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arrow_array::{Array, RecordBatch};
+use arrow_buffer::Buffer;
+use arrow_schema::{DataType, Schema, SchemaRef};
+use arrowbridge::landing;
+use arrowbridge::Error;
+
+/// Bytes of one message's JSON, at most.
+const MAX_HEADER: usize = 1 << 20;
+/// Columns start at multiples of this many bytes.
+const ALIGN: usize = 64;
+
+/// A sealed memfd, mapped read-only.
+#[derive(Debug)]
+pub struct Segment {
+    fd: OwnedFd,
+    map: memmap2::Mmap,
+}
+
+/// Where an item lies in its segment.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Layout {
+    /// Bytes of the IPC schema message at offset 0.
+    pub schema_len: usize,
+    /// Rows.
+    pub rows: usize,
+    /// `[offset, length]` of each column's values.
+    pub columns: Vec<[usize; 2]>,
+}
+
+/// The mapping that Arrow buffers over a segment keep alive.
+struct Mapping(#[allow(dead_code)] Arc<Segment>);
+
+fn io(what: &str, e: std::io::Error) -> Error {
+    Error::Io {
+        path: what.to_string(),
+        source: e,
+    }
+}
+
+fn bad(what: &str, message: impl Into<String>) -> Error {
+    Error::invalid(what, message)
+}
+
+fn last_os_error(what: &str) -> Error {
+    io(what, std::io::Error::last_os_error())
+}
+
+impl Segment {
+    /// A new segment of `len` bytes, filled by `fill`, then sealed and mapped read-only.
+    pub fn create(what: &str, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<Segment, Error> {
+        arrowbridge::memory::check_allocation(what, len as u64)?;
+        let name = c"arrowbridge";
+        // SAFETY: a valid C string and flags; the result is checked.
+        let raw = unsafe {
+            libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+        };
+        if raw < 0 {
+            return Err(last_os_error(what));
+        }
+        // SAFETY: memfd_create returned a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let file = std::fs::File::from(fd);
+        file.set_len(len as u64).map_err(|e| io(what, e))?;
+        {
+            // SAFETY: the memfd is ours alone until it is sealed and handed over.
+            let mut writable = unsafe { memmap2::MmapOptions::new().populate().map_mut(&file) }
+                .map_err(|e| io(what, e))?;
+            fill(&mut writable[..]);
+        } // unmapped: F_SEAL_WRITE needs no writable mapping left
+        let seals =
+            libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // SAFETY: fcntl on a descriptor we own.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+            return Err(last_os_error(what));
+        }
+        Self::map(what, OwnedFd::from(file))
+    }
+
+    /// Adopts a segment received from the other side: it must be sealed against writes,
+    /// shrinking and growing, and is mapped read-only.
+    pub fn adopt(what: &str, fd: OwnedFd) -> Result<Segment, Error> {
+        // SAFETY: fcntl on a descriptor we own.
+        let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+        let needed = libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+        if seals < 0 || seals & needed != needed {
+            return Err(bad(
+                what,
+                "the shared memory is not sealed against writes, shrinking and growing; refused",
+            ));
+        }
+        Self::map(what, fd)
+    }
+
+    fn map(what: &str, fd: OwnedFd) -> Result<Segment, Error> {
+        let file = std::fs::File::from(fd);
+        // SAFETY: the memfd is sealed: its size and bytes cannot change under the mapping.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io(what, e))?;
+        Ok(Segment {
+            fd: OwnedFd::from(file),
+            map,
+        })
+    }
+
+    /// The segment's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+/// The values of each column of `batch` (fixed-width columns, as [`landing::row_bytes`]
+/// says), as buffers over the batch's own memory.
+fn column_values(batch: &RecordBatch) -> Vec<Buffer> {
+    batch
+        .columns()
+        .iter()
+        .map(|column| {
+            let data = column.to_data();
+            let bytes = column_bytes(column.as_ref());
+            match column.data_type() {
+                DataType::FixedSizeList(child_field, size) => {
+                    let child = &data.child_data()[0];
+                    let width = child_field.data_type().primitive_width().unwrap_or(1);
+                    let start = (child.offset() + data.offset() * (*size as usize)) * width;
+                    child.buffers()[0].slice_with_length(start, bytes)
+                }
+                other => {
+                    let width = other.primitive_width().unwrap_or(1);
+                    data.buffers()[0].slice_with_length(data.offset() * width, bytes)
+                }
+            }
+        })
+        .collect()
+}
+
+/// Bytes of a fixed-width column's values.
+fn column_bytes(column: &dyn Array) -> usize {
+    match column.data_type() {
+        DataType::FixedSizeList(child, size) => {
+            column.len() * (*size as usize) * child.data_type().primitive_width().unwrap_or(1)
+        }
+        other => column.len() * other.primitive_width().unwrap_or(1),
+    }
+}
+
+/// A segment holding `batch` (fixed-width columns, as every arrowbridge tensor is): its
+/// schema, then each column's values.
+pub fn pack(what: &str, batch: &RecordBatch) -> Result<(Segment, Layout), Error> {
+    if landing::row_bytes(batch.schema_ref()).is_none() {
+        return Err(Error::UnsupportedType {
+            what: what.to_string(),
+            kind: "Arrow type",
+            name: "a column that is not fixed-width values (shared memory carries tensors)".into(),
+        });
+    }
+    let schema = arrow_ipc::writer::IpcDataGenerator::default()
+        .schema_to_bytes_with_dictionary_tracker(
+            batch.schema_ref(),
+            &mut arrow_ipc::writer::DictionaryTracker::new(false),
+            &arrow_ipc::writer::IpcWriteOptions::default(),
+        )
+        .ipc_message;
+    let values = column_values(batch);
+    let mut at = schema.len().next_multiple_of(ALIGN);
+    let mut columns = Vec::with_capacity(values.len());
+    for v in &values {
+        columns.push([at, v.len()]);
+        at = (at + v.len()).next_multiple_of(ALIGN);
+    }
+    let layout = Layout {
+        schema_len: schema.len(),
+        rows: batch.num_rows(),
+        columns,
+    };
+    let segment = Segment::create(what, at.max(1), |bytes| {
+        bytes[..schema.len()].copy_from_slice(&schema);
+        for (v, [offset, len]) in values.iter().zip(&layout.columns) {
+            bytes[*offset..offset + len].copy_from_slice(v.as_slice());
+        }
+    })?;
+    Ok((segment, layout))
+}
+
+/// The batch a segment holds, viewing its mapping, after checking that `layout` describes
+/// a valid item inside it.
+pub fn unpack(
+    what: &str,
+    segment: Arc<Segment>,
+    layout: &Layout,
+) -> Result<(SchemaRef, RecordBatch), Error> {
+    let bytes = segment.bytes();
+    let schema_bytes = bytes
+        .get(..layout.schema_len)
+        .ok_or_else(|| bad(what, "the schema lies outside the shared memory"))?;
+    arrowbridge::ipc::check_message(what, schema_bytes, &[], None)?;
+    let schema: Schema = arrowbridge::ipc::schema_of_message(schema_bytes).ok_or_else(|| {
+        bad(
+            what,
+            "the shared memory does not begin with a schema message",
+        )
+    })?;
+    let schema = Arc::new(schema);
+    let layouts = landing::row_bytes(&schema)
+        .ok_or_else(|| bad(what, "a column that is not fixed-width values"))?;
+    if layouts.len() != layout.columns.len() {
+        return Err(bad(
+            what,
+            format!(
+                "{} columns in the schema, {} in the layout",
+                layouts.len(),
+                layout.columns.len()
+            ),
+        ));
+    }
+    let base = segment.bytes().as_ptr();
+    let total = segment.bytes().len();
+    let mut buffers = Vec::with_capacity(layouts.len());
+    for ((field, row_bytes), [offset, len]) in schema
+        .fields()
+        .iter()
+        .zip(layouts.iter().copied())
+        .zip(&layout.columns)
+    {
+        let expected = layout.rows.checked_mul(row_bytes);
+        let inside = offset.checked_add(*len).is_some_and(|end| end <= total);
+        if expected != Some(*len) || !inside || offset % ALIGN != 0 {
+            return Err(bad(
+                what,
+                format!(
+                    "column {:?}: {len} bytes at offset {offset} do not hold {} rows of {row_bytes} bytes inside {total} bytes at a 64-byte boundary",
+                    field.name(),
+                    layout.rows
+                ),
+            ));
+        }
+        // SAFETY: the range lies inside the mapping, which the Arc keeps alive as long as
+        // the buffer; the memfd is sealed, so the bytes cannot change.
+        let buffer = unsafe {
+            Buffer::from_custom_allocation(
+                std::ptr::NonNull::new(base.add(*offset) as *mut u8).expect("inside a mapping"),
+                *len,
+                Arc::new(Mapping(segment.clone())),
+            )
+        };
+        buffers.push(buffer);
+    }
+    let batch = landing::batch_over(schema.clone(), buffers, layout.rows)?;
+    Ok((schema, batch))
+}
+
+/// The user id of the process at the other end of `stream`.
+pub fn peer_uid(stream: &UnixStream) -> std::io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
+/// This process's effective user id.
+pub fn own_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// Sends `header` (JSON) and, if given, a file descriptor.
+pub fn send(
+    stream: &mut UnixStream,
+    header: &serde_json::Value,
+    fd: Option<RawFd>,
+) -> std::io::Result<()> {
+    let json = header.to_string();
+    let mut message = Vec::with_capacity(4 + json.len());
+    message.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    message.extend_from_slice(json.as_bytes());
+    let Some(fd) = fd else {
+        return stream.write_all(&message);
+    };
+    // The descriptor rides with the first byte; the rest follows as plain bytes.
+    let mut iov = libc::iovec {
+        iov_base: message.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: zeroed msghdr, then filled with pointers that live until sendmsg returns.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: the control buffer has room for one header carrying one descriptor.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+    }
+    // SAFETY: msg points at live buffers.
+    let sent = unsafe { libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    if sent != 1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    stream.write_all(&message[1..])
+}
+
+/// Receives a header (JSON) and the file descriptor that came with it, if any.
+pub fn receive(stream: &mut UnixStream) -> std::io::Result<(serde_json::Value, Option<OwnedFd>)> {
+    let mut first = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: first.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: zeroed msghdr, then filled with pointers that live until recvmsg returns.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: msg points at live buffers; MSG_CMSG_CLOEXEC marks a received descriptor.
+    let got = unsafe { libc::recvmsg(stream.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if got < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if got == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    let mut fd = None;
+    // SAFETY: the kernel filled the control buffer; the headers are walked as it laid them out.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let raw = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
+                // A second descriptor would be a protocol error; the first is kept.
+                if fd.is_none() {
+                    fd = Some(OwnedFd::from_raw_fd(raw));
+                } else {
+                    drop(OwnedFd::from_raw_fd(raw));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "more file descriptors than one were sent",
+        ));
+    }
+    let mut rest = [0u8; 3];
+    stream.read_exact(&mut rest)?;
+    let len = u32::from_le_bytes([first[0], rest[0], rest[1], rest[2]]) as usize;
+    if len > MAX_HEADER {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a header of {len} bytes"),
+        ));
+    }
+    let mut json = vec![0u8; len];
+    stream.read_exact(&mut json)?;
+    let header = serde_json::from_slice(&json)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    Ok((header, fd))
+}
+
+static SOCKETS: AtomicU64 = AtomicU64::new(0);
+
+/// A new socket path in this user's private directory, `$TMPDIR/arrowbridge-<uid>/`, which
+/// is created with mode 0700, or refused when it exists but is not this user's alone.
+pub fn socket_path() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let dir = std::env::temp_dir().join(format!("arrowbridge-{}", own_uid()));
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::symlink_metadata(&dir)?;
+    if !meta.is_dir() || meta.uid() != own_uid() || meta.permissions().mode() & 0o077 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{} is not a directory of this user's alone", dir.display()),
+        ));
+    }
+    Ok(dir.join(format!(
+        "shm-{}-{}.sock",
+        std::process::id(),
+        SOCKETS.fetch_add(1, Ordering::Relaxed)
+    )))
+}
+
+/// Binds a listening socket at `path`, readable and writable by this user only.
+pub fn bind(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// An item's segment and where its columns lie in it.
+#[derive(Clone, Debug)]
+pub struct Shared {
+    /// The sealed memory.
+    pub segment: Arc<Segment>,
+    /// Where the item lies in it.
+    pub layout: Layout,
+}
+
+impl Segment {
+    /// The descriptor, to send.
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// An error reply: the gRPC code (as its number), the kind where the code is ambiguous, and
+/// the message.
+pub fn error_reply(status: &tonic::Status) -> serde_json::Value {
+    let kind = status
+        .metadata()
+        .get(crate::KIND_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    serde_json::json!({
+        "ok": false,
+        "code": status.code() as i32,
+        "kind": kind,
+        "message": status.message(),
+    })
+}
+
+/// A random id for a server instance (128 bits from the kernel, hex).
+pub fn instance_id() -> String {
+    let mut bytes = [0u8; 16];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if got != bytes.len() as isize {
+        // No entropy source: the process and the time still tell servers apart.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        return format!("{:x}-{now:x}", std::process::id());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
