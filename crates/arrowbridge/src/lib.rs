@@ -51,7 +51,7 @@ mod view;
 
 pub use dtype::{DType, Element, ALL_DTYPES};
 pub use error::{panic_message, Error, Result};
-pub use kernels::{Kernel, KernelFn, Param, Params, Registry};
+pub use kernels::{Combine, Distribution, Kernel, KernelFn, Param, Params, Registry};
 pub use layout::{block_order, Dims};
 pub use tensor::{
     ArrowTensor, Form, TensorMetadata, BOOL8_EXTENSION, COMPLEX_EXTENSION, EXTENSION_METADATA_KEY,

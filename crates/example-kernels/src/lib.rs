@@ -11,7 +11,7 @@
 //! views, list them in `kernels()`, and export them with [`arrowbridge::export_kernels!`].
 
 use arrowbridge::kernels::dtype_error;
-use arrowbridge::{ArrowTensor, DynView, Error, Kernel, Params, Result};
+use arrowbridge::{ArrowTensor, Distribution, DynView, Error, Kernel, Params, Result};
 use ndarray::{Array2, ArrayView2, Axis, Ix2};
 
 /// The kernels this plugin exports.
@@ -28,7 +28,9 @@ pub fn kernels() -> Vec<Kernel> {
             "pairwise_distances(a: float64[n, d], b: float64[m, d]) -> float64[n, m], Euclidean",
             pairwise_distances,
         )
-        .arity(2),
+        .arity(2)
+        // Row i of the result is row i of `a` against all of `b`.
+        .distribution(Distribution::Rows),
         Kernel::new(
             "head",
             "head(x: any[n, ...], n: int) -> x[:n], sharing x's memory",

@@ -5,7 +5,7 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayD, ArrayView2, ArrayViewD, Axis, Ix2, IxDyn, Zip};
 use num_complex::Complex;
 
-use super::{dtype_error, Kernel, Params};
+use super::{dtype_error, Combine, Distribution, Kernel, Params};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::memory::{try_build, try_full};
@@ -18,32 +18,40 @@ pub(super) fn kernels() -> Vec<Kernel> {
             "identity",
             "identity(*arrays) -> arrays, sharing their memory",
             identity,
-        ),
+        )
+        .distribution(Distribution::Rows),
         Kernel::new(
             "sum",
             "sum(x: numeric[...], axis: int | None = None) -> numeric[...]",
             sum,
         )
         .params(&["axis"])
-        .arity(1),
+        .arity(1)
+        .distribution(Distribution::Reduce {
+            combine: Combine::Sum,
+            axis: Some("axis"),
+        }),
         Kernel::new(
             "add",
             "add(a: numeric[...], b: numeric[...]) -> numeric[...] (broadcasting)",
             add,
         )
-        .arity(2),
+        .arity(2)
+        .distribution(Distribution::Rows),
         Kernel::new(
             "matmul",
             "matmul(a: float[n, k], b: float[k, m]) -> float[n, m]",
             matmul,
         )
-        .arity(2),
+        .arity(2)
+        .distribution(Distribution::Rows),
         Kernel::new(
             "normalize",
             "normalize(x: float[n, d]) -> float[n, d], each row scaled to unit L2 norm",
             normalize,
         )
-        .arity(1),
+        .arity(1)
+        .distribution(Distribution::Rows),
     ]
 }
 

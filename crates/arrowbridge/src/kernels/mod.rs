@@ -50,8 +50,109 @@ pub struct Kernel {
     pub params: &'static [&'static str],
     /// How many arrays the kernel takes (`None`: one or more).
     pub arity: Option<usize>,
+    /// How the kernel runs on an array split by rows over several servers.
+    pub distribution: Distribution,
     /// The function.
     pub func: KernelFn,
+}
+
+/// How a kernel runs on an array whose rows are split into contiguous shards held by
+/// different servers (`arrowbridge.cluster`): each shard's server runs the kernel on its
+/// rows (the other arguments sent whole), and the client combines the partial results.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Distribution {
+    /// The shards' results cannot be combined into the whole's (a column statistic, the
+    /// first `n` rows, ...): a cluster refuses the call unless asked to gather the array in
+    /// one place first.
+    #[default]
+    Local,
+    /// Row `i` of the result depends only on row `i` of the first argument: the shards'
+    /// results, concatenated in row order, are the result.
+    Rows,
+    /// A reduction over the rows of the first argument whose partial results combine with
+    /// `combine`. When `axis` names a parameter, the reduction is over the rows only when
+    /// that parameter is absent, `None` or names axis 0; over any other axis the kernel
+    /// keeps rows apart and is [`Distribution::Rows`].
+    Reduce {
+        /// How two partial results combine.
+        combine: Combine,
+        /// The kernel's axis parameter, if it has one.
+        axis: Option<&'static str>,
+    },
+}
+
+/// How the partial results of a [`Distribution::Reduce`] kernel combine (element-wise).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Combine {
+    /// Added.
+    Sum,
+    /// The smaller kept.
+    Min,
+    /// The larger kept.
+    Max,
+}
+
+impl Combine {
+    /// `"sum"`, `"min"` or `"max"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Combine::Sum => "sum",
+            Combine::Min => "min",
+            Combine::Max => "max",
+        }
+    }
+
+    /// The combine step called `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Combine::Sum, Combine::Min, Combine::Max]
+            .into_iter()
+            .find(|c| c.name() == name)
+    }
+}
+
+impl Distribution {
+    /// Its JSON form, as servers describe kernels and plugins declare them: `"local"`,
+    /// `"rows"`, or `{"reduce": "sum", "axis": "axis"}` (`axis` may be `null`).
+    ///
+    /// ```
+    /// use arrowbridge::kernels::{Combine, Distribution};
+    ///
+    /// let sum = Distribution::Reduce { combine: Combine::Sum, axis: Some("axis") };
+    /// assert_eq!(sum.to_json().to_string(), r#"{"axis":"axis","reduce":"sum"}"#);
+    /// assert_eq!(Distribution::from_json(&sum.to_json(), |s| s.to_string().leak()), Some(sum));
+    /// assert_eq!(Distribution::Rows.to_json(), "rows");
+    /// ```
+    pub fn to_json(self) -> serde_json::Value {
+        match self {
+            Distribution::Local => "local".into(),
+            Distribution::Rows => "rows".into(),
+            Distribution::Reduce { combine, axis } => {
+                serde_json::json!({"reduce": combine.name(), "axis": axis})
+            }
+        }
+    }
+
+    /// The distribution `value` declares (see [`to_json`](Self::to_json)); `None` when it
+    /// declares none that this version knows. `intern` keeps a parameter name alive.
+    pub fn from_json(
+        value: &serde_json::Value,
+        intern: impl Fn(&str) -> &'static str,
+    ) -> Option<Self> {
+        match value {
+            serde_json::Value::String(s) if s == "local" => Some(Distribution::Local),
+            serde_json::Value::String(s) if s == "rows" => Some(Distribution::Rows),
+            serde_json::Value::Object(o) => {
+                let combine = Combine::from_name(o.get("reduce")?.as_str()?)?;
+                let axis = match o.get("axis") {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(serde_json::Value::String(s)) => Some(intern(s)),
+                    Some(_) => return None,
+                };
+                Some(Distribution::Reduce { combine, axis })
+            }
+            _ => None,
+        }
+    }
 }
 
 impl Kernel {
@@ -66,6 +167,7 @@ impl Kernel {
             signature,
             params: &[],
             arity: None,
+            distribution: Distribution::Local,
             func: Arc::new(func),
         }
     }
@@ -81,6 +183,13 @@ impl Kernel {
         self.arity = Some(arity);
         self
     }
+
+    /// Declares how the kernel runs on an array split by rows over several servers (by
+    /// default it does not: [`Distribution::Local`]).
+    pub fn distribution(mut self, distribution: Distribution) -> Self {
+        self.distribution = distribution;
+        self
+    }
 }
 
 impl fmt::Debug for Kernel {
@@ -90,6 +199,7 @@ impl fmt::Debug for Kernel {
             .field("signature", &self.signature)
             .field("params", &self.params)
             .field("arity", &self.arity)
+            .field("distribution", &self.distribution)
             .finish_non_exhaustive()
     }
 }

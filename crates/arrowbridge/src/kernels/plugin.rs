@@ -48,7 +48,7 @@ use arrow_array::make_array;
 use arrow_schema::Field;
 use serde_json::{json, Value};
 
-use super::{Kernel, Params, Registry};
+use super::{Distribution, Kernel, Params, Registry};
 use crate::error::{panic_message, Error, Result};
 use crate::ipc::{column_field, column_tensor};
 use crate::tensor::ArrowTensor;
@@ -202,11 +202,22 @@ pub unsafe fn plugin_kernels(what: &str, api: PluginApi) -> Result<Vec<Kernel>> 
                 .get("arity")
                 .and_then(Value::as_u64)
                 .map(|n| n as usize);
+            // Plugins built before distributions existed declare none: they run in one place.
+            let distribution = match entry.get("distribution") {
+                None => Distribution::Local,
+                Some(value) => Distribution::from_json(value, intern).ok_or_else(|| {
+                    plugin_error(
+                        what,
+                        format!("kernel {name:?} declares an unknown distribution {value}"),
+                    )
+                })?,
+            };
             Ok(Kernel {
                 name,
                 signature: intern(text("signature")?),
                 params: intern_list(params),
                 arity,
+                distribution,
                 func: Arc::new(move |args: &[ArrowTensor], params: &Params| {
                     // SAFETY: per this function's contract.
                     unsafe { call_plugin(api, name, args, params) }
@@ -484,6 +495,7 @@ pub mod export {
                     "signature": k.signature,
                     "params": k.params,
                     "arity": k.arity,
+                    "distribution": k.distribution.to_json(),
                 })).collect::<Vec<_>>(),
             }),
         };
