@@ -133,7 +133,13 @@ def test_a_plain_pyarrow_flight_client_can_do_everything(server):
     np.testing.assert_array_equal(result["result"].to_numpy(), [3.0, 12.0, 21.0, 30.0])
     health = json.loads(next(iter(raw.do_action(flight.Action("health", b"")))).body.to_pybytes())
     assert health["status"] == "ok"
-    assert {a.type for a in raw.list_actions()} == {"delete", "list_kernels", "health", "shm"}
+    assert {a.type for a in raw.list_actions()} == {
+        "delete",
+        "list_kernels",
+        "describe_kernels",
+        "health",
+        "shm",
+    }
 
 
 class EchoServer(flight.FlightServerBase):

@@ -32,11 +32,13 @@ use std::time::Duration;
 use arrow_array::{RecordBatch, RecordBatchOptions};
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::flight_service_client::FlightServiceClient;
-use arrow_flight::{Action, Criteria, FlightData, FlightDescriptor, FlightInfo, Ticket};
+use arrow_flight::{
+    Action, Criteria, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, Ticket,
+};
 use arrow_schema::{Schema, SchemaRef};
 use arrowbridge::landing::Destination;
 use arrowbridge::{ArrowTensor, Params};
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
@@ -44,6 +46,7 @@ use tonic::{Code, Request, Status};
 use crate::receive::{receive, receive_part};
 use crate::server::MAX_MESSAGE;
 use crate::service::MAX_FLIGHT_DATA;
+use crate::shards::{ShardMap, SHARDS_KEY};
 
 /// Schema metadata key: the form an item was put in ([`ItemForm`]), so that a get returns
 /// what was put.
@@ -112,13 +115,31 @@ impl From<Status> for ClientError {
             .get(crate::KIND_KEY)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let message = if status.message().is_empty() {
+        let mut message = if status.message().is_empty() {
             format!("{:?}", status.code())
         } else {
             status.message().to_string()
         };
+        let mut code = status.code();
+        // A status with a source was made here, from a transport failure (a connection that
+        // broke, a server that died mid-call), never received from a server: the server is
+        // unavailable, whatever code the transport chose.
+        if let Some(source) = std::error::Error::source(&status) {
+            if code == Code::Unknown {
+                code = Code::Unavailable;
+            }
+            let causes = error_sources(source);
+            message = format!(
+                "{message}: {source}{}",
+                if causes.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {causes}")
+                }
+            );
+        }
         ClientError::Remote {
-            code: status.code(),
+            code,
             kind,
             message,
         }
@@ -187,6 +208,8 @@ pub struct Client {
     authorization: Option<AsciiMetadataValue>,
     location: String,
     token: Option<String>,
+    /// For the other servers a FlightInfo's endpoints point to.
+    tls_root_certs: Option<Vec<u8>>,
     shm: Option<bool>,
     /// The server's shared-memory socket and instance id, asked once.
     shm_socket: OnceLock<Option<(PathBuf, String)>>,
@@ -276,6 +299,7 @@ impl Client {
             authorization,
             location: location.to_string(),
             token: options.token.clone(),
+            tls_root_certs: options.tls_root_certs.clone(),
             shm: options.shm,
             shm_socket: OnceLock::new(),
         })
@@ -354,6 +378,31 @@ impl Client {
         }
     }
 
+    /// Stores the map of an item sharded over several servers ([`crate::shards`]) under
+    /// `name`: `schema` is the shards' (the map adds its own metadata). With it, this server
+    /// describes the whole item and a [`get`](Self::get) of `name` fetches every shard.
+    pub fn put_map(&self, name: &str, schema: &Schema, map: &ShardMap) -> ClientResult<()> {
+        let mut metadata = schema.metadata().clone();
+        let text = serde_json::to_string(map).map_err(|e| {
+            ClientError::Local(arrowbridge::Error::invalid("a shard map", e.to_string()))
+        })?;
+        metadata.insert(SHARDS_KEY.to_string(), text);
+        let schema = Arc::new(schema.clone().with_metadata(metadata));
+        let descriptor = FlightDescriptor::new_path(vec![name.to_string()]);
+        let (messages, failure) = encode(schema, Vec::new(), descriptor);
+        let mut service = self.service(self.channel.clone());
+        self.block_on(async move {
+            let mut results = service.do_put(self.request(messages)).await?.into_inner();
+            while results.message().await?.is_some() {}
+            Ok::<_, Status>(())
+        })??;
+        let failed = failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        failed.map_or(Ok(()), Err)
+    }
+
     /// The item stored under `name`, each column one contiguous, aligned buffer.
     pub fn get(&self, name: &str) -> ClientResult<Item> {
         match self.shm_get(name)? {
@@ -428,9 +477,16 @@ impl Client {
 
     fn shm_get(&self, name: &str) -> ClientResult<Shm<Item>> {
         let header = serde_json::json!({"op": "get", "name": name});
-        let (reply, fd) = match self.shm_request(header, None)? {
-            Shm::Done(done) => done,
-            Shm::Unavailable(why) => return Ok(Shm::Unavailable(why)),
+        let (reply, fd) = match self.shm_request(header, None) {
+            Ok(Shm::Done(done)) => done,
+            Ok(Shm::Unavailable(why)) => return Ok(Shm::Unavailable(why)),
+            // A sharded item's rows are on other servers: its endpoints say where.
+            Err(ClientError::Remote {
+                code: Code::FailedPrecondition,
+                message,
+                ..
+            }) => return Ok(Shm::Unavailable(message)),
+            Err(e) => return Err(e),
         };
         let what = format!("shared memory of {name:?}");
         let fd = fd.ok_or_else(|| ClientError::Remote {
@@ -501,11 +557,12 @@ impl Client {
         let ranges = info
             .endpoint
             .iter()
-            .map(|e| e.ticket.as_ref().and_then(|t| ticket_rows(&t.ticket)))
+            .map(endpoint_rows)
             .collect::<Option<Vec<_>>>();
         let rows = usize::try_from(info.total_records).ok();
+        let elsewhere = info.endpoint.iter().any(|e| !e.location.is_empty());
         let parallel = match (ranges, rows) {
-            (Some(ranges), Some(rows)) if info.endpoint.len() > 1 => {
+            (Some(ranges), Some(rows)) if info.endpoint.len() > 1 || elsewhere => {
                 Destination::new(&format!("get {name:?}"), schema.clone(), rows)?
                     .map(|d| (d, ranges))
             }
@@ -514,27 +571,26 @@ impl Client {
         let (schema, batches) = match parallel {
             Some((destination, ranges)) => (
                 schema.clone(),
-                vec![self.fetch_parallel(&info, destination, ranges).await?],
+                vec![
+                    self.fetch_parallel(name, &info, destination, ranges)
+                        .await?,
+                ],
             ),
             None => {
                 let mut batches = Vec::new();
                 let mut received_schema = schema.clone();
                 // A FlightInfo without endpoints (some servers list none): the ticket is the name.
-                let tickets: Vec<Ticket> = if info.endpoint.is_empty() {
-                    vec![Ticket::new(name.to_string())]
+                let endpoints = if info.endpoint.is_empty() {
+                    vec![FlightEndpoint::new().with_ticket(Ticket::new(name.to_string()))]
                 } else {
-                    info.endpoint
-                        .iter()
-                        .map(|e| e.ticket.clone().unwrap_or_default())
-                        .collect()
+                    info.endpoint.clone()
                 };
-                for ticket in tickets {
-                    let stream = self
-                        .service(self.channel.clone())
-                        .do_get(self.request(ticket))
-                        .await?
-                        .into_inner();
-                    let received = receive(stream, "DoGet").await?;
+                for (index, endpoint) in endpoints.iter().enumerate() {
+                    let received = self
+                        .read_replicas(name, index, endpoint, &mut (), |(), stream| {
+                            receive(stream, "DoGet").boxed()
+                        })
+                        .await?;
                     if let Some(s) = received.schema {
                         received_schema = s;
                     }
@@ -551,10 +607,89 @@ impl Client {
         })
     }
 
-    /// Fetches the endpoints of `info` concurrently, each over a connection of its own,
-    /// into the rows `ranges` of `destination`.
+    /// A connection to `location`, an endpoint's location: this client's server for the
+    /// "reuse this connection" location of the Flight protocol.
+    async fn channel_to(&self, location: Option<&str>) -> ClientResult<Channel> {
+        let endpoint = match location {
+            None | Some(REUSE_CONNECTION) => self.endpoint.clone(),
+            Some(location) => endpoint(
+                location,
+                &ClientOptions {
+                    token: self.token.clone(),
+                    tls_root_certs: self.tls_root_certs.clone(),
+                    shm: Some(false),
+                },
+            )?,
+        };
+        endpoint
+            .connect()
+            .await
+            .map_err(|e| Status::unavailable(format!("{e}: {}", error_sources(&e))).into())
+    }
+
+    /// Runs `read` on the DoGet stream of `endpoint` (the `index`-th of item `name`), from
+    /// each of its locations in turn until one succeeds: replicas stand in for each other.
+    /// Without locations the endpoint is on this client's server. When none succeeds, the
+    /// error names the endpoint and every location tried. `read` gets `state` (what it
+    /// fills) on every attempt.
+    async fn read_replicas<S, T>(
+        &self,
+        name: &str,
+        index: usize,
+        endpoint: &FlightEndpoint,
+        state: &mut S,
+        read: impl for<'a> Fn(
+            &'a mut S,
+            tonic::Streaming<FlightData>,
+        ) -> futures::future::BoxFuture<'a, Result<T, Status>>,
+    ) -> ClientResult<T> {
+        let ticket = endpoint.ticket.clone().unwrap_or_default();
+        let locations: Vec<Option<&str>> = if endpoint.location.is_empty() {
+            vec![None]
+        } else {
+            endpoint
+                .location
+                .iter()
+                .map(|l| Some(l.uri.as_str()))
+                .collect()
+        };
+        let mut failures = Vec::new();
+        for location in &locations {
+            let attempt = async {
+                let channel = self.channel_to(*location).await?;
+                let stream = self
+                    .service(channel)
+                    .do_get(self.request(ticket.clone()))
+                    .await?
+                    .into_inner();
+                Ok::<_, ClientError>(read(&mut *state, stream).await?)
+            };
+            match attempt.await {
+                Ok(value) => return Ok(value),
+                // One location: its own error, as it is.
+                Err(e) if locations.len() == 1 => return Err(e),
+                Err(e) => failures.push(format!("{}: {e}", location.unwrap_or(&self.location))),
+            }
+        }
+        let rows = endpoint_rows(endpoint)
+            .map(|r| format!(" (rows [{}, {}))", r.start, r.end))
+            .unwrap_or_default();
+        Err(ClientError::Remote {
+            code: Code::Unavailable,
+            kind: None,
+            message: format!(
+                "endpoint {index} of {name:?}{rows}: none of its {} locations answered: {}",
+                locations.len(),
+                failures.join("; ")
+            ),
+        })
+    }
+
+    /// Fetches the endpoints of `info` concurrently, each over a connection of its own (to
+    /// its own server, when the endpoint names one), into the rows `ranges` of `destination`.
     async fn fetch_parallel(
         &self,
+        name: &str,
         info: &FlightInfo,
         mut destination: Destination,
         ranges: Vec<std::ops::Range<usize>>,
@@ -571,27 +706,21 @@ impl Client {
         }
         let schema = destination.schema().clone();
         let mut parts = destination.parts(&counts)?;
-        let fetches = parts
-            .iter_mut()
-            .zip(&info.endpoint)
-            .map(|(part, endpoint)| {
-                let ticket = endpoint.ticket.clone().unwrap_or_default();
-                let schema = schema.clone();
-                async move {
+        let fetches =
+            parts
+                .iter_mut()
+                .zip(&info.endpoint)
+                .enumerate()
+                .map(|(index, (part, endpoint))| {
+                    let schema = schema.clone();
                     // A connection per endpoint: streams of one connection share one socket.
-                    let channel = self
-                        .endpoint
-                        .connect()
-                        .await
-                        .map_err(|e| Status::unavailable(e.to_string()))?;
-                    let stream = self
-                        .service(channel)
-                        .do_get(self.request(ticket))
-                        .await?
-                        .into_inner();
-                    receive_part(stream, "DoGet", &schema, part).await
-                }
-            });
+                    self.read_replicas(name, index, endpoint, part, move |part, stream| {
+                        // A replica tried after a broken stream starts the rows again.
+                        part.rewind();
+                        let schema = schema.clone();
+                        async move { receive_part(stream, "DoGet", &schema, part).await }.boxed()
+                    })
+                });
         futures::future::try_join_all(fetches).await?;
         for part in parts {
             part.finish()?;
@@ -727,12 +856,39 @@ fn shm_refused(why: &str) -> ClientError {
     }
 }
 
-/// The rows a ticket of an arrowbridge server's endpoint names (`None` for other tickets).
-fn ticket_rows(ticket: &[u8]) -> Option<std::ops::Range<usize>> {
-    let value: serde_json::Value = serde_json::from_slice(ticket).ok()?;
+/// The location of the Flight protocol that means "this connection's server".
+const REUSE_CONNECTION: &str = "arrow-flight-reuse-connection://?";
+
+/// The rows of the whole item an endpoint carries: from its app_metadata (`{"rows": [s, e]}`,
+/// the shards of a sharded item), or from an arrowbridge server's row-range ticket.
+fn endpoint_rows(endpoint: &FlightEndpoint) -> Option<std::ops::Range<usize>> {
+    let declared = serde_json::from_slice::<serde_json::Value>(&endpoint.app_metadata)
+        .ok()
+        .and_then(|meta| rows_of(&meta));
+    declared.or_else(|| ticket_rows(&endpoint.ticket.as_ref()?.ticket))
+}
+
+/// `value["rows"]` as a range.
+fn rows_of(value: &serde_json::Value) -> Option<std::ops::Range<usize>> {
     let rows = value.get("rows")?.as_array()?;
     let (start, end) = (rows.first()?.as_u64()?, rows.get(1)?.as_u64()?);
     Some(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
+}
+
+/// The causes of a transport error, which its message leaves out ("transport error").
+fn error_sources(e: &dyn std::error::Error) -> String {
+    let mut causes = Vec::new();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        causes.push(cause.to_string());
+        source = cause.source();
+    }
+    causes.join(": ")
+}
+
+/// The rows a ticket of an arrowbridge server's endpoint names (`None` for other tickets).
+fn ticket_rows(ticket: &[u8]) -> Option<std::ops::Range<usize>> {
+    rows_of(&serde_json::from_slice(ticket).ok()?)
 }
 
 /// The FlightData messages of `batches` under `schema`, the first carrying `descriptor`. An

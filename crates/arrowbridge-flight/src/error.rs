@@ -17,6 +17,10 @@ pub enum FlightServerError {
     /// No item or kernel of that name (`NOT_FOUND`).
     #[error("{0}")]
     NotFound(String),
+    /// The item is sharded over other servers, so its rows are not here
+    /// (`FAILED_PRECONDITION`).
+    #[error("{0}")]
+    Sharded(String),
     /// The data directory cannot be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -68,6 +72,7 @@ impl From<FlightServerError> for Status {
             FlightServerError::Core(E::OutOfMemory { .. }) => {
                 with_kind(Status::resource_exhausted(message), KIND_OUT_OF_MEMORY)
             }
+            FlightServerError::Sharded(_) => Status::failed_precondition(message),
             FlightServerError::Transport(_)
             | FlightServerError::Listen { .. }
             | FlightServerError::Tls(_) => Status::internal(message),

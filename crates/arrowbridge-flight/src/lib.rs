@@ -7,7 +7,9 @@
 //! | DoGet | streams a stored item back (ticket = name), split into messages of at most 8 MiB |
 //! | ListFlights, GetFlightInfo, GetSchema | describe stored items (schema, rows, bytes) |
 //! | DoExchange | runs a kernel: descriptor command `{"kernel": ..., "args": [...], "params": {...}}` |
-//! | DoAction | `delete` (body = name), `list_kernels`, `health` |
+//! | DoAction | `delete` (body = name), `list_kernels`, `describe_kernels`, `health`, `shm` |
+//!
+//! An item sharded over several servers is described by every one of them ([`shards`]).
 
 #![warn(missing_docs)]
 
@@ -16,6 +18,7 @@ mod error;
 mod receive;
 mod server;
 mod service;
+pub mod shards;
 pub mod shm;
 mod store;
 mod tls;

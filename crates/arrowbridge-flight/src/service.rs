@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{FlightServerError, Result};
 use crate::receive::{receive, Received};
+use crate::shards::{ShardMap, SHARDS_KEY};
 use crate::shm;
 use crate::store::{check_name, Store, Stored};
 
@@ -148,7 +149,9 @@ fn flight_info(
         // Clients on this host and of this user may fetch the item as shared memory there.
         metadata["shm"] = format!("arrowbridge+shm://{}", path.display()).into();
     }
-    let ranges = row_ranges(stored);
+    if let Some(map) = &stored.shards {
+        metadata["shards"] = map.shards.len().into();
+    }
     let mut info = FlightInfo::new()
         .try_with_schema(&stored.schema)
         .map_err(|e| Status::internal(e.to_string()))?
@@ -157,6 +160,20 @@ fn flight_info(
         .with_total_bytes(stored.bytes() as i64)
         .with_ordered(true)
         .with_app_metadata(metadata.to_string());
+    if let Some(map) = &stored.shards {
+        // One endpoint per shard, in row order, each listing every replica.
+        for shard in &map.shards {
+            let mut endpoint = FlightEndpoint::new()
+                .with_ticket(Ticket::new(shard.name.clone()))
+                .with_app_metadata(serde_json::json!({"rows": shard.rows}).to_string());
+            for location in &shard.locations {
+                endpoint = endpoint.with_location(location.clone());
+            }
+            info = info.with_endpoint(endpoint);
+        }
+        return Ok(info);
+    }
+    let ranges = row_ranges(stored);
     if ranges.len() == 1 {
         info = info.with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(name.to_string())));
     } else {
@@ -367,6 +384,11 @@ impl Service {
         let name = descriptor_name(&descriptor)?;
         let schema = schema.ok_or_else(|| Status::invalid_argument("DoPut sent no schema"))?;
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        if ShardMap::of(&schema)?.is_some() && rows != 0 {
+            return Err(Status::invalid_argument(format!(
+                "the map of a sharded item ({SHARDS_KEY}) has no rows of its own; {rows} were sent"
+            )));
+        }
         let store = self.store.clone();
         let stored = Stored::new(schema, batches);
         // Writing (and fsyncing) a file blocks: keep it off the async workers.
@@ -546,6 +568,13 @@ impl Service {
                                 "no array called {name:?} is stored"
                             ))
                         })?;
+                        if let Some(map) = &stored.shards {
+                            return Err(FlightServerError::Sharded(
+                                map.not_here(name, "a kernel call on it")
+                                    .message()
+                                    .to_string(),
+                            ));
+                        }
                         let column = stored.schema.fields().first().ok_or_else(|| {
                             FlightServerError::BadRequest(format!(
                                 "the stored item {name:?} has no columns, so it holds no array to pass to a kernel"
@@ -606,10 +635,16 @@ impl FlightService for Service {
         request: Request<Criteria>,
     ) -> Result<Response<Self::ListFlightsStream>, Status> {
         self.authorize(&request)?;
-        let infos: Vec<Result<FlightInfo, Status>> = self
-            .store
-            .list()
+        let items = self.store.list();
+        // A sharded item is listed once, by its map: not its shards stored here too.
+        let shards: std::collections::HashSet<&str> = items
             .iter()
+            .filter_map(|(_, stored)| stored.shards.as_ref())
+            .flat_map(|map| map.shards.iter().map(|s| s.name.as_str()))
+            .collect();
+        let infos: Vec<Result<FlightInfo, Status>> = items
+            .iter()
+            .filter(|(name, _)| !shards.contains(name.as_str()))
             .map(|(name, stored)| flight_info(name, stored, self.shm.as_deref()))
             .collect();
         Ok(Response::new(stream::iter(infos).boxed()))
@@ -658,6 +693,9 @@ impl FlightService for Service {
         self.authorize(&request)?;
         let (name, rows) = parse_ticket(&request.get_ref().ticket)?;
         let stored = self.stored(&name)?;
+        if let Some(map) = &stored.shards {
+            return Err(map.not_here(&name, "its rows"));
+        }
         if let Some(rows) = &rows {
             if rows.end > stored.rows() {
                 return Err(Status::out_of_range(format!(
@@ -717,6 +755,19 @@ impl FlightService for Service {
                 .iter()
                 .map(|k| (k.name, k.signature))
                 .collect::<BTreeMap<_, _>>()),
+            "describe_kernels" => serde_json::json!(self
+                .registry
+                .iter()
+                .map(|k| (
+                    k.name,
+                    serde_json::json!({
+                        "signature": k.signature,
+                        "params": k.params,
+                        "arity": k.arity,
+                        "distribution": k.distribution.to_json(),
+                    })
+                ))
+                .collect::<BTreeMap<_, _>>()),
             "health" => serde_json::json!({"status": "ok", "stored": self.store.list().len()}),
             "shm" => match &self.shm {
                 Some(path) => serde_json::json!({
@@ -727,7 +778,7 @@ impl FlightService for Service {
             },
             other => {
                 return Err(Status::invalid_argument(format!(
-                    "unknown action {other:?}; actions: delete, list_kernels, health, shm"
+                    "unknown action {other:?}; actions: delete, list_kernels, describe_kernels, health, shm"
                 )))
             }
         };
@@ -743,6 +794,11 @@ impl FlightService for Service {
         let actions = [
             ("delete", "Deletes the stored array named by the body"),
             ("list_kernels", "JSON object of kernel names and signatures"),
+            (
+                "describe_kernels",
+                "JSON object of kernel names and their signature, parameters, arity and \
+                 distribution over shards",
+            ),
             ("health", "JSON status of the server"),
             (
                 "shm",

@@ -11,6 +11,7 @@ use arrowbridge::landing::{unannounced, ROWS_KEY};
 use arrowbridge::{ArrowTensor, DType};
 
 use crate::error::{FlightServerError, Result};
+use crate::shards::ShardMap;
 use crate::shm::{self, Shared};
 
 /// One stored item: the batches a client put under a name, held once. A put from an
@@ -24,6 +25,9 @@ pub struct Stored {
     pub batches: Vec<RecordBatch>,
     /// The sealed shared memory the batches view, when they live in one.
     pub shared: Option<Shared>,
+    /// Where the rows are, when the item is sharded over other servers (this is its map:
+    /// it has no rows of its own).
+    pub shards: Option<ShardMap>,
 }
 
 impl Stored {
@@ -43,10 +47,14 @@ impl Stored {
                     .unwrap_or(b)
             })
             .collect();
+        // Maps are checked when they are put; one that no longer parses (an edited data
+        // directory) is served as the plain empty item it is.
+        let shards = ShardMap::of(&schema).ok().flatten();
         Stored {
             schema,
             batches,
             shared: None,
+            shards,
         }
     }
 
@@ -73,7 +81,11 @@ impl Stored {
         match self.batches.as_slice() {
             [] | [_] => {
                 let t = ipc::column_across(&self.schema, &self.batches, index).ok()?;
-                Some((t.dtype(), t.shape().to_vec()))
+                let mut shape = t.shape().to_vec();
+                if let (Some(map), Some(rows)) = (&self.shards, shape.first_mut()) {
+                    *rows = map.rows;
+                }
+                Some((t.dtype(), shape))
             }
             [first, ..] => {
                 let field = self.schema.field(index);
@@ -89,17 +101,24 @@ impl Stored {
         }
     }
 
-    /// Total rows.
+    /// Total rows (of all shards, for a sharded item).
     pub fn rows(&self) -> usize {
-        self.batches.iter().map(RecordBatch::num_rows).sum()
+        match &self.shards {
+            Some(map) => map.rows,
+            None => self.batches.iter().map(RecordBatch::num_rows).sum(),
+        }
     }
 
-    /// Total bytes of the Arrow buffers.
+    /// Total bytes of the Arrow buffers (of all shards, for a sharded item).
     pub fn bytes(&self) -> usize {
-        self.batches
-            .iter()
-            .map(RecordBatch::get_array_memory_size)
-            .sum()
+        match &self.shards {
+            Some(map) => map.bytes,
+            None => self
+                .batches
+                .iter()
+                .map(RecordBatch::get_array_memory_size)
+                .sum(),
+        }
     }
 }
 
@@ -264,6 +283,13 @@ impl Store {
         })?;
         if let Some(shared) = &item.shared {
             return Ok(shared.clone());
+        }
+        if let Some(map) = &item.shards {
+            return Err(FlightServerError::Sharded(
+                map.not_here(name, "its shared memory")
+                    .message()
+                    .to_string(),
+            ));
         }
         let what = format!("shared memory of {name:?}");
         let batch = match item.batches.as_slice() {

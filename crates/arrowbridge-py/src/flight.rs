@@ -276,6 +276,29 @@ impl FlightClient {
         })
     }
 
+    /// Stores the map of an item sharded over several servers: `schema_ipc` is the shards'
+    /// schema (an IPC stream, as `info` gives it), `map_json` the map
+    /// (`arrowbridge_flight::shards::ShardMap` as JSON).
+    fn put_map(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        schema_ipc: Vec<u8>,
+        map_json: &str,
+    ) -> BridgeResult<()> {
+        no_panic("put_map", || {
+            let client = self.client()?;
+            let what = format!("the shard map of {name:?}");
+            let schema = arrow_ipc::reader::StreamReader::try_new(&schema_ipc[..], None)
+                .map_err(|e| arrowbridge::Error::invalid(&what, format!("bad schema: {e}")))?
+                .schema();
+            let map: arrowbridge_flight::shards::ShardMap = serde_json::from_str(map_json)
+                .map_err(|e| arrowbridge::Error::invalid(&what, e.to_string()))?;
+            py.detach(|| client.put_map(name, &schema, &map))
+                .map_err(client_error)
+        })
+    }
+
     /// Runs DoAction `kind`; the body of its first result.
     fn action<'py>(
         &self,

@@ -250,6 +250,12 @@ impl Part<'_> {
         Ok(())
     }
 
+    /// Forgets the rows received so far, for the part to be filled again from the start
+    /// (by another replica, after a stream broke off).
+    pub fn rewind(&mut self) {
+        self.filled = 0;
+    }
+
     /// Checks that every row of the part arrived.
     pub fn finish(self) -> Result<()> {
         if self.filled != self.rows.len() {

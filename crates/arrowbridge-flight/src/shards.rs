@@ -1,0 +1,145 @@
+//! Items sharded over several servers: the map that lets any server describe them.
+//!
+//! A sharded item's rows are split into contiguous shards, each stored as an ordinary item
+//! on one or more servers (its replicas). Every server of the cluster also stores the item's
+//! *map*: an item of zero rows under the item's own name, whose schema is the shards' and
+//! whose schema metadata [`SHARDS_KEY`] lists the shards in row order with their rows and
+//! locations. With it any server answers GetFlightInfo with one endpoint per shard, each
+//! listing every replica's location, which is how a plain Flight client finds the rows:
+//!
+//! ```json
+//! {"rows": 1000, "bytes": 8000,
+//!  "shards": [{"name": "x.shard-0-of-2", "rows": [0, 500], "bytes": 4000,
+//!              "locations": ["grpc://10.0.0.1:7001", "grpc://10.0.0.2:7001"]}, ...]}
+//! ```
+//!
+//! A map is stored (and persisted with a data directory) like any item, so it survives a
+//! restart the same way. The server never fetches the shards itself: DoGet and DoExchange
+//! of a map's name are refused with `FAILED_PRECONDITION`, naming the endpoints to follow.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{FlightServerError, Result};
+use crate::store::check_name;
+
+/// Schema metadata key of a sharded item's map.
+pub const SHARDS_KEY: &str = "arrowbridge.shards";
+
+/// Where a sharded item's rows are.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardMap {
+    /// Rows in all.
+    pub rows: usize,
+    /// Bytes in all.
+    pub bytes: usize,
+    /// The shards in row order; their rows cover `0..rows` without gaps.
+    pub shards: Vec<Shard>,
+}
+
+/// One shard of a [`ShardMap`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shard {
+    /// The item each replica stores the shard's rows as (also the endpoint's ticket).
+    pub name: String,
+    /// Its rows of the whole: `[start, end)`.
+    pub rows: [usize; 2],
+    /// Its bytes.
+    pub bytes: usize,
+    /// The servers that hold it, in the order clients try them.
+    pub locations: Vec<String>,
+}
+
+impl ShardMap {
+    /// The map a schema's metadata carries: `None` for an item that is not sharded, an error
+    /// for a map that does not describe its rows (gaps, overlaps, no locations, bad names).
+    pub fn of(schema: &arrow_schema::Schema) -> Result<Option<ShardMap>> {
+        let Some(text) = schema.metadata().get(SHARDS_KEY) else {
+            return Ok(None);
+        };
+        let bad = |why: String| FlightServerError::BadRequest(format!("{SHARDS_KEY}: {why}"));
+        let map: ShardMap = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        if map.shards.is_empty() {
+            return Err(bad("a sharded item needs at least one shard".into()));
+        }
+        let mut next = 0;
+        for (i, shard) in map.shards.iter().enumerate() {
+            check_name(&shard.name).map_err(|e| bad(format!("shard {i}: {e}")))?;
+            let [start, end] = shard.rows;
+            if start != next || end < start {
+                return Err(bad(format!(
+                    "shard {i} covers rows [{start}, {end}), but the next rows start at {next}"
+                )));
+            }
+            if shard.locations.is_empty() {
+                return Err(bad(format!("shard {i} ({:?}) has no location", shard.name)));
+            }
+            next = end;
+        }
+        if next != map.rows {
+            return Err(bad(format!(
+                "the shards cover {next} rows of the {} announced",
+                map.rows
+            )));
+        }
+        Ok(Some(map))
+    }
+
+    /// The error of a request that would need the rows of a sharded item `name` here.
+    pub fn not_here(&self, name: &str, what: &str) -> tonic::Status {
+        tonic::Status::failed_precondition(format!(
+            "{name:?} is sharded over {} shard(s) on other servers, so {what} cannot be served \
+             here: follow the endpoints of GetFlightInfo (a cluster client does)",
+            self.shards.len()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_schema::Schema;
+    use std::collections::HashMap;
+
+    fn schema(map: &str) -> Schema {
+        Schema::empty().with_metadata(HashMap::from([(SHARDS_KEY.to_string(), map.into())]))
+    }
+
+    #[test]
+    fn a_map_must_cover_its_rows_in_order() {
+        let ok = r#"{"rows": 4, "bytes": 32, "shards": [
+            {"name": "x.0", "rows": [0, 3], "bytes": 24, "locations": ["grpc://a:1"]},
+            {"name": "x.1", "rows": [3, 4], "bytes": 8, "locations": ["grpc://b:1", "grpc://a:1"]}]}"#;
+        let map = ShardMap::of(&schema(ok)).unwrap().unwrap();
+        assert_eq!(map.shards[1].locations.len(), 2);
+        assert_eq!(ShardMap::of(&Schema::empty()).unwrap(), None);
+
+        for (bad, says) in [
+            (
+                r#"{"rows": 4, "bytes": 0, "shards": []}"#,
+                "at least one shard",
+            ),
+            (
+                r#"{"rows": 4, "bytes": 0, "shards": [{"name": "x.0", "rows": [1, 4], "bytes": 0, "locations": ["l"]}]}"#,
+                "next rows start at 0",
+            ),
+            (
+                r#"{"rows": 5, "bytes": 0, "shards": [{"name": "x.0", "rows": [0, 4], "bytes": 0, "locations": ["l"]}]}"#,
+                "cover 4 rows of the 5",
+            ),
+            (
+                r#"{"rows": 4, "bytes": 0, "shards": [{"name": "x.0", "rows": [0, 4], "bytes": 0, "locations": []}]}"#,
+                "no location",
+            ),
+            (
+                r#"{"rows": 4, "bytes": 0, "shards": [{"name": "../x", "rows": [0, 4], "bytes": 0, "locations": ["l"]}]}"#,
+                "shard 0: name",
+            ),
+            ("not json", SHARDS_KEY),
+        ] {
+            let err = ShardMap::of(&schema(bad)).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+}
