@@ -35,6 +35,7 @@ from .errors import (
     KernelError,
     KernelParameterError,
     MisalignedBufferError,
+    NotDistributableError,
     NullValuesError,
     OutOfMemoryError,
     PluginError,
@@ -151,6 +152,7 @@ __all__ = [
     "KernelError",
     "KernelParameterError",
     "MisalignedBufferError",
+    "NotDistributableError",
     "NullValuesError",
     "OutOfMemoryError",
     "PluginError",
@@ -167,6 +169,7 @@ __all__ = [
     "UnsupportedTypeError",
     "__version__",
     "call",
+    "cluster",
     "connect",
     "iter_ipc",
     "kernels",
@@ -179,3 +182,13 @@ __all__ = [
     "to_numpy",
     "write_ipc",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # ``arrowbridge.cluster`` is imported on first use: it is the only part that uses Ray,
+    # an optional dependency (``pip install arrowbridge[ray]``).
+    if name == "cluster":
+        import importlib
+
+        return importlib.import_module(".cluster", __name__)
+    raise AttributeError(f"module 'arrowbridge' has no attribute {name!r}")

@@ -120,6 +120,12 @@ class RemoteStorageError(FlightCallError, OSError):
     was stored or deleted; the message names the file."""
 
 
+class NotDistributableError(ArrowBridgeError, ValueError):
+    """A cluster call asked a kernel to run on a sharded item, but the kernel does not say
+    how its results on the shards combine (its distribution is ``local``). Pass
+    ``gather=True`` to fetch the item to one server first."""
+
+
 __all__ = [
     "ArrowBridgeError",
     "AuthenticationError",
@@ -134,6 +140,7 @@ __all__ = [
     "KernelError",
     "KernelParameterError",
     "MisalignedBufferError",
+    "NotDistributableError",
     "NullValuesError",
     "OutOfMemoryError",
     "PluginError",

@@ -1,0 +1,204 @@
+"""Ray Data over sharded items: a datasource that reads an item as a Dataset (one read task
+per endpoint, N-D columns as Ray's tensor type) and a datasink that writes a Dataset into
+the cluster (one shard per write task). For example (tests/test_cluster.py runs it)::
+
+    cluster = arrowbridge.cluster.start(2)
+    cluster.write_dataset(ray.data.range_tensor(100, shape=(3,)), "t")
+    cluster.read_dataset("t").materialize().num_blocks()  # one block per shard
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasink, Datasource, ReadTask
+from ray.data.extensions import ArrowTensorArray
+
+import arrowbridge
+
+from .client import ClusterClient, _shard_map
+
+
+def _table(columns: dict[str, np.ndarray]) -> pa.Table:
+    """A block of NumPy columns: 1-D ones as Arrow arrays, N-D ones as Ray's tensor type
+    (both over the same memory)."""
+    return pa.table(
+        {
+            name: arrowbridge.to_arrow(a) if a.ndim == 1 else ArrowTensorArray.from_numpy(a)
+            for name, a in columns.items()
+        }
+    )
+
+
+def _columns(block: Any) -> dict[str, np.ndarray]:
+    """A block's columns as NumPy arrays: Ray's tensor columns as N-D arrays."""
+    table = block if isinstance(block, pa.Table) else pa.Table.from_pandas(block)
+    columns = {}
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        chunk = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+        if isinstance(chunk, pa.ExtensionArray) and hasattr(chunk, "to_numpy"):
+            columns[name] = np.asarray(chunk.to_numpy())
+        else:
+            columns[name] = arrowbridge.to_numpy(chunk)
+    return columns
+
+
+class FlightDatasource(Datasource):
+    """An item of an arrowbridge cluster (or of one server) as a Ray Dataset: one read task
+    per endpoint of its FlightInfo, each fetched from the endpoint's replicas in turn."""
+
+    def __init__(self, locations: Sequence[str], name: str, *, token: str | None = None):
+        self._locations = list(locations)
+        self._name = name
+        self._token = token
+        with ClusterClient(self._locations, token=token) as client:
+            info = client.info(name)
+        shard_map = _shard_map(info)
+        if shard_map is None:
+            # One server's item: its endpoint is the item itself, wherever it is stored.
+            shard_map = {
+                "shards": [
+                    {
+                        "name": name,
+                        "rows": [0, info["rows"]],
+                        "bytes": info["bytes"],
+                        "locations": self._locations,
+                    }
+                ]
+            }
+        self._shards = shard_map["shards"]
+        self._bytes = int(info["bytes"])
+
+    def get_name(self) -> str:
+        return f"arrowbridge({self._name})"
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return self._bytes
+
+    def get_read_tasks(
+        self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None
+    ) -> list[ReadTask]:
+        token, item = self._token, self._name
+
+        def reader(index: int, shard: dict[str, Any]) -> Callable[[], Iterable[pa.Table]]:
+            def read() -> Iterable[pa.Table]:
+                with ClusterClient(shard["locations"], token=token) as client:
+                    got = client._on_replicas(
+                        item, index, shard, lambda c: c._native.get(shard["name"])[1]
+                    )
+                yield _table(got)
+
+            return read
+
+        tasks = []
+        for index, shard in enumerate(self._shards):
+            start, end = shard["rows"]
+            metadata = BlockMetadata(
+                num_rows=end - start,
+                size_bytes=shard["bytes"],
+                exec_stats=None,
+                input_files=None,
+            )
+            tasks.append(
+                ReadTask(reader(index, shard), metadata, per_task_row_limit=per_task_row_limit)
+            )
+        return tasks
+
+
+class FlightDatasink(Datasink):
+    """Writes a Dataset into a cluster as one sharded item: each write task stores its
+    blocks as one shard (on ``replication`` servers), and the map is put on every server
+    once every task is done. Rows keep the order of the write tasks: set
+    ``ray.data.DataContext.get_current().execution_options.preserve_order = True`` for
+    the Dataset's own order."""
+
+    def __init__(
+        self,
+        locations: Sequence[str],
+        name: str,
+        *,
+        token: str | None = None,
+        replication: int = 1,
+        on_map: Callable[[str, bytes | None, str | None], None] | None = None,
+    ):
+        self._locations = list(locations)
+        self._name = name
+        self._token = token
+        self._replication = replication
+        self._on_map = on_map
+
+    def get_name(self) -> str:
+        return f"arrowbridge({self._name})"
+
+    def write(self, blocks: Iterable[Any], ctx: Any) -> dict[str, Any]:
+        tables = [b if isinstance(b, pa.Table) else pa.Table.from_pandas(b) for b in blocks]
+        tables = [t for t in tables if t.num_rows]
+        if not tables:
+            return {"index": ctx.task_idx, "rows": 0}
+        columns = _columns(pa.concat_tables(tables))
+        n = len(self._locations)
+        locations = [self._locations[(ctx.task_idx + r) % n] for r in range(self._replication)]
+        shard = f"{self._name}.part-{ctx.task_idx}"
+        with ClusterClient(locations, token=self._token) as client:
+            for location in locations:
+                client._client(location).put(shard, columns)
+            schema_ipc = client._client(locations[0])._native.info(shard)["schema_ipc"]
+        return {
+            "index": ctx.task_idx,
+            "name": shard,
+            "rows": len(next(iter(columns.values()))),
+            "bytes": sum(int(a.nbytes) for a in columns.values()),
+            "locations": locations,
+            "schema_ipc": schema_ipc,
+        }
+
+    def on_write_complete(self, write_result: Any) -> None:
+        written = sorted(
+            (r for r in write_result.write_returns if r["rows"]), key=lambda r: r["index"]
+        )
+        if not written:
+            raise ValueError(f"writing {self._name!r}: the Dataset has no rows")
+        shards, start = [], 0
+        for r in written:
+            shards.append(
+                {
+                    "name": r["name"],
+                    "rows": [start, start + r["rows"]],
+                    "bytes": r["bytes"],
+                    "locations": r["locations"],
+                }
+            )
+            start += r["rows"]
+        shard_map = {"rows": start, "bytes": sum(s["bytes"] for s in shards), "shards": shards}
+        with ClusterClient(self._locations, token=self._token, on_map=self._on_map) as client:
+            client._commit(self._name, written[0]["schema_ipc"], shard_map)
+
+
+def read_dataset(locations: Sequence[str], name: str, *, token: str | None = None) -> Any:
+    """The item ``name`` as a Ray Dataset (see :class:`FlightDatasource`)."""
+    import ray.data
+
+    return ray.data.read_datasource(FlightDatasource(locations, name, token=token))
+
+
+def write_dataset(
+    dataset: Any,
+    locations: Sequence[str],
+    name: str,
+    *,
+    token: str | None = None,
+    replication: int = 1,
+    on_map: Callable[[str, bytes | None, str | None], None] | None = None,
+) -> None:
+    """Writes ``dataset`` into the servers at ``locations`` as the sharded item ``name``
+    (see :class:`FlightDatasink`)."""
+    dataset.write_datasink(
+        FlightDatasink(locations, name, token=token, replication=replication, on_map=on_map)
+    )
+
+
+__all__ = ["FlightDatasink", "FlightDatasource", "read_dataset", "write_dataset"]
