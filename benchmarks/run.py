@@ -25,6 +25,7 @@ import pyarrow as pa
 import arrowbridge
 
 sys.path.insert(0, str(Path(__file__).parent))
+import cluster_bench
 import flight_bench
 
 from arrowbridge import _native
@@ -322,6 +323,10 @@ def main() -> None:
     )
     flight_headline, flight_rows = flight_bench.report(fr, fmt_time)
     headline += flight_headline
+    cluster_headline, cluster_rows = cluster_bench.report(
+        cluster_bench.run(args.quick), fmt_size, fmt_time
+    )
+    headline += cluster_headline
     report = "\n".join(
         [
             "# arrowbridge benchmarks",
@@ -360,6 +365,13 @@ def main() -> None:
             "client sends in 8 MiB chunks; its server is pyarrow.flight's Python FlightServerBase.",
             "",
             *flight_rows,
+            "",
+            "## Sharded items: servers in processes of their own, float64 (n, 1024)",
+            "",
+            "Median over repeated calls; the cluster client (arrowbridge.cluster.ClusterClient) "
+            "against one server and the plain client in the same run.",
+            "",
+            *cluster_rows,
             "",
         ]
     )

@@ -135,6 +135,16 @@ def test_kernels_run_where_the_shards_are_and_combine_as_declared(servers, plugi
             client.call("nope", client.stored("f"))
 
 
+def test_any_kernel_runs_on_a_one_shard_item_as_on_one_server(servers, plugin):
+    f = np.random.default_rng(1).standard_normal((10, 3))
+    with ClusterClient([s.location for s in servers]) as client:
+        client.put("f", f, shards=1)
+        np.testing.assert_allclose(client.call("sum", client.stored("f"), axis=0), f.sum(0))
+        np.testing.assert_allclose(
+            client.call("zscore", client.stored("f")), arrowbridge.call("zscore", f)
+        )
+
+
 def test_a_row_wise_result_with_other_rows_is_an_error(servers):
     with ClusterClient([s.location for s in servers]) as client:
         client.put("x", np.ones((3, 2)))  # one row per shard

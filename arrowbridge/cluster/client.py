@@ -350,7 +350,8 @@ class ClusterClient:
             )
         shards = shard_map["shards"]
         ndim = len(info["columns"][0].get("shape", [0])) if info["columns"] else 1
-        dist = "rows" if len(shards) == 1 else self._distribution(kernel, ndim, params)
+        # One shard is the whole item: any kernel runs on it as it is.
+        dist = "whole" if len(shards) == 1 else self._distribution(kernel, ndim, params)
         if dist == "local":
             if not gather:
                 raise NotDistributableError(
@@ -371,7 +372,9 @@ class ClusterClient:
         partials = self._parallel(
             [functools.partial(on_shard, i, shard) for i, shard in enumerate(shards)]
         )
-        if dist == "rows":
+        if dist == "whole":
+            outputs = list(partials[0])
+        elif dist == "rows":
             for shard, outputs in zip(shards, partials, strict=True):
                 start, end = shard["rows"]
                 for out in outputs:
