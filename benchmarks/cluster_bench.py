@@ -55,6 +55,57 @@ def compute(size: int, repeats: int) -> dict:
     return {"size": size, "single": single, "sharded": sharded}
 
 
+SUM_HALF = """
+import sys, time, numpy as np, arrowbridge
+x = np.random.default_rng(0).standard_normal((int(sys.argv[1]) // 8192, 1024))
+arrowbridge.call("sum", x, axis=0)
+print("ready", flush=True)
+sys.stdin.readline()
+times = []
+for _ in range(int(sys.argv[2])):
+    t = time.perf_counter()
+    arrowbridge.call("sum", x, axis=0)
+    times.append(time.perf_counter() - t)
+print(sorted(times)[len(times) // 2], flush=True)
+"""
+
+
+def bandwidth_ceiling(size: int, repeats: int) -> float:
+    """The time two processes take to sum half of ``size`` each, at the same time: what two
+    servers on this machine could do at best, their memory bandwidth shared."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SUM_HALF, str(size // 2), str(repeats)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for p in procs:
+        p.stdout.readline()  # data made and warm
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    return max(float(p.communicate()[0].strip()) for p in procs)
+
+
+def matmul(size: int, repeats: int) -> dict:
+    """A compute-bound row-wise kernel, ``x @ w``: one server, and sharded over two."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((size // 8192, 1024))
+    w = rng.standard_normal((1024, 64))
+    with servers(2) as (a, b):
+        with arrowbridge.connect(a) as one:
+            one.put("x", x)
+            single = median_time(lambda: one.call("matmul", one.stored("x"), w), repeats)
+            one.delete("x")
+        with ClusterClient([a, b]) as two:
+            two.put("x", x)
+            sharded = median_time(lambda: two.call("matmul", two.stored("x"), w), repeats)
+    return {"size": size, "single": single, "sharded": sharded}
+
+
 def one_shard(size: int, repeats: int) -> dict:
     """Put and get of a one-shard item through the cluster client, and through the plain
     client, over TCP (no shared memory: the transport of servers on other hosts)."""
@@ -155,6 +206,8 @@ def run(quick: bool) -> dict:
     repeats = 3 if quick else 5
     print("cluster: compute ...", file=sys.stderr)
     r = {"compute": compute(size, repeats)}
+    r["compute"]["ceiling"] = bandwidth_ceiling(size, repeats)
+    r["matmul"] = matmul(16 * MIB if quick else 256 * MIB, repeats)
     print("cluster: one shard ...", file=sys.stderr)
     r["one_shard"] = one_shard(32 * MIB if quick else 256 * MIB, repeats)
     if quick:
@@ -171,10 +224,15 @@ def report(r: dict, fmt_size, fmt_time) -> tuple[list[str], list[str]]:
     o = r["one_shard"]
     put_ratio = o["cluster"][0] / o["plain"][0]
     get_ratio = o["cluster"][1] / o["plain"][1]
+    ceiling = c["ceiling"] / c["single"]
+    m = r["matmul"]
+    m_ratio = m["sharded"] / m["single"]
     headline = [
         f"- Sharded `sum(axis=0)` of {fmt_size(c['size'])} float64 over 2 servers: "
         f"{fmt_time(c['sharded'])}, {ratio:.2f}× the time of one server doing all of it "
-        f"({fmt_time(c['single'])}).",
+        f"({fmt_time(c['single'])}); this machine's shared memory bandwidth allows "
+        f"{ceiling:.2f}× at best (two processes summing half each at once). "
+        f"Compute-bound `matmul` of {fmt_size(m['size'])}: {m_ratio:.2f}×.",
         f"- One-shard item through the cluster client, {fmt_size(o['size'])} over TCP: put "
         f"{put_ratio:.2f}×, get {get_ratio:.2f}× the plain client's.",
     ]
@@ -184,6 +242,12 @@ def report(r: dict, fmt_size, fmt_time) -> tuple[list[str], list[str]]:
         f"| sum(axis=0), {fmt_size(c['size'])}, one server | {fmt_time(c['single'])} | 1.00× |",
         f"| sum(axis=0), {fmt_size(c['size'])}, sharded over 2 servers | "
         f"{fmt_time(c['sharded'])} | {ratio:.2f}× |",
+        f"| sum(axis=0): two processes summing half each at once, no Flight (the memory "
+        f"bandwidth ceiling) | {fmt_time(c['ceiling'])} | {ceiling:.2f}× |",
+        f"| matmul (x @ w, w 1024×64), {fmt_size(m['size'])}, one server | "
+        f"{fmt_time(m['single'])} | 1.00× |",
+        f"| matmul, {fmt_size(m['size'])}, sharded over 2 servers | {fmt_time(m['sharded'])} "
+        f"| {m_ratio:.2f}× |",
         f"| put {fmt_size(o['size'])}, plain client (TCP) | {fmt_time(o['plain'][0])} | 1.00× |",
         f"| put {fmt_size(o['size'])}, cluster client, one shard | {fmt_time(o['cluster'][0])} "
         f"| {put_ratio:.2f}× |",
