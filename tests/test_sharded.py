@@ -48,6 +48,9 @@ def test_put_get_list_info_delete_treat_a_sharded_item_as_one(servers):
         client.put("pair", pair, shards=2)
         got = client.get("x")
         assert got.dtype == x.dtype and np.array_equal(got, x)
+        # The shards landed in one contiguous, aligned array: no concatenation after receipt.
+        assert got.flags.c_contiguous
+        assert got.__array_interface__["data"][0] % 64 == 0
         got_pair = client.get("pair")
         assert set(got_pair) == {"id", "vec"}
         assert np.array_equal(got_pair["id"], pair["id"])
