@@ -294,3 +294,20 @@ def test_the_rust_client_releases_the_gil_while_data_moves(server, client):
         done.set()
         t.join()
     assert ticks > 20, "another Python thread ran while the client received"
+
+
+def test_a_connected_client_follows_a_server_restart_and_does_not_hold_its_shutdown():
+    # The client's connections are driven between calls too: a server that stops is not
+    # kept waiting for its grace period by an idle client, and the first call after it
+    # comes back on the same address succeeds (no stale connection failing once).
+    port = free_port()
+    server = arrowbridge.serve(f"grpc://127.0.0.1:{port}", shm=False)
+    client = arrowbridge.connect(server.location, shm=False)
+    assert client.health()["status"] == "ok"
+    started = time.monotonic()
+    server.shutdown()
+    assert time.monotonic() - started < 2, "the idle client answered the server's GOAWAY"
+    with arrowbridge.serve(f"grpc://127.0.0.1:{port}", shm=False):
+        time.sleep(0.1)
+        assert client.health()["status"] == "ok"
+    client.close()

@@ -5,7 +5,8 @@
 //! ([`arrowbridge::landing`]); a large item offered as several endpoints is fetched over
 //! parallel connections into the same buffers.
 //!
-//! The client is blocking (it runs its own small runtime): call it from synchronous code, or
+//! The client is blocking (it runs its own small runtime, driven by the calling thread during a
+//! call and by a thread of its own between calls): call it from synchronous code, or
 //! from `spawn_blocking` in async code.
 //!
 //! ```
@@ -202,7 +203,9 @@ pub enum Arg<'a> {
 /// A connection to a Flight server (see the module's documentation).
 #[derive(Debug)]
 pub struct Client {
-    runtime: tokio::runtime::Runtime,
+    runtime: Arc<tokio::runtime::Runtime>,
+    /// Drives the runtime's connections between calls.
+    idle: Arc<IdleDriver>,
     endpoint: Endpoint,
     channel: Channel,
     authorization: Option<AsciiMetadataValue>,
@@ -273,6 +276,74 @@ fn with_schema(batch: &RecordBatch, schema: &SchemaRef) -> ClientResult<RecordBa
     )
 }
 
+/// The thread that drives a client's current-thread runtime between calls. A call takes the
+/// runtime over (the driver lets go of it when the first call starts) and gives it back when
+/// the last call ends.
+#[derive(Debug, Default)]
+struct IdleDriver {
+    /// Calls under way, and whether the client is gone.
+    state: Mutex<(usize, bool)>,
+    resume: std::sync::Condvar,
+    release: tokio::sync::Notify,
+}
+
+/// A call under way (see [`IdleDriver::call`]).
+struct CallGuard<'a>(&'a IdleDriver);
+
+impl IdleDriver {
+    fn start(runtime: Arc<tokio::runtime::Runtime>) -> std::io::Result<Arc<Self>> {
+        let driver = Arc::new(IdleDriver::default());
+        let this = driver.clone();
+        std::thread::Builder::new()
+            .name("arrowbridge-flight-client".into())
+            .spawn(move || loop {
+                {
+                    let mut state = this.state.lock().unwrap_or_else(PoisonError::into_inner);
+                    while state.0 > 0 && !state.1 {
+                        state = this
+                            .resume
+                            .wait(state)
+                            .unwrap_or_else(PoisonError::into_inner);
+                    }
+                    if state.1 {
+                        return; // the client is gone (and with this, the runtime)
+                    }
+                }
+                runtime.block_on(this.release.notified());
+            })?;
+        Ok(driver)
+    }
+
+    /// Marks a call as under way until the guard drops; the driver lets go of the runtime.
+    fn call(&self) -> CallGuard<'_> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).0 += 1;
+        self.release.notify_one();
+        CallGuard(self)
+    }
+
+    fn stop(&self) {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).1 = true;
+        self.release.notify_one();
+        self.resume.notify_one();
+    }
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.0 -= 1;
+        if state.0 == 0 {
+            self.0.resume.notify_one();
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.idle.stop();
+    }
+}
+
 impl Client {
     /// A client of the server at `location`. The connection is made on first use, so a
     /// server that cannot be reached is reported by the first call.
@@ -284,6 +355,10 @@ impl Client {
             })?),
             None => None,
         };
+        // Calls run on the calling thread (no hand-over per message); between calls a thread
+        // of the client's own drives the connections, so that an idle client answers a
+        // server's GOAWAY (a stopping server need not wait out its grace period) and sees a
+        // connection close (the first call after a server restart does not fail on it).
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -292,8 +367,12 @@ impl Client {
             let _context = runtime.enter();
             endpoint.connect_lazy()
         };
+        let runtime = Arc::new(runtime);
+        let idle = IdleDriver::start(runtime.clone())
+            .map_err(|e| ClientError::Location(format!("cannot start the client: {e}")))?;
         Ok(Client {
             runtime,
+            idle,
             endpoint,
             channel,
             authorization,
@@ -314,6 +393,7 @@ impl Client {
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(ClientError::InsideRuntime);
         }
+        let _call = self.idle.call();
         Ok(self.runtime.block_on(future))
     }
 
