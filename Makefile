@@ -8,7 +8,7 @@ DEPS := $(VENV)/.deps-installed
 # Build the extension and run cargo against the virtualenv's interpreter.
 export PYO3_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: all build demo test lint rust-test py-test bench bench-smoke fuzz fuzz-cmin fuzz-python test-long memcheck clean
+.PHONY: all build demo test lint rust-test py-test instructions instructions-baseline bench bench-smoke fuzz fuzz-cmin fuzz-python test-long memcheck clean
 
 all: test
 
@@ -49,7 +49,16 @@ py-test: build
 bench-smoke: build
 	$(BIN)/python benchmarks/run.py --quick --out "$$(mktemp -d)/benchmarks.md" > /dev/null
 
-test: lint rust-test py-test bench-smoke
+# Instruction counts of the hot paths (callgrind), against benchmarks/instructions.json: a rise
+# of more than 10 % fails. After a deliberate change, `make instructions-baseline` rewrites it.
+instructions: build
+	command -v valgrind > /dev/null || (apt-get update -qq && apt-get install -y -qq valgrind)
+	$(BIN)/python benchmarks/instructions.py
+
+instructions-baseline: build
+	$(BIN)/python benchmarks/instructions.py --record
+
+test: lint rust-test py-test instructions bench-smoke
 
 # The Flight rows compare against iperf3's loopback throughput: installed from Debian's
 # packages when missing (the row says so when that is not possible).

@@ -17,8 +17,10 @@ __all__ = [
     "export_array",
     "kernels",
     "load_kernels",
+    "measured_region",
     "panic_in_kernel",
     "rust_numpy_identity",
+    "rust_numpy_sum",
     "stream_to_arrays",
     "to_numpy",
     "write_arrays",
@@ -54,8 +56,14 @@ def data_address(array: np.ndarray) -> int:
 def rust_numpy_identity(x: np.ndarray) -> np.ndarray:
     """The direct rust-numpy path, for benchmarks."""
 
+def rust_numpy_sum(x: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """A float64 sum written with rust-numpy, for benchmarks."""
+
 def panic_in_kernel(message: str) -> None:
     """Runs a panicking kernel through the panic barrier (for tests)."""
+
+def measured_region(f: Any, n: int) -> None:
+    """Calls `f` `n` times in the one function callgrind counts (benchmarks/instructions.py)."""
 
 @final
 class ArrowMemory:

@@ -35,6 +35,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     #[cfg(feature = "testing")]
     {
         m.add_function(wrap_pyfunction!(direct::rust_numpy_identity, m)?)?;
+        m.add_function(wrap_pyfunction!(direct::rust_numpy_sum, m)?)?;
+        m.add_function(wrap_pyfunction!(testing::measured_region, m)?)?;
         m.add_function(wrap_pyfunction!(testing::panic_in_kernel, m)?)?;
     }
     m.add_function(wrap_pyfunction!(ipc::write_arrays, m)?)?;

@@ -23,3 +23,21 @@ pub fn panic_in_kernel(message: String) -> BridgeResult<()> {
     kernel.call(&[x], params)?;
     Ok(())
 }
+
+/// Calls `f` `n` times inside [`arrowbridge_measured_region`], the one function whose
+/// instructions `benchmarks/instructions.py` has callgrind count.
+#[pyfunction]
+pub fn measured_region(f: &Bound<'_, PyAny>, n: usize) -> PyResult<()> {
+    arrowbridge_measured_region(f, n)
+}
+
+/// Callgrind collects inside this function only (`--toggle-collect`) and dumps its counts
+/// after each return (`--dump-after`); its symbol name is fixed for that.
+#[no_mangle]
+#[inline(never)]
+fn arrowbridge_measured_region(f: &Bound<'_, PyAny>, n: usize) -> PyResult<()> {
+    for _ in 0..n {
+        f.call0()?;
+    }
+    Ok(())
+}
