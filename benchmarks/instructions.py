@@ -56,7 +56,7 @@ def paths(tmp: Path) -> dict[str, object]:
         IDENTITY: partial(arrowbridge.call, "identity", x),
         REFERENCES[IDENTITY]: partial(_native.rust_numpy_identity, x),
         SUM: partial(arrowbridge.call, "sum", x, axis=0),
-        REFERENCES[SUM]: partial(_native.rust_numpy_sum, x, 0),
+        REFERENCES[SUM]: partial(_native.rust_numpy_sum, x, axis=0),
         'call("head"), plugin kernel, 1 KiB': partial(arrowbridge.call, "head", x, n=1),
         "to_arrow, 1 KiB": partial(arrowbridge.to_arrow, x),
         "to_numpy, 1 KiB": partial(arrowbridge.to_numpy, t),

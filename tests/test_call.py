@@ -98,6 +98,21 @@ def test_identity_of_several_arrays_returns_a_tuple():
     assert address(rb) == address(b)
 
 
+def test_many_arrays_and_keywords_by_unpacking():
+    # More arrays than the call keeps on the stack, and keywords passed as a dict.
+    arrays = [np.full(3, float(i)) for i in range(9)]
+    out = arrowbridge.call("identity", *arrays)
+    assert [address(o) for o in out] == [address(a) for a in arrays]
+    params = {"axis": 0}
+    assert arrowbridge.call("sum", np.ones((2, 3)), **params).tolist() == [2.0, 2.0, 2.0]
+
+
+def test_call_has_a_signature():
+    import inspect
+
+    assert str(inspect.signature(arrowbridge.call)) == "(kernel, /, *arrays, **params)"
+
+
 def test_arrow_inputs_are_viewed_in_place():
     arr = pa.array(np.arange(6, dtype=np.float64))
     y = arrowbridge.call("identity", arr)
@@ -250,6 +265,14 @@ class TestErrors:
         assert issubclass(cls, arrowbridge.ArrowBridgeError)
         builtin = [b for b in cls.__mro__ if b.__module__ == "builtins" and b is not object]
         assert name == "ArrowBridgeError" or builtin[0] is not Exception, builtin
+
+    def test_the_kernel_name_is_required_and_a_str(self):
+        with pytest.raises(TypeError, match="missing its first argument, the kernel name"):
+            arrowbridge.call()
+        with pytest.raises(TypeError, match="kernel name must be a str, not int"):
+            arrowbridge.call(1, np.ones(3))
+        with pytest.raises(TypeError, match="kernel name must be a str, not ndarray"):
+            arrowbridge.call(np.ones(3))
 
     def test_an_unknown_kernel_is_named(self):
         with pytest.raises(UnknownKernelError, match='unknown kernel "nope"; registered kernels'):

@@ -2,13 +2,18 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
+
+use std::ffi::CStr;
 
 use arrowbridge::{ArrowTensor, Error, Kernel, Param, Params, Registry};
 use numpy::PyUntypedArray;
-use pyo3::intern;
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::{ffi, intern, Borrowed};
+use smallvec::SmallVec;
 
 use crate::convert::input_tensor;
 use crate::errors::{no_panic, BridgeResult};
@@ -19,24 +24,54 @@ use crate::numpy_output::{tensor_to_numpy, tensor_to_numpy_with_base};
 const RELEASE_GIL_BYTES: usize = 1 << 16;
 
 /// The kernels callable from Python: the built-ins and those of loaded plugins.
-fn registry() -> &'static RwLock<Registry> {
-    static REGISTRY: OnceLock<RwLock<Registry>> = OnceLock::new();
-    REGISTRY.get_or_init(|| RwLock::new(Registry::with_builtins()))
+///
+/// Kernels are only ever added, and rarely (each [`load_kernels`]), while every call looks
+/// one up: each change publishes a new registry that is never freed, so a call reads the
+/// current one without a lock or a reference count, and a kernel it runs stays valid.
+/// A few kilobytes leak per plugin loaded.
+static REGISTRY: AtomicPtr<Registry> = AtomicPtr::new(std::ptr::null_mut());
+
+/// The current registry.
+fn registry() -> &'static Registry {
+    let current = REGISTRY.load(Ordering::Acquire);
+    if !current.is_null() {
+        // SAFETY: a non-null pointer was published by `publish` from a leaked Box, which
+        // is never freed or changed.
+        return unsafe { &*current };
+    }
+    match update(|_| Ok(())) {
+        Ok(registry) => registry,
+        Err(_) => unreachable!("a change that does nothing cannot fail"),
+    }
 }
 
-/// The kernel called `name`. The registry is only locked while looking it up, never while a
-/// kernel runs.
-fn kernel(name: &str) -> BridgeResult<Kernel> {
-    let registry = registry().read().unwrap_or_else(PoisonError::into_inner);
-    Ok(registry.get(name)?.clone())
+/// Publishes a copy of the current registry changed by `change`, unless it fails.
+fn update(
+    change: impl FnOnce(&mut Registry) -> BridgeResult<()>,
+) -> BridgeResult<&'static Registry> {
+    static WRITER: Mutex<()> = Mutex::new(());
+    let _writer = WRITER.lock().unwrap_or_else(PoisonError::into_inner);
+    let current = REGISTRY.load(Ordering::Acquire);
+    let mut next = if current.is_null() {
+        Registry::with_builtins()
+    } else {
+        // SAFETY: as in `registry`.
+        unsafe { &*current }.clone()
+    };
+    change(&mut next)?;
+    let next: &'static Registry = Box::leak(Box::new(next));
+    REGISTRY.store(std::ptr::from_ref(next).cast_mut(), Ordering::Release);
+    Ok(next)
+}
+
+/// The kernel called `name`.
+fn kernel(name: &str) -> BridgeResult<&'static Kernel> {
+    Ok(registry().get(name)?)
 }
 
 /// A copy of the registry as it is now, for a server to run.
 pub fn registry_snapshot() -> Registry {
-    registry()
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone()
+    registry().clone()
 }
 
 /// load_kernels(path)
@@ -66,10 +101,11 @@ pub fn load_kernels(py: Python<'_>, path: PathBuf) -> BridgeResult<Vec<&'static 
             if let Some(names) = loaded.get(&key) {
                 return Ok(names.clone());
             }
-            let names = registry()
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .load_plugin(&key)?;
+            let mut names = Vec::new();
+            update(|registry| {
+                names = registry.load_plugin(&key)?;
+                Ok(())
+            })?;
             loaded.insert(key, names.clone());
             Ok(names)
         })
@@ -137,30 +173,39 @@ fn param(kernel: &str, name: &str, value: &Bound<'_, PyAny>) -> BridgeResult<Par
 /// The keyword parameters of a call of `kernel`, in process or over Flight (where
 /// [`Params::to_json`] carries them on).
 pub fn params(kernel: &str, params: Option<&Bound<'_, PyDict>>) -> BridgeResult<Params> {
-    let Some(dict) = params else {
-        return Ok(Params::default());
-    };
-    Ok(Params::new(
-        dict.iter()
-            .map(|(k, v)| {
-                let name: String = k.extract()?;
-                let value = param(kernel, &name, &v)?;
-                Ok((name, value))
-            })
-            .collect::<BridgeResult<Vec<_>>>()?,
-    ))
+    match params {
+        None => Ok(Params::default()),
+        Some(dict) => keyword_params(kernel, dict.iter()),
+    }
 }
 
-/// A kernel input, and the NumPy array it views when it views one without a copy.
-fn kernel_input<'py>(
-    obj: &Bound<'py, PyAny>,
-) -> BridgeResult<(ArrowTensor, Option<Bound<'py, PyAny>>)> {
+/// The parameters of a call of `kernel` from its keyword arguments' names and values.
+fn keyword_params<'py>(
+    kernel: &str,
+    keywords: impl Iterator<Item = (Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+) -> BridgeResult<Params> {
+    let values = keywords
+        .map(|(k, v)| {
+            let name: String = k.extract()?;
+            let value = param(kernel, &name, &v)?;
+            Ok((name, value))
+        })
+        .collect::<BridgeResult<Vec<_>>>()?;
+    Ok(if values.is_empty() {
+        Params::default()
+    } else {
+        Params::new(values)
+    })
+}
+
+/// A kernel input, and whether it views the NumPy array `obj` in place.
+fn kernel_input(obj: &Bound<'_, PyAny>) -> BridgeResult<(ArrowTensor, bool)> {
     if let Ok(array) = obj.cast::<PyUntypedArray>() {
         let tensor = tensor_from_numpy(array, Want::AnyBlock, None, None, Realign::Never)?;
-        let direct = (tensor.data_ptr() as usize == data_address(array)).then(|| obj.clone());
-        return Ok((tensor, direct));
+        let in_place = tensor.data_ptr() as usize == data_address(array);
+        return Ok((tensor, in_place));
     }
-    Ok((input_tensor(obj, Want::Rows, None)?, None))
+    Ok((input_tensor(obj, Want::Rows, None)?, false))
 }
 
 fn overlaps(a: &ArrowTensor, b: &ArrowTensor) -> bool {
@@ -168,74 +213,171 @@ fn overlaps(a: &ArrowTensor, b: &ArrowTensor) -> bool {
     a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes()
 }
 
-/// call(kernel, /, *arrays, **params)
-/// --
-///
-/// Runs the registered Rust kernel `kernel` on `arrays` and returns its result.
-///
-/// Inputs may be NumPy arrays (a contiguous block in any axis order reaches the kernel
-/// without a copy, as a view with the same strides; other layouts are copied first), pyarrow
-/// arrays, or any object with ``__arrow_c_array__`` or ``__arrow_c_stream__``. Outputs are
-/// NumPy arrays over Rust-owned memory (no copy); an output that shares an input's memory is
-/// read-only. The GIL is released while the kernel runs (for inputs of 64 KiB or more). One output is returned as an array,
-/// several as a tuple.
-///
-/// >>> import numpy as np, arrowbridge
-/// >>> arrowbridge.call("sum", np.arange(6.0).reshape(2, 3), axis=1)
-/// array([ 3., 12.])
-/// >>> x = np.ones((2, 3), order="F")
-/// >>> np.shares_memory(arrowbridge.call("identity", x), x)
-/// True
-#[pyfunction]
-#[pyo3(signature = (kernel, /, *arrays, **params))]
-pub fn call<'py>(
-    py: Python<'py>,
-    kernel: &str,
-    arrays: &Bound<'py, PyTuple>,
-    params: Option<&Bound<'py, PyDict>>,
-) -> BridgeResult<Bound<'py, PyAny>> {
-    no_panic("call", || {
-        let kernel = self::kernel(kernel)?;
-        let mut inputs = Vec::with_capacity(arrays.len());
-        let mut owners = Vec::with_capacity(arrays.len());
-        for array in arrays.iter() {
-            let (tensor, owner) = kernel_input(&array)?;
-            inputs.push(tensor);
-            owners.push(owner);
-        }
-        let params = self::params(kernel.name, params)?;
-        // Like NumPy, keep the GIL for work too small to amortize releasing it.
-        let work: usize = inputs.iter().map(ArrowTensor::nbytes).sum();
-        let outputs = if work >= RELEASE_GIL_BYTES {
-            py.detach(|| kernel.call(&inputs, params))?
-        } else {
-            kernel.call(&inputs, params)?
+/// `call`'s docstring; CPython reads `__text_signature__` from its first lines.
+const CALL_DOC: &CStr = c"call(kernel, /, *arrays, **params)
+--
+
+Runs the registered Rust kernel `kernel` on `arrays` and returns its result.
+
+Inputs may be NumPy arrays (a contiguous block in any axis order reaches the kernel
+without a copy, as a view with the same strides; other layouts are copied first), pyarrow
+arrays, or any object with ``__arrow_c_array__`` or ``__arrow_c_stream__``. Outputs are
+NumPy arrays over Rust-owned memory (no copy); an output that shares an input's memory is
+read-only. The GIL is released while the kernel runs (for inputs of 64 KiB or more). One
+output is returned as an array, several as a tuple.
+
+>>> import numpy as np, arrowbridge
+>>> arrowbridge.call(\"sum\", np.arange(6.0).reshape(2, 3), axis=1)
+array([ 3., 12.])
+>>> x = np.ones((2, 3), order=\"F\")
+>>> np.shares_memory(arrowbridge.call(\"identity\", x), x)
+True
+";
+
+/// Kernel calls rarely pass more arrays or parameters than this; more spill to the heap.
+type Few<T> = SmallVec<[T; 4]>;
+
+/// The `call` function object. It is written against CPython's vectorcall convention
+/// (`METH_FASTCALL | METH_KEYWORDS`) by hand: PyO3 receives `*args, **kwargs` as a new tuple
+/// and dict, which cost as much as everything else a built-in kernel's call does.
+pub fn function<'py>(module: &Bound<'py, PyModule>) -> PyResult<Bound<'py, PyAny>> {
+    let def = Box::leak(Box::new(ffi::PyMethodDef {
+        ml_name: c"call".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunctionFastWithKeywords: call_vectorcall,
+        },
+        ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+        ml_doc: CALL_DOC.as_ptr(),
+    }));
+    let name = module.name()?;
+    // SAFETY: `def` is leaked, so it outlives the function object, as CPython requires;
+    // PyCFunction_NewEx returns a new reference, or NULL with an exception set.
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            module.py(),
+            ffi::PyCFunction_NewEx(def, module.as_ptr(), name.as_ptr()),
+        )
+    }
+}
+
+/// CPython's entry into `call`: `args` holds `nargs` positional arguments followed by one
+/// value per name in the `kwnames` tuple (NULL when there are no keywords).
+unsafe extern "C" fn call_vectorcall(
+    _module: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls functions from a thread attached to the interpreter.
+    let py = unsafe { Python::assume_attached() };
+    let result = no_panic("call", || {
+        // SAFETY: `kwnames` is NULL or a tuple of str (the vectorcall protocol).
+        let names = unsafe { Borrowed::from_ptr_or_opt(py, kwnames) }
+            // SAFETY: a tuple, per the protocol.
+            .map(|n| unsafe { n.cast_unchecked::<PyTuple>() });
+        let nkw = names.as_ref().map_or(0, |n| n.len());
+        // SAFETY: the vectorcall protocol: `args` holds `nargs + nkw` borrowed references,
+        // alive for this call.
+        let args = unsafe { std::slice::from_raw_parts(args, nargs as usize + nkw) };
+        let (positional, values) = args.split_at(nargs as usize);
+        // SAFETY: each is a valid borrowed reference (above).
+        let arg = |ptr: &*mut ffi::PyObject| unsafe { Borrowed::from_ptr(py, *ptr) };
+        let Some((kernel, arrays)) = positional.split_first() else {
+            return Err(
+                PyTypeError::new_err("call() missing its first argument, the kernel name").into(),
+            );
         };
-        let mut results = outputs
+        let kernel = arg(kernel);
+        let kernel = kernel.cast::<PyString>().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "call(): the kernel name must be a str, not {}",
+                kernel
+                    .get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
+            ))
+        })?;
+        let keywords = names
             .iter()
-            .map(|out| {
-                // An output inside an input's memory is a read-only view; when that input is a
-                // NumPy array viewed in place, the array itself is the base (as NumPy's own
-                // views do), otherwise the Arrow buffer is.
-                match inputs
-                    .iter()
-                    .zip(&owners)
-                    .find(|(input, _)| overlaps(out, input))
-                {
-                    Some((_, Some(owner))) => {
-                        tensor_to_numpy_with_base(py, out, false, owner.clone())
-                    }
-                    Some((_, None)) => tensor_to_numpy(py, out, false),
-                    None => tensor_to_numpy(py, out, true),
-                }
-            })
-            .collect::<BridgeResult<Vec<_>>>()?;
-        Ok(if results.len() == 1 {
-            results.pop().expect("one result")
-        } else {
-            PyTuple::new(py, results)?.into_any()
-        })
-    })
+            .flat_map(|n| n.iter_borrowed().map(|k| k.to_owned()))
+            .zip(values.iter().map(|v| arg(v).to_owned()));
+        call(py, kernel.to_str()?, arrays.iter().map(arg), keywords)
+    });
+    match result {
+        Ok(out) => out.into_ptr(),
+        Err(error) => {
+            PyErr::from(error).restore(py);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// Runs kernel `name` on `arrays` with the keyword parameters `keywords`.
+fn call<'a, 'py: 'a>(
+    py: Python<'py>,
+    name: &str,
+    mut arrays: impl ExactSizeIterator<Item = Borrowed<'a, 'py, PyAny>>,
+    keywords: impl Iterator<Item = (Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+) -> BridgeResult<Bound<'py, PyAny>> {
+    let kernel = self::kernel(name)?;
+    if arrays.len() == 1 {
+        // Most calls pass one array: it stays where it is built, not moved into a list.
+        let array = arrays.next().expect("one array");
+        let (tensor, in_place) = kernel_input(&array)?;
+        let params = keyword_params(kernel.name, keywords)?;
+        return run(py, kernel, &[tensor], &[in_place.then_some(array)], params);
+    }
+    let mut inputs = Few::with_capacity(arrays.len());
+    let mut owners = Few::with_capacity(arrays.len());
+    for array in arrays {
+        let (tensor, in_place) = kernel_input(&array)?;
+        inputs.push(tensor);
+        owners.push(in_place.then_some(array));
+    }
+    let params = keyword_params(kernel.name, keywords)?;
+    run(py, kernel, &inputs, &owners, params)
+}
+
+/// Runs `kernel` on `inputs`; `owners[i]` is the NumPy array input `i` views in place.
+fn run<'py>(
+    py: Python<'py>,
+    kernel: &Kernel,
+    inputs: &[ArrowTensor],
+    owners: &[Option<Borrowed<'_, 'py, PyAny>>],
+    params: Params,
+) -> BridgeResult<Bound<'py, PyAny>> {
+    // Like NumPy, keep the GIL for work too small to amortize releasing it.
+    let work: usize = inputs.iter().map(ArrowTensor::nbytes).sum();
+    let outputs = if work >= RELEASE_GIL_BYTES && !kernel.constant_time {
+        py.detach(|| kernel.call(inputs, params))?
+    } else {
+        kernel.call(inputs, params)?
+    };
+    let numpy = |out: &ArrowTensor| {
+        // An output inside an input's memory is a read-only view; when that input is a
+        // NumPy array viewed in place, the array itself is the base (as NumPy's own views
+        // do), otherwise the Arrow buffer is.
+        match inputs
+            .iter()
+            .zip(owners)
+            .find(|(input, _)| overlaps(out, input))
+        {
+            Some((_, Some(owner))) => {
+                tensor_to_numpy_with_base(py, out, false, (*owner).to_owned())
+            }
+            Some((_, None)) => tensor_to_numpy(py, out, false),
+            None => tensor_to_numpy(py, out, true),
+        }
+    };
+    if let [one] = outputs.as_slice() {
+        return numpy(one);
+    }
+    let results = outputs
+        .iter()
+        .map(numpy)
+        .collect::<BridgeResult<Few<_>>>()?;
+    Ok(PyTuple::new(py, results)?.into_any())
 }
 
 /// kernels()
@@ -251,15 +393,9 @@ pub fn call<'py>(
 #[pyfunction]
 pub fn kernels(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     // Read under the lock, build the dict (which may run Python code) after it.
-    let pairs: Vec<(&str, &str)> = registry()
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .iter()
-        .map(|k| (k.name, k.signature))
-        .collect();
     let dict = PyDict::new(py);
-    for (name, signature) in pairs {
-        dict.set_item(name, signature)?;
+    for kernel in registry().iter() {
+        dict.set_item(kernel.name, kernel.signature)?;
     }
     Ok(dict)
 }

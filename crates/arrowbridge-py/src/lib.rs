@@ -26,7 +26,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(call::call, m)?)?;
+    m.add("call", call::function(m)?)?;
     m.add_function(wrap_pyfunction!(call::kernels, m)?)?;
     m.add_function(wrap_pyfunction!(call::load_kernels, m)?)?;
     m.add_function(wrap_pyfunction!(convert::export_array, m)?)?;

@@ -8,6 +8,7 @@ use numpy::npyffi::{get_type_object, npy_intp, NpyTypes, NPY_ARRAY_WRITEABLE, PY
 use numpy::PyArrayDescr;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
+use smallvec::SmallVec;
 
 use crate::errors::BridgeResult;
 
@@ -90,15 +91,23 @@ pub fn tensor_to_numpy_with_base<'py>(
         )
         .into());
     }
-    let mut dims = [0 as npy_intp; MAX_DIMS];
-    let mut strides = [0 as npy_intp; MAX_DIMS];
+    // Most arrays have few dimensions: these stay on the stack, unzeroed beyond `ndim`.
+    let mut dims: SmallVec<[npy_intp; 8]> = smallvec::smallvec![0; ndim];
     for (d, &n) in dims.iter_mut().zip(tensor.shape()) {
         *d = n as npy_intp;
     }
-    tensor.byte_strides_into(&mut strides[..ndim]);
+    // C order needs no strides: NumPy fills them in, and skips re-deriving the flags.
+    let c_order = tensor.axis_order().iter().enumerate().all(|(i, &a)| i == a);
+    let mut strides: SmallVec<[npy_intp; 8]> = smallvec::smallvec![0; ndim];
+    tensor.byte_strides_into(&mut strides);
+    let strides_ptr = if c_order {
+        std::ptr::null_mut()
+    } else {
+        strides.as_mut_ptr()
+    };
     let flags: c_int = if writeable { NPY_ARRAY_WRITEABLE } else { 0 };
     // SAFETY: `descr` is a valid dtype; NewFromDescr steals a reference to it, so one is
-    // added first. dims and strides describe `tensor.len()` elements inside the buffer that
+    // added first. dims and strides (or C order) describe `tensor.len()` elements inside the buffer that
     // starts at data_ptr (ArrowTensor checked this); NumPy does not own the data and `base`,
     // set below, keeps it alive. SetBaseObject steals the reference `into_ptr` hands over.
     unsafe {
@@ -110,7 +119,7 @@ pub fn tensor_to_numpy_with_base<'py>(
             descr.as_ptr().cast(),
             ndim as c_int,
             dims.as_mut_ptr(),
-            strides.as_mut_ptr(),
+            strides_ptr,
             tensor.data_ptr() as *mut _,
             flags,
             std::ptr::null_mut(),

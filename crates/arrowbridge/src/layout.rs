@@ -5,6 +5,29 @@ use smallvec::SmallVec;
 /// A shape or axis order: up to four axes live inline, without a heap allocation.
 pub type Dims = SmallVec<[usize; 4]>;
 
+/// `0, 1, …, n - 1`: C order's axis order (copied from a table: collecting a range into a
+/// SmallVec costs several times more).
+pub(crate) fn c_order(n: usize) -> Dims {
+    const AXES: [usize; 64] = {
+        let mut axes = [0; 64];
+        let mut i = 0;
+        while i < 64 {
+            axes[i] = i;
+            i += 1;
+        }
+        axes
+    };
+    match AXES.get(..n) {
+        Some(axes) => Dims::from_slice(axes),
+        None => (0..n).collect(),
+    }
+}
+
+/// Whether `order` is C order (`0, 1, …`).
+pub(crate) fn is_c_order(order: &[usize]) -> bool {
+    order.iter().enumerate().all(|(i, &a)| i == a)
+}
+
 /// The physical order of the axes of a strided array whose elements form one contiguous
 /// block, outermost axis first; `None` when the elements are not one gap-free block (a step
 /// slice, a negative stride, overlapping or broadcast axes).
@@ -25,7 +48,7 @@ pub type Dims = SmallVec<[usize; 4]>;
 pub fn block_order(shape: &[usize], strides: &[isize], itemsize: usize) -> Option<Dims> {
     debug_assert_eq!(shape.len(), strides.len());
     if shape.contains(&0) || is_c_block(shape, strides, itemsize) {
-        return Some((0..shape.len()).collect());
+        return Some(c_order(shape.len()));
     }
     let mut big: Dims = (0..shape.len()).filter(|&a| shape[a] > 1).collect();
     // Stable sort: among equal strides (impossible for a valid block) keep logical order.

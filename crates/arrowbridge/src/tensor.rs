@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
-use crate::layout::{inverse, is_permutation, Dims};
+use crate::layout::{c_order, inverse, is_c_order, is_permutation, Dims};
 use crate::view::DynView;
 
 /// Name of the canonical fixed-shape tensor extension type.
@@ -124,15 +124,30 @@ impl TensorMetadata {
 /// assert_eq!(view.shape(), &[2, 3]);
 /// assert_eq!(view.as_ptr(), first);
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct ArrowTensor {
     dtype: DType,
     shape: Dims,
     order: Dims,
     form: Form,
-    dim_names: Option<Vec<String>>,
+    dim_names: Option<Arc<[String]>>,
     /// The elements, starting at the first one in memory, in physical (`order`) C order.
     values: Buffer,
+}
+
+impl Clone for ArrowTensor {
+    /// Another handle on the same memory (no copy of the elements). Written out because
+    /// SmallVec's own `clone` goes element by element.
+    fn clone(&self) -> Self {
+        ArrowTensor {
+            dtype: self.dtype,
+            shape: Dims::from_slice(&self.shape),
+            order: Dims::from_slice(&self.order),
+            form: self.form,
+            dim_names: self.dim_names.clone(),
+            values: self.values.clone(),
+        }
+    }
 }
 
 /// Holds an owned `ndarray` allocation for as long as an Arrow buffer points into it.
@@ -236,6 +251,8 @@ impl ArrowTensor {
         }
         let values = if nbytes == 0 {
             Buffer::from(arrow_buffer::MutableBuffer::new(0))
+        } else if buffer.len() == nbytes {
+            buffer
         } else {
             buffer.slice_with_length(0, nbytes)
         };
@@ -244,10 +261,14 @@ impl ArrowTensor {
             shape: Dims::from_slice(shape),
             order: Dims::from_slice(order),
             form,
-            dim_names,
+            dim_names: dim_names.map(Arc::from),
             values,
         };
-        tensor.list_size()?;
+        // One row holds at most `count` elements of at most two values: when that fits in an
+        // i32, so does the Arrow list size, and checking it again would only cost time.
+        if count == 0 || count > (i32::MAX / 2) as usize {
+            tensor.list_size()?;
+        }
         Ok(tensor)
     }
 
@@ -286,7 +307,7 @@ impl ArrowTensor {
             },
             _ => Buffer::from(arrow_buffer::MutableBuffer::new(0)),
         };
-        let order: Dims = (0..ndim).collect();
+        let order = c_order(ndim);
         Self::from_buffer(buffer, dtype, &shape, &order, Form::Rows, None)
     }
 
@@ -750,12 +771,16 @@ impl ArrowTensor {
     /// # Safety
     /// `T` must accept `self.dtype`.
     unsafe fn view_unchecked<T: Element>(&self) -> ArrayViewD<'_, T> {
-        let physical: Dims = self.order.iter().map(|&a| self.shape[a]).collect();
         let ptr = if self.is_empty() {
             NonNull::<T>::dangling().as_ptr() as *const T
         } else {
             self.values.as_ptr() as *const T
         };
+        if is_c_order(&self.order) {
+            // SAFETY: see `view`; the shape in C order describes the contiguous block.
+            return unsafe { ArrayViewD::from_shape_ptr(IxDyn(&self.shape), ptr) };
+        }
+        let physical: Dims = self.order.iter().map(|&a| self.shape[a]).collect();
         // SAFETY: see `view`; the physical shape in C order describes the contiguous block.
         let view = unsafe { ArrayViewD::from_shape_ptr(IxDyn(&physical), ptr) };
         view.permuted_axes(IxDyn(&inverse(&self.order)))
@@ -765,7 +790,7 @@ impl ArrowTensor {
     /// [`nbytes`](Self::nbytes) bytes.
     pub fn write_c_order(&self, out: &mut [u8]) {
         assert_eq!(out.len(), self.nbytes(), "out holds the tensor's bytes");
-        let identity = self.order.iter().enumerate().all(|(i, &a)| i == a);
+        let identity = is_c_order(&self.order);
         if identity || self.is_empty() {
             out.copy_from_slice(self.values.as_slice());
             return;
@@ -800,7 +825,7 @@ impl ArrowTensor {
     /// array of `shape` (a view, no copy): the inverse of laying an array out flat.
     pub fn reshaped(&self, shape: &[usize]) -> Result<Self> {
         let what = "reshape";
-        let identity = self.order.iter().enumerate().all(|(i, &a)| i == a);
+        let identity = is_c_order(&self.order);
         let count = element_count(self.dtype, shape, what)?;
         if !identity || count > self.len() {
             return Err(Error::shape(
@@ -812,7 +837,7 @@ impl ArrowTensor {
                 ),
             ));
         }
-        let order: Dims = (0..shape.len()).collect();
+        let order = c_order(shape.len());
         Self::from_buffer(
             self.values.clone(),
             self.dtype,

@@ -19,6 +19,7 @@ pub(super) fn kernels() -> Vec<Kernel> {
             "identity(*arrays) -> arrays, sharing their memory",
             identity,
         )
+        .constant_time()
         .distribution(Distribution::Rows),
         Kernel::new(
             "sum",

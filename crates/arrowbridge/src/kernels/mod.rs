@@ -27,7 +27,6 @@
 mod builtin;
 pub mod plugin;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -52,6 +51,10 @@ pub struct Kernel {
     pub arity: Option<usize>,
     /// How the kernel runs on an array split by rows over several servers.
     pub distribution: Distribution,
+    /// Whether the kernel's time stays the same whatever the size of its inputs (it returns
+    /// views, or reads metadata only): callers then keep locks they would release around
+    /// long work, such as Python's GIL.
+    pub constant_time: bool,
     /// The function.
     pub func: KernelFn,
 }
@@ -168,8 +171,16 @@ impl Kernel {
             params: &[],
             arity: None,
             distribution: Distribution::Local,
+            constant_time: false,
             func: Arc::new(func),
         }
+    }
+
+    /// Declares that the kernel's time does not grow with its inputs (see
+    /// [`constant_time`](Self::constant_time)).
+    pub fn constant_time(mut self) -> Self {
+        self.constant_time = true;
+        self
     }
 
     /// Declares the keyword parameters the kernel accepts.
@@ -200,6 +211,7 @@ impl fmt::Debug for Kernel {
             .field("params", &self.params)
             .field("arity", &self.arity)
             .field("distribution", &self.distribution)
+            .field("constant_time", &self.constant_time)
             .finish_non_exhaustive()
     }
 }
@@ -225,21 +237,35 @@ pub enum Param {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Params {
     kernel: &'static str,
-    values: BTreeMap<String, Param>,
+    /// By name, each name once. A call passes a handful: a list searched in order beats a
+    /// map (no node to allocate, no tree to walk).
+    values: Vec<(String, Param)>,
 }
 
 impl Params {
-    /// Parameters from name/value pairs.
+    /// Parameters from name/value pairs; of two values given for one name, the last counts.
     pub fn new(values: impl IntoIterator<Item = (String, Param)>) -> Self {
-        Params {
-            kernel: "",
-            values: values.into_iter().collect(),
+        let mut params = Params::default();
+        for (name, value) in values {
+            params.insert(name, value);
+        }
+        params
+    }
+
+    fn insert(&mut self, name: String, value: Param) {
+        match self.values.binary_search_by(|(n, _)| n.as_str().cmp(&name)) {
+            Ok(i) => self.values[i].1 = value,
+            Err(i) => self.values.insert(i, (name, value)),
         }
     }
 
     /// The raw value of a parameter, if given (and not `None`).
     pub fn get(&self, name: &str) -> Option<&Param> {
-        self.values.get(name).filter(|p| **p != Param::None)
+        self.values
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p)
+            .filter(|p| **p != Param::None)
     }
 
     /// An integer parameter.
@@ -272,7 +298,7 @@ impl Params {
 
     /// Names of the given parameters.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.values.keys().map(String::as_str)
+        self.values.iter().map(|(n, _)| n.as_str())
     }
 
     /// The parameters as a JSON object: the one form they take between processes (Flight
@@ -327,7 +353,7 @@ impl Params {
             n.as_i64()
                 .ok_or_else(|| error(name, format!("{n} does not fit in a 64-bit signed integer")))
         };
-        let mut values = BTreeMap::new();
+        let mut params = Params::default();
         for (name, value) in object {
             let param = match value {
                 Value::Null => Param::None,
@@ -359,16 +385,18 @@ impl Params {
                     }
                 },
             };
-            values.insert(name.clone(), param);
+            params.insert(name.clone(), param);
         }
-        Ok(Params { kernel: "", values })
+        Ok(params)
     }
 }
 
 /// Kernels by name.
 #[derive(Clone, Debug, Default)]
 pub struct Registry {
-    kernels: BTreeMap<&'static str, Kernel>,
+    /// Sorted by name. A registry holds tens of kernels: comparing lengths first finds one
+    /// by scanning faster than a map can hash or walk to it.
+    kernels: Vec<Kernel>,
 }
 
 impl Registry {
@@ -391,27 +419,45 @@ impl Registry {
 
     /// Adds a kernel; a name that is taken is an error.
     pub fn register(&mut self, kernel: Kernel) -> Result<()> {
-        if self.kernels.contains_key(kernel.name) {
-            return Err(Error::kernel(
+        match self.kernels.binary_search_by(|k| k.name.cmp(kernel.name)) {
+            Ok(_) => Err(Error::kernel(
                 kernel.name,
                 "a kernel of this name is already registered",
-            ));
+            )),
+            Err(i) => {
+                self.kernels.insert(i, kernel);
+                Ok(())
+            }
         }
-        self.kernels.insert(kernel.name, kernel);
-        Ok(())
+    }
+
+    /// Whether a kernel called `name` is registered.
+    pub fn contains(&self, name: &str) -> bool {
+        self.find(name).is_some()
+    }
+
+    fn find(&self, name: &str) -> Option<&Kernel> {
+        self.kernels
+            .iter()
+            .find(|k| k.name.len() == name.len() && k.name == name)
     }
 
     /// The kernel called `name`.
     pub fn get(&self, name: &str) -> Result<&Kernel> {
-        self.kernels.get(name).ok_or_else(|| Error::UnknownKernel {
+        self.find(name).ok_or_else(|| Error::UnknownKernel {
             name: name.to_string(),
-            available: self.kernels.keys().copied().collect::<Vec<_>>().join(", "),
+            available: self
+                .kernels
+                .iter()
+                .map(|k| k.name)
+                .collect::<Vec<_>>()
+                .join(", "),
         })
     }
 
     /// All kernels, by name.
     pub fn iter(&self) -> impl Iterator<Item = &Kernel> {
-        self.kernels.values()
+        self.kernels.iter()
     }
 
     /// Runs kernel `name` on `inputs`. Unknown parameters, a wrong number of inputs and a

@@ -143,7 +143,7 @@ impl Registry {
         let mut seen = BTreeSet::new();
         if let Some(taken) = kernels
             .iter()
-            .find(|k| self.kernels.contains_key(k.name) || !seen.insert(k.name))
+            .find(|k| self.contains(k.name) || !seen.insert(k.name))
         {
             return Err(plugin_error(
                 &what,
@@ -218,6 +218,7 @@ pub unsafe fn plugin_kernels(what: &str, api: PluginApi) -> Result<Vec<Kernel>> 
                 params: intern_list(params),
                 arity,
                 distribution,
+                constant_time: false,
                 func: Arc::new(move |args: &[ArrowTensor], params: &Params| {
                     // SAFETY: per this function's contract.
                     unsafe { call_plugin(api, name, args, params) }
