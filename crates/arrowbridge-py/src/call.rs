@@ -18,7 +18,7 @@ use smallvec::SmallVec;
 use crate::convert::input_tensor;
 use crate::errors::{no_panic, BridgeResult};
 use crate::numpy_input::{data_address, tensor_from_numpy, Realign, Want};
-use crate::numpy_output::{tensor_to_numpy, tensor_to_numpy_with_base};
+use crate::numpy_output::{tensor_into_numpy, tensor_to_numpy_with_base};
 
 /// Inputs of at least this many bytes are processed with the GIL released.
 const RELEASE_GIL_BYTES: usize = 1 << 16;
@@ -184,18 +184,13 @@ fn keyword_params<'py>(
     kernel: &str,
     keywords: impl Iterator<Item = (Bound<'py, PyAny>, Bound<'py, PyAny>)>,
 ) -> BridgeResult<Params> {
-    let values = keywords
-        .map(|(k, v)| {
-            let name: String = k.extract()?;
-            let value = param(kernel, &name, &v)?;
-            Ok((name, value))
-        })
-        .collect::<BridgeResult<Vec<_>>>()?;
-    Ok(if values.is_empty() {
-        Params::default()
-    } else {
-        Params::new(values)
-    })
+    let mut params = Params::with_capacity(keywords.size_hint().0);
+    for (name, value) in keywords {
+        let name: String = name.extract()?;
+        let value = param(kernel, &name, &value)?;
+        params.insert(name, value);
+    }
+    Ok(params)
 }
 
 /// A kernel input, and whether it views the NumPy array `obj` in place.
@@ -354,27 +349,27 @@ fn run<'py>(
     } else {
         kernel.call(inputs, params)?
     };
-    let numpy = |out: &ArrowTensor| {
+    let numpy = |out: ArrowTensor| {
         // An output inside an input's memory is a read-only view; when that input is a
         // NumPy array viewed in place, the array itself is the base (as NumPy's own views
         // do), otherwise the Arrow buffer is.
         match inputs
             .iter()
             .zip(owners)
-            .find(|(input, _)| overlaps(out, input))
+            .find(|(input, _)| overlaps(&out, input))
         {
             Some((_, Some(owner))) => {
-                tensor_to_numpy_with_base(py, out, false, (*owner).to_owned())
+                tensor_to_numpy_with_base(py, &out, false, (*owner).to_owned())
             }
-            Some((_, None)) => tensor_to_numpy(py, out, false),
-            None => tensor_to_numpy(py, out, true),
+            Some((_, None)) => tensor_into_numpy(py, out, false),
+            None => tensor_into_numpy(py, out, true),
         }
     };
-    if let [one] = outputs.as_slice() {
-        return numpy(one);
+    if outputs.len() == 1 {
+        return numpy(outputs.into_iter().next().expect("one output"));
     }
     let results = outputs
-        .iter()
+        .into_iter()
         .map(numpy)
         .collect::<BridgeResult<Few<_>>>()?;
     Ok(PyTuple::new(py, results)?.into_any())

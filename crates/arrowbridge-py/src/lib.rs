@@ -1,6 +1,7 @@
 //! Python bindings of arrowbridge. This file only registers; each exposed piece lives in a
 //! file of its own.
 
+mod arrow_memory;
 mod call;
 mod capsule;
 mod convert;
@@ -45,7 +46,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<flight::FlightServer>()?;
     m.add_class::<flight::FlightClient>()?;
     m.add_function(wrap_pyfunction!(flight::stream_to_arrays, m)?)?;
-    m.add_class::<numpy_output::ArrowMemory>()?;
+    arrow_memory::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use arrow_buffer::Buffer;
 use arrow_schema::{DataType, TimeUnit};
 use half::f16;
 use num_complex::Complex;
@@ -280,12 +281,47 @@ pub trait Element:
     fn accepts(dtype: DType) -> bool {
         dtype == Self::DTYPE
     }
+
+    /// Moves `vec`'s allocation into an Arrow buffer, without a copy: the buffer frees it
+    /// as the Vec would have.
+    fn into_buffer(vec: Vec<Self>) -> Buffer;
 }
 
 macro_rules! element {
     ($($t:ty => $d:expr),* $(,)?) => {
-        $(impl Element for $t { const DTYPE: DType = $d; })*
+        $(impl Element for $t {
+            const DTYPE: DType = $d;
+            fn into_buffer(vec: Vec<Self>) -> Buffer {
+                Buffer::from_vec(vec)
+            }
+        })*
     };
+}
+
+/// [`Element::into_buffer`] for complex numbers: a `Vec<Complex<T>>` is a `Vec<T>` of twice
+/// the length (real and imaginary parts interleaved, as `Complex` is `repr(C)`).
+fn complex_into_buffer<T: arrow_buffer::ArrowNativeType>(vec: Vec<Complex<T>>) -> Buffer {
+    let mut vec = std::mem::ManuallyDrop::new(vec);
+    let (ptr, len, capacity) = (vec.as_mut_ptr(), vec.len(), vec.capacity());
+    // SAFETY: `Complex<T>` is `repr(C)` with two `T` fields: the allocation holds `2 * len`
+    // initialized `T`s, and a capacity of `2 * capacity` `T`s has the same size and
+    // alignment as the one it was allocated with. The original Vec is never dropped.
+    let parts = unsafe { Vec::from_raw_parts(ptr.cast::<T>(), 2 * len, 2 * capacity) };
+    Buffer::from_vec(parts)
+}
+
+impl Element for Complex<f32> {
+    const DTYPE: DType = DType::Complex64;
+    fn into_buffer(vec: Vec<Self>) -> Buffer {
+        complex_into_buffer(vec)
+    }
+}
+
+impl Element for Complex<f64> {
+    const DTYPE: DType = DType::Complex128;
+    fn into_buffer(vec: Vec<Self>) -> Buffer {
+        complex_into_buffer(vec)
+    }
 }
 
 macro_rules! sealed {
@@ -320,12 +356,13 @@ element! {
     f16 => DType::Float16,
     f32 => DType::Float32,
     f64 => DType::Float64,
-    Complex<f32> => DType::Complex64,
-    Complex<f64> => DType::Complex128,
 }
 
 impl Element for i64 {
     const DTYPE: DType = DType::Int64;
+    fn into_buffer(vec: Vec<Self>) -> Buffer {
+        Buffer::from_vec(vec)
+    }
     fn accepts(dtype: DType) -> bool {
         matches!(
             dtype,
@@ -336,6 +373,9 @@ impl Element for i64 {
 
 impl Element for u8 {
     const DTYPE: DType = DType::UInt8;
+    fn into_buffer(vec: Vec<Self>) -> Buffer {
+        Buffer::from_vec(vec)
+    }
     fn accepts(dtype: DType) -> bool {
         matches!(dtype, DType::UInt8 | DType::Bool)
     }

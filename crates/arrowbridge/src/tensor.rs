@@ -150,9 +150,6 @@ impl Clone for ArrowTensor {
     }
 }
 
-/// Holds an owned `ndarray` allocation for as long as an Arrow buffer points into it.
-struct OwnedVec<T>(#[allow(dead_code)] Vec<T>);
-
 /// The number of elements of `shape`, checked as NumPy checks a shape: the product of its
 /// nonzero axes, times the itemsize, must fit in an `isize` (so a shape like `[0, 2**63]`,
 /// which holds no element, is refused too: no array of that shape can exist).
@@ -163,16 +160,21 @@ fn element_count(dtype: DType, shape: &[usize], what: &str) -> Result<usize> {
             format!("shape {shape:?} of {dtype} is too big: its size in bytes overflows isize"),
         )
     };
-    let nonzero = shape
-        .iter()
-        .filter(|&&d| d != 0)
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(too_big)?;
-    nonzero
+    let (mut nonzero, mut empty) = (1usize, false);
+    for &d in shape {
+        if d == 0 {
+            empty = true;
+        } else {
+            nonzero = nonzero.checked_mul(d).ok_or_else(too_big)?;
+        }
+    }
+    if nonzero
         .checked_mul(dtype.itemsize())
-        .filter(|&bytes| bytes <= isize::MAX as usize)
-        .ok_or_else(too_big)?;
-    Ok(if shape.contains(&0) { 0 } else { nonzero })
+        .is_none_or(|bytes| bytes > isize::MAX as usize)
+    {
+        return Err(too_big());
+    }
+    Ok(if empty { 0 } else { nonzero })
 }
 
 fn extension_metadata(name: &str, json: String) -> HashMap<String, String> {
@@ -295,17 +297,11 @@ impl ArrowTensor {
         let shape = Dims::from_slice(array.shape());
         let ndim = shape.len();
         let (vec, offset) = array.into_raw_vec_and_offset();
-        let offset = offset.unwrap_or(0);
-        let start = vec.as_ptr().wrapping_add(offset) as *mut u8;
-        let nbytes = (vec.len() - offset.min(vec.len())) * std::mem::size_of::<T>();
-        let buffer = match NonNull::new(start) {
-            // SAFETY: `start` points at `nbytes` initialized bytes inside `vec`'s heap
-            // allocation, which the owner keeps alive (and never touches) for as long as the
-            // buffer lives; moving the Vec into the Arc does not move its heap data.
-            Some(ptr) if nbytes > 0 => unsafe {
-                Buffer::from_custom_allocation(ptr, nbytes, Arc::new(OwnedVec(vec)))
-            },
-            _ => Buffer::from(arrow_buffer::MutableBuffer::new(0)),
+        let offset = offset.unwrap_or(0).min(vec.len());
+        let buffer = T::into_buffer(vec);
+        let buffer = match offset {
+            0 => buffer,
+            _ => buffer.slice(offset * std::mem::size_of::<T>()),
         };
         let order = c_order(ndim);
         Self::from_buffer(buffer, dtype, &shape, &order, Form::Rows, None)
@@ -747,6 +743,11 @@ impl ArrowTensor {
             strides[axis] = acc;
             acc *= self.shape[axis] as isize;
         }
+    }
+
+    /// The buffer of the elements (see [`values`](Self::values)), without the tensor.
+    pub fn into_values(self) -> Buffer {
+        self.values
     }
 
     /// A view of the elements as `T`, sharing the Arrow memory.

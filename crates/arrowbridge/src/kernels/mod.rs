@@ -252,7 +252,16 @@ impl Params {
         params
     }
 
-    fn insert(&mut self, name: String, value: Param) {
+    /// No parameters yet, with room for `n`.
+    pub fn with_capacity(n: usize) -> Self {
+        Params {
+            kernel: "",
+            values: Vec::with_capacity(n),
+        }
+    }
+
+    /// Sets parameter `name` (replacing any value it had).
+    pub fn insert(&mut self, name: String, value: Param) {
         match self.values.binary_search_by(|(n, _)| n.as_str().cmp(&name)) {
             Ok(i) => self.values[i].1 = value,
             Err(i) => self.values.insert(i, (name, value)),
