@@ -1,7 +1,7 @@
 //! The plugin ABI, exercised in one process: kernels exported with `export_kernels!` are
 //! called through their C entry points, exactly as a loaded library's are.
 
-use arrowbridge::kernels::plugin::{plugin_kernels, PluginApi};
+use arrowbridge::kernels::plugin::{plugin_kernels, AbiPlugin, ABI_VERSION};
 use arrowbridge::{ArrowTensor, Error, Form, Kernel, Param, Params, Registry, Result};
 use ndarray::{ArrayD, IxDyn};
 
@@ -42,17 +42,35 @@ fn kernels() -> Vec<Kernel> {
 arrowbridge::export_kernels!(kernels);
 
 fn registry() -> Registry {
-    let api = PluginApi {
-        kernels: arrowbridge_plugin_v1_kernels,
-        call: arrowbridge_plugin_v1_call,
-        free: arrowbridge_plugin_v1_free,
-    };
     let mut registry = Registry::new();
     // SAFETY: the entry points are this test binary's own.
-    for kernel in unsafe { plugin_kernels("in-process", api) }.unwrap() {
+    for kernel in unsafe { plugin_kernels("in-process", arrowbridge_plugin()) }.unwrap() {
         registry.register(kernel).unwrap();
     }
     registry
+}
+
+#[test]
+fn a_plugin_of_another_abi_version_is_refused_by_name() {
+    // SAFETY: this binary's own entry points, read to copy them.
+    let ours = unsafe { &*arrowbridge_plugin() };
+    let older = AbiPlugin {
+        abi_version: 1,
+        size: ours.size,
+        kernels: ours.kernels,
+        call: ours.call,
+        free: ours.free,
+    };
+    // SAFETY: `older` is valid for the call; it is refused before any entry point runs.
+    let err = unsafe { plugin_kernels("old.so", &older) }.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("built for plugin ABI 1 (entry points of {} bytes); this arrowbridge speaks ABI {ABI_VERSION}", ours.size)),
+        "{err}"
+    );
+    // SAFETY: a NULL entry is refused, not read.
+    let err = unsafe { plugin_kernels("null.so", std::ptr::null()) }.unwrap_err();
+    assert!(err.to_string().contains("returned NULL"), "{err}");
 }
 
 #[test]

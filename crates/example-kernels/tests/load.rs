@@ -1,5 +1,5 @@
 //! Loads the plugin as a shared library, as arrowbridge's users do, and calls its kernels
-//! through the C Data Interface.
+//! through the plugin ABI.
 
 use std::path::PathBuf;
 
