@@ -210,6 +210,19 @@ def test_mmap_false_reads_into_memory(tmp_path):
     np.testing.assert_array_equal(x, np.arange(10))
 
 
+@pytest.mark.parametrize("n", [(8 << 20) // 8 + 3, (33 << 20) // 8 + 1001])
+def test_mmap_false_reads_large_files_exactly(tmp_path, n):
+    # Large files are read in parts by several threads: every byte lands in its place,
+    # whatever the file's size.
+    path = tmp_path / "big.arrow"
+    x = np.random.default_rng(n).integers(0, 2**62, n)
+    arrowbridge.write_ipc(path, {"x": x, "y": x[::-1].copy()})
+    back = arrowbridge.read_ipc(path, mmap=False)
+    assert mapped_files(address(back["x"])) == []
+    np.testing.assert_array_equal(back["x"], x)
+    np.testing.assert_array_equal(back["y"], x[::-1])
+
+
 class TestBadFiles:
     def test_missing_file(self, tmp_path):
         with pytest.raises(FileError, match=r"nope\.arrow") as info:

@@ -23,6 +23,31 @@ def test_rewriting_a_file_keeps_its_permission_bits(tmp_path):
     assert arrowbridge.read_ipc(path)["x"].tolist() == [0, 1, 2, 3, 4]
 
 
+def test_a_replaced_large_file_is_released_soon_after(tmp_path):
+    # The file a write replaces is closed on another thread (releasing its pages need not
+    # delay the writer); it must not stay open.
+    import time
+
+    path = tmp_path / "big.arrow"
+    arrowbridge.write_ipc(path, np.zeros(1 << 18))  # 2 MiB
+    arrowbridge.write_ipc(path, np.ones(1 << 18))
+    assert arrowbridge.read_ipc(path)["data"].sum() == 1 << 18
+
+    def replaced_still_open():
+        targets = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                targets.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except FileNotFoundError:  # the descriptor listdir itself used
+                pass
+        return f"{path} (deleted)" in targets
+
+    deadline = time.monotonic() + 5
+    while replaced_still_open():
+        assert time.monotonic() < deadline, "the replaced file is still open"
+        time.sleep(0.01)
+
+
 def test_writing_through_a_symlink_replaces_the_file_it_points_to(tmp_path):
     (tmp_path / "data").mkdir()
     target = tmp_path / "data" / "real.arrow"
