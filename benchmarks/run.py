@@ -87,6 +87,8 @@ def fmt_size(n: int) -> str:
 # the case measures what crossing into a plugin library and back costs.
 PLUGIN = ROOT / "target" / "release" / "libarrowbridge_example_kernels.so"
 PLUGIN_CALL = 'arrowbridge.call("head"), a kernel in a plugin library'
+SUM = 'arrowbridge.call("sum", axis=0)'
+DIRECT_SUM = "rust-numpy sum(axis=0), written the same way"
 
 
 def in_process_cases(x: np.ndarray) -> dict[str, Callable[[], object]]:
@@ -95,6 +97,8 @@ def in_process_cases(x: np.ndarray) -> dict[str, Callable[[], object]]:
     return {
         'arrowbridge.call("identity")': lambda: arrowbridge.call("identity", x),
         DIRECT: lambda: _native.rust_numpy_identity(x),
+        SUM: lambda: arrowbridge.call("sum", x, axis=0),
+        DIRECT_SUM: lambda: _native.rust_numpy_sum(x, axis=0),
         PLUGIN_CALL: lambda: arrowbridge.call("head", x, n=len(x)),
         "arrowbridge.to_arrow": lambda: arrowbridge.to_arrow(x),
         "arrowbridge.to_numpy": lambda: arrowbridge.to_numpy(t),
@@ -247,6 +251,31 @@ def table(rows: list[dict], baseline: str) -> str:
     return "\n".join(lines)
 
 
+def instruction_table() -> list[str]:
+    """Instruction counts now, before the hot-path work, and the gate's baselines."""
+    import json
+    import shutil
+
+    import instructions
+
+    if shutil.which("valgrind") is None:
+        return ["valgrind is not installed: no instruction counts."]
+    now = instructions.measure()
+    before = json.loads(instructions.BASELINES.with_name("instructions-before.json").read_text())
+    baseline = json.loads(instructions.BASELINES.read_text())
+    lines = [
+        "| path | before | now | now / before | gate baseline |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, count in now.items():
+        old = before.get(name)
+        change = f"{count / old:.2f}×" if old else ""
+        lines.append(
+            f"| {name} | {old or '':,} | {count:,.0f} | {change} | {baseline.get(name, ''):,} |"
+        )
+    return lines
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -290,10 +319,16 @@ def main() -> None:
         f'- `call("identity")` costs {fmt_time(call[0])} at {fmt_size(small)} and '
         f"{fmt_time(call[-1])} at {fmt_size(large)}: "
         f"largest / smallest = {call[-1] / call[0]:.2f}×.",
-        f'- `call("identity")` / rust-numpy direct path, by size: {ratios}.',
-        f"- A kernel in a plugin library (`head`, a view, through the C Data Interface both "
-        f"ways) costs {fmt_time(by[(PLUGIN_CALL, small)])} per call at {fmt_size(small)}, "
-        f"{fmt_time(by[(PLUGIN_CALL, small)] - call[0])} more than a built-in kernel.",
+        f'- `call("identity")` / rust-numpy direct path, by size: {ratios} (target ≤ 1.5×).',
+        '- `call("sum", axis=0)` / the same sum written with rust-numpy, by size: '
+        + ", ".join(
+            f"{by[(SUM, s)] / by[(DIRECT_SUM, s)]:.2f}×" for s in sorted({r["size"] for r in rows})
+        )
+        + " (target ≤ 1.5×).",
+        f"- A kernel in a plugin library (`head`, a view, through the plugin ABI both "
+        f"ways) costs {fmt_time(by[(PLUGIN_CALL, small)])} per call at {fmt_size(small)} "
+        f"(target ≤ 2 µs), {fmt_time(by[(PLUGIN_CALL, small)] - call[0])} more than a built-in "
+        "kernel.",
     ]
     print("files ...", file=sys.stderr)
     file_sizes = [16 * MIB, 64 * MIB] if args.quick else [MIB, 16 * MIB, 256 * MIB, GIB]
@@ -307,7 +342,21 @@ def main() -> None:
     vs_npsave = wby[("np.save", big)] / ours_w
     vs_pyarrow = wby[("pyarrow ipc.new_file (from_numpy_ndarray)", big)] / ours_w
     read_times = ", ".join(f"{fmt_time(t)} at {fmt_size(s)}" for s, t in ours_r.items())
+
+    def per_size(ours: str, other: str, by: dict) -> str:
+        return ", ".join(
+            f"{by[(other, s)] / by[(ours, s)]:.2f}× at {fmt_size(s)}" for s in measured
+        )
+
     headline += [
+        "- Throughput of write_ipc / np.save's: "
+        + per_size("arrowbridge.write_ipc", "np.save", wby)
+        + "; / pyarrow's IPC writer's: "
+        + per_size("arrowbridge.write_ipc", "pyarrow ipc.new_file (from_numpy_ndarray)", wby)
+        + " (target ≥ 1.0×).",
+        "- Throughput of read_ipc(mmap=False) / np.load's: "
+        + per_size("arrowbridge.read_ipc(mmap=False)", "np.load", rby)
+        + " (target ≥ 1.0×).",
         f"- write_ipc of {fmt_size(big)}: {big / ours_w / 1e9:.2f} GB/s, "
         f"{vs_npsave:.2f}× np.save's throughput, {vs_pyarrow:.2f}× pyarrow's IPC writer's.",
         f"- read_ipc(mmap=True): {read_times}; "
@@ -327,6 +376,7 @@ def main() -> None:
         cluster_bench.run(args.quick), fmt_size, fmt_time
     )
     headline += cluster_headline
+    instruction_rows = instruction_table()
     report = "\n".join(
         [
             "# arrowbridge benchmarks",
@@ -346,6 +396,15 @@ def main() -> None:
             "Median per call ± interquartile range, and the ratio to the rust-numpy direct path.",
             "",
             table(rows, baseline),
+            "",
+            "## Instructions per call (callgrind)",
+            "",
+            "Counted by `benchmarks/instructions.py` (the gate `make test` runs: a rise of more "
+            "than 10 % over the committed baseline fails), 1 KiB inputs, everything the call "
+            "executes (CPython, PyO3, arrowbridge, NumPy). *Before* is commit f4c1dac, before "
+            "the hot-path work of issue #15.",
+            "",
+            *instruction_rows,
             "",
             "## Files on tmpfs: write (float64 (n, 1024) tensor)",
             "",
