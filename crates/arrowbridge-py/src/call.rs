@@ -218,8 +218,9 @@ Inputs may be NumPy arrays (a contiguous block in any axis order reaches the ker
 without a copy, as a view with the same strides; other layouts are copied first), pyarrow
 arrays, or any object with ``__arrow_c_array__`` or ``__arrow_c_stream__``. Outputs are
 NumPy arrays over Rust-owned memory (no copy); an output that shares an input's memory is
-read-only. The GIL is released while the kernel runs (for inputs of 64 KiB or more). One
-output is returned as an array, several as a tuple.
+read-only. The GIL is released while the kernel runs (for inputs of 64 KiB or more, unless
+the kernel declares that its time does not grow with its inputs). One output is returned as
+an array, several as a tuple.
 
 >>> import numpy as np, arrowbridge
 >>> arrowbridge.call(\"sum\", np.arange(6.0).reshape(2, 3), axis=1)

@@ -300,14 +300,15 @@ fn open_replaced(target: &Path, existing: Option<&std::fs::Metadata>) -> Option<
 
 /// Closes a replaced file on a thread of its own. Its last close releases its pages, which
 /// on tmpfs (its memory) takes about a tenth of the time writing it did: the writer need not
-/// wait for that, as it need not wait for memory a program frees. When that thread is busy
-/// with 16 files already, the file is closed here.
+/// wait for that, as it need not wait for memory a program frees. At most two replaced
+/// files are in flight: when the thread is still busy with one and another waits, the file
+/// is closed here (a writer faster than the closing thread is held back, not its memory).
 fn close_later(file: File) {
     use std::sync::mpsc::{sync_channel, SyncSender};
     use std::sync::{Mutex, OnceLock};
     static CLOSER: OnceLock<Option<Mutex<SyncSender<File>>>> = OnceLock::new();
     let closer = CLOSER.get_or_init(|| {
-        let (send, receive) = sync_channel::<File>(16);
+        let (send, receive) = sync_channel::<File>(1);
         std::thread::Builder::new()
             .name("arrowbridge-close".into())
             .spawn(move || receive.into_iter().for_each(drop))
