@@ -35,6 +35,25 @@ KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
 DIRECT = "rust-numpy direct (PyReadonlyArray -> view -> PyArray)"
 
 
+def batch_size(fn: Callable[[], object], seconds: float) -> int:
+    """How many calls of `fn` take about `seconds` once warm.
+
+    Timed over runs of doubling length until one lasts a millisecond, as `timeit`'s
+    autorange does: the time of a single call right after another case ran includes that
+    case's cold caches, and would make a batch far shorter than `seconds`.
+    """
+    fn()  # warm up
+    n = 1
+    while True:
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        elapsed = time.perf_counter() - start
+        if elapsed >= 1e-3:
+            return max(1, round(seconds * n / elapsed))
+        n *= 2
+
+
 def measure(
     cases: dict[str, Callable[[], object]], budget_s: float
 ) -> dict[str, tuple[float, float]]:
@@ -44,13 +63,7 @@ def measure(
     (frequency, a neighbour's load) hits them all alike; fast calls are timed in batches
     so that the clock's resolution does not matter.
     """
-    batches = {}
-    for name, fn in cases.items():
-        fn()  # warm up
-        start = time.perf_counter()
-        fn()
-        once = time.perf_counter() - start
-        batches[name] = max(1, int(2e-3 / max(once, 1e-9)))
+    batches = {name: batch_size(fn, 2e-3) for name, fn in cases.items()}
     samples: dict[str, list[float]] = {name: [] for name in cases}
     deadline = time.perf_counter() + budget_s * len(cases)
     rounds = 0

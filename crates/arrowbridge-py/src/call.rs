@@ -294,10 +294,13 @@ unsafe extern "C" fn call_vectorcall(
                     .unwrap_or_default()
             ))
         })?;
-        let keywords = names
-            .iter()
-            .flat_map(|n| n.iter_borrowed().map(|k| k.to_owned()))
-            .zip(values.iter().map(|v| arg(v).to_owned()));
+        // One name per value, so the iterator knows its length (Params allocates once).
+        let keywords = values.iter().enumerate().map(|(i, value)| {
+            let names = names.as_ref().expect("keyword values come with kwnames");
+            // SAFETY: `i < nkw`, the tuple's length.
+            let name = unsafe { names.get_borrowed_item_unchecked(i) };
+            (name.to_owned(), arg(value).to_owned())
+        });
         call(py, kernel.to_str()?, arrays.iter().map(arg), keywords)
     });
     match result {

@@ -294,17 +294,31 @@ impl ArrowTensor {
         } else {
             array.as_standard_layout().into_owned()
         };
+        // The array is in memory, so its shape needs no overflow check and its elements are
+        // aligned: the tensor is built directly, not through `from_buffer`'s validation.
         let shape = Dims::from_slice(array.shape());
-        let ndim = shape.len();
+        let nbytes = array.len() * std::mem::size_of::<T>();
         let (vec, offset) = array.into_raw_vec_and_offset();
-        let offset = offset.unwrap_or(0).min(vec.len());
+        let start = offset.unwrap_or(0).min(vec.len()) * std::mem::size_of::<T>();
         let buffer = T::into_buffer(vec);
-        let buffer = match offset {
-            0 => buffer,
-            _ => buffer.slice(offset * std::mem::size_of::<T>()),
+        let values = if start == 0 && buffer.len() == nbytes {
+            buffer
+        } else {
+            buffer.slice_with_length(start, nbytes)
         };
-        let order = c_order(ndim);
-        Self::from_buffer(buffer, dtype, &shape, &order, Form::Rows, None)
+        let ndim = shape.len();
+        let tensor = ArrowTensor {
+            dtype,
+            order: c_order(ndim),
+            form: if ndim == 0 { Form::Element } else { Form::Rows },
+            shape,
+            dim_names: None,
+            values,
+        };
+        if nbytes == 0 || nbytes / dtype.itemsize() > (i32::MAX / 2) as usize {
+            tensor.list_size()?;
+        }
+        Ok(tensor)
     }
 
     /// Reads an Arrow array and the field that describes it (its extension type lives in the

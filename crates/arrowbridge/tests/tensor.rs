@@ -31,6 +31,26 @@ fn owned_arrays_move_into_arrow_without_a_copy() {
 }
 
 #[test]
+fn owned_arrays_that_start_inside_their_allocation_keep_only_their_elements() {
+    // Slicing an owned array in place leaves its first element past the Vec's start.
+    let mut a = ArrayD::from_shape_fn(IxDyn(&[4, 3]), |d| (d[0] * 3 + d[1]) as i64);
+    a.slice_collapse(ndarray::s![1..3, ..]);
+    let expected = a.clone();
+    let ptr = a.as_ptr();
+    let t = ArrowTensor::from_array(a);
+    assert_eq!(t.data_ptr(), ptr as *const u8);
+    assert_eq!(t.nbytes(), 6 * 8);
+    assert_eq!(t.view::<i64>().unwrap(), expected.view());
+
+    let scalar = ArrowTensor::from_array(ArrayD::from_elem(IxDyn(&[]), 2.5f64));
+    assert_eq!(scalar.form(), Form::Element);
+    assert_eq!(scalar.view::<f64>().unwrap().into_iter().next(), Some(&2.5));
+
+    let empty = ArrowTensor::from_array(ArrayD::<f32>::zeros(IxDyn(&[0, 3])));
+    assert_eq!((empty.shape(), empty.nbytes()), (&[0usize, 3][..], 0));
+}
+
+#[test]
 fn c_order_tensors_carry_the_canonical_metadata_without_permutation() {
     let t = ArrowTensor::from_array(ArrayD::<i16>::zeros(IxDyn(&[2, 3, 4])));
     let field = t.field("x");
