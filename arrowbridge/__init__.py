@@ -22,6 +22,7 @@ import pyarrow as pa
 from . import _extension, _native, shm
 from ._native import call, kernels, load_kernels
 from .errors import (
+    AlreadyBorrowedError,
     ArrowBridgeError,
     AuthenticationError,
     ByteOrderError,
@@ -39,6 +40,7 @@ from .errors import (
     NullValuesError,
     OutOfMemoryError,
     PluginError,
+    ReadOnlyError,
     RemoteInvalidError,
     RemoteNotFoundError,
     RemoteOutOfMemoryError,
@@ -48,6 +50,7 @@ from .errors import (
     ShapeError,
     TLSConfigError,
     UnknownKernelError,
+    UnsupportedDeviceError,
     UnsupportedTypeError,
 )
 from .flight import Client, Server, connect, serve
@@ -98,10 +101,23 @@ def to_arrow(
     arrowbridge.errors.CopyRequiredError: array of shape (2, 3) and dtype int64: axis 0 is not ...
     """
     if not isinstance(x, np.ndarray):
-        x = np.asarray(x)
+        # DLPack producers (JAX, PyTorch, ...) as NumPy views of their memory.
+        x = _native.to_numpy(x) if hasattr(x, "__dlpack__") else np.asarray(x)
     names = None if dim_names is None else [str(n) for n in dim_names]
-    schema, array = _native.export_array(x, dim_names=names, copy=copy, whole=whole)
-    return pa.Array._import_from_c_capsule(schema, array)
+    return pa.array(_Exported(*_native.export_array(x, dim_names=names, copy=copy, whole=whole)))
+
+
+class _Exported:
+    """Capsules of an exported array, handed to pyarrow through the Arrow PyCapsule
+    interface (``pa.array`` imports any object with ``__arrow_c_array__``)."""
+
+    __slots__ = ("capsules",)
+
+    def __init__(self, schema: object, array: object) -> None:
+        self.capsules = (schema, array)
+
+    def __arrow_c_array__(self, requested_schema: object = None) -> tuple[object, object]:
+        return self.capsules
 
 
 def to_numpy(obj: Any, *, copy: bool | None = None) -> np.ndarray:
@@ -137,6 +153,7 @@ def to_numpy(obj: Any, *, copy: bool | None = None) -> np.ndarray:
 __test__ = {"call": call.__doc__, "kernels": kernels.__doc__, "load_kernels": load_kernels.__doc__}
 
 __all__ = [
+    "AlreadyBorrowedError",
     "ArrowBridgeError",
     "AuthenticationError",
     "ByteOrderError",
@@ -156,6 +173,7 @@ __all__ = [
     "NullValuesError",
     "OutOfMemoryError",
     "PluginError",
+    "ReadOnlyError",
     "RemoteInvalidError",
     "RemoteNotFoundError",
     "RemoteOutOfMemoryError",
@@ -166,6 +184,7 @@ __all__ = [
     "ShapeError",
     "TLSConfigError",
     "UnknownKernelError",
+    "UnsupportedDeviceError",
     "UnsupportedTypeError",
     "__version__",
     "call",

@@ -67,6 +67,21 @@ class OutOfMemoryError(ArrowBridgeError, MemoryError):
     ``MemoryError`` in the same place); the message names the size and the limit."""
 
 
+class UnsupportedDeviceError(ArrowBridgeError, BufferError):
+    """An array whose memory the CPU cannot read (a GPU tensor handed over through DLPack);
+    the message names the device, e.g. ``cuda:0``. Move it to the CPU first."""
+
+
+class ReadOnlyError(ArrowBridgeError, ValueError):
+    """A mutable view was asked of memory that is read-only (a read-only NumPy array, or any
+    non-NumPy producer: their memory is lent for reading)."""
+
+
+class AlreadyBorrowedError(ArrowBridgeError, ValueError):
+    """A Rust extension asked for a view of memory that another of its arguments already
+    borrows mutably (or, for a mutable view, borrows at all): the views would alias."""
+
+
 class ServerStartError(ArrowBridgeError, OSError):
     """A Flight server could not start: its address is taken or cannot be used (``errno``
     says why, e.g. ``errno.EADDRINUSE``)."""

@@ -49,7 +49,8 @@ def write_ipc(
     ``data`` is a NumPy array (stored as column ``"data"``), a dict of name -> array (NumPy,
     pyarrow or any Arrow PyCapsule producer), or a table: a pyarrow ``Table``,
     ``RecordBatch`` or ``RecordBatchReader``, a polars ``DataFrame``, or anything else with
-    ``__arrow_c_stream__`` (written as it is).
+    ``__arrow_c_stream__`` (written as it is). DLPack producers (JAX, PyTorch) count as
+    arrays, like NumPy's.
 
     Arrays that share the length of axis 0 become rows of one table (N-D arrays as
     ``arrow.fixed_shape_tensor`` columns), so pyarrow, polars and duckdb read N rows. Any other
@@ -67,7 +68,7 @@ def write_ipc(
     ...     pa.ipc.open_file(path).read_all().num_rows
     3
     """
-    if isinstance(data, np.ndarray):
+    if isinstance(data, np.ndarray) or _is_dlpack_only(data):
         data = {"data": data}
     if isinstance(data, Mapping):
         names = [str(n) for n in data]
@@ -92,9 +93,19 @@ def _array_like(value: Any) -> Any:
     their mask is seen) and Arrow producers as they are, anything else through NumPy."""
     if isinstance(value, np.ndarray) or hasattr(value, "__arrow_c_array__"):
         return value
-    if hasattr(value, "__arrow_c_stream__"):
+    if hasattr(value, "__arrow_c_stream__") or hasattr(value, "__dlpack__"):
         return value
     return np.asarray(value)
+
+
+def _is_dlpack_only(value: Any) -> bool:
+    """A DLPack producer that is not also an Arrow producer (JAX and PyTorch arrays): one
+    array, not a table."""
+    return (
+        hasattr(value, "__dlpack__")
+        and not hasattr(value, "__arrow_c_array__")
+        and not hasattr(value, "__arrow_c_stream__")
+    )
 
 
 def _checked_reader(data: Any) -> Any:

@@ -15,10 +15,10 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use pyo3::{ffi, intern, Borrowed};
 use smallvec::SmallVec;
 
-use crate::convert::input_tensor;
-use crate::errors::{no_panic, BridgeResult};
-use crate::numpy_input::{data_address, tensor_from_numpy, Realign, Want};
-use crate::numpy_output::{tensor_into_numpy, tensor_to_numpy_with_base};
+use arrowbridge_pyo3::errors::{no_panic, BridgeResult};
+use arrowbridge_pyo3::input::{dlpack_numpy, protocol, read_tensor, Protocol};
+use arrowbridge_pyo3::numpy_input::{data_address, tensor_from_numpy, Realign, Want};
+use arrowbridge_pyo3::numpy_output::{tensor_into_numpy, tensor_to_numpy_with_base};
 
 /// Inputs of at least this many bytes are processed with the GIL released.
 const RELEASE_GIL_BYTES: usize = 1 << 16;
@@ -200,7 +200,15 @@ fn kernel_input(obj: &Bound<'_, PyAny>) -> BridgeResult<(ArrowTensor, bool)> {
         let in_place = tensor.data_ptr() as usize == data_address(array);
         return Ok((tensor, in_place));
     }
-    Ok((input_tensor(obj, Want::Rows, None)?, false))
+    match protocol(obj)? {
+        Protocol::DLPack => {
+            // Viewed in place through a NumPy array of its own, in any axis order.
+            let array = dlpack_numpy(obj)?;
+            let tensor = tensor_from_numpy(&array, Want::AnyBlock, None, None, Realign::Never)?;
+            Ok((tensor, false))
+        }
+        other => Ok((read_tensor(obj, other, Want::Rows, None)?, false)),
+    }
 }
 
 fn overlaps(a: &ArrowTensor, b: &ArrowTensor) -> bool {

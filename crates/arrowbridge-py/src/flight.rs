@@ -12,13 +12,13 @@ use arrowbridge_flight::{
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
-use crate::capsule::import_batch_stream;
-use crate::errors::{no_panic, python_error, BridgeResult};
-use crate::numpy_output::tensor_to_numpy;
+use arrowbridge_pyo3::capsule::import_batch_stream;
+use arrowbridge_pyo3::errors::{no_panic, python_error, BridgeResult};
+use arrowbridge_pyo3::numpy_output::tensor_to_numpy;
 
 /// A failure to start or stop a server, as the exception a Python user expects: `OSError`
 /// subclasses (with the errno) for an address or data directory that cannot be used.
-fn server_error(e: arrowbridge_flight::FlightServerError) -> crate::errors::BridgeError {
+fn server_error(e: arrowbridge_flight::FlightServerError) -> arrowbridge_pyo3::errors::BridgeError {
     use arrowbridge_flight::FlightServerError as E;
     let message = e.to_string();
     match e {
@@ -115,7 +115,7 @@ pub fn stream_to_arrays<'py>(data: &Bound<'py, PyAny>) -> BridgeResult<Bound<'py
 
 /// A client error as the exception of `arrowbridge.errors` its gRPC status code (and, where
 /// the code alone is ambiguous, the server's error kind) calls for; never chosen by message.
-fn client_error(e: ClientError) -> crate::errors::BridgeError {
+fn client_error(e: ClientError) -> arrowbridge_pyo3::errors::BridgeError {
     use tonic::Code;
     let message = e.to_string();
     let class = match e {
@@ -140,7 +140,7 @@ fn client_error(e: ClientError) -> crate::errors::BridgeError {
 }
 
 /// The client's error once it is closed.
-fn closed() -> crate::errors::BridgeError {
+fn closed() -> arrowbridge_pyo3::errors::BridgeError {
     python_error(
         "FlightCallError",
         ("the client is closed (by close() or its with block); connect() again",),
@@ -236,7 +236,7 @@ impl FlightClient {
             };
             let tensors = arrays
                 .iter()
-                .map(|a| crate::convert::column_input(&a))
+                .map(|a| arrowbridge_pyo3::input::column_input(&a))
                 .collect::<BridgeResult<Vec<_>>>()?;
             let columns: Vec<(&str, &ArrowTensor)> =
                 names.iter().map(String::as_str).zip(&tensors).collect();
@@ -336,7 +336,7 @@ impl FlightClient {
                     tensors.push(None);
                 } else {
                     stored.push(None);
-                    tensors.push(Some(crate::convert::column_input(value)?));
+                    tensors.push(Some(arrowbridge_pyo3::input::column_input(value)?));
                 }
             }
             let args: Vec<Arg<'_>> = stored

@@ -9,10 +9,10 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
-use crate::capsule::import_batch_stream;
-use crate::convert::columns_batch;
-use crate::errors::{no_panic, BridgeResult};
-use crate::numpy_output::tensor_to_numpy;
+use arrowbridge_pyo3::capsule::import_batch_stream;
+use arrowbridge_pyo3::errors::{no_panic, BridgeResult};
+use arrowbridge_pyo3::input::columns_batch;
+use arrowbridge_pyo3::numpy_output::tensor_to_numpy;
 
 fn write_options(format: &str, compression: Option<&str>) -> PyResult<WriteOptions> {
     let format = match format {

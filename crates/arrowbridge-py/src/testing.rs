@@ -3,7 +3,7 @@
 use arrowbridge::{ArrowTensor, Kernel, Params, Result};
 use pyo3::prelude::*;
 
-use crate::errors::BridgeResult;
+use arrowbridge_pyo3::errors::BridgeResult;
 
 fn panics(_: &[ArrowTensor], params: &Params) -> Result<Vec<ArrowTensor>> {
     let message = match params.get("message") {

@@ -52,6 +52,31 @@ pub enum Error {
         name: String,
     },
 
+    /// The data lives where the CPU cannot read it (a GPU, another device).
+    #[error("{what}: its data lives on device {device}; arrowbridge reads CPU memory only (move it to the CPU first, e.g. jax.device_put(x, jax.devices(\"cpu\")[0]) or x.cpu())")]
+    Device {
+        /// The array or input.
+        what: String,
+        /// The device, as the array libraries name it (`cuda:0`).
+        device: String,
+    },
+
+    /// A writable view was asked of memory that is read-only.
+    #[error("{what} is read-only; a mutable view needs a writable NumPy array")]
+    ReadOnly {
+        /// The array or argument.
+        what: String,
+    },
+
+    /// Memory already borrowed mutably (or, for a mutable borrow, at all) by another view.
+    #[error("{what} is already borrowed by another view of the same memory ({how})")]
+    AlreadyBorrowed {
+        /// The array or argument.
+        what: String,
+        /// Which rule the borrow breaks.
+        how: &'static str,
+    },
+
     /// A kernel received an argument of the wrong dtype.
     #[error("kernel {kernel:?}: argument {arg} has dtype {got}, expected {expected}")]
     DType {

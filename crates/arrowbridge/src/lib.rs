@@ -38,6 +38,7 @@
 
 #![warn(missing_docs)]
 
+pub mod dlpack;
 mod dtype;
 mod error;
 pub mod ffi;

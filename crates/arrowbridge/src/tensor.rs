@@ -153,7 +153,7 @@ impl Clone for ArrowTensor {
 /// The number of elements of `shape`, checked as NumPy checks a shape: the product of its
 /// nonzero axes, times the itemsize, must fit in an `isize` (so a shape like `[0, 2**63]`,
 /// which holds no element, is refused too: no array of that shape can exist).
-fn element_count(dtype: DType, shape: &[usize], what: &str) -> Result<usize> {
+pub(crate) fn element_count(dtype: DType, shape: &[usize], what: &str) -> Result<usize> {
     let too_big = || {
         Error::invalid(
             what,

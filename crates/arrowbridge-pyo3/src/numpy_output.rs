@@ -2,6 +2,8 @@
 
 use std::os::raw::c_int;
 
+use arrow_buffer::Buffer;
+use arrowbridge::dlpack::Strided;
 use arrowbridge::{ArrowTensor, DType, ALL_DTYPES};
 use numpy::npyffi::{get_type_object, npy_intp, NpyTypes, NPY_ARRAY_WRITEABLE, PY_ARRAY_API};
 use numpy::PyArrayDescr;
@@ -65,6 +67,35 @@ pub fn tensor_to_numpy_with_base<'py>(
     Layout::of(tensor)?.into_numpy(py, writeable, base)
 }
 
+/// A NumPy array over a checked DLPack tensor's memory (any strides), whose base holds
+/// `buffer`, the memory every element lies in. Read-only when the producer says so.
+pub fn strided_to_numpy<'py>(
+    py: Python<'py>,
+    s: &Strided,
+    buffer: Buffer,
+) -> BridgeResult<Bound<'py, PyAny>> {
+    check_ndim(s.shape.len())?;
+    let layout = Layout {
+        dtype: s.dtype,
+        dims: s.shape.iter().map(|&n| n as npy_intp).collect(),
+        strides: Some(s.strides.iter().map(|&n| n as npy_intp).collect()),
+        data: s.first.cast_mut(),
+    };
+    let base = crate::arrow_memory::new(py, buffer)?;
+    layout.into_numpy(py, !s.read_only, base)
+}
+
+fn check_ndim(ndim: usize) -> BridgeResult<()> {
+    if ndim > MAX_DIMS {
+        return Err(arrowbridge::Error::shape(
+            "NumPy array",
+            format!("{ndim} dimensions; NumPy allows at most {MAX_DIMS}"),
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// What NumPy needs to know of a tensor to view it.
 struct Layout {
     dtype: DType,
@@ -79,13 +110,7 @@ struct Layout {
 impl Layout {
     fn of(tensor: &ArrowTensor) -> BridgeResult<Layout> {
         let ndim = tensor.shape().len();
-        if ndim > MAX_DIMS {
-            return Err(arrowbridge::Error::shape(
-                "NumPy array",
-                format!("{ndim} dimensions; NumPy allows at most {MAX_DIMS}"),
-            )
-            .into());
-        }
+        check_ndim(ndim)?;
         let dims = tensor.shape().iter().map(|&n| n as npy_intp).collect();
         let c_order = tensor.axis_order().iter().enumerate().all(|(i, &a)| i == a);
         let strides = (!c_order).then(|| {

@@ -56,6 +56,9 @@ fn class_name(e: &Error) -> &'static str {
         Error::Plugin { .. } => "PluginError",
         Error::InvalidData { .. } | Error::Arrow(_) => "InvalidArrowDataError",
         Error::OutOfMemory { .. } => "OutOfMemoryError",
+        Error::Device { .. } => "UnsupportedDeviceError",
+        Error::ReadOnly { .. } => "ReadOnlyError",
+        Error::AlreadyBorrowed { .. } => "AlreadyBorrowedError",
         _ => "ArrowBridgeError",
     }
 }

@@ -27,12 +27,24 @@ struct ArrowMemory {
     buffer: ManuallyDrop<Buffer>,
 }
 
-/// The type object, created once by [`register`] and never freed.
+/// The type object, created on first use and never freed.
 static TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(null_mut());
 
-/// Creates the `ArrowMemory` type and adds it to `module`.
+/// Adds the `ArrowMemory` type to `module` (where `help()` and `isinstance` find it).
 pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
-    let py = module.py();
+    let ty = type_object(module.py())?;
+    // SAFETY: `ty` is a live type object; the static holds a reference for the process.
+    module.add("ArrowMemory", unsafe {
+        Bound::from_borrowed_ptr(module.py(), ty.cast())
+    })
+}
+
+/// The `ArrowMemory` type, created by the first caller (under the GIL, so once).
+fn type_object(py: Python<'_>) -> PyResult<*mut ffi::PyTypeObject> {
+    let ty = TYPE.load(Ordering::Acquire);
+    if !ty.is_null() {
+        return Ok(ty);
+    }
     let getset = Box::leak(Box::new([
         ffi::PyGetSetDef {
             name: c"nbytes".as_ptr(),
@@ -88,15 +100,15 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     // SAFETY: the spec and everything it points to are leaked, so they outlive the type;
     // PyType_FromSpec returns a new reference or NULL with an exception set.
     let ty = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyType_FromSpec(spec))? };
-    // The static keeps one reference of its own for the life of the process.
-    TYPE.store(ty.clone().into_ptr().cast(), Ordering::Release);
-    module.add("ArrowMemory", ty)
+    // The static keeps the reference for the life of the process.
+    let ty: *mut ffi::PyTypeObject = ty.into_ptr().cast();
+    TYPE.store(ty, Ordering::Release);
+    Ok(ty)
 }
 
 /// A new `ArrowMemory` holding `buffer`.
 pub fn new(py: Python<'_>, buffer: Buffer) -> PyResult<Bound<'_, PyAny>> {
-    let ty = TYPE.load(Ordering::Acquire);
-    assert!(!ty.is_null(), "the module registers ArrowMemory first");
+    let ty = type_object(py)?;
     // SAFETY: `ty` is the live ArrowMemory type, neither garbage-collected nor variable-size,
     // so its instances come from PyObject_Malloc (which its default tp_free, PyObject_Free,
     // releases). PyObject_Init sets the type and one reference, and takes a reference to
