@@ -20,10 +20,12 @@ $(DEPS): requirements-dev.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
-# The extension, the example kernel plugin and the Rust reader the demo and tests run.
+# The extension, the example extension built on arrowbridge-pyo3 (examples/extension), the
+# example kernel plugin and the Rust reader the demo and tests run.
 
 build: $(DEPS)
 	$(BIN)/maturin develop --release --locked --quiet --features testing
+	$(BIN)/maturin develop --release --locked --quiet -m examples/extension/Cargo.toml
 	cargo build --release --locked -p arrowbridge-example-kernels -p arrowbridge --lib --example ipc_view
 
 demo: build

@@ -45,7 +45,7 @@ fn class_name(e: &Error) -> &'static str {
         Error::Misaligned { .. } => "MisalignedBufferError",
         Error::ByteOrder { .. } => "ByteOrderError",
         Error::UnsupportedType { .. } => "UnsupportedTypeError",
-        Error::DType { .. } => "DTypeMismatchError",
+        Error::DType { .. } | Error::Mismatch { .. } => "DTypeMismatchError",
         Error::Shape { .. } => "ShapeError",
         Error::UnknownKernel { .. } => "UnknownKernelError",
         Error::Param { .. } => "KernelParameterError",

@@ -6,6 +6,8 @@
 //! an extension's arguments are checked as arrowbridge's own are, and a bad one raises the
 //! same exception of `arrowbridge.errors`.
 
+pub mod alloc;
+pub mod arg;
 pub mod arrow_memory;
 pub mod capsule;
 pub mod dlpack;
@@ -14,4 +16,9 @@ pub mod input;
 pub mod numpy_input;
 pub mod numpy_output;
 
+pub use alloc::Aligned64;
+pub use arg::{
+    ArgElement, ArrayArg, ArrayArg1, ArrayArg2, ArrayArgDyn, ArrayArgMut, ArrayArgMut1,
+    ArrayArgMut2, ArrayArgMutDyn, ArrayOut,
+};
 pub use errors::{no_panic, BridgeError, BridgeResult};

@@ -115,7 +115,7 @@ pub fn numpy_dtype(descr: &Bound<'_, PyArrayDescr>) -> BridgeResult<DType> {
 
 /// Refuses a masked array that masks any value: Arrow data read through it would show the
 /// values behind the mask as valid data. A masked array with no masked value is its data.
-fn reject_masked(array: &Bound<'_, PyUntypedArray>) -> BridgeResult<()> {
+pub(crate) fn reject_masked(array: &Bound<'_, PyUntypedArray>) -> BridgeResult<()> {
     if array.is_exact_instance_of::<PyUntypedArray>() {
         return Ok(()); // the common case costs one type comparison
     }

@@ -90,6 +90,17 @@ pub enum Error {
         got: String,
     },
 
+    /// An array has another dtype than the one it is read as.
+    #[error("{what} has dtype {got}, expected {expected}")]
+    Mismatch {
+        /// The array or argument.
+        what: String,
+        /// The dtype it is read as.
+        expected: String,
+        /// The dtype it has.
+        got: String,
+    },
+
     /// A kernel received an argument of the wrong rank or shape.
     #[error("{context}: {message}")]
     Shape {
