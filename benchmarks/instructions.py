@@ -34,15 +34,21 @@ REGION = "arrowbridge_measured_region"
 N = 200
 TOLERANCE = 0.10
 IDENTITY, SUM = 'call("identity"), 1 KiB', 'call("sum", axis=0), 1 KiB'
+DLPACK = "to_numpy(a DLPack producer), 1 KiB"
+EXTENSION = "extension function with an ArrayArg, 1 KiB"
 REFERENCES = {
     IDENTITY: "rust-numpy identity, 1 KiB (reference)",
     SUM: "rust-numpy sum(axis=0), 1 KiB (reference)",
+    DLPACK: "np.from_dlpack of the same producer, 1 KiB (reference)",
+    EXTENSION: "the same function with PyReadonlyArray, 1 KiB (reference)",
 }
 
 
 def paths(tmp: Path) -> dict[str, object]:
     """The measured calls, by name, in the order they run. Each is a callable of no arguments."""
     import numpy as np
+    import rowstats
+    from producers import DLPackProducer
 
     import arrowbridge
     from arrowbridge import _native
@@ -64,6 +70,10 @@ def paths(tmp: Path) -> dict[str, object]:
         "read_ipc, one batch of 1 KiB (mmap=False)": partial(
             arrowbridge.read_ipc, one_batch, mmap=False
         ),
+        DLPACK: partial(arrowbridge.to_numpy, DLPackProducer(x)),
+        REFERENCES[DLPACK]: partial(np.from_dlpack, DLPackProducer(x)),
+        EXTENSION: partial(rowstats.total, x),
+        REFERENCES[EXTENSION]: partial(rowstats.total_numpy, x),
     }
 
 
@@ -142,7 +152,7 @@ def main() -> None:
                 f"{name}: {count:,.0f} instructions per call, {change:+.1%} over {base:,}"
             )
     for ours, reference in REFERENCES.items():
-        print(f"{ours} / rust-numpy: {counts[ours] / counts[reference]:.2f}x the instructions")
+        print(f"{ours} / {reference}: {counts[ours] / counts[reference]:.2f}x the instructions")
     if failed:
         sys.exit("instruction counts rose more than 10 %:\n  " + "\n  ".join(failed))
 

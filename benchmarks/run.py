@@ -21,12 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import rowstats
 
 import arrowbridge
 
 sys.path.insert(0, str(Path(__file__).parent))
 import cluster_bench
 import flight_bench
+from producers import DLPackProducer
 
 from arrowbridge import _native
 
@@ -102,11 +104,16 @@ PLUGIN = ROOT / "target" / "release" / "libarrowbridge_example_kernels.so"
 PLUGIN_CALL = 'arrowbridge.call("head"), a kernel in a plugin library'
 SUM = 'arrowbridge.call("sum", axis=0)'
 DIRECT_SUM = "rust-numpy sum(axis=0), written the same way"
+DLPACK_IN = "arrowbridge.to_numpy(a DLPack producer)"
+NP_DLPACK_IN = "np.from_dlpack(the same producer)"
+EXTENSION = "extension function, ArrayArg argument (rowstats.total)"
+EXTENSION_NUMPY = "extension function, rust-numpy PyReadonlyArray (rowstats.total_numpy)"
 
 
 def in_process_cases(x: np.ndarray) -> dict[str, Callable[[], object]]:
     """The ways to hand `x` to native code and get an array back, fastest first."""
     t = arrowbridge.to_arrow(x)
+    producer = DLPackProducer(x)
     return {
         'arrowbridge.call("identity")': lambda: arrowbridge.call("identity", x),
         DIRECT: lambda: _native.rust_numpy_identity(x),
@@ -121,7 +128,10 @@ def in_process_cases(x: np.ndarray) -> dict[str, Callable[[], object]]:
         "pyarrow from_numpy_ndarray + arrow-rs import (C Data Interface)": lambda: (
             arrowbridge.to_numpy(pa.FixedShapeTensorArray.from_numpy_ndarray(x))
         ),
-        "np.from_dlpack": lambda: np.from_dlpack(x),
+        DLPACK_IN: lambda: arrowbridge.to_numpy(producer),
+        NP_DLPACK_IN: lambda: np.from_dlpack(producer),
+        EXTENSION: lambda: rowstats.total(x),
+        EXTENSION_NUMPY: lambda: rowstats.total_numpy(x),
         "pickle protocol 5 (dumps + loads)": lambda: pickle.loads(pickle.dumps(x, protocol=5)),
         "tobytes + frombuffer": lambda: np.frombuffer(x.tobytes(), x.dtype).reshape(x.shape),
         "memcpy (np.copy): the physical limit": lambda: x.copy(),
@@ -281,11 +291,11 @@ def instruction_table() -> list[str]:
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for name, count in now.items():
-        old = before.get(name)
+        old, gate = before.get(name), baseline.get(name)
         change = f"{count / old:.2f}×" if old else ""
-        lines.append(
-            f"| {name} | {old or '':,} | {count:,.0f} | {change} | {baseline.get(name, ''):,} |"
-        )
+        old_s = f"{old:,}" if old else "(new)"
+        gate_s = f"{gate:,}" if gate else ""
+        lines.append(f"| {name} | {old_s} | {count:,.0f} | {change} | {gate_s} |")
     return lines
 
 
@@ -338,6 +348,19 @@ def main() -> None:
             f"{by[(SUM, s)] / by[(DIRECT_SUM, s)]:.2f}×" for s in sorted({r["size"] for r in rows})
         )
         + " (target ≤ 1.5×).",
+        "- DLPack import, `to_numpy` / `np.from_dlpack` of the same producer, by size: "
+        + ", ".join(
+            f"{by[(DLPACK_IN, s)] / by[(NP_DLPACK_IN, s)]:.2f}×"
+            for s in sorted({r["size"] for r in rows})
+        )
+        + " (target ≤ 1.5×).",
+        "- An extension function taking `ArrayArg` / the same function taking rust-numpy's "
+        "`PyReadonlyArray`, by size: "
+        + ", ".join(
+            f"{by[(EXTENSION, s)] / by[(EXTENSION_NUMPY, s)]:.2f}× at {fmt_size(s)}"
+            for s in sorted({r["size"] for r in rows})
+        )
+        + " (target ≤ 1.2×).",
         f"- A kernel in a plugin library (`head`, a view, through the plugin ABI both "
         f"ways) costs {fmt_time(by[(PLUGIN_CALL, small)])} per call at {fmt_size(small)} "
         f"(target ≤ 2 µs), {fmt_time(by[(PLUGIN_CALL, small)] - call[0])} more than a built-in "

@@ -118,13 +118,13 @@ def test_jax_bfloat16_and_float8_are_unsupported_types():
             arrowbridge.to_numpy(jnp.ones(3, dtype=dtype))
 
 
-def test_a_device_tensor_is_refused_by_name_before_it_is_exported():
+def test_a_device_tensor_is_refused_by_name_and_released():
     producer = Producer(np.zeros(4), device=(CUDA, 1))
     with pytest.raises(arrowbridge.UnsupportedDeviceError, match="cuda:1"):
         arrowbridge.to_numpy(producer)
     with pytest.raises(BufferError):
         arrowbridge.call("sum", producer)
-    assert producer.exported == 0
+    assert producer.deleted == producer.exported == 2
 
 
 def test_the_deleter_runs_exactly_once_however_the_call_ends():

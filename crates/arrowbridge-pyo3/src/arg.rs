@@ -57,16 +57,15 @@ impl<T: arrowbridge::Element + numpy::Element> ArgElement for T {}
 /// }
 /// ```
 pub struct ArrayArg<'py, T: ArgElement, D: Dimension> {
-    /// The elements, valid while `_keep` lives.
-    view: RawArrayView<T, D>,
-    _keep: Keep<'py, T, D>,
+    source: Source<'py, T, D>,
 }
 
-/// What keeps an argument's memory alive and borrowed; held for its `Drop`, never read.
-#[allow(dead_code)]
-enum Keep<'py, T: ArgElement, D: Dimension> {
+/// Where an argument's elements are, and what keeps them alive (and borrowed).
+enum Source<'py, T: ArgElement, D: Dimension> {
+    /// A NumPy array (a DLPack tensor is viewed through one), borrowed read-only.
     Numpy(PyReadonlyArray<'py, T, D>),
-    Arrow(ArrowTensor),
+    /// An imported Arrow array, and its elements, valid while the tensor lives.
+    Arrow(ArrowTensor, RawArrayView<T, D>),
 }
 
 /// [`ArrayArg`] of one dimension.
@@ -79,9 +78,12 @@ pub type ArrayArgDyn<'py, T> = ArrayArg<'py, T, IxDyn>;
 impl<'py, T: ArgElement, D: Dimension> ArrayArg<'py, T, D> {
     /// The elements, in the input's memory.
     pub fn as_array(&self) -> ArrayView<'_, T, D> {
-        // SAFETY: `view` describes memory that `_keep` holds alive (and, for NumPy, borrowed
-        // against writers) for as long as `self`, so for the lifetime of the returned view.
-        unsafe { self.view.clone().deref_into_view() }
+        match &self.source {
+            Source::Numpy(array) => array.as_array(),
+            // SAFETY: `view` describes the tensor's memory, which the tensor keeps alive for
+            // as long as `self`, so for the lifetime of the returned view.
+            Source::Arrow(_tensor, view) => unsafe { view.clone().deref_into_view() },
+        }
     }
 
     /// The elements as a slice, when they are contiguous in C order.
@@ -94,7 +96,10 @@ impl<'py, T: ArgElement, D: Dimension> ArrayArg<'py, T, D> {
 
     /// The shape.
     pub fn shape(&self) -> &[usize] {
-        self.view.shape()
+        match &self.source {
+            Source::Numpy(array) => array.shape(),
+            Source::Arrow(_, view) => view.shape(),
+        }
     }
 
     /// Reads `obj` (see the type's documentation).
@@ -114,8 +119,7 @@ impl<'py, T: ArgElement, D: Dimension> ArrayArg<'py, T, D> {
                     .map_err(|e| Error::shape("argument", e.to_string()))?
                     .raw_view();
                 Ok(ArrayArg {
-                    view,
-                    _keep: Keep::Arrow(tensor),
+                    source: Source::Arrow(tensor, view),
                 })
             }
             Protocol::Numpy | Protocol::Unknown => Err(unsupported(obj)),
@@ -126,8 +130,7 @@ impl<'py, T: ArgElement, D: Dimension> ArrayArg<'py, T, D> {
         let typed = checked_numpy::<T, D>(array)?;
         let borrowed = typed.try_readonly().map_err(|e| borrow_error(e, false))?;
         Ok(ArrayArg {
-            view: borrowed.as_array().raw_view(),
-            _keep: Keep::Numpy(borrowed),
+            source: Source::Numpy(borrowed),
         })
     }
 }
@@ -136,7 +139,7 @@ impl<'a, 'py, T: ArgElement, D: Dimension> FromPyObject<'a, 'py> for ArrayArg<'p
     type Error = PyErr;
 
     fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
-        Ok(Self::extract_from(&obj.to_owned())?)
+        Ok(Self::extract_from(&obj)?)
     }
 }
 
@@ -196,7 +199,7 @@ impl<'a, 'py, T: ArgElement, D: Dimension> FromPyObject<'a, 'py> for ArrayArgMut
     type Error = PyErr;
 
     fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
-        Ok(Self::extract_from(&obj.to_owned())?)
+        Ok(Self::extract_from(&obj)?)
     }
 }
 
@@ -227,7 +230,11 @@ fn checked_numpy<'a, 'py, T: ArgElement, D: Dimension>(
     array: &'a Bound<'py, PyUntypedArray>,
 ) -> BridgeResult<&'a Bound<'py, PyArray<T, D>>> {
     reject_masked(array)?;
-    check_dtype::<T>(numpy_dtype(&array.dtype())?)?;
+    let descr = array.dtype();
+    // NumPy's built-in dtypes in native byte order are singletons: the same object is `T`'s.
+    if !descr.is(T::get_dtype(array.py())) {
+        check_dtype::<T>(numpy_dtype(&descr)?)?;
+    }
     check_rank::<D>(array.ndim())?;
     let address = data_address(array);
     let align = std::mem::align_of::<T>();

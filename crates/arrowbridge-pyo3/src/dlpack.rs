@@ -1,21 +1,15 @@
 //! The Python side of DLPack: `__dlpack__` producers (JAX, PyTorch, NumPy, pyarrow, CuPy's
 //! host arrays, …) as NumPy views of their memory.
 
-use std::ffi::CStr;
-use std::ptr::NonNull;
-use std::sync::Arc;
-
-use arrow_buffer::Buffer;
-use arrowbridge::dlpack::{
-    check_device, DLDevice, DLManagedTensor, DLManagedTensorVersioned, ManagedTensor, VERSION,
-};
+use arrowbridge::dlpack::{DLManagedTensor, DLManagedTensorVersioned, ManagedTensor, VERSION};
 use arrowbridge::Error;
 use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyCapsule, PyCapsuleMethods, PyDict};
+use pyo3::types::{PyCapsule, PyCapsuleMethods, PyTuple};
+use std::ffi::CStr;
 
 use crate::errors::BridgeResult;
 use crate::numpy_output::strided_to_numpy;
@@ -27,33 +21,48 @@ const USED_LEGACY: &CStr = c"used_dltensor";
 
 /// Whether `obj` is a DLPack producer.
 pub fn is_producer(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
-    obj.hasattr(intern!(obj.py(), "__dlpack__"))
+    crate::input::has_method(obj, intern!(obj.py(), "__dlpack__"))
 }
 
 /// Takes the tensor `obj` exports through `__dlpack__`: asks for a versioned capsule
 /// (`max_version=(1, 1)`, which carries the read-only flag) and falls back to the
-/// unversioned protocol for producers that do not know `max_version`. Memory the CPU cannot
-/// read is refused before anything is exported.
+/// unversioned protocol for producers that do not know `max_version`.
+///
+/// The device is read from the tensor, not asked of `__dlpack_device__` first (a Python
+/// call on every import, as NumPy's `from_dlpack` does not make either): memory the CPU
+/// cannot read is refused by [`ManagedTensor::strided`], naming the device, and the
+/// producer's deleter then runs at once.
 pub fn import(obj: &Bound<'_, PyAny>) -> BridgeResult<ManagedTensor> {
     let py = obj.py();
-    if let Ok(device) = obj.call_method0(intern!(py, "__dlpack_device__")) {
-        let (device_type, device_id): (i32, i32) = device.extract()?;
-        check_device(
-            DLDevice {
-                device_type,
-                device_id,
-            },
-            "DLPack producer",
-        )?;
-    }
-    static KWARGS: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
-    let kwargs = KWARGS.get_or_try_init(py, || {
-        let kwargs = PyDict::new(py);
-        kwargs.set_item("max_version", (VERSION.major, VERSION.minor))?;
-        Ok::<_, PyErr>(kwargs.unbind())
-    })?;
+    // `__dlpack__(max_version=(1, 1))`, called with the keyword as a vectorcall: a dict of
+    // keyword arguments would be built and unpacked on every import.
+    static ARGS: PyOnceLock<(Py<PyTuple>, Py<PyTuple>)> = PyOnceLock::new();
+    let (version, kwnames) = ARGS.get_or_init(py, || {
+        (
+            PyTuple::new(py, [VERSION.major, VERSION.minor])
+                .expect("a tuple of two ints")
+                .unbind(),
+            PyTuple::new(py, ["max_version"])
+                .expect("a tuple of one str")
+                .unbind(),
+        )
+    });
     let dunder = intern!(py, "__dlpack__");
-    let capsule = match obj.call_method(dunder, (), Some(kwargs.bind(py))) {
+    let args = [obj.as_ptr(), version.as_ptr()];
+    // SAFETY: `args` holds the receiver and one keyword value, all live for the call, and
+    // `kwnames` names that one keyword; the result is a new reference or null.
+    let capsule = unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyObject_VectorcallMethod(
+                dunder.as_ptr(),
+                args.as_ptr(),
+                1, // the receiver; no spare slot before `args`, so no ARGUMENTS_OFFSET
+                kwnames.as_ptr(),
+            ),
+        )
+    };
+    let capsule = match capsule {
         Ok(capsule) => capsule,
         // A producer older than DLPack 1.0 has no `max_version` keyword.
         Err(e) if e.is_instance_of::<PyTypeError>(py) => obj.call_method0(dunder)?,
@@ -70,10 +79,11 @@ pub fn consume(capsule: &Bound<'_, PyAny>) -> BridgeResult<ManagedTensor> {
         .cast::<PyCapsule>()
         .map_err(|_| Error::invalid("DLPack producer", "__dlpack__ did not return a PyCapsule"))?;
     let name = capsule.name()?.map(|n| {
-        // SAFETY: a capsule's name is a NUL-terminated string that lives as long as it.
-        unsafe { n.as_cstr() }.to_owned()
+        // SAFETY: a capsule's name is a NUL-terminated string that lives as long as the
+        // capsule's current name; it is read only before the capsule is renamed below.
+        unsafe { n.as_cstr() }
     });
-    let (managed, used) = match name.as_deref() {
+    let (managed, used) = match name {
         Some(n) if n == VERSIONED => {
             let ptr = capsule.pointer_checked(Some(VERSIONED))?;
             // SAFETY: an unused "dltensor_versioned" capsule holds a valid tensor that the
@@ -109,17 +119,34 @@ pub fn consume(capsule: &Bound<'_, PyAny>) -> BridgeResult<ManagedTensor> {
 }
 
 /// A NumPy array over a DLPack tensor's memory, with its shape and strides (any strides,
-/// negative ones included), read-only when the producer says so. The tensor is released
-/// when the array and every view of it are gone.
+/// negative ones included), read-only when the producer says so. The array's base is a
+/// capsule that owns the tensor: the producer's deleter runs when the array and every view
+/// of it are gone (NumPy's own `from_dlpack` keeps tensors the same way).
 pub fn to_numpy<'py>(py: Python<'py>, managed: ManagedTensor) -> BridgeResult<Bound<'py, PyAny>> {
     let s = managed.strided()?;
-    let buffer = match NonNull::new(s.span_start as *mut u8) {
-        // SAFETY: the producer keeps the `span` bytes at `span_start` (every element's
-        // bytes) alive until its deleter runs; `managed` calls it when the buffer goes.
-        Some(ptr) if s.span > 0 => unsafe {
-            Buffer::from_custom_allocation(ptr, s.span, Arc::new(managed))
-        },
-        _ => Buffer::from(arrow_buffer::MutableBuffer::new(0)),
-    };
-    strided_to_numpy(py, &s, buffer)
+    let owner = Box::into_raw(Box::new(managed));
+    // SAFETY: `owner` is a valid pointer the capsule takes over; its destructor frees it
+    // exactly once, and the name is a static string.
+    let capsule = unsafe { ffi::PyCapsule_New(owner.cast(), OWNER.as_ptr(), Some(release)) };
+    if capsule.is_null() {
+        // SAFETY: the capsule was not made, so `owner` is still ours to free.
+        drop(unsafe { Box::from_raw(owner) });
+        return Err(PyErr::fetch(py).into());
+    }
+    // SAFETY: a new reference, just checked to be non-null.
+    let base = unsafe { Bound::from_owned_ptr(py, capsule) };
+    strided_to_numpy(py, &s, base)
+}
+
+/// The name of the capsules that own an imported tensor (the base of its NumPy arrays).
+const OWNER: &CStr = c"arrowbridge.dlpack_owner";
+
+/// Destructor of an owner capsule: drops the tensor, which calls the producer's deleter.
+unsafe extern "C" fn release(capsule: *mut ffi::PyObject) {
+    // SAFETY: only owner capsules have this destructor, and they hold a Box<ManagedTensor>.
+    let owner = unsafe { ffi::PyCapsule_GetPointer(capsule, OWNER.as_ptr()) };
+    if !owner.is_null() {
+        // SAFETY: see above; the capsule is being destroyed, so this is the only release.
+        drop(unsafe { Box::from_raw(owner.cast::<ManagedTensor>()) });
+    }
 }

@@ -32,15 +32,52 @@ pub fn protocol(obj: &Bound<'_, PyAny>) -> PyResult<Protocol> {
     let py = obj.py();
     Ok(if obj.cast::<PyUntypedArray>().is_ok() {
         Protocol::Numpy
-    } else if obj.hasattr(intern!(py, "__arrow_c_array__"))? {
+    } else if has_method(obj, intern!(py, "__arrow_c_array__"))? {
         Protocol::ArrowArray
-    } else if obj.hasattr(intern!(py, "__arrow_c_stream__"))? {
+    } else if has_method(obj, intern!(py, "__arrow_c_stream__"))? {
         Protocol::ArrowStream
     } else if crate::dlpack::is_producer(obj)? {
         Protocol::DLPack
     } else {
         Protocol::Unknown
     })
+}
+
+unsafe extern "C" {
+    /// CPython's lookup of a name along a type's MRO, through its method cache; sets no
+    /// exception. Private API, stable since Python 2 (Cython's generated code relies on it).
+    fn _PyType_Lookup(
+        type_: *mut pyo3::ffi::PyTypeObject,
+        name: *mut pyo3::ffi::PyObject,
+    ) -> *mut pyo3::ffi::PyObject;
+}
+
+/// Whether `obj` has the protocol method `name` (`__arrow_c_array__`, `__dlpack__`, ...).
+///
+/// Looked up on the type, as Python looks up special methods and as NumPy looks up
+/// `__array__` (its `PyArray_LookupSpecial`): a probe of the method cache. `hasattr` of a
+/// missing name formats an `AttributeError` before discarding it, which was most of the time
+/// of a DLPack import. Types with their own `__getattr__` (proxies that forward to a wrapped
+/// array) are asked with `hasattr`.
+pub fn has_method(
+    obj: &Bound<'_, PyAny>,
+    name: &Bound<'_, pyo3::types::PyString>,
+) -> PyResult<bool> {
+    let type_ = obj.get_type();
+    let type_ptr = type_.as_type_ptr();
+    // SAFETY: both pointers are live objects (a type and a str) for the call; the result is
+    // a borrowed reference that is only compared with null.
+    if !unsafe { _PyType_Lookup(type_ptr, name.as_ptr()) }.is_null() {
+        return Ok(true);
+    }
+    // SAFETY: reads a slot of a live type object.
+    let getattro = unsafe { (*type_ptr).tp_getattro };
+    // Compared by address: both are the one exported symbol of libpython.
+    let generic = pyo3::ffi::PyObject_GenericGetAttr as *const () as usize;
+    if getattro.map(|f| f as *const () as usize) == Some(generic) {
+        return Ok(false);
+    }
+    obj.hasattr(name)
 }
 
 /// `obj` as a NumPy array when it is one, or a NumPy view of the tensor a DLPack producer

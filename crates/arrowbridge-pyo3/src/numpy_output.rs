@@ -2,7 +2,6 @@
 
 use std::os::raw::c_int;
 
-use arrow_buffer::Buffer;
 use arrowbridge::dlpack::Strided;
 use arrowbridge::{ArrowTensor, DType, ALL_DTYPES};
 use numpy::npyffi::{get_type_object, npy_intp, NpyTypes, NPY_ARRAY_WRITEABLE, PY_ARRAY_API};
@@ -67,12 +66,12 @@ pub fn tensor_to_numpy_with_base<'py>(
     Layout::of(tensor)?.into_numpy(py, writeable, base)
 }
 
-/// A NumPy array over a checked DLPack tensor's memory (any strides), whose base holds
-/// `buffer`, the memory every element lies in. Read-only when the producer says so.
+/// A NumPy array over a checked DLPack tensor's memory (any strides), whose `base` keeps
+/// that memory alive. Read-only when the producer says so.
 pub fn strided_to_numpy<'py>(
     py: Python<'py>,
     s: &Strided,
-    buffer: Buffer,
+    base: Bound<'py, PyAny>,
 ) -> BridgeResult<Bound<'py, PyAny>> {
     check_ndim(s.shape.len())?;
     let layout = Layout {
@@ -81,7 +80,6 @@ pub fn strided_to_numpy<'py>(
         strides: Some(s.strides.iter().map(|&n| n as npy_intp).collect()),
         data: s.first.cast_mut(),
     };
-    let base = crate::arrow_memory::new(py, buffer)?;
     layout.into_numpy(py, !s.read_only, base)
 }
 
