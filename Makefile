@@ -35,14 +35,14 @@ lint: $(DEPS)
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
-	$(BIN)/ruff check arrowbridge tests benchmarks notebooks
-	$(BIN)/ruff format --check arrowbridge tests benchmarks notebooks
+	$(BIN)/ruff check arrowbridge tests benchmarks notebooks examples
+	$(BIN)/ruff format --check arrowbridge tests benchmarks notebooks examples
 
 rust-test: $(DEPS)
 	cargo test --workspace --locked
 
 py-test: build
-	$(BIN)/python -m mypy.stubtest arrowbridge._native
+	$(BIN)/python -m mypy.stubtest arrowbridge._native rowstats --allowlist examples/extension/stubtest-allowlist.txt
 	$(BIN)/python -m pytest
 	$(BIN)/python -m pytest --nbmake notebooks -q
 

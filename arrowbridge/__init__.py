@@ -83,6 +83,9 @@ def to_arrow(
     ``permutation`` in the type): zero-copy for a contiguous block in any axis order,
     Fortran order included. ``to_numpy(result)[0]`` gives the array back.
 
+    ``x`` may also be a DLPack producer (a JAX or PyTorch array): it is wrapped in place
+    like the NumPy array it views.
+
     ``dim_names`` name the element axes (axes 1.. or, with ``whole=True``, all axes).
 
     The result keeps ``x`` alive; writing to ``x`` afterwards changes what it holds.
@@ -127,6 +130,9 @@ def to_numpy(obj: Any, *, copy: bool | None = None) -> np.ndarray:
     arrays (returned as they are), and any object with ``__arrow_c_array__`` or
     ``__arrow_c_stream__`` (nanoarrow, arro3, polars Series, duckdb results, …). A table of
     one column (a pyarrow Table, a polars DataFrame, a duckdb relation) is that column.
+    DLPack producers (JAX and PyTorch arrays, anything with ``__dlpack__``) become a view of
+    their memory with their shape and strides, read-only when the producer says so; a
+    tensor on a device the CPU cannot read raises :class:`UnsupportedDeviceError`.
 
     Zero-copy for a single chunk of a supported type; the result is read-only and keeps its
     source alive. Several chunks are concatenated, bit-packed ``bool`` is unpacked and
@@ -141,6 +147,9 @@ def to_numpy(obj: Any, *, copy: bool | None = None) -> np.ndarray:
     array([1, 2, 3])
     >>> arrowbridge.to_numpy(pa.table({"v": [1.0, 2.0]}))
     array([1., 2.])
+    >>> import jax.numpy as jnp
+    >>> arrowbridge.to_numpy(jnp.arange(3, dtype=jnp.float32))  # through DLPack, no copy
+    array([0., 1., 2.], dtype=float32)
     >>> arrowbridge.to_numpy(pa.array([1, None]))
     Traceback (most recent call last):
     ...
