@@ -73,8 +73,9 @@ class Producer:
     tensor with `shape` and `strides` (in elements, as DLPack counts them) starting
     `byte_offset` bytes into it. `dtype` is `(code, bits)`, NumPy's by default.
 
-    `deleted` counts the deleter's calls; `versioned=False` makes a producer from before
-    DLPack 1.0, whose `__dlpack__` takes no `max_version`.
+    `data` overrides the address (for hostile tensors); `deleted` counts the deleter's
+    calls; `versioned=False` makes a producer from before DLPack 1.0, whose `__dlpack__`
+    takes no `max_version`.
     """
 
     def __init__(
@@ -87,8 +88,10 @@ class Producer:
         device=(CPU, 0),
         versioned=True,
         read_only=False,
+        data=None,
     ):
         self.base = base
+        self.data = base.ctypes.data if data is None else data
         self.shape = base.shape if shape is None else tuple(shape)
         itemsize = base.dtype.itemsize
         self.strides = (
@@ -115,7 +118,7 @@ class Producer:
         shape = (ctypes.c_int64 * max(ndim, 1))(*self.shape)
         strides = (ctypes.c_int64 * max(ndim, 1))(*self.strides)
         tensor = DLTensor(
-            data=self.base.ctypes.data,
+            data=self.data,
             device=DLDevice(*self.device),
             ndim=ndim,
             dtype=DLDataType(self.dtype[0], self.dtype[1], 1),

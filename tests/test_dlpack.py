@@ -159,6 +159,25 @@ def test_the_deleter_runs_exactly_once_however_the_call_ends():
     assert kept.deleted == 1
 
 
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        (dict(shape=(-1,), strides=(1,)), "negative length"),
+        (dict(shape=(1 << 40, 1 << 40), strides=(1, 1)), "too big"),
+        (dict(shape=(2, 3), strides=(1 << 62, 1)), "overflow"),
+        (dict(shape=(4,), strides=(-1,), data=8), "below address 0"),
+        (dict(shape=(4,), strides=(1,), data=0), "NULL"),
+    ],
+    ids=["negative length", "shape overflows", "strides overflow", "reaches below 0", "NULL"],
+)
+def test_hostile_tensors_are_refused_and_released(case, message):
+    base = np.zeros(8)
+    producer = Producer(base, **case)
+    with pytest.raises(arrowbridge.InvalidArrowDataError, match=message):
+        arrowbridge.to_numpy(producer)
+    assert producer.deleted == producer.exported == 1
+
+
 def test_a_used_capsule_is_not_read_twice():
     capsule = np.arange(3.0).__dlpack__()
 

@@ -256,17 +256,23 @@ impl ManagedTensor {
         // be negative), and the offset of the first element within them.
         let (mut low, mut high) = (0isize, 0isize);
         if count > 0 {
+            if t.data.is_null() {
+                return Err(Error::invalid(what, "data is NULL but it has elements"));
+            }
+            let overflow = || Error::invalid(what, "strides overflow the address space");
             for (&n, &s) in shape.iter().zip(&strides) {
-                let reach = s
-                    .checked_mul(n as isize - 1)
-                    .ok_or_else(|| Error::invalid(what, "strides overflow"))?;
+                // `n` is at most the element count, which fits in isize.
+                let reach = s.checked_mul(n as isize - 1).ok_or_else(overflow)?;
                 if reach < 0 {
-                    low += reach;
+                    low = low.checked_add(reach).ok_or_else(overflow)?;
                 } else {
-                    high += reach;
+                    high = high.checked_add(reach).ok_or_else(overflow)?;
                 }
             }
-            high += itemsize;
+            high = high.checked_add(itemsize).ok_or_else(overflow)?;
+            if first.checked_add(high as usize).is_none() {
+                return Err(overflow());
+            }
         }
         if count > 0 && low.unsigned_abs() > first {
             return Err(Error::invalid(what, "strides reach below address 0"));
