@@ -13,6 +13,7 @@ import argparse
 import os
 import pickle
 import platform
+import random
 import statistics
 import sys
 import time
@@ -62,16 +63,22 @@ def measure(
     """Median and interquartile range of one call's time, in seconds, for each case.
 
     The cases are measured in interleaved rounds, so that a change in the machine's state
-    (frequency, a neighbour's load) hits them all alike; fast calls are timed in batches
-    so that the clock's resolution does not matter.
+    (frequency, a neighbour's load) hits them all alike, in a new order each round: in a
+    fixed order, a case always follows the same one, and at sizes near the cache's the
+    first of two cases that read the same array pays for bringing it in (up to 1.6× in
+    either direction). Fast calls are timed in batches so that the clock's resolution does
+    not matter.
     """
     batches = {name: batch_size(fn, 2e-3) for name, fn in cases.items()}
     samples: dict[str, list[float]] = {name: [] for name in cases}
     deadline = time.perf_counter() + budget_s * len(cases)
+    order = list(cases)
+    shuffle = random.Random(0).shuffle
     rounds = 0
     while rounds < 5 or (time.perf_counter() < deadline and rounds < 200):
-        for name, fn in cases.items():
-            batch = batches[name]
+        shuffle(order)
+        for name in order:
+            fn, batch = cases[name], batches[name]
             t0 = time.perf_counter()
             for _ in range(batch):
                 fn()
