@@ -105,6 +105,16 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
+def shmem_huge_pages() -> str:
+    """The kernel's huge-page mode for shared memory (memfds), which sets the cost of a
+    shared-memory put: `never` gives 4 KiB pages, `advise` huge pages to mappings that ask."""
+    try:
+        setting = Path("/sys/kernel/mm/transparent_hugepage/shmem_enabled").read_text()
+    except OSError:
+        return "unknown"
+    return next((w[1:-1] for w in setting.split() if w.startswith("[")), "unknown")
+
+
 def iperf3() -> float | None:
     """iperf3's single-stream loopback throughput in bytes/s, or None without iperf3."""
     if shutil.which("iperf3") is None:
@@ -257,7 +267,7 @@ def server_memory(each: int) -> tuple[int, int]:
 
 def run(sizes: list[int], repeats: int, concurrency: tuple[int, int], small_n: int) -> dict:
     """Every Flight figure, at every size in `sizes` (bytes of a float64 (n, 1024) tensor)."""
-    results: dict = {"sizes": {}, "iperf3": iperf3()}
+    results: dict = {"sizes": {}, "iperf3": iperf3(), "shmem_huge_pages": shmem_huge_pages()}
     tmp = Path(tempfile.mkdtemp(prefix="arrowbridge-bench-"))
     try:
         with (
@@ -327,7 +337,8 @@ def report(r: dict, fmt_time: Callable[[float], str]) -> tuple[list[str], list[s
         copy = row["np.copy (reference for a put)"][0]
         headline.append(
             f"- Shared memory, {nbytes >> 20} MiB: get {fmt_time(shm_get)}, put "
-            f"{fmt_time(shm_put)} ({shm_put / copy:.2f}× np.copy's {fmt_time(copy)})."
+            f"{fmt_time(shm_put)} ({shm_put / copy:.2f}× np.copy's {fmt_time(copy)}; the "
+            f"kernel's shmem huge pages: {r['shmem_huge_pages']})."
         )
         headline.append(
             f"- Flight {nbytes >> 20} MiB over TCP: put {ours_put / 1e9:.2f} GB/s, get "
