@@ -44,7 +44,8 @@ use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
-use crate::receive::{receive, receive_part};
+use crate::direct_get::do_get_into;
+use crate::receive::receive;
 use crate::server::MAX_MESSAGE;
 use crate::service::MAX_FLIGHT_DATA;
 use crate::shards::{ShardMap, SHARDS_KEY};
@@ -646,6 +647,11 @@ impl Client {
                 Destination::new(&format!("get {name:?}"), schema.clone(), rows)?
                     .map(|d| (d, ranges))
             }
+            // One endpoint here: its rows land the same way, in one part.
+            (_, Some(rows)) if info.endpoint.len() == 1 && !elsewhere => {
+                Destination::new(&format!("get {name:?}"), schema.clone(), rows)?
+                    .map(|d| (d, std::iter::once(0..rows).collect()))
+            }
             _ => None,
         };
         let (schema, batches) = match parallel {
@@ -667,9 +673,23 @@ impl Client {
                 };
                 for (index, endpoint) in endpoints.iter().enumerate() {
                     let received = self
-                        .read_replicas(name, index, endpoint, &mut (), |(), stream| {
-                            receive(stream, "DoGet").boxed()
-                        })
+                        .read_replicas(
+                            name,
+                            index,
+                            endpoint,
+                            false,
+                            &mut (),
+                            |(), channel, ticket| {
+                                let request = self.request(ticket);
+                                let service = self.service(channel);
+                                async move {
+                                    let stream =
+                                        service.clone().do_get(request).await?.into_inner();
+                                    receive(stream, "DoGet").await
+                                }
+                                .boxed()
+                            },
+                        )
                         .await?;
                     if let Some(s) = received.schema {
                         received_schema = s;
@@ -689,8 +709,10 @@ impl Client {
 
     /// A connection to `location`, an endpoint's location: this client's server for the
     /// "reuse this connection" location of the Flight protocol.
-    async fn channel_to(&self, location: Option<&str>) -> ClientResult<Channel> {
+    /// With `own` false, this server is reached over the client's connection.
+    async fn channel_to(&self, location: Option<&str>, own: bool) -> ClientResult<Channel> {
         let endpoint = match location {
+            None | Some(REUSE_CONNECTION) if !own => return Ok(self.channel.clone()),
             None | Some(REUSE_CONNECTION) => self.endpoint.clone(),
             Some(location) => endpoint(
                 location,
@@ -707,20 +729,22 @@ impl Client {
             .map_err(|e| Status::unavailable(format!("{e}: {}", error_sources(&e))).into())
     }
 
-    /// Runs `read` on the DoGet stream of `endpoint` (the `index`-th of item `name`), from
-    /// each of its locations in turn until one succeeds: replicas stand in for each other.
-    /// Without locations the endpoint is on this client's server. When none succeeds, the
-    /// error names the endpoint and every location tried. `read` gets `state` (what it
-    /// fills) on every attempt.
+    /// Runs `read` on a connection to each location of `endpoint` (the `index`-th of item
+    /// `name`) in turn, with its ticket, until one succeeds: replicas stand in for each
+    /// other. Without locations the endpoint is on this client's server (over a connection
+    /// of its `own`, or the client's). When none succeeds, the error names the endpoint and
+    /// every location tried. `read` gets `state` (what it fills) on every attempt.
     async fn read_replicas<S, T>(
         &self,
         name: &str,
         index: usize,
         endpoint: &FlightEndpoint,
+        own: bool,
         state: &mut S,
         read: impl for<'a> Fn(
             &'a mut S,
-            tonic::Streaming<FlightData>,
+            Channel,
+            Ticket,
         ) -> futures::future::BoxFuture<'a, Result<T, Status>>,
     ) -> ClientResult<T> {
         let ticket = endpoint.ticket.clone().unwrap_or_default();
@@ -736,13 +760,8 @@ impl Client {
         let mut failures = Vec::new();
         for location in &locations {
             let attempt = async {
-                let channel = self.channel_to(*location).await?;
-                let stream = self
-                    .service(channel)
-                    .do_get(self.request(ticket.clone()))
-                    .await?
-                    .into_inner();
-                Ok::<_, ClientError>(read(&mut *state, stream).await?)
+                let channel = self.channel_to(*location, own).await?;
+                Ok::<_, ClientError>(read(&mut *state, channel, ticket.clone()).await?)
             };
             match attempt.await {
                 Ok(value) => return Ok(value),
@@ -785,6 +804,12 @@ impl Client {
             });
         }
         let schema = destination.schema().clone();
+        let authorization = self
+            .authorization
+            .as_ref()
+            .and_then(|v| http::HeaderValue::from_bytes(v.as_encoded_bytes()).ok());
+        // A connection per endpoint: streams of one connection share one socket.
+        let own = counts.len() > 1;
         let mut parts = destination.parts(&counts)?;
         let fetches =
             parts
@@ -793,13 +818,27 @@ impl Client {
                 .enumerate()
                 .map(|(index, (part, endpoint))| {
                     let schema = schema.clone();
-                    // A connection per endpoint: streams of one connection share one socket.
-                    self.read_replicas(name, index, endpoint, part, move |part, stream| {
-                        // A replica tried after a broken stream starts the rows again.
-                        part.rewind();
-                        let schema = schema.clone();
-                        async move { receive_part(stream, "DoGet", &schema, part).await }.boxed()
-                    })
+                    let authorization = authorization.clone();
+                    self.read_replicas(
+                        name,
+                        index,
+                        endpoint,
+                        own,
+                        part,
+                        move |part, channel, ticket| {
+                            // A replica tried after a broken stream starts the rows again.
+                            part.rewind();
+                            let schema = schema.clone();
+                            let authorization = authorization.clone();
+                            async move {
+                                let what = "DoGet";
+                                let auth = authorization.as_ref();
+                                do_get_into(channel, auth, &ticket.ticket, what, &schema, part)
+                                    .await
+                            }
+                            .boxed()
+                        },
+                    )
                 });
         futures::future::try_join_all(fetches).await?;
         for part in parts {

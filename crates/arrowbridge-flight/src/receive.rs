@@ -1,5 +1,6 @@
-//! Receiving a stream of FlightData: the server's DoPut and DoExchange uploads, and the
-//! client's DoGet and DoExchange results go through here.
+//! Receiving a stream of FlightData: the server's DoPut and DoExchange uploads, the client's
+//! DoExchange results, and DoGet results that cannot land in place (see `direct_get`) go
+//! through here.
 //!
 //! Every message is checked ([`arrowbridge::ipc::check_message`]) before anything reads it.
 //! A stream whose schema announces its rows ([`arrowbridge::landing::ROWS_KEY`], as every
@@ -32,7 +33,7 @@ pub struct Received {
     pub batches: Vec<RecordBatch>,
 }
 
-fn refused(e: arrowbridge::Error) -> Status {
+pub(crate) fn refused(e: arrowbridge::Error) -> Status {
     Status::from(FlightServerError::from(e))
 }
 

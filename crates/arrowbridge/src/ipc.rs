@@ -911,12 +911,52 @@ pub fn check_message(
     body: &[u8],
     schema: Option<&Schema>,
 ) -> Result<()> {
+    check(what, metadata, body.len(), Some(body), schema)
+}
+
+/// [`check_message`] for a message whose body of `body_len` bytes has not arrived yet (it is
+/// to land in place as it does): everything is checked but what needs the body's bytes, so
+/// a record batch with compressed buffers is refused.
+pub fn check_message_header(
+    what: &str,
+    metadata: &[u8],
+    body_len: usize,
+    schema: Option<&Schema>,
+) -> Result<()> {
+    check(what, metadata, body_len, None, schema)
+}
+
+fn check(
+    what: &str,
+    metadata: &[u8],
+    body_len: usize,
+    body: Option<&[u8]>,
+    schema: Option<&Schema>,
+) -> Result<()> {
     let bad = |message: String| Error::BadFile {
         path: what.to_string(),
         message,
     };
     let message =
         arrow_ipc::root_as_message(metadata).map_err(|e| bad(format!("corrupt message: {e}")))?;
+    if body.is_none() {
+        let compressed = match message.header_type() {
+            arrow_ipc::MessageHeader::RecordBatch => message
+                .header_as_record_batch()
+                .is_some_and(|b| b.compression().is_some()),
+            arrow_ipc::MessageHeader::DictionaryBatch => message
+                .header_as_dictionary_batch()
+                .and_then(|d| d.data())
+                .is_some_and(|b| b.compression().is_some()),
+            _ => false,
+        };
+        if compressed {
+            return Err(bad(
+                "a record batch with compressed buffers where the values land in place".into(),
+            ));
+        }
+    }
+    let body = body.unwrap_or(&[]);
     let batch = match message.header_type() {
         arrow_ipc::MessageHeader::Schema => {
             return match message.header_as_schema() {
@@ -944,13 +984,12 @@ pub fn check_message(
             .ok()
             .zip(usize::try_from(b.length()).ok())
             .and_then(|(start, len)| Some(start..start.checked_add(len)?))
-            .filter(|r| r.end <= body.len())
+            .filter(|r| r.end <= body_len)
             .ok_or_else(|| {
                 bad(format!(
-                    "buffer {i} at body offset {} of {} bytes lies outside the message body of {} bytes",
+                    "buffer {i} at body offset {} of {} bytes lies outside the message body of {body_len} bytes",
                     b.offset(),
                     b.length(),
-                    body.len()
                 ))
             })?;
         if !compressed || range.is_empty() {

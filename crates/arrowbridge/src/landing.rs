@@ -201,6 +201,14 @@ impl Destination {
     }
 }
 
+/// A record-batch message being received into a [`Part`] ([`Part::begin`]): its rows, and
+/// where each column's values lie in its body.
+#[derive(Debug)]
+pub struct Incoming {
+    rows: usize,
+    values: Vec<Range<usize>>,
+}
+
 /// Consecutive rows of a [`Destination`], filled by the record-batch messages of one stream.
 #[derive(Debug)]
 pub struct Part<'a> {
@@ -232,6 +240,58 @@ impl Part<'_> {
         else {
             return Ok(());
         };
+        self.check_room(rows)?;
+        for ((column, layout), source) in self.columns.iter_mut().zip(self.layouts).zip(values) {
+            let at = self.filled * layout.row_bytes().expect("checked in new");
+            column[at..at + source.len()].copy_from_slice(source);
+        }
+        self.filled += rows;
+        Ok(())
+    }
+
+    /// Starts a record-batch message whose body (`body_len` bytes) is still to arrive, for
+    /// its values to land in place as the body does ([`write`](Self::write), then
+    /// [`commit`](Self::commit)); `None` for messages that are not record batches.
+    ///
+    /// The message must have passed [`crate::ipc::check_message_header`] against the schema;
+    /// otherwise as [`fill`](Self::fill).
+    pub fn begin(&mut self, metadata: &[u8], body_len: usize) -> Result<Option<Incoming>> {
+        let Some((rows, values)) =
+            message_ranges(self.what, self.schema, self.layouts, metadata, body_len)?
+        else {
+            return Ok(None);
+        };
+        self.check_room(rows)?;
+        Ok(Some(Incoming { rows, values }))
+    }
+
+    /// Copies the bytes `bytes`, found at offset `at` of the body of `incoming`'s message,
+    /// where they belong: the parts of them that are a column's values go to that column's
+    /// rows, the rest (padding, validity buffers) is skipped.
+    pub fn write(&mut self, incoming: &Incoming, at: usize, bytes: &[u8]) {
+        let end = at + bytes.len();
+        for ((column, layout), values) in self
+            .columns
+            .iter_mut()
+            .zip(self.layouts)
+            .zip(&incoming.values)
+        {
+            let (from, to) = (at.max(values.start), end.min(values.end));
+            if from >= to {
+                continue;
+            }
+            let row0 = self.filled * layout.row_bytes().expect("checked in new");
+            let dest = row0 + (from - values.start);
+            column[dest..dest + (to - from)].copy_from_slice(&bytes[from - at..to - at]);
+        }
+    }
+
+    /// Counts the rows of a message whose whole body was [`write`](Self::write)n.
+    pub fn commit(&mut self, incoming: Incoming) {
+        self.filled += incoming.rows;
+    }
+
+    fn check_room(&self, rows: usize) -> Result<()> {
         if rows > self.rows.len() - self.filled {
             return Err(Error::BadFile {
                 path: self.what.to_string(),
@@ -242,11 +302,6 @@ impl Part<'_> {
                 ),
             });
         }
-        for ((column, layout), source) in self.columns.iter_mut().zip(self.layouts).zip(values) {
-            let at = self.filled * layout.row_bytes().expect("checked in new");
-            column[at..at + source.len()].copy_from_slice(source);
-        }
-        self.filled += rows;
         Ok(())
     }
 
@@ -273,22 +328,26 @@ impl Part<'_> {
     }
 }
 
+/// The rows of a message, and where each column's values lie in its body.
+type MessageRanges = (usize, Vec<Range<usize>>);
+
 /// The rows of a message, and the bytes of each column's values in it.
 type MessageValues<'b> = (usize, Vec<&'b [u8]>);
 
-/// The rows of one record-batch message and, per column, the bytes of its values; `None`
-/// for messages that are not record batches.
+/// The rows of one record-batch message whose body has `body_len` bytes and, per column,
+/// the range of its values in the body; `None` for messages that are not record batches.
 ///
-/// The message must have passed [`crate::ipc::check_message`] against the schema: its
-/// buffers lie inside the body. Here each column must be uncompressed and without nulls, its
-/// field nodes must say the batch's rows, and its values buffer must hold them.
-fn message_values<'b>(
+/// The message must have passed [`crate::ipc::check_message`] (or
+/// [`crate::ipc::check_message_header`]) against the schema: its buffers lie inside the
+/// body. Here each column must be uncompressed and without nulls, its field nodes must say
+/// the batch's rows, and its values buffer must hold them.
+fn message_ranges(
     what: &str,
     schema: &Schema,
     layouts: &[Layout],
     metadata: &[u8],
-    body: &'b [u8],
-) -> Result<Option<MessageValues<'b>>> {
+    body_len: usize,
+) -> Result<Option<MessageRanges>> {
     let bad = |message: String| Error::BadFile {
         path: what.to_string(),
         message,
@@ -346,8 +405,8 @@ fn message_values<'b>(
         let bytes = values.saturating_mul(layout.width);
         // Within the body: check_message saw to that.
         let start = usize::try_from(buffer.offset()).unwrap_or(usize::MAX);
-        let source = body
-            .get(start..start.saturating_add(bytes))
+        let source = Some(start..start.saturating_add(bytes))
+            .filter(|r| r.end <= body_len)
             .filter(|_| usize::try_from(buffer.length()).is_ok_and(|n| n >= bytes))
             .ok_or_else(|| {
                 bad(format!(
@@ -360,6 +419,18 @@ fn message_values<'b>(
         columns.push(source);
     }
     Ok(Some((rows, columns)))
+}
+
+/// [`message_ranges`] over a body at hand: the bytes of each column's values.
+fn message_values<'b>(
+    what: &str,
+    schema: &Schema,
+    layouts: &[Layout],
+    metadata: &[u8],
+    body: &'b [u8],
+) -> Result<Option<MessageValues<'b>>> {
+    Ok(message_ranges(what, schema, layouts, metadata, body.len())?
+        .map(|(rows, ranges)| (rows, ranges.into_iter().map(|r| &body[r]).collect())))
 }
 
 /// One stream received into one buffer per column, allocated for the rows its schema
@@ -590,6 +661,45 @@ mod tests {
         assert_eq!(received, sent);
         let address = received.column(1).to_data().child_data()[0].buffers()[0].as_ptr() as usize;
         assert_eq!(address % 64, 0, "columns land aligned");
+    }
+
+    #[test]
+    fn bodies_landed_in_pieces_of_any_size_make_the_batch_that_was_sent() {
+        let sent = table(10);
+        for piece in [1, 7, 64, 1 << 20] {
+            let mut destination = Destination::new("t", sent.schema(), 10).unwrap().unwrap();
+            let mut parts = destination.parts(&[10]).unwrap();
+            for slice in [sent.slice(0, 3), sent.slice(3, 7)] {
+                let (meta, body) = encode(&slice);
+                crate::ipc::check_message_header("t", &meta, body.len(), Some(&sent.schema()))
+                    .unwrap();
+                let incoming = parts[0].begin(&meta, body.len()).unwrap().unwrap();
+                for (i, chunk) in body.chunks(piece).enumerate() {
+                    parts[0].write(&incoming, i * piece, chunk);
+                }
+                parts[0].commit(incoming);
+            }
+            parts.pop().unwrap().finish().unwrap();
+            assert_eq!(
+                destination.into_batch().unwrap(),
+                sent,
+                "pieces of {piece} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn a_body_too_short_for_its_rows_is_refused_before_it_arrives() {
+        let sent = table(4);
+        let mut destination = Destination::new("t", sent.schema(), 4).unwrap().unwrap();
+        let mut parts = destination.parts(&[4]).unwrap();
+        let (meta, _) = encode(&sent);
+        let err = crate::ipc::check_message_header("t", &meta, 16, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lies outside the message body"), "{err}");
+        let err = parts[0].begin(&meta, 8).unwrap_err().to_string();
+        assert!(err.contains("cannot hold 4 rows"), "{err}");
     }
 
     #[test]

@@ -1,0 +1,510 @@
+//! DoGet straight into a destination.
+//!
+//! tonic's decoder gathers every gRPC message into a buffer of its own before it decodes it:
+//! for a stream of large record batches, one more copy of every byte than the network
+//! needs. Here the response's HTTP/2 data frames are parsed as they arrive: the gRPC framing
+//! and the few fields of each `FlightData` message by hand, and each message's body is
+//! copied from the frame it came in to the rows of the destination it belongs to
+//! ([`Part::begin`], [`Part::write`]). The request still goes through tonic's channel (TLS,
+//! Unix sockets, HTTP/2 connection sharing, timeouts), and errors are the server's status.
+//!
+//! Every message is checked ([`arrowbridge::ipc::check_message_header`]) before any of its
+//! body lands, exactly as [`crate::receive`] checks whole messages.
+
+use arrow_schema::Schema;
+use arrowbridge::landing::{Incoming, Part};
+use bytes::{BufMut, BytesMut};
+use http_body_util::BodyExt;
+use tonic::client::GrpcService;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::receive::refused;
+
+/// The gRPC method.
+const DO_GET: &str = "/arrow.flight.protocol.FlightService/DoGet";
+/// `FlightData` field numbers (Flight.proto).
+const DATA_HEADER: u64 = 2;
+const DATA_BODY: u64 = 1000;
+/// Protobuf wire types.
+const VARINT: u64 = 0;
+const FIXED64: u64 = 1;
+const LEN: u64 = 2;
+const FIXED32: u64 = 5;
+
+/// Fetches the DoGet stream of `ticket` over `channel` into `part`; the stream's schema must
+/// have `expected`'s fields. `authorization` is the request's header of that name.
+pub(crate) async fn do_get_into(
+    mut channel: Channel,
+    authorization: Option<&http::HeaderValue>,
+    ticket: &[u8],
+    what: &str,
+    expected: &Schema,
+    part: &mut Part<'_>,
+) -> Result<(), Status> {
+    // The request: one gRPC message holding a Ticket (field 1, bytes).
+    let mut body = BytesMut::with_capacity(16 + ticket.len());
+    let mut message = Vec::with_capacity(11 + ticket.len());
+    message.push(0x0a);
+    put_varint(&mut message, ticket.len() as u64);
+    message.extend_from_slice(ticket);
+    body.put_u8(0);
+    body.put_u32(message.len() as u32);
+    body.put_slice(&message);
+    let mut request = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(DO_GET)
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers");
+    if let Some(value) = authorization {
+        request = request.header(http::header::AUTHORIZATION, value.clone());
+    }
+    let request = request
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            body.freeze(),
+        )))
+        .map_err(|e| Status::internal(format!("{what}: {e}")))?;
+    futures::future::poll_fn(|cx| GrpcService::poll_ready(&mut channel, cx))
+        .await
+        .map_err(transport)?;
+    let response = GrpcService::call(&mut channel, request)
+        .await
+        .map_err(transport)?;
+    let (head, mut body) = response.into_parts();
+    // A call that fails at once answers with its status in the headers ("trailers only").
+    if let Some(status) = Status::from_header_map(&head.headers) {
+        if status.code() != Code::Ok {
+            return Err(status);
+        }
+    }
+    if head.status != http::StatusCode::OK {
+        return Err(Status::unknown(format!(
+            "{what}: the server answered HTTP {}",
+            head.status
+        )));
+    }
+    let mut parser = Parser::new(what, expected, part);
+    let mut status = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        match frame.into_data() {
+            Ok(data) => parser.feed(&data)?,
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    status = Status::from_header_map(&trailers);
+                }
+            }
+        }
+    }
+    match status {
+        Some(status) if status.code() == Code::Ok => parser.finish(),
+        Some(status) => Err(status),
+        None => Err(Status::unavailable(format!(
+            "{what}: the stream ended without a status (the connection broke off)"
+        ))),
+    }
+}
+
+fn transport(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Status {
+    let e = e.into();
+    match e.downcast::<Status>() {
+        Ok(status) => *status,
+        Err(e) => Status::unavailable(e.to_string()),
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Where the parser is in the stream.
+#[derive(Debug)]
+enum State {
+    /// In a message's 5-byte gRPC prefix.
+    Prefix,
+    /// At (or in) a field's key and length.
+    Key,
+    /// In the value of field `field` (kept when it is the data header), `left` bytes to go.
+    Value { field: u64, left: usize },
+    /// In the body, `at` bytes into it, `left` to go.
+    Body { at: usize, left: usize },
+}
+
+/// A parser of a DoGet response's bytes, landing record batches in a [`Part`].
+struct Parser<'p, 'd> {
+    what: &'p str,
+    expected: &'p Schema,
+    part: &'p mut Part<'d>,
+    state: State,
+    /// Bytes of the prefix or of a key and length, gathered across frames.
+    pending: Vec<u8>,
+    /// Bytes of the current message still to come.
+    remaining: usize,
+    /// The current message's data header.
+    header: Vec<u8>,
+    /// Whether the current message had a body field.
+    bodied: bool,
+    /// The record batch whose body is landing.
+    incoming: Option<Incoming>,
+    /// The stream's schema, once its schema message came.
+    schema: Option<Schema>,
+}
+
+impl<'p, 'd> Parser<'p, 'd> {
+    fn new(what: &'p str, expected: &'p Schema, part: &'p mut Part<'d>) -> Self {
+        Parser {
+            what,
+            expected,
+            part,
+            state: State::Prefix,
+            pending: Vec::with_capacity(16),
+            remaining: 0,
+            header: Vec::new(),
+            bodied: false,
+            incoming: None,
+            schema: None,
+        }
+    }
+
+    fn bad(&self, message: impl std::fmt::Display) -> Status {
+        Status::internal(format!("{}: {message}", self.what))
+    }
+
+    /// Takes in the next bytes of the response.
+    fn feed(&mut self, mut data: &[u8]) -> Result<(), Status> {
+        while !data.is_empty() {
+            match self.state {
+                State::Prefix => {
+                    let n = (5 - self.pending.len()).min(data.len());
+                    self.pending.extend_from_slice(&data[..n]);
+                    data = &data[n..];
+                    if self.pending.len() == 5 {
+                        if self.pending[0] != 0 {
+                            return Err(
+                                self.bad("a compressed gRPC message, which was not asked for")
+                            );
+                        }
+                        let len = u32::from_be_bytes(self.pending[1..5].try_into().expect("4"));
+                        self.pending.clear();
+                        self.remaining = len as usize;
+                        self.state = State::Key;
+                        if self.remaining == 0 {
+                            self.end_message()?;
+                        }
+                    }
+                }
+                State::Key => {
+                    // Keys and lengths are varints: taken a byte at a time (a few per message).
+                    self.pending.push(data[0]);
+                    data = &data[1..];
+                    self.remaining -= 1;
+                    self.key()?;
+                }
+                State::Value { field, left } => {
+                    let n = left.min(data.len());
+                    if field == DATA_HEADER {
+                        self.header.extend_from_slice(&data[..n]);
+                    }
+                    data = &data[n..];
+                    self.remaining -= n;
+                    self.state = if n == left {
+                        State::Key
+                    } else {
+                        State::Value {
+                            field,
+                            left: left - n,
+                        }
+                    };
+                    self.end_field()?;
+                }
+                State::Body { at, left } => {
+                    let n = left.min(data.len());
+                    if let Some(incoming) = &self.incoming {
+                        self.part.write(incoming, at, &data[..n]);
+                    }
+                    data = &data[n..];
+                    self.remaining -= n;
+                    self.state = if n == left {
+                        State::Key
+                    } else {
+                        State::Body {
+                            at: at + n,
+                            left: left - n,
+                        }
+                    };
+                    self.end_field()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After a byte of a key or length: decodes them once complete.
+    fn key(&mut self) -> Result<(), Status> {
+        let Some((key, used)) = varint(&self.pending).map_err(|m| self.bad(m))? else {
+            return self.truncated();
+        };
+        let (field, wire) = (key >> 3, key & 7);
+        let skip = match wire {
+            LEN => {
+                let Some((len, _)) = varint(&self.pending[used..]).map_err(|m| self.bad(m))? else {
+                    return self.truncated();
+                };
+                usize::try_from(len).unwrap_or(usize::MAX)
+            }
+            VARINT => {
+                let Some(_) = varint(&self.pending[used..]).map_err(|m| self.bad(m))? else {
+                    return self.truncated();
+                };
+                0
+            }
+            FIXED64 => 8,
+            FIXED32 => 4,
+            other => return Err(self.bad(format!("a field of protobuf wire type {other}"))),
+        };
+        self.pending.clear();
+        if field == DATA_HEADER && skip > crate::MAX_MESSAGE {
+            return Err(self.bad(format!("a data header of {skip} bytes")));
+        }
+        if skip > self.remaining {
+            return Err(self.bad(format!(
+                "field {field} of {skip} bytes overruns its message ({} bytes left)",
+                self.remaining
+            )));
+        }
+        if field == DATA_BODY && wire == LEN {
+            self.begin_body(skip)?;
+            self.state = State::Body { at: 0, left: skip };
+        } else {
+            if field == DATA_HEADER && wire == LEN && self.bodied {
+                return Err(self.bad("a FlightData message whose body precedes its header"));
+            }
+            self.state = State::Value { field, left: skip };
+        }
+        self.end_field()
+    }
+
+    /// A key or length not complete yet: fine unless the message ends here.
+    fn truncated(&mut self) -> Result<(), Status> {
+        if self.remaining == 0 {
+            return Err(self.bad("a FlightData message that ends inside a field's key"));
+        }
+        Ok(())
+    }
+
+    /// Once a field is complete: the message ends when its bytes do.
+    fn end_field(&mut self) -> Result<(), Status> {
+        let complete = match self.state {
+            State::Key => self.pending.is_empty(),
+            State::Value { left, .. } | State::Body { left, .. } => left == 0,
+            State::Prefix => false,
+        };
+        if complete && self.remaining == 0 {
+            self.end_message()?;
+        }
+        Ok(())
+    }
+
+    /// The body field begins: the message's header says where its bytes go.
+    fn begin_body(&mut self, len: usize) -> Result<(), Status> {
+        if self.bodied {
+            return Err(self.bad("a FlightData message with two bodies"));
+        }
+        self.bodied = true;
+        if self.header.is_empty() {
+            return Err(self.bad("a FlightData message whose body precedes its header"));
+        }
+        match &self.schema {
+            None => {
+                arrowbridge::ipc::check_message_header(self.what, &self.header, len, None)
+                    .map_err(refused)?;
+                let schema = arrowbridge::ipc::schema_of_message(&self.header)
+                    .ok_or_else(|| self.bad("the stream must begin with a schema message"))?;
+                if schema.fields() != self.expected.fields() {
+                    return Err(self.bad("the stream's columns differ from the item's"));
+                }
+                self.schema = Some(schema);
+            }
+            Some(schema) => {
+                arrowbridge::ipc::check_message_header(self.what, &self.header, len, Some(schema))
+                    .map_err(refused)?;
+                let message = arrow_ipc::root_as_message(&self.header)
+                    .map_err(|e| self.bad(format!("corrupt message: {e}")))?;
+                if message.header_type() != arrow_ipc::MessageHeader::RecordBatch {
+                    return Err(self.bad(format!(
+                        "a {:?} message in a stream of tensors, where only record batches may follow the schema",
+                        message.header_type()
+                    )));
+                }
+                self.incoming = self.part.begin(&self.header, len).map_err(refused)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn end_message(&mut self) -> Result<(), Status> {
+        // A message without a body field has an empty body.
+        if !self.bodied && !self.header.is_empty() {
+            self.begin_body(0)?;
+        }
+        if let Some(incoming) = self.incoming.take() {
+            self.part.commit(incoming);
+        }
+        self.header.clear();
+        self.bodied = false;
+        self.state = State::Prefix;
+        Ok(())
+    }
+
+    /// The stream ended: not inside a message, and after a schema.
+    fn finish(self) -> Result<(), Status> {
+        if !matches!(self.state, State::Prefix) || !self.pending.is_empty() {
+            return Err(self.bad("the stream ended inside a message"));
+        }
+        if self.schema.is_none() {
+            return Err(self.bad("an empty stream"));
+        }
+        Ok(())
+    }
+}
+
+/// A protobuf varint at the start of `bytes` and its length; `None` when incomplete.
+fn varint(bytes: &[u8]) -> Result<Option<(u64, usize)>, &'static str> {
+    let mut value = 0u64;
+    for (i, &b) in bytes.iter().enumerate() {
+        if i == 10 {
+            return Err("a protobuf varint longer than 10 bytes");
+        }
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(Some((value, i + 1)));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Float64Array, Int32Array, RecordBatch};
+    use arrow_flight::utils::batches_to_flight_data;
+    use arrow_flight::FlightData;
+    use arrow_schema::{DataType, Field};
+    use arrowbridge::landing::Destination;
+    use prost::Message;
+    use std::sync::Arc;
+
+    fn batch(rows: std::ops::Range<i32>) -> RecordBatch {
+        let schema = Schema::new(vec![
+            Field::new("i", DataType::Int32, false),
+            Field::new("x", DataType::Float64, false),
+        ]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(Int32Array::from_iter_values(rows.clone())),
+                Arc::new(Float64Array::from_iter_values(rows.map(|r| r as f64 / 2.0))),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// The bytes of a DoGet response body: each message as a gRPC frame.
+    fn framed(messages: &[FlightData]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for m in messages {
+            let encoded = m.encode_to_vec();
+            out.push(0);
+            out.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+            out.extend_from_slice(&encoded);
+        }
+        out
+    }
+
+    /// Feeds `bytes` in pieces of `piece` bytes into a destination of `rows` rows of `schema`.
+    fn land(
+        schema: &Schema,
+        rows: usize,
+        bytes: &[u8],
+        piece: usize,
+    ) -> Result<RecordBatch, Status> {
+        let mut destination = Destination::new("t", Arc::new(schema.clone()), rows)
+            .unwrap()
+            .unwrap();
+        let mut parts = destination.parts(&[rows]).unwrap();
+        let mut parser = Parser::new("t", schema, &mut parts[0]);
+        for chunk in bytes.chunks(piece) {
+            parser.feed(chunk)?;
+        }
+        parser.finish()?;
+        parts.pop().unwrap().finish().map_err(refused)?;
+        Ok(destination.into_batch().unwrap())
+    }
+
+    #[test]
+    fn messages_split_anywhere_land_as_sent() {
+        let sent = [batch(0..5), batch(5..12), batch(12..12), batch(12..20)];
+        let schema = sent[0].schema();
+        let mut messages = batches_to_flight_data(&schema, &sent).unwrap();
+        // An app_metadata-only message between batches is skipped.
+        messages.insert(2, FlightData::new().with_app_metadata(vec![1, 2, 3]));
+        let bytes = framed(&messages);
+        let expected = arrow_select::concat::concat_batches(&schema, &sent).unwrap();
+        for piece in [1, 2, 5, 7, 64, 1000, bytes.len()] {
+            let got = land(&schema, 20, &bytes, piece).unwrap();
+            assert_eq!(got, expected, "pieces of {piece} bytes");
+        }
+    }
+
+    #[test]
+    fn hostile_framing_is_a_clear_error() {
+        let sent = batch(0..4);
+        let schema = sent.schema();
+        let messages = batches_to_flight_data(&schema, [&sent]).unwrap();
+        let good = framed(&messages);
+        let err = |bytes: &[u8]| {
+            land(&schema, 4, bytes, 3)
+                .unwrap_err()
+                .message()
+                .to_string()
+        };
+
+        let mut compressed = good.clone();
+        compressed[0] = 1;
+        assert!(err(&compressed).contains("compressed gRPC message"));
+
+        assert!(err(&good[..good.len() - 1]).contains("ended inside a message"));
+        assert!(err(&good[..5]).contains("ended inside a message"));
+        assert!(err(&[]).contains("an empty stream"));
+
+        // A body before its header.
+        let mut swapped = framed(&messages[..1]);
+        let body_first = [&[0xc2, 0x3e, 0x01, 0x00][..], &[0x12, 0x01, 0x00][..]].concat();
+        swapped.push(0);
+        swapped.extend_from_slice(&(body_first.len() as u32).to_be_bytes());
+        swapped.extend_from_slice(&body_first);
+        assert!(err(&swapped).contains("body precedes its header"));
+
+        // A field longer than its message.
+        let overrun = [0, 0, 0, 0, 3, 0x12, 0x7f, 0];
+        assert!(err(&overrun).contains("overruns its message"));
+
+        // A varint that never ends.
+        let mut endless = vec![0, 0, 0, 0, 12];
+        endless.extend([0xff; 12]);
+        assert!(err(&endless).contains("longer than 10 bytes"));
+
+        // More rows than the destination holds.
+        let twice = framed(&batches_to_flight_data(&schema, [&sent, &sent]).unwrap());
+        assert!(err(&twice).contains("overflows the 4 rows"));
+
+        // Columns other than the item's.
+        let other = batch(0..4).project(&[1]).unwrap();
+        let other = framed(&batches_to_flight_data(&other.schema(), [&other]).unwrap());
+        assert!(err(&other).contains("columns differ"));
+    }
+}
