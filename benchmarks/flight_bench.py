@@ -178,6 +178,40 @@ def small_calls(location: str, n: int) -> list[float]:
     return out
 
 
+SOCKET_ECHO_SERVER = textwrap.dedent(
+    """
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    print(listener.getsockname()[1], flush=True)
+    conn, _ = listener.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while data := conn.recv(1 << 20):
+        conn.sendall(data)
+    """
+)
+
+
+def socket_round_trips(n: int) -> list[float]:
+    """Round trips of 8 KiB between two processes over a plain TCP socket on loopback: the
+    floor under any RPC's latency on this machine."""
+    out = []
+    with process([sys.executable, "-c", SOCKET_ECHO_SERVER]) as (_, port):
+        with socket.create_connection(("127.0.0.1", int(port))) as conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            message = bytes(8192)
+            buffer = bytearray(8192)
+            for i in range(n + 1):
+                t0 = time.perf_counter()
+                conn.sendall(message)
+                got = 0
+                while got < len(message):
+                    got += conn.recv_into(memoryview(buffer)[got:])
+                if i:  # the first one is warm-up
+                    out.append(time.perf_counter() - t0)
+    return out
+
+
 def echo_calls(location: str, n: int) -> list[float]:
     client = fl.FlightClient(location)
     table = pa.table({"x": np.ones(1024)})
@@ -296,6 +330,7 @@ def run(sizes: list[int], repeats: int, concurrency: tuple[int, int], small_n: i
                 print(f"  flight: measured {x.nbytes >> 20} MiB", file=sys.stderr)
             results["ours call"] = small_calls(tcp, small_n)  # calls always go by gRPC
             results["echo call"] = echo_calls(echo, small_n)
+            results["socket round trip"] = socket_round_trips(small_n)
             results["concurrent"] = concurrent_calls(tcp, *concurrency)
         results["memory"] = server_memory(sizes[0])
     finally:
@@ -347,11 +382,13 @@ def report(r: dict, fmt_time: Callable[[float], str]) -> tuple[list[str], list[s
             f"{unix_put / ours_put:.2f}× / {unix_get / ours_get:.2f}× TCP."
         )
     p50, echo50 = percentile(r["ours call"], 50), percentile(r["echo call"], 50)
+    wire50 = percentile(r["socket round trip"], 50)
     c = r["concurrent"]
     grown, put = r["memory"]
     headline += [
         f"- Small call (8 KiB identity, DoExchange): p50 {fmt_time(p50)} vs pyarrow.flight's "
-        f"echo {fmt_time(echo50)} ({p50 / echo50:.2f}×); {c['clients']} clients × "
+        f"echo {fmt_time(echo50)} ({p50 / echo50:.2f}×), a plain TCP socket's 8 KiB round trip "
+        f"{fmt_time(wire50)} ({p50 / wire50:.2f}×); {c['clients']} clients × "
         f"{c['calls'] // c['clients']} calls: {c['calls_per_s']:.0f} calls/s, p99 "
         f"{fmt_time(c['p99'])}, {c['errors']} errors.",
         f"- Server memory after four puts of {put >> 22} MiB (two by clients that exit right "
@@ -364,7 +401,8 @@ def report(r: dict, fmt_time: Callable[[float], str]) -> tuple[list[str], list[s
         + (f"{wire / 1e9:.2f} GB/s." if wire else "not installed (`apt-get install iperf3`)."),
         "",
         f"Small calls: p50 {fmt_time(p50)}, p99 {fmt_time(percentile(r['ours call'], 99))}; "
-        f"pyarrow.flight Python echo server do_exchange p50 {fmt_time(echo50)}.",
+        f"pyarrow.flight Python echo server do_exchange p50 {fmt_time(echo50)}; "
+        f"8 KiB round trip over a plain TCP socket between two processes p50 {fmt_time(wire50)}.",
         "",
         f"Concurrency: {c['clients']} clients × {c['calls'] // c['clients']} calls, "
         f"{c['calls_per_s']:.0f} calls/s, p50 {fmt_time(c['p50'])}, p99 {fmt_time(c['p99'])}, "
