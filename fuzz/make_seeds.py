@@ -105,6 +105,44 @@ def flight_seeds() -> None:
         write("flight_service", name, flight_input(False, json.dumps(command).encode(), sent))
 
 
+def varint(n: int) -> bytes:
+    out = b""
+    while n >= 0x80:
+        out += bytes([n & 0x7F | 0x80])
+        n >>= 7
+    return out + bytes([n])
+
+
+def do_get_response(table: pa.Table, app_metadata: bytes = b"") -> bytes:
+    """The body of a DoGet response streaming `table`: a gRPC frame per FlightData message
+    (data_header = field 2, app_metadata = field 3, data_body = field 1000)."""
+    out = b""
+    for header, body in messages(table):
+        message = b"\x12" + varint(len(header)) + header
+        if app_metadata:
+            message += b"\x1a" + varint(len(app_metadata)) + app_metadata
+        if body:
+            message += varint(1000 << 3 | 2) + varint(len(body)) + body
+        out += b"\x00" + struct.pack(">I", len(message)) + message
+    return out
+
+
+def get_response_seeds() -> None:
+    """Inputs of `flight_get_response`: [columns][rows u16][piece size][response]."""
+    rows = 5
+    columns = {
+        0: pa.table({"i": pa.array(range(rows), pa.int32()), "x": np.arange(rows) / 2}),
+        1: pa.table({"x": pa.FixedSizeListArray.from_arrays(np.ones(rows * 3, np.float32), 3)}),
+        2: pa.table({"x": np.arange(rows, dtype=np.float64)}),
+    }
+    for kind, table in columns.items():
+        for piece in (0, 1, 7):
+            prefix = bytes([kind]) + struct.pack("<H", rows) + bytes([piece])
+            write("flight_get_response", f"t{kind}-p{piece}", prefix + do_get_response(table))
+        prefix = bytes([kind]) + struct.pack("<H", rows) + bytes([3])
+        write("flight_get_response", f"t{kind}-meta", prefix + do_get_response(table, b"m"))
+
+
 def metadata_seeds() -> None:
     for name, prefix, meta in [
         ("plain", bytes([6, 2, 1]), {"shape": [2, 3]}),
@@ -140,6 +178,7 @@ def c_data_seeds() -> None:
 def main() -> int:
     ipc_seeds()
     flight_seeds()
+    get_response_seeds()
     metadata_seeds()
     params_seeds()
     c_data_seeds()

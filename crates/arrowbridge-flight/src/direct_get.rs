@@ -105,6 +105,32 @@ pub(crate) async fn do_get_into(
     }
 }
 
+/// Lands the bytes of a DoGet response body (`chunks`, as the frames brought them) in a new
+/// destination of `rows` rows of `schema`, as [`do_get_into`] does: for fuzzing the parser
+/// with whatever a server may send.
+#[doc(hidden)]
+pub fn land_response<'c>(
+    schema: &Schema,
+    rows: usize,
+    chunks: impl IntoIterator<Item = &'c [u8]>,
+) -> Result<arrow_array::RecordBatch, Status> {
+    let what = "DoGet";
+    let mut destination =
+        arrowbridge::landing::Destination::new(what, std::sync::Arc::new(schema.clone()), rows)
+            .map_err(refused)?
+            .ok_or_else(|| Status::invalid_argument("columns that do not land in place"))?;
+    let mut parts = destination.parts(&[rows]).map_err(refused)?;
+    let mut parser = Parser::new(what, schema, &mut parts[0]);
+    for chunk in chunks {
+        parser.feed(chunk)?;
+    }
+    parser.finish()?;
+    for part in parts {
+        part.finish().map_err(refused)?;
+    }
+    destination.into_batch().map_err(refused)
+}
+
 fn transport(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Status {
     let e = e.into();
     match e.downcast::<Status>() {
@@ -394,7 +420,6 @@ mod tests {
     use arrow_flight::utils::batches_to_flight_data;
     use arrow_flight::FlightData;
     use arrow_schema::{DataType, Field};
-    use arrowbridge::landing::Destination;
     use prost::Message;
     use std::sync::Arc;
 
@@ -432,17 +457,7 @@ mod tests {
         bytes: &[u8],
         piece: usize,
     ) -> Result<RecordBatch, Status> {
-        let mut destination = Destination::new("t", Arc::new(schema.clone()), rows)
-            .unwrap()
-            .unwrap();
-        let mut parts = destination.parts(&[rows]).unwrap();
-        let mut parser = Parser::new("t", schema, &mut parts[0]);
-        for chunk in bytes.chunks(piece) {
-            parser.feed(chunk)?;
-        }
-        parser.finish()?;
-        parts.pop().unwrap().finish().map_err(refused)?;
-        Ok(destination.into_batch().unwrap())
+        land_response(schema, rows, bytes.chunks(piece))
     }
 
     #[test]

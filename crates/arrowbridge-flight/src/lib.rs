@@ -27,6 +27,8 @@ mod tls;
 pub use client::{
     Arg, Client, ClientError, ClientOptions, ClientResult, Item, ItemForm, ItemInfo, ITEM_KEY,
 };
+#[doc(hidden)]
+pub use direct_get::land_response;
 pub use error::{FlightServerError, Result, KIND_KEY, KIND_OUT_OF_MEMORY, KIND_STORAGE};
 pub use receive::{receive, receive_part, Received};
 pub use server::{start, RunningServer, ServerConfig, MAX_MESSAGE, SHUTDOWN_GRACE};

@@ -28,6 +28,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("tensor_metadata", tensor_metadata),
     ("flight_service", flight_service),
     ("kernel_params", kernel_params),
+    ("flight_get_response", flight_get_response),
 ];
 
 /// An IPC file or stream, compressed or plain: decoded, described and read as tensors.
@@ -376,4 +377,33 @@ pub fn kernel_params(data: &[u8]) {
     }
     std::hint::black_box(x.shape().len() + usize::from(x.dtype().itemsize() > 0));
     let _ = x.array().len();
+}
+
+/// A DoGet response as a server may send it, parsed and landed by the native client as it
+/// arrives. Layout: one byte choosing the item's columns, two for its rows, one for the size
+/// of the pieces the bytes arrive in (0: all at once), then the response body (gRPC frames of
+/// FlightData).
+pub fn flight_get_response(data: &[u8]) {
+    let mut bytes = Bytes(data);
+    let item = Arc::new(Field::new("item", DataType::Float32, true));
+    let schema = match bytes.u8() % 3 {
+        0 => arrow_schema::Schema::new(vec![
+            Field::new("i", DataType::Int32, true),
+            Field::new("x", DataType::Float64, true),
+        ]),
+        1 => arrow_schema::Schema::new(vec![Field::new(
+            "x",
+            DataType::FixedSizeList(item, 3),
+            true,
+        )]),
+        _ => arrow_schema::Schema::new(vec![Field::new("x", DataType::Float64, true)]),
+    };
+    let rows = usize::from(bytes.u16() % 256);
+    let piece = match bytes.u8() {
+        0 => bytes.0.len().max(1),
+        n => usize::from(n),
+    };
+    if let Ok(batch) = arrowbridge_flight::land_response(&schema, rows, bytes.0.chunks(piece)) {
+        std::hint::black_box(batch.num_rows());
+    }
 }
