@@ -44,6 +44,7 @@ use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
+use crate::coalesce::{Address, Connector, WholeRequests};
 use crate::direct_get::do_get_into;
 use crate::receive::receive;
 use crate::server::MAX_MESSAGE;
@@ -207,7 +208,7 @@ pub struct Client {
     runtime: Arc<tokio::runtime::Runtime>,
     /// Drives the runtime's connections between calls.
     idle: Arc<IdleDriver>,
-    endpoint: Endpoint,
+    endpoint: Target,
     channel: Channel,
     authorization: Option<AsciiMetadataValue>,
     location: String,
@@ -226,17 +227,41 @@ enum Shm<T> {
     Unavailable(String),
 }
 
-/// The endpoint of a location: `grpc://host:port`, `grpc+tcp://`, `grpc+tls://` or
+/// A server to connect to: tonic's settings for the connection, and its socket.
+#[derive(Clone, Debug)]
+struct Target {
+    endpoint: Endpoint,
+    connector: Connector,
+}
+
+impl Target {
+    /// A channel that connects on first use.
+    fn lazy(&self) -> Channel {
+        self.endpoint
+            .connect_with_connector_lazy(self.connector.clone())
+    }
+
+    async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
+        self.endpoint
+            .connect_with_connector(self.connector.clone())
+            .await
+    }
+}
+
+/// The target of a location: `grpc://host:port`, `grpc+tcp://`, `grpc+tls://` or
 /// `grpc+unix:///path`.
-fn endpoint(location: &str, options: &ClientOptions) -> ClientResult<Endpoint> {
+fn endpoint(location: &str, options: &ClientOptions) -> ClientResult<Target> {
     let bad = |why: &str| ClientError::Location(format!("location {location:?}: {why}"));
     let (scheme, rest) = location
         .split_once("://")
         .ok_or_else(|| bad("expected grpc://host:port or grpc+unix:///path"))?;
-    let uri = match scheme {
-        "grpc" | "grpc+tcp" => format!("http://{rest}"),
-        "grpc+tls" => format!("https://{rest}"),
-        "grpc+unix" | "unix" if rest.starts_with('/') => format!("unix://{rest}"),
+    let (uri, address) = match scheme {
+        "grpc" | "grpc+tcp" => (format!("http://{rest}"), Address::Tcp),
+        "grpc+tls" => (format!("https://{rest}"), Address::Tcp),
+        "grpc+unix" | "unix" if rest.starts_with('/') => (
+            "http://localhost".to_string(),
+            Address::Unix(PathBuf::from(rest)),
+        ),
         "grpc+unix" | "unix" => return Err(bad("expected grpc+unix:///absolute/path/to/socket")),
         other => {
             return Err(bad(&format!(
@@ -265,7 +290,14 @@ fn endpoint(location: &str, options: &ClientOptions) -> ClientResult<Endpoint> {
     } else if options.tls_root_certs.is_some() {
         return Err(bad("tls_root_certs are for grpc+tls:// locations"));
     }
-    Ok(endpoint)
+    let connector = Connector {
+        address,
+        tls: scheme == "grpc+tls",
+    };
+    Ok(Target {
+        endpoint,
+        connector,
+    })
 }
 
 /// `batch` carrying exactly `schema` (which has its fields, and more metadata).
@@ -277,21 +309,76 @@ fn with_schema(batch: &RecordBatch, schema: &SchemaRef) -> ClientResult<RecordBa
     )
 }
 
+/// Calls under way in this process, of all clients.
+static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How long a lone call keeps polling its sockets before its thread sleeps.
+const SPIN: Duration = Duration::from_micros(150);
+
+/// Runs `future`; while it waits, and it is the only call under way in this process, the
+/// runtime keeps polling its sockets (`epoll_wait` with no timeout) for up to [`SPIN`]
+/// instead of sleeping. A reply that arrives meanwhile is read at once: no wake-up of a
+/// sleeping thread, which costs more than the rest of a small call on a virtual machine.
+/// Concurrent calls sleep as usual, so that spinning never takes a core from other work.
+async fn spinning<F: std::future::Future>(future: F) -> F::Output {
+    use std::sync::atomic::Ordering;
+    struct InFlight;
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    let alone = IN_FLIGHT.fetch_add(1, Ordering::Relaxed) == 0;
+    let _in_flight = InFlight;
+    let mut future = std::pin::pin!(future);
+    if alone {
+        let until = std::time::Instant::now() + SPIN;
+        loop {
+            if let std::task::Poll::Ready(output) = futures::poll!(future.as_mut()) {
+                return output;
+            }
+            if std::time::Instant::now() >= until || IN_FLIGHT.load(Ordering::Relaxed) > 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+    future.await
+}
+
 /// The thread that drives a client's current-thread runtime between calls. A call takes the
-/// runtime over (the driver lets go of it when the first call starts) and gives it back when
-/// the last call ends.
+/// runtime over (the driver lets go of it when a call starts); the driver takes it back once
+/// no call has begun for [`IdleDriver::LINGER`]. Calls in quick succession therefore run on
+/// the calling thread with no hand-over at all: neither a wake-up of the driver per call nor
+/// a wait for it to let go.
 #[derive(Debug, Default)]
 struct IdleDriver {
-    /// Calls under way, and whether the client is gone.
-    state: Mutex<(usize, bool)>,
+    state: Mutex<DriverState>,
+    /// Wakes the driver when the client is gone (nothing else does: it polls).
     resume: std::sync::Condvar,
+    /// Makes the driver let go of the runtime.
     release: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct DriverState {
+    /// Calls under way.
+    calls: usize,
+    /// Calls begun so far (the driver sees whether any began while it waited).
+    begun: u64,
+    /// Whether the driver holds the runtime.
+    driving: bool,
+    /// Whether the client is gone.
+    stopped: bool,
 }
 
 /// A call under way (see [`IdleDriver::call`]).
 struct CallGuard<'a>(&'a IdleDriver);
 
 impl IdleDriver {
+    /// How long the runtime stays with the callers after a call began.
+    const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
+
     fn start(runtime: Arc<tokio::runtime::Runtime>) -> std::io::Result<Arc<Self>> {
         let driver = Arc::new(IdleDriver::default());
         let this = driver.clone();
@@ -299,31 +386,47 @@ impl IdleDriver {
             .name("arrowbridge-flight-client".into())
             .spawn(move || loop {
                 {
-                    let mut state = this.state.lock().unwrap_or_else(PoisonError::into_inner);
-                    while state.0 > 0 && !state.1 {
+                    let mut state = this.lock();
+                    loop {
+                        if state.stopped {
+                            return; // the client is gone (and with this, the runtime)
+                        }
+                        let begun = state.begun;
                         state = this
                             .resume
-                            .wait(state)
-                            .unwrap_or_else(PoisonError::into_inner);
+                            .wait_timeout(state, Self::LINGER)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0;
+                        if state.calls == 0 && state.begun == begun && !state.stopped {
+                            break;
+                        }
                     }
-                    if state.1 {
-                        return; // the client is gone (and with this, the runtime)
-                    }
+                    state.driving = true;
                 }
                 runtime.block_on(this.release.notified());
+                this.lock().driving = false;
             })?;
         Ok(driver)
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, DriverState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Marks a call as under way until the guard drops; the driver lets go of the runtime.
     fn call(&self) -> CallGuard<'_> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner).0 += 1;
-        self.release.notify_one();
+        let mut state = self.lock();
+        state.calls += 1;
+        state.begun += 1;
+        if state.driving {
+            // A permit if the driver has not reached its wait yet: it returns at once.
+            self.release.notify_one();
+        }
         CallGuard(self)
     }
 
     fn stop(&self) {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner).1 = true;
+        self.lock().stopped = true;
         self.release.notify_one();
         self.resume.notify_one();
     }
@@ -331,11 +434,7 @@ impl IdleDriver {
 
 impl Drop for CallGuard<'_> {
     fn drop(&mut self) {
-        let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.0 -= 1;
-        if state.0 == 0 {
-            self.0.resume.notify_one();
-        }
+        self.0.lock().calls -= 1;
     }
 }
 
@@ -366,7 +465,7 @@ impl Client {
             .map_err(|e| ClientError::Location(format!("cannot start the client: {e}")))?;
         let channel = {
             let _context = runtime.enter();
-            endpoint.connect_lazy()
+            endpoint.lazy()
         };
         let runtime = Arc::new(runtime);
         let idle = IdleDriver::start(runtime.clone())
@@ -395,11 +494,19 @@ impl Client {
             return Err(ClientError::InsideRuntime);
         }
         let _call = self.idle.call();
-        Ok(self.runtime.block_on(future))
+        Ok(self.runtime.block_on(spinning(future)))
     }
 
     fn service(&self, channel: Channel) -> FlightServiceClient<Channel> {
         FlightServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    /// The service for requests that are whole when they start (all but uploads): each
+    /// leaves in one write.
+    fn whole(&self) -> FlightServiceClient<WholeRequests> {
+        FlightServiceClient::new(WholeRequests(self.channel.clone()))
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE)
     }
@@ -849,7 +956,7 @@ impl Client {
 
     /// What the server stores, sorted by name.
     pub fn list(&self) -> ClientResult<Vec<ItemInfo>> {
-        let mut service = self.service(self.channel.clone());
+        let mut service = self.whole();
         let infos = self.block_on(async move {
             service
                 .list_flights(self.request(Criteria::default()))
@@ -863,7 +970,7 @@ impl Client {
 
     /// What is stored under `name`.
     pub fn info(&self, name: &str) -> ClientResult<ItemInfo> {
-        let mut service = self.service(self.channel.clone());
+        let mut service = self.whole();
         let descriptor = FlightDescriptor::new_path(vec![name.to_string()]);
         let info =
             self.block_on(async move { service.get_flight_info(self.request(descriptor)).await })??;
@@ -897,7 +1004,7 @@ impl Client {
 
     /// Runs DoAction `kind`; the body of its first result.
     pub fn action(&self, kind: &str, body: Vec<u8>) -> ClientResult<Vec<u8>> {
-        let mut service = self.service(self.channel.clone());
+        let mut service = self.whole();
         let action = Action::new(kind, body);
         let results = self.block_on(async move {
             service
@@ -944,7 +1051,7 @@ impl Client {
         };
         let descriptor = FlightDescriptor::new_cmd(command.to_string());
         let (messages, failure) = encode(schema, batches, descriptor);
-        let mut service = self.service(self.channel.clone());
+        let mut service = self.whole();
         let received = self.block_on(async move {
             let stream = service
                 .do_exchange(self.request(messages))

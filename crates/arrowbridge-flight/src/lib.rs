@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 mod client;
+mod coalesce;
 mod direct_get;
 mod error;
 mod receive;

@@ -9,12 +9,14 @@ use std::time::Duration;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use arrowbridge::Registry;
 use futures::future::{BoxFuture, FutureExt};
+use futures::TryStreamExt;
 use std::future::Future;
 use tokio::sync::oneshot;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
+use crate::coalesce::{Coalesce, Mode};
 use crate::error::{FlightServerError, Result};
 use crate::service::Service;
 use crate::store::Store;
@@ -162,7 +164,9 @@ pub fn start(config: ServerConfig) -> Result<RunningServer> {
         let router = builder.add_service(flight);
         match listener.into_tokio() {
             Ok(Incoming::Tcp(listener)) => {
-                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                let incoming = TcpIncoming::from(listener)
+                    .with_nodelay(Some(true))
+                    .map_ok(|socket| Coalesce::new(socket, Mode::AfterChained));
                 serve_until(
                     move |signal| router.serve_with_incoming_shutdown(incoming, signal),
                     rx,
@@ -170,7 +174,8 @@ pub fn start(config: ServerConfig) -> Result<RunningServer> {
                 .boxed()
             }
             Ok(Incoming::Unix(listener)) => {
-                let incoming = UnixListenerStream::new(listener);
+                let incoming = UnixListenerStream::new(listener)
+                    .map_ok(|socket| Coalesce::new(socket, Mode::AfterChained));
                 serve_until(
                     move |signal| router.serve_with_incoming_shutdown(incoming, signal),
                     rx,
