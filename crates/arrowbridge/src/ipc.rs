@@ -547,7 +547,7 @@ pub fn read_ipc_columns(path: &Path, mmap: bool, columns: Option<&[String]>) -> 
 /// request): reading into 4 KiB pages costs a TLB miss every 4 KiB, and made a 16 MiB
 /// `read_ipc(mmap=False)` slower than `np.load`. The allocator reuses the memory of freed
 /// buffers, so the advice usually finds pages that are huge already.
-fn advise_huge_pages<T>(memory: &mut [T]) {
+pub(crate) fn advise_huge_pages<T>(memory: &mut [T]) {
     const HUGE: usize = 2 << 20;
     let (start, len) = (memory.as_mut_ptr() as usize, std::mem::size_of_val(memory));
     if len < 2 * HUGE || !cfg!(target_os = "linux") {
