@@ -34,7 +34,7 @@ use arrow_array::{RecordBatch, RecordBatchOptions};
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{
-    Action, Criteria, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, Ticket,
+    Action, Criteria, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, PutResult, Ticket,
 };
 use arrow_schema::{Schema, SchemaRef};
 use arrowbridge::landing::Destination;
@@ -46,6 +46,7 @@ use tonic::{Code, Request, Status};
 
 use crate::coalesce::{Address, Connector, WholeRequests};
 use crate::direct_get::do_get_into;
+use crate::direct_put::{self, Messages};
 use crate::receive::receive;
 use crate::server::MAX_MESSAGE;
 use crate::service::MAX_FLIGHT_DATA;
@@ -511,6 +512,13 @@ impl Client {
             .max_encoding_message_size(MAX_MESSAGE)
     }
 
+    /// The `authorization` header of calls made by hand ([`crate::grpc`]).
+    fn header_authorization(&self) -> Option<http::HeaderValue> {
+        self.authorization
+            .as_ref()
+            .and_then(|v| http::HeaderValue::from_bytes(v.as_encoded_bytes()).ok())
+    }
+
     fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         if let Some(value) = &self.authorization {
@@ -544,15 +552,21 @@ impl Client {
             .map(|b| with_schema(b, &schema))
             .collect::<ClientResult<Vec<_>>>()?;
         let descriptor = FlightDescriptor::new_path(vec![name.to_string()]);
+        if let Some(messages) = Messages::new(descriptor.clone(), &schema, &batches, "DoPut")? {
+            let authorization = self.header_authorization();
+            let channel = self.channel.clone();
+            let acks = self.block_on(async move {
+                direct_put::do_put(channel, authorization.as_ref(), messages, "DoPut").await
+            })??;
+            return Ok(acks.last().map_or(0, acknowledged_rows));
+        }
         let (messages, failure) = encode(schema, batches, descriptor);
         let mut service = self.service(self.channel.clone());
         let ack = self.block_on(async move {
             let mut results = service.do_put(self.request(messages)).await?.into_inner();
             let mut rows = 0;
             while let Some(result) = results.message().await? {
-                let ack: serde_json::Value =
-                    serde_json::from_slice(&result.app_metadata).unwrap_or_default();
-                rows = ack["rows"].as_u64().unwrap_or(0) as usize;
+                rows = acknowledged_rows(&result);
             }
             Ok::<_, Status>(rows)
         })?;
@@ -911,10 +925,7 @@ impl Client {
             });
         }
         let schema = destination.schema().clone();
-        let authorization = self
-            .authorization
-            .as_ref()
-            .and_then(|v| http::HeaderValue::from_bytes(v.as_encoded_bytes()).ok());
+        let authorization = self.header_authorization();
         // A connection per endpoint: streams of one connection share one socket.
         let own = counts.len() > 1;
         let mut parts = destination.parts(&counts)?;
@@ -1115,6 +1126,12 @@ fn error_sources(e: &dyn std::error::Error) -> String {
 /// The rows a ticket of an arrowbridge server's endpoint names (`None` for other tickets).
 fn ticket_rows(ticket: &[u8]) -> Option<std::ops::Range<usize>> {
     rows_of(&serde_json::from_slice(ticket).ok()?)
+}
+
+/// The rows a server's acknowledgement of a put counts.
+fn acknowledged_rows(ack: &PutResult) -> usize {
+    let ack: serde_json::Value = serde_json::from_slice(&ack.app_metadata).unwrap_or_default();
+    ack["rows"].as_u64().unwrap_or(0) as usize
 }
 
 /// The FlightData messages of `batches` under `schema`, the first carrying `descriptor`. An

@@ -218,7 +218,11 @@ impl tower_service::Service<http::Uri> for Connector {
         };
         Box::pin(async move {
             let socket = match address {
-                Address::Unix(path) => Socket::Unix(tokio::net::UnixStream::connect(path).await?),
+                Address::Unix(path) => {
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    widen_send_buffer(&stream);
+                    Socket::Unix(stream)
+                }
                 Address::Tcp => {
                     let host = uri.host().ok_or_else(|| {
                         io::Error::new(io::ErrorKind::InvalidInput, format!("no host in {uri}"))
@@ -237,6 +241,30 @@ impl tower_service::Service<http::Uri> for Connector {
             };
             Ok(hyper_util::rt::TokioIo::new(Coalesce::new(socket, mode)))
         })
+    }
+}
+
+/// How much a Unix socket may hold that its reader has not taken yet.
+///
+/// Bulk transfers over a Unix socket go as fast as its send buffer lets the writer run ahead
+/// of the reader: with the usual 208 KiB, the writer sleeps and is woken every 208 KiB.
+/// The kernel caps the request at `net.core.wmem_max`.
+pub(crate) const UNIX_SEND_BUFFER: libc::c_int = 4 << 20;
+
+/// Asks for a send buffer of [`UNIX_SEND_BUFFER`] on `socket` (best effort: a smaller one
+/// only costs speed).
+pub(crate) fn widen_send_buffer(socket: &impl std::os::fd::AsRawFd) {
+    let size = UNIX_SEND_BUFFER;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live c_int, on a descriptor
+    // the caller owns.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }
 

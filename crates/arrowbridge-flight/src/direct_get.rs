@@ -13,12 +13,11 @@
 
 use arrow_schema::Schema;
 use arrowbridge::landing::{Incoming, Part};
-use bytes::{BufMut, BytesMut};
-use http_body_util::BodyExt;
-use tonic::client::GrpcService;
+use bytes::Bytes;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::Status;
 
+use crate::grpc::{self, put_varint};
 use crate::receive::refused;
 
 /// The gRPC method.
@@ -35,7 +34,7 @@ const FIXED32: u64 = 5;
 /// Fetches the DoGet stream of `ticket` over `channel` into `part`; the stream's schema must
 /// have `expected`'s fields. `authorization` is the request's header of that name.
 pub(crate) async fn do_get_into(
-    mut channel: Channel,
+    channel: Channel,
     authorization: Option<&http::HeaderValue>,
     ticket: &[u8],
     what: &str,
@@ -43,66 +42,18 @@ pub(crate) async fn do_get_into(
     part: &mut Part<'_>,
 ) -> Result<(), Status> {
     // The request: one gRPC message holding a Ticket (field 1, bytes).
-    let mut body = BytesMut::with_capacity(16 + ticket.len());
     let mut message = Vec::with_capacity(11 + ticket.len());
     message.push(0x0a);
     put_varint(&mut message, ticket.len() as u64);
     message.extend_from_slice(ticket);
-    body.put_u8(0);
-    body.put_u32(message.len() as u32);
-    body.put_slice(&message);
-    let mut request = http::Request::builder()
-        .method(http::Method::POST)
-        .uri(DO_GET)
-        .header(http::header::CONTENT_TYPE, "application/grpc")
-        .header(http::header::TE, "trailers");
-    if let Some(value) = authorization {
-        request = request.header(http::header::AUTHORIZATION, value.clone());
-    }
-    let request = request
-        .body(tonic::body::Body::new(http_body_util::Full::new(
-            body.freeze(),
-        )))
-        .map_err(|e| Status::internal(format!("{what}: {e}")))?;
-    futures::future::poll_fn(|cx| GrpcService::poll_ready(&mut channel, cx))
-        .await
-        .map_err(transport)?;
-    let response = GrpcService::call(&mut channel, request)
-        .await
-        .map_err(transport)?;
-    let (head, mut body) = response.into_parts();
-    // A call that fails at once answers with its status in the headers ("trailers only").
-    if let Some(status) = Status::from_header_map(&head.headers) {
-        if status.code() != Code::Ok {
-            return Err(status);
-        }
-    }
-    if head.status != http::StatusCode::OK {
-        return Err(Status::unknown(format!(
-            "{what}: the server answered HTTP {}",
-            head.status
-        )));
-    }
+    let mut request = Vec::with_capacity(5 + message.len());
+    grpc::prefix(&mut request, message.len(), what)?;
+    request.extend_from_slice(&message);
+    let body = tonic::body::Body::new(http_body_util::Full::new(Bytes::from(request)));
+    let response = grpc::call(channel, DO_GET, authorization, body, what).await?;
     let mut parser = Parser::new(what, expected, part);
-    let mut status = None;
-    while let Some(frame) = body.frame().await {
-        let frame = frame?;
-        match frame.into_data() {
-            Ok(data) => parser.feed(&data)?,
-            Err(frame) => {
-                if let Ok(trailers) = frame.into_trailers() {
-                    status = Status::from_header_map(&trailers);
-                }
-            }
-        }
-    }
-    match status {
-        Some(status) if status.code() == Code::Ok => parser.finish(),
-        Some(status) => Err(status),
-        None => Err(Status::unavailable(format!(
-            "{what}: the stream ended without a status (the connection broke off)"
-        ))),
-    }
+    grpc::read_to_end(response, what, |data| parser.feed(&data)).await?;
+    parser.finish()
 }
 
 /// Lands the bytes of a DoGet response body (`chunks`, as the frames brought them) in a new
@@ -129,22 +80,6 @@ pub fn land_response<'c>(
         part.finish().map_err(refused)?;
     }
     destination.into_batch().map_err(refused)
-}
-
-fn transport(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Status {
-    let e = e.into();
-    match e.downcast::<Status>() {
-        Ok(status) => *status,
-        Err(e) => Status::unavailable(e.to_string()),
-    }
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
 }
 
 /// Where the parser is in the stream.

@@ -16,7 +16,9 @@
 mod client;
 mod coalesce;
 mod direct_get;
+mod direct_put;
 mod error;
+mod grpc;
 mod receive;
 mod server;
 mod service;

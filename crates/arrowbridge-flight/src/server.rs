@@ -174,8 +174,10 @@ pub fn start(config: ServerConfig) -> Result<RunningServer> {
                 .boxed()
             }
             Ok(Incoming::Unix(listener)) => {
-                let incoming = UnixListenerStream::new(listener)
-                    .map_ok(|socket| Coalesce::new(socket, Mode::AfterChained));
+                let incoming = UnixListenerStream::new(listener).map_ok(|socket| {
+                    crate::coalesce::widen_send_buffer(&socket);
+                    Coalesce::new(socket, Mode::AfterChained)
+                });
                 serve_until(
                     move |signal| router.serve_with_incoming_shutdown(incoming, signal),
                     rx,

@@ -391,14 +391,12 @@ impl Service {
         }
         let store = self.store.clone();
         let stored = Stored::new(schema, batches);
-        // Writing (and fsyncing) a file blocks: keep it off the async workers.
-        let replaced = tokio::task::spawn_blocking(move || store.put(&name, stored))
+        // Writing (and fsyncing) a file blocks: keep it off the async workers. The item this
+        // one replaces is freed before the acknowledgement, so that the next put of the same
+        // size lands in its memory rather than in pages never touched yet.
+        tokio::task::spawn_blocking(move || store.put(&name, stored).map(drop))
             .await
             .map_err(|e| Status::internal(e.to_string()))??;
-        if let Some(replaced) = replaced {
-            // Freed after the acknowledgement, off the async workers.
-            tokio::task::spawn_blocking(move || drop(replaced));
-        }
         Ok(PutResult {
             app_metadata: serde_json::json!({"rows": rows}).to_string().into(),
         })
