@@ -77,9 +77,12 @@ class TestForms:
 
 
 class TestLanding:
-    def test_a_result_of_many_messages_is_one_aligned_writeable_array(self, client):
+    def test_a_result_of_many_messages_is_one_aligned_writeable_array(self, server, client):
         x = sample("float64", (3 * MIB // 8 * 8 // 1024, 1024))  # 24 MiB: three messages
         client.put("many", x)
+        # The server stores one buffer, and sends it in messages of 8 MiB, as any client sees.
+        sent = flight.FlightClient(server.location).do_get(flight.Ticket(b"many")).read_all()
+        assert [len(c) for c in sent.column("data").chunks] == [1024, 1024, 1024]
         back = client.get("many")
         assert same_values(back, x)
         assert back.flags.c_contiguous and back.flags.writeable

@@ -46,7 +46,8 @@ use tonic::{Code, Request, Status};
 
 use crate::coalesce::{Address, Connector, WholeRequests};
 use crate::direct_get::do_get_into;
-use crate::direct_put::{self, Messages};
+use crate::direct_put;
+use crate::framing::Messages;
 use crate::receive::receive;
 use crate::server::MAX_MESSAGE;
 use crate::service::MAX_FLIGHT_DATA;
@@ -552,7 +553,13 @@ impl Client {
             .map(|b| with_schema(b, &schema))
             .collect::<ClientResult<Vec<_>>>()?;
         let descriptor = FlightDescriptor::new_path(vec![name.to_string()]);
-        if let Some(messages) = Messages::new(descriptor.clone(), &schema, &batches, "DoPut")? {
+        if let Some(messages) = Messages::new(
+            Some(descriptor.clone()),
+            &schema,
+            &batches,
+            MAX_FLIGHT_DATA,
+            "DoPut",
+        )? {
             let authorization = self.header_authorization();
             let channel = self.channel.clone();
             let acks = self.block_on(async move {

@@ -103,7 +103,7 @@ pub(crate) fn messages<'b>(mut body: &'b [u8], what: &str) -> Result<Vec<&'b [u8
     while !body.is_empty() {
         let bad = |m: &str| Status::internal(format!("{what}: {m}"));
         if body.len() < 5 {
-            return Err(bad("the answer ended inside a message's prefix"));
+            return Err(bad("the body ended inside a message's prefix"));
         }
         if body[0] != 0 {
             return Err(bad("a compressed gRPC message, which was not asked for"));
@@ -111,7 +111,7 @@ pub(crate) fn messages<'b>(mut body: &'b [u8], what: &str) -> Result<Vec<&'b [u8
         let len = u32::from_be_bytes(body[1..5].try_into().expect("4 bytes")) as usize;
         let message = body
             .get(5..5 + len)
-            .ok_or_else(|| bad("the answer ended inside a message"))?;
+            .ok_or_else(|| bad("the body ended inside a message"))?;
         out.push(message);
         body = &body[5 + len..];
     }

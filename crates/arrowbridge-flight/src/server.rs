@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use arrow_flight::flight_service_server::FlightServiceServer;
 use arrowbridge::Registry;
 use futures::future::{BoxFuture, FutureExt};
 use futures::TryStreamExt;
@@ -18,6 +17,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::coalesce::{Coalesce, Mode};
 use crate::error::{FlightServerError, Result};
+use crate::routes::Routes;
 use crate::service::Service;
 use crate::store::Store;
 
@@ -125,9 +125,7 @@ pub fn start(config: ServerConfig) -> Result<RunningServer> {
     );
     let service = Service::new(store, config.registry.clone(), config.token.clone())
         .with_shm(shm_path.clone(), &instance);
-    let flight = FlightServiceServer::new(service)
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
+    let flight = Routes::new(service);
     // Large windows and frames: bulk transfers are the point of this server. Small frames
     // (HTTP/2's 16 KiB default) and 64 KiB windows cap loopback throughput far below TCP's.
     let mut builder = Server::builder()

@@ -529,14 +529,20 @@ impl Service {
     }
 
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        self.check_token(
+            request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok()),
+        )
+    }
+
+    /// Checks a call's `authorization` header against the server's token, if it has one.
+    pub(crate) fn check_token(&self, authorization: Option<&str>) -> Result<(), Status> {
         let Some(token) = &self.token else {
             return Ok(());
         };
-        let given = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+        let given = authorization.and_then(|v| v.strip_prefix("Bearer "));
         match given {
             Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => Ok(()),
             Some(_) => Err(Status::unauthenticated("wrong bearer token")),
@@ -544,6 +550,38 @@ impl Service {
                 "this server needs an 'authorization: Bearer <token>' header",
             )),
         }
+    }
+
+    /// The batches a DoGet of `ticket` sends, under the schema they travel with.
+    pub(crate) async fn get_batches(
+        &self,
+        ticket: &[u8],
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
+        let (name, rows) = parse_ticket(ticket)?;
+        let stored = self.stored(&name)?;
+        if let Some(map) = &stored.shards {
+            return Err(map.not_here(&name, "its rows"));
+        }
+        if let Some(rows) = &rows {
+            if rows.end > stored.rows() {
+                return Err(Status::out_of_range(format!(
+                    "ticket for rows [{}, {}] of {name:?}, which has {} rows",
+                    rows.start,
+                    rows.end,
+                    stored.rows()
+                )));
+            }
+        }
+        let wired = tokio::task::spawn_blocking(move || {
+            let batches = match rows {
+                Some(rows) => rows_of(&stored.batches, rows),
+                None => stored.batches.clone(),
+            };
+            wire(stored.schema.clone(), batches)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(wired?)
     }
 
     fn stored(&self, name: &str) -> Result<Arc<Stored>, Status> {
@@ -716,30 +754,7 @@ impl FlightService for Service {
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
         self.authorize(&request)?;
-        let (name, rows) = parse_ticket(&request.get_ref().ticket)?;
-        let stored = self.stored(&name)?;
-        if let Some(map) = &stored.shards {
-            return Err(map.not_here(&name, "its rows"));
-        }
-        if let Some(rows) = &rows {
-            if rows.end > stored.rows() {
-                return Err(Status::out_of_range(format!(
-                    "ticket for rows [{}, {}] of {name:?}, which has {} rows",
-                    rows.start,
-                    rows.end,
-                    stored.rows()
-                )));
-            }
-        }
-        let (schema, batches) = tokio::task::spawn_blocking(move || {
-            let batches = match rows {
-                Some(rows) => rows_of(&stored.batches, rows),
-                None => stored.batches.clone(),
-            };
-            wire(stored.schema.clone(), batches)
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))??;
+        let (schema, batches) = self.get_batches(&request.get_ref().ticket).await?;
         Ok(Response::new(encode(schema, batches)))
     }
 

@@ -1,0 +1,330 @@
+//! FlightData messages framed by hand, their bodies views of the arrays.
+//!
+//! arrow-flight's encoder copies the buffers of every record batch into an IPC body, and
+//! tonic's encoder copies every message into a buffer of its own: two copies of every byte
+//! before the kernel's, all on the sender, which on loopback also runs the receiver's network
+//! stack. [`Messages`] is a gRPC body built by hand instead, as a list of [`Bytes`]: per
+//! message its gRPC prefix and `FlightData` fields, then views of the columns' own buffers
+//! with zero padding between them. hyper hands views of 256 bytes or more to the socket as
+//! they are (one vectored write), so the sender copies nothing but into the kernel. The
+//! client's puts ([`crate::direct_put`]) and the server's DoGet answers
+//! ([`crate::server`]) are sent so.
+//!
+//! Batches whose columns are not plain fixed-width values without nulls (booleans, strings,
+//! nulls) have no such views; [`Messages::new`] says so and the caller uses arrow-flight's
+//! encoder.
+
+use std::convert::Infallible;
+
+use arrow_array::{Array, RecordBatch};
+use arrow_data::ArrayData;
+use arrow_flight::{FlightData, FlightDescriptor, SchemaAsIpc};
+use arrow_ipc::writer::IpcWriteOptions;
+use arrow_schema::{DataType, Schema};
+use bytes::Bytes;
+use futures::stream;
+use http_body::Frame;
+use prost::Message;
+use tonic::Status;
+
+use crate::grpc::{self, put_varint};
+
+/// Buffers in a body start at multiples of this many bytes (arrow-rs's IPC writer's default).
+const ALIGNMENT: usize = 64;
+/// What padding is cut from.
+static ZEROS: [u8; ALIGNMENT] = [0; ALIGNMENT];
+/// The key of `FlightData.data_body` (field 1000, length-delimited), as a varint.
+const BODY_KEY: [u8; 2] = [0xc2, 0x3e];
+
+/// A gRPC body of FlightData messages: its bytes, the large ones views of the arrays.
+#[derive(Debug)]
+pub(crate) struct Messages {
+    chunks: Vec<Bytes>,
+}
+
+impl Messages {
+    /// The messages of a stream of `batches` under `schema`, the first (the schema's) carrying
+    /// `descriptor` if given, each batch cut into messages of at most `max_bytes` (one row
+    /// at least); `None` when a column has no views to send ([`plain_body`]).
+    pub(crate) fn new(
+        descriptor: Option<FlightDescriptor>,
+        schema: &Schema,
+        batches: &[RecordBatch],
+        max_bytes: usize,
+        what: &str,
+    ) -> Result<Option<Self>, Status> {
+        let Some(row_bytes) = arrowbridge::landing::row_bytes(schema) else {
+            return Ok(None);
+        };
+        let step = (max_bytes / row_bytes.iter().sum::<usize>().max(1)).max(1);
+        let mut bodies = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let mut start = 0;
+            // An empty batch is sent as one empty message, as arrow-flight's encoder does.
+            while start < batch.num_rows() || (start == 0 && batch.num_rows() == 0) {
+                let rows = step.min(batch.num_rows() - start);
+                let Some(body) = plain_body(&batch.slice(start, rows)) else {
+                    return Ok(None);
+                };
+                bodies.push((rows, body));
+                start += rows.max(1);
+            }
+        }
+        let mut messages = Messages {
+            chunks: Vec::with_capacity(1 + 2 * bodies.len()),
+        };
+        let mut schema_message =
+            FlightData::from(SchemaAsIpc::new(schema, &IpcWriteOptions::default()));
+        schema_message.flight_descriptor = descriptor;
+        messages.push(&schema_message, Vec::new(), what)?;
+        for (rows, body) in bodies {
+            let header = FlightData {
+                data_header: body.header(rows).into(),
+                ..FlightData::default()
+            };
+            messages.push(&header, body.chunks, what)?;
+        }
+        Ok(Some(messages))
+    }
+
+    /// Appends `data` (without a body) followed by the body `chunks`, as one message.
+    fn push(&mut self, data: &FlightData, chunks: Vec<Bytes>, what: &str) -> Result<(), Status> {
+        let body: usize = chunks.iter().map(Bytes::len).sum();
+        let mut fields = data.encode_to_vec();
+        if body > 0 {
+            fields.extend_from_slice(&BODY_KEY);
+            put_varint(&mut fields, body as u64);
+        }
+        let len = fields.len() + body;
+        if len > crate::MAX_MESSAGE {
+            return Err(Status::internal(format!(
+                "{what}: a message of {len} bytes, over the {} bytes a server takes",
+                crate::MAX_MESSAGE
+            )));
+        }
+        let mut head = Vec::with_capacity(5 + fields.len());
+        grpc::prefix(&mut head, len, what)?;
+        head.extend_from_slice(&fields);
+        self.chunks.push(head.into());
+        self.chunks
+            .extend(chunks.into_iter().filter(|c| !c.is_empty()));
+        Ok(())
+    }
+
+    /// The messages as a request or response body; a response's ends with `trailers`.
+    pub(crate) fn into_body(self, trailers: Option<http::HeaderMap>) -> tonic::body::Body {
+        let frames = self
+            .chunks
+            .into_iter()
+            .map(Frame::data)
+            .chain(trailers.map(Frame::trailers))
+            .map(Ok::<_, Infallible>);
+        tonic::body::Body::new(http_body_util::StreamBody::new(stream::iter(frames)))
+    }
+
+    /// Every byte of the body, in order (for tests).
+    #[cfg(test)]
+    fn to_vec(&self) -> Vec<u8> {
+        self.chunks.concat()
+    }
+}
+
+/// The body of a record batch as views of its columns' buffers, and where each lies in it.
+#[derive(Debug, Default)]
+struct PlainBody {
+    nodes: Vec<arrow_ipc::FieldNode>,
+    buffers: Vec<arrow_ipc::Buffer>,
+    chunks: Vec<Bytes>,
+    len: usize,
+}
+
+/// The body of `batch` when every column is plain fixed-width values (primitive, or fixed-size
+/// lists of them, as tensors travel) without nulls: one view per column, no copy.
+fn plain_body(batch: &RecordBatch) -> Option<PlainBody> {
+    let mut body = PlainBody::default();
+    for column in batch.columns() {
+        body.add(&column.to_data())?;
+    }
+    Some(body)
+}
+
+impl PlainBody {
+    fn add(&mut self, data: &ArrayData) -> Option<()> {
+        if data.null_count() != 0 {
+            return None;
+        }
+        self.nodes
+            .push(arrow_ipc::FieldNode::new(data.len() as i64, 0));
+        // Validity: none.
+        self.buffers
+            .push(arrow_ipc::Buffer::new(self.len as i64, 0));
+        match data.data_type() {
+            DataType::FixedSizeList(_, size) => {
+                let size = usize::try_from(*size).ok()?;
+                let child = data.child_data().first()?;
+                self.add(&child.slice(data.offset() * size, data.len() * size))
+            }
+            t if t.is_primitive() => {
+                let width = t.primitive_width()?;
+                let values = data
+                    .buffers()
+                    .first()?
+                    .slice_with_length(data.offset() * width, data.len() * width);
+                self.buffers
+                    .push(arrow_ipc::Buffer::new(self.len as i64, values.len() as i64));
+                let padding = values.len().next_multiple_of(ALIGNMENT) - values.len();
+                self.len += values.len() + padding;
+                self.chunks.push(Bytes::from(values));
+                self.chunks.push(Bytes::from_static(&ZEROS[..padding]));
+                Some(())
+            }
+            _ => None,
+        }
+    }
+
+    /// The IPC header of a record batch of `rows` rows with this body.
+    fn header(&self, rows: usize) -> Vec<u8> {
+        let mut fbb = flatbuffers::FlatBufferBuilder::new();
+        let nodes = fbb.create_vector(&self.nodes);
+        let buffers = fbb.create_vector(&self.buffers);
+        let mut batch = arrow_ipc::RecordBatchBuilder::new(&mut fbb);
+        batch.add_length(rows as i64);
+        batch.add_nodes(nodes);
+        batch.add_buffers(buffers);
+        let batch = batch.finish();
+        let mut message = arrow_ipc::MessageBuilder::new(&mut fbb);
+        message.add_version(arrow_ipc::MetadataVersion::V5);
+        message.add_header_type(arrow_ipc::MessageHeader::RecordBatch);
+        message.add_bodyLength(self.len as i64);
+        message.add_header(batch.as_union_value());
+        let root = message.finish();
+        fbb.finish(root, None);
+        fbb.finished_data().to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float32Type, Float64Type, Int16Type};
+    use arrow_array::{
+        ArrayRef, BooleanArray, FixedSizeListArray, Float32Array, Float64Array, Int16Array,
+    };
+    use arrow_flight::utils::flight_data_to_batches;
+    use arrow_schema::Field;
+    use std::sync::Arc;
+
+    /// A batch of a tensor column (rows of 3 float64s), an int16 column whose rows need
+    /// padding, and a float32 column; `rows` rows, sliced from `offset`.
+    fn batch(rows: usize, offset: usize) -> RecordBatch {
+        let n = rows + offset;
+        let values = Float64Array::from_iter_values((0..3 * n).map(|i| i as f64));
+        let item = Arc::new(Field::new("item", DataType::Float64, false));
+        let tensor = FixedSizeListArray::new(item, 3, Arc::new(values), None);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(tensor),
+            Arc::new(Int16Array::from_iter_values((0..n).map(|i| i as i16))),
+            Arc::new(Float32Array::from_iter_values(
+                (0..n).map(|i| i as f32 / 4.0),
+            )),
+        ];
+        let fields: Vec<Field> = columns
+            .iter()
+            .zip(["t", "i", "f"])
+            .map(|(c, name)| Field::new(name, c.data_type().clone(), false))
+            .collect();
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+            .unwrap()
+            .slice(offset, rows)
+    }
+
+    /// The FlightData messages of a DoPut request body.
+    fn decoded(messages: &Messages) -> Vec<FlightData> {
+        let bytes = messages.to_vec();
+        grpc::messages(&bytes, "test")
+            .unwrap()
+            .into_iter()
+            .map(|m| FlightData::decode(m).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn messages_decode_to_the_batches_sent() {
+        let sent = [batch(5, 2), batch(0, 0), batch(7, 0)];
+        let schema = sent[0].schema();
+        let descriptor = FlightDescriptor::new_path(vec!["x".into()]);
+        let messages = Messages::new(Some(descriptor.clone()), &schema, &sent, 1 << 20, "test")
+            .unwrap()
+            .expect("plain columns");
+        let data = decoded(&messages);
+        assert_eq!(data.len(), 1 + sent.len());
+        assert_eq!(data[0].flight_descriptor, Some(descriptor));
+        assert!(data[1..].iter().all(|d| d.flight_descriptor.is_none()));
+        let got = flight_data_to_batches(&data).unwrap();
+        assert_eq!(got, sent);
+    }
+
+    #[test]
+    fn batches_are_cut_into_messages_of_at_most_max_bytes() {
+        let sent = batch(10, 1);
+        // A row is 3 float64s, an int16 and a float32: 30 bytes; 100 bytes hold 3 rows.
+        let messages = Messages::new(
+            None,
+            &sent.schema(),
+            std::slice::from_ref(&sent),
+            100,
+            "test",
+        )
+        .unwrap()
+        .unwrap();
+        let data = decoded(&messages);
+        let got = flight_data_to_batches(&data).unwrap();
+        let rows: Vec<usize> = got.iter().map(RecordBatch::num_rows).collect();
+        assert_eq!(rows, [3, 3, 3, 1]);
+        let schema = sent.schema();
+        assert_eq!(
+            arrow_select::concat::concat_batches(&schema, &got).unwrap(),
+            sent
+        );
+    }
+
+    #[test]
+    fn bodies_are_views_of_the_columns() {
+        let sent = batch(4, 3);
+        let messages = Messages::new(
+            Some(FlightDescriptor::new_path(vec!["x".into()])),
+            &sent.schema(),
+            std::slice::from_ref(&sent),
+            1 << 20,
+            "test",
+        )
+        .unwrap()
+        .unwrap();
+        // Where each column's first sent value lies in the column's own memory.
+        let first_row = sent.column(0).as_fixed_size_list().value(0);
+        let values = first_row.as_primitive::<Float64Type>().values().as_ptr();
+        let ints = sent.column(1).as_primitive::<Int16Type>().values().as_ptr();
+        let floats = sent
+            .column(2)
+            .as_primitive::<Float32Type>()
+            .values()
+            .as_ptr();
+        let starts: Vec<*const u8> = messages.chunks.iter().map(|c| c.as_ptr()).collect();
+        for column in [values.cast::<u8>(), ints.cast(), floats.cast()] {
+            assert!(starts.contains(&column), "a column was copied");
+        }
+    }
+
+    #[test]
+    fn columns_without_plain_values_have_no_views() {
+        let nulls = Float64Array::from(vec![Some(1.0), None]);
+        let flags = BooleanArray::from(vec![true, false]);
+        for column in [Arc::new(nulls) as ArrayRef, Arc::new(flags)] {
+            let schema = Schema::new(vec![Field::new("c", column.data_type().clone(), true)]);
+            let batch = RecordBatch::try_new(Arc::new(schema), vec![column]).unwrap();
+            let messages = Messages::new(None, &batch.schema(), &[batch], 1 << 20, "test").unwrap();
+            assert!(messages.is_none());
+        }
+    }
+}
