@@ -12,10 +12,10 @@
 //! body lands, exactly as [`crate::receive`] checks whole messages.
 
 use arrow_schema::Schema;
-use arrowbridge::landing::{Incoming, Part};
+use arrowbridge::landing::{Incoming, Part, Sink};
 use bytes::Bytes;
 use tonic::transport::Channel;
-use tonic::Status;
+use tonic::{Code, Status};
 
 use crate::grpc::{self, put_varint};
 use crate::receive::refused;
@@ -95,11 +95,14 @@ enum State {
     Body { at: usize, left: usize },
 }
 
-/// A parser of a DoGet response's bytes, landing record batches in a [`Part`].
-struct Parser<'p, 'd> {
+/// A parser of a stream of FlightData messages as its bytes arrive (a DoGet answer, a DoPut
+/// request), landing record batches in a [`Sink`].
+pub(crate) struct Parser<'p, S: Sink> {
     what: &'p str,
+    /// The status code of a stream that is not well-formed: the sender's fault.
+    code: Code,
     expected: &'p Schema,
-    part: &'p mut Part<'d>,
+    part: &'p mut S,
     state: State,
     /// Bytes of the prefix or of a key and length, gathered across frames.
     pending: Vec<u8>,
@@ -115,10 +118,12 @@ struct Parser<'p, 'd> {
     schema: Option<Schema>,
 }
 
-impl<'p, 'd> Parser<'p, 'd> {
-    fn new(what: &'p str, expected: &'p Schema, part: &'p mut Part<'d>) -> Self {
+impl<'p, S: Sink> Parser<'p, S> {
+    /// A parser of a server's answer, which must begin with a schema of `expected`'s fields.
+    fn new(what: &'p str, expected: &'p Schema, part: &'p mut S) -> Self {
         Parser {
             what,
+            code: Code::Internal,
             expected,
             part,
             state: State::Prefix,
@@ -131,12 +136,21 @@ impl<'p, 'd> Parser<'p, 'd> {
         }
     }
 
+    /// A parser of a client's request whose schema message, of `schema`, was read already.
+    pub(crate) fn after_schema(what: &'p str, schema: &'p Schema, part: &'p mut S) -> Self {
+        Parser {
+            code: Code::InvalidArgument,
+            schema: Some(schema.clone()),
+            ..Parser::new(what, schema, part)
+        }
+    }
+
     fn bad(&self, message: impl std::fmt::Display) -> Status {
-        Status::internal(format!("{}: {message}", self.what))
+        Status::new(self.code, format!("{}: {message}", self.what))
     }
 
     /// Takes in the next bytes of the response.
-    fn feed(&mut self, mut data: &[u8]) -> Result<(), Status> {
+    pub(crate) fn feed(&mut self, mut data: &[u8]) -> Result<(), Status> {
         while !data.is_empty() {
             match self.state {
                 State::Prefix => {
@@ -150,6 +164,13 @@ impl<'p, 'd> Parser<'p, 'd> {
                             );
                         }
                         let len = u32::from_be_bytes(self.pending[1..5].try_into().expect("4"));
+                        if len as usize > crate::MAX_MESSAGE {
+                            return Err(Status::out_of_range(format!(
+                                "{}: a message of {len} bytes, over the limit of {} bytes",
+                                self.what,
+                                crate::MAX_MESSAGE
+                            )));
+                        }
                         self.pending.clear();
                         self.remaining = len as usize;
                         self.state = State::Key;
@@ -322,7 +343,7 @@ impl<'p, 'd> Parser<'p, 'd> {
     }
 
     /// The stream ended: not inside a message, and after a schema.
-    fn finish(self) -> Result<(), Status> {
+    pub(crate) fn finish(self) -> Result<(), Status> {
         if !matches!(self.state, State::Prefix) || !self.pending.is_empty() {
             return Err(self.bad("the stream ended inside a message"));
         }

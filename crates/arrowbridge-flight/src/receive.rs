@@ -58,7 +58,7 @@ where
 }
 
 /// The schema a schema message carries, checked.
-fn schema_message(what: &str, data: &FlightData) -> Result<Schema, Status> {
+pub(crate) fn schema_message(what: &str, data: &FlightData) -> Result<Schema, Status> {
     arrowbridge::ipc::check_message(what, &data.data_header, &data.data_body, None)
         .map_err(refused)?;
     arrowbridge::ipc::schema_of_message(&data.data_header).ok_or_else(|| {

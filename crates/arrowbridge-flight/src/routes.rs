@@ -1,27 +1,40 @@
-//! The server's calls as HTTP requests: DoGet is answered by hand, its messages views of the
-//! stored buffers ([`crate::framing`]), so the server copies nothing but into the kernel;
-//! every other call, and a DoGet of columns without such views, goes to tonic's
-//! `FlightServiceServer`.
+//! The server's calls as HTTP requests. Two are handled by hand:
+//!
+//! - DoGet: the answer's messages are views of the stored buffers ([`crate::framing`]), so
+//!   the server copies nothing but into the kernel;
+//! - DoPut of a stream that announces its rows (as arrowbridge clients send): each message's
+//!   body lands in the item's buffers as the HTTP/2 frames bring it ([`Parser`] into a
+//!   [`Landing`]), instead of being gathered into a buffer of tonic's first.
+//!
+//! Every other call, and streams these cannot take (columns without views, no announced
+//! rows, anything unusual in the first message), go to tonic's `FlightServiceServer` as they
+//! came: a DoPut's bytes read so far are replayed ahead of the rest.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use arrow_flight::flight_service_server::FlightServiceServer;
-use arrow_flight::Ticket;
+use arrow_flight::{FlightData, FlightDescriptor, Ticket};
+use arrow_schema::Schema;
+use arrowbridge::landing::{announced_rows, Landing};
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
+use http_body::Frame;
 use http_body_util::BodyExt;
 use prost::Message;
 use tonic::server::NamedService;
 use tonic::Status;
 
+use crate::direct_get::Parser;
 use crate::framing::Messages;
+use crate::receive::{refused, schema_message, Received};
 use crate::server::MAX_MESSAGE;
 use crate::service::{Service, MAX_FLIGHT_DATA};
 
-/// The gRPC method answered here.
+/// The gRPC methods handled here.
 const DO_GET: &str = "/arrow.flight.protocol.FlightService/DoGet";
+const DO_PUT: &str = "/arrow.flight.protocol.FlightService/DoPut";
 
 type Request = http::Request<tonic::body::Body>;
 type Response = http::Response<tonic::body::Body>;
@@ -58,10 +71,12 @@ impl tower_service::Service<Request> for Routes {
 
     fn call(&mut self, request: Request) -> Self::Future {
         let mut flight = self.flight.clone();
-        if request.uri().path() != DO_GET {
-            return Box::pin(async move { flight.call(request).await });
-        }
         let service = self.service.clone();
+        match request.uri().path() {
+            DO_GET => {}
+            DO_PUT => return Box::pin(do_put(service, flight, request)),
+            _ => return Box::pin(async move { flight.call(request).await }),
+        }
         Box::pin(async move {
             let (head, body) = request.into_parts();
             let message = match read_request(body).await {
@@ -122,11 +137,212 @@ async fn do_get(
     let Some(messages) = Messages::new(None, &schema, &batches, MAX_FLIGHT_DATA, what)? else {
         return Ok(None);
     };
+    Ok(Some(answer(messages.into_body(Some(ok_trailers())))))
+}
+
+/// The trailers of a call that succeeded.
+fn ok_trailers() -> http::HeaderMap {
     let mut trailers = http::HeaderMap::new();
     trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-    let response = http::Response::builder()
-        .header(http::header::CONTENT_TYPE, "application/grpc")
-        .body(messages.into_body(Some(trailers)))
-        .map_err(|e| Status::internal(format!("DoGet: {e}")))?;
-    Ok(Some(response))
+    trailers
+}
+
+/// A gRPC answer of `body`.
+fn answer(body: tonic::body::Body) -> Response {
+    let mut response = http::Response::new(body);
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    response
+}
+
+/// A DoPut (see the module's documentation).
+async fn do_put(
+    service: Arc<Service>,
+    mut flight: FlightServiceServer<Service>,
+    request: Request,
+) -> Result<Response, Infallible> {
+    let (head, mut body) = request.into_parts();
+    let authorization = head.headers.get(http::header::AUTHORIZATION);
+    if let Err(status) = service.check_token(authorization.and_then(|v| v.to_str().ok())) {
+        return Ok(status.into_http());
+    }
+    // The first message, whole: the schema (and the descriptor) it carries decide the way.
+    let mut read = BytesMut::new();
+    let mut ended = false;
+    let first = loop {
+        if let Some(len) = first_message_len(&read) {
+            if read.len() >= 5 + len {
+                break Some(len);
+            }
+        } else if read.len() >= 5 {
+            break None; // compressed, or over the limit: tonic says so
+        }
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    read.extend_from_slice(&data);
+                }
+            }
+            Some(Err(status)) => return Ok(status.into_http()),
+            None => {
+                ended = true;
+                break None;
+            }
+        }
+    };
+    let read = read.freeze();
+    let start = first.and_then(|len| Some((len, landing_of(&read[5..5 + len])?)));
+    let Some((first, (descriptor, schema, mut landing))) = start else {
+        // Replayed to tonic: what was read, then the rest of the stream.
+        let rest = if ended { None } else { Some(body) };
+        let replayed = tonic::body::Body::new(Replayed {
+            read: Some(read),
+            rest,
+        });
+        return tower_service::Service::call(
+            &mut flight,
+            http::Request::from_parts(head, replayed),
+        )
+        .await;
+    };
+    let what = "DoPut";
+    let landed = async {
+        let mut parser = Parser::after_schema(what, &schema, &mut landing);
+        parser.feed(&read[5 + first..])?;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                parser.feed(&data)?;
+            }
+        }
+        parser.finish()?;
+        landing.into_batch().map_err(refused)
+    };
+    let result = match landed.await {
+        Ok(batch) => {
+            let received = Received {
+                descriptor: Some(descriptor),
+                schema: Some(Arc::new(schema)),
+                batches: vec![batch],
+            };
+            service.store_received(received).await
+        }
+        Err(status) => Err(status),
+    };
+    Ok(match result {
+        Ok(ack) => {
+            let message = ack.encode_to_vec();
+            let mut framed = Vec::with_capacity(5 + message.len());
+            crate::grpc::prefix(&mut framed, message.len(), what).expect("a small message");
+            framed.extend_from_slice(&message);
+            let frames = [
+                Frame::data(Bytes::from(framed)),
+                Frame::trailers(ok_trailers()),
+            ];
+            let body = http_body_util::StreamBody::new(futures::stream::iter(
+                frames.map(Ok::<_, Infallible>),
+            ));
+            answer(tonic::body::Body::new(body))
+        }
+        Err(status) => status.into_http(),
+    })
+}
+
+/// The length of the gRPC message whose prefix begins `read`, when it is one this server
+/// takes (not compressed, within [`MAX_MESSAGE`]); `None` until the prefix is whole.
+fn first_message_len(read: &[u8]) -> Option<usize> {
+    let prefix = read.get(..5)?;
+    let len = u32::from_be_bytes(prefix[1..5].try_into().expect("4 bytes")) as usize;
+    (prefix[0] == 0 && len <= MAX_MESSAGE).then_some(len)
+}
+
+/// The descriptor and schema of a DoPut whose first message is `message`, and the landing of
+/// its rows, when it announces them and its columns land in place; `None` otherwise.
+fn landing_of(message: &[u8]) -> Option<(FlightDescriptor, Schema, Landing)> {
+    let data = FlightData::decode(message).ok()?;
+    let descriptor = data.flight_descriptor.clone()?;
+    if data.data_header.is_empty() {
+        return None;
+    }
+    let schema = schema_message("DoPut", &data).ok()?;
+    let rows = announced_rows(&schema)?;
+    let landing = Landing::new("DoPut", Arc::new(schema.clone()), rows).ok()??;
+    Some((descriptor, schema, landing))
+}
+
+/// A request body whose first bytes were read already: those, then the rest.
+struct Replayed {
+    read: Option<Bytes>,
+    rest: Option<tonic::body::Body>,
+}
+
+impl http_body::Body for Replayed {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if let Some(read) = self.read.take() {
+            return Poll::Ready(Some(Ok(Frame::data(read))));
+        }
+        match &mut self.rest {
+            Some(rest) => std::pin::Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_flight::SchemaAsIpc;
+    use arrow_ipc::writer::IpcWriteOptions;
+    use arrow_schema::{DataType, Field};
+
+    fn first_message(schema: &Schema, descriptor: Option<FlightDescriptor>) -> Vec<u8> {
+        let mut data = FlightData::from(SchemaAsIpc::new(schema, &IpcWriteOptions::default()));
+        data.flight_descriptor = descriptor;
+        data.encode_to_vec()
+    }
+
+    #[test]
+    fn puts_that_announce_fixed_width_rows_land_as_they_arrive() {
+        let name = FlightDescriptor::new_path(vec!["x".into()]);
+        let path = Some(name.clone());
+        let plain = Schema::new(vec![Field::new("x", DataType::Float64, false)]);
+        let announced = arrowbridge::landing::announcing(&plain, 10);
+        let (descriptor, schema, _) =
+            landing_of(&first_message(&announced, path.clone())).expect("lands in place");
+        assert_eq!((descriptor, schema), (name.clone(), announced));
+        // Everything else is tonic's: no announced rows (pyarrow's writers), strings, no
+        // descriptor, not a schema.
+        let strings = Schema::new(vec![Field::new("s", DataType::Utf8, false)]);
+        for message in [
+            first_message(&plain, path.clone()),
+            first_message(
+                &arrowbridge::landing::announcing(&strings, 10),
+                path.clone(),
+            ),
+            first_message(&arrowbridge::landing::announcing(&plain, 10), None),
+            FlightData::new().with_descriptor(name).encode_to_vec(),
+            vec![0xff; 7],
+        ] {
+            assert!(landing_of(&message).is_none());
+        }
+    }
+
+    #[test]
+    fn a_first_message_is_taken_once_its_prefix_is_whole_and_acceptable() {
+        assert_eq!(first_message_len(&[0, 0, 0]), None);
+        assert_eq!(first_message_len(&[0, 0, 0, 1, 0]), Some(256));
+        assert_eq!(first_message_len(&[1, 0, 0, 1, 0]), None, "compressed");
+        let over = ((MAX_MESSAGE + 1) as u32).to_be_bytes();
+        assert_eq!(
+            first_message_len(&[0, over[0], over[1], over[2], over[3]]),
+            None
+        );
+    }
 }

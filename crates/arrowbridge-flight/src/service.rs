@@ -373,11 +373,16 @@ impl Service {
     where
         S: futures::Stream<Item = Result<FlightData, Status>> + Send + Unpin + 'static,
     {
+        self.store_received(receive(messages, "DoPut").await?).await
+    }
+
+    /// Stores the item a DoPut stream brought; its acknowledgement.
+    pub(crate) async fn store_received(&self, received: Received) -> Result<PutResult, Status> {
         let Received {
             descriptor,
             schema,
             batches,
-        } = receive(messages, "DoPut").await?;
+        } = received;
         let descriptor = descriptor.ok_or_else(|| {
             Status::invalid_argument("DoPut needs a descriptor with a path: [name]")
         })?;

@@ -204,7 +204,7 @@ impl Destination {
     }
 }
 
-/// A record-batch message being received into a [`Part`] ([`Part::begin`]): its rows, and
+/// A record-batch message being received into a [`Sink`] ([`Sink::begin`]): its rows, and
 /// where each column's values lie in its body.
 #[derive(Debug)]
 pub struct Incoming {
@@ -252,48 +252,6 @@ impl Part<'_> {
         Ok(())
     }
 
-    /// Starts a record-batch message whose body (`body_len` bytes) is still to arrive, for
-    /// its values to land in place as the body does ([`write`](Self::write), then
-    /// [`commit`](Self::commit)); `None` for messages that are not record batches.
-    ///
-    /// The message must have passed [`crate::ipc::check_message_header`] against the schema;
-    /// otherwise as [`fill`](Self::fill).
-    pub fn begin(&mut self, metadata: &[u8], body_len: usize) -> Result<Option<Incoming>> {
-        let Some((rows, values)) =
-            message_ranges(self.what, self.schema, self.layouts, metadata, body_len)?
-        else {
-            return Ok(None);
-        };
-        self.check_room(rows)?;
-        Ok(Some(Incoming { rows, values }))
-    }
-
-    /// Copies the bytes `bytes`, found at offset `at` of the body of `incoming`'s message,
-    /// where they belong: the parts of them that are a column's values go to that column's
-    /// rows, the rest (padding, validity buffers) is skipped.
-    pub fn write(&mut self, incoming: &Incoming, at: usize, bytes: &[u8]) {
-        let end = at + bytes.len();
-        for ((column, layout), values) in self
-            .columns
-            .iter_mut()
-            .zip(self.layouts)
-            .zip(&incoming.values)
-        {
-            let (from, to) = (at.max(values.start), end.min(values.end));
-            if from >= to {
-                continue;
-            }
-            let row0 = self.filled * layout.row_bytes().expect("checked in new");
-            let dest = row0 + (from - values.start);
-            column[dest..dest + (to - from)].copy_from_slice(&bytes[from - at..to - at]);
-        }
-    }
-
-    /// Counts the rows of a message whose whole body was [`write`](Self::write)n.
-    pub fn commit(&mut self, incoming: Incoming) {
-        self.filled += incoming.rows;
-    }
-
     fn check_room(&self, rows: usize) -> Result<()> {
         if rows > self.rows.len() - self.filled {
             return Err(Error::BadFile {
@@ -328,6 +286,68 @@ impl Part<'_> {
         }
         self.finished.fetch_add(self.filled, Ordering::Release);
         Ok(())
+    }
+}
+
+/// Where the record-batch messages of a stream land as their bodies arrive, without a copy of
+/// any whole message: [`Part`] (rows of a [`Destination`]) or [`Landing`] (a stream of its
+/// own). A message is [`begin`](Sink::begin)n once its header came, its body is
+/// [`write`](Sink::write)n piece by piece as it arrives, and it counts once
+/// [`commit`](Sink::commit)ted.
+pub trait Sink {
+    /// Starts a record-batch message whose body (`body_len` bytes) is still to arrive; `None`
+    /// for messages that are not record batches.
+    ///
+    /// The message must have passed [`crate::ipc::check_message_header`] against the schema;
+    /// each column must be uncompressed and without nulls, and its values buffer must hold the
+    /// batch's rows.
+    fn begin(&mut self, metadata: &[u8], body_len: usize) -> Result<Option<Incoming>>;
+
+    /// Copies the bytes `bytes`, found at offset `at` of the body of `incoming`'s message,
+    /// where they belong: the parts of them that are a column's values go to that column's
+    /// rows, the rest (padding, validity buffers) is skipped.
+    fn write(&mut self, incoming: &Incoming, at: usize, bytes: &[u8]);
+
+    /// Counts the rows of a message whose whole body was [`write`](Sink::write)n.
+    fn commit(&mut self, incoming: Incoming);
+}
+
+/// Copies the part of `bytes` (at offset `at` of a message's body) that falls in `values` (a
+/// column's values in that body) to `column`, whose first byte is the values' first.
+fn write_values(column: &mut [u8], values: &Range<usize>, at: usize, bytes: &[u8]) {
+    let end = at + bytes.len();
+    let (from, to) = (at.max(values.start), end.min(values.end));
+    if from < to {
+        let dest = from - values.start;
+        column[dest..dest + (to - from)].copy_from_slice(&bytes[from - at..to - at]);
+    }
+}
+
+impl Sink for Part<'_> {
+    fn begin(&mut self, metadata: &[u8], body_len: usize) -> Result<Option<Incoming>> {
+        let Some((rows, values)) =
+            message_ranges(self.what, self.schema, self.layouts, metadata, body_len)?
+        else {
+            return Ok(None);
+        };
+        self.check_room(rows)?;
+        Ok(Some(Incoming { rows, values }))
+    }
+
+    fn write(&mut self, incoming: &Incoming, at: usize, bytes: &[u8]) {
+        for ((column, layout), values) in self
+            .columns
+            .iter_mut()
+            .zip(self.layouts)
+            .zip(&incoming.values)
+        {
+            let row0 = self.filled * layout.row_bytes().expect("checked in new");
+            write_values(&mut column[row0..], values, at, bytes);
+        }
+    }
+
+    fn commit(&mut self, incoming: Incoming) {
+        self.filled += incoming.rows;
     }
 }
 
@@ -447,6 +467,9 @@ pub struct Landing {
     layouts: Vec<Layout>,
     buffers: Vec<MutableBuffer>,
     rows: usize,
+    /// Whether a message was begun ([`Sink::begin`]) and not committed: its rows are in the
+    /// buffers' lengths, not all written yet.
+    begun: bool,
 }
 
 impl Landing {
@@ -467,6 +490,7 @@ impl Landing {
             layouts,
             buffers,
             rows: 0,
+            begun: false,
         }))
     }
 
@@ -477,7 +501,16 @@ impl Landing {
         else {
             return Ok(());
         };
-        let extra: u64 = values.iter().map(|v| v.len() as u64).sum();
+        self.make_room(values.iter().map(|v| v.len() as u64).sum())?;
+        for (buffer, source) in self.buffers.iter_mut().zip(values) {
+            buffer.extend_from_slice(source);
+        }
+        self.rows += rows;
+        Ok(())
+    }
+
+    /// Checks that `extra` more bytes fit in memory.
+    fn make_room(&self, extra: u64) -> Result<()> {
         let spare: u64 = self
             .buffers
             .iter()
@@ -491,15 +524,17 @@ impl Landing {
                 held.saturating_add(extra).saturating_mul(2),
             )?;
         }
-        for (buffer, source) in self.buffers.iter_mut().zip(values) {
-            buffer.extend_from_slice(source);
-        }
-        self.rows += rows;
         Ok(())
     }
 
     /// The received rows as one record batch.
     pub fn into_batch(self) -> Result<RecordBatch> {
+        if self.begun {
+            return Err(Error::BadFile {
+                path: self.what,
+                message: "the stream ended inside a record batch".into(),
+            });
+        }
         let buffers = self
             .buffers
             .into_iter()
@@ -511,6 +546,40 @@ impl Landing {
             })
             .collect();
         batch_of(self.schema, &self.layouts, buffers, self.rows)
+    }
+}
+
+impl Sink for Landing {
+    fn begin(&mut self, metadata: &[u8], body_len: usize) -> Result<Option<Incoming>> {
+        let Some((rows, values)) =
+            message_ranges(&self.what, &self.schema, &self.layouts, metadata, body_len)?
+        else {
+            return Ok(None);
+        };
+        self.make_room(values.iter().map(|v| v.len() as u64).sum())?;
+        for (buffer, values) in self.buffers.iter_mut().zip(&values) {
+            let len = buffer.len();
+            buffer.reserve(values.len());
+            // SAFETY: the capacity holds the new length; the new bytes are written (`write`
+            // covers the whole body, and each column's values lie in it) before anything can
+            // read them: `into_batch` refuses a landing with a message begun and not committed.
+            unsafe { buffer.set_len(len + values.len()) };
+        }
+        self.begun = true;
+        Ok(Some(Incoming { rows, values }))
+    }
+
+    fn write(&mut self, incoming: &Incoming, at: usize, bytes: &[u8]) {
+        for (buffer, values) in self.buffers.iter_mut().zip(&incoming.values) {
+            // The message's rows are the last `values.len()` bytes of the buffer (`begin`).
+            let start = buffer.len() - values.len();
+            write_values(&mut buffer.as_slice_mut()[start..], values, at, bytes);
+        }
+    }
+
+    fn commit(&mut self, incoming: Incoming) {
+        self.rows += incoming.rows;
+        self.begun = false;
     }
 }
 
@@ -751,6 +820,36 @@ mod tests {
             }
             assert_eq!(landing.into_batch().unwrap(), sent, "announced {announced}");
         }
+    }
+
+    #[test]
+    fn a_landing_takes_bodies_in_pieces_and_fewer_or_more_rows_than_announced() {
+        let sent = table(6);
+        for (announced, piece) in [(2, 1), (6, 7), (50, 1 << 20)] {
+            let mut landing = Landing::new("t", sent.schema(), announced)
+                .unwrap()
+                .unwrap();
+            for slice in [sent.slice(0, 4), sent.slice(4, 2)] {
+                let (meta, body) = encode(&slice);
+                let incoming = landing.begin(&meta, body.len()).unwrap().unwrap();
+                for (i, chunk) in body.chunks(piece).enumerate() {
+                    landing.write(&incoming, i * piece, chunk);
+                }
+                landing.commit(incoming);
+            }
+            assert_eq!(landing.into_batch().unwrap(), sent, "announced {announced}");
+        }
+    }
+
+    #[test]
+    fn a_landing_with_a_message_begun_and_not_committed_is_not_read() {
+        let sent = table(4);
+        let mut landing = Landing::new("t", sent.schema(), 4).unwrap().unwrap();
+        let (meta, body) = encode(&sent);
+        let incoming = landing.begin(&meta, body.len()).unwrap().unwrap();
+        landing.write(&incoming, 0, &body[..body.len() / 2]);
+        let err = landing.into_batch().unwrap_err().to_string();
+        assert!(err.contains("ended inside a record batch"), "{err}");
     }
 
     #[test]
