@@ -466,6 +466,13 @@ def main() -> None:
             "Servers in processes of their own; median over repeated transfers. pyarrow.flight's "
             "client sends in 8 MiB chunks; its server is pyarrow.flight's Python FlightServerBase.",
             "",
+            "Every put needs memory for the item it lands (a get, for its result). Memory a "
+            "process reuses costs nothing; pages it never touched before cost a page fault each, "
+            "and on a VM whose host reclaims the guest's free memory (free page reporting) a "
+            "first touch ran at 0.4 GB/s in this machine's probes. A transfer that lands in such "
+            "pages runs that slowly whatever the transport, so bulk figures move ±20 % between "
+            "runs; iperf3 allocates nothing.",
+            "",
             *flight_rows,
             "",
             "## Sharded items: servers in processes of their own, float64 (n, 1024)",

@@ -1,12 +1,14 @@
-//! DoGet straight into a destination.
+//! DoGet straight into a destination, and the parser of FlightData streams that does it.
 //!
 //! tonic's decoder gathers every gRPC message into a buffer of its own before it decodes it:
 //! for a stream of large record batches, one more copy of every byte than the network
 //! needs. Here the response's HTTP/2 data frames are parsed as they arrive: the gRPC framing
 //! and the few fields of each `FlightData` message by hand, and each message's body is
 //! copied from the frame it came in to the rows of the destination it belongs to
-//! ([`Part::begin`], [`Part::write`]). The request still goes through tonic's channel (TLS,
+//! ([`Sink::begin`], [`Sink::write`]). The request still goes through tonic's channel (TLS,
 //! Unix sockets, HTTP/2 connection sharing, timeouts), and errors are the server's status.
+//! The server parses the DoPut streams it lands in place with the same [`Parser`]
+//! ([`crate::routes`]).
 //!
 //! Every message is checked ([`arrowbridge::ipc::check_message_header`]) before any of its
 //! body lands, exactly as [`crate::receive`] checks whole messages.
