@@ -53,23 +53,9 @@ impl Messages {
         max_bytes: usize,
         what: &str,
     ) -> Result<Option<Self>, Status> {
-        let Some(row_bytes) = arrowbridge::landing::row_bytes(schema) else {
+        let Some(bodies) = plain_bodies(schema, batches, max_bytes) else {
             return Ok(None);
         };
-        let step = (max_bytes / row_bytes.iter().sum::<usize>().max(1)).max(1);
-        let mut bodies = Vec::with_capacity(batches.len());
-        for batch in batches {
-            let mut start = 0;
-            // An empty batch is sent as one empty message, as arrow-flight's encoder does.
-            while start < batch.num_rows() || (start == 0 && batch.num_rows() == 0) {
-                let rows = step.min(batch.num_rows() - start);
-                let Some(body) = plain_body(&batch.slice(start, rows)) else {
-                    return Ok(None);
-                };
-                bodies.push((rows, body));
-                start += rows.max(1);
-            }
-        }
         let mut messages = Messages {
             chunks: Vec::with_capacity(1 + 2 * bodies.len()),
         };
@@ -129,6 +115,60 @@ impl Messages {
     }
 }
 
+/// The bodies of the messages that carry `batches` under `schema`, each batch cut into
+/// slices of at most `max_bytes` (one row at least), with their rows; `None` when a column has
+/// no views ([`plain_body`]).
+fn plain_bodies(
+    schema: &Schema,
+    batches: &[RecordBatch],
+    max_bytes: usize,
+) -> Option<Vec<(usize, PlainBody)>> {
+    let row_bytes = arrowbridge::landing::row_bytes(schema)?;
+    let step = (max_bytes / row_bytes.iter().sum::<usize>().max(1)).max(1);
+    let mut bodies = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let mut start = 0;
+        // An empty batch is sent as one empty message, as arrow-flight's encoder does.
+        while start < batch.num_rows() || (start == 0 && batch.num_rows() == 0) {
+            let rows = step.min(batch.num_rows() - start);
+            bodies.push((rows, plain_body(&batch.slice(start, rows))?));
+            start += rows.max(1);
+        }
+    }
+    Some(bodies)
+}
+
+/// The messages of [`Messages::new`] as whole `FlightData`, for senders that take those
+/// (tonic's encoder, which copies each into its buffer): a body of one column is a view of
+/// it, a body of several is gathered into one buffer.
+pub(crate) fn flight_data(
+    schema: &Schema,
+    batches: &[RecordBatch],
+    max_bytes: usize,
+) -> Option<Vec<FlightData>> {
+    let bodies = plain_bodies(schema, batches, max_bytes)?;
+    let mut messages = Vec::with_capacity(1 + bodies.len());
+    messages.push(FlightData::from(SchemaAsIpc::new(
+        schema,
+        &IpcWriteOptions::default(),
+    )));
+    for (rows, body) in bodies {
+        let header = body.header(rows);
+        let mut chunks: Vec<Bytes> = body.chunks.into_iter().filter(|c| !c.is_empty()).collect();
+        let data_body = match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.remove(0),
+            _ => chunks.concat().into(),
+        };
+        messages.push(FlightData {
+            data_header: header.into(),
+            data_body,
+            ..FlightData::default()
+        });
+    }
+    Some(messages)
+}
+
 /// The body of a record batch as views of its columns' buffers, and where each lies in it.
 #[derive(Debug, Default)]
 struct PlainBody {
@@ -145,6 +185,8 @@ fn plain_body(batch: &RecordBatch) -> Option<PlainBody> {
     for column in batch.columns() {
         body.add(&column.to_data())?;
     }
+    // A body is a multiple of 8 bytes; a single column of such values needs no padding at all.
+    body.pad_to(8);
     Some(body)
 }
 
@@ -170,15 +212,24 @@ impl PlainBody {
                     .buffers()
                     .first()?
                     .slice_with_length(data.offset() * width, data.len() * width);
+                // Each buffer starts aligned; the padding goes before it.
+                self.pad_to(ALIGNMENT);
                 self.buffers
                     .push(arrow_ipc::Buffer::new(self.len as i64, values.len() as i64));
-                let padding = values.len().next_multiple_of(ALIGNMENT) - values.len();
-                self.len += values.len() + padding;
+                self.len += values.len();
                 self.chunks.push(Bytes::from(values));
-                self.chunks.push(Bytes::from_static(&ZEROS[..padding]));
                 Some(())
             }
             _ => None,
+        }
+    }
+
+    /// Zero padding up to the next multiple of `alignment`.
+    fn pad_to(&mut self, alignment: usize) {
+        let padding = self.len.next_multiple_of(alignment) - self.len;
+        if padding > 0 {
+            self.chunks.push(Bytes::from_static(&ZEROS[..padding]));
+            self.len += padding;
         }
     }
 
@@ -314,6 +365,24 @@ mod tests {
         for column in [values.cast::<u8>(), ints.cast(), floats.cast()] {
             assert!(starts.contains(&column), "a column was copied");
         }
+    }
+
+    #[test]
+    fn whole_messages_of_one_column_are_views_and_of_several_decode_as_sent() {
+        let one = batch(8, 2).project(&[0]).unwrap();
+        let data = flight_data(&one.schema(), std::slice::from_ref(&one), 1 << 20).unwrap();
+        let first_row = one.column(0).as_fixed_size_list().value(0);
+        let values = first_row.as_primitive::<Float64Type>().values().as_ptr();
+        assert_eq!(data[1].data_body.as_ptr(), values.cast::<u8>(), "a copy");
+        assert_eq!(flight_data_to_batches(&data).unwrap(), [one]);
+        let several = batch(8, 2);
+        let data = flight_data(&several.schema(), std::slice::from_ref(&several), 100).unwrap();
+        let got = flight_data_to_batches(&data).unwrap();
+        let schema = several.schema();
+        assert_eq!(
+            arrow_select::concat::concat_batches(&schema, &got).unwrap(),
+            several
+        );
     }
 
     #[test]

@@ -233,7 +233,7 @@ fn encode(
     schema: SchemaRef,
     batches: Vec<RecordBatch>,
 ) -> BoxStream<'static, Result<FlightData, Status>> {
-    if let Some(messages) = zero_copy_messages(&schema, &batches) {
+    if let Some(messages) = crate::framing::flight_data(&schema, &batches, MAX_FLIGHT_DATA) {
         return stream::iter(messages.into_iter().map(Ok)).boxed();
     }
     // The encoder wants every batch to carry exactly the schema it sends (which may have
@@ -252,100 +252,6 @@ fn encode(
         .build(stream::iter(batches))
         .map_err(Status::from)
         .boxed()
-}
-
-/// The messages of a one-column tensor item whose bodies are the stored values themselves
-/// (no copy into an IPC body): a schema message, then a record batch message per slice of
-/// at most [`MAX_FLIGHT_DATA`] bytes, each body a view of the column's buffer. `None` for
-/// anything else (several columns, nulls, values that would need padding), which goes
-/// through arrow-flight's encoder.
-fn zero_copy_messages(schema: &SchemaRef, batches: &[RecordBatch]) -> Option<Vec<FlightData>> {
-    use arrow_schema::DataType;
-    let [field] = schema.fields().as_ref() else {
-        return None;
-    };
-    let (values_per_row, width, list) = match field.data_type() {
-        DataType::FixedSizeList(child, size) if child.data_type().is_primitive() => (
-            usize::try_from(*size).ok()?,
-            child.data_type().primitive_width()?,
-            true,
-        ),
-        other if other.is_primitive() => (1, other.primitive_width()?, false),
-        _ => return None,
-    };
-    let row_bytes = values_per_row.checked_mul(width)?;
-    let options = IpcWriteOptions::default();
-    let mut messages = vec![FlightData::from(SchemaAsIpc::new(schema, &options))];
-    let step = (MAX_FLIGHT_DATA / row_bytes.max(1)).max(1);
-    for batch in batches {
-        let data = batch.column(0).to_data();
-        let (values, first_value) = if list {
-            let child = data.child_data().first()?;
-            if child.null_count() != 0 {
-                return None;
-            }
-            (
-                child.buffers().first()?.clone(),
-                child.offset() + data.offset() * values_per_row,
-            )
-        } else {
-            (data.buffers().first()?.clone(), data.offset())
-        };
-        if data.null_count() != 0 {
-            return None;
-        }
-        let mut start = 0;
-        while start < batch.num_rows() || (start == 0 && batch.num_rows() == 0) {
-            let rows = step.min(batch.num_rows() - start);
-            let len = rows * row_bytes;
-            if len % 8 != 0 {
-                return None; // the body would need padding: a copy after all
-            }
-            let offset = (first_value + start * values_per_row) * width;
-            let body = values.slice_with_length(offset, len);
-            messages.push(record_batch_message(rows, values_per_row, list, body));
-            start += rows.max(1);
-        }
-    }
-    Some(messages)
-}
-
-/// A record batch message of one column of `rows` rows whose values are `body`.
-fn record_batch_message(
-    rows: usize,
-    values_per_row: usize,
-    list: bool,
-    body: arrow_buffer::Buffer,
-) -> FlightData {
-    let mut fbb = flatbuffers::FlatBufferBuilder::new();
-    let mut nodes = Vec::with_capacity(2);
-    let mut buffers = Vec::with_capacity(3);
-    if list {
-        nodes.push(arrow_ipc::FieldNode::new(rows as i64, 0));
-        buffers.push(arrow_ipc::Buffer::new(0, 0)); // validity: none
-    }
-    nodes.push(arrow_ipc::FieldNode::new((rows * values_per_row) as i64, 0));
-    buffers.push(arrow_ipc::Buffer::new(0, 0)); // validity: none
-    buffers.push(arrow_ipc::Buffer::new(0, body.len() as i64));
-    let nodes = fbb.create_vector(&nodes);
-    let buffers = fbb.create_vector(&buffers);
-    let mut batch = arrow_ipc::RecordBatchBuilder::new(&mut fbb);
-    batch.add_length(rows as i64);
-    batch.add_nodes(nodes);
-    batch.add_buffers(buffers);
-    let batch = batch.finish();
-    let mut message = arrow_ipc::MessageBuilder::new(&mut fbb);
-    message.add_version(arrow_ipc::MetadataVersion::V5);
-    message.add_header_type(arrow_ipc::MessageHeader::RecordBatch);
-    message.add_bodyLength(body.len() as i64);
-    message.add_header(batch.as_union_value());
-    let root = message.finish();
-    fbb.finish(root, None);
-    FlightData {
-        data_header: bytes::Bytes::copy_from_slice(fbb.finished_data()),
-        data_body: bytes::Bytes::from(body),
-        ..FlightData::default()
-    }
 }
 
 fn column_tensor(schema: &SchemaRef, batches: &[RecordBatch], name: &str) -> Result<ArrowTensor> {
