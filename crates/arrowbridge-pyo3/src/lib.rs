@@ -15,6 +15,7 @@ pub mod errors;
 pub mod input;
 pub mod numpy_input;
 pub mod numpy_output;
+pub mod recycle;
 
 pub use alloc::Aligned64;
 pub use arg::{
@@ -22,3 +23,4 @@ pub use arg::{
     ArrayArgMut2, ArrayArgMutDyn, ArrayOut,
 };
 pub use errors::{no_panic, BridgeError, BridgeResult};
+pub use recycle::Recycling;
