@@ -44,7 +44,7 @@ use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
-use crate::coalesce::{Address, Connector, WholeRequests};
+use crate::coalesce::{Address, Connector, Socket, WholeRequests};
 use crate::direct_get::do_get_into;
 use crate::direct_put;
 use crate::framing::Messages;
@@ -52,6 +52,7 @@ use crate::receive::receive;
 use crate::server::MAX_MESSAGE;
 use crate::service::MAX_FLIGHT_DATA;
 use crate::shards::{ShardMap, SHARDS_KEY};
+use crate::socket_get;
 
 /// Schema metadata key: the form an item was put in ([`ItemForm`]), so that a get returns
 /// what was put.
@@ -247,6 +248,48 @@ impl Target {
         self.endpoint
             .connect_with_connector(self.connector.clone())
             .await
+    }
+}
+
+/// The Flight service over `channel`, with the client's message limits.
+fn service(channel: Channel) -> FlightServiceClient<Channel> {
+    FlightServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE)
+}
+
+/// How an endpoint is read: over the client's connection (`shared`), or a connection of its
+/// own to `target`.
+struct Route {
+    shared: Option<Channel>,
+    target: Target,
+}
+
+impl Route {
+    /// The channel to call over: the client's, or a new connection.
+    async fn channel(&self) -> Result<Channel, Status> {
+        match &self.shared {
+            Some(channel) => Ok(channel.clone()),
+            None => (self.target.connect().await)
+                .map_err(|e| Status::unavailable(format!("{e}: {}", error_sources(&e)))),
+        }
+    }
+
+    /// A new plain socket to the server and the `:authority` to call it with, for a call
+    /// that speaks HTTP/2 itself ([`socket_get`]); `None` over TLS.
+    async fn socket(&self) -> Result<Option<(Socket, String)>, Status> {
+        let Target {
+            endpoint,
+            connector,
+        } = &self.target;
+        if connector.tls {
+            return Ok(None);
+        }
+        let uri = endpoint.uri();
+        let socket = (connector.address.connect(uri).await)
+            .map_err(|e| Status::unavailable(format!("{uri}: {e}")))?;
+        let authority = uri.authority().map_or("localhost", |a| a.as_str());
+        Ok(Some((socket, authority.to_string())))
     }
 }
 
@@ -500,9 +543,7 @@ impl Client {
     }
 
     fn service(&self, channel: Channel) -> FlightServiceClient<Channel> {
-        FlightServiceClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE)
+        service(channel)
     }
 
     /// The service for requests that are whole when they start (all but uploads): each
@@ -807,10 +848,10 @@ impl Client {
                             endpoint,
                             false,
                             &mut (),
-                            |(), channel, ticket| {
+                            |(), route, ticket| {
                                 let request = self.request(ticket);
-                                let service = self.service(channel);
                                 async move {
+                                    let service = service(route.channel().await?);
                                     let stream =
                                         service.clone().do_get(request).await?.into_inner();
                                     receive(stream, "DoGet").await
@@ -835,29 +876,30 @@ impl Client {
         })
     }
 
-    /// A connection to `location`, an endpoint's location: this client's server for the
-    /// "reuse this connection" location of the Flight protocol.
-    /// With `own` false, this server is reached over the client's connection.
-    async fn channel_to(&self, location: Option<&str>, own: bool) -> ClientResult<Channel> {
-        let endpoint = match location {
-            None | Some(REUSE_CONNECTION) if !own => return Ok(self.channel.clone()),
-            None | Some(REUSE_CONNECTION) => self.endpoint.clone(),
-            Some(location) => endpoint(
-                location,
-                &ClientOptions {
-                    token: self.token.clone(),
-                    tls_root_certs: self.tls_root_certs.clone(),
-                    shm: Some(false),
-                },
-            )?,
-        };
-        endpoint
-            .connect()
-            .await
-            .map_err(|e| Status::unavailable(format!("{e}: {}", error_sources(&e))).into())
+    /// The way to `location`, an endpoint's location: this client's server for the "reuse
+    /// this connection" location of the Flight protocol. With `own` false, this server is
+    /// reached over the client's connection.
+    fn route_to(&self, location: Option<&str>, own: bool) -> ClientResult<Route> {
+        Ok(match location {
+            None | Some(REUSE_CONNECTION) => Route {
+                shared: (!own).then(|| self.channel.clone()),
+                target: self.endpoint.clone(),
+            },
+            Some(location) => Route {
+                shared: None,
+                target: endpoint(
+                    location,
+                    &ClientOptions {
+                        token: self.token.clone(),
+                        tls_root_certs: self.tls_root_certs.clone(),
+                        shm: Some(false),
+                    },
+                )?,
+            },
+        })
     }
 
-    /// Runs `read` on a connection to each location of `endpoint` (the `index`-th of item
+    /// Runs `read` on the route to each location of `endpoint` (the `index`-th of item
     /// `name`) in turn, with its ticket, until one succeeds: replicas stand in for each
     /// other. Without locations the endpoint is on this client's server (over a connection
     /// of its `own`, or the client's). When none succeeds, the error names the endpoint and
@@ -871,7 +913,7 @@ impl Client {
         state: &mut S,
         read: impl for<'a> Fn(
             &'a mut S,
-            Channel,
+            Route,
             Ticket,
         ) -> futures::future::BoxFuture<'a, Result<T, Status>>,
     ) -> ClientResult<T> {
@@ -888,8 +930,8 @@ impl Client {
         let mut failures = Vec::new();
         for location in &locations {
             let attempt = async {
-                let channel = self.channel_to(*location, own).await?;
-                Ok::<_, ClientError>(read(&mut *state, channel, ticket.clone()).await?)
+                let route = self.route_to(*location, own)?;
+                Ok::<_, ClientError>(read(&mut *state, route, ticket.clone()).await?)
             };
             match attempt.await {
                 Ok(value) => return Ok(value),
@@ -932,6 +974,9 @@ impl Client {
             });
         }
         let schema = destination.schema().clone();
+        let row_bytes: usize = arrowbridge::landing::row_bytes(&schema)
+            .map(|widths| widths.iter().sum())
+            .unwrap_or(0);
         let authorization = self.header_authorization();
         // A connection per endpoint: streams of one connection share one socket.
         let own = counts.len() > 1;
@@ -950,7 +995,7 @@ impl Client {
                         endpoint,
                         own,
                         part,
-                        move |part, channel, ticket| {
+                        move |part, route, ticket| {
                             // A replica tried after a broken stream starts the rows again.
                             part.rewind();
                             let schema = schema.clone();
@@ -958,8 +1003,19 @@ impl Client {
                             async move {
                                 let what = "DoGet";
                                 let auth = authorization.as_ref();
-                                do_get_into(channel, auth, &ticket.ticket, what, &schema, part)
-                                    .await
+                                let ticket = &ticket.ticket;
+                                if part.rows().len().saturating_mul(row_bytes)
+                                    >= socket_get::FROM_BYTES
+                                {
+                                    if let Some((socket, authority)) = route.socket().await? {
+                                        return socket_get::do_get_into(
+                                            socket, &authority, auth, ticket, what, &schema, part,
+                                        )
+                                        .await;
+                                    }
+                                }
+                                let channel = route.channel().await?;
+                                do_get_into(channel, auth, ticket, what, &schema, part).await
                             }
                             .boxed()
                         },

@@ -217,29 +217,36 @@ impl tower_service::Service<http::Uri> for Connector {
             Mode::WholeTurn
         };
         Box::pin(async move {
-            let socket = match address {
-                Address::Unix(path) => {
-                    let stream = tokio::net::UnixStream::connect(path).await?;
-                    widen_send_buffer(&stream);
-                    Socket::Unix(stream)
-                }
-                Address::Tcp => {
-                    let host = uri.host().ok_or_else(|| {
-                        io::Error::new(io::ErrorKind::InvalidInput, format!("no host in {uri}"))
-                    })?;
-                    let host = host.trim_start_matches('[').trim_end_matches(']');
-                    let default = if uri.scheme_str() == Some("https") {
-                        443
-                    } else {
-                        80
-                    };
-                    let port = uri.port_u16().unwrap_or(default);
-                    let stream = tokio::net::TcpStream::connect((host, port)).await?;
-                    stream.set_nodelay(true)?;
-                    Socket::Tcp(stream)
-                }
-            };
+            let socket = address.connect(&uri).await?;
             Ok(hyper_util::rt::TokioIo::new(Coalesce::new(socket, mode)))
+        })
+    }
+}
+
+impl Address {
+    /// A new socket to this address (for TCP, to `uri`'s host and port).
+    pub async fn connect(&self, uri: &http::Uri) -> io::Result<Socket> {
+        Ok(match self {
+            Address::Unix(path) => {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                widen_send_buffer(&stream);
+                Socket::Unix(stream)
+            }
+            Address::Tcp => {
+                let host = uri.host().ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, format!("no host in {uri}"))
+                })?;
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let default = if uri.scheme_str() == Some("https") {
+                    443
+                } else {
+                    80
+                };
+                let port = uri.port_u16().unwrap_or(default);
+                let stream = tokio::net::TcpStream::connect((host, port)).await?;
+                stream.set_nodelay(true)?;
+                Socket::Tcp(stream)
+            }
         })
     }
 }

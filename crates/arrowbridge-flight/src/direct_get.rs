@@ -23,7 +23,7 @@ use crate::grpc::{self, put_varint};
 use crate::receive::refused;
 
 /// The gRPC method.
-const DO_GET: &str = "/arrow.flight.protocol.FlightService/DoGet";
+pub(crate) const DO_GET: &str = "/arrow.flight.protocol.FlightService/DoGet";
 /// `FlightData` field numbers (Flight.proto).
 const DATA_HEADER: u64 = 2;
 const DATA_BODY: u64 = 1000;
@@ -43,7 +43,16 @@ pub(crate) async fn do_get_into(
     expected: &Schema,
     part: &mut Part<'_>,
 ) -> Result<(), Status> {
-    // The request: one gRPC message holding a Ticket (field 1, bytes).
+    let request = ticket_request(ticket, what)?;
+    let body = tonic::body::Body::new(http_body_util::Full::new(Bytes::from(request)));
+    let response = grpc::call(channel, DO_GET, authorization, body, what).await?;
+    let mut parser = Parser::new(what, expected, part);
+    grpc::read_to_end(response, what, |data| parser.feed(&data)).await?;
+    parser.finish()
+}
+
+/// The body of a DoGet request: one gRPC message holding a Ticket (field 1, bytes).
+pub(crate) fn ticket_request(ticket: &[u8], what: &str) -> Result<Vec<u8>, Status> {
     let mut message = Vec::with_capacity(11 + ticket.len());
     message.push(0x0a);
     put_varint(&mut message, ticket.len() as u64);
@@ -51,11 +60,7 @@ pub(crate) async fn do_get_into(
     let mut request = Vec::with_capacity(5 + message.len());
     grpc::prefix(&mut request, message.len(), what)?;
     request.extend_from_slice(&message);
-    let body = tonic::body::Body::new(http_body_util::Full::new(Bytes::from(request)));
-    let response = grpc::call(channel, DO_GET, authorization, body, what).await?;
-    let mut parser = Parser::new(what, expected, part);
-    grpc::read_to_end(response, what, |data| parser.feed(&data)).await?;
-    parser.finish()
+    Ok(request)
 }
 
 /// Lands the bytes of a DoGet response body (`chunks`, as the frames brought them) in a new
@@ -122,7 +127,7 @@ pub(crate) struct Parser<'p, S: Sink> {
 
 impl<'p, S: Sink> Parser<'p, S> {
     /// A parser of a server's answer, which must begin with a schema of `expected`'s fields.
-    fn new(what: &'p str, expected: &'p Schema, part: &'p mut S) -> Self {
+    pub(crate) fn new(what: &'p str, expected: &'p Schema, part: &'p mut S) -> Self {
         Parser {
             what,
             code: Code::Internal,
@@ -225,6 +230,37 @@ impl<'p, S: Sink> Parser<'p, S> {
             }
         }
         Ok(())
+    }
+
+    /// Where the next bytes of the stream go when they are a column's values (at most
+    /// `max` of them, fewer where the column's values end): the caller puts them there
+    /// itself, then says how many with [`Parser::landed`]. `None` when the next bytes are
+    /// anything else (prefixes, fields, padding): they go through [`Parser::feed`].
+    pub(crate) fn landing_slot(&mut self, max: usize) -> Option<&mut [u8]> {
+        let State::Body { at, left } = self.state else {
+            return None;
+        };
+        let incoming = self.incoming.as_ref()?;
+        self.part.values_at(incoming, at, left.min(max))
+    }
+
+    /// Moves past `n` bytes put in the slot that [`Parser::landing_slot`] gave (at most its
+    /// length).
+    pub(crate) fn landed(&mut self, n: usize) -> Result<(), Status> {
+        let State::Body { at, left } = self.state else {
+            return Err(self.bad("bytes landed outside a body"));
+        };
+        let n = n.min(left);
+        self.remaining -= n;
+        self.state = if n == left {
+            State::Key
+        } else {
+            State::Body {
+                at: at + n,
+                left: left - n,
+            }
+        };
+        self.end_field()
     }
 
     /// After a byte of a key or length: decodes them once complete.

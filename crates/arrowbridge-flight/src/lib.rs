@@ -26,6 +26,7 @@ mod server;
 mod service;
 pub mod shards;
 pub mod shm;
+mod socket_get;
 mod store;
 mod tls;
 

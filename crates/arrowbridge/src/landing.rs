@@ -310,6 +310,17 @@ pub trait Sink {
 
     /// Counts the rows of a message whose whole body was [`write`](Sink::write)n.
     fn commit(&mut self, incoming: Incoming);
+
+    /// Where the body bytes from offset `at` of `incoming`'s message belong, when they are a
+    /// column's values: the destination of the first of them and of as many that follow
+    /// (at most `len`) as are values of the same column. The caller may put the bytes there
+    /// itself (a socket read straight into the destination) instead of passing them to
+    /// [`write`](Sink::write). `None` where the bytes at `at` are skipped (padding,
+    /// validity buffers), or where the sink takes bytes only through `write`.
+    fn values_at(&mut self, incoming: &Incoming, at: usize, len: usize) -> Option<&mut [u8]> {
+        let _ = (incoming, at, len);
+        None
+    }
 }
 
 /// Copies the part of `bytes` (at offset `at` of a message's body) that falls in `values` (a
@@ -348,6 +359,15 @@ impl Sink for Part<'_> {
 
     fn commit(&mut self, incoming: Incoming) {
         self.filled += incoming.rows;
+    }
+
+    fn values_at(&mut self, incoming: &Incoming, at: usize, len: usize) -> Option<&mut [u8]> {
+        let (index, values) =
+            (incoming.values.iter().enumerate()).find(|(_, v)| v.contains(&at))?;
+        let row0 = self.filled * self.layouts[index].row_bytes().expect("checked in new");
+        let start = row0 + (at - values.start);
+        let len = len.min(values.end - at);
+        Some(&mut self.columns[index][start..start + len])
     }
 }
 
@@ -757,6 +777,42 @@ mod tests {
                 sent,
                 "pieces of {piece} bytes"
             );
+        }
+    }
+
+    #[test]
+    fn bodies_put_where_values_at_says_make_the_batch_that_was_sent() {
+        // A reader that puts each body byte where `values_at` says, and passes the rest
+        // (padding) to `write`, as a socket read straight into the destination does.
+        let sent = table(10);
+        for piece in [1, 7, 64, 1 << 20] {
+            let mut destination = Destination::new("t", sent.schema(), 10).unwrap().unwrap();
+            let mut parts = destination.parts(&[10]).unwrap();
+            let mut placed = 0;
+            for slice in [sent.slice(0, 3), sent.slice(3, 7)] {
+                let (meta, body) = encode(&slice);
+                let incoming = parts[0].begin(&meta, body.len()).unwrap().unwrap();
+                let mut at = 0;
+                while at < body.len() {
+                    let len = piece.min(body.len() - at);
+                    match parts[0].values_at(&incoming, at, len) {
+                        Some(slot) => {
+                            let n = slot.len();
+                            assert!(n > 0 && n <= len);
+                            slot.copy_from_slice(&body[at..at + n]);
+                            (at, placed) = (at + n, placed + n);
+                        }
+                        None => {
+                            parts[0].write(&incoming, at, &body[at..at + 1]);
+                            at += 1;
+                        }
+                    }
+                }
+                parts[0].commit(incoming);
+            }
+            parts.pop().unwrap().finish().unwrap();
+            assert_eq!(destination.into_batch().unwrap(), sent, "pieces of {piece}");
+            assert_eq!(placed, 10 * (8 + 3 * 4), "every value byte had a place");
         }
     }
 
