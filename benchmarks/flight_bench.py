@@ -301,7 +301,7 @@ def server_memory(each: int) -> tuple[int, int]:
 
 def run(sizes: list[int], repeats: int, concurrency: tuple[int, int], small_n: int) -> dict:
     """Every Flight figure, at every size in `sizes` (bytes of a float64 (n, 1024) tensor)."""
-    results: dict = {"sizes": {}, "iperf3": iperf3(), "shmem_huge_pages": shmem_huge_pages()}
+    results: dict = {"sizes": {}, "iperf3": {}, "shmem_huge_pages": shmem_huge_pages()}
     tmp = Path(tempfile.mkdtemp(prefix="arrowbridge-bench-"))
     try:
         with (
@@ -312,6 +312,10 @@ def run(sizes: list[int], repeats: int, concurrency: tuple[int, int], small_n: i
             tcp, unix, echo = location_of(tcp_line), location_of(unix_line), echo_line
             for nbytes in sizes:
                 x = np.random.default_rng(0).standard_normal((nbytes // (8 * 1024), 1024))
+                # The wire's ceiling right before and after this size's transfers: the
+                # better of the two, so that a slow spell of the machine lowers our figures,
+                # never the ceiling they are compared with.
+                wire = [iperf3()]
                 row = {}
                 row["ours tcp"] = ours_put_get(tcp, x, repeats)
                 row["ours unix"] = ours_put_get(unix, x, repeats)
@@ -323,6 +327,8 @@ def run(sizes: list[int], repeats: int, concurrency: tuple[int, int], small_n: i
                 row["pyarrow client, ours"] = pyarrow_put_get(tcp, x, repeats)
                 row["pyarrow client, pyarrow server"] = pyarrow_put_get(echo, x, repeats)
                 results["sizes"][x.nbytes] = row
+                wire.append(iperf3())
+                results["iperf3"][x.nbytes] = None if None in wire else max(wire)
                 with arrowbridge.connect(tcp, shm=False) as c:
                     c.delete("bench")
                 with arrowbridge.connect(unix, shm=False) as c:
@@ -340,13 +346,13 @@ def run(sizes: list[int], repeats: int, concurrency: tuple[int, int], small_n: i
 
 def report(r: dict, fmt_time: Callable[[float], str]) -> tuple[list[str], list[str]]:
     """(headline lines, section lines) of the Markdown report."""
-    wire = r["iperf3"]
     lines = [
         "| size | path | put GB/s | get GB/s | put / iperf3 | get / iperf3 |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     headline = []
     for nbytes, row in r["sizes"].items():
+        wire = r["iperf3"][nbytes]
         for path, (put_t, get_t) in row.items():
             if path.startswith("np.copy"):
                 lines.append(f"| {nbytes >> 20} MiB | {path} | {nbytes / put_t / 1e9:.2f} | | | |")
@@ -395,10 +401,16 @@ def report(r: dict, fmt_time: Callable[[float], str]) -> tuple[list[str], list[s
         f"after the acknowledgement): {grown / MIB:.0f} MiB above idle for {put >> 20} MiB "
         f"({grown / put:.2f}×).",
     ]
+    wires = [
+        f"{w / 1e9:.2f} GB/s around the {n >> 20} MiB transfers"
+        for n, w in r["iperf3"].items()
+        if w
+    ]
     lines += [
         "",
-        "iperf3 single stream on loopback: "
-        + (f"{wire / 1e9:.2f} GB/s." if wire else "not installed (`apt-get install iperf3`)."),
+        "iperf3 single stream on loopback (the better of a run right before and one right "
+        "after each size's transfers): "
+        + ("; ".join(wires) + "." if wires else "not installed (`apt-get install iperf3`)."),
         "",
         f"Small calls: p50 {fmt_time(p50)}, p99 {fmt_time(percentile(r['ours call'], 99))}; "
         f"pyarrow.flight Python echo server do_exchange p50 {fmt_time(echo50)}; "

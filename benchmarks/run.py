@@ -466,12 +466,14 @@ def main() -> None:
             "Servers in processes of their own; median over repeated transfers. pyarrow.flight's "
             "client sends in 8 MiB chunks; its server is pyarrow.flight's Python FlightServerBase.",
             "",
-            "Every put needs memory for the item it lands (a get, for its result). Memory a "
-            "process reuses costs nothing; pages it never touched before cost a page fault each, "
-            "and on a VM whose host reclaims the guest's free memory (free page reporting) a "
-            "first touch ran at 0.4 GB/s in this machine's probes. A transfer that lands in such "
-            "pages runs that slowly whatever the transport, so bulk figures move ±20 % between "
-            "runs; iperf3 allocates nothing.",
+            "Every put needs memory for the item it lands (a get, for its result). Pages a "
+            "process never touched before cost a page fault each, and on a VM whose host "
+            "reclaims the guest's free memory (free page reporting) a first touch ran at "
+            "0.4 GB/s in this machine's probes. The extension keeps freed blocks of 32 MiB or "
+            "more for a second (`arrowbridge_pyo3::Recycling`), so from the second transfer of "
+            "a size on, transfers land in warm pages; each figure is the median of several "
+            "after one unmeasured transfer. The host's load still moves bulk figures by ±20 % "
+            "between runs, which is why iperf3 runs right before and after each size.",
             "",
             *flight_rows,
             "",
