@@ -216,16 +216,7 @@ impl<'p, S: Sink> Parser<'p, S> {
                         self.part.write(incoming, at, &data[..n]);
                     }
                     data = &data[n..];
-                    self.remaining -= n;
-                    self.state = if n == left {
-                        State::Key
-                    } else {
-                        State::Body {
-                            at: at + n,
-                            left: left - n,
-                        }
-                    };
-                    self.end_field()?;
+                    self.past_body_bytes(at, left, n)?;
                 }
             }
         }
@@ -250,7 +241,11 @@ impl<'p, S: Sink> Parser<'p, S> {
         let State::Body { at, left } = self.state else {
             return Err(self.bad("bytes landed outside a body"));
         };
-        let n = n.min(left);
+        self.past_body_bytes(at, left, n.min(left))
+    }
+
+    /// Moves `n` bytes into a body that was at offset `at` with `left` bytes to go.
+    fn past_body_bytes(&mut self, at: usize, left: usize, n: usize) -> Result<(), Status> {
         self.remaining -= n;
         self.state = if n == left {
             State::Key

@@ -684,6 +684,19 @@ mod tests {
         assert!(err.message().contains("\"missing\""), "{err}");
     }
 
+    /// A get of `rows` rows of a float64 column `x` over `io`.
+    async fn get_x(io: tokio::io::DuplexStream, rows: usize) -> Result<(), Status> {
+        let schema = Schema::new(vec![arrow_schema::Field::new(
+            "x",
+            arrow_schema::DataType::Float64,
+            false,
+        )]);
+        let destination = Destination::new("get", Arc::new(schema.clone()), rows);
+        let mut destination = destination.unwrap().unwrap();
+        let mut parts = destination.parts(&[rows]).unwrap();
+        do_get_into(io, "localhost", None, b"x", "DoGet", &schema, &mut parts[0]).await
+    }
+
     /// The status of a get answered with `answer` (frames, then the end of the connection
     /// when `close`), by a server that is a test's bytes.
     fn answered(answer: Vec<u8>, close: bool) -> Status {
@@ -693,29 +706,9 @@ mod tests {
             if close {
                 server.shutdown().await.unwrap();
             }
-            let schema = Schema::new(vec![arrow_schema::Field::new(
-                "x",
-                arrow_schema::DataType::Float64,
-                false,
-            )]);
-            let mut destination = Destination::new("get", Arc::new(schema.clone()), 4)
-                .unwrap()
-                .unwrap();
-            let mut parts = destination.parts(&[4]).unwrap();
-            let got = tokio::time::timeout(
-                std::time::Duration::from_secs(10),
-                do_get_into(
-                    client,
-                    "localhost",
-                    None,
-                    b"x",
-                    "DoGet",
-                    &schema,
-                    &mut parts[0],
-                ),
-            )
-            .await
-            .expect("an answer, not a hang");
+            let got = tokio::time::timeout(std::time::Duration::from_secs(10), get_x(client, 4))
+                .await
+                .expect("an answer, not a hang");
             drop(server);
             got.unwrap_err()
         })
@@ -860,25 +853,7 @@ mod tests {
                 END_STREAM,
             ));
             server.write_all(&answer).await.unwrap();
-            let schema = Schema::new(vec![arrow_schema::Field::new(
-                "x",
-                arrow_schema::DataType::Float64,
-                false,
-            )]);
-            let mut destination = Destination::new("get", Arc::new(schema.clone()), 1)
-                .unwrap()
-                .unwrap();
-            let mut parts = destination.parts(&[1]).unwrap();
-            let got = do_get_into(
-                client,
-                "localhost",
-                None,
-                b"x",
-                "DoGet",
-                &schema,
-                &mut parts[0],
-            )
-            .await;
+            let got = get_x(client, 1).await;
             assert_eq!(got.unwrap_err().code(), Code::Internal);
             let mut sent = Vec::new();
             server.read_to_end(&mut sent).await.unwrap();
