@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import argparse
 import ast
+import collections
 import contextlib
 import json
+import math
 import os
 import secrets
 import stat
 import sys
+import tokenize
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -68,25 +73,254 @@ def check_output(path: Path) -> None:
         raise arrowbridge.FileError(f"{parent}: no such directory (the output {path} goes there)")
 
 
-def unsupported_object_dtype(path: Path, name: str | None = None) -> Exception:
-    where = f"{path}" if name is None else f"{path}: array {name!r}"
+def unsupported_object_dtype(where: str) -> Exception:
     return arrowbridge.UnsupportedTypeError(
         f"{where}: unsupported dtype object (an array of Python objects); arrowbridge carries "
         "numbers, booleans, datetimes and timedeltas, and never loads pickled data"
     )
 
 
-def npy_holds_objects(path: Path) -> bool:
-    """Whether the header of a .npy file declares Python objects (False if it is unreadable)."""
+def one_line(err: BaseException) -> str:
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+
+
+def read_npy_header(f: Any, where: str, size: int) -> int:
+    """Checks the header of a .npy file (or .npz member) of ``size`` bytes, read from ``f``
+    at its start: the magic string, the header fields, and that the file holds the data the
+    header's 'shape' and 'descr' declare. Returns the number of data bytes.
+
+    Raises InvalidFileError naming ``where`` and the field, and UnsupportedTypeError for
+    Python objects (which only unpickling could read).
+    """
     try:
-        with open(path, "rb") as f:
-            major, _ = np.lib.format.read_magic(f)
-            # Versions 2 and 3 share the header layout (3 only allows UTF-8 in field names).
-            if major == 1:
-                return np.lib.format.read_array_header_1_0(f)[2].hasobject
-            return np.lib.format.read_array_header_2_0(f)[2].hasobject
-    except ValueError:
-        return False
+        major, minor = np.lib.format.read_magic(f)
+        if (major, minor) == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif (major, minor) in ((2, 0), (3, 0)):
+            # Version 3 differs only in allowing UTF-8 in field names.
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unknown .npy format version {major}.{minor}")
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        SyntaxError,
+        tokenize.TokenError,
+        OverflowError,
+        RecursionError,
+    ) as err:
+        # NumPy parses the header as a Python literal (tokenizing it first, for version 1 and 2
+        # files written by Python 2): a corrupt one fails in any of these ways.
+        detail = err.args[0] if isinstance(err, tokenize.TokenError) else one_line(err)
+        raise arrowbridge.InvalidFileError(f"{where}: not a valid .npy file: {detail}") from None
+    if dtype.hasobject:
+        raise unsupported_object_dtype(where)
+    if any(d < 0 for d in shape):
+        raise arrowbridge.InvalidFileError(
+            f"{where}: invalid .npy header: 'shape' {shape} has a negative dimension"
+        )
+    nbytes = math.prod(shape) * dtype.itemsize
+    available = size - f.tell()
+    if nbytes > available:
+        raise arrowbridge.InvalidFileError(
+            f"{where}: the header's 'shape' {shape} and 'descr' {dtype.str!r} declare "
+            f"{nbytes} bytes of data, but {available} follow the header (truncated or corrupt)"
+        )
+    return nbytes
+
+
+def load_npy(path: Path) -> np.ndarray:
+    with open(path, "rb") as f:
+        read_npy_header(f, str(path), os.fstat(f.fileno()).st_size)
+    try:
+        return np.load(path, mmap_mode="r")
+    except ValueError as err:
+        raise arrowbridge.InvalidFileError(f"{path}: {one_line(err)}") from None
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file: a zip archive of .npy files, named as ``np.load`` names
+    them. Object arrays are refused by their dtype: reading them would unpickle, which runs
+    code from the file."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, EOFError, NotImplementedError, ValueError) as err:
+        raise arrowbridge.InvalidFileError(
+            f"{path}: not a valid .npz file (a zip archive of .npy files): {one_line(err)}"
+        ) from None
+    arrays = {}
+    with archive:
+        for info in archive.infolist():
+            name = info.filename.removesuffix(".npy")
+            where = f"{path}: array {name!r}"
+            nbytes = info.file_size
+            if info.flag_bits & 0x1:
+                raise arrowbridge.InvalidFileError(f"{where}: the member is encrypted")
+            try:
+                with archive.open(info) as member:
+                    nbytes = read_npy_header(member, where, info.file_size)
+                with archive.open(info) as member:
+                    arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
+            except (
+                zipfile.BadZipFile,
+                zlib.error,
+                EOFError,
+                NotImplementedError,
+                ValueError,
+            ) as err:
+                if isinstance(err, arrowbridge.ArrowBridgeError):
+                    raise
+                raise arrowbridge.InvalidFileError(
+                    f"{where}: unreadable member of the zip archive: {one_line(err)}"
+                ) from None
+            except MemoryError:
+                raise arrowbridge.OutOfMemoryError(
+                    f"{where}: its {nbytes} bytes do not fit in memory"
+                ) from None
+    return arrays
+
+
+# The safetensors dtypes NumPy holds (all little-endian).
+SAFETENSORS_DTYPES = {
+    "BOOL": np.dtype(np.bool_),
+    "U8": np.dtype("u1"),
+    "I8": np.dtype("i1"),
+    "U16": np.dtype("<u2"),
+    "I16": np.dtype("<i2"),
+    "F16": np.dtype("<f2"),
+    "U32": np.dtype("<u4"),
+    "I32": np.dtype("<i4"),
+    "F32": np.dtype("<f4"),
+    "U64": np.dtype("<u8"),
+    "I64": np.dtype("<i8"),
+    "F64": np.dtype("<f8"),
+    "C64": np.dtype("<c8"),
+}
+# Types of the format that NumPy has no dtype for.
+SAFETENSORS_OTHER_DTYPES = {
+    "BF16",
+    "F8_E5M2",
+    "F8_E4M3",
+    "F8_E8M0",
+    "F8_E4M3FNUZ",
+    "F8_E5M2FNUZ",
+    "F6_E2M3",
+    "F6_E3M2",
+    "F4",
+}
+# The reference implementation's limit: a larger header is refused before it is read.
+SAFETENSORS_MAX_HEADER = 100_000_000
+
+
+def load_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """The tensors of a .safetensors file, memory-mapped: an 8-byte little-endian header
+    length N, N bytes of JSON ``{name: {"dtype", "shape", "data_offsets": [begin, end]}}``
+    (offsets relative to the data section that follows), then the data.
+
+    Everything the header says is checked against the file before any of it is used, and
+    each problem raises InvalidFileError naming the file, the tensor and the field.
+    """
+
+    def invalid(what: str) -> Exception:
+        return arrowbridge.InvalidFileError(f"{path}: invalid safetensors file: {what}")
+
+    size = path.stat().st_size
+    if size < 8:
+        raise invalid(f"{size} bytes, too short for the 8-byte header length")
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    size = data.size  # what is mapped, if the file changed since the stat
+    header_len = int.from_bytes(bytes(data[:8]), "little")
+    if header_len > size - 8:
+        raise invalid(
+            f"the header length field says {header_len} bytes, more than the {size - 8} "
+            "bytes that follow it (truncated, or not a safetensors file)"
+        )
+    if header_len > SAFETENSORS_MAX_HEADER:
+        raise invalid(f"the header length field says {header_len} bytes, over the 100 MB limit")
+
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        unique = dict(pairs)
+        if len(unique) != len(pairs):
+            twice = next(k for k, n in collections.Counter(k for k, _ in pairs).items() if n > 1)
+            raise ValueError(f"the key {twice!r} appears twice")
+        return unique
+
+    try:
+        header = json.loads(bytes(data[8 : 8 + header_len]), object_pairs_hook=unique_keys)
+    except json.JSONDecodeError as err:
+        raise invalid(f"the header is not valid JSON: {err.msg} at byte {err.pos}") from None
+    except (ValueError, RecursionError) as err:
+        raise invalid(f"the header is not valid JSON: {one_line(err)}") from None
+    if not isinstance(header, dict):
+        raise invalid(f"the header is a JSON {type(header).__name__}, not an object")
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict):
+        raise invalid("'__metadata__' is not an object")
+
+    data_start, data_len = 8 + header_len, size - 8 - header_len
+    spans = []
+    for name, info in header.items():
+        where = f"tensor {name!r}"
+        if not isinstance(info, dict):
+            raise invalid(f"{where}: is not an object")
+        for field in ("dtype", "shape", "data_offsets"):
+            if field not in info:
+                raise invalid(f"{where}: no {field!r}")
+        dtype_name, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise invalid(f"{where}: 'shape' {shape!r} is not a list of non-negative integers")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(type(o) is int and o >= 0 for o in offsets)
+        ):
+            raise invalid(f"{where}: 'data_offsets' {offsets!r} is not [begin, end]")
+        begin, end = offsets
+        if begin > end:
+            raise invalid(f"{where}: 'data_offsets' {offsets} end before they begin")
+        if end > data_len:
+            raise invalid(
+                f"{where}: 'data_offsets' {offsets} point outside the data section "
+                f"({data_len} bytes; is the file truncated?)"
+            )
+        if isinstance(dtype_name, str) and dtype_name in SAFETENSORS_OTHER_DTYPES:
+            raise arrowbridge.UnsupportedTypeError(
+                f"{path}: {where}: unsupported dtype {dtype_name} (NumPy has no such type)"
+            )
+        if not isinstance(dtype_name, str) or dtype_name not in SAFETENSORS_DTYPES:
+            raise invalid(f"{where}: unknown 'dtype' {dtype_name!r}")
+        dtype = SAFETENSORS_DTYPES[dtype_name]
+        nbytes = math.prod(shape) * dtype.itemsize
+        if end - begin != nbytes:
+            raise invalid(
+                f"{where}: 'data_offsets' {offsets} span {end - begin} bytes, but 'dtype' "
+                f"{dtype_name} and 'shape' {shape} need {nbytes}"
+            )
+        spans.append((begin, end, name, dtype, shape))
+
+    # As in the reference implementation: the tensors tile the data section, and are read in
+    # the order of their data.
+    spans.sort(key=lambda span: span[:2])
+    covered = 0
+    for begin, end, name, _, _ in spans:
+        if begin != covered:
+            what = (
+                "overlaps the one before it"
+                if begin < covered
+                else f"leaves a gap at byte {covered}"
+            )
+            raise invalid(f"tensor {name!r}: 'data_offsets' [{begin}, {end}] {what}")
+        covered = end
+    if covered != data_len:
+        raise invalid(f"{data_len - covered} bytes after the last tensor's data")
+
+    arrays = {}
+    for begin, end, name, dtype, shape in spans:
+        array = data[data_start + begin : data_start + end].view(dtype).reshape(shape)
+        # Offsets need not be multiples of the itemsize: copy such a tensor to align it.
+        arrays[name] = array if array.flags.aligned else array.copy()
+    return arrays
 
 
 def load_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -95,30 +329,11 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
     if suffix in ARROW_SUFFIXES:
         return arrowbridge.read_ipc(path)
     if suffix == ".npy":
-        try:
-            return {path.stem: np.load(path, mmap_mode="r")}
-        except ValueError as err:
-            # NumPy refuses to map object arrays (with a message that does not say "object").
-            if npy_holds_objects(path):
-                raise unsupported_object_dtype(path) from None
-            raise ValueError(f"{path}: {err}") from None  # NumPy's messages omit the file
+        return {path.stem: load_npy(path)}
     if suffix == ".npz":
-        arrays = {}
-        with np.load(path) as z:
-            for k in z.files:
-                try:
-                    arrays[k] = z[k]
-                except ValueError as err:
-                    # Object arrays would need allow_pickle=True, which stays off: unpickling
-                    # runs code from the file.
-                    if "allow_pickle" in str(err):
-                        raise unsupported_object_dtype(path, k) from None
-                    raise ValueError(f"{path}: array {k!r}: {err}") from None
-        return arrays
+        return load_npz(path)
     if suffix == ".safetensors":
-        from safetensors.numpy import load_file
-
-        return load_file(str(path))
+        return load_safetensors(path)
     raise arrowbridge.UnsupportedTypeError(
         f"{path}: unknown file type {suffix!r} (use .arrow, .npy, .npz or .safetensors)"
     )
@@ -168,6 +383,9 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray], progress: Progress) -
             f"{path}: .npy holds one array, the input has {len(arrays)}: {list(arrays)}"
         )
     else:
+        if suffix == ".safetensors":
+            for name, array in arrays.items():
+                safetensors_dtype(path, name, array.dtype)  # before anything is written
         with replacing(path) as tmp:
             save_numpy_format(tmp, suffix, arrays, progress)
 
@@ -191,10 +409,51 @@ def save_numpy_format(
             np.savez(f, **arrays)
         progress.advance(sum(a.nbytes for a in arrays.values()))
     else:
-        from safetensors.numpy import save_file
+        save_safetensors(path, arrays, progress)
 
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path))
-        progress.advance(sum(a.nbytes for a in arrays.values()))
+
+def safetensors_dtype(path: Path, name: str, dtype: np.dtype) -> str:
+    """The safetensors name of ``dtype`` (of any byte order: the file is little-endian)."""
+    for code, candidate in SAFETENSORS_DTYPES.items():
+        if dtype.fields is None and dtype.newbyteorder("<") == candidate:
+            return code
+    raise arrowbridge.UnsupportedTypeError(
+        f"{path}: array {name!r}: .safetensors has no dtype {dtype} (it holds bool, 8- to "
+        "64-bit integers, float16, float32, float64 and complex64)"
+    )
+
+
+def save_safetensors(path: Path, arrays: dict[str, np.ndarray], progress: Progress) -> None:
+    """Writes ``arrays`` as a .safetensors file: the header padded with spaces to a multiple
+    of 8 bytes, as the reference implementation pads it, then the tensors in C order and
+    little-endian, by decreasing item size, then name (so that each is aligned in the file).
+    A 0-d array keeps its shape ``[]``."""
+    order = sorted(arrays, key=lambda name: (-arrays[name].dtype.itemsize, name))
+    header: dict[str, Any] = {}
+    offset = 0
+    for name in order:
+        array = arrays[name]
+        header[name] = {
+            "dtype": safetensors_dtype(path, name, array.dtype),
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + array.nbytes],
+        }
+        offset += array.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        for name in order:
+            array = arrays[name]
+            flat = array.reshape(-1)
+            step = max(1, (16 << 20) // max(1, array.itemsize))
+            for start in range(0, flat.size, step):
+                chunk = np.ascontiguousarray(
+                    flat[start : start + step], dtype=array.dtype.newbyteorder("<")
+                )
+                f.write(chunk.view(np.uint8).data)
+                progress.advance(chunk.nbytes)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

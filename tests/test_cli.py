@@ -1,10 +1,12 @@
 """The arrowbridge command: inspect, convert and run, as a user runs them."""
 
 import errno
+import io
 import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -222,3 +224,225 @@ def test_a_parameter_without_a_value_is_one_line_and_exit_2(tmp_path, capsys):
         capsys, "run", "sum", tmp_path / "in.arrow", tmp_path / "o.arrow", "-p", "axis"
     )
     assert (status, err) == (2, ["arrowbridge run: parameter 'axis' is not NAME=VALUE"])
+
+
+def safetensors_bytes(header, data: bytes) -> bytes:
+    text = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + data
+
+
+X_F32 = {"x": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}}
+
+# name: (the file's bytes, what the one line of stderr must say)
+CORRUPT_SAFETENSORS = {
+    "bad_json": (safetensors_bytes(b"{not json}", bytes(24)), "header is not valid JSON"),
+    "header_length_2_62": (
+        (1 << 62).to_bytes(8, "little") + json.dumps(X_F32).encode() + bytes(24),
+        "header length field says 4611686018427387904 bytes",
+    ),
+    "truncated_data": (safetensors_bytes(X_F32, bytes(20)), "'data_offsets' [0, 24] point outside"),
+    "truncated_header": (safetensors_bytes(X_F32, bytes(24))[:30], "header length field says"),
+    "shorter_than_its_length_field": (b"\x10\x00\x00", "too short for the 8-byte header length"),
+    "offsets_outside_the_file": (
+        safetensors_bytes(
+            {"x": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 1 << 40]}}, bytes(24)
+        ),
+        "point outside the data section",
+    ),
+    "offsets_not_dtype_times_shape": (
+        safetensors_bytes(
+            {"x": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 24]}}, bytes(24)
+        ),
+        "'data_offsets' [0, 24] span 24 bytes, but 'dtype' F32 and 'shape' [2, 2] need 16",
+    ),
+    "offsets_reversed": (
+        safetensors_bytes({"x": {"dtype": "U8", "shape": [0], "data_offsets": [24, 0]}}, bytes(24)),
+        "'data_offsets' [24, 0] end before they begin",
+    ),
+    "overlapping_tensors": (
+        safetensors_bytes(
+            {
+                "x": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
+                "y": {"dtype": "F32", "shape": [1], "data_offsets": [20, 24]},
+            },
+            bytes(24),
+        ),
+        "tensor 'y': 'data_offsets' [20, 24] overlaps",
+    ),
+    "unknown_dtype": (
+        safetensors_bytes({"x": {"dtype": "Q99", "shape": [3], "data_offsets": [0, 3]}}, bytes(3)),
+        "tensor 'x': unknown 'dtype' 'Q99'",
+    ),
+    "negative_shape": (
+        safetensors_bytes({"x": {"dtype": "U8", "shape": [-3], "data_offsets": [0, 3]}}, bytes(3)),
+        "tensor 'x': 'shape' [-3] is not a list of non-negative integers",
+    ),
+    "header_not_an_object": (safetensors_bytes([1, 2], b""), "header is a JSON list"),
+    "missing_field": (
+        safetensors_bytes({"x": {"dtype": "U8", "shape": [3]}}, bytes(3)),
+        "tensor 'x': no 'data_offsets'",
+    ),
+}
+
+
+def assert_one_line_exit_2(result, src, expected: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"arrowbridge convert: {src}: "), lines[0]
+    assert expected in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPT_SAFETENSORS))
+def test_a_corrupt_safetensors_file_is_named_in_one_line_and_exit_2(tmp_path, case):
+    content, expected = CORRUPT_SAFETENSORS[case]
+    src = tmp_path / f"{case}.safetensors"
+    src.write_bytes(content)
+    result = cli("convert", src, tmp_path / "out.arrow", check=False)
+    assert_one_line_exit_2(result, src, expected)
+    assert "invalid safetensors file" in result.stderr
+    assert not (tmp_path / "out.arrow").exists()
+
+
+def npy_bytes(header: str, data: bytes = bytes(96), version: bytes = b"\x01\x00") -> bytes:
+    text = header.encode("latin1")
+    text += b" " * (-(len(text) + 11) % 64) + b"\n"
+    return b"\x93NUMPY" + version + len(text).to_bytes(2, "little") + text + data
+
+
+def npy_of(x: np.ndarray) -> bytes:
+    f = io.BytesIO()
+    np.save(f, x)
+    return f.getvalue()
+
+
+def zip_of(members: dict[str, bytes], compression=zipfile.ZIP_STORED) -> bytes:
+    f = io.BytesIO()
+    with zipfile.ZipFile(f, "w", compression) as z:
+        for name, content in members.items():
+            z.writestr(name, content)
+    return f.getvalue()
+
+
+GOOD_NPY = npy_of(np.arange(12.0).reshape(3, 4))
+GOOD_NPZ = zip_of({"x.npy": GOOD_NPY, "y.npy": npy_of(np.arange(3))})
+DEFLATED_NPZ = zip_of({"x.npy": npy_of(np.arange(1000.0))}, zipfile.ZIP_DEFLATED)
+F8_3x4 = "{'descr': '<f8', 'fortran_order': False, 'shape': %s, }"
+
+
+def flipped(content: bytes, at: int) -> bytes:
+    return content[:at] + bytes([content[at] ^ 0xFF]) + content[at + 1 :]
+
+
+# name: (suffix, the file's bytes, what the one line of stderr must say)
+CORRUPT_NUMPY = {
+    "npy_empty": (".npy", b"", "not a valid .npy file: EOF: reading magic string"),
+    "npy_bad_magic": (".npy", b"hello world" * 10, "the magic string is not correct"),
+    "npy_truncated_header": (".npy", GOOD_NPY[:40], "EOF: reading array header"),
+    "npy_truncated_data": (".npy", GOOD_NPY[:-10], "declare 96 bytes of data, but 86 follow"),
+    "npy_unparsable_header": (
+        ".npy",
+        npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), "),
+        "not a valid .npy file",
+    ),
+    "npy_header_without_shape": (
+        ".npy",
+        npy_bytes("{'descr': '<f8', 'fortran_order': False, }"),
+        "Header does not contain the correct keys",
+    ),
+    "npy_bad_descr": (".npy", npy_bytes(F8_3x4.replace("<f8", "zz") % "(3, 4)"), "descr"),
+    "npy_negative_shape": (
+        ".npy",
+        npy_bytes(F8_3x4 % "(-3, 4)"),
+        "'shape' (-3, 4) has a negative dimension",
+    ),
+    "npy_shape_2_63": (
+        ".npy",
+        npy_bytes(F8_3x4 % f"({2**63}, {2**63})"),
+        "declare 680564733841876926926749214863536422912 bytes",
+    ),
+    "npy_unknown_version": (
+        ".npy",
+        npy_bytes(F8_3x4 % "(3, 4)", version=b"\x09\x09"),
+        "unknown .npy format version 9.9",
+    ),
+    "npz_empty": (".npz", b"", "not a valid .npz file"),
+    "npz_an_npy_file": (".npz", GOOD_NPY, "not a valid .npz file"),
+    "npz_truncated": (".npz", GOOD_NPZ[:-30], "not a valid .npz file"),
+    "npz_bad_crc": (
+        ".npz",
+        flipped(GOOD_NPZ, GOOD_NPZ.index(b"x.npy") + 5 + 200),
+        "array 'x': unreadable member of the zip archive: Bad CRC-32",
+    ),
+    "npz_bad_deflate_stream": (
+        ".npz",
+        DEFLATED_NPZ[:50] + b"\xff" * 20 + DEFLATED_NPZ[70:],
+        "array 'x': unreadable member of the zip archive: Error -3 while decompressing",
+    ),
+    "npz_member_not_npy": (
+        ".npz",
+        zip_of({"notes.txt": b"hello there"}),
+        "array 'notes.txt': not a valid .npy file",
+    ),
+    "npz_member_truncated": (
+        ".npz",
+        zip_of({"x.npy": GOOD_NPY[:-10]}),
+        "array 'x': the header's 'shape' (3, 4)",
+    ),
+    "npz_member_shape_2_62": (
+        ".npz",
+        zip_of({"x.npy": npy_bytes(F8_3x4 % f"({2**62}, 4)")}, zipfile.ZIP_DEFLATED),
+        "array 'x': the header's 'shape' (4611686018427387904, 4)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPT_NUMPY))
+def test_a_corrupt_npy_or_npz_file_is_named_in_one_line_and_exit_2(tmp_path, case):
+    suffix, content, expected = CORRUPT_NUMPY[case]
+    src = tmp_path / f"{case}{suffix}"
+    src.write_bytes(content)
+    result = cli("convert", src, tmp_path / "out.arrow", check=False)
+    assert_one_line_exit_2(result, src, expected)
+    assert not (tmp_path / "out.arrow").exists()
+
+
+def test_safetensors_of_every_dtype_and_a_scalar_round_trip(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    arrays = {
+        "b": np.array([True, False]),
+        "i8": np.arange(-3, 4, dtype=np.int8),
+        "u16": np.arange(6, dtype=np.uint16).reshape(2, 3),
+        "f16": np.arange(5, dtype=np.float16),
+        "c64": np.arange(3, dtype=np.complex64) * 1j,
+        "i64": np.arange(10, dtype=np.int64).reshape(2, 5),
+        "empty": np.zeros((0, 4), np.float32),
+    }
+    src = tmp_path / "in.safetensors"
+    save_file(arrays, str(src))
+    cli("convert", src, tmp_path / "x.arrow")
+    read = arrowbridge.read_ipc(tmp_path / "x.arrow")
+    assert set(read) == set(arrays)
+    for name, x in arrays.items():
+        assert same_values(read[name], x), name
+    # Written back, with a 0-d array (which keeps its shape).
+    arrowbridge.write_ipc(tmp_path / "x.arrow", {**arrays, "scalar": np.array(2.5)})
+    cli("convert", tmp_path / "x.arrow", tmp_path / "back.safetensors")
+    back = load_file(str(tmp_path / "back.safetensors"))
+    assert back["scalar"].shape == () and back["scalar"] == 2.5
+    for name, x in arrays.items():
+        assert same_values(back[name], x), name
+
+
+def test_an_array_safetensors_cannot_hold_is_refused_before_writing(tmp_path):
+    arrowbridge.write_ipc(tmp_path / "t.arrow", {"t": np.arange(3).astype("datetime64[ns]")})
+    out = tmp_path / "out.safetensors"
+    result = cli("convert", tmp_path / "t.arrow", out, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        f"arrowbridge convert: {out}: array 't': .safetensors has no dtype datetime64[ns] "
+        "(it holds bool, 8- to 64-bit integers, float16, float32, float64 and complex64)"
+    ]
+    assert sorted(os.listdir(tmp_path)) == ["t.arrow"]
