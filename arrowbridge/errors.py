@@ -135,10 +135,31 @@ class RemoteStorageError(FlightCallError, OSError):
     was stored or deleted; the message names the file."""
 
 
+class FlightTimeoutError(FlightCallError, TimeoutError):
+    """A Flight call did not finish within its ``timeout`` (of the call, or of
+    :func:`arrowbridge.connect`); it was cancelled, and the client stays usable. The message
+    names the call and the time limit."""
+
+
+class ItemReplacedError(FlightCallError, LookupError):
+    """The version of an item a ticket names was replaced by a put (or deleted) and no reader
+    holds it any more (``FAILED_PRECONDITION``, kind ``replaced``). Ask for the item's
+    FlightInfo again to read the version stored now; arrowbridge's own client does so by
+    itself, so only plain Flight clients that follow endpoints see this."""
+
+
 class NotDistributableError(ArrowBridgeError, ValueError):
     """A cluster call asked a kernel to run on a sharded item, but the kernel does not say
     how its results on the shards combine (its distribution is ``local``). Pass
     ``gather=True`` to fetch the item to one server first."""
+
+
+class InvalidNameError(ArrowBridgeError, ValueError):
+    """An item name a cluster client refuses: one the servers do not accept (1-200 letters,
+    digits, ``_``, ``-`` or ``.``, not starting with ``.``), one that leaves no room for its
+    shards' names, or one reserved for shards (it contains ``.shard-<i>-of-<n>`` or
+    ``.part-<i>``), under which a put or delete would destroy another item's shard. The
+    message names the name and says why."""
 
 
 __all__ = [
@@ -149,9 +170,12 @@ __all__ = [
     "DTypeMismatchError",
     "FileError",
     "FlightCallError",
+    "FlightTimeoutError",
     "InvalidArrowDataError",
     "InvalidFileError",
     "InvalidLocationError",
+    "InvalidNameError",
+    "ItemReplacedError",
     "KernelError",
     "KernelParameterError",
     "MisalignedBufferError",

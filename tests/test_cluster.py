@@ -3,6 +3,7 @@ servers killed with SIGKILL and restarted by Ray, data directories, and attach()
 another driver. (Several Ray nodes on one machine: test_cluster_nodes.py.)"""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 
 import arrowbridge
 import arrowbridge.cluster
+from arrowbridge.errors import InvalidNameError
 
 ray = pytest.importorskip("ray", reason="arrowbridge[ray] is not installed")
 
@@ -145,3 +147,16 @@ def test_ray_data_reads_and_writes_sharded_items():
         info = client.info("doubled")
         assert info["rows"] == 100 and info["shards"] >= 1
         assert np.array_equal(client.get("doubled")["vec"], 2 * x)
+        # Each write stores its parts under names of its own; a rewrite removes the old ones.
+        first = {s["name"] for s in client.shards("doubled")}
+        assert all(re.fullmatch(r"doubled\.part-\d+\.v[0-9a-f]{16}", n) for n in first)
+        cluster.write_dataset(ds.map_batches(lambda b: {"vec": b["vec"] * 3}), "doubled")
+        assert np.array_equal(client.get("doubled")["vec"], 3 * x)
+        assert not first & {s["name"] for s in client.shards("doubled")}
+        for location in cluster.locations:
+            with arrowbridge.connect(location) as plain:
+                assert not {i["name"] for i in plain.list()} & first
+                with pytest.raises(arrowbridge.RemoteNotFoundError):
+                    plain.info(sorted(first)[0])
+        with pytest.raises(InvalidNameError, match=r"'doubled\.part-0' is reserved"):
+            cluster.write_dataset(ds, "doubled.part-0")

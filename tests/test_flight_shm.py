@@ -131,28 +131,36 @@ def shm_socket(location: str, token: str | None = None) -> str:
     return json.loads(info)["location"].removeprefix("arrowbridge+shm://")
 
 
+def read_message(s: socket.socket) -> tuple[dict, list[int]]:
+    """One message of the shared-memory protocol: its JSON and the descriptors with it."""
+    data, got_fds, _, _ = socket.recv_fds(s, 1, 4)
+    rest = b""
+    while len(rest) < 3:
+        rest += s.recv(3 - len(rest))
+    length = struct.unpack("<I", data + rest)[0]
+    payload = b""
+    while len(payload) < length:
+        payload += s.recv(length - len(payload))
+    return json.loads(payload), got_fds
+
+
 def raw_request(path: str, header: dict, fds: list[int] = ()) -> tuple[dict, list[int]]:
     """One request on the shared-memory socket, as a hostile client would send it."""
     body = json.dumps(header).encode()
     message = struct.pack("<I", len(body)) + body
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(path)
+        greeting, _ = read_message(s)
+        assert set(greeting) == {"instance"}, "the server greets with its instance alone"
         if fds:
             socket.send_fds(s, [message[:1]], list(fds))
             s.sendall(message[1:])
         else:
             s.sendall(message)
-        data, got_fds, _, _ = socket.recv_fds(s, 1, 4)
-        rest = b""
-        while len(rest) < 3:
-            rest += s.recv(3 - len(rest))
-        length = struct.unpack("<I", data + rest)[0]
-        payload = b""
-        while len(payload) < length:
-            payload += s.recv(length - len(payload))
+        reply, got_fds = read_message(s)
     for fd in got_fds:
         os.close(fd)
-    return json.loads(payload), got_fds
+    return reply, got_fds
 
 
 def test_unsealed_or_lying_memory_is_refused_and_nothing_is_stored(server):

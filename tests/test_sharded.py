@@ -2,16 +2,26 @@
 reassembly, FlightInfo endpoints a plain pyarrow.flight client follows, kernels where the
 shards live, replicas standing in for servers that are gone, and clear errors."""
 
+import contextlib
 import itertools
 import json
+import re
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.flight as fl
 import pytest
+from conftest import free_port
 
 import arrowbridge
 from arrowbridge.cluster import ClusterClient, shard_bounds
+from arrowbridge.errors import InvalidLocationError, InvalidNameError
 
 
 @pytest.fixture
@@ -201,3 +211,201 @@ def test_bad_arguments_say_what_is_wrong(servers):
         }
         with pytest.raises(arrowbridge.RemoteInvalidError, match="cover 3 rows of the 4"):
             plain._native.put_map("m", schema_ipc, json.dumps(bad))
+
+
+# -- atomic puts, reserved names, argument checks (issue 28) --------------------------------
+
+
+@contextlib.contextmanager
+def cli_server(data_dir, *, port=None, file_limit=None):
+    """An `arrowbridge serve` process with a data directory; with ``file_limit``, the
+    process may write no file larger (RLIMIT_FSIZE): its puts fail with a storage error."""
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
+
+    port = port or free_port()
+    command = [sys.executable, "-m", "arrowbridge", "serve", "--port", str(port)]
+    proc = subprocess.Popen(
+        [*command, "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=limit if file_limit else None,
+    )
+    location = f"grpc://127.0.0.1:{port}"
+    try:
+        line = proc.stdout.readline()
+        assert location in line, line
+        yield location
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+
+
+def held(location):
+    """The names a server lists (uncommitted shards are listed: no map names them)."""
+    with arrowbridge.connect(location) as c:
+        return sorted(i["name"] for i in c.list()), c.health()["stored"]
+
+
+def test_a_put_that_fails_on_one_server_leaves_the_previous_version(tmp_path):
+    v1, v2 = np.full((1000, 8), 1.0), np.full((64_000, 8), 2.0)
+    with (
+        arrowbridge.serve() as a,
+        cli_server(tmp_path, file_limit=1 << 20) as b,
+        ClusterClient([a.location, b]) as client,
+    ):
+        client.put("x", v1)
+        # v2's shard on b is 2 MiB: b's disk refuses it, a stores its shard.
+        with pytest.raises(arrowbridge.RemoteStorageError, match=r"x\.shard-1-of-2"):
+            client.put("x", v2)
+        assert np.array_equal(client.get("x"), v1)
+        for location in (a.location, b):
+            with arrowbridge.connect(location) as plain:
+                assert np.array_equal(plain.get("x"), v1)
+            # The map and v1's shard: no shard of the failed put is left.
+            assert held(location) == (["x"], 2)
+        assert client.call("sum", client.stored("x")) == v1.sum()
+
+
+def test_a_map_refused_by_one_server_is_rolled_back_on_the_others(tmp_path):
+    v1, v2 = np.full((10, 2), 1.0), np.full((10, 2), 2.0)
+    port = free_port()
+    with arrowbridge.serve() as a:
+        with cli_server(tmp_path, port=port) as b, ClusterClient([a.location, b]) as client:
+            client.put("x", v1, shards=1)  # the shard on a, the map on both
+        # b comes back unable to write a file: it serves x's map, and refuses any other.
+        with (
+            cli_server(tmp_path, port=port, file_limit=1) as b,
+            ClusterClient([a.location, b]) as client,
+        ):
+            assert np.array_equal(client.get("x"), v1)
+            with pytest.raises(arrowbridge.RemoteStorageError):
+                client.put("x", v2, shards=1)
+            # a took v2's map and got v1's back; v2's shard is gone.
+            for location in (a.location, b):
+                with arrowbridge.connect(location) as plain:
+                    assert np.array_equal(plain.get("x"), v1)
+            assert held(a.location) == (["x"], 2)
+            # A new item that fails the same way leaves nothing behind.
+            with pytest.raises(arrowbridge.RemoteStorageError):
+                client.put("y", v2, shards=1)
+            with pytest.raises(arrowbridge.RemoteNotFoundError):
+                client.info("y")
+            assert held(a.location) == (["x"], 2)
+
+
+def test_a_put_the_control_plane_refuses_leaves_the_previous_version(servers):
+    class Refused(Exception):
+        pass
+
+    told = []
+
+    def on_map(name, schema_ipc, map_json):
+        if told:
+            raise Refused("the control plane is away")
+        told.append(name)
+
+    locations = [s.location for s in servers]
+    with ClusterClient(locations, replication=2, on_map=on_map) as client:
+        client.put("x", np.arange(9), shards=3)
+        before = client.shards("x")
+        with pytest.raises(Refused):
+            client.put("x", np.arange(12) * 10, shards=3)
+        # Every server took the new map, and every one has the old one back.
+        for location in locations:
+            with arrowbridge.connect(location) as plain:
+                assert np.array_equal(plain.get("x"), np.arange(9))
+        assert client.shards("x") == before
+        assert sum(counts(servers)) == 3 + 3 * 2
+
+
+def test_each_put_stores_its_shards_under_names_of_its_own(servers):
+    with ClusterClient([s.location for s in servers]) as client:
+        client.put("x", np.arange(9))
+        first = [s["name"] for s in client.shards("x")]
+        assert all(re.fullmatch(r"x\.shard-\d-of-3\.v[0-9a-f]{16}", n) for n in first)
+        client.put("x", np.arange(9) + 1)
+        second = [s["name"] for s in client.shards("x")]
+        assert not set(first) & set(second)
+        with arrowbridge.connect(servers[0].location) as plain:
+            with pytest.raises(arrowbridge.RemoteNotFoundError):
+                plain.info(first[0])
+        assert sum(counts(servers)) == 3 + 3
+
+
+def test_a_get_racing_puts_sees_one_version_whole(servers):
+    locations = [s.location for s in servers]
+    rows, stop, failures = 3000, threading.Event(), []
+    with ClusterClient(locations) as writer, ClusterClient(locations) as reader:
+        writer.put("x", np.zeros((rows, 4)))
+
+        def put_versions():
+            try:
+                version = 0
+                while not stop.is_set():
+                    version += 1
+                    writer.put("x", np.full((rows, 4), float(version)), shards=3)
+            except BaseException as e:
+                failures.append(e)
+
+        thread = threading.Thread(target=put_versions)
+        thread.start()
+        seen, deadline = set(), time.monotonic() + 3
+        try:
+            while time.monotonic() < deadline:
+                got = reader.get("x")
+                values = set(np.unique(got))
+                assert got.shape == (rows, 4) and len(values) == 1, f"a mix of {values}"
+                seen |= values
+        finally:
+            stop.set()
+            thread.join(timeout=60)
+        assert not failures, failures
+        assert len(seen) > 2, "the reads overlapped several puts"
+
+
+def test_names_reserved_for_shards_are_refused(servers):
+    with ClusterClient([s.location for s in servers]) as client:
+        client.put("x", np.arange(4), shards=2)
+        shard = client.shards("x")[0]["name"]
+        reserved = [shard, "x.shard-0-of-2", "x.shard-1-of-2.v0123abcd", "d.part-3", "d.part-3.va"]
+        for name in reserved:
+            with pytest.raises(InvalidNameError, match=re.escape(f"{name!r} is reserved")):
+                client.put(name, np.arange(2))
+            with pytest.raises(InvalidNameError, match=re.escape(f"{name!r} is reserved")):
+                client.delete(name)
+        assert np.array_equal(client.get("x"), np.arange(4))
+        # Names that only look alike are items like any other.
+        for name in ["x.shard-a-of-2", "shard-0-of-2", "x.shards-0-of-2", "x.part-1b"]:
+            client.put(name, np.arange(2))
+            client.delete(name)
+        for name in ["", ".x", "a/b", "caf\u00e9", "a" * 201]:
+            with pytest.raises(InvalidNameError, match=re.escape(repr(name))):
+                client.put(name, np.arange(2))
+        # Room for the shards' suffix (".shard-0-of-3.v" and 16 hex digits).
+        with pytest.raises(InvalidNameError, match=r"at most 169"):
+            client.put("a" * 170, np.arange(3))
+        client.put("a" * 169, np.arange(3))
+        assert isinstance(InvalidNameError("n"), arrowbridge.ArrowBridgeError | ValueError)
+
+
+def test_replicas_are_on_distinct_servers_and_shards_a_positive_int(servers):
+    a, b, c = (s.location for s in servers)
+    for locations in ([a, a], [a, b, a]):
+        with pytest.raises(InvalidLocationError, match=re.escape(f"{a!r} is listed twice")):
+            ClusterClient(locations, replication=2)
+    for bad in [0, -1, True, 1.5, "2", 4]:
+        with pytest.raises(ValueError, match=re.escape(f"replication={bad!r}")):
+            ClusterClient([a, b, c], replication=bad)
+    with ClusterClient([a, b, c], replication=3) as client:
+        client.put("r", np.arange(6))
+        assert [sorted(s["locations"]) for s in client.shards("r")] == [sorted([a, b, c])] * 3
+        for bad in [0, -1, True, 1.5, "2"]:
+            with pytest.raises(ValueError, match=re.escape(f"shards={bad!r}")):
+                client.put("s", np.arange(6), shards=bad)
+        with pytest.raises(arrowbridge.RemoteNotFoundError):
+            client.info("s")
+        # More shards than rows: one row each, as before.
+        client.put("s", np.arange(2), shards=np.int64(5))
+        assert client.info("s")["shards"] == 2

@@ -24,13 +24,22 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import numbers
+import re
+import secrets
+import threading
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from ..errors import (
+    FlightCallError,
+    InvalidLocationError,
+    InvalidNameError,
     NotDistributableError,
     RemoteNotFoundError,
     ServerUnavailableError,
@@ -41,6 +50,18 @@ from ..flight.client import Client, Stored, _columns
 
 #: Schema metadata key of a sharded item's map (see ``arrowbridge_flight::shards``).
 SHARDS_KEY = "arrowbridge.shards"
+
+#: The server's rule for item names (``arrowbridge_flight::store::check_name``).
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", re.ASCII)
+_MAX_NAME = 200
+#: What marks the items that hold shards: ``.shard-<i>-of-<n>`` (a put's, followed by the
+#: version ``.v<token>`` since puts are atomic; without it before) and ``.part-<i>`` (a Ray
+#: Data write's). A user name containing one could overwrite another item's shard.
+_RESERVED = re.compile(r"\.(?:shard-[0-9]+-of-[0-9]+|part-[0-9]+)(?=\.|$)", re.ASCII)
+#: Random bytes of a put's version token (hex in shard names).
+_VERSION_BYTES = 8
+#: How many times a read starts again when the item was replaced under it.
+_READ_ATTEMPTS = 8
 
 _COMBINE: dict[str, Callable[[Any, Any], Any]] = {
     "sum": np.add,
@@ -61,6 +82,52 @@ def shard_bounds(rows: int, shards: int) -> list[tuple[int, int]]:
     n = max(1, min(shards, rows))
     cuts = [i * rows // n for i in range(n + 1)]
     return list(itertools.pairwise(cuts))
+
+
+def _version() -> str:
+    """A fresh version token: the shards of each put are items of their own."""
+    return secrets.token_hex(_VERSION_BYTES)
+
+
+def _shard_name(name: str, index: int, count: int, version: str) -> str:
+    """The item that holds shard ``index`` of ``count`` of one version of ``name``."""
+    return f"{name}.shard-{index}-of-{count}.v{version}"
+
+
+def _check_name(name: Any, what: str, suffix: str = "") -> None:
+    """Raises :class:`InvalidNameError` unless ``name`` is an item name the servers accept,
+    is not reserved for shards, and leaves room for ``suffix`` (its shards' names)."""
+    if not isinstance(name, str):
+        raise TypeError(f"{what}: an item name is a str, not {type(name).__name__}")
+    if not _NAME.fullmatch(name) or len(name) > _MAX_NAME:
+        raise InvalidNameError(
+            f"{what}: name {name!r}: use 1-{_MAX_NAME} letters, digits, '_', '-' or '.', "
+            "not starting with '.'"
+        )
+    reserved = _RESERVED.search(name)
+    if reserved is not None:
+        raise InvalidNameError(
+            f"{what}: name {name!r} is reserved: {reserved.group()!r} marks an item that holds "
+            "a shard of a sharded item, which a put or delete under it would destroy"
+        )
+    if len(name) + len(suffix) > _MAX_NAME:
+        raise InvalidNameError(
+            f"{what}: name {name!r} is {len(name)} characters, and its shards' names add "
+            f"{suffix!r} ({len(suffix)}): names are at most {_MAX_NAME} characters, so this "
+            f"item's may have at most {_MAX_NAME - len(suffix)}"
+        )
+
+
+def _held(client: Client, name: str) -> tuple[bytes, str | None] | None:
+    """What a server holds under ``name``: ``None`` for nothing, else the item's schema
+    (IPC) and its map's JSON text (``None`` for an item that is not sharded)."""
+    try:
+        info = client._native.info(name)
+    except RemoteNotFoundError:
+        return None
+    schema = pa.ipc.read_schema(pa.py_buffer(info["schema_ipc"]))
+    text = (schema.metadata or {}).get(SHARDS_KEY.encode())
+    return info["schema_ipc"], None if text is None else text.decode()
 
 
 def _shard_map(info: dict[str, Any]) -> dict[str, Any] | None:
@@ -89,16 +156,35 @@ class ClusterClient:
         shm: bool | None = None,
         on_map: Callable[[str, bytes | None, str | None], None] | None = None,
     ):
+        if isinstance(locations, str):
+            raise InvalidLocationError(
+                f"locations={locations!r}: a cluster client takes a list of locations"
+            )
+        locations = list(locations)
         if not locations:
             raise ValueError("a cluster client needs at least one server location")
-        if not 1 <= replication <= len(locations):
+        for i, location in enumerate(locations):
+            if location in locations[:i]:
+                raise InvalidLocationError(
+                    f"location {location!r} is listed twice: list each server once (replicas "
+                    "of a shard must be on distinct servers)"
+                )
+        if (
+            isinstance(replication, bool)
+            or not isinstance(replication, numbers.Integral)
+            or not 1 <= replication <= len(locations)
+        ):
             raise ValueError(
-                f"replication={replication}: must be between 1 and the {len(locations)} server(s)"
+                f"replication={replication!r}: must be an int between 1 and the "
+                f"{len(locations)} server(s)"
             )
-        self.locations = list(locations)
-        self.replication = replication
+        self.locations = locations
+        self.replication = int(replication)
         self._token, self._shm = token, shm
-        self._clients = {loc: Client(loc, token=token, shm=shm) for loc in self.locations}
+        # The token goes to the cluster's own servers, which the endpoints of its maps name.
+        self._clients = {
+            loc: Client(loc, token=token, shm=shm, trusted=self.locations) for loc in self.locations
+        }
         self._pool = ThreadPoolExecutor(max_workers=min(32, 4 * len(self.locations)))
         # Told of every map put (name, schema, map) and deleted (name, None, None): the
         # control plane that reinstalls maps on restarted servers.
@@ -111,7 +197,8 @@ class ClusterClient:
         """The client of ``location``: one of the cluster's, or one made for a replica a map
         names elsewhere."""
         if location not in self._clients:
-            self._clients[location] = Client(location, token=self._token, shm=self._shm)
+            # A location only a map names is not one the user sent the token to.
+            self._clients[location] = Client(location, shm=self._shm)
         return self._clients[location]
 
     def _any(self, what: str, op: Callable[[Client], Any]) -> Any:
@@ -163,11 +250,65 @@ class ClusterClient:
 
     # -- items ---------------------------------------------------------------------------
 
+    def _servers(self) -> list[tuple[str, Client]]:
+        """The cluster's servers (not the replicas a map names elsewhere), in order."""
+        return [(location, self._clients[location]) for location in self.locations]
+
+    def _read(self, name: str, read: Callable[[], Any]) -> Any:
+        """``read()``, started again when it failed for want of a shard (or of a server) and
+        the map of ``name`` changed meanwhile: a put replaced the item under it and deleted
+        the shards it was reading. Each attempt follows one map, so it reads one version
+        whole."""
+        seen: dict[str, Any] | None = None
+        error: Exception | None = None
+        for _ in range(_READ_ATTEMPTS):
+            try:
+                return read()
+            except FlightCallError as e:
+                # Not found (or a version replaced: a LookupError too), or no server answered.
+                if not isinstance(e, LookupError | ServerUnavailableError):
+                    raise
+                error = e
+            try:
+                _, now = self._map(name)
+            except (RemoteNotFoundError, ServerUnavailableError):
+                raise error from None
+            if now is None or now == seen:
+                raise error
+            seen = now
+        assert error is not None
+        raise error
+
     def put(self, name: str, data: Any, *, shards: int | None = None) -> None:
         """Stores ``data`` (an array, a dict of arrays sharing axis 0, or a table) under
-        ``name``, its rows split into ``shards`` contiguous shards (default: one per server),
-        shard ``i`` on servers ``i, i+1, ...`` (``replication`` of them). Returns once every
-        shard and replica, and the map on every server, is acknowledged.
+        ``name``, its rows split into ``shards`` contiguous shards (default: one per server;
+        never more than the rows), shard ``i`` on servers ``i, i+1, ...`` (``replication``
+        of them). Returns once every shard and replica, and the map on every server, is
+        acknowledged; every server must answer.
+
+        The put is atomic. Each put stores its shards as items of their own,
+        ``name.shard-<i>-of-<n>.v<token>`` with a fresh random token, so nothing a reader
+        may be following is overwritten. Then it publishes the map on every server: the
+        commit point. Then it deletes the previous version's shards. Readers see the old
+        version or the new, never a mix of the two: a read follows one map, whose shards
+        never change. While the map is published, servers may briefly differ (some still
+        describe the old version, whole); a :meth:`get` or :meth:`call` whose old shards
+        were deleted under it reads again, following the new map.
+
+        A put that fails (a shard on any replica, or the map on any server) raises its
+        error after putting back, on every server that took the new map, what it held
+        before (the previous map, or nothing for a new item) and deleting every shard it
+        stored: the previous version reads exactly as before. Should a server that took the
+        new map not take the old one back, the new shards are kept (the error's note names
+        the server), so that no server holds a map of missing shards. An item that is not
+        sharded (put on one server directly) is replaced by the map, and not put back.
+        Concurrent puts of one name from several clients are not ordered: each server keeps
+        the last map it received.
+
+        ``name`` must be a valid item name (1-200 letters, digits, ``_``, ``-`` or ``.``,
+        not starting with ``.``) with room left for its shards' suffix, and not contain a
+        shard's marker (``.shard-<i>-of-<n>``, ``.part-<i>``), else
+        :class:`~arrowbridge.errors.InvalidNameError`.
 
         >>> import numpy as np, arrowbridge
         >>> from arrowbridge.cluster import ClusterClient
@@ -176,8 +317,18 @@ class ClusterClient:
         >>> client.put("x", np.arange(6), shards=3)
         >>> [len(s["locations"]) for s in client.shards("x")]
         [2, 2, 2]
+        >>> client.shards("x")[0]["name"]
+        'x.shard-0-of-3.v...'
         >>> client.close(); [s.shutdown() for s in servers] and None
         """
+        _check_name(name, "put")
+        if shards is not None and (
+            isinstance(shards, bool) or not isinstance(shards, numbers.Integral) or shards < 1
+        ):
+            raise ValueError(
+                f"put {name!r}: shards={shards!r}: must be None (one shard per server) or an "
+                "int >= 1"
+            )
         form, names, arrays = _columns(data)
         lengths = {len(a) for a in arrays}
         if len(lengths) > 1:
@@ -186,14 +337,16 @@ class ClusterClient:
                 f"{sorted(lengths)}"
             )
         rows = lengths.pop() if lengths else 0
-        bounds = shard_bounds(rows, shards or len(self.locations))
+        bounds = shard_bounds(rows, len(self.locations) if shards is None else int(shards))
+        count, version = len(bounds), _version()
+        _check_name(name, "put", _shard_name("", count - 1, count, version))
         n = len(self.locations)
         plan = []
         for i, (start, end) in enumerate(bounds):
             replicas = [self.locations[(i + r) % n] for r in range(self.replication)]
             plan.append(
                 {
-                    "name": f"{name}.shard-{i}-of-{len(bounds)}",
+                    "name": _shard_name(name, i, count, version),
                     "rows": [start, end],
                     "bytes": sum(int(a[start:end].nbytes) for a in arrays),
                     "locations": replicas,
@@ -205,61 +358,147 @@ class ClusterClient:
             part = [a[start:end] for a in arrays]
             self._client(location)._native.put(shard["name"], names, part, form)
 
-        self._parallel(
-            [
-                functools.partial(put_shard, shard, location)
-                for shard in plan
-                for location in shard["locations"]
+        try:
+            self._parallel(
+                [
+                    functools.partial(put_shard, shard, location)
+                    for shard in plan
+                    for location in shard["locations"]
+                ]
+            )
+            first = plan[0]
+            schema_ipc = self._client(first["locations"][0])._native.info(first["name"])[
+                "schema_ipc"
             ]
-        )
-        first = plan[0]
-        schema_ipc = self._client(first["locations"][0])._native.info(first["name"])["schema_ipc"]
+        except BaseException:
+            # Nothing refers to these shards yet: the previous version is untouched.
+            self._delete_shards({"shards": plan}, set())
+            raise
         self._commit(
             name, schema_ipc, {"rows": rows, "bytes": sum(s["bytes"] for s in plan), "shards": plan}
         )
 
     def _commit(self, name: str, schema_ipc: bytes, shard_map: dict[str, Any]) -> None:
-        """Puts the map of ``name``, whose shards are stored, on every server (and tells the
-        control plane); then deletes the shards of the item it replaced that it does not
-        reuse."""
-        try:
-            _, old = self._map(name)
-        except RemoteNotFoundError:
-            old = None
-        map_json = json.dumps(shard_map)
-        self._parallel(
-            [
-                functools.partial(c._native.put_map, name, schema_ipc, map_json)
-                for c in self._clients.values()
-            ]
-        )
-        if self._on_map is not None:
-            self._on_map(name, schema_ipc, map_json)
-        if old is not None:
-            keep = {(s["name"], loc) for s in shard_map["shards"] for loc in s["locations"]}
-            self._delete_shards(old, keep)
+        """Publishes the map of ``name``, whose shards are stored, on every server and tells
+        the control plane: the commit point of a put. Then deletes the shards of the version
+        it replaced (of every map a server held) that it does not reuse.
 
-    def _delete_shards(self, shard_map: dict[str, Any], keep: set[tuple[str, str]]) -> None:
-        def delete(shard_name: str, location: str) -> None:
+        When it fails, the servers that took the new map get back what they held, the new
+        shards are deleted (see :meth:`put`), and the error is raised."""
+        servers = self._servers()
+        try:
+            before = dict(
+                zip(
+                    self.locations,
+                    self._parallel([functools.partial(_held, c, name) for _, c in servers]),
+                    strict=True,
+                )
+            )
+        except BaseException:
+            self._delete_shards(shard_map, set())
+            raise
+        map_json = json.dumps(shard_map)
+        published: set[str] = set()
+        lock = threading.Lock()
+
+        def publish(location: str, client: Client) -> None:
+            client._native.put_map(name, schema_ipc, map_json)
+            with lock:
+                published.add(location)
+
+        try:
+            self._parallel([functools.partial(publish, loc, c) for loc, c in servers])
+            if self._on_map is not None:
+                self._on_map(name, schema_ipc, map_json)
+        except BaseException as error:
+            self._roll_back(name, before, published, shard_map, error)
+            raise
+        old = [
+            shard
+            for held in before.values()
+            if held is not None and held[1] is not None
+            for shard in json.loads(held[1])["shards"]
+        ]
+        keep = {(s["name"], loc) for s in shard_map["shards"] for loc in s["locations"]}
+        failures = self._delete_shards({"shards": old}, keep)
+        if failures:
+            # The put is done (committed); its leftovers are worth a word, not an error.
+            warnings.warn(
+                f"put {name!r}: stored, but shards of the version it replaced could not be "
+                "deleted: " + "; ".join(text for text, _ in failures),
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    def _roll_back(
+        self,
+        name: str,
+        before: Mapping[str, tuple[bytes, str | None] | None],
+        published: set[str],
+        shard_map: dict[str, Any],
+        error: BaseException,
+    ) -> None:
+        """After a failed publish: gives each server back what it held under ``name`` (its
+        map, or nothing; an unsharded item is not restored, its server just loses the new
+        map), then deletes the new shards, unless a server that took the new map could not
+        be given back its own."""
+
+        def restore(location: str) -> str | None:
+            held = before[location]
+            if location not in published and held is not None and held[1] is None:
+                return None  # its unsharded item is still there
+            client = self._clients[location]
+            try:
+                if held is None or held[1] is None:
+                    client.delete(name)
+                else:
+                    # Also where the publish failed: the map may have landed all the same.
+                    client._native.put_map(name, held[0], held[1])
+            except RemoteNotFoundError:
+                pass
+            except FlightCallError as e:
+                if location in published:
+                    return f"{location}: {e}"
+            return None
+
+        stuck = [
+            f
+            for f in self._parallel([functools.partial(restore, loc) for loc in self.locations])
+            if f is not None
+        ]
+        if not stuck:
+            self._delete_shards(shard_map, set())
+        elif hasattr(error, "add_note"):
+            error.add_note(
+                f"put {name!r}: the new map stays on server(s) that could not take the "
+                f"previous one back ({'; '.join(stuck)}), so its shards were kept"
+            )
+
+    def _delete_shards(
+        self, shard_map: dict[str, Any], keep: set[tuple[str, str]]
+    ) -> list[tuple[str, FlightCallError]]:
+        """Deletes every replica of the shards of ``shard_map`` but those in ``keep`` (shard
+        name, location); best-effort: a shard already gone, or whose server is down, is
+        skipped. Returns what else failed: a line saying which, and the error."""
+        pairs = {(s["name"], loc) for s in shard_map["shards"] for loc in s["locations"]} - keep
+
+        def delete(shard_name: str, location: str) -> tuple[str, FlightCallError] | None:
             try:
                 self._client(location).delete(shard_name)
             except (RemoteNotFoundError, ServerUnavailableError):
                 pass  # gone already, or with its server
+            except FlightCallError as e:
+                return f"{shard_name!r} on {location}: {e}", e
+            return None
 
-        self._parallel(
-            [
-                functools.partial(delete, s["name"], loc)
-                for s in shard_map["shards"]
-                for loc in s["locations"]
-                if (s["name"], loc) not in keep
-            ]
-        )
+        failures = self._parallel([functools.partial(delete, *pair) for pair in sorted(pairs)])
+        return [f for f in failures if f is not None]
 
     def get(self, name: str) -> Any:
         """The item ``name`` in the form it was put, its shards fetched in parallel into one
         contiguous array per column (from the next replica where a server does not
-        answer)."""
-        return self._any(f"get {name!r}", lambda c: c.get(name))
+        answer). One version of it, whole, even while a put replaces it (see :meth:`put`)."""
+        return self._read(name, lambda: self._any(f"get {name!r}", lambda c: c.get(name)))
 
     def shards(self, name: str) -> list[dict[str, Any]]:
         """The shards of ``name`` in row order: ``name`` (the item each replica stores),
@@ -281,8 +520,26 @@ class ClusterClient:
         return self._any("list", lambda c: c.list())
 
     def delete(self, name: str) -> None:
-        """Deletes ``name``: its map from every server, its shards from every replica."""
-        _, shard_map = self._map(name)
+        """Deletes ``name``: its map from every server, then the shards of every map a
+        server held from every replica. A name reserved for shards is refused
+        (:class:`~arrowbridge.errors.InvalidNameError`)."""
+        _check_name(name, "delete")
+        servers = self._servers()
+
+        def look(client: Client) -> tuple[bytes, str | None] | Exception | None:
+            try:
+                return _held(client, name)
+            except ServerUnavailableError as e:
+                return e
+
+        found = self._parallel([functools.partial(look, c) for _, c in servers])
+        if not any(isinstance(f, tuple) for f in found):
+            down = [f"{loc}: {f}" for (loc, _), f in zip(servers, found, strict=True) if f]
+            if len(down) == len(servers):
+                raise ServerUnavailableError(
+                    f"delete {name!r}: no server answered: " + "; ".join(down)
+                )
+            raise RemoteNotFoundError(f"delete {name!r}: no server holds an item {name!r}")
 
         def delete_map(client: Client) -> None:
             try:
@@ -290,11 +547,18 @@ class ClusterClient:
             except (RemoteNotFoundError, ServerUnavailableError):
                 pass  # not there, or down: the control plane forgets it too
 
-        self._parallel([functools.partial(delete_map, c) for c in self._clients.values()])
-        if shard_map is not None:
-            self._delete_shards(shard_map, set())
+        self._parallel([functools.partial(delete_map, c) for _, c in servers])
+        shards = [
+            shard
+            for held in found
+            if isinstance(held, tuple) and held[1] is not None
+            for shard in json.loads(held[1])["shards"]
+        ]
+        failures = self._delete_shards({"shards": shards}, set())
         if self._on_map is not None:
             self._on_map(name, None, None)
+        if failures:
+            raise failures[0][1]  # the map is gone everywhere; a shard is left
 
     # -- kernels -------------------------------------------------------------------------
 
@@ -342,8 +606,14 @@ class ClusterClient:
         if not args or not isinstance(args[0], Stored):
             return self._any(f"call {kernel!r}", lambda c: c.call(kernel, *args, **params))
         name = args[0].name
-        info, shard_map = self._map(name)
         rest = [self.get(a.name) if isinstance(a, Stored) else a for a in args[1:]]
+        return self._read(name, lambda: self._call_stored(kernel, name, rest, gather, params))
+
+    def _call_stored(
+        self, kernel: str, name: str, rest: Sequence[Any], gather: bool, params: dict[str, Any]
+    ) -> Any:
+        """:meth:`call` of ``kernel`` on the stored item ``name``, following its map once."""
+        info, shard_map = self._map(name)
         if shard_map is None:
             return self._any(
                 f"call {kernel!r}", lambda c: c.call(kernel, Stored(name), *rest, **params)

@@ -20,7 +20,7 @@ from ray.data.extensions import ArrowTensorArray
 
 import arrowbridge
 
-from .client import ClusterClient, _shard_map
+from .client import ClusterClient, _check_name, _shard_map, _version
 
 
 def _table(columns: dict[str, np.ndarray]) -> pa.Table:
@@ -114,7 +114,11 @@ class FlightDatasink(Datasink):
     blocks as one shard (on ``replication`` servers), and the map is put on every server
     once every task is done. Rows keep the order of the write tasks: set
     ``ray.data.DataContext.get_current().execution_options.preserve_order = True`` for
-    the Dataset's own order."""
+    the Dataset's own order.
+
+    Atomic as :meth:`ClusterClient.put`: the shards are items of this write's own
+    (``name.part-<i>.v<token>``, a fresh token per sink), the map is published last, and a
+    write that fails deletes what it stored. Use one sink per write."""
 
     def __init__(
         self,
@@ -125,11 +129,17 @@ class FlightDatasink(Datasink):
         replication: int = 1,
         on_map: Callable[[str, bytes | None, str | None], None] | None = None,
     ):
+        self._version = _version()
+        _check_name(name, "write_dataset", self._part(999_999))
         self._locations = list(locations)
         self._name = name
         self._token = token
         self._replication = replication
         self._on_map = on_map
+
+    def _part(self, index: int, name: str = "") -> str:
+        """The item holding the shard that write task ``index`` stores."""
+        return f"{name}.part-{index}.v{self._version}"
 
     def get_name(self) -> str:
         return f"arrowbridge({self._name})"
@@ -142,7 +152,7 @@ class FlightDatasink(Datasink):
         columns = _columns(pa.concat_tables(tables))
         n = len(self._locations)
         locations = [self._locations[(ctx.task_idx + r) % n] for r in range(self._replication)]
-        shard = f"{self._name}.part-{ctx.task_idx}"
+        shard = self._part(ctx.task_idx, self._name)
         with ClusterClient(locations, token=self._token) as client:
             for location in locations:
                 client._client(location).put(shard, columns)
@@ -176,6 +186,20 @@ class FlightDatasink(Datasink):
         shard_map = {"rows": start, "bytes": sum(s["bytes"] for s in shards), "shards": shards}
         with ClusterClient(self._locations, token=self._token, on_map=self._on_map) as client:
             client._commit(self._name, written[0]["schema_ipc"], shard_map)
+
+    def on_write_failed(self, error: Exception) -> None:
+        """Deletes the shards the write tasks stored (no map names them yet)."""
+        prefix, suffix = f"{self._name}.part-", f".v{self._version}"
+        with ClusterClient(self._locations, token=self._token) as client:
+            for location, server in client._servers():
+                try:
+                    names = [i["name"] for i in server.list()]
+                except arrowbridge.FlightCallError:
+                    continue  # down: nothing to do there now
+                stored = [n for n in names if n.startswith(prefix) and n.endswith(suffix)]
+                client._delete_shards(
+                    {"shards": [{"name": n, "locations": [location]} for n in stored]}, set()
+                )
 
 
 def read_dataset(locations: Sequence[str], name: str, *, token: str | None = None) -> Any:

@@ -13,6 +13,8 @@ native client that speaks NumPy (:mod:`.client`). The errors of Flight calls liv
 from ..errors import (
     AuthenticationError,
     FlightCallError,
+    FlightTimeoutError,
+    ItemReplacedError,
     RemoteInvalidError,
     RemoteNotFoundError,
     RemoteOutOfMemoryError,
@@ -26,6 +28,8 @@ __all__ = [
     "AuthenticationError",
     "Client",
     "FlightCallError",
+    "FlightTimeoutError",
+    "ItemReplacedError",
     "RemoteInvalidError",
     "RemoteNotFoundError",
     "RemoteOutOfMemoryError",

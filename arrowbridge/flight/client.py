@@ -11,7 +11,9 @@ array([[0., 1., 2.],
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import os
+import weakref
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +63,13 @@ class Client:
     one contiguous, aligned NumPy array each, and a large item offered as several endpoints
     is fetched over parallel connections. One client may be used from several threads.
 
+    Every call takes ``timeout=`` (seconds; the client's default from :func:`connect` when
+    not given) and raises :class:`FlightTimeoutError` past it; Ctrl+C stops a call within
+    about 20 ms with ``KeyboardInterrupt``. Either way the call is cancelled (the server sees
+    the stream reset, what was received is freed) and the client stays usable. In a child
+    forked from the process (``os.fork``, a ``multiprocessing`` 'fork' pool) the client
+    reconnects on its first call.
+
     >>> import numpy as np, arrowbridge
     >>> with arrowbridge.serve() as server, arrowbridge.Client(server.location) as client:
     ...     client.put("x", np.arange(3))
@@ -75,13 +84,29 @@ class Client:
         token: str | None = None,
         tls_root_certs: bytes | None = None,
         shm: bool | None = None,
+        timeout: float | None = None,
+        trusted: Sequence[str] = (),
     ):
         self.location = location
-        self._native = _native.FlightClient(
-            location, token=token, tls_root_certs=tls_root_certs, shm=shm
-        )
+        self._options: dict[str, Any] = {
+            "token": token,
+            "tls_root_certs": tls_root_certs,
+            "shm": shm,
+            "timeout": timeout,
+            "trusted": list(trusted),
+        }
+        self._native = _native.FlightClient(location, **self._options)
+        self._closed = False
+        _LIVE.add(self)
 
-    def put(self, name: str, data: Any) -> None:
+    def _after_fork_in_child(self) -> None:
+        # The connection's runtime threads exist in the parent only: the child neither uses
+        # nor drops it, and connects again.
+        self._native.abandon()
+        if not self._closed:
+            self._native = _native.FlightClient(self.location, **self._options)
+
+    def put(self, name: str, data: Any, *, timeout: float | None = None) -> None:
         """Stores ``data`` under ``name``: a NumPy array, a dict of arrays (rows of one table
         when they share axis 0, any shapes otherwise), or a pyarrow Table/RecordBatch of
         tensor columns. :meth:`get` returns it in the same form; the form is recorded in the
@@ -94,14 +119,17 @@ class Client:
         2
         """
         form, names, arrays = _columns(data)
-        self._native.put(name, names, arrays, form)
+        self._native.put(name, names, arrays, form, timeout=timeout)
 
-    def get(self, name: str) -> Any:
+    def get(self, name: str, *, timeout: float | None = None) -> Any:
         """What was put under ``name``, in the form it was put: an array, or a dict of arrays
         (for a dict or a table, and for items other clients put). Each array is one
         contiguous, aligned NumPy array: writeable and owning the received bytes when they
         came over the network, read-only views of sealed shared memory when the server is on
         this host (see :func:`connect`'s ``shm``).
+
+        The arrays are one version of the item: a put that replaces it while the get reads
+        never mixes rows of two versions into one result.
 
         >>> import numpy as np, arrowbridge
         >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
@@ -111,12 +139,12 @@ class Client:
         (array([[1., 0.],
                [0., 1.]]), {'a': array([0, 1])})
         """
-        form, arrays = self._native.get(name)
+        form, arrays = self._native.get(name, timeout=timeout)
         if form == "array":
             return next(iter(arrays.values()))
         return arrays
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self, *, timeout: float | None = None) -> list[dict[str, Any]]:
         """Every stored item: name, rows, bytes, schema, columns (dtype, shape) and the number
         of endpoints it is offered as, sorted by name.
 
@@ -127,9 +155,9 @@ class Client:
         ...     [(item["name"], item["rows"]) for item in client.list()]
         [('a', 2), ('b', 4)]
         """
-        return [_describe(info) for info in self._native.list()]
+        return [_describe(info) for info in self._native.list(timeout=timeout)]
 
-    def info(self, name: str) -> dict[str, Any]:
+    def info(self, name: str, *, timeout: float | None = None) -> dict[str, Any]:
         """What is stored under ``name``.
 
         >>> import numpy as np, arrowbridge
@@ -139,10 +167,11 @@ class Client:
         [{'arrow_type': 'FixedSizeList(3 x Float64)', 'dtype': 'float64', 'name': 'data',
           'shape': [2, 3]}]
         """
-        return _describe(self._native.info(name))
+        return _describe(self._native.info(name, timeout=timeout))
 
-    def delete(self, name: str) -> None:
-        """Deletes ``name`` from the server.
+    def delete(self, name: str, *, timeout: float | None = None) -> None:
+        """Deletes ``name`` from the server. Gets already under way finish with the version
+        they were reading.
 
         >>> import numpy as np, arrowbridge
         >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
@@ -151,9 +180,9 @@ class Client:
         ...     client.list()
         []
         """
-        self._native.action("delete", name.encode())
+        self._native.action("delete", name.encode(), timeout=timeout)
 
-    def kernels(self) -> dict[str, str]:
+    def kernels(self, *, timeout: float | None = None) -> dict[str, str]:
         """The server's kernels: name -> signature.
 
         >>> import arrowbridge
@@ -161,9 +190,9 @@ class Client:
         ...     client.kernels()["sum"]
         'sum(x: numeric[...], axis: int | None = None) -> numeric[...]'
         """
-        return json.loads(self._native.action("list_kernels", b""))
+        return json.loads(self._native.action("list_kernels", b"", timeout=timeout))
 
-    def health(self) -> dict[str, Any]:
+    def health(self, *, timeout: float | None = None) -> dict[str, Any]:
         """The server's status and the number of items it stores.
 
         >>> import numpy as np, arrowbridge
@@ -172,7 +201,7 @@ class Client:
         ...     client.health()
         {'status': 'ok', 'stored': 1}
         """
-        return json.loads(self._native.action("health", b""))
+        return json.loads(self._native.action("health", b"", timeout=timeout))
 
     @staticmethod
     def stored(name: str) -> Stored:
@@ -186,7 +215,7 @@ class Client:
         """
         return Stored(name)
 
-    def call(self, kernel: str, *arrays: Any, **params: Any) -> Any:
+    def call(self, kernel: str, *arrays: Any, timeout: float | None = None, **params: Any) -> Any:
         """Runs ``kernel`` on the server (DoExchange) and returns its result as NumPy.
 
         Arguments are arrays (sent) or :meth:`stored` names (already on the server); keyword
@@ -205,7 +234,7 @@ class Client:
             ("stored", a.name) if isinstance(a, Stored) else ("array", _array_like(a))
             for a in arrays
         ]
-        result = self._native.call(kernel, args, params)
+        result = self._native.call(kernel, args, params, timeout=timeout)
         return result[0] if len(result) == 1 else tuple(result)
 
     def close(self) -> None:
@@ -219,6 +248,7 @@ class Client:
         ...     client.close()
         'ok'
         """
+        self._closed = True
         self._native.close()
 
     def __enter__(self) -> Client:
@@ -237,6 +267,8 @@ def connect(
     token: str | None = None,
     tls_root_certs: bytes | None = None,
     shm: bool | None = None,
+    timeout: float | None = None,
+    trusted: Sequence[str] = (),
 ) -> Client:
     """A client of the Flight server at ``location``: ``grpc://host:port``,
     ``grpc+tls://host:port`` or ``grpc+unix:///path/to/socket``. The connection is made on
@@ -251,13 +283,39 @@ def connect(
     and it can be reached, ``False`` never, ``True`` always (``ServerUnavailableError`` where
     it cannot be used).
 
+    ``timeout`` (seconds) bounds every call that does not set its own; ``None`` waits as
+    long as the server takes (Ctrl+C still stops it).
+
+    ``trusted``: other locations the token may be sent to when an item's endpoints point
+    there (the other servers of a cluster). The token never follows a server's FlightInfo to
+    anywhere else: such endpoints are read without it.
+
     >>> import arrowbridge
     >>> with arrowbridge.serve(token="s3cret") as server:
     ...     with arrowbridge.connect(server.location, token="s3cret") as client:
     ...         client.health()
     {'status': 'ok', 'stored': 0}
     """
-    return Client(location, token=token, tls_root_certs=tls_root_certs, shm=shm)
+    return Client(
+        location,
+        token=token,
+        tls_root_certs=tls_root_certs,
+        shm=shm,
+        timeout=timeout,
+        trusted=trusted,
+    )
+
+
+#: Every open client of this process, reconnected in a forked child.
+_LIVE: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+def _reconnect_in_child() -> None:
+    for client in list(_LIVE):
+        client._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_reconnect_in_child)
 
 
 __all__ = ["Client", "Stored", "connect"]

@@ -44,7 +44,7 @@ use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
-use crate::coalesce::{Address, Connector, Socket, WholeRequests};
+use crate::coalesce::{Address, Connector, WholeRequests};
 use crate::direct_get::do_get_into;
 use crate::direct_put;
 use crate::framing::Messages;
@@ -52,7 +52,6 @@ use crate::receive::receive;
 use crate::server::MAX_MESSAGE;
 use crate::service::MAX_FLIGHT_DATA;
 use crate::shards::{ShardMap, SHARDS_KEY};
-use crate::socket_get;
 
 /// Schema metadata key: the form an item was put in ([`ItemForm`]), so that a get returns
 /// what was put.
@@ -109,6 +108,18 @@ pub enum ClientError {
     /// The location cannot be used.
     #[error("{0}")]
     Location(String),
+    /// The call did not end before its deadline ([`crate::limits`]); it was cancelled.
+    #[error("{call} did not finish within its deadline of {limit:.3?}; it was cancelled")]
+    Timeout {
+        /// The call, e.g. `get "x"`.
+        call: String,
+        /// Its time limit.
+        limit: Duration,
+    },
+    /// The caller interrupted the call ([`crate::limits::CallLimits::interrupted`]); it was
+    /// cancelled.
+    #[error("{0} was interrupted")]
+    Interrupted(String),
     /// The blocking client was called from inside an async runtime.
     #[error("the blocking Flight client cannot run inside an async runtime; call it from spawn_blocking")]
     InsideRuntime,
@@ -166,6 +177,12 @@ pub struct ClientOptions {
     /// uses it when the server offers it and it can be reached (else gRPC), `Some(false)`
     /// never, `Some(true)` always (an error when it cannot be used).
     pub shm: Option<bool>,
+    /// How long each call may take unless its scope says otherwise ([`crate::limits`]);
+    /// `None`: no limit.
+    pub timeout: Option<Duration>,
+    /// Other locations that may receive the token, when a FlightInfo's endpoints point
+    /// there (the other servers of a cluster); any other location is called without it.
+    pub trusted: Vec<String>,
 }
 
 /// A stored item as got: its form and its columns, in order.
@@ -219,6 +236,10 @@ pub struct Client {
     /// For the other servers a FlightInfo's endpoints point to.
     tls_root_certs: Option<Vec<u8>>,
     shm: Option<bool>,
+    /// Each call's time limit, unless its scope sets one.
+    timeout: Option<Duration>,
+    /// Locations besides `location` that may receive the token.
+    trusted: Vec<String>,
     /// The server's shared-memory socket and instance id, asked once.
     shm_socket: OnceLock<Option<(PathBuf, String)>>,
 }
@@ -263,6 +284,28 @@ fn service(channel: Channel) -> FlightServiceClient<Channel> {
 struct Route {
     shared: Option<Channel>,
     target: Target,
+    /// The `authorization` header this route's calls carry: the client's token where the
+    /// user sent it (its own server, or a location it trusts), none elsewhere.
+    authorization: Option<AsciiMetadataValue>,
+}
+
+impl Route {
+    /// `message` as a request of this route (with its authorization, if any).
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        request
+    }
+
+    /// The `authorization` header of calls made by hand ([`crate::grpc`]).
+    fn header_authorization(&self) -> Option<http::HeaderValue> {
+        (self.authorization.as_ref())
+            .and_then(|v| http::HeaderValue::from_bytes(v.as_encoded_bytes()).ok())
+    }
 }
 
 impl Route {
@@ -273,23 +316,6 @@ impl Route {
             None => (self.target.connect().await)
                 .map_err(|e| Status::unavailable(format!("{e}: {}", error_sources(&e)))),
         }
-    }
-
-    /// A new plain socket to the server and the `:authority` to call it with, for a call
-    /// that speaks HTTP/2 itself ([`socket_get`]); `None` over TLS.
-    async fn socket(&self) -> Result<Option<(Socket, String)>, Status> {
-        let Target {
-            endpoint,
-            connector,
-        } = &self.target;
-        if connector.tls {
-            return Ok(None);
-        }
-        let uri = endpoint.uri();
-        let socket = (connector.address.connect(uri).await)
-            .map_err(|e| Status::unavailable(format!("{uri}: {e}")))?;
-        let authority = uri.authority().map_or("localhost", |a| a.as_str());
-        Ok(Some((socket, authority.to_string())))
     }
 }
 
@@ -525,6 +551,8 @@ impl Client {
             token: options.token.clone(),
             tls_root_certs: options.tls_root_certs.clone(),
             shm: options.shm,
+            timeout: options.timeout,
+            trusted: options.trusted.clone(),
             shm_socket: OnceLock::new(),
         })
     }
@@ -534,12 +562,53 @@ impl Client {
         &self.location
     }
 
-    fn block_on<F: std::future::Future>(&self, future: F) -> ClientResult<F::Output> {
+    /// Whether `location` may receive the token: the client's own, or one it was told to
+    /// trust.
+    fn trusts(&self, location: &str) -> bool {
+        location == self.location || self.trusted.iter().any(|t| t == location)
+    }
+
+    /// Runs `future` (the call `what`) on the client's runtime, on this thread, within the
+    /// call's limits ([`crate::limits`]): past its deadline, or once interrupted, the future
+    /// is dropped — its streams reset, what it received freed — and the call fails.
+    fn block_on<F: std::future::Future>(&self, what: &str, future: F) -> ClientResult<F::Output> {
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(ClientError::InsideRuntime);
         }
+        let limits = crate::limits::current(self.timeout);
         let _call = self.idle.call();
-        Ok(self.runtime.block_on(spinning(future)))
+        self.runtime.block_on(async {
+            let future = std::pin::pin!(spinning(future));
+            let expired = async {
+                match limits.at {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let interrupted = async {
+                if limits.interrupted.is_none() {
+                    return std::future::pending().await;
+                }
+                let every = crate::limits::CHECK_EVERY;
+                let mut ticks =
+                    tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                loop {
+                    ticks.tick().await;
+                    if limits.is_interrupted() {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                biased;
+                output = future => Ok(output),
+                () = expired => Err(ClientError::Timeout {
+                    call: what.to_string(),
+                    limit: limits.at.map_or(Duration::ZERO, |at| at - limits.started),
+                }),
+                () = interrupted => Err(ClientError::Interrupted(what.to_string())),
+            }
+        })
     }
 
     fn service(&self, channel: Channel) -> FlightServiceClient<Channel> {
@@ -603,14 +672,14 @@ impl Client {
         )? {
             let authorization = self.header_authorization();
             let channel = self.channel.clone();
-            let acks = self.block_on(async move {
+            let acks = self.block_on(&format!("put {name:?}"), async move {
                 direct_put::do_put(channel, authorization.as_ref(), messages, "DoPut").await
             })??;
             return Ok(acks.last().map_or(0, acknowledged_rows));
         }
         let (messages, failure) = encode(schema, batches, descriptor);
         let mut service = self.service(self.channel.clone());
-        let ack = self.block_on(async move {
+        let ack = self.block_on(&format!("put {name:?}"), async move {
             let mut results = service.do_put(self.request(messages)).await?.into_inner();
             let mut rows = 0;
             while let Some(result) = results.message().await? {
@@ -641,7 +710,7 @@ impl Client {
         let descriptor = FlightDescriptor::new_path(vec![name.to_string()]);
         let (messages, failure) = encode(schema, Vec::new(), descriptor);
         let mut service = self.service(self.channel.clone());
-        self.block_on(async move {
+        self.block_on(&format!("put_map {name:?}"), async move {
             let mut results = service.do_put(self.request(messages)).await?.into_inner();
             while results.message().await?.is_some() {}
             Ok::<_, Status>(())
@@ -660,24 +729,41 @@ impl Client {
             Shm::Unavailable(why) if self.shm == Some(true) => return Err(shm_refused(&why)),
             Shm::Unavailable(_) => {}
         }
-        self.block_on(self.get_async(name))?
+        // A put that replaces the item between its FlightInfo and the reads of its endpoints
+        // makes the server refuse the version the tickets name (never serve another): read
+        // the new version instead, a few times at most.
+        let what = format!("get {name:?}");
+        let mut replaced = 0;
+        loop {
+            match self.block_on(&what, self.get_async(name))? {
+                Err(e) if e.is_replaced() && replaced < REPLACED_RETRIES => replaced += 1,
+                result => return result,
+            }
+        }
     }
 
-    /// The server's shared-memory socket, if it offers one (asked once per client).
-    fn shm_socket(&self) -> Option<(PathBuf, String)> {
+    /// The server's shared-memory socket, if it offers one (asked once per client; a call
+    /// that ran out of time or was interrupted asks again next time).
+    fn shm_socket(&self) -> ClientResult<Option<(PathBuf, String)>> {
         if self.shm == Some(false) || !cfg!(target_os = "linux") {
-            return None;
+            return Ok(None);
         }
-        self.shm_socket
-            .get_or_init(|| {
-                let body = self.action("shm", Vec::new()).ok()?;
-                let reply: serde_json::Value = serde_json::from_slice(&body).ok()?;
-                let path = reply["location"]
-                    .as_str()?
-                    .strip_prefix("arrowbridge+shm://")?;
-                Some((PathBuf::from(path), reply["instance"].as_str()?.to_string()))
-            })
-            .clone()
+        if let Some(known) = self.shm_socket.get() {
+            return Ok(known.clone());
+        }
+        let body = match self.action("shm", Vec::new()) {
+            Ok(body) => Some(body),
+            Err(e @ (ClientError::Timeout { .. } | ClientError::Interrupted(_))) => return Err(e),
+            Err(_) => None,
+        };
+        let socket = body.and_then(|body| {
+            let reply: serde_json::Value = serde_json::from_slice(&body).ok()?;
+            let path = reply["location"]
+                .as_str()?
+                .strip_prefix("arrowbridge+shm://")?;
+            Some((PathBuf::from(path), reply["instance"].as_str()?.to_string()))
+        });
+        Ok(self.shm_socket.get_or_init(|| socket).clone())
     }
 
     /// One request over the shared-memory socket: its reply and descriptor.
@@ -686,7 +772,7 @@ impl Client {
         mut header: serde_json::Value,
         fd: Option<std::os::fd::RawFd>,
     ) -> ClientResult<Shm<(serde_json::Value, Option<std::os::fd::OwnedFd>)>> {
-        let Some((path, instance)) = self.shm_socket() else {
+        let Some((path, instance)) = self.shm_socket()? else {
             return Ok(Shm::Unavailable(
                 "the server offers no shared memory".into(),
             ));
@@ -701,20 +787,39 @@ impl Client {
             Ok(uid) if uid == crate::shm::own_uid() => {}
             _ => return unavailable("the socket belongs to another user".into()),
         }
-        if let Some(token) = &self.token {
-            header["token"] = token.clone().into();
-        }
         let io = |e: std::io::Error| ClientError::Remote {
             code: Code::Unavailable,
             kind: None,
             message: format!("shared memory at {}: {e}", path.display()),
         };
-        crate::shm::send(&mut stream, &header, fd).map_err(io)?;
-        let (reply, fd) = crate::shm::receive(&mut stream).map_err(io)?;
-        if reply["instance"].as_str() != Some(instance.as_str()) {
-            // The path is reused by another server on this host: not the one asked.
+        let what = format!(
+            "shared-memory {} {:?}",
+            header["op"].as_str().unwrap_or("request"),
+            header["name"].as_str().unwrap_or_default()
+        );
+        let limits = crate::limits::current(self.timeout);
+        // The request is small, and the reply comes in one write once it is ready: the wait
+        // for it is what a deadline or Ctrl+C cuts short; a reply cut off mid-way cannot
+        // hold the call past a second.
+        let backstop = (limits.remaining())
+            .unwrap_or(Duration::from_secs(30))
+            .max(Duration::from_secs(1));
+        (stream.set_write_timeout(Some(backstop)))
+            .and_then(|()| stream.set_read_timeout(Some(backstop)))
+            .map_err(io)?;
+        // The server greets with its instance id before anything is sent: a socket whose path
+        // another server reuses never sees the token.
+        wait_readable(&stream, &limits, &what)?;
+        let (greeting, _) = crate::shm::receive(&mut stream).map_err(io)?;
+        if greeting["instance"].as_str() != Some(instance.as_str()) {
             return unavailable("the socket belongs to another server".into());
         }
+        if let Some(token) = &self.token {
+            header["token"] = token.clone().into();
+        }
+        crate::shm::send(&mut stream, &header, fd).map_err(io)?;
+        wait_readable(&stream, &limits, &what)?;
+        let (reply, fd) = crate::shm::receive(&mut stream).map_err(io)?;
         if reply["ok"] != serde_json::Value::Bool(true) {
             return Err(ClientError::Remote {
                 code: Code::from_i32(reply["code"].as_i64().unwrap_or(2) as i32),
@@ -762,7 +867,7 @@ impl Client {
         columns: &[(&str, &ArrowTensor)],
         form: ItemForm,
     ) -> ClientResult<Shm<usize>> {
-        if self.shm_socket().is_none() {
+        if self.shm_socket()?.is_none() {
             return Ok(Shm::Unavailable(
                 "the server offers no shared memory".into(),
             ));
@@ -849,7 +954,7 @@ impl Client {
                             false,
                             &mut (),
                             |(), route, ticket| {
-                                let request = self.request(ticket);
+                                let request = route.request(ticket);
                                 async move {
                                     let service = service(route.channel().await?);
                                     let stream =
@@ -884,17 +989,24 @@ impl Client {
             None | Some(REUSE_CONNECTION) => Route {
                 shared: (!own).then(|| self.channel.clone()),
                 target: self.endpoint.clone(),
+                authorization: self.authorization.clone(),
             },
             Some(location) => Route {
                 shared: None,
                 target: endpoint(
                     location,
                     &ClientOptions {
-                        token: self.token.clone(),
                         tls_root_certs: self.tls_root_certs.clone(),
                         shm: Some(false),
+                        ..ClientOptions::default()
                     },
                 )?,
+                // The token goes where the user sent it, never where a server points: a
+                // FlightInfo naming another location is followed without it.
+                authorization: self
+                    .trusts(location)
+                    .then(|| self.authorization.clone())
+                    .flatten(),
             },
         })
     }
@@ -974,10 +1086,6 @@ impl Client {
             });
         }
         let schema = destination.schema().clone();
-        let row_bytes: usize = arrowbridge::landing::row_bytes(&schema)
-            .map(|widths| widths.iter().sum())
-            .unwrap_or(0);
-        let authorization = self.header_authorization();
         // A connection per endpoint: streams of one connection share one socket.
         let own = counts.len() > 1;
         let mut parts = destination.parts(&counts)?;
@@ -988,7 +1096,6 @@ impl Client {
                 .enumerate()
                 .map(|(index, (part, endpoint))| {
                     let schema = schema.clone();
-                    let authorization = authorization.clone();
                     self.read_replicas(
                         name,
                         index,
@@ -999,23 +1106,12 @@ impl Client {
                             // A replica tried after a broken stream starts the rows again.
                             part.rewind();
                             let schema = schema.clone();
-                            let authorization = authorization.clone();
                             async move {
-                                let what = "DoGet";
-                                let auth = authorization.as_ref();
-                                let ticket = &ticket.ticket;
-                                if part.rows().len().saturating_mul(row_bytes)
-                                    >= socket_get::FROM_BYTES
-                                {
-                                    if let Some((socket, authority)) = route.socket().await? {
-                                        return socket_get::do_get_into(
-                                            socket, &authority, auth, ticket, what, &schema, part,
-                                        )
-                                        .await;
-                                    }
-                                }
+                                let auth = route.header_authorization();
                                 let channel = route.channel().await?;
-                                do_get_into(channel, auth, ticket, what, &schema, part).await
+                                let ticket = &ticket.ticket;
+                                do_get_into(channel, auth.as_ref(), ticket, "DoGet", &schema, part)
+                                    .await
                             }
                             .boxed()
                         },
@@ -1031,7 +1127,7 @@ impl Client {
     /// What the server stores, sorted by name.
     pub fn list(&self) -> ClientResult<Vec<ItemInfo>> {
         let mut service = self.whole();
-        let infos = self.block_on(async move {
+        let infos = self.block_on("list", async move {
             service
                 .list_flights(self.request(Criteria::default()))
                 .await?
@@ -1046,8 +1142,9 @@ impl Client {
     pub fn info(&self, name: &str) -> ClientResult<ItemInfo> {
         let mut service = self.whole();
         let descriptor = FlightDescriptor::new_path(vec![name.to_string()]);
-        let info =
-            self.block_on(async move { service.get_flight_info(self.request(descriptor)).await })??;
+        let info = self.block_on(&format!("info {name:?}"), async move {
+            service.get_flight_info(self.request(descriptor)).await
+        })??;
         item_info(info.into_inner())
     }
 
@@ -1080,7 +1177,7 @@ impl Client {
     pub fn action(&self, kind: &str, body: Vec<u8>) -> ClientResult<Vec<u8>> {
         let mut service = self.whole();
         let action = Action::new(kind, body);
-        let results = self.block_on(async move {
+        let results = self.block_on(&format!("action {kind:?}"), async move {
             service
                 .do_action(self.request(action))
                 .await?
@@ -1126,7 +1223,7 @@ impl Client {
         let descriptor = FlightDescriptor::new_cmd(command.to_string());
         let (messages, failure) = encode(schema, batches, descriptor);
         let mut service = self.whole();
-        let received = self.block_on(async move {
+        let received = self.block_on(&format!("call {kernel:?}"), async move {
             let stream = service
                 .do_exchange(self.request(messages))
                 .await?
@@ -1144,6 +1241,53 @@ impl Client {
         let schema = received.schema.unwrap_or_else(|| Arc::new(Schema::empty()));
         let outputs = arrowbridge::ipc::tensors_of(&schema, &received.batches)?;
         Ok(outputs.into_iter().map(|(_, t)| t).collect())
+    }
+}
+
+/// How many times a get reads an item again when a put replaced the version it was reading.
+const REPLACED_RETRIES: usize = 3;
+
+impl ClientError {
+    /// Whether the server refused a ticket because its version was replaced.
+    pub fn is_replaced(&self) -> bool {
+        matches!(self, ClientError::Remote { kind: Some(kind), .. } if kind == crate::KIND_REPLACED)
+    }
+}
+
+/// Waits until `stream` has bytes to read, within the call's `limits` (checking for an
+/// interruption every [`crate::limits::CHECK_EVERY`]).
+fn wait_readable(
+    stream: &std::os::unix::net::UnixStream,
+    limits: &crate::limits::Deadline,
+    what: &str,
+) -> ClientResult<()> {
+    use std::os::fd::AsRawFd;
+    loop {
+        let slice = limits.remaining().map_or(crate::limits::CHECK_EVERY, |r| {
+            r.min(crate::limits::CHECK_EVERY)
+        });
+        let mut poll = libc::pollfd {
+            fd: stream.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, for the duration of the call.
+        let ready = unsafe { libc::poll(&mut poll, 1, slice.as_millis() as libc::c_int) };
+        if ready > 0 {
+            return Ok(()); // readable, closed or failed: the read says which
+        }
+        if ready < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return Ok(()); // the read reports it
+        }
+        if limits.remaining() == Some(Duration::ZERO) {
+            return Err(ClientError::Timeout {
+                call: what.to_string(),
+                limit: limits.at.map_or(Duration::ZERO, |at| at - limits.started),
+            });
+        }
+        if limits.is_interrupted() {
+            return Err(ClientError::Interrupted(what.to_string()));
+        }
     }
 }
 

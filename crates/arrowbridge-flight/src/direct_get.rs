@@ -223,27 +223,6 @@ impl<'p, S: Sink> Parser<'p, S> {
         Ok(())
     }
 
-    /// Where the next bytes of the stream go when they are a column's values (at most
-    /// `max` of them, fewer where the column's values end): the caller puts them there
-    /// itself, then says how many with [`Parser::landed`]. `None` when the next bytes are
-    /// anything else (prefixes, fields, padding): they go through [`Parser::feed`].
-    pub(crate) fn landing_slot(&mut self, max: usize) -> Option<&mut [u8]> {
-        let State::Body { at, left } = self.state else {
-            return None;
-        };
-        let incoming = self.incoming.as_ref()?;
-        self.part.values_at(incoming, at, left.min(max))
-    }
-
-    /// Moves past `n` bytes put in the slot that [`Parser::landing_slot`] gave (at most its
-    /// length).
-    pub(crate) fn landed(&mut self, n: usize) -> Result<(), Status> {
-        let State::Body { at, left } = self.state else {
-            return Err(self.bad("bytes landed outside a body"));
-        };
-        self.past_body_bytes(at, left, n.min(left))
-    }
-
     /// Moves `n` bytes into a body that was at offset `at` with `left` bytes to go.
     fn past_body_bytes(&mut self, at: usize, left: usize, n: usize) -> Result<(), Status> {
         self.remaining -= n;

@@ -19,7 +19,7 @@ pub(crate) async fn do_put(
     messages: Messages,
     what: &str,
 ) -> Result<Vec<PutResult>, Status> {
-    let body = messages.into_body(None);
+    let body = messages.into_body(None, ());
     let response = grpc::call(channel, DO_PUT, authorization, body, what).await?;
     let mut answer = Vec::new();
     grpc::read_to_end(response, what, |data| {

@@ -89,8 +89,11 @@ pub const KIND_KEY: &str = "arrowbridge-error";
 pub const KIND_OUT_OF_MEMORY: &str = "out-of-memory";
 /// [`KIND_KEY`] of a server that cannot write its data directory.
 pub const KIND_STORAGE: &str = "storage";
+/// [`KIND_KEY`] of a ticket for a version of an item that a put or a delete replaced and
+/// that no reader holds any more (`FAILED_PRECONDITION`).
+pub const KIND_REPLACED: &str = "replaced";
 
-fn with_kind(mut status: Status, kind: &'static str) -> Status {
+pub(crate) fn with_kind(mut status: Status, kind: &'static str) -> Status {
     status
         .metadata_mut()
         .insert(KIND_KEY, tonic::metadata::MetadataValue::from_static(kind));

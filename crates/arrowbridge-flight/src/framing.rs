@@ -97,14 +97,22 @@ impl Messages {
         Ok(())
     }
 
-    /// The messages as a request or response body; a response's ends with `trailers`.
-    pub(crate) fn into_body(self, trailers: Option<http::HeaderMap>) -> tonic::body::Body {
+    /// The messages as a request or response body; a response's ends with `trailers`. The
+    /// body holds `held` (what its views are of) until it is sent or dropped.
+    pub(crate) fn into_body<H: Send + 'static>(
+        self,
+        trailers: Option<http::HeaderMap>,
+        held: H,
+    ) -> tonic::body::Body {
         let frames = self
             .chunks
             .into_iter()
             .map(Frame::data)
             .chain(trailers.map(Frame::trailers))
-            .map(Ok::<_, Infallible>);
+            .map(move |frame| {
+                let _ = &held;
+                Ok::<_, Infallible>(frame)
+            });
         tonic::body::Body::new(http_body_util::StreamBody::new(stream::iter(frames)))
     }
 
@@ -124,7 +132,7 @@ fn plain_bodies(
     max_bytes: usize,
 ) -> Option<Vec<(usize, PlainBody)>> {
     let row_bytes = arrowbridge::landing::row_bytes(schema)?;
-    let step = (max_bytes / row_bytes.iter().sum::<usize>().max(1)).max(1);
+    let step = arrowbridge::ipc::rows_per_message(row_bytes.iter().sum(), max_bytes);
     let mut bodies = Vec::with_capacity(batches.len());
     for batch in batches {
         let mut start = 0;

@@ -20,13 +20,13 @@ mod direct_put;
 mod error;
 mod framing;
 mod grpc;
+pub mod limits;
 mod receive;
 mod routes;
 mod server;
 mod service;
 pub mod shards;
 pub mod shm;
-mod socket_get;
 mod store;
 mod tls;
 
@@ -35,10 +35,13 @@ pub use client::{
 };
 #[doc(hidden)]
 pub use direct_get::land_response;
-pub use error::{FlightServerError, Result, KIND_KEY, KIND_OUT_OF_MEMORY, KIND_STORAGE};
+pub use error::{
+    FlightServerError, Result, KIND_KEY, KIND_OUT_OF_MEMORY, KIND_REPLACED, KIND_STORAGE,
+};
 pub use receive::{receive, receive_part, Received};
 pub use server::{start, RunningServer, ServerConfig, MAX_MESSAGE, SHUTDOWN_GRACE};
 pub use service::{
-    ExchangeArg, ExchangeCommand, Service, MAX_ENDPOINTS, MAX_FLIGHT_DATA, PART_BYTES,
+    ExchangeArg, ExchangeCommand, ItemTicket, Service, MAX_ENDPOINTS, MAX_FLIGHT_DATA, PART_BYTES,
+    SHM_IDLE,
 };
-pub use store::{check_name, Store, Stored};
+pub use store::{check_name, total_rows, Store, Stored, VersionError};

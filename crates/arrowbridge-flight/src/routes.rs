@@ -133,11 +133,12 @@ async fn do_get(
     };
     let ticket = Ticket::decode(ticket)
         .map_err(|e| Status::invalid_argument(format!("DoGet: a bad Ticket: {e}")))?;
-    let (schema, batches) = service.get_batches(&ticket.ticket).await?;
+    let (schema, batches, held) = service.get_batches(&ticket.ticket).await?;
     let Some(messages) = Messages::new(None, &schema, &batches, MAX_FLIGHT_DATA, what)? else {
         return Ok(None);
     };
-    Ok(Some(answer(messages.into_body(Some(ok_trailers())))))
+    // The answer holds the version it sends until its last byte is out.
+    Ok(Some(answer(messages.into_body(Some(ok_trailers()), held))))
 }
 
 /// The trailers of a call that succeeded.

@@ -241,27 +241,31 @@ where
     }
 }
 
-/// Accepts connections to the shared-memory socket, each served on a blocking thread.
+/// The most shared-memory connections served at once; more are closed as they arrive
+/// (a client then uses gRPC).
+pub const MAX_SHM_CONNECTIONS: usize = 1024;
+
+/// Accepts connections to the shared-memory socket, each served as a task of its own
+/// ([`Service::shm_connection`]).
 async fn serve_shm(listener: tokio::net::UnixListener, service: Arc<Service>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SHM_CONNECTIONS));
     loop {
         let stream = match listener.accept().await {
-            Ok((stream, _)) => stream.into_std(),
+            Ok((stream, _)) => stream,
             Err(_) => {
                 // Out of descriptors, say: wait rather than spin.
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let Ok(stream) = stream else { continue };
-        // A client that stops talking cannot hold a thread for long.
-        let ready = stream
-            .set_nonblocking(false)
-            .and_then(|()| stream.set_read_timeout(Some(Duration::from_secs(30))));
-        if ready.is_err() {
-            continue;
-        }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue; // dropped: closed
+        };
         let service = service.clone();
-        tokio::task::spawn_blocking(move || service.shm_connection(stream));
+        tokio::spawn(async move {
+            service.shm_connection(stream).await;
+            drop(slot);
+        });
     }
 }
 

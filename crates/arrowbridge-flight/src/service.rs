@@ -23,7 +23,7 @@ use crate::error::{FlightServerError, Result};
 use crate::receive::{receive, Received};
 use crate::shards::{ShardMap, SHARDS_KEY};
 use crate::shm;
-use crate::store::{check_name, Store, Stored};
+use crate::store::{check_name, Store, Stored, VersionError};
 
 /// Largest FlightData message the server sends; bigger batches are split by rows.
 pub const MAX_FLIGHT_DATA: usize = 8 << 20;
@@ -81,30 +81,52 @@ pub const PART_BYTES: usize = 64 << 20;
 /// The most endpoints one item is offered as.
 pub const MAX_ENDPOINTS: usize = 4;
 
-/// What a ticket asks for: a whole item (the ticket is its name), or rows of it
-/// (`{"name": ..., "rows": [start, end]}`, the tickets of a large item's endpoints).
-#[derive(Debug, Deserialize, serde::Serialize)]
+/// What a ticket asks for: an item by name (a ticket of the name's bytes alone asks for
+/// the version stored now), or, as the endpoints of a FlightInfo ask, rows of one version
+/// of it: `{"name": "x", "version": 1733112000000001, "rows": [0, 1000]}`. A ticket that
+/// names a version is served that version or refused (`FAILED_PRECONDITION`, kind
+/// [`crate::KIND_REPLACED`]): never rows of another.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
-struct TicketRows {
-    name: String,
-    rows: [usize; 2],
+pub struct ItemTicket {
+    /// The item.
+    pub name: String,
+    /// Its version ([`Stored::version`]); without, the one stored when the ticket arrives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// Rows `[start, end)` of it; without, all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<[usize; 2]>,
 }
 
-fn parse_ticket(ticket: &[u8]) -> Result<(String, Option<std::ops::Range<usize>>), Status> {
-    if ticket.first() == Some(&b'{') {
-        let t: TicketRows = serde_json::from_slice(ticket)
-            .map_err(|e| Status::invalid_argument(format!("bad ticket: {e}")))?;
-        let [start, end] = t.rows;
-        if start > end {
-            return Err(Status::invalid_argument(format!(
-                "bad ticket: rows [{start}, {end}] run backwards"
-            )));
+impl ItemTicket {
+    /// The ticket of `bytes`: JSON (starting with `{`), or an item's name.
+    pub fn parse(bytes: &[u8]) -> Result<ItemTicket, Status> {
+        if bytes.first() == Some(&b'{') {
+            let ticket: ItemTicket = serde_json::from_slice(bytes)
+                .map_err(|e| Status::invalid_argument(format!("bad ticket: {e}")))?;
+            if let Some([start, end]) = ticket.rows {
+                if start > end {
+                    return Err(Status::invalid_argument(format!(
+                        "bad ticket: rows [{start}, {end}] run backwards"
+                    )));
+                }
+            }
+            return Ok(ticket);
         }
-        return Ok((t.name, Some(start..end)));
+        let name = std::str::from_utf8(bytes)
+            .map_err(|_| Status::invalid_argument("the ticket must be a UTF-8 name"))?;
+        Ok(ItemTicket {
+            name: name.to_string(),
+            version: None,
+            rows: None,
+        })
     }
-    let name = std::str::from_utf8(ticket)
-        .map_err(|_| Status::invalid_argument("the ticket must be a UTF-8 name"))?;
-    Ok((name.to_string(), None))
+
+    /// The ticket as it travels.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a ticket is serializable")
+    }
 }
 
 /// The row ranges a stored item is offered as: one, or up to [`MAX_ENDPOINTS`] of about
@@ -143,8 +165,12 @@ fn flight_info(
             column
         })
         .collect();
-    let mut metadata =
-        serde_json::json!({"rows": stored.rows(), "bytes": stored.bytes(), "columns": columns});
+    let mut metadata = serde_json::json!({
+        "rows": stored.rows(),
+        "bytes": stored.bytes(),
+        "columns": columns,
+        "version": stored.version,
+    });
     if let Some(path) = shm {
         // Clients on this host and of this user may fetch the item as shared memory there.
         metadata["shm"] = format!("arrowbridge+shm://{}", path.display()).into();
@@ -173,18 +199,16 @@ fn flight_info(
         }
         return Ok(info);
     }
-    let ranges = row_ranges(stored);
-    if ranges.len() == 1 {
-        info = info.with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(name.to_string())));
-    } else {
-        for range in ranges {
-            let ticket = TicketRows {
-                name: name.to_string(),
-                rows: [range.start, range.end],
-            };
-            let ticket = serde_json::to_string(&ticket).expect("a ticket is serializable");
-            info = info.with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)));
-        }
+    // Every endpoint names the version this FlightInfo describes: a client that follows them
+    // while a put replaces the item reads this version, or is told it is gone.
+    for range in row_ranges(stored) {
+        let ticket = ItemTicket {
+            name: name.to_string(),
+            version: Some(stored.version),
+            rows: Some([range.start, range.end]),
+        };
+        info =
+            info.with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket.to_bytes())));
     }
     Ok(info)
 }
@@ -294,7 +318,7 @@ impl Service {
         })?;
         let name = descriptor_name(&descriptor)?;
         let schema = schema.ok_or_else(|| Status::invalid_argument("DoPut sent no schema"))?;
-        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let rows = crate::store::total_rows(&batches)?;
         if ShardMap::of(&schema)?.is_some() && rows != 0 {
             return Err(Status::invalid_argument(format!(
                 "the map of a sharded item ({SHARDS_KEY}) has no rows of its own; {rows} were sent"
@@ -366,25 +390,41 @@ impl Service {
         self
     }
 
-    /// Serves one connection to the shared-memory socket until the client closes it
-    /// (blocking: run it on a thread of its own). Only a client of this process's user is
+    /// Serves one connection to the shared-memory socket until the client closes it, stops
+    /// sending for [`SHM_IDLE`](crate::SHM_IDLE), or takes longer than that to send one request. The
+    /// connection is a task, not a thread: idle or slow clients cost no thread, and never
+    /// starve gRPC calls; only the work of a request (packing an item into shared memory,
+    /// storing one) runs on the blocking pool. Only a client of this process's user is
     /// served.
-    pub fn shm_connection(&self, mut stream: std::os::unix::net::UnixStream) {
-        if shm::peer_uid(&stream).ok() != Some(shm::own_uid()) {
+    pub async fn shm_connection(self: Arc<Self>, mut stream: tokio::net::UnixStream) {
+        let own = stream.peer_cred().map(|c| c.uid()).ok() == Some(shm::own_uid());
+        if !own {
             let denied =
                 Status::permission_denied("shared memory is for clients of the server's own user");
-            let _ = shm::send(&mut stream, &shm::error_reply(&denied), None);
+            let _ = shm::send_async(&mut stream, &shm::error_reply(&denied), None).await;
             return;
         }
-        while let Ok((header, fd)) = shm::receive(&mut stream) {
-            let (mut reply, shared) = match self.shm_request(&header, fd) {
-                Ok((reply, shared)) => (reply, shared),
-                Err(status) => (shm::error_reply(&status), None),
+        // The greeting: a client checks that this is the server it asked before it sends its
+        // token.
+        let greeting = serde_json::json!({"instance": self.instance});
+        if shm::send_async(&mut stream, &greeting, None).await.is_err() {
+            return;
+        }
+        loop {
+            let request = tokio::time::timeout(SHM_IDLE, shm::receive_async(&mut stream)).await;
+            let Ok(Ok((header, fd))) = request else {
+                return; // closed, broken, or silent for too long
+            };
+            let service = self.clone();
+            let handled = tokio::task::spawn_blocking(move || service.shm_request(&header, fd));
+            let (mut reply, shared) = match handled.await {
+                Ok(Ok((reply, shared))) => (reply, shared),
+                Ok(Err(status)) => (shm::error_reply(&status), None),
+                Err(e) => (shm::error_reply(&Status::internal(e.to_string())), None),
             };
             reply["instance"] = self.instance.clone().into();
             let fd = shared.as_ref().map(|s| s.segment.raw_fd());
-            let sent = shm::send(&mut stream, &reply, fd);
-            if sent.is_err() {
+            if shm::send_async(&mut stream, &reply, fd).await.is_err() {
                 return;
             }
         }
@@ -463,36 +503,48 @@ impl Service {
         }
     }
 
-    /// The batches a DoGet of `ticket` sends, under the schema they travel with.
+    /// The batches a DoGet of `ticket` sends, under the schema they travel with, and the
+    /// version they are rows of: whoever sends them holds it until the last is sent, so that
+    /// other readers of the same version find it too.
     pub(crate) async fn get_batches(
         &self,
         ticket: &[u8],
-    ) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
-        let (name, rows) = parse_ticket(ticket)?;
-        let stored = self.stored(&name)?;
+    ) -> Result<(SchemaRef, Vec<RecordBatch>, Arc<Stored>), Status> {
+        let ItemTicket {
+            name,
+            version,
+            rows,
+        } = ItemTicket::parse(ticket)?;
+        let stored = match version {
+            None => self.stored(&name)?,
+            Some(version) => self
+                .store
+                .version(&name, version)
+                .map_err(|e| version_status(&name, version, e))?,
+        };
         if let Some(map) = &stored.shards {
             return Err(map.not_here(&name, "its rows"));
         }
-        if let Some(rows) = &rows {
-            if rows.end > stored.rows() {
+        if let Some([start, end]) = rows {
+            if end > stored.rows() {
                 return Err(Status::out_of_range(format!(
-                    "ticket for rows [{}, {}] of {name:?}, which has {} rows",
-                    rows.start,
-                    rows.end,
+                    "ticket for rows [{start}, {end}] of {name:?}, which has {} rows",
                     stored.rows()
                 )));
             }
         }
+        let held = stored.clone();
         let wired = tokio::task::spawn_blocking(move || {
             let batches = match rows {
-                Some(rows) => rows_of(&stored.batches, rows),
+                Some([start, end]) => rows_of(&stored.batches, start..end),
                 None => stored.batches.clone(),
             };
             wire(stored.schema.clone(), batches)
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(wired?)
+        let (schema, batches) = wired?;
+        Ok((schema, batches, held))
     }
 
     fn stored(&self, name: &str) -> Result<Arc<Stored>, Status> {
@@ -553,6 +605,9 @@ impl Service {
     }
 }
 
+/// How long a shared-memory connection may stay silent, or take to send one request.
+pub const SHM_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Inputs up to this size let a kernel run on the async worker (see
 /// [`Service::exchange_messages`]). Small enough that a kernel whose result dwarfs its
 /// inputs stays short too: a broadcast `add` of 1024 × 1 and 1 × 1024 float64 makes 8 MiB.
@@ -575,6 +630,20 @@ fn run_kernel(
     let columns: Vec<(&str, &ArrowTensor)> =
         names.iter().map(String::as_str).zip(&outputs).collect();
     Ok(arrowbridge::ipc::wire_batches(&columns, MAX_FLIGHT_DATA)?)
+}
+
+/// The status of a ticket whose version cannot be read.
+fn version_status(name: &str, version: u64, error: VersionError) -> Status {
+    let message = match error {
+        VersionError::Replaced { current } => format!(
+            "version {version} of {name:?} was replaced (by version {current}) and no reader \
+             holds it any more; ask for its FlightInfo again to read the version stored now"
+        ),
+        VersionError::Gone => {
+            format!("version {version} of {name:?} was deleted and no reader holds it any more")
+        }
+    };
+    crate::error::with_kind(Status::failed_precondition(message), crate::KIND_REPLACED)
 }
 
 /// Compares secrets in time independent of where they differ.
@@ -665,8 +734,13 @@ impl FlightService for Service {
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
         self.authorize(&request)?;
-        let (schema, batches) = self.get_batches(&request.get_ref().ticket).await?;
-        Ok(Response::new(encode(schema, batches)))
+        let (schema, batches, held) = self.get_batches(&request.get_ref().ticket).await?;
+        // The stream holds the version until its last message is sent (or it is cancelled).
+        let stream = encode(schema, batches).map(move |message| {
+            let _ = &held;
+            message
+        });
+        Ok(Response::new(stream.boxed()))
     }
 
     async fn do_put(

@@ -378,20 +378,18 @@ pub fn own_uid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// Sends `header` (JSON) and, if given, a file descriptor.
-pub fn send(
-    stream: &mut UnixStream,
-    header: &serde_json::Value,
-    fd: Option<RawFd>,
-) -> std::io::Result<()> {
+/// `header` as it travels: its length (4 bytes, little-endian), then its JSON.
+fn frame(header: &serde_json::Value) -> Vec<u8> {
     let json = header.to_string();
     let mut message = Vec::with_capacity(4 + json.len());
     message.extend_from_slice(&(json.len() as u32).to_le_bytes());
     message.extend_from_slice(json.as_bytes());
-    let Some(fd) = fd else {
-        return stream.write_all(&message);
-    };
-    // The descriptor rides with the first byte; the rest follows as plain bytes.
+    message
+}
+
+/// Sends the first byte of `message` with the descriptor `fd` (`SCM_RIGHTS`) on the socket
+/// `socket`; `WouldBlock` on a non-blocking socket that cannot take it yet.
+fn send_first(socket: RawFd, message: &mut [u8], fd: RawFd) -> std::io::Result<()> {
     let mut iov = libc::iovec {
         iov_base: message.as_mut_ptr().cast(),
         iov_len: 1,
@@ -414,15 +412,17 @@ pub fn send(
         std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
     }
     // SAFETY: msg points at live buffers.
-    let sent = unsafe { libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    let sent = unsafe { libc::sendmsg(socket, &msg, libc::MSG_NOSIGNAL) };
     if sent != 1 {
         return Err(std::io::Error::last_os_error());
     }
-    stream.write_all(&message[1..])
+    Ok(())
 }
 
-/// Receives a header (JSON) and the file descriptor that came with it, if any.
-pub fn receive(stream: &mut UnixStream) -> std::io::Result<(serde_json::Value, Option<OwnedFd>)> {
+/// Receives the first byte of a message and the descriptor that came with it, if any, from
+/// the socket `socket`. Every descriptor received is adopted or closed; more than one is an
+/// error. `WouldBlock` on a non-blocking socket with nothing to read.
+fn receive_first(socket: RawFd) -> std::io::Result<(u8, Option<OwnedFd>)> {
     let mut first = [0u8; 1];
     let mut iov = libc::iovec {
         iov_base: first.as_mut_ptr().cast(),
@@ -438,50 +438,136 @@ pub fn receive(stream: &mut UnixStream) -> std::io::Result<(serde_json::Value, O
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = space as _;
     // SAFETY: msg points at live buffers; MSG_CMSG_CLOEXEC marks a received descriptor.
-    let got = unsafe { libc::recvmsg(stream.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    let got = unsafe { libc::recvmsg(socket, &mut msg, libc::MSG_CMSG_CLOEXEC) };
     if got < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    if got == 0 {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
     let mut fd = None;
-    // SAFETY: the kernel filled the control buffer; the headers are walked as it laid them out.
+    let mut extra = false;
+    // SAFETY: the kernel filled the control buffer; the headers are walked as it laid them out,
+    // and each descriptor in them is read once.
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
             if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let raw = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
-                // A second descriptor would be a protocol error; the first is kept.
-                if fd.is_none() {
-                    fd = Some(OwnedFd::from_raw_fd(raw));
-                } else {
-                    drop(OwnedFd::from_raw_fd(raw));
+                // Every descriptor the header carries is now ours: each is adopted (the
+                // first) or closed, however many a peer packed into it.
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                let header = libc::CMSG_LEN(0) as usize;
+                let count = ((*cmsg).cmsg_len as usize).saturating_sub(header)
+                    / std::mem::size_of::<RawFd>();
+                for i in 0..count {
+                    let owned = OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i)));
+                    if fd.is_none() {
+                        fd = Some(owned);
+                    } else {
+                        extra = true;
+                        drop(owned);
+                    }
                 }
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+    if got == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    if extra || msg.msg_flags & libc::MSG_CTRUNC != 0 {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "more file descriptors than one were sent",
         ));
     }
-    let mut rest = [0u8; 3];
-    stream.read_exact(&mut rest)?;
-    let len = u32::from_le_bytes([first[0], rest[0], rest[1], rest[2]]) as usize;
+    Ok((first[0], fd))
+}
+
+/// The length of a header whose first byte is `first` and next three `rest`, at most
+/// [`MAX_HEADER`].
+fn header_len(first: u8, rest: [u8; 3]) -> std::io::Result<usize> {
+    let len = u32::from_le_bytes([first, rest[0], rest[1], rest[2]]) as usize;
     if len > MAX_HEADER {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("a header of {len} bytes"),
+            format!("a header of {len} bytes, over the {MAX_HEADER} a header may have"),
         ));
     }
-    let mut json = vec![0u8; len];
+    Ok(len)
+}
+
+fn parse_header(json: &[u8]) -> std::io::Result<serde_json::Value> {
+    serde_json::from_slice(json)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Sends `header` (JSON) and, if given, a file descriptor.
+pub fn send(
+    stream: &mut UnixStream,
+    header: &serde_json::Value,
+    fd: Option<RawFd>,
+) -> std::io::Result<()> {
+    let mut message = frame(header);
+    let Some(fd) = fd else {
+        return stream.write_all(&message);
+    };
+    // The descriptor rides with the first byte; the rest follows as plain bytes.
+    send_first(stream.as_raw_fd(), &mut message, fd)?;
+    stream.write_all(&message[1..])
+}
+
+/// Receives a header (JSON) and the file descriptor that came with it, if any.
+pub fn receive(stream: &mut UnixStream) -> std::io::Result<(serde_json::Value, Option<OwnedFd>)> {
+    let (first, fd) = receive_first(stream.as_raw_fd())?;
+    let mut rest = [0u8; 3];
+    stream.read_exact(&mut rest)?;
+    let mut json = vec![0u8; header_len(first, rest)?];
     stream.read_exact(&mut json)?;
-    let header = serde_json::from_slice(&json)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    Ok((header, fd))
+    Ok((parse_header(&json)?, fd))
+}
+
+/// [`send`] on an async socket: a slow peer holds a task, never a thread.
+pub async fn send_async(
+    stream: &mut tokio::net::UnixStream,
+    header: &serde_json::Value,
+    fd: Option<RawFd>,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut message = frame(header);
+    let Some(fd) = fd else {
+        return stream.write_all(&message).await;
+    };
+    loop {
+        stream.writable().await?;
+        let socket = stream.as_raw_fd();
+        match stream.try_io(tokio::io::Interest::WRITABLE, || {
+            send_first(socket, &mut message, fd)
+        }) {
+            Ok(()) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    stream.write_all(&message[1..]).await
+}
+
+/// [`receive`] on an async socket: a slow peer holds a task, never a thread.
+pub async fn receive_async(
+    stream: &mut tokio::net::UnixStream,
+) -> std::io::Result<(serde_json::Value, Option<OwnedFd>)> {
+    use tokio::io::AsyncReadExt;
+    let (first, fd) = loop {
+        stream.readable().await?;
+        let socket = stream.as_raw_fd();
+        match stream.try_io(tokio::io::Interest::READABLE, || receive_first(socket)) {
+            Ok(got) => break got,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    let mut rest = [0u8; 3];
+    stream.read_exact(&mut rest).await?;
+    let mut json = vec![0u8; header_len(first, rest)?];
+    stream.read_exact(&mut json).await?;
+    Ok((parse_header(&json)?, fd))
 }
 
 static SOCKETS: AtomicU64 = AtomicU64::new(0);

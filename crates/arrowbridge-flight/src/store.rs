@@ -2,7 +2,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
 use arrow_array::{RecordBatch, RecordBatchOptions};
 use arrow_schema::SchemaRef;
@@ -17,8 +18,14 @@ use crate::shm::{self, Shared};
 /// One stored item: the batches a client put under a name, held once. A put from an
 /// arrowbridge client lands as one batch of contiguous columns; other writers' batches are
 /// kept as they arrived.
+///
+/// An item is one immutable *version*: a put of the same name makes a new one and never
+/// changes this one, which lives on while a reader holds it ([`Store::version`]).
 #[derive(Debug)]
 pub struct Stored {
+    /// Which version of its name this is: unique among the versions of a server's life
+    /// (and, drawn from the clock at start, unlikely to repeat across restarts).
+    pub version: u64,
     /// The schema the client put (without the row count its stream announced).
     pub schema: SchemaRef,
     /// The batches.
@@ -51,6 +58,7 @@ impl Stored {
         // directory) is served as the plain empty item it is.
         let shards = ShardMap::of(&schema).ok().flatten();
         Stored {
+            version: 0,
             schema,
             batches,
             shared: None,
@@ -101,11 +109,12 @@ impl Stored {
         }
     }
 
-    /// Total rows (of all shards, for a sharded item).
+    /// Total rows (of all shards, for a sharded item). A store holds only items whose rows
+    /// add up ([`total_rows`]); an item that was never checked saturates rather than wraps.
     pub fn rows(&self) -> usize {
         match &self.shards {
             Some(map) => map.rows,
-            None => self.batches.iter().map(RecordBatch::num_rows).sum(),
+            None => total_rows(&self.batches).unwrap_or(usize::MAX),
         }
     }
 
@@ -125,13 +134,57 @@ impl Stored {
 /// The server's arrays by name. With a data directory, every put is written to
 /// `<dir>/<name>.arrow` atomically (temporary file, fsync, rename) before it is acknowledged,
 /// and the directory's files are served again after a restart.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Store {
     items: RwLock<BTreeMap<String, Arc<Stored>>>,
+    /// Every version a reader may still hold, by version: replaced and deleted versions
+    /// stay readable while a stream (or anything else) holds them, and no longer.
+    versions: Mutex<HashMap<u64, (String, Weak<Stored>)>>,
+    /// The next version.
+    next_version: AtomicU64,
+    /// Small versions replaced in the last [`GRACE`], kept so that a reader that asked for
+    /// an item's FlightInfo just before a put can still read what it describes: without, a
+    /// writer putting the same name in a loop could starve every reader.
+    retired: Mutex<std::collections::VecDeque<(std::time::Instant, Arc<Stored>)>>,
     data_dir: Option<PathBuf>,
     /// One lock per name being written, so that a put and a delete of the same name keep
     /// file and memory in step (other names go on in parallel).
     writing: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+/// How long a small replaced version stays readable ([`Store::version`]).
+pub const GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+/// The most bytes of replaced versions kept for [`GRACE`]; a version larger than a quarter of
+/// this is not kept (its readers hold it, or ask again).
+pub const GRACE_BYTES: usize = 64 << 20;
+
+/// Why a version of an item cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionError {
+    /// A put replaced it (or a delete and a put) and no reader holds it any more.
+    Replaced {
+        /// The version stored now.
+        current: u64,
+    },
+    /// The item was deleted, and no reader holds the version any more.
+    Gone,
+}
+
+/// The rows of `batches` in all, when they can be counted: at most `i64::MAX`, the most a
+/// FlightInfo can announce (three batches of 2^63 − 1 empty rows are refused, not wrapped).
+pub fn total_rows(batches: &[RecordBatch]) -> Result<usize> {
+    let total = batches
+        .iter()
+        .try_fold(0usize, |sum, b| sum.checked_add(b.num_rows()))
+        .filter(|&total| i64::try_from(total).is_ok());
+    total.ok_or_else(|| {
+        let rows: Vec<String> = batches.iter().map(|b| b.num_rows().to_string()).collect();
+        FlightServerError::BadRequest(format!(
+            "batches of {} rows add up to more than the {} rows an item can have",
+            rows.join(" + "),
+            i64::MAX
+        ))
+    })
 }
 
 /// Whether `name` can name a stored item (and its file).
@@ -155,8 +208,16 @@ impl Store {
     /// An in-memory store, or one backed by `data_dir` (created if missing; its `.arrow`
     /// files are loaded, memory-mapped).
     pub fn open(data_dir: Option<PathBuf>) -> Result<Self> {
+        // Versions start from the clock, so that a ticket of a server that restarted is
+        // unlikely to name a version of the new one.
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
         let store = Store {
             items: RwLock::default(),
+            versions: Mutex::default(),
+            next_version: AtomicU64::new(start),
+            retired: Mutex::default(),
             data_dir,
             writing: Mutex::default(),
         };
@@ -177,13 +238,70 @@ impl Store {
                     continue;
                 }
                 let data = ipc::read_ipc(&path, true)?;
-                let stored = Stored::new(data.schema().clone(), data.batches()?);
-                store
-                    .write_items()
-                    .insert(name.to_string(), Arc::new(stored));
+                let batches = data.batches()?;
+                total_rows(&batches)?;
+                let stored = store.versioned(name, Stored::new(data.schema().clone(), batches));
+                store.write_items().insert(name.to_string(), stored);
             }
         }
         Ok(store)
+    }
+
+    /// `stored` as a new version of `name`, registered so that its readers find it.
+    fn versioned(&self, name: &str, mut stored: Stored) -> Arc<Stored> {
+        stored.version = self.next_version.fetch_add(1, Ordering::Relaxed);
+        self.register(name, Arc::new(stored))
+    }
+
+    /// Registers `stored` as a version of `name` (forgetting versions nobody holds).
+    fn register(&self, name: &str, stored: Arc<Stored>) -> Arc<Stored> {
+        let mut versions = self.versions.lock().unwrap_or_else(PoisonError::into_inner);
+        if versions.len() >= 64 && versions.len().is_power_of_two() {
+            versions.retain(|_, (_, v)| v.strong_count() > 0);
+        }
+        versions.insert(stored.version, (name.to_string(), Arc::downgrade(&stored)));
+        stored
+    }
+
+    /// Keeps `replaced`, if small, readable for [`GRACE`] (at most [`GRACE_BYTES`] in all);
+    /// forgets what was kept longer.
+    fn retire(&self, replaced: Option<&Arc<Stored>>) {
+        let now = std::time::Instant::now();
+        let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(replaced) = replaced.filter(|r| r.bytes() <= GRACE_BYTES / 4) {
+            retired.push_back((now, replaced.clone()));
+        }
+        let mut held: usize = retired.iter().map(|(_, r)| r.bytes()).sum();
+        while let Some((at, oldest)) = retired.front() {
+            if now.duration_since(*at) < GRACE && held <= GRACE_BYTES {
+                break;
+            }
+            held -= oldest.bytes();
+            retired.pop_front();
+        }
+    }
+
+    /// Version `version` of item `name`: the current one, or one a put or a delete replaced
+    /// while a reader (a DoGet under way) still holds it.
+    pub fn version(&self, name: &str, version: u64) -> Result<Arc<Stored>, VersionError> {
+        let current = self.get(name);
+        if let Some(current) = current.as_ref().filter(|c| c.version == version) {
+            return Ok(current.clone());
+        }
+        let held = self
+            .versions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&version)
+            .filter(|(of, _)| of == name)
+            .and_then(|(_, v)| v.upgrade());
+        match (held, current) {
+            (Some(stored), _) => Ok(stored),
+            (None, Some(current)) => Err(VersionError::Replaced {
+                current: current.version,
+            }),
+            (None, None) => Err(VersionError::Gone),
+        }
     }
 
     fn write_items(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Stored>>> {
@@ -244,9 +362,9 @@ impl Store {
                     )
                 })?;
             }
-            let replaced = self
-                .write_items()
-                .insert(name.to_string(), Arc::new(stored));
+            let stored = self.versioned(name, stored);
+            let replaced = self.write_items().insert(name.to_string(), stored);
+            self.retire(replaced.as_ref());
             Ok(replaced)
         })
     }
@@ -301,7 +419,9 @@ impl Store {
         let segment = Arc::new(segment);
         let (_, batch) = shm::unpack(&what, segment.clone(), &layout)?;
         let shared = Shared { segment, layout };
-        let stored = Stored::in_shared_memory(item.schema.clone(), batch, shared.clone());
+        // The same rows, so the same version: readers of either see one item.
+        let mut stored = Stored::in_shared_memory(item.schema.clone(), batch, shared.clone());
+        stored.version = item.version;
         self.writing(name, || {
             let mut items = self.write_items();
             // Unless a put replaced the item meanwhile.
@@ -309,7 +429,7 @@ impl Store {
                 .get(name)
                 .is_some_and(|current| Arc::ptr_eq(current, &item))
             {
-                items.insert(name.to_string(), Arc::new(stored));
+                items.insert(name.to_string(), self.register(name, Arc::new(stored)));
             }
         });
         Ok(shared)
@@ -321,5 +441,62 @@ impl Store {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty_rows(rows: usize) -> RecordBatch {
+        let options = RecordBatchOptions::new().with_row_count(Some(rows));
+        let schema = Arc::new(arrow_schema::Schema::empty());
+        RecordBatch::try_new_with_options(schema, vec![], &options).unwrap()
+    }
+
+    #[test]
+    fn rows_that_would_wrap_or_pass_i64_are_refused() {
+        let most = i64::MAX as usize;
+        assert_eq!(total_rows(&[empty_rows(most)]).unwrap(), most);
+        // Three DoPut batches of 2^63 - 1 empty rows were stored as 2^63 - 3 rows.
+        let err = total_rows(&vec![empty_rows(most); 3])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("add up to more than"), "{err}");
+        assert!(total_rows(&[empty_rows(most), empty_rows(1)]).is_err());
+        assert!(total_rows(&[empty_rows(usize::MAX)]).is_err());
+    }
+
+    #[test]
+    fn a_replaced_version_is_readable_while_held_then_refused() {
+        let store = Store::open(None).unwrap();
+        let put = |rows: usize| {
+            store
+                .put(
+                    "x",
+                    Stored::new(
+                        Arc::new(arrow_schema::Schema::empty()),
+                        vec![empty_rows(rows)],
+                    ),
+                )
+                .unwrap()
+        };
+        put(1);
+        let first = store.get("x").unwrap();
+        put(2);
+        // Held by a reader (and, being small, by the store for a grace period).
+        assert_eq!(store.version("x", first.version).unwrap().rows(), 1);
+        assert!(matches!(
+            store.version("y", first.version),
+            Err(VersionError::Gone)
+        ));
+        let current = store.get("x").unwrap().version;
+        assert!(current > first.version);
+        drop(first);
+        store.retired.lock().unwrap().clear();
+        let gone = store.version("x", current - 1).unwrap_err();
+        assert_eq!(gone, VersionError::Replaced { current });
+        store.delete("x").unwrap();
+        assert_eq!(store.version("x", current).unwrap_err(), VersionError::Gone);
     }
 }

@@ -1,11 +1,15 @@
 //! The Flight server from Python, and the record-batch conversions the Python client uses.
 
+use std::cell::RefCell;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arrow_array::RecordBatchReader;
 use arrowbridge::ipc::tensors_of;
 use arrowbridge::ArrowTensor;
+use arrowbridge_flight::limits::{scoped, CallLimits};
 use arrowbridge_flight::{
     start, Arg, Client, ClientError, ClientOptions, ItemForm, ItemInfo, RunningServer, ServerConfig,
 };
@@ -121,7 +125,16 @@ fn client_error(e: ClientError) -> arrowbridge_pyo3::errors::BridgeError {
     let class = match e {
         ClientError::Local(core) => return core.into(),
         ClientError::Location(_) => "InvalidLocationError",
+        ClientError::Timeout { .. } => "FlightTimeoutError",
+        ClientError::Interrupted(_) => {
+            // The exception the signal handler raised (KeyboardInterrupt for Ctrl+C).
+            let raised = INTERRUPT.with(|pending| pending.borrow_mut().take());
+            return raised
+                .unwrap_or_else(|| pyo3::exceptions::PyKeyboardInterrupt::new_err(message))
+                .into();
+        }
         ClientError::Remote { code, kind, .. } => match (code, kind.as_deref()) {
+            (_, Some(arrowbridge_flight::KIND_REPLACED)) => "ItemReplacedError",
             (Code::Unauthenticated | Code::PermissionDenied, _) => "AuthenticationError",
             (Code::Unavailable, _) => "ServerUnavailableError",
             (Code::NotFound, _) => "RemoteNotFoundError",
@@ -137,6 +150,63 @@ fn client_error(e: ClientError) -> arrowbridge_pyo3::errors::BridgeError {
         _ => "FlightCallError",
     };
     python_error(class, (message,)).into()
+}
+
+thread_local! {
+    /// The exception a signal handler raised while a call of this thread waited.
+    static INTERRUPT: RefCell<Option<PyErr>> = const { RefCell::new(None) };
+}
+
+/// Whether this is the process's main thread, the one Python runs signal handlers on.
+fn on_main_thread() -> bool {
+    // SAFETY: neither call has preconditions.
+    unsafe { libc::syscall(libc::SYS_gettid) == libc::getpid() as libc::c_long }
+}
+
+/// A timeout in seconds as a duration: `None` stays `None`; negative, NaN or infinite
+/// values are refused.
+fn seconds(timeout: Option<f64>) -> BridgeResult<Option<Duration>> {
+    timeout
+        .map(|t| {
+            Duration::try_from_secs_f64(t).map_err(|_| {
+                arrowbridge_pyo3::errors::BridgeError::from(arrowbridge::Error::invalid(
+                    "timeout",
+                    format!("{t} is not a number of seconds >= 0"),
+                ))
+            })
+        })
+        .transpose()
+}
+
+/// Runs `call` without the GIL, within `timeout` (else the client's default), and
+/// interruptible: on the main thread, Python's signal handlers run every 20 ms while the
+/// call waits, and one that raises (Ctrl+C's KeyboardInterrupt) cancels the call.
+fn limited<T: Send>(
+    py: Python<'_>,
+    timeout: Option<Duration>,
+    call: impl FnOnce() -> T + Send,
+) -> T {
+    let main = on_main_thread();
+    py.detach(move || {
+        let interrupted = main.then(|| {
+            Rc::new(|| {
+                Python::attach(|py| match py.check_signals() {
+                    Ok(()) => false,
+                    Err(raised) => {
+                        INTERRUPT.with(|pending| *pending.borrow_mut() = Some(raised));
+                        true
+                    }
+                })
+            }) as Rc<dyn Fn() -> bool>
+        });
+        scoped(
+            CallLimits {
+                timeout,
+                interrupted,
+            },
+            call,
+        )
+    })
 }
 
 /// The client's error once it is closed.
@@ -200,17 +270,21 @@ fn info_dict<'py>(py: Python<'py>, info: &ItemInfo) -> BridgeResult<Bound<'py, P
 #[pymethods]
 impl FlightClient {
     #[new]
-    #[pyo3(signature = (location, *, token=None, tls_root_certs=None, shm=None))]
+    #[pyo3(signature = (location, *, token=None, tls_root_certs=None, shm=None, timeout=None, trusted=Vec::new()))]
     fn new(
         location: &str,
         token: Option<String>,
         tls_root_certs: Option<Vec<u8>>,
         shm: Option<bool>,
+        timeout: Option<f64>,
+        trusted: Vec<String>,
     ) -> BridgeResult<Self> {
         let options = ClientOptions {
             token,
             tls_root_certs,
             shm,
+            timeout: seconds(timeout)?,
+            trusted,
         };
         let client = Client::connect(location, options).map_err(client_error)?;
         Ok(FlightClient {
@@ -219,6 +293,7 @@ impl FlightClient {
     }
 
     /// Stores the arrays under `name` in form `form` ("array", "dict" or "table").
+    #[pyo3(signature = (name, names, arrays, form, *, timeout=None))]
     fn put(
         &self,
         py: Python<'_>,
@@ -226,9 +301,11 @@ impl FlightClient {
         names: Vec<String>,
         arrays: &Bound<'_, PyList>,
         form: &str,
+        timeout: Option<f64>,
     ) -> BridgeResult<usize> {
         no_panic("put", || {
             let client = self.client()?;
+            let timeout = seconds(timeout)?;
             let form = match form {
                 "array" => ItemForm::Array,
                 "dict" => ItemForm::Dict,
@@ -240,38 +317,53 @@ impl FlightClient {
                 .collect::<BridgeResult<Vec<_>>>()?;
             let columns: Vec<(&str, &ArrowTensor)> =
                 names.iter().map(String::as_str).zip(&tensors).collect();
-            py.detach(|| client.put(name, &columns, form))
-                .map_err(client_error)
+            limited(py, timeout, || client.put(name, &columns, form)).map_err(client_error)
         })
     }
 
     /// `(form, {name: array})` of the item stored under `name`.
+    #[pyo3(signature = (name, *, timeout=None))]
     fn get<'py>(
         &self,
         py: Python<'py>,
         name: &str,
+        timeout: Option<f64>,
     ) -> BridgeResult<(&'static str, Bound<'py, PyDict>)> {
         no_panic("get", || {
             let client = self.client()?;
-            let item = py.detach(|| client.get(name)).map_err(client_error)?;
+            let timeout = seconds(timeout)?;
+            let item = limited(py, timeout, || client.get(name)).map_err(client_error)?;
             Ok((item.form.name(), arrays(py, &item.columns, !item.shared)?))
         })
     }
 
     /// The server's items: dicts of name, rows, bytes, schema_ipc, columns (JSON), endpoints.
-    fn list<'py>(&self, py: Python<'py>) -> BridgeResult<Vec<Bound<'py, PyDict>>> {
+    #[pyo3(signature = (*, timeout=None))]
+    fn list<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+    ) -> BridgeResult<Vec<Bound<'py, PyDict>>> {
         no_panic("list", || {
             let client = self.client()?;
-            let infos = py.detach(|| client.list()).map_err(client_error)?;
+            let timeout = seconds(timeout)?;
+            let infos = limited(py, timeout, || client.list()).map_err(client_error)?;
             infos.iter().map(|i| info_dict(py, i)).collect()
         })
     }
 
     /// What is stored under `name` (see `list`).
-    fn info<'py>(&self, py: Python<'py>, name: &str) -> BridgeResult<Bound<'py, PyDict>> {
+    #[pyo3(signature = (name, *, timeout=None))]
+    fn info<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+        timeout: Option<f64>,
+    ) -> BridgeResult<Bound<'py, PyDict>> {
         no_panic("info", || {
             let client = self.client()?;
-            let info = py.detach(|| client.info(name)).map_err(client_error)?;
+            let timeout = seconds(timeout)?;
+            let info = limited(py, timeout, || client.info(name)).map_err(client_error)?;
             info_dict(py, &info)
         })
     }
@@ -279,54 +371,60 @@ impl FlightClient {
     /// Stores the map of an item sharded over several servers: `schema_ipc` is the shards'
     /// schema (an IPC stream, as `info` gives it), `map_json` the map
     /// (`arrowbridge_flight::shards::ShardMap` as JSON).
+    #[pyo3(signature = (name, schema_ipc, map_json, *, timeout=None))]
     fn put_map(
         &self,
         py: Python<'_>,
         name: &str,
         schema_ipc: Vec<u8>,
         map_json: &str,
+        timeout: Option<f64>,
     ) -> BridgeResult<()> {
         no_panic("put_map", || {
             let client = self.client()?;
+            let timeout = seconds(timeout)?;
             let what = format!("the shard map of {name:?}");
             let schema = arrow_ipc::reader::StreamReader::try_new(&schema_ipc[..], None)
                 .map_err(|e| arrowbridge::Error::invalid(&what, format!("bad schema: {e}")))?
                 .schema();
             let map: arrowbridge_flight::shards::ShardMap = serde_json::from_str(map_json)
                 .map_err(|e| arrowbridge::Error::invalid(&what, e.to_string()))?;
-            py.detach(|| client.put_map(name, &schema, &map))
-                .map_err(client_error)
+            limited(py, timeout, || client.put_map(name, &schema, &map)).map_err(client_error)
         })
     }
 
     /// Runs DoAction `kind`; the body of its first result.
+    #[pyo3(signature = (kind, body, *, timeout=None))]
     fn action<'py>(
         &self,
         py: Python<'py>,
         kind: &str,
         body: Vec<u8>,
+        timeout: Option<f64>,
     ) -> BridgeResult<Bound<'py, PyBytes>> {
         no_panic("action", || {
             let client = self.client()?;
-            let result = py
-                .detach(|| client.action(kind, body))
-                .map_err(client_error)?;
+            let timeout = seconds(timeout)?;
+            let result =
+                limited(py, timeout, || client.action(kind, body)).map_err(client_error)?;
             Ok(PyBytes::new(py, &result))
         })
     }
 
     /// Runs `kernel` on `args` (each `("array", x)` or `("stored", name)`) with the
     /// keyword parameters `params`; the outputs as NumPy arrays.
-    #[pyo3(signature = (kernel, args, params=None))]
+    #[pyo3(signature = (kernel, args, params=None, *, timeout=None))]
     fn call<'py>(
         &self,
         py: Python<'py>,
         kernel: &str,
         args: Vec<(String, Bound<'py, PyAny>)>,
         params: Option<&Bound<'py, PyDict>>,
+        timeout: Option<f64>,
     ) -> BridgeResult<Vec<Bound<'py, PyAny>>> {
         no_panic("call", || {
             let client = self.client()?;
+            let timeout = seconds(timeout)?;
             let params = crate::call::params(kernel, params)?;
             let mut tensors = Vec::new();
             let mut stored = Vec::new();
@@ -348,14 +446,20 @@ impl FlightClient {
                     (None, None) => unreachable!("every argument is one or the other"),
                 })
                 .collect();
-            let outputs = py
-                .detach(|| client.call(kernel, &args, &params))
+            let outputs = limited(py, timeout, || client.call(kernel, &args, &params))
                 .map_err(client_error)?;
             outputs
                 .iter()
                 .map(|t| tensor_to_numpy(py, t, true))
                 .collect()
         })
+    }
+
+    /// Lets go of the connection in a forked child without closing it: the runtime's
+    /// threads exist only in the parent, so it is neither used nor dropped here.
+    fn abandon(&self) {
+        let client = self.client.lock().ok().and_then(|mut c| c.take());
+        std::mem::forget(client);
     }
 
     /// Closes the connection; idempotent.

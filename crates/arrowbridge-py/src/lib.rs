@@ -28,6 +28,8 @@ static ALLOCATOR: arrowbridge_pyo3::Recycling<arrowbridge_pyo3::Aligned64<mimall
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // Caches made now, at import, cannot be half made when a thread forks the process.
+    arrowbridge_pyo3::prepare_for_fork(m.py())?;
     m.add("call", call::function(m)?)?;
     m.add_function(wrap_pyfunction!(call::kernels, m)?)?;
     m.add_function(wrap_pyfunction!(call::load_kernels, m)?)?;

@@ -24,6 +24,21 @@ pub fn is_producer(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
     crate::input::has_method(obj, intern!(obj.py(), "__dlpack__"))
 }
 
+/// The arguments of `__dlpack__(max_version=...)`: the version tuple and the keyword names.
+pub(crate) fn dlpack_args(py: Python<'_>) -> &(Py<PyTuple>, Py<PyTuple>) {
+    static ARGS: PyOnceLock<(Py<PyTuple>, Py<PyTuple>)> = PyOnceLock::new();
+    ARGS.get_or_init(py, || {
+        (
+            PyTuple::new(py, [VERSION.major, VERSION.minor])
+                .expect("a tuple of two ints")
+                .unbind(),
+            PyTuple::new(py, ["max_version"])
+                .expect("a tuple of one str")
+                .unbind(),
+        )
+    })
+}
+
 /// Takes the tensor `obj` exports through `__dlpack__`: asks for a versioned capsule
 /// (`max_version=(1, 1)`, which carries the read-only flag) and falls back to the
 /// unversioned protocol for producers that do not know `max_version`.
@@ -36,17 +51,7 @@ pub fn import(obj: &Bound<'_, PyAny>) -> BridgeResult<ManagedTensor> {
     let py = obj.py();
     // `__dlpack__(max_version=(1, 1))`, called with the keyword as a vectorcall: a dict of
     // keyword arguments would be built and unpacked on every import.
-    static ARGS: PyOnceLock<(Py<PyTuple>, Py<PyTuple>)> = PyOnceLock::new();
-    let (version, kwnames) = ARGS.get_or_init(py, || {
-        (
-            PyTuple::new(py, [VERSION.major, VERSION.minor])
-                .expect("a tuple of two ints")
-                .unbind(),
-            PyTuple::new(py, ["max_version"])
-                .expect("a tuple of one str")
-                .unbind(),
-        )
-    });
+    let (version, kwnames) = dlpack_args(py);
     let dunder = intern!(py, "__dlpack__");
     let args = [obj.as_ptr(), version.as_ptr()];
     // SAFETY: `args` holds the receiver and one keyword value, all live for the call, and

@@ -24,3 +24,29 @@ pub use arg::{
 };
 pub use errors::{no_panic, BridgeError, BridgeResult};
 pub use recycle::Recycling;
+
+/// Initialises every process-wide cache of this crate (NumPy's API and dtypes, the DLPack
+/// call's arguments, `arrowbridge.errors` where it is installed). Call it from your module's
+/// initialisation: a cache is then never half made when a thread forks the process (a
+/// child that inherits one half made would wait for it forever).
+///
+/// ```no_run
+/// use pyo3::prelude::*;
+///
+/// #[pymodule]
+/// fn my_extension(m: &Bound<'_, PyModule>) -> PyResult<()> {
+///     arrowbridge_pyo3::prepare_for_fork(m.py())?;
+///     Ok(())
+/// }
+/// ```
+pub fn prepare_for_fork(py: pyo3::Python<'_>) -> pyo3::PyResult<()> {
+    numpy::PyArray1::<f64>::zeros(py, 0, false);
+    for dtype in arrowbridge::ALL_DTYPES {
+        numpy_output::descr(py, dtype)?;
+    }
+    numpy_input::masked_type(py)?;
+    dlpack::dlpack_args(py);
+    // Only an extension run with the arrowbridge package has its error classes.
+    let _ = errors::python_error("ArrowBridgeError", ());
+    Ok(())
+}

@@ -113,6 +113,14 @@ pub fn numpy_dtype(descr: &Bound<'_, PyArrayDescr>) -> BridgeResult<DType> {
     Ok(dtype)
 }
 
+/// `numpy.ma.MaskedArray`, imported once.
+pub(crate) fn masked_type(py: Python<'_>) -> PyResult<&Py<PyAny>> {
+    static MASKED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    MASKED.get_or_try_init(py, || {
+        Ok::<_, PyErr>(py.import("numpy.ma")?.getattr("MaskedArray")?.unbind())
+    })
+}
+
 /// Refuses a masked array that masks any value: Arrow data read through it would show the
 /// values behind the mask as valid data. A masked array with no masked value is its data.
 pub(crate) fn reject_masked(array: &Bound<'_, PyUntypedArray>) -> BridgeResult<()> {
@@ -120,10 +128,7 @@ pub(crate) fn reject_masked(array: &Bound<'_, PyUntypedArray>) -> BridgeResult<(
         return Ok(()); // the common case costs one type comparison
     }
     let py = array.py();
-    static MASKED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let masked_type = MASKED.get_or_try_init(py, || {
-        Ok::<_, PyErr>(py.import("numpy.ma")?.getattr("MaskedArray")?.unbind())
-    })?;
+    let masked_type = masked_type(py)?;
     if !array.is_instance(masked_type.bind(py))? {
         return Ok(());
     }

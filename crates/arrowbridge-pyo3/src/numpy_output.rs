@@ -16,7 +16,7 @@ use crate::errors::BridgeResult;
 const MAX_DIMS: usize = 64;
 
 /// The NumPy dtype object of `dtype`, created once per dtype.
-fn descr(py: Python<'_>, dtype: DType) -> PyResult<Bound<'_, PyArrayDescr>> {
+pub(crate) fn descr(py: Python<'_>, dtype: DType) -> PyResult<Bound<'_, PyArrayDescr>> {
     static DESCRS: PyOnceLock<Vec<Py<PyArrayDescr>>> = PyOnceLock::new();
     let all = DESCRS.get_or_try_init(py, || {
         ALL_DTYPES

@@ -180,8 +180,9 @@ fn announced(batch: RecordBatch) -> Result<RecordBatch> {
 }
 
 /// `batch` cut into slices of whole rows of at most `max_bytes` (one row per slice at least).
+/// Messages are counted in bytes, not rows: rows of zero bytes all travel in one slice.
 fn slices(batch: &RecordBatch, row_bytes: usize, max_bytes: usize) -> Vec<RecordBatch> {
-    let step = (max_bytes / row_bytes.max(1)).max(1);
+    let step = rows_per_message(row_bytes, max_bytes);
     if batch.num_rows() <= step {
         return vec![batch.clone()];
     }
@@ -189,6 +190,16 @@ fn slices(batch: &RecordBatch, row_bytes: usize, max_bytes: usize) -> Vec<Record
         .step_by(step)
         .map(|start| batch.slice(start, step.min(batch.num_rows() - start)))
         .collect()
+}
+
+/// How many rows of `row_bytes` bytes one message of at most `max_bytes` carries: one at
+/// least, and every row when rows take no bytes (`np.empty((2**62, 0))` is one message,
+/// not 2^39).
+pub fn rows_per_message(row_bytes: usize, max_bytes: usize) -> usize {
+    match row_bytes {
+        0 => usize::MAX,
+        width => (max_bytes / width).max(1),
+    }
 }
 
 /// `tensor`'s elements in C order as a `[rows, k]` tensor, zero-padded to `rows × k`.

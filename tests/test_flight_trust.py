@@ -1,0 +1,358 @@
+"""Flight as a service can trust it: one version per read, bounded messages and counts,
+deadlines and Ctrl+C, fork safety, descriptors closed, tokens kept where they were sent.
+Every test runs real servers on loopback (or silent sockets that accept and never answer)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+
+import arrowbridge
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP server that accepts connections and never says a word."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    accepted = []
+    stop = threading.Event()
+
+    def accept():
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"grpc://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    listener.close()
+
+
+# -- one version per read -------------------------------------------------------------------
+
+
+def test_a_plain_flight_client_following_endpoints_never_mixes_versions():
+    # Four endpoints (a 200 MiB item): a put between two DoGets used to hand the reader rows
+    # of the new version after rows of the old, without an error.
+    rows = 25 << 20
+    with arrowbridge.serve() as server, arrowbridge.connect(server.location, shm=False) as c:
+        c.put("x", np.zeros(rows))
+        plain = flight.connect(server.location)
+        info = plain.get_flight_info(flight.FlightDescriptor.for_path("x"))
+        assert len(info.endpoints) > 1
+        tickets = [json.loads(e.ticket.ticket) for e in info.endpoints]
+        assert {t["version"] for t in tickets} == {json.loads(info.app_metadata)["version"]}
+        first = plain.do_get(info.endpoints[0].ticket).read_all()
+        c.put("x", np.ones(rows))  # replaces the version the endpoints name
+        with pytest.raises(pa.ArrowInvalid, match="was replaced"):
+            plain.do_get(info.endpoints[1].ticket).read_all()
+        assert first.column(0).to_numpy().max() == 0.0
+
+
+def test_a_stream_under_way_keeps_its_version_while_a_put_replaces_it():
+    with arrowbridge.serve() as server, arrowbridge.connect(server.location, shm=False) as c:
+        c.put("x", np.zeros(4 << 20))
+        plain = flight.connect(server.location)
+        info = plain.get_flight_info(flight.FlightDescriptor.for_path("x"))
+        reader = plain.do_get(info.endpoints[0].ticket)
+        first = reader.read_chunk().data
+        c.put("x", np.ones(4 << 20))
+        c.delete("x")
+        rest = [chunk.data for chunk in reader]
+        values = pa.Table.from_batches([first, *rest]).column(0).to_numpy()
+        assert len(values) == 4 << 20 and not values.any(), "the old version, whole"
+
+
+def test_gets_racing_puts_each_return_one_whole_version():
+    with arrowbridge.serve() as server:
+        writer = arrowbridge.connect(server.location, shm=False)
+        reader = arrowbridge.connect(server.location, shm=False)
+        writer.put("x", np.zeros(1001))
+        stop = threading.Event()
+
+        def put_versions():
+            version = 0
+            while not stop.is_set():
+                version += 1
+                # Different lengths too: a reader of the old rows count must not stop short.
+                writer.put("x", np.full(1000 + version % 3, float(version)))
+
+        thread = threading.Thread(target=put_versions)
+        thread.start()
+        try:
+            seen = set()
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline:
+                got = reader.get("x")
+                assert len(np.unique(got)) == 1, "rows of one version only"
+                assert len(got) == 1000 + int(got[0]) % 3 or got[0] == 0
+                seen.add(float(got[0]))
+        finally:
+            stop.set()
+            thread.join()
+        assert len(seen) > 5, "the reads raced the writes"
+
+
+# -- bounded messages and counts ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("shm", [False, True])
+def test_zero_width_rows_cost_one_message_whatever_their_count(shm):
+    # Cut every 8 Mi rows, 2^62 rows were 2^39 messages: an abort of the server or client.
+    with arrowbridge.serve() as server, arrowbridge.connect(server.location, shm=shm) as c:
+        started = time.monotonic()
+        c.put("z", np.empty((2**62, 0), np.int8))
+        with arrowbridge.connect(server.location, shm=False) as grpc_only:
+            got = grpc_only.get("z")
+            assert got.shape == (2**62, 0)
+            assert grpc_only.info("z")["rows"] == 2**62
+        assert time.monotonic() - started < 5
+
+
+# -- deadlines and Ctrl+C -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op", ["info", "get", "put", "list", "call", "health"])
+def test_every_call_to_a_silent_server_ends_at_its_deadline(silent_server, op):
+    calls = {
+        "info": lambda c, **kw: c.info("x", **kw),
+        "get": lambda c, **kw: c.get("x", **kw),
+        "put": lambda c, **kw: c.put("x", np.arange(3), **kw),
+        "list": lambda c, **kw: c.list(**kw),
+        "call": lambda c, **kw: c.call("sum", np.arange(3), **kw),
+        "health": lambda c, **kw: c.health(**kw),
+    }
+    with arrowbridge.connect(silent_server, timeout=0.2) as c:
+        for kwargs, limit in [({}, 0.2), ({"timeout": 0.1}, 0.1)]:
+            started = time.monotonic()
+            with pytest.raises(arrowbridge.FlightTimeoutError, match="deadline") as raised:
+                calls[op](c, **kwargs)
+            waited = time.monotonic() - started
+            assert limit <= waited < limit + 0.1
+            assert isinstance(raised.value, TimeoutError)
+            assert isinstance(raised.value, arrowbridge.ArrowBridgeError)
+
+
+def test_a_bad_timeout_is_refused():
+    with pytest.raises(arrowbridge.InvalidArrowDataError, match="timeout"):
+        arrowbridge.connect("grpc://127.0.0.1:1", timeout=-1)
+
+
+def test_the_client_stays_usable_after_a_timeout():
+    with arrowbridge.serve() as server, arrowbridge.connect(server.location, shm=False) as c:
+        c.put("x", np.arange(10.0))
+        with pytest.raises(arrowbridge.FlightTimeoutError):
+            c.put("big", np.zeros(64 << 20), timeout=0.001)
+        assert c.get("x").tolist() == list(range(10))
+
+
+CTRL_C = textwrap.dedent(
+    """
+    import os, signal, socket, sys, threading, time
+    import numpy as np, arrowbridge
+
+    listener = socket.socket(); listener.bind(("127.0.0.1", 0)); listener.listen(64)
+    threading.Thread(target=lambda: [listener.accept() for _ in range(64)], daemon=True).start()
+    silent = f"grpc://127.0.0.1:{listener.getsockname()[1]}"
+    server = arrowbridge.serve()
+    waits = []
+    for op in ["get", "info", "put"] * 5:
+        c = arrowbridge.connect(silent)
+        timer = threading.Timer(0.2, lambda: (waits.append(time.monotonic()),
+                                               os.kill(os.getpid(), signal.SIGINT)))
+        timer.start()
+        try:
+            {"get": lambda: c.get("x"), "info": lambda: c.info("x"),
+             "put": lambda: c.put("x", np.arange(3))}[op]()
+        except KeyboardInterrupt:
+            waits[-1] = time.monotonic() - waits[-1]
+        else:
+            sys.exit(f"{op} was not interrupted")
+    # A client interrupted mid-call is still usable.
+    with arrowbridge.connect(server.location) as c:
+        c.put("y", np.arange(3))
+        assert c.get("y").tolist() == [0, 1, 2]
+    print(max(waits))
+    """
+)
+
+
+def test_ctrl_c_stops_a_blocked_call_at_once_and_the_client_stays_usable():
+    out = subprocess.run([sys.executable, "-c", CTRL_C], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) < 0.1, "every interrupt lands within 100 ms"
+
+
+# -- fork ---------------------------------------------------------------------------------
+
+FORK_POOL = textwrap.dedent(
+    """
+    import multiprocessing, sys
+    import numpy as np, arrowbridge
+
+    server = arrowbridge.serve()
+    client = arrowbridge.connect(server.location, timeout=20)  # made before the fork
+    client.put("x", np.arange(5))
+
+    def work(i):
+        return int(client.get("x").sum()) + i + int(arrowbridge.call("sum", np.arange(3)))
+
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(3) as pool:
+        print(pool.map(work, range(6), chunksize=1))
+    """
+)
+
+
+def test_a_client_made_before_a_fork_works_in_a_fork_pool():
+    out = subprocess.run(
+        [sys.executable, "-c", FORK_POOL], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str([10 + i + 3 for i in range(6)])
+
+
+# -- descriptors and credentials ----------------------------------------------------------
+
+
+def test_every_descriptor_sent_to_the_shm_socket_is_closed():
+    from tests.test_flight_shm import read_message, shm_socket
+
+    with arrowbridge.serve() as server:
+        path = shm_socket(server.location)
+        fds = [os.memfd_create(f"extra{i}") for i in range(2)]
+        body = json.dumps({"op": "get", "name": "x"}).encode()
+        message = len(body).to_bytes(4, "little") + body
+        try:
+            before = len(os.listdir("/proc/self/fd"))  # the server runs in this process
+            for _ in range(20):
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.connect(path)
+                    read_message(s)  # the greeting
+                    # Two descriptors where the protocol carries one: refused, both closed.
+                    socket.send_fds(s, [message[:1]], fds)
+                    try:
+                        s.sendall(message[1:])
+                        assert s.recv(1) == b"", "the server hangs up"
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+            time.sleep(0.1)
+            assert len(os.listdir("/proc/self/fd")) <= before + 2, "nothing leaked"
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+
+def test_idle_shm_connections_cost_no_thread_and_do_not_starve_grpc():
+    from tests.test_flight_shm import shm_socket
+
+    with arrowbridge.serve() as server, arrowbridge.connect(server.location, shm=False) as c:
+        path = shm_socket(server.location)
+        threads_before = threading.active_count(), len(os.listdir("/proc/self/task"))
+        idle = []
+        for _ in range(600):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(path)
+            idle.append(s)
+        try:
+            time.sleep(0.2)
+            c.put("x", np.arange(3), timeout=5)
+            assert c.get("x", timeout=5).tolist() == [0, 1, 2]
+            assert c.call("sum", np.arange(4), timeout=5) == 6
+            assert len(os.listdir("/proc/self/task")) < threads_before[1] + 20
+        finally:
+            for s in idle:
+                s.close()
+
+
+def test_the_token_does_not_follow_a_flightinfo_to_another_location():
+    seen = []
+
+    class Recorder(flight.FlightServerBase):
+        def do_get(self, context, ticket):
+            seen.append(dict(context.get_middleware("headers").headers))
+            return flight.RecordBatchStream(pa.table({"data": [1, 2, 3]}))
+
+    class Headers(flight.ServerMiddlewareFactory):
+        def start_call(self, info, headers):
+            return HeaderMiddleware(headers)
+
+    class HeaderMiddleware(flight.ServerMiddleware):
+        def __init__(self, headers):
+            self.headers = headers
+
+    other = Recorder("grpc://127.0.0.1:0", middleware={"headers": Headers()})
+
+    class Pointing(flight.FlightServerBase):
+        def get_flight_info(self, context, descriptor):
+            endpoint = flight.FlightEndpoint(b"t", [f"grpc://127.0.0.1:{other.port}"])
+            schema = pa.schema([("data", pa.int64())])
+            return flight.FlightInfo(schema, descriptor, [endpoint], 3, 24)
+
+    pointing = Pointing("grpc://127.0.0.1:0")
+    try:
+        here = f"grpc://127.0.0.1:{pointing.port}"
+        with arrowbridge.connect(here, token="s3cret") as c:
+            assert c.get("x")["data"].tolist() == [1, 2, 3]
+        assert "authorization" not in seen[-1]
+        trusted = [f"grpc://127.0.0.1:{other.port}"]
+        with arrowbridge.connect(here, token="s3cret", trusted=trusted) as c:
+            c.get("x")
+        assert seen[-1]["authorization"] == ["Bearer s3cret"]
+    finally:
+        pointing.shutdown()
+        other.shutdown()
+
+
+def test_cancelled_calls_leave_a_server_serving():
+    with arrowbridge.serve() as server:
+        with arrowbridge.connect(server.location, shm=False) as c:
+            c.put("big", np.zeros(32 << 20))
+            for _ in range(5):
+                with pytest.raises(arrowbridge.FlightTimeoutError):
+                    c.get("big", timeout=0.005)
+            assert c.health(timeout=5)["status"] == "ok"
+            assert c.get("big", timeout=30).shape == (32 << 20,)
+
+
+def test_sigint_handlers_other_than_the_default_run_and_their_exception_is_raised():
+    script = textwrap.dedent(
+        """
+        import os, signal, socket, threading
+        import arrowbridge
+        class Stop(Exception): pass
+        def handler(signum, frame): raise Stop("custom")
+        signal.signal(signal.SIGINT, handler)
+        listener = socket.socket(); listener.bind(("127.0.0.1", 0)); listener.listen(8)
+        held = []
+        threading.Thread(target=lambda: held.append(listener.accept()), daemon=True).start()
+        c = arrowbridge.connect(f"grpc://127.0.0.1:{listener.getsockname()[1]}")
+        threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        try:
+            c.info("x")
+        except Stop as e:
+            print("raised", e)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "raised custom", out.stderr
