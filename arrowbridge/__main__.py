@@ -533,6 +533,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def byte_count(text: str) -> int:
+    """A size such as ``4096``, ``512K``, ``8M`` or ``2G`` (powers of 1024) in bytes.
+
+    >>> byte_count("8M"), byte_count("4096")
+    (8388608, 4096)
+    """
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number, unit = (text[:-1], units[text[-1].upper()]) if text[-1:].upper() in units else (text, 1)
+    try:
+        value = int(number) * unit
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 512M or 8G") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a budget must be more than 0 bytes")
+    return value
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
@@ -554,6 +571,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token=args.token,
         tls=tls,
         kernels=args.kernels,
+        max_bytes=args.max_bytes,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -620,6 +638,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--token", help="require 'authorization: Bearer TOKEN' on every call")
     p.add_argument("--tls-cert", help="PEM certificate: serve over TLS")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p.add_argument(
+        "--max-bytes",
+        type=byte_count,
+        metavar="N",
+        help="memory budget of the stored items, e.g. 8G or 512M (default: 3/4 of RAM)",
+    )
     add_kernels_option(p)
     p.set_defaults(func=cmd_serve)
     args = parser.parse_args(argv)

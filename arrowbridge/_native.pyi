@@ -130,6 +130,7 @@ class FlightServer:
         tls_cert: bytes | None = None,
         tls_key: bytes | None = None,
         shm: bool = True,
+        max_bytes: int | None = None,
     ) -> FlightServer: ...
     @property
     def location(self) -> str: ...

@@ -92,15 +92,30 @@ def flight_seeds() -> None:
     x = arrowbridge.to_arrow(np.arange(6.0).reshape(3, 2))
     table = pa.table({"x": x, "v": np.arange(3)})
     write("flight_service", "put", flight_input(True, b"item", table))
-    write("flight_service", "put-empty", flight_input(True, b"e", pa.table({"x": pa.array([], pa.int64())})))
+    write(
+        "flight_service",
+        "put-empty",
+        flight_input(True, b"e", pa.table({"x": pa.array([], pa.int64())})),
+    )
     for name, command, sent in [
         ("sum-stored", {"kernel": "sum", "args": [{"stored": "x"}], "params": {"axis": 0}}, None),
-        ("add-columns", {"kernel": "add", "args": [{"column": "a"}, {"column": "b"}]},
-         pa.table({"a": np.arange(3.0), "b": np.ones(3)})),
-        ("matmul", {"kernel": "matmul"},
-         pa.table({"a": arrowbridge.to_arrow(np.ones((2, 2))), "b": arrowbridge.to_arrow(np.eye(2))})),
-        ("normalize-nan", {"kernel": "normalize", "params": {"eps": {"float": "nan"}}},
-         pa.table({"a": arrowbridge.to_arrow(np.ones((2, 3), np.float32))})),
+        (
+            "add-columns",
+            {"kernel": "add", "args": [{"column": "a"}, {"column": "b"}]},
+            pa.table({"a": np.arange(3.0), "b": np.ones(3)}),
+        ),
+        (
+            "matmul",
+            {"kernel": "matmul"},
+            pa.table(
+                {"a": arrowbridge.to_arrow(np.ones((2, 2))), "b": arrowbridge.to_arrow(np.eye(2))}
+            ),
+        ),
+        (
+            "normalize-nan",
+            {"kernel": "normalize", "params": {"eps": {"float": "nan"}}},
+            pa.table({"a": arrowbridge.to_arrow(np.ones((2, 3), np.float32))}),
+        ),
     ]:
         write("flight_service", name, flight_input(False, json.dumps(command).encode(), sent))
 
@@ -175,8 +190,45 @@ def c_data_seeds() -> None:
     write("c_data_import", "lies", bytes([3, 10, 1, 9, 0x7F, 2, 1, 3, 4, 2, 1, 0x40, 1]))
 
 
+def ticket_seeds() -> None:
+    """Inputs of `flight_ticket`: DoGet tickets as clients send them."""
+    for name, ticket in [
+        ("name", b"x"),
+        ("rows", b'{"name": "x", "rows": [0, 2]}'),
+        ("version", b'{"name": "x", "version": 1, "rows": [1, 4]}'),
+        ("backwards", b'{"name": "x", "rows": [3, 1]}'),
+        ("past-end", b'{"name": "x", "rows": [0, 99]}'),
+        ("unknown-field", b'{"name": "x", "shard": 1}'),
+        ("huge-version", b'{"name": "x", "version": 18446744073709551615}'),
+    ]:
+        write("flight_ticket", name, ticket)
+
+
+def shm_message(header: dict) -> bytes:
+    body = json.dumps(header).encode()
+    return struct.pack("<I", len(body)) + body
+
+
+def shm_seeds() -> None:
+    """Inputs of `shm_request`: requests on the shared-memory socket, without descriptors."""
+    layout = {"schema_len": 8, "rows": 1, "columns": [[64, 8]]}
+    for name, requests in [
+        ("get", [{"op": "get", "name": "x"}]),
+        ("get-twice", [{"op": "get", "name": "x"}, {"op": "get", "name": "nope"}]),
+        ("put-without-memory", [{"op": "put", "name": "y", "layout": layout}]),
+        ("unknown-op", [{"op": "steal", "name": "x"}]),
+        ("bad-name", [{"op": "get", "name": "../etc"}]),
+        ("token", [{"op": "get", "name": "x", "token": "t"}]),
+    ]:
+        write("shm_request", name, b"".join(shm_message(r) for r in requests))
+    write("shm_request", "huge-length", struct.pack("<I", 1 << 31) + b"{}")
+    write("shm_request", "cut", shm_message({"op": "get", "name": "x"})[:-3])
+
+
 def main() -> int:
     ipc_seeds()
+    ticket_seeds()
+    shm_seeds()
     flight_seeds()
     get_response_seeds()
     metadata_seeds()

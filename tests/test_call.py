@@ -232,6 +232,22 @@ class TestErrors:
         with pytest.raises(KernelParameterError, match="out of bounds"):
             arrowbridge.call("sum", np.ones(3), axis=1)
 
+    def test_array_parameters_are_lists_of_ints_or_refused_as_parameters(self):
+        # A 1-D int array is a list of ints; sum takes one int, so it says so (was ValueError).
+        with pytest.raises(KernelParameterError, match=r"expected an int, got Ints\(\[0, 1\]\)"):
+            arrowbridge.call("sum", np.ones((2, 2)), axis=np.array([0, 1]))
+        with pytest.raises(KernelParameterError, match="1-D array of dtype float64"):
+            arrowbridge.call("sum", np.ones((2, 2)), axis=np.array([0.5]))
+        with pytest.raises(KernelParameterError, match="a 2-D array"):
+            arrowbridge.call("sum", np.ones((2, 2)), axis=np.zeros((2, 2), int))
+        assert arrowbridge.call("sum", np.ones((2, 2)), axis=np.int64(0)).tolist() == [2, 2]
+
+    def test_a_long_parameter_is_summarized_not_echoed(self):
+        with pytest.raises(KernelParameterError) as raised:
+            arrowbridge.call("sum", np.ones(3), axis=list(range(100_000)))
+        assert "a list of 100000 ints [0, 1, 2, ..., 99999]" in str(raised.value)
+        assert len(str(raised.value)) < 300
+
     def test_arity(self):
         with pytest.raises(KernelError, match=r"takes 2 array\(s\), 1 given"):
             arrowbridge.call("add", np.ones(3))

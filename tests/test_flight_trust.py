@@ -356,3 +356,87 @@ def test_sigint_handlers_other_than_the_default_run_and_their_exception_is_raise
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == "raised custom", out.stderr
+
+
+# -- budgets ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shm", [False, True])
+def test_puts_past_the_memory_budget_are_refused_and_keep_nothing(shm):
+    with (
+        arrowbridge.serve(max_bytes=4 << 20) as server,
+        arrowbridge.connect(server.location, shm=shm) as c,
+    ):
+        c.put("a", np.zeros(1 << 18))  # 2 MiB
+        with pytest.raises(arrowbridge.RemoteOutOfMemoryError, match="budget of 4194304"):
+            c.put("b", np.zeros(1 << 19))  # 4 MiB more
+        assert [item["name"] for item in c.list()] == ["a"]
+        c.put("a", np.zeros(3 << 17))  # 3 MiB: charged net of the 2 MiB it replaces
+        c.delete("a")
+        c.put("b", np.zeros(3 << 17))  # a delete gives its bytes back
+        assert c.get("b").shape == (3 << 17,)
+
+
+def test_a_sparse_shared_memory_segment_counts_at_its_full_size():
+    import fcntl
+
+    from tests.test_flight_shm import raw_request, shm_socket
+
+    with arrowbridge.serve(max_bytes=64 << 20) as server:
+        fd = os.memfd_create("sparse", os.MFD_ALLOW_SEALING)
+        try:
+            message = pa.schema([("data", pa.int8())]).serialize().to_pybytes()
+            schema = message[8 : 8 + int.from_bytes(message[4:8], "little")]
+            os.write(fd, schema)
+            os.ftruncate(fd, 1 << 40)  # "1 TiB", no page of it real
+            seals = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+            layout = {"schema_len": len(schema), "rows": 0, "columns": [[4096, 0]]}
+            path = shm_socket(server.location)
+            reply, _ = raw_request(path, {"op": "put", "name": "sparse", "layout": layout}, [fd])
+        finally:
+            os.close(fd)
+        assert reply["ok"] is False
+        assert reply["code"] == 8 and reply["kind"] == "out-of-memory"  # RESOURCE_EXHAUSTED
+        assert "1099511627776 bytes" in reply["message"]
+        with arrowbridge.connect(server.location) as c:
+            assert c.list() == []
+
+
+FAN_OUT = textwrap.dedent(
+    """
+    import resource
+    import numpy as np, arrowbridge
+    from arrowbridge.cluster import ClusterClient
+
+    servers = [arrowbridge.serve(), arrowbridge.serve()]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+    x = np.arange(8000, dtype=np.int64)
+    with ClusterClient([s.location for s in servers], shm=False) as client:
+        client.put("x", x, shards=4000)
+        assert client.info("x")["shards"] == 4000
+        assert np.array_equal(client.get("x"), x)
+    print("ok")
+    """
+)
+
+
+def test_a_4000_shard_item_reads_back_under_ulimit_n_256():
+    out = subprocess.run(
+        [sys.executable, "-c", FAN_OUT], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "ok"
+
+
+def test_a_huge_parameter_over_flight_is_a_clear_error_and_the_connection_lives():
+    # The server echoed the whole value into grpc-message: the client's HTTP/2 layer dropped
+    # the connection (header_list_way_too_large).
+    with arrowbridge.serve() as server, arrowbridge.connect(server.location) as c:
+        with pytest.raises(arrowbridge.RemoteInvalidError, match="a list of 100000 ints"):
+            c.call("sum", np.ones(3), axis=list(range(100_000)))
+        long_name = "x" * 100_000
+        with pytest.raises(arrowbridge.FlightCallError) as raised:
+            c.call(long_name, np.ones(3))
+        assert len(str(raised.value)) < 2000
+        assert c.health()["status"] == "ok"

@@ -88,6 +88,7 @@ def serve(
     tls: tuple[bytes, bytes] | None = None,
     kernels: Sequence[str | os.PathLike[str]] = (),
     shm: bool = True,
+    max_bytes: int | None = None,
 ) -> Server:
     """Starts the Rust Flight server on background threads of this process.
 
@@ -103,6 +104,20 @@ def serve(
     With ``shm`` (the default, on Linux), clients on this host and of this user may put and
     get items as sealed shared memory, through a second socket in ``$TMPDIR/arrowbridge-<uid>/``
     (see the README's security model); ``shm=False`` offers only gRPC.
+
+    ``max_bytes`` is the server's memory budget: the most bytes its stored items may take
+    (gRPC, shared-memory and data-directory puts alike; a shared-memory put counts at its
+    segment's full size). A put past it raises :class:`RemoteOutOfMemoryError` and stores
+    nothing. The default is three quarters of this machine's memory, or of the cgroup's
+    limit where that is lower.
+
+    >>> import numpy as np, arrowbridge
+    >>> with arrowbridge.serve(max_bytes=1 << 20) as server:
+    ...     client = arrowbridge.connect(server.location)
+    ...     client.put("small", np.zeros(1000))
+    ...     client.put("big", np.zeros(1 << 20))
+    Traceback (most recent call last):
+    arrowbridge.errors.RemoteOutOfMemoryError: storing "big" ... budget of 1048576 ...
 
     The server runs the built-in kernels and those of every plugin loaded in this process when
     it starts (:func:`arrowbridge.load_kernels`), including the plugins named in ``kernels``,
@@ -139,5 +154,6 @@ def serve(
         tls_cert=None if tls is None else tls[0],
         tls_key=None if tls is None else tls[1],
         shm=shm,
+        max_bytes=max_bytes,
     )
     return Server(native)

@@ -284,6 +284,8 @@ fn service(channel: Channel) -> FlightServiceClient<Channel> {
 struct Route {
     shared: Option<Channel>,
     target: Target,
+    /// The location the route leads to (the client's own for its server).
+    location: String,
     /// The `authorization` header this route's calls carry: the client's token where the
     /// user sent it (its own server, or a location it trusts), none elsewhere.
     authorization: Option<AsciiMetadataValue>,
@@ -989,10 +991,12 @@ impl Client {
             None | Some(REUSE_CONNECTION) => Route {
                 shared: (!own).then(|| self.channel.clone()),
                 target: self.endpoint.clone(),
+                location: self.location.clone(),
                 authorization: self.authorization.clone(),
             },
             Some(location) => Route {
                 shared: None,
+                location: location.to_string(),
                 target: endpoint(
                     location,
                     &ClientOptions {
@@ -1086,8 +1090,11 @@ impl Client {
             });
         }
         let schema = destination.schema().clone();
-        // A connection per endpoint: streams of one connection share one socket.
+        // A connection per endpoint (streams of one connection share one socket), at most
+        // PER_LOCATION at once to one location and MAX_PARALLEL in all: an item of 4,000
+        // shards uses a handful of descriptors, not 4,000.
         let own = counts.len() > 1;
+        let limiter = &PerLocation::new(PER_LOCATION);
         let mut parts = destination.parts(&counts)?;
         let fetches =
             parts
@@ -1107,6 +1114,7 @@ impl Client {
                             part.rewind();
                             let schema = schema.clone();
                             async move {
+                                let _slot = limiter.acquire(&route.location).await;
                                 let auth = route.header_authorization();
                                 let channel = route.channel().await?;
                                 let ticket = &ticket.ticket;
@@ -1117,7 +1125,10 @@ impl Client {
                         },
                     )
                 });
-        futures::future::try_join_all(fetches).await?;
+        futures::stream::iter(fetches)
+            .buffer_unordered(MAX_PARALLEL)
+            .try_collect::<Vec<()>>()
+            .await?;
         for part in parts {
             part.finish()?;
         }
@@ -1241,6 +1252,41 @@ impl Client {
         let schema = received.schema.unwrap_or_else(|| Arc::new(Schema::empty()));
         let outputs = arrowbridge::ipc::tensors_of(&schema, &received.batches)?;
         Ok(outputs.into_iter().map(|(_, t)| t).collect())
+    }
+}
+
+/// The most endpoints of one get read at once.
+const MAX_PARALLEL: usize = 16;
+/// The most endpoints of one get read at once from one location.
+const PER_LOCATION: usize = 4;
+
+/// Slots per location: at most `permits` reads under way to each.
+struct PerLocation {
+    permits: usize,
+    slots: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
+}
+
+impl PerLocation {
+    fn new(permits: usize) -> Self {
+        PerLocation {
+            permits,
+            slots: Mutex::default(),
+        }
+    }
+
+    /// A slot of `location`, once one is free.
+    async fn acquire(&self, location: &str) -> tokio::sync::OwnedSemaphorePermit {
+        let semaphore = self
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(location.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.permits)))
+            .clone();
+        semaphore
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
     }
 }
 

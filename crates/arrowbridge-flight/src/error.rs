@@ -21,6 +21,10 @@ pub enum FlightServerError {
     /// (`FAILED_PRECONDITION`).
     #[error("{0}")]
     Sharded(String),
+    /// A put would make the stored items take more than the server's memory budget
+    /// (`RESOURCE_EXHAUSTED`, kind [`KIND_OUT_OF_MEMORY`]).
+    #[error("{0}")]
+    OverBudget(String),
     /// The data directory cannot be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -62,14 +66,14 @@ impl FlightServerError {
 impl From<FlightServerError> for Status {
     fn from(e: FlightServerError) -> Status {
         use arrowbridge::Error as E;
-        let message = e.to_string();
+        let message = capped(e.to_string());
         match e {
             FlightServerError::NotFound(_) | FlightServerError::Core(E::UnknownKernel { .. }) => {
                 Status::not_found(message)
             }
             FlightServerError::Io { source, .. }
             | FlightServerError::Core(E::Io { source, .. }) => storage_status(&source, message),
-            FlightServerError::Core(E::OutOfMemory { .. }) => {
+            FlightServerError::Core(E::OutOfMemory { .. }) | FlightServerError::OverBudget(_) => {
                 with_kind(Status::resource_exhausted(message), KIND_OUT_OF_MEMORY)
             }
             FlightServerError::Sharded(_) => Status::failed_precondition(message),
@@ -79,6 +83,25 @@ impl From<FlightServerError> for Status {
             _ => Status::invalid_argument(message),
         }
     }
+}
+
+/// The most bytes of a status message: it travels percent-encoded (up to three bytes a byte)
+/// in the `grpc-message` trailer, and clients refuse header lists over 16 KiB (hyper, tonic)
+/// or 8 KiB (gRPC C++) — h2 drops the whole connection at 64 KiB.
+pub const MAX_STATUS_MESSAGE: usize = 1024;
+
+/// `message`, cut to [`MAX_STATUS_MESSAGE`] bytes (saying how long it was) when longer.
+pub(crate) fn capped(mut message: String) -> String {
+    if message.len() > MAX_STATUS_MESSAGE {
+        let whole = message.len();
+        let mut end = MAX_STATUS_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str(&format!("... ({whole} bytes in all)"));
+    }
+    message
 }
 
 /// Response metadata key that says which kind of failure a status reports, where its gRPC

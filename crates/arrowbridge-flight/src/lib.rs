@@ -39,7 +39,9 @@ pub use error::{
     FlightServerError, Result, KIND_KEY, KIND_OUT_OF_MEMORY, KIND_REPLACED, KIND_STORAGE,
 };
 pub use receive::{receive, receive_part, Received};
-pub use server::{start, RunningServer, ServerConfig, MAX_MESSAGE, SHUTDOWN_GRACE};
+pub use server::{
+    default_max_bytes, start, RunningServer, ServerConfig, MAX_MESSAGE, SHUTDOWN_GRACE,
+};
 pub use service::{
     ExchangeArg, ExchangeCommand, ItemTicket, Service, MAX_ENDPOINTS, MAX_FLIGHT_DATA, PART_BYTES,
     SHM_IDLE,

@@ -209,6 +209,12 @@ async fn do_put(
         .await;
     };
     let what = "DoPut";
+    // Refused before its buffers are allocated when it cannot fit the budget.
+    if let Some(name) = descriptor.path.first() {
+        if let Err(status) = service.admits(name, landing.bytes()) {
+            return Ok(status.into_http());
+        }
+    }
     let landed = async {
         let mut parser = Parser::after_schema(what, &schema, &mut landing);
         parser.feed(&read[5 + first..])?;

@@ -49,6 +49,28 @@ pub struct ServerConfig {
     /// Offer stored items as shared memory to clients on this host and of this user (see
     /// [`crate::shm`]); on by default.
     pub shm: bool,
+    /// The most bytes the stored items may take (gRPC, shared-memory and data-directory puts
+    /// alike; shared memory at its full size): a put past it is refused with
+    /// `RESOURCE_EXHAUSTED` (kind out-of-memory) and nothing of it is kept. By default
+    /// [`default_max_bytes`]: three quarters of the memory this process may use.
+    pub max_bytes: usize,
+}
+
+/// Three quarters of the memory this process may use: the machine's (`MemTotal`), or its
+/// cgroup's limit (`memory.max`) where that is lower.
+pub fn default_max_bytes() -> usize {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let total = read("/proc/meminfo").and_then(|info| {
+        let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+        kib.checked_mul(1024)
+    });
+    let cgroup = read("/sys/fs/cgroup/memory.max").and_then(|m| m.trim().parse::<usize>().ok());
+    match (total, cgroup) {
+        (Some(t), Some(c)) => t.min(c) / 4 * 3,
+        (Some(limit), None) | (None, Some(limit)) => limit / 4 * 3,
+        (None, None) => usize::MAX,
+    }
 }
 
 impl ServerConfig {
@@ -71,6 +93,7 @@ impl ServerConfig {
             tls: None,
             registry: Arc::new(Registry::with_builtins()),
             shm: cfg!(target_os = "linux"),
+            max_bytes: default_max_bytes(),
         }
     }
 }
@@ -100,7 +123,10 @@ pub struct RunningServer {
 /// # Ok::<(), arrowbridge_flight::FlightServerError>(())
 /// ```
 pub fn start(config: ServerConfig) -> Result<RunningServer> {
-    let store = Arc::new(Store::open(config.data_dir.clone())?);
+    let store = Arc::new(Store::with_budget(
+        config.data_dir.clone(),
+        config.max_bytes,
+    )?);
     // Everything that can fail happens before the runtime exists: a runtime dropped inside
     // async code panics, and `start` may be called from async code.
     let listener = Listener::bind(&config)?;

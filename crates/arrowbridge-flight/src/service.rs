@@ -383,6 +383,11 @@ impl Service {
         Ok(result)
     }
 
+    /// Whether a put of `bytes` under `name` fits the server's memory budget now.
+    pub(crate) fn admits(&self, name: &str, bytes: usize) -> Result<(), Status> {
+        Ok(self.store.admits(name, bytes)?)
+    }
+
     /// The service offering shared memory at the socket `path`, as server `instance`.
     pub fn with_shm(mut self, path: Option<std::path::PathBuf>, instance: &str) -> Self {
         self.shm = path;

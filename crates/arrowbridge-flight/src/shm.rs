@@ -614,6 +614,16 @@ pub struct Shared {
 }
 
 impl Segment {
+    /// Its size in bytes: what it costs the server's memory budget, however sparse it is.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the segment has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
     /// The descriptor, to send.
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()

@@ -118,6 +118,20 @@ impl Stored {
         }
     }
 
+    /// What the item costs the server's memory budget: its buffers' bytes, or its shared
+    /// memory's whole size (a sparse segment counts at the size it claims).
+    pub fn charge(&self) -> usize {
+        let buffers: usize = self
+            .batches
+            .iter()
+            .map(RecordBatch::get_array_memory_size)
+            .sum();
+        match &self.shared {
+            Some(shared) => buffers.max(shared.segment.len()),
+            None => buffers,
+        }
+    }
+
     /// Total bytes of the Arrow buffers (of all shards, for a sharded item).
     pub fn bytes(&self) -> usize {
         match &self.shards {
@@ -146,6 +160,9 @@ pub struct Store {
     /// an item's FlightInfo just before a put can still read what it describes: without, a
     /// writer putting the same name in a loop could starve every reader.
     retired: Mutex<std::collections::VecDeque<(std::time::Instant, Arc<Stored>)>>,
+    /// The most bytes the items may take ([`Stored::charge`]), and what they take now.
+    budget: usize,
+    charged: Mutex<usize>,
     data_dir: Option<PathBuf>,
     /// One lock per name being written, so that a put and a delete of the same name keep
     /// file and memory in step (other names go on in parallel).
@@ -206,8 +223,14 @@ pub fn check_name(name: &str) -> Result<()> {
 
 impl Store {
     /// An in-memory store, or one backed by `data_dir` (created if missing; its `.arrow`
-    /// files are loaded, memory-mapped).
+    /// files are loaded, memory-mapped), with no memory budget.
     pub fn open(data_dir: Option<PathBuf>) -> Result<Self> {
+        Store::with_budget(data_dir, usize::MAX)
+    }
+
+    /// [`Store::open`] with a memory budget: a put that would make the items take more than
+    /// `budget` bytes is refused ([`FlightServerError::OverBudget`]), and nothing of it kept.
+    pub fn with_budget(data_dir: Option<PathBuf>, budget: usize) -> Result<Self> {
         // Versions start from the clock, so that a ticket of a server that restarted is
         // unlikely to name a version of the new one.
         let start = std::time::SystemTime::now()
@@ -218,6 +241,8 @@ impl Store {
             versions: Mutex::default(),
             next_version: AtomicU64::new(start),
             retired: Mutex::default(),
+            budget,
+            charged: Mutex::new(0),
             data_dir,
             writing: Mutex::default(),
         };
@@ -241,6 +266,7 @@ impl Store {
                 let batches = data.batches()?;
                 total_rows(&batches)?;
                 let stored = store.versioned(name, Stored::new(data.schema().clone(), batches));
+                *store.charged.lock().unwrap_or_else(PoisonError::into_inner) += stored.charge();
                 store.write_items().insert(name.to_string(), stored);
             }
         }
@@ -347,6 +373,61 @@ impl Store {
     pub fn put(&self, name: &str, stored: Stored) -> Result<Option<Arc<Stored>>> {
         check_name(name)?;
         self.writing(name, || {
+            let replacing = self.get(name).map_or(0, |item| item.charge());
+            self.reserve(name, stored.charge(), replacing)?;
+            let written = self.write_file(name, &stored);
+            if written.is_err() {
+                self.release(stored.charge());
+            }
+            written?;
+            let stored = self.versioned(name, stored);
+            let replaced = self.write_items().insert(name.to_string(), stored);
+            self.release(replaced.as_ref().map_or(0, |item| item.charge()));
+            self.retire(replaced.as_ref());
+            Ok(replaced)
+        })
+    }
+
+    /// Charges `bytes` for a put of `name` that replaces an item of `replacing` bytes, when
+    /// the budget allows it.
+    fn reserve(&self, name: &str, bytes: usize, replacing: usize) -> Result<()> {
+        let mut charged = self.charged.lock().unwrap_or_else(PoisonError::into_inner);
+        let after = charged.saturating_sub(replacing).saturating_add(bytes);
+        if after > self.budget {
+            return Err(FlightServerError::OverBudget(format!(
+                "storing {name:?} ({bytes} bytes) would make the stored items take {after} bytes, \
+                 over the server's budget of {} (serve(max_bytes=...), --max-bytes)",
+                self.budget
+            )));
+        }
+        *charged += bytes;
+        Ok(())
+    }
+
+    /// Gives back `bytes` of the budget.
+    fn release(&self, bytes: usize) {
+        let mut charged = self.charged.lock().unwrap_or_else(PoisonError::into_inner);
+        *charged = charged.saturating_sub(bytes);
+    }
+
+    /// Whether a put of `bytes` under `name` fits the budget now (checked before a put's
+    /// buffers are allocated; the put itself is charged when it is stored).
+    pub fn admits(&self, name: &str, bytes: usize) -> Result<()> {
+        let replacing = self.get(name).map_or(0, |item| item.charge());
+        self.reserve(name, bytes, replacing)?;
+        self.release(bytes);
+        Ok(())
+    }
+
+    /// The bytes the stored items take now, and the budget.
+    pub fn charged(&self) -> (usize, usize) {
+        let charged = *self.charged.lock().unwrap_or_else(PoisonError::into_inner);
+        (charged, self.budget)
+    }
+
+    /// Writes `stored` to its file in the data directory, if the store has one.
+    fn write_file(&self, name: &str, stored: &Stored) -> Result<()> {
+        {
             if let Some(dir) = &self.data_dir {
                 let path = self.file(dir, name);
                 let options = WriteOptions {
@@ -362,11 +443,8 @@ impl Store {
                     )
                 })?;
             }
-            let stored = self.versioned(name, stored);
-            let replaced = self.write_items().insert(name.to_string(), stored);
-            self.retire(replaced.as_ref());
-            Ok(replaced)
-        })
+        }
+        Ok(())
     }
 
     /// The item called `name`.
@@ -388,8 +466,9 @@ impl Store {
                     Err(e) => return Err(FlightServerError::io(&path, e)),
                 }
             }
-            let existed = self.write_items().remove(name).is_some();
-            Ok(existed || removed_file)
+            let removed = self.write_items().remove(name);
+            self.release(removed.as_ref().map_or(0, |item| item.charge()));
+            Ok(removed.is_some() || removed_file)
         })
     }
 
@@ -429,6 +508,10 @@ impl Store {
                 .get(name)
                 .is_some_and(|current| Arc::ptr_eq(current, &item))
             {
+                // The same bytes, now in a segment: charged at the segment's size.
+                let mut charged = self.charged.lock().unwrap_or_else(PoisonError::into_inner);
+                *charged = charged.saturating_sub(item.charge()) + stored.charge();
+                drop(charged);
                 items.insert(name.to_string(), self.register(name, Arc::new(stored)));
             }
         });

@@ -151,8 +151,41 @@ fn param(kernel: &str, name: &str, value: &Bound<'_, PyAny>) -> BridgeResult<Par
     } else if value.hasattr(intern!(value.py(), "dtype"))?
         && value.hasattr(intern!(value.py(), "item"))?
     {
+        let py = value.py();
+        let ndim: usize = value
+            .getattr(intern!(py, "ndim"))
+            .and_then(|n| n.extract())
+            .unwrap_or(0);
+        if ndim == 1 {
+            // A 1-D array of ints is a list of ints (axes, say).
+            let kind: String = value
+                .getattr(intern!(py, "dtype"))?
+                .getattr(intern!(py, "kind"))?
+                .extract()?;
+            if kind != "i" && kind != "u" {
+                let dtype = value.getattr(intern!(py, "dtype"))?.str()?.to_string();
+                return Err(error(format!(
+                    "a 1-D array of dtype {dtype}; lists must hold ints"
+                ))
+                .into());
+            }
+            return param(kernel, name, &value.call_method0(intern!(py, "tolist"))?);
+        }
+        if ndim > 1 {
+            return Err(error(format!(
+                "a {ndim}-D array; give a number, or a list or 1-D array of ints"
+            ))
+            .into());
+        }
         // A NumPy scalar or 0-d array: the Python number it holds.
-        let item = value.call_method0(intern!(value.py(), "item"))?;
+        let item = value.call_method0(intern!(py, "item")).map_err(|_| {
+            let type_name = value
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default();
+            error(format!("unsupported value of type {type_name}"))
+        })?;
         if item.hasattr(intern!(value.py(), "dtype"))? {
             return Err(error(format!(
                 "unsupported value of type {}",

@@ -47,7 +47,7 @@ pub struct FlightServer {
 #[pymethods]
 impl FlightServer {
     #[new]
-    #[pyo3(signature = (host, port, *, unix=None, data_dir=None, token=None, tls_cert=None, tls_key=None, shm=true))]
+    #[pyo3(signature = (host, port, *, unix=None, data_dir=None, token=None, tls_cert=None, tls_key=None, shm=true, max_bytes=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -59,6 +59,7 @@ impl FlightServer {
         tls_cert: Option<Vec<u8>>,
         tls_key: Option<Vec<u8>>,
         shm: bool,
+        max_bytes: Option<usize>,
     ) -> BridgeResult<Self> {
         let mut config = ServerConfig::new(host, port);
         config.shm &= shm;
@@ -66,6 +67,9 @@ impl FlightServer {
         config.data_dir = data_dir;
         config.token = token;
         config.tls = tls_cert.zip(tls_key);
+        if let Some(max_bytes) = max_bytes {
+            config.max_bytes = max_bytes;
+        }
         config.registry = Arc::new(crate::call::registry_snapshot());
         let running = py.detach(|| start(config)).map_err(server_error)?;
         let location = running.location().to_string();

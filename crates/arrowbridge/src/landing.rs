@@ -514,6 +514,11 @@ impl Landing {
         }))
     }
 
+    /// The bytes set aside for the announced rows.
+    pub fn bytes(&self) -> usize {
+        self.buffers.iter().map(MutableBuffer::capacity).sum()
+    }
+
     /// Appends the rows of one record-batch message (the message as for [`Part::fill`]).
     pub fn fill(&mut self, metadata: &[u8], body: &[u8]) -> Result<()> {
         let Some((rows, values)) =

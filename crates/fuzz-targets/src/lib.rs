@@ -29,6 +29,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("flight_service", flight_service),
     ("kernel_params", kernel_params),
     ("flight_get_response", flight_get_response),
+    ("flight_ticket", flight_ticket),
+    ("shm_request", shm_request),
 ];
 
 /// An IPC file or stream, compressed or plain: decoded, described and read as tensors.
@@ -287,8 +289,8 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
-fn service() -> &'static (Arc<Store>, Service) {
-    static SERVICE: OnceLock<(Arc<Store>, Service)> = OnceLock::new();
+fn service() -> &'static (Arc<Store>, Arc<Service>) {
+    static SERVICE: OnceLock<(Arc<Store>, Arc<Service>)> = OnceLock::new();
     SERVICE.get_or_init(|| {
         let store = Arc::new(Store::open(None).expect("an in-memory store"));
         let x = ArrowTensor::from_array(ndarray::ArrayD::from_elem(vec![4, 3], 1.5f64));
@@ -299,8 +301,17 @@ fn service() -> &'static (Arc<Store>, Service) {
                 arrowbridge_flight::Stored::new(batch.schema(), vec![batch]),
             )
             .expect("stored");
-        let service = Service::new(store.clone(), Arc::new(Registry::with_builtins()), None);
-        (store, service)
+        // Two versions of "x": tickets may name the one replaced (held for a grace period).
+        let batch = arrowbridge::ipc::record_batch(&[("x", &x)]).expect("a batch");
+        store
+            .put(
+                "x",
+                arrowbridge_flight::Stored::new(batch.schema(), vec![batch]),
+            )
+            .expect("stored");
+        let service = Service::new(store.clone(), Arc::new(Registry::with_builtins()), None)
+            .with_shm(None, "fuzz");
+        (store, Arc::new(service))
     })
 }
 
@@ -406,4 +417,44 @@ pub fn flight_get_response(data: &[u8]) {
     if let Ok(batch) = arrowbridge_flight::land_response(&schema, rows, bytes.0.chunks(piece)) {
         std::hint::black_box(batch.num_rows());
     }
+}
+
+/// A DoGet ticket as any client may send it: parsed (what parses must write back to itself)
+/// and served in-process against a store holding two versions of one item.
+pub fn flight_ticket(data: &[u8]) {
+    use arrow_flight::flight_service_server::FlightService;
+    if let Ok(ticket) = arrowbridge_flight::ItemTicket::parse(data) {
+        let again = arrowbridge_flight::ItemTicket::parse(&ticket.to_bytes())
+            .expect("a ticket written is a ticket read");
+        assert_eq!(again, ticket, "the ticket codec does not round-trip");
+    }
+    let (_, service) = service();
+    let request = tonic::Request::new(arrow_flight::Ticket::new(data.to_vec()));
+    runtime().block_on(async {
+        if let Ok(response) = service.do_get(request).await {
+            let mut messages = response.into_inner();
+            while let Some(message) = futures::StreamExt::next(&mut messages).await {
+                std::hint::black_box(message.map(|m| m.data_body.len()).unwrap_or(0));
+            }
+        }
+    });
+}
+
+/// What a client of the shared-memory socket may send (no descriptors): the server's
+/// connection task reads it as requests, answers each, and ends when the bytes do.
+pub fn shm_request(data: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_, service) = service();
+    runtime().block_on(async {
+        let Ok((server, mut client)) = tokio::net::UnixStream::pair() else {
+            return;
+        };
+        let serving = tokio::spawn(service.clone().shm_connection(server));
+        let _ = client.write_all(data).await;
+        let _ = client.shutdown().await;
+        let mut replies = Vec::new();
+        let _ = client.read_to_end(&mut replies).await;
+        let _ = serving.await;
+        std::hint::black_box(replies.len());
+    });
 }

@@ -233,6 +233,35 @@ pub enum Param {
     Ints(Vec<i64>),
 }
 
+impl Param {
+    /// The value as an error message shows it: whole when short, summarized when long (a
+    /// list of 10^5 axes does not make a message of 700 KB, which no gRPC trailer carries).
+    pub fn describe(&self) -> String {
+        match self {
+            Param::Ints(v) if v.len() > 8 => format!(
+                "a list of {} ints [{}, {}, {}, ..., {}]",
+                v.len(),
+                v[0],
+                v[1],
+                v[2],
+                v[v.len() - 1]
+            ),
+            Param::Ints(v) => format!("Ints({v:?})"),
+            Param::Str(s) => format!("Str({:?})", shortened(s)),
+            other => format!("{other:?}"),
+        }
+    }
+}
+
+/// `text`, cut to its first 80 characters (and how long it was) when longer.
+fn shortened(text: &str) -> String {
+    const KEEP: usize = 80;
+    match text.char_indices().nth(KEEP) {
+        None => text.to_string(),
+        Some((end, _)) => format!("{}... ({} bytes in all)", &text[..end], text.len()),
+    }
+}
+
 /// The keyword parameters of one call.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Params {
@@ -282,7 +311,9 @@ impl Params {
         match self.get(name) {
             None => Ok(None),
             Some(Param::Int(v)) => Ok(Some(*v)),
-            Some(other) => Err(self.error(name, format!("expected an int, got {other:?}"))),
+            Some(other) => {
+                Err(self.error(name, format!("expected an int, got {}", other.describe())))
+            }
         }
     }
 
@@ -292,7 +323,9 @@ impl Params {
             None => Ok(None),
             Some(Param::Float(v)) => Ok(Some(*v)),
             Some(Param::Int(v)) => Ok(Some(*v as f64)),
-            Some(other) => Err(self.error(name, format!("expected a float, got {other:?}"))),
+            Some(other) => {
+                Err(self.error(name, format!("expected a float, got {}", other.describe())))
+            }
         }
     }
 
@@ -389,7 +422,7 @@ impl Params {
                     _ => {
                         return Err(error(
                             name,
-                            format!("unsupported value {value}; expected null, a bool, a number, a string, a list of ints or {{\"float\": \"nan\" | \"inf\" | \"-inf\"}}"),
+                            format!("unsupported value {}; expected null, a bool, a number, a string, a list of ints or {{\"float\": \"nan\" | \"inf\" | \"-inf\"}}", shortened(&value.to_string())),
                         ))
                     }
                 },
