@@ -180,7 +180,7 @@ class Client:
         ...     client.list()
         []
         """
-        self._native.action("delete", name.encode(), timeout=timeout)
+        self._native.delete(name, timeout=timeout)
 
     def kernels(self, *, timeout: float | None = None) -> dict[str, str]:
         """The server's kernels: name -> signature.
@@ -190,7 +190,7 @@ class Client:
         ...     client.kernels()["sum"]
         'sum(x: numeric[...], axis: int | None = None) -> numeric[...]'
         """
-        return json.loads(self._native.action("list_kernels", b"", timeout=timeout))
+        return self._native.kernels(timeout=timeout)
 
     def health(self, *, timeout: float | None = None) -> dict[str, Any]:
         """The server's status and the number of items it stores.
@@ -201,7 +201,7 @@ class Client:
         ...     client.health()
         {'status': 'ok', 'stored': 1}
         """
-        return json.loads(self._native.action("health", b"", timeout=timeout))
+        return json.loads(self._native.health(timeout=timeout))
 
     @staticmethod
     def stored(name: str) -> Stored:

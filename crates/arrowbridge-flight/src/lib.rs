@@ -14,36 +14,28 @@
 #![warn(missing_docs)]
 
 mod client;
-mod coalesce;
-mod direct_get;
-mod direct_put;
 mod error;
-mod framing;
-mod grpc;
 pub mod limits;
-mod receive;
-mod routes;
+mod names;
 mod server;
-mod service;
 pub mod shards;
 pub mod shm;
-mod store;
 mod tls;
+mod wire;
 
 pub use client::{
     Arg, Client, ClientError, ClientOptions, ClientResult, Item, ItemForm, ItemInfo, ITEM_KEY,
 };
-#[doc(hidden)]
-pub use direct_get::land_response;
 pub use error::{
     FlightServerError, Result, KIND_KEY, KIND_OUT_OF_MEMORY, KIND_REPLACED, KIND_STORAGE,
 };
-pub use receive::{receive, receive_part, Received};
-pub use server::{
-    default_max_bytes, start, RunningServer, ServerConfig, MAX_MESSAGE, SHUTDOWN_GRACE,
+pub use names::check_name;
+pub use server::service::{
+    ExchangeArg, ExchangeCommand, ItemTicket, Service, MAX_ENDPOINTS, PART_BYTES, SHM_IDLE,
 };
-pub use service::{
-    ExchangeArg, ExchangeCommand, ItemTicket, Service, MAX_ENDPOINTS, MAX_FLIGHT_DATA, PART_BYTES,
-    SHM_IDLE,
-};
-pub use store::{check_name, total_rows, Store, Stored, VersionError};
+pub use server::store::{total_rows, Store, Stored, VersionError};
+pub use server::{default_max_bytes, start, RunningServer, ServerConfig, SHUTDOWN_GRACE};
+#[doc(hidden)]
+pub use wire::parse::land_response;
+pub use wire::receive::{receive, receive_part, Received};
+pub use wire::{MAX_FLIGHT_DATA, MAX_MESSAGE};

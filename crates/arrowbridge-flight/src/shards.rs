@@ -20,7 +20,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{FlightServerError, Result};
-use crate::store::check_name;
+use crate::names::check_name;
 
 /// Schema metadata key of a sharded item's map.
 pub const SHARDS_KEY: &str = "arrowbridge.shards";

@@ -635,7 +635,7 @@ impl Segment {
 pub fn error_reply(status: &tonic::Status) -> serde_json::Value {
     let kind = status
         .metadata()
-        .get(crate::KIND_KEY)
+        .get(crate::error::KIND_KEY)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     serde_json::json!({

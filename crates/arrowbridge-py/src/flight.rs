@@ -397,6 +397,41 @@ impl FlightClient {
         })
     }
 
+    /// Deletes `name`.
+    #[pyo3(signature = (name, *, timeout=None))]
+    fn delete(&self, py: Python<'_>, name: &str, timeout: Option<f64>) -> BridgeResult<()> {
+        no_panic("delete", || {
+            let client = self.client()?;
+            let timeout = seconds(timeout)?;
+            limited(py, timeout, || client.delete(name)).map_err(client_error)
+        })
+    }
+
+    /// The server's kernels: name -> signature.
+    #[pyo3(signature = (*, timeout=None))]
+    fn kernels(
+        &self,
+        py: Python<'_>,
+        timeout: Option<f64>,
+    ) -> BridgeResult<std::collections::BTreeMap<String, String>> {
+        no_panic("kernels", || {
+            let client = self.client()?;
+            let timeout = seconds(timeout)?;
+            limited(py, timeout, || client.kernels()).map_err(client_error)
+        })
+    }
+
+    /// The server's health, as JSON text.
+    #[pyo3(signature = (*, timeout=None))]
+    fn health(&self, py: Python<'_>, timeout: Option<f64>) -> BridgeResult<String> {
+        no_panic("health", || {
+            let client = self.client()?;
+            let timeout = seconds(timeout)?;
+            let health = limited(py, timeout, || client.health()).map_err(client_error)?;
+            Ok(health.to_string())
+        })
+    }
+
     /// Runs DoAction `kind`; the body of its first result.
     #[pyo3(signature = (kind, body, *, timeout=None))]
     fn action<'py>(

@@ -1,5 +1,9 @@
 //! Starting and stopping the server on a background runtime.
 
+pub(crate) mod routes;
+pub(crate) mod service;
+pub(crate) mod store;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,18 +19,14 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
-use crate::coalesce::{Coalesce, Mode};
 use crate::error::{FlightServerError, Result};
-use crate::routes::Routes;
-use crate::service::Service;
-use crate::store::Store;
+use crate::server::routes::Routes;
+use crate::server::service::Service;
+use crate::server::store::Store;
+use crate::wire::transport::{Coalesce, Mode};
 
 /// How long [`RunningServer::shutdown`] lets calls under way finish before it cancels them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Largest message the server accepts from a client (larger puts must be split by rows;
-/// clients built on arrowbridge and pyarrow.flight writers with `max_chunksize` do so).
-pub const MAX_MESSAGE: usize = 64 << 20;
 
 /// How to run a server.
 #[derive(Clone, Debug)]
@@ -203,7 +203,7 @@ pub fn start(config: ServerConfig) -> Result<RunningServer> {
             }
             Ok(Incoming::Unix(listener)) => {
                 let incoming = UnixListenerStream::new(listener).map_ok(|socket| {
-                    crate::coalesce::widen_send_buffer(&socket);
+                    crate::wire::transport::widen_send_buffer(&socket);
                     Coalesce::new(socket, Mode::AfterChained)
                 });
                 serve_until(

@@ -1,5 +1,5 @@
 //! Receiving a stream of FlightData: the server's DoPut and DoExchange uploads, the client's
-//! DoExchange results, and DoGet results that cannot land in place (see `direct_get`) go
+//! DoExchange results, and DoGet results that cannot land in place (see [`crate::wire::parse`]) go
 //! through here.
 //!
 //! Every message is checked ([`arrowbridge::ipc::check_message`]) before anything reads it.

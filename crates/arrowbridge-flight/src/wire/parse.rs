@@ -1,4 +1,6 @@
-//! DoGet straight into a destination, and the parser of FlightData streams that does it.
+//! The parser of FlightData streams that lands their bodies in place, as the frames bring
+//! them: the client's DoGet answers ([`crate::client`]) and the server's DoPut requests
+//! ([`crate::server`]).
 //!
 //! tonic's decoder gathers every gRPC message into a buffer of its own before it decodes it:
 //! for a stream of large record batches, one more copy of every byte than the network
@@ -8,22 +10,17 @@
 //! ([`Sink::begin`], [`Sink::write`]). The request still goes through tonic's channel (TLS,
 //! Unix sockets, HTTP/2 connection sharing, timeouts), and errors are the server's status.
 //! The server parses the DoPut streams it lands in place with the same [`Parser`]
-//! ([`crate::routes`]).
+//! ([`crate::server::routes`]).
 //!
 //! Every message is checked ([`arrowbridge::ipc::check_message_header`]) before any of its
-//! body lands, exactly as [`crate::receive`] checks whole messages.
+//! body lands, exactly as [`crate::wire::receive`] checks whole messages.
 
 use arrow_schema::Schema;
-use arrowbridge::landing::{Incoming, Part, Sink};
-use bytes::Bytes;
-use tonic::transport::Channel;
+use arrowbridge::landing::{Incoming, Sink};
 use tonic::{Code, Status};
 
-use crate::grpc::{self, put_varint};
-use crate::receive::refused;
+use crate::wire::receive::refused;
 
-/// The gRPC method.
-pub(crate) const DO_GET: &str = "/arrow.flight.protocol.FlightService/DoGet";
 /// `FlightData` field numbers (Flight.proto).
 const DATA_HEADER: u64 = 2;
 const DATA_BODY: u64 = 1000;
@@ -33,38 +30,8 @@ const FIXED64: u64 = 1;
 const LEN: u64 = 2;
 const FIXED32: u64 = 5;
 
-/// Fetches the DoGet stream of `ticket` over `channel` into `part`; the stream's schema must
-/// have `expected`'s fields. `authorization` is the request's header of that name.
-pub(crate) async fn do_get_into(
-    channel: Channel,
-    authorization: Option<&http::HeaderValue>,
-    ticket: &[u8],
-    what: &str,
-    expected: &Schema,
-    part: &mut Part<'_>,
-) -> Result<(), Status> {
-    let request = ticket_request(ticket, what)?;
-    let body = tonic::body::Body::new(http_body_util::Full::new(Bytes::from(request)));
-    let response = grpc::call(channel, DO_GET, authorization, body, what).await?;
-    let mut parser = Parser::new(what, expected, part);
-    grpc::read_to_end(response, what, |data| parser.feed(&data)).await?;
-    parser.finish()
-}
-
-/// The body of a DoGet request: one gRPC message holding a Ticket (field 1, bytes).
-pub(crate) fn ticket_request(ticket: &[u8], what: &str) -> Result<Vec<u8>, Status> {
-    let mut message = Vec::with_capacity(11 + ticket.len());
-    message.push(0x0a);
-    put_varint(&mut message, ticket.len() as u64);
-    message.extend_from_slice(ticket);
-    let mut request = Vec::with_capacity(5 + message.len());
-    grpc::prefix(&mut request, message.len(), what)?;
-    request.extend_from_slice(&message);
-    Ok(request)
-}
-
 /// Lands the bytes of a DoGet response body (`chunks`, as the frames brought them) in a new
-/// destination of `rows` rows of `schema`, as [`do_get_into`] does: for fuzzing the parser
+/// destination of `rows` rows of `schema`, as the client's DoGet does: for fuzzing the parser
 /// with whatever a server may send.
 #[doc(hidden)]
 pub fn land_response<'c>(
@@ -171,11 +138,11 @@ impl<'p, S: Sink> Parser<'p, S> {
                             );
                         }
                         let len = u32::from_be_bytes(self.pending[1..5].try_into().expect("4"));
-                        if len as usize > crate::MAX_MESSAGE {
+                        if len as usize > crate::wire::MAX_MESSAGE {
                             return Err(Status::out_of_range(format!(
                                 "{}: a message of {len} bytes, over the limit of {} bytes",
                                 self.what,
-                                crate::MAX_MESSAGE
+                                crate::wire::MAX_MESSAGE
                             )));
                         }
                         self.pending.clear();
@@ -261,7 +228,7 @@ impl<'p, S: Sink> Parser<'p, S> {
             other => return Err(self.bad(format!("a field of protobuf wire type {other}"))),
         };
         self.pending.clear();
-        if field == DATA_HEADER && skip > crate::MAX_MESSAGE {
+        if field == DATA_HEADER && skip > crate::wire::MAX_MESSAGE {
             return Err(self.bad(format!("a data header of {skip} bytes")));
         }
         if skip > self.remaining {

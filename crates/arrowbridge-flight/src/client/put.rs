@@ -1,13 +1,13 @@
 //! DoPut straight from the arrays: the request body is [`Messages`], views of the columns'
-//! buffers (see [`crate::framing`]); the answer is read by hand too.
+//! buffers (see [`crate::wire::framing`]); the answer is read by hand too.
 
 use arrow_flight::PutResult;
 use prost::Message;
 use tonic::transport::Channel;
 use tonic::Status;
 
-use crate::framing::Messages;
-use crate::grpc;
+use crate::wire::framing::Messages;
+use crate::wire::grpc;
 
 /// The gRPC method.
 const DO_PUT: &str = "/arrow.flight.protocol.FlightService/DoPut";

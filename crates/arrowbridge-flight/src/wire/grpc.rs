@@ -1,5 +1,5 @@
 //! gRPC calls made by hand over tonic's channel, for the RPCs whose bodies we frame or parse
-//! ourselves ([`crate::direct_get`], [`crate::direct_put`]): the channel still brings TLS,
+//! ourselves ([`crate::wire::parse`], [`crate::client::put`]): the channel still brings TLS,
 //! Unix sockets, HTTP/2 connection sharing and timeouts, and errors are the server's status.
 
 use bytes::Bytes;

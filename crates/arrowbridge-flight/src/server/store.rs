@@ -12,6 +12,7 @@ use arrowbridge::landing::{unannounced, ROWS_KEY};
 use arrowbridge::{ArrowTensor, DType};
 
 use crate::error::{FlightServerError, Result};
+use crate::names::check_name;
 use crate::shards::ShardMap;
 use crate::shm::{self, Shared};
 
@@ -202,23 +203,6 @@ pub fn total_rows(batches: &[RecordBatch]) -> Result<usize> {
             i64::MAX
         ))
     })
-}
-
-/// Whether `name` can name a stored item (and its file).
-pub fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 200
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(FlightServerError::BadRequest(format!(
-            "name {name:?}: use 1-200 letters, digits, '_', '-' or '.', not starting with '.'"
-        )))
-    }
 }
 
 impl Store {

@@ -25,6 +25,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub(crate) mod get;
+mod put;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -44,14 +47,14 @@ use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
-use crate::coalesce::{Address, Connector, WholeRequests};
-use crate::direct_get::do_get_into;
-use crate::direct_put;
-use crate::framing::Messages;
-use crate::receive::receive;
-use crate::server::MAX_MESSAGE;
-use crate::service::MAX_FLIGHT_DATA;
+use crate::wire::transport::{Address, Connector, WholeRequests};
+use get::do_get_into;
+
 use crate::shards::{ShardMap, SHARDS_KEY};
+use crate::wire::framing::Messages;
+use crate::wire::receive::receive;
+use crate::wire::MAX_FLIGHT_DATA;
+use crate::wire::MAX_MESSAGE;
 
 /// Schema metadata key: the form an item was put in ([`ItemForm`]), so that a get returns
 /// what was put.
@@ -97,7 +100,7 @@ pub enum ClientError {
     Remote {
         /// The gRPC status code.
         code: Code,
-        /// The server's [`crate::KIND_KEY`], where the code alone is ambiguous.
+        /// The server's [`crate::error::KIND_KEY`], where the code alone is ambiguous.
         kind: Option<String>,
         /// The server's message.
         message: String,
@@ -129,7 +132,7 @@ impl From<Status> for ClientError {
     fn from(status: Status) -> Self {
         let kind = status
             .metadata()
-            .get(crate::KIND_KEY)
+            .get(crate::error::KIND_KEY)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let mut message = if status.message().is_empty() {
@@ -303,7 +306,7 @@ impl Route {
         request
     }
 
-    /// The `authorization` header of calls made by hand ([`crate::grpc`]).
+    /// The `authorization` header of calls made by hand ([`crate::wire::grpc`]).
     fn header_authorization(&self) -> Option<http::HeaderValue> {
         (self.authorization.as_ref())
             .and_then(|v| http::HeaderValue::from_bytes(v.as_encoded_bytes()).ok())
@@ -625,7 +628,7 @@ impl Client {
             .max_encoding_message_size(MAX_MESSAGE)
     }
 
-    /// The `authorization` header of calls made by hand ([`crate::grpc`]).
+    /// The `authorization` header of calls made by hand ([`crate::wire::grpc`]).
     fn header_authorization(&self) -> Option<http::HeaderValue> {
         self.authorization
             .as_ref()
@@ -675,7 +678,7 @@ impl Client {
             let authorization = self.header_authorization();
             let channel = self.channel.clone();
             let acks = self.block_on(&format!("put {name:?}"), async move {
-                direct_put::do_put(channel, authorization.as_ref(), messages, "DoPut").await
+                put::do_put(channel, authorization.as_ref(), messages, "DoPut").await
             })??;
             return Ok(acks.last().map_or(0, acknowledged_rows));
         }
@@ -1296,7 +1299,7 @@ const REPLACED_RETRIES: usize = 3;
 impl ClientError {
     /// Whether the server refused a ticket because its version was replaced.
     pub fn is_replaced(&self) -> bool {
-        matches!(self, ClientError::Remote { kind: Some(kind), .. } if kind == crate::KIND_REPLACED)
+        matches!(self, ClientError::Remote { kind: Some(kind), .. } if kind == crate::error::KIND_REPLACED)
     }
 }
 

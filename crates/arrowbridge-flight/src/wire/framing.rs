@@ -7,7 +7,7 @@
 //! message its gRPC prefix and `FlightData` fields, then views of the columns' own buffers
 //! with zero padding between them. hyper hands views of 256 bytes or more to the socket as
 //! they are (one vectored write), so the sender copies nothing but into the kernel. The
-//! client's puts ([`crate::direct_put`]) and the server's DoGet answers
+//! client's puts ([`crate::client::put`]) and the server's DoGet answers
 //! ([`crate::server`]) are sent so.
 //!
 //! Batches whose columns are not plain fixed-width values without nulls (booleans, strings,
@@ -27,7 +27,7 @@ use http_body::Frame;
 use prost::Message;
 use tonic::Status;
 
-use crate::grpc::{self, put_varint};
+use crate::wire::grpc::{self, put_varint};
 
 /// Buffers in a body start at multiples of this many bytes (arrow-rs's IPC writer's default).
 const ALIGNMENT: usize = 64;
@@ -82,10 +82,10 @@ impl Messages {
             put_varint(&mut fields, body as u64);
         }
         let len = fields.len() + body;
-        if len > crate::MAX_MESSAGE {
+        if len > crate::wire::MAX_MESSAGE {
             return Err(Status::internal(format!(
                 "{what}: a message of {len} bytes, over the {} bytes a server takes",
-                crate::MAX_MESSAGE
+                crate::wire::MAX_MESSAGE
             )));
         }
         let mut head = Vec::with_capacity(5 + fields.len());

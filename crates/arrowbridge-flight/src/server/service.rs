@@ -20,13 +20,12 @@ use serde::Deserialize;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{FlightServerError, Result};
-use crate::receive::{receive, Received};
+use crate::names::check_name;
+use crate::server::store::{Store, Stored, VersionError};
 use crate::shards::{ShardMap, SHARDS_KEY};
 use crate::shm;
-use crate::store::{check_name, Store, Stored, VersionError};
-
-/// Largest FlightData message the server sends; bigger batches are split by rows.
-pub const MAX_FLIGHT_DATA: usize = 8 << 20;
+use crate::wire::receive::{receive, Received};
+use crate::wire::MAX_FLIGHT_DATA;
 
 /// The arrowbridge Flight service.
 pub struct Service {
@@ -85,7 +84,7 @@ pub const MAX_ENDPOINTS: usize = 4;
 /// the version stored now), or, as the endpoints of a FlightInfo ask, rows of one version
 /// of it: `{"name": "x", "version": 1733112000000001, "rows": [0, 1000]}`. A ticket that
 /// names a version is served that version or refused (`FAILED_PRECONDITION`, kind
-/// [`crate::KIND_REPLACED`]): never rows of another.
+/// [`crate::error::KIND_REPLACED`]): never rows of another.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ItemTicket {
@@ -257,7 +256,7 @@ fn encode(
     schema: SchemaRef,
     batches: Vec<RecordBatch>,
 ) -> BoxStream<'static, Result<FlightData, Status>> {
-    if let Some(messages) = crate::framing::flight_data(&schema, &batches, MAX_FLIGHT_DATA) {
+    if let Some(messages) = crate::wire::framing::flight_data(&schema, &batches, MAX_FLIGHT_DATA) {
         return stream::iter(messages.into_iter().map(Ok)).boxed();
     }
     // The encoder wants every batch to carry exactly the schema it sends (which may have
@@ -318,7 +317,7 @@ impl Service {
         })?;
         let name = descriptor_name(&descriptor)?;
         let schema = schema.ok_or_else(|| Status::invalid_argument("DoPut sent no schema"))?;
-        let rows = crate::store::total_rows(&batches)?;
+        let rows = crate::server::store::total_rows(&batches)?;
         if ShardMap::of(&schema)?.is_some() && rows != 0 {
             return Err(Status::invalid_argument(format!(
                 "the map of a sharded item ({SHARDS_KEY}) has no rows of its own; {rows} were sent"
@@ -396,7 +395,7 @@ impl Service {
     }
 
     /// Serves one connection to the shared-memory socket until the client closes it, stops
-    /// sending for [`SHM_IDLE`](crate::SHM_IDLE), or takes longer than that to send one request. The
+    /// sending for [`SHM_IDLE`](SHM_IDLE), or takes longer than that to send one request. The
     /// connection is a task, not a thread: idle or slow clients cost no thread, and never
     /// starve gRPC calls; only the work of a request (packing an item into shared memory,
     /// storing one) runs on the blocking pool. Only a client of this process's user is
@@ -648,7 +647,10 @@ fn version_status(name: &str, version: u64, error: VersionError) -> Status {
             format!("version {version} of {name:?} was deleted and no reader holds it any more")
         }
     };
-    crate::error::with_kind(Status::failed_precondition(message), crate::KIND_REPLACED)
+    crate::error::with_kind(
+        Status::failed_precondition(message),
+        crate::error::KIND_REPLACED,
+    )
 }
 
 /// Compares secrets in time independent of where they differ.

@@ -1,6 +1,6 @@
 //! The server's calls as HTTP requests. Two are handled by hand:
 //!
-//! - DoGet: the answer's messages are views of the stored buffers ([`crate::framing`]), so
+//! - DoGet: the answer's messages are views of the stored buffers ([`crate::wire::framing`]), so
 //!   the server copies nothing but into the kernel;
 //! - DoPut of a stream that announces its rows (as arrowbridge clients send): each message's
 //!   body lands in the item's buffers as the HTTP/2 frames bring it ([`Parser`] into a
@@ -26,11 +26,11 @@ use prost::Message;
 use tonic::server::NamedService;
 use tonic::Status;
 
-use crate::direct_get::Parser;
-use crate::framing::Messages;
-use crate::receive::{refused, schema_message, Received};
-use crate::server::MAX_MESSAGE;
-use crate::service::{Service, MAX_FLIGHT_DATA};
+use crate::server::service::Service;
+use crate::wire::framing::Messages;
+use crate::wire::parse::Parser;
+use crate::wire::receive::{refused, schema_message, Received};
+use crate::wire::{MAX_FLIGHT_DATA, MAX_MESSAGE};
 
 /// The gRPC methods handled here.
 const DO_GET: &str = "/arrow.flight.protocol.FlightService/DoGet";
@@ -124,7 +124,7 @@ async fn do_get(
             .and_then(|v| v.to_str().ok()),
     )?;
     let what = "DoGet";
-    let messages = crate::grpc::messages(message, what)
+    let messages = crate::wire::grpc::messages(message, what)
         .map_err(|status| Status::invalid_argument(status.message()))?;
     let [ticket] = messages[..] else {
         return Err(Status::invalid_argument(
@@ -241,7 +241,7 @@ async fn do_put(
         Ok(ack) => {
             let message = ack.encode_to_vec();
             let mut framed = Vec::with_capacity(5 + message.len());
-            crate::grpc::prefix(&mut framed, message.len(), what).expect("a small message");
+            crate::wire::grpc::prefix(&mut framed, message.len(), what).expect("a small message");
             framed.extend_from_slice(&message);
             let frames = [
                 Frame::data(Bytes::from(framed)),

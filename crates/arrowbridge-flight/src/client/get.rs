@@ -1,0 +1,45 @@
+//! DoGet straight into a destination: the request through tonic's channel (TLS, Unix
+//! sockets, HTTP/2 connection sharing), the answer parsed as its frames arrive
+//! ([`Parser`]) and each message's body copied from the frame it came in to the rows it
+//! belongs to. tonic's decoder would gather every message into a buffer of its own first.
+
+use arrow_flight::Ticket;
+use arrow_schema::Schema;
+use arrowbridge::landing::Part;
+use bytes::Bytes;
+use prost::Message;
+use tonic::transport::Channel;
+use tonic::Status;
+
+use crate::wire::grpc;
+use crate::wire::parse::Parser;
+
+/// The gRPC method.
+pub(crate) const DO_GET: &str = "/arrow.flight.protocol.FlightService/DoGet";
+
+/// Fetches the DoGet stream of `ticket` over `channel` into `part`; the stream's schema must
+/// have `expected`'s fields. `authorization` is the request's header of that name.
+pub(crate) async fn do_get_into(
+    channel: Channel,
+    authorization: Option<&http::HeaderValue>,
+    ticket: &[u8],
+    what: &str,
+    expected: &Schema,
+    part: &mut Part<'_>,
+) -> Result<(), Status> {
+    let request = ticket_request(ticket, what)?;
+    let body = tonic::body::Body::new(http_body_util::Full::new(Bytes::from(request)));
+    let response = grpc::call(channel, DO_GET, authorization, body, what).await?;
+    let mut parser = Parser::new(what, expected, part);
+    grpc::read_to_end(response, what, |data| parser.feed(&data)).await?;
+    parser.finish()
+}
+
+/// The body of a DoGet request: one gRPC message holding a Ticket.
+pub(crate) fn ticket_request(ticket: &[u8], what: &str) -> Result<Vec<u8>, Status> {
+    let message = Ticket::new(ticket.to_vec()).encode_to_vec();
+    let mut request = Vec::with_capacity(5 + message.len());
+    grpc::prefix(&mut request, message.len(), what)?;
+    request.extend_from_slice(&message);
+    Ok(request)
+}
