@@ -349,8 +349,11 @@ fn endpoint(location: &str, options: &ClientOptions) -> ClientResult<Target> {
     endpoint = endpoint
         .initial_connection_window_size(Some(32 << 20))
         .initial_stream_window_size(Some(16 << 20))
-        // Large frames both ways: the server's are as large as it sends.
-        .max_frame_size(Some((1 << 24) - 1))
+        // 1 MiB frames from the server, as the server asks of clients: h2 reads a whole frame
+        // before it hands it on, and the parser copies it into its rows while a 1 MiB frame is
+        // still in cache (256 MiB gets, alternating with 16 MiB frames: 3.07 -> 3.34 GB/s
+        // median).
+        .max_frame_size(Some(1 << 20))
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(10));
     if scheme == "grpc+tls" {
