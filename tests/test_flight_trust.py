@@ -440,3 +440,19 @@ def test_a_huge_parameter_over_flight_is_a_clear_error_and_the_connection_lives(
             c.call(long_name, np.ones(3))
         assert len(str(raised.value)) < 2000
         assert c.health()["status"] == "ok"
+
+
+def test_a_cluster_client_bounds_every_call_to_one_server(silent_server):
+    from arrowbridge.cluster import ClusterClient
+
+    with arrowbridge.serve() as live:
+        client = ClusterClient([live.location, silent_server], timeout=0.3, shm=False)
+        try:
+            started = time.monotonic()
+            with pytest.raises(arrowbridge.FlightTimeoutError):
+                client.put("x", np.arange(10), shards=2)
+            assert time.monotonic() - started < 2
+            with arrowbridge.connect(live.location) as c:
+                assert c.list() == [], "the failed put left nothing on the live server"
+        finally:
+            client.close()

@@ -144,7 +144,11 @@ class ClusterClient:
     one endpoint per shard listing every replica, and plain Flight clients can follow it.
     Reads and calls move to the next replica when a server does not answer.
 
-    ``token`` is sent to every server; ``shm`` is as in :func:`arrowbridge.connect`.
+    ``token`` is sent to the servers of ``locations`` only (a replica a map names elsewhere
+    is read without it); ``shm`` is as in :func:`arrowbridge.connect`. ``timeout`` (seconds)
+    bounds each call the client makes to one server (a shard's put, get or kernel call):
+    past it that call raises :class:`FlightTimeoutError`. Ctrl+C interrupts the wait for a
+    fan-out at once; calls already under way on worker threads end at their own timeout.
     """
 
     def __init__(
@@ -154,6 +158,7 @@ class ClusterClient:
         token: str | None = None,
         replication: int = 1,
         shm: bool | None = None,
+        timeout: float | None = None,
         on_map: Callable[[str, bytes | None, str | None], None] | None = None,
     ):
         if isinstance(locations, str):
@@ -180,10 +185,11 @@ class ClusterClient:
             )
         self.locations = locations
         self.replication = int(replication)
-        self._token, self._shm = token, shm
+        self._token, self._shm, self._timeout = token, shm, timeout
         # The token goes to the cluster's own servers, which the endpoints of its maps name.
         self._clients = {
-            loc: Client(loc, token=token, shm=shm, trusted=self.locations) for loc in self.locations
+            loc: Client(loc, token=token, shm=shm, timeout=timeout, trusted=self.locations)
+            for loc in self.locations
         }
         self._pool = ThreadPoolExecutor(max_workers=min(32, 4 * len(self.locations)))
         # Told of every map put (name, schema, map) and deleted (name, None, None): the
@@ -198,7 +204,7 @@ class ClusterClient:
         names elsewhere."""
         if location not in self._clients:
             # A location only a map names is not one the user sent the token to.
-            self._clients[location] = Client(location, shm=self._shm)
+            self._clients[location] = Client(location, shm=self._shm, timeout=self._timeout)
         return self._clients[location]
 
     def _any(self, what: str, op: Callable[[Client], Any]) -> Any:
