@@ -456,3 +456,25 @@ def test_a_cluster_client_bounds_every_call_to_one_server(silent_server):
                 assert c.list() == [], "the failed put left nothing on the live server"
         finally:
             client.close()
+
+
+def test_a_server_that_sends_fewer_rows_than_it_announced_is_the_clients_error():
+    # The client's refusal of what a server sent is not the server's status: not Remote*.
+    class Short(flight.FlightServerBase):
+        def get_flight_info(self, context, descriptor):
+            schema = pa.schema([("data", pa.int64())])
+            endpoint = flight.FlightEndpoint(b"x", [])
+            return flight.FlightInfo(schema, descriptor, [endpoint], 3, 24)
+
+        def do_get(self, context, ticket):
+            return flight.RecordBatchStream(pa.table({"data": [1, 2]}))
+
+    server = Short("grpc://127.0.0.1:0")
+    try:
+        with arrowbridge.connect(f"grpc://127.0.0.1:{server.port}") as c:
+            with pytest.raises(arrowbridge.ArrowBridgeError, match="2 of the 3 rows") as raised:
+                c.get("x")
+            assert isinstance(raised.value, ValueError)
+            assert not isinstance(raised.value, arrowbridge.FlightCallError)
+    finally:
+        server.shutdown()

@@ -11,6 +11,7 @@ use prost::Message;
 use tonic::transport::Channel;
 use tonic::Status;
 
+use crate::client::{ClientError, ClientResult};
 use crate::wire::grpc;
 use crate::wire::parse::Parser;
 
@@ -26,13 +27,27 @@ pub(crate) async fn do_get_into(
     what: &str,
     expected: &Schema,
     part: &mut Part<'_>,
-) -> Result<(), Status> {
+) -> ClientResult<()> {
     let request = ticket_request(ticket, what)?;
     let body = tonic::body::Body::new(http_body_util::Full::new(Bytes::from(request)));
     let response = grpc::call(channel, DO_GET, authorization, body, what).await?;
     let mut parser = Parser::new(what, expected, part);
-    grpc::read_to_end(response, what, |data| parser.feed(&data)).await?;
-    parser.finish()
+    // What the parser refuses is the client's own error about what the server sent; the
+    // status in the answer's trailers (or a broken connection) is the server's.
+    let mut refused = None;
+    let read = grpc::read_to_end(response, what, |data| {
+        parser
+            .feed(&data)
+            .inspect_err(|status| refused = Some(status.clone()))
+    })
+    .await;
+    if let Some(status) = refused {
+        return Err(ClientError::received(what, &status));
+    }
+    read?;
+    parser
+        .finish()
+        .map_err(|status| ClientError::received(what, &status))
 }
 
 /// The body of a DoGet request: one gRPC message holding a Ticket.

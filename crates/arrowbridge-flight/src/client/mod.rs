@@ -52,7 +52,7 @@ use get::do_get_into;
 
 use crate::shards::{ShardMap, SHARDS_KEY};
 use crate::wire::framing::Messages;
-use crate::wire::receive::receive;
+use crate::wire::receive::{receive, Received};
 use crate::wire::MAX_FLIGHT_DATA;
 use crate::wire::MAX_MESSAGE;
 
@@ -967,7 +967,7 @@ impl Client {
                                     let service = service(route.channel().await?);
                                     let stream =
                                         service.clone().do_get(request).await?.into_inner();
-                                    receive(stream, "DoGet").await
+                                    receive_from_server(stream, "DoGet").await
                                 }
                                 .boxed()
                             },
@@ -1037,7 +1037,7 @@ impl Client {
             &'a mut S,
             Route,
             Ticket,
-        ) -> futures::future::BoxFuture<'a, Result<T, Status>>,
+        ) -> futures::future::BoxFuture<'a, ClientResult<T>>,
     ) -> ClientResult<T> {
         let ticket = endpoint.ticket.clone().unwrap_or_default();
         let locations: Vec<Option<&str>> = if endpoint.location.is_empty() {
@@ -1053,7 +1053,7 @@ impl Client {
         for location in &locations {
             let attempt = async {
                 let route = self.route_to(*location, own)?;
-                Ok::<_, ClientError>(read(&mut *state, route, ticket.clone()).await?)
+                read(&mut *state, route, ticket.clone()).await
             };
             match attempt.await {
                 Ok(value) => return Ok(value),
@@ -1245,7 +1245,7 @@ impl Client {
                 .do_exchange(self.request(messages))
                 .await?
                 .into_inner();
-            receive(stream, "DoExchange result").await
+            receive_from_server(stream, "DoExchange result").await
         })?;
         if let Some(e) = failure
             .lock()
@@ -1339,6 +1339,46 @@ fn wait_readable(
         }
         if limits.is_interrupted() {
             return Err(ClientError::Interrupted(what.to_string()));
+        }
+    }
+}
+
+impl ClientError {
+    /// The client's refusal of what a server sent (`status`, made by the parser while
+    /// reading it): data that is not what Arrow or Flight allow is the client's error to
+    /// report ([`arrowbridge::Error::InvalidArrowData`] in kind), not the server's status.
+    pub(crate) fn received(what: &str, status: &Status) -> ClientError {
+        ClientError::Local(arrowbridge::Error::invalid(
+            format!("what the server sent ({what})"),
+            status.message().to_string(),
+        ))
+    }
+}
+
+/// [`receive`] of a stream a server answers with: its errors are the server's, what the
+/// reader refuses is the client's ([`ClientError::received`]).
+async fn receive_from_server<S>(stream: S, what: &'static str) -> ClientResult<Received>
+where
+    S: futures::Stream<Item = Result<FlightData, Status>> + Send + Unpin + 'static,
+{
+    let from_server: Arc<Mutex<Option<Status>>> = Arc::default();
+    let seen = from_server.clone();
+    let stream = stream.inspect(move |item| {
+        if let Err(status) = item {
+            *seen.lock().unwrap_or_else(PoisonError::into_inner) = Some(status.clone());
+        }
+    });
+    match receive(stream, what).await {
+        Ok(received) => Ok(received),
+        Err(status) => {
+            let server = from_server
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            Err(match server {
+                Some(server) => server.into(),
+                None => ClientError::received(what, &status),
+            })
         }
     }
 }
