@@ -478,3 +478,134 @@ def test_a_server_that_sends_fewer_rows_than_it_announced_is_the_clients_error()
             assert not isinstance(raised.value, arrowbridge.FlightCallError)
     finally:
         server.shutdown()
+
+
+# -- found by a hostile pass --------------------------------------------------------------
+
+
+def test_a_shared_memory_put_stops_at_its_deadline_and_stores_nothing():
+    big = np.ones(64 << 20)  # 512 MiB: the copy into shared memory takes a while
+    with arrowbridge.serve() as server, arrowbridge.connect(server.location, shm=True) as c:
+        for _ in range(3):
+            started = time.monotonic()
+            with pytest.raises(arrowbridge.FlightTimeoutError):
+                c.put("big", big, timeout=0.01)
+            assert time.monotonic() - started < 0.1
+        time.sleep(0.2)
+        assert c.list() == [], "a put that timed out is not stored"
+        c.put("small", np.arange(3))
+        assert c.get("small").tolist() == [0, 1, 2]
+
+
+SHM_CTRL_C = textwrap.dedent(
+    """
+    import os, signal, threading, time
+    import numpy as np, arrowbridge
+
+    big = np.ones(64 << 20)
+    with arrowbridge.serve() as server, arrowbridge.connect(server.location, shm=True) as c:
+        waits = []
+        for _ in range(5):
+            sent = []
+            threading.Timer(0.02, lambda: (sent.append(time.monotonic()),
+                                            os.kill(os.getpid(), signal.SIGINT))).start()
+            try:
+                c.put("big", big)
+            except KeyboardInterrupt:
+                waits.append(time.monotonic() - sent[0])
+        time.sleep(0.2)
+        print(len(waits), max(waits), len(c.list()))
+    """
+)
+
+
+def test_ctrl_c_stops_a_shared_memory_put_and_nothing_is_stored():
+    out = subprocess.run(
+        [sys.executable, "-c", SHM_CTRL_C], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    interrupted, slowest, stored = out.stdout.split()
+    assert int(interrupted) == 5 and float(slowest) < 0.1 and int(stored) == 0
+
+
+CLUSTER_CTRL_C = textwrap.dedent(
+    """
+    import os, signal, socket, threading, time
+    import numpy as np
+    from arrowbridge.cluster import ClusterClient
+
+    listener = socket.socket(); listener.bind(("127.0.0.1", 0)); listener.listen(64)
+    held = []
+    threading.Thread(target=lambda: [held.append(listener.accept()) for _ in range(64)],
+                     daemon=True).start()
+    client = ClusterClient([f"grpc://127.0.0.1:{listener.getsockname()[1]}"])
+    sent = []
+    threading.Timer(0.2, lambda: (sent.append(time.monotonic()),
+                                   os.kill(os.getpid(), signal.SIGINT))).start()
+    try:
+        client.put("x", np.arange(6))
+    except KeyboardInterrupt:
+        print(time.monotonic() - sent[0])
+    """
+)
+
+
+def test_ctrl_c_stops_a_cluster_put_and_the_process_exits():
+    # The shard puts on the pool's threads are cancelled too: the interpreter's exit does
+    # not wait for a server that never answers.
+    out = subprocess.run(
+        [sys.executable, "-c", CLUSTER_CTRL_C], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) < 0.1
+
+
+def test_a_cluster_client_with_shm_true_reads_sharded_items():
+    from arrowbridge.cluster import ClusterClient
+
+    servers = [arrowbridge.serve() for _ in range(2)]
+    try:
+        with ClusterClient([s.location for s in servers], shm=True) as client:
+            x = np.arange(12.0).reshape(6, 2)
+            client.put("x", x)
+            assert np.array_equal(client.get("x"), x)
+    finally:
+        for s in servers:
+            s.shutdown()
+
+
+def test_a_full_shared_memory_socket_sends_default_clients_to_grpc():
+    from tests.test_flight_shm import shm_socket
+
+    with arrowbridge.serve() as server:
+        path = shm_socket(server.location)
+        idle = []
+        try:
+            for _ in range(1100):  # more than the 1,024 connections served at once
+                s = socket.socket(socket.AF_UNIX)
+                s.connect(path)
+                idle.append(s)
+            time.sleep(0.2)
+            with arrowbridge.connect(server.location) as c:
+                c.put("x", np.arange(3), timeout=5)
+                assert c.get("x", timeout=5).tolist() == [0, 1, 2]
+        finally:
+            for s in idle:
+                s.close()
+
+
+def test_a_shard_of_a_cluster_item_is_written_once():
+    from arrowbridge.cluster import ClusterClient
+
+    servers = [arrowbridge.serve() for _ in range(2)]
+    try:
+        with ClusterClient([s.location for s in servers]) as client:
+            client.put("victim", np.arange(6), shards=2)
+            shard = client.shards("victim")[0]
+            with arrowbridge.connect(shard["locations"][0]) as plain:
+                with pytest.raises(arrowbridge.RemoteInvalidError, match="written once"):
+                    plain.put(shard["name"], np.full(3, -1))
+            assert client.get("victim").tolist() == list(range(6))
+    finally:
+        for s in servers:
+            s.shutdown()

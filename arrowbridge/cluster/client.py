@@ -30,7 +30,7 @@ import secrets
 import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -60,6 +60,9 @@ _MAX_NAME = 200
 _RESERVED = re.compile(r"\.(?:shard-[0-9]+-of-[0-9]+|part-[0-9]+)(?=\.|$)", re.ASCII)
 #: Random bytes of a put's version token (hex in shard names).
 _VERSION_BYTES = 8
+#: How long each call of the cleanup after an interrupted put may take, when the client has
+#: no timeout of its own (seconds).
+_CLEANUP_TIMEOUT = 10.0
 #: How many times a read starts again when the item was replaced under it.
 _READ_ATTEMPTS = 8
 
@@ -192,6 +195,9 @@ class ClusterClient:
             for loc in self.locations
         }
         self._pool = ThreadPoolExecutor(max_workers=min(32, 4 * len(self.locations)))
+        # The calls under way on the pool, which a cleanup after Ctrl+C waits for.
+        self._running: set[Future[Any]] = set()
+        self._lock = threading.Lock()
         # Told of every map put (name, schema, map) and deleted (name, None, None): the
         # control plane that reinstalls maps on restarted servers.
         self._on_map = on_map
@@ -248,11 +254,49 @@ class ClusterClient:
         """Runs every job (each releases the GIL while data moves); all results, or the first
         error once every job has ended."""
         futures = [self._pool.submit(job) for job in jobs]
-        errors = [f.exception() for f in futures]
+        with self._lock:
+            self._running.update(futures)
+        for future in futures:
+            future.add_done_callback(self._finished)
+        try:
+            errors = [f.exception() for f in futures]
+        except BaseException:
+            # Interrupted (Ctrl+C): jobs not started yet never start.
+            for future in futures:
+                future.cancel()
+            raise
         for error in errors:
             if error is not None:
                 raise error
         return [f.result() for f in futures]
+
+    def _finished(self, future: Future[Any]) -> None:
+        with self._lock:
+            self._running.discard(future)
+
+    def _afterwards(self, error: BaseException, cleanup: Callable[[float | None], Any]) -> None:
+        """Runs ``cleanup`` of a put that did not commit: at once after an error; after an
+        interruption (Ctrl+C), on a thread of its own once the calls still under way have
+        ended, so that the interrupt is not held up by the servers."""
+        if isinstance(error, Exception):
+            cleanup(self._timeout)
+            return
+        with self._lock:
+            running = list(self._running)
+        # The calls still under way on the pool stop too (each raises), so that neither the
+        # cleanup nor the interpreter's exit waits for a server that does not answer.
+        for client in list(self._clients.values()):
+            client._cancel()
+
+        def later() -> None:
+            wait(running)
+            try:
+                # Bounded, so that the interpreter's exit never waits on a silent server.
+                cleanup(self._timeout or _CLEANUP_TIMEOUT)
+            except (FlightCallError, RuntimeError, KeyboardInterrupt):
+                pass  # the client was closed meanwhile, or a server is gone
+
+        threading.Thread(target=later, name="arrowbridge-cluster-cleanup", daemon=True).start()
 
     # -- items ---------------------------------------------------------------------------
 
@@ -376,9 +420,10 @@ class ClusterClient:
             schema_ipc = self._client(first["locations"][0])._native.info(first["name"])[
                 "schema_ipc"
             ]
-        except BaseException:
+        except BaseException as error:
             # Nothing refers to these shards yet: the previous version is untouched.
-            self._delete_shards({"shards": plan}, set())
+            shards = {"shards": plan}
+            self._afterwards(error, lambda timeout: self._delete_shards(shards, set(), timeout))
             raise
         self._commit(
             name, schema_ipc, {"rows": rows, "bytes": sum(s["bytes"] for s in plan), "shards": plan}
@@ -400,8 +445,8 @@ class ClusterClient:
                     strict=True,
                 )
             )
-        except BaseException:
-            self._delete_shards(shard_map, set())
+        except BaseException as error:
+            self._afterwards(error, lambda timeout: self._delete_shards(shard_map, set(), timeout))
             raise
         map_json = json.dumps(shard_map)
         published: set[str] = set()
@@ -417,7 +462,10 @@ class ClusterClient:
             if self._on_map is not None:
                 self._on_map(name, schema_ipc, map_json)
         except BaseException as error:
-            self._roll_back(name, before, published, shard_map, error)
+            roll_back = functools.partial(
+                self._roll_back, name, before, published, shard_map, error
+            )
+            self._afterwards(error, roll_back)
             raise
         old = [
             shard
@@ -443,6 +491,7 @@ class ClusterClient:
         published: set[str],
         shard_map: dict[str, Any],
         error: BaseException,
+        timeout: float | None = None,
     ) -> None:
         """After a failed publish: gives each server back what it held under ``name`` (its
         map, or nothing; an unsharded item is not restored, its server just loses the new
@@ -456,10 +505,10 @@ class ClusterClient:
             client = self._clients[location]
             try:
                 if held is None or held[1] is None:
-                    client.delete(name)
+                    client.delete(name, timeout=timeout)
                 else:
                     # Also where the publish failed: the map may have landed all the same.
-                    client._native.put_map(name, held[0], held[1])
+                    client._native.put_map(name, held[0], held[1], timeout=timeout)
             except RemoteNotFoundError:
                 pass
             except FlightCallError as e:
@@ -473,7 +522,7 @@ class ClusterClient:
             if f is not None
         ]
         if not stuck:
-            self._delete_shards(shard_map, set())
+            self._delete_shards(shard_map, set(), timeout)
         elif hasattr(error, "add_note"):
             error.add_note(
                 f"put {name!r}: the new map stays on server(s) that could not take the "
@@ -481,7 +530,10 @@ class ClusterClient:
             )
 
     def _delete_shards(
-        self, shard_map: dict[str, Any], keep: set[tuple[str, str]]
+        self,
+        shard_map: dict[str, Any],
+        keep: set[tuple[str, str]],
+        timeout: float | None = None,
     ) -> list[tuple[str, FlightCallError]]:
         """Deletes every replica of the shards of ``shard_map`` but those in ``keep`` (shard
         name, location); best-effort: a shard already gone, or whose server is down, is
@@ -490,7 +542,7 @@ class ClusterClient:
 
         def delete(shard_name: str, location: str) -> tuple[str, FlightCallError] | None:
             try:
-                self._client(location).delete(shard_name)
+                self._client(location).delete(shard_name, timeout=timeout)
             except (RemoteNotFoundError, ServerUnavailableError):
                 pass  # gone already, or with its server
             except FlightCallError as e:

@@ -106,6 +106,11 @@ class Client:
         if not self._closed:
             self._native = _native.FlightClient(self.location, **self._options)
 
+    def _cancel(self) -> None:
+        # Stops this client's calls under way on other threads (a fan-out's, after Ctrl+C).
+        if not self._closed:
+            self._native.cancel()
+
     def put(self, name: str, data: Any, *, timeout: float | None = None) -> None:
         """Stores ``data`` under ``name``: a NumPy array, a dict of arrays (rows of one table
         when they share axis 0, any shapes otherwise), or a pyarrow Table/RecordBatch of

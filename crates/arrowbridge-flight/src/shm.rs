@@ -126,7 +126,8 @@ impl Segment {
     /// without a page fault per page (twice as fast as filling a mapping of 4 KiB pages, and
     /// huge pages where the kernel gives them to every memfd).
     pub fn create(what: &str, len: usize, parts: &[(usize, &[u8])]) -> Result<Segment, Error> {
-        Self::create_as(what, len, parts, shmem_huge_pages())
+        let made = Self::create_as(what, len, parts, shmem_huge_pages(), &|| false)?;
+        Ok(made.expect("never cancelled"))
     }
 
     /// [`Segment::create`] for the kernel setting `huge`.
@@ -135,7 +136,8 @@ impl Segment {
         len: usize,
         parts: &[(usize, &[u8])],
         huge: ShmemHugePages,
-    ) -> Result<Segment, Error> {
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Option<Segment>, Error> {
         use std::os::unix::fs::FileExt;
         arrowbridge::memory::check_allocation(what, len as u64)?;
         let name = c"arrowbridge";
@@ -156,12 +158,18 @@ impl Segment {
                 unsafe { memmap2::MmapMut::map_mut(&file) }.map_err(|e| io(what, e))?;
             // Only a hint: without it the pages are small, and the copy slower.
             let _ = writable.advise(memmap2::Advice::HugePage);
-            for (offset, bytes) in parts {
-                writable[*offset..offset + bytes.len()].copy_from_slice(bytes);
+            for (offset, bytes) in pieces(parts) {
+                if cancelled() {
+                    return Ok(None);
+                }
+                writable[offset..offset + bytes.len()].copy_from_slice(bytes);
             }
         } else {
-            for (offset, bytes) in parts {
-                file.write_all_at(bytes, *offset as u64)
+            for (offset, bytes) in pieces(parts) {
+                if cancelled() {
+                    return Ok(None);
+                }
+                file.write_all_at(bytes, offset as u64)
                     .map_err(|e| io(what, e))?;
             }
         } // unmapped: F_SEAL_WRITE needs no writable mapping left
@@ -171,7 +179,7 @@ impl Segment {
         if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
             return Err(last_os_error(what));
         }
-        Self::map(what, OwnedFd::from(file))
+        Self::map(what, OwnedFd::from(file)).map(Some)
     }
 
     /// Adopts a segment received from the other side: it must be sealed against writes,
@@ -243,6 +251,32 @@ fn column_bytes(column: &dyn Array) -> usize {
 /// A segment holding `batch` (fixed-width columns, as every arrowbridge tensor is): its
 /// schema, then each column's values.
 pub fn pack(what: &str, batch: &RecordBatch) -> Result<(Segment, Layout), Error> {
+    let packed = pack_unless(what, batch, &|| false)?;
+    Ok(packed.expect("never cancelled"))
+}
+
+/// The parts of a segment cut into pieces of at most [`PIECE`] bytes, at their offsets: a copy
+/// checks between pieces whether it should go on.
+fn pieces<'a>(parts: &'a [(usize, &'a [u8])]) -> impl Iterator<Item = (usize, &'a [u8])> + 'a {
+    parts.iter().flat_map(|(offset, bytes)| {
+        bytes
+            .chunks(PIECE)
+            .enumerate()
+            .map(move |(i, piece)| (offset + i * PIECE, piece))
+    })
+}
+
+/// How much of a segment is copied between two checks of whether to go on: a few
+/// milliseconds of copying, whatever the page size.
+const PIECE: usize = 8 << 20;
+
+/// [`pack`], checking `cancelled` between pieces of the copy: `None` once it says so (what
+/// was made is freed).
+pub fn pack_unless(
+    what: &str,
+    batch: &RecordBatch,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Option<(Segment, Layout)>, Error> {
     if landing::row_bytes(batch.schema_ref()).is_none() {
         return Err(Error::UnsupportedType {
             what: what.to_string(),
@@ -277,8 +311,8 @@ pub fn pack(what: &str, batch: &RecordBatch) -> Result<(Segment, Layout), Error>
                 .map(|(v, [offset, _])| (*offset, v.as_slice())),
         )
         .collect();
-    let segment = Segment::create(what, at.max(1), &parts)?;
-    Ok((segment, layout))
+    let segment = Segment::create_as(what, at.max(1), &parts, shmem_huge_pages(), cancelled)?;
+    Ok(segment.map(|segment| (segment, layout)))
 }
 
 /// The batch a segment holds, viewing its mapping, after checking that `layout` describes
@@ -370,6 +404,18 @@ pub fn peer_uid(stream: &UnixStream) -> std::io::Result<u32> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(cred.uid)
+}
+
+/// Whether the peer of the socket `socket` has hung up (closed its end, or its writing half).
+pub fn hung_up(socket: RawFd) -> bool {
+    let mut poll = libc::pollfd {
+        fd: socket,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, for the duration of the call; a zero timeout never blocks.
+    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+    ready > 0 && poll.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
 }
 
 /// This process's effective user id.
@@ -679,7 +725,9 @@ mod tests {
             let tail = vec![7u8; 3000];
             let at = len - tail.len();
             let segment =
-                Segment::create_as("test", len, &[(0, &head), (at, &tail)], huge).unwrap();
+                Segment::create_as("test", len, &[(0, &head), (at, &tail)], huge, &|| false)
+                    .unwrap()
+                    .unwrap();
             let bytes = segment.bytes();
             assert_eq!(bytes.len(), len);
             assert_eq!(&bytes[..100], head.as_slice());

@@ -494,6 +494,13 @@ impl FlightClient {
         })
     }
 
+    /// Stops every call of this client under way, on any thread (each raises
+    /// KeyboardInterrupt); later calls run as usual.
+    fn cancel(&self) -> BridgeResult<()> {
+        self.client()?.cancel();
+        Ok(())
+    }
+
     /// Lets go of the connection in a forked child without closing it: the runtime's
     /// threads exist only in the parent, so it is neither used nor dropped here.
     fn abandon(&self) {

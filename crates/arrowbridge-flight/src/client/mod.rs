@@ -241,10 +241,26 @@ pub struct Client {
     shm: Option<bool>,
     /// Each call's time limit, unless its scope sets one.
     timeout: Option<Duration>,
+    /// Wakes the calls under way when [`Client::cancel`] stops them.
+    cancelled: Arc<tokio::sync::Notify>,
+    /// How many times [`Client::cancel`] was called: a shared-memory call, which waits on
+    /// its socket rather than on the runtime, sees it change.
+    cancels: Arc<std::sync::atomic::AtomicU64>,
     /// Locations besides `location` that may receive the token.
     trusted: Vec<String>,
     /// The server's shared-memory socket and instance id, asked once.
     shm_socket: OnceLock<Option<(PathBuf, String)>>,
+}
+
+impl<T> Shm<T> {
+    /// A call that was not done, as one of another result type.
+    fn map_done<U>(self) -> Shm<U> {
+        match self {
+            Shm::Done(_) => unreachable!("only calls that were not done are carried over"),
+            Shm::Unavailable(why) => Shm::Unavailable(why),
+            Shm::Sharded => Shm::Sharded,
+        }
+    }
 }
 
 /// Why shared memory was not used for a call.
@@ -252,6 +268,9 @@ enum Shm<T> {
     Done(T),
     /// Not available here (another host, another user, not offered): gRPC instead.
     Unavailable(String),
+    /// The item is sharded: its rows are read from the servers its endpoints name, over gRPC
+    /// whatever `shm` says.
+    Sharded,
 }
 
 /// A server to connect to: tonic's settings for the connection, and its socket.
@@ -560,6 +579,8 @@ impl Client {
             tls_root_certs: options.tls_root_certs.clone(),
             shm: options.shm,
             timeout: options.timeout,
+            cancelled: Arc::default(),
+            cancels: Arc::default(),
             trusted: options.trusted.clone(),
             shm_socket: OnceLock::new(),
         })
@@ -568,6 +589,26 @@ impl Client {
     /// The location this client talks to.
     pub fn location(&self) -> &str {
         &self.location
+    }
+
+    /// Stops every call of this client under way, on any thread: each fails with
+    /// [`ClientError::Interrupted`] (its streams reset, what it received freed). Calls made
+    /// afterwards run as usual. A fan-out interrupted on one thread (Ctrl+C) stops its calls
+    /// on the others so.
+    pub fn cancel(&self) {
+        self.cancels
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.cancelled.notify_waiters();
+    }
+
+    /// Whether [`Client::cancel`] was called since `epoch` (a value of `cancels`).
+    fn cancelled_since(&self, epoch: u64) -> bool {
+        self.cancels.load(std::sync::atomic::Ordering::SeqCst) != epoch
+    }
+
+    /// The count of cancels now, for [`Client::cancelled_since`].
+    fn cancel_epoch(&self) -> u64 {
+        self.cancels.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Whether `location` may receive the token: the client's own, or one it was told to
@@ -585,6 +626,7 @@ impl Client {
         }
         let limits = crate::limits::current(self.timeout);
         let _call = self.idle.call();
+        let cancelled = self.cancelled.notified();
         self.runtime.block_on(async {
             let future = std::pin::pin!(spinning(future));
             let expired = async {
@@ -615,6 +657,7 @@ impl Client {
                     limit: limits.at.map_or(Duration::ZERO, |at| at - limits.started),
                 }),
                 () = interrupted => Err(ClientError::Interrupted(what.to_string())),
+                () = cancelled => Err(ClientError::Interrupted(what.to_string())),
             }
         })
     }
@@ -660,7 +703,7 @@ impl Client {
         match self.shm_put(name, columns, form)? {
             Shm::Done(rows) => return Ok(rows),
             Shm::Unavailable(why) if self.shm == Some(true) => return Err(shm_refused(&why)),
-            Shm::Unavailable(_) => {}
+            Shm::Unavailable(_) | Shm::Sharded => {}
         }
         let (schema, batches) = arrowbridge::ipc::wire_batches(columns, MAX_FLIGHT_DATA)?;
         let mut metadata = schema.metadata().clone();
@@ -735,7 +778,7 @@ impl Client {
         match self.shm_get(name)? {
             Shm::Done(item) => return Ok(item),
             Shm::Unavailable(why) if self.shm == Some(true) => return Err(shm_refused(&why)),
-            Shm::Unavailable(_) => {}
+            Shm::Unavailable(_) | Shm::Sharded => {}
         }
         // A put that replaces the item between its FlightInfo and the reads of its endpoints
         // makes the server refuse the version the tickets name (never serve another): read
@@ -817,8 +860,15 @@ impl Client {
             .map_err(io)?;
         // The server greets with its instance id before anything is sent: a socket whose path
         // another server reuses never sees the token.
-        wait_readable(&stream, &limits, &what)?;
-        let (greeting, _) = crate::shm::receive(&mut stream).map_err(io)?;
+        let epoch = self.cancel_epoch();
+        let cancelled = || self.cancelled_since(epoch);
+        wait_readable(&stream, &limits, &what, &cancelled)?;
+        // A server serving as many shared-memory connections as it takes closes new ones:
+        // the call goes by gRPC.
+        let greeting = match crate::shm::receive(&mut stream) {
+            Ok((greeting, _)) => greeting,
+            Err(e) => return unavailable(format!("the shared-memory socket hung up ({e})")),
+        };
         if greeting["instance"].as_str() != Some(instance.as_str()) {
             return unavailable("the socket belongs to another server".into());
         }
@@ -826,7 +876,7 @@ impl Client {
             header["token"] = token.clone().into();
         }
         crate::shm::send(&mut stream, &header, fd).map_err(io)?;
-        wait_readable(&stream, &limits, &what)?;
+        wait_readable(&stream, &limits, &what, &cancelled)?;
         let (reply, fd) = crate::shm::receive(&mut stream).map_err(io)?;
         if reply["ok"] != serde_json::Value::Bool(true) {
             return Err(ClientError::Remote {
@@ -843,12 +893,12 @@ impl Client {
         let (reply, fd) = match self.shm_request(header, None) {
             Ok(Shm::Done(done)) => done,
             Ok(Shm::Unavailable(why)) => return Ok(Shm::Unavailable(why)),
+            Ok(Shm::Sharded) => return Ok(Shm::Sharded),
             // A sharded item's rows are on other servers: its endpoints say where.
             Err(ClientError::Remote {
                 code: Code::FailedPrecondition,
-                message,
                 ..
-            }) => return Ok(Shm::Unavailable(message)),
+            }) => return Ok(Shm::Sharded),
             Err(e) => return Err(e),
         };
         let what = format!("shared memory of {name:?}");
@@ -890,12 +940,27 @@ impl Client {
         metadata.insert(ITEM_KEY.to_string(), form.name().to_string());
         let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(metadata));
         let batch = with_schema(&batch, &schema)?;
-        let (segment, layout) =
-            crate::shm::pack(&format!("shared-memory put of {name:?}"), &batch)?;
+        // The copy into shared memory checks the call's limits as it goes (a 1 GiB copy into
+        // 4 KiB pages takes a second).
+        let what = format!("shared-memory put of {name:?}");
+        let limits = crate::limits::current(self.timeout);
+        let epoch = self.cancel_epoch();
+        let stop = || {
+            limits.remaining() == Some(Duration::ZERO)
+                || limits.is_interrupted()
+                || self.cancelled_since(epoch)
+        };
+        let Some((segment, layout)) = crate::shm::pack_unless(&what, &batch, &stop)? else {
+            return Err(if self.cancelled_since(epoch) {
+                ClientError::Interrupted(what)
+            } else {
+                limits.stopped(&what)
+            });
+        };
         let header = serde_json::json!({"op": "put", "name": name, "layout": layout});
         match self.shm_request(header, Some(segment.raw_fd()))? {
             Shm::Done((reply, _)) => Ok(Shm::Done(reply["rows"].as_u64().unwrap_or(0) as usize)),
-            Shm::Unavailable(why) => Ok(Shm::Unavailable(why)),
+            other => Ok(other.map_done()),
         }
     }
 
@@ -1312,6 +1377,7 @@ fn wait_readable(
     stream: &std::os::unix::net::UnixStream,
     limits: &crate::limits::Deadline,
     what: &str,
+    cancelled: &dyn Fn() -> bool,
 ) -> ClientResult<()> {
     use std::os::fd::AsRawFd;
     loop {
@@ -1337,7 +1403,7 @@ fn wait_readable(
                 limit: limits.at.map_or(Duration::ZERO, |at| at - limits.started),
             });
         }
-        if limits.is_interrupted() {
+        if limits.is_interrupted() || cancelled() {
             return Err(ClientError::Interrupted(what.to_string()));
         }
     }

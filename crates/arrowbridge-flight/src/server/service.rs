@@ -420,7 +420,11 @@ impl Service {
                 return; // closed, broken, or silent for too long
             };
             let service = self.clone();
-            let handled = tokio::task::spawn_blocking(move || service.shm_request(&header, fd));
+            let peer = std::os::fd::AsRawFd::as_raw_fd(&stream);
+            // The connection stays open (this task holds it) while the request is handled.
+            let handled = tokio::task::spawn_blocking(move || {
+                service.shm_request(&header, fd, &|| shm::hung_up(peer))
+            });
             let (mut reply, shared) = match handled.await {
                 Ok(Ok((reply, shared))) => (reply, shared),
                 Ok(Err(status)) => (shm::error_reply(&status), None),
@@ -434,10 +438,13 @@ impl Service {
         }
     }
 
+    /// One request of the shared-memory socket; `gone` says whether the client hung up (a
+    /// put whose client gave up — its deadline passed, Ctrl+C — is not stored).
     fn shm_request(
         &self,
         header: &serde_json::Value,
         fd: Option<std::os::fd::OwnedFd>,
+        gone: &dyn Fn() -> bool,
     ) -> Result<(serde_json::Value, Option<shm::Shared>), Status> {
         if let Some(token) = &self.token {
             let given = header["token"].as_str().unwrap_or_default();
@@ -470,6 +477,11 @@ impl Service {
                 let rows = batch.num_rows();
                 let stored =
                     Stored::in_shared_memory(schema, batch, shm::Shared { segment, layout });
+                if gone() {
+                    return Err(Status::cancelled(format!(
+                        "{what}: the client hung up before it was stored; nothing was stored"
+                    )));
+                }
                 let replaced = self.store.put(name, stored)?;
                 // Freed after the acknowledgement, on a thread of its own.
                 if let Some(replaced) = replaced {

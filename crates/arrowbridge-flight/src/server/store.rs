@@ -357,6 +357,12 @@ impl Store {
     pub fn put(&self, name: &str, stored: Stored) -> Result<Option<Arc<Stored>>> {
         check_name(name)?;
         self.writing(name, || {
+            if crate::names::is_written_once(name) && self.get(name).is_some() {
+                return Err(FlightServerError::BadRequest(format!(
+                    "{name:?} holds a shard (or part) of a sharded item, which is written once: \
+                     a map names it, and readers of the item trust its rows not to change"
+                )));
+            }
             let replacing = self.get(name).map_or(0, |item| item.charge());
             self.reserve(name, stored.charge(), replacing)?;
             let written = self.write_file(name, &stored);
