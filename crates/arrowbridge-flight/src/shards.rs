@@ -9,9 +9,14 @@
 //!
 //! ```json
 //! {"rows": 1000, "bytes": 8000,
-//!  "shards": [{"name": "x.shard-0-of-2", "rows": [0, 500], "bytes": 4000,
+//!  "shards": [{"name": "x.shard-0-of-2.v5e1f09a2c4b7d3e8", "rows": [0, 500], "bytes": 4000,
 //!              "locations": ["grpc://10.0.0.1:7001", "grpc://10.0.0.2:7001"]}, ...]}
 //! ```
+//!
+//! Each put of a sharded item stores its shards under names of its own (the version suffix
+//! `.v<token>`), publishes the map, then deletes the shards of the version it replaced: a
+//! reader follows the map it read, whose shards never change (servers refuse a second put
+//! under such a name).
 //!
 //! A map is stored (and persisted with a data directory) like any item, so it survives a
 //! restart the same way. The server never fetches the shards itself: DoGet and DoExchange
