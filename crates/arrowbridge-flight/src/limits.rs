@@ -73,18 +73,6 @@ impl Deadline {
             .map(|at| at.saturating_duration_since(Instant::now()))
     }
 
-    /// The error of call `what` stopped by these limits: its timeout, or an interruption.
-    pub(crate) fn stopped(&self, what: &str) -> crate::ClientError {
-        if self.is_interrupted() {
-            crate::ClientError::Interrupted(what.to_string())
-        } else {
-            crate::ClientError::Timeout {
-                call: what.to_string(),
-                limit: self.at.map_or(Duration::ZERO, |at| at - self.started),
-            }
-        }
-    }
-
     /// Whether the caller asked the call to stop.
     pub(crate) fn is_interrupted(&self) -> bool {
         if !self.latched.get() && self.interrupted.as_ref().is_some_and(|check| check()) {

@@ -17,9 +17,12 @@
 //! token asks for it here too.
 //!
 //! **The protocol.** Each message is a 4-byte little-endian length, a JSON object, and at
-//! most one file descriptor (`SCM_RIGHTS`): `{"op": "get", "name": ...}` is answered with
-//! the item's segment; `{"op": "put", "name": ..., ...}` sends one, answered with
-//! `{"ok": true, "rows": n}`. Errors are `{"ok": false, "code": <gRPC code>, "message": ...}`.
+//! most one file descriptor (`SCM_RIGHTS`); the messages are the serde types below, shared by
+//! client and server. The server speaks first, a [`Greeting`] with its instance id (which the
+//! client checks before it sends its token); then each [`Request`] — `{"op": "get", "name":
+//! ...}`, answered with the item's segment, or `{"op": "put", "name": ..., "layout": ...}`
+//! with one — gets a [`Reply`]: `{"ok": true, "rows": n}`, or `{"ok": false, "code": <gRPC
+//! code>, "message": ...}`. The `shm` action's [`Offer`] says where the socket is.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -678,18 +681,129 @@ impl Segment {
 
 /// An error reply: the gRPC code (as its number), the kind where the code is ambiguous, and
 /// the message.
-pub fn error_reply(status: &tonic::Status) -> serde_json::Value {
+pub fn error_reply(status: &tonic::Status) -> Reply {
     let kind = status
         .metadata()
         .get(crate::error::KIND_KEY)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    serde_json::json!({
-        "ok": false,
-        "code": status.code() as i32,
-        "kind": kind,
-        "message": status.message(),
-    })
+    Reply {
+        ok: false,
+        code: Some(status.code() as i32),
+        kind,
+        message: Some(status.message().to_string()),
+        ..Reply::default()
+    }
+}
+
+/// The answer to the `shm` action: where the shared-memory socket is and which server
+/// instance listens there.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Offer {
+    /// `arrowbridge+shm:///path/to/socket`.
+    pub location: String,
+    /// The server's instance id, which the socket's [`Greeting`] repeats.
+    pub instance: String,
+}
+
+impl Offer {
+    /// The scheme of [`Offer::location`].
+    pub const SCHEME: &'static str = "arrowbridge+shm://";
+
+    /// The socket's path.
+    pub fn path(&self) -> Option<&str> {
+        self.location.strip_prefix(Self::SCHEME)
+    }
+}
+
+/// What the server sends first on every connection, before it reads a request: a client
+/// checks that it is the server it asked for before it sends its token.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Greeting {
+    /// The server's instance id (as its `shm` action says).
+    pub instance: String,
+}
+
+/// A request on the shared-memory socket: `{"op": "get" | "put", "name": ..., ...}`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Request {
+    /// The item `name`, as a sealed segment (its descriptor comes with the reply).
+    Get {
+        /// The item.
+        name: String,
+        /// The server's token, if it has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+    },
+    /// Stores the sealed segment sent with the request as item `name`.
+    Put {
+        /// The item.
+        name: String,
+        /// Where the item lies in the segment.
+        layout: Layout,
+        /// The server's token, if it has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+    },
+}
+
+impl Request {
+    /// The item the request names.
+    pub fn name(&self) -> &str {
+        match self {
+            Request::Get { name, .. } | Request::Put { name, .. } => name,
+        }
+    }
+
+    /// The token it carries.
+    pub fn token(&self) -> Option<&str> {
+        match self {
+            Request::Get { token, .. } | Request::Put { token, .. } => token.as_deref(),
+        }
+    }
+
+    /// The request carrying `given` as its token.
+    pub fn with_token(mut self, given: Option<String>) -> Self {
+        match &mut self {
+            Request::Get { token, .. } | Request::Put { token, .. } => *token = given,
+        }
+        self
+    }
+
+    /// `"get"` or `"put"`.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Get { .. } => "get",
+            Request::Put { .. } => "put",
+        }
+    }
+}
+
+/// The server's answer to a [`Request`]: `ok`, and the layout of a get, the rows of a put,
+/// or the gRPC status of a failure.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Reply {
+    /// Whether the request succeeded.
+    pub ok: bool,
+    /// The server's instance id.
+    #[serde(default)]
+    pub instance: String,
+    /// A get's layout of the segment sent with the reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<Layout>,
+    /// A put's rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<usize>,
+    /// A failure's gRPC status code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    /// A failure's [`crate::KIND_KEY`], where the code alone is ambiguous.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// A failure's message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// A random id for a server instance (128 bits from the kernel, hex).

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 ///
 /// What is kept is bounded: at most 8 blocks and an eighth of the machine's RAM, and a
 /// thread (`arrowbridge-recycle`) returns each block to the kernel one second after it was
-/// freed, so an idle process holds nothing extra.
+/// freed, so an idle process holds nothing extra. The same thread unmaps the blocks the pool
+/// has no room for: the thread that frees a large block never waits for its unmapping
+/// (about 100 ms a GiB of touched pages), so a cancelled 1 GiB get returns at once.
 ///
 /// ```
 /// #[global_allocator]
@@ -65,6 +67,10 @@ struct Kept {
 struct Pool {
     kept: [Option<Kept>; SLOTS],
     bytes: usize,
+    /// Blocks to return to the kernel at once, by the reaper: unmapping a large block whose
+    /// pages were touched takes long (about 100 ms a GiB), which the thread that freed it
+    /// (a call that was just cancelled, say) should not wait for.
+    doomed: [Option<Kept>; SLOTS],
     /// The process whose thread returns expired blocks (a forked child needs its own).
     reaper: Option<libc::pid_t>,
 }
@@ -72,6 +78,7 @@ struct Pool {
 static POOL: Mutex<Pool> = Mutex::new(Pool {
     kept: [None; SLOTS],
     bytes: 0,
+    doomed: [None; SLOTS],
     reaper: None,
 });
 static FREED: Condvar = Condvar::new();
@@ -135,8 +142,22 @@ impl Pool {
         true
     }
 
-    /// Removes the blocks kept for [`KEEP`] into `expired`; the time until the next expires.
+    /// Hands `block` to the reaper to unmap; `false` when it has no room for more (the caller
+    /// unmaps it).
+    fn doom(&mut self, block: Kept) -> bool {
+        match self.doomed.iter_mut().find(|d| d.is_none()) {
+            Some(slot) => {
+                *slot = Some(block);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes the blocks kept for [`KEEP`], and the doomed ones, into `expired`; the time
+    /// until the next kept one expires.
     fn expire(&mut self, now: Instant, expired: &mut Vec<Kept>) -> Option<Duration> {
+        expired.extend(self.doomed.iter_mut().filter_map(Option::take));
         let mut next = None::<Duration>;
         for slot in &mut self.kept {
             let Some(kept) = *slot else { continue };
@@ -243,21 +264,27 @@ impl<A> Recycling<A> {
         // SAFETY: getpid has no preconditions.
         let pid = unsafe { libc::getpid() };
         let mut evicted = Vec::new();
-        let (kept, start_reaper) = {
+        let mut now = Vec::new();
+        let start_reaper = {
             let mut pool = pool();
-            let kept = pool.keep(block, &mut evicted);
-            let start_reaper = kept && pool.reaper != Some(pid);
+            if !pool.keep(block, &mut evicted) {
+                evicted.push(block);
+            }
+            // The reaper (started below if this process has none yet) unmaps what the pool
+            // lets go of; only what it has no room for is unmapped here.
+            for block in evicted {
+                if !pool.doom(block) {
+                    now.push(block);
+                }
+            }
+            let start_reaper = pool.reaper != Some(pid);
             if start_reaper {
                 pool.reaper = Some(pid);
             }
-            (kept, start_reaper)
+            start_reaper
         };
-        unmap(&evicted);
-        if kept {
-            FREED.notify_one(); // the reaper may be waiting with nothing to expire
-        } else {
-            unmap(&[block]);
-        }
+        unmap(&now);
+        FREED.notify_one(); // the reaper may be waiting with nothing to expire or unmap
         if start_reaper {
             let spawned = std::thread::Builder::new()
                 .name("arrowbridge-recycle".into())
@@ -343,8 +370,30 @@ mod tests {
         Pool {
             kept: [None; SLOTS],
             bytes: 0,
+            doomed: [None; SLOTS],
             reaper: None,
         }
+    }
+
+    #[test]
+    fn doomed_blocks_go_to_the_reaper_at_once_and_only_as_many_as_it_has_room_for() {
+        let now = Instant::now();
+        let mut pool = empty();
+        for i in 0..SLOTS {
+            assert!(pool.doom(kept(i << 30, 64 << 20, now)));
+        }
+        assert!(
+            !pool.doom(kept(99 << 30, 64 << 20, now)),
+            "no room: the caller unmaps"
+        );
+        let mut expired = Vec::new();
+        assert_eq!(pool.expire(now, &mut expired), None);
+        assert_eq!(
+            expired.len(),
+            SLOTS,
+            "every doomed block, without waiting for KEEP"
+        );
+        assert!(pool.doom(kept(0, 64 << 20, now)));
     }
 
     #[test]

@@ -52,6 +52,7 @@ use get::do_get_into;
 
 use crate::shards::{ShardMap, SHARDS_KEY};
 use crate::wire::framing::Messages;
+use crate::wire::protocol::{ExchangeArg, ExchangeCommand, ItemTicket};
 use crate::wire::receive::{receive, Received};
 use crate::wire::MAX_FLIGHT_DATA;
 use crate::wire::MAX_MESSAGE;
@@ -808,11 +809,8 @@ impl Client {
             Err(_) => None,
         };
         let socket = body.and_then(|body| {
-            let reply: serde_json::Value = serde_json::from_slice(&body).ok()?;
-            let path = reply["location"]
-                .as_str()?
-                .strip_prefix("arrowbridge+shm://")?;
-            Some((PathBuf::from(path), reply["instance"].as_str()?.to_string()))
+            let offer: crate::shm::Offer = serde_json::from_slice(&body).ok()?;
+            Some((PathBuf::from(offer.path()?), offer.instance))
         });
         Ok(self.shm_socket.get_or_init(|| socket).clone())
     }
@@ -820,9 +818,9 @@ impl Client {
     /// One request over the shared-memory socket: its reply and descriptor.
     fn shm_request(
         &self,
-        mut header: serde_json::Value,
+        request: crate::shm::Request,
         fd: Option<std::os::fd::RawFd>,
-    ) -> ClientResult<Shm<(serde_json::Value, Option<std::os::fd::OwnedFd>)>> {
+    ) -> ClientResult<Shm<(crate::shm::Reply, Option<std::os::fd::OwnedFd>)>> {
         let Some((path, instance)) = self.shm_socket()? else {
             return Ok(Shm::Unavailable(
                 "the server offers no shared memory".into(),
@@ -843,11 +841,7 @@ impl Client {
             kind: None,
             message: format!("shared memory at {}: {e}", path.display()),
         };
-        let what = format!(
-            "shared-memory {} {:?}",
-            header["op"].as_str().unwrap_or("request"),
-            header["name"].as_str().unwrap_or_default()
-        );
+        let what = format!("shared-memory {} {:?}", request.op(), request.name());
         let limits = crate::limits::current(self.timeout);
         // The request is small, and the reply comes in one write once it is ready: the wait
         // for it is what a deadline or Ctrl+C cuts short; a reply cut off mid-way cannot
@@ -866,31 +860,39 @@ impl Client {
         // A server serving as many shared-memory connections as it takes closes new ones:
         // the call goes by gRPC.
         let greeting = match crate::shm::receive(&mut stream) {
-            Ok((greeting, _)) => greeting,
+            Ok((greeting, _)) => serde_json::from_value::<crate::shm::Greeting>(greeting).ok(),
             Err(e) => return unavailable(format!("the shared-memory socket hung up ({e})")),
         };
-        if greeting["instance"].as_str() != Some(instance.as_str()) {
+        if greeting.is_none_or(|g| g.instance != instance) {
             return unavailable("the socket belongs to another server".into());
         }
-        if let Some(token) = &self.token {
-            header["token"] = token.clone().into();
-        }
+        let request = request.with_token(self.token.clone());
+        let header = serde_json::to_value(&request).expect("a request is plain JSON");
         crate::shm::send(&mut stream, &header, fd).map_err(io)?;
         wait_readable(&stream, &limits, &what, &cancelled)?;
         let (reply, fd) = crate::shm::receive(&mut stream).map_err(io)?;
-        if reply["ok"] != serde_json::Value::Bool(true) {
+        let reply: crate::shm::Reply = serde_json::from_value(reply).map_err(|e| {
+            ClientError::received(
+                &what,
+                &Status::invalid_argument(format!("a bad reply: {e}")),
+            )
+        })?;
+        if !reply.ok {
             return Err(ClientError::Remote {
-                code: Code::from_i32(reply["code"].as_i64().unwrap_or(2) as i32),
-                kind: reply["kind"].as_str().map(str::to_string),
-                message: reply["message"].as_str().unwrap_or_default().to_string(),
+                code: Code::from_i32(reply.code.unwrap_or(Code::Unknown as i32)),
+                kind: reply.kind,
+                message: reply.message.unwrap_or_default(),
             });
         }
         Ok(Shm::Done((reply, fd)))
     }
 
     fn shm_get(&self, name: &str) -> ClientResult<Shm<Item>> {
-        let header = serde_json::json!({"op": "get", "name": name});
-        let (reply, fd) = match self.shm_request(header, None) {
+        let request = crate::shm::Request::Get {
+            name: name.to_string(),
+            token: None,
+        };
+        let (reply, fd) = match self.shm_request(request, None) {
             Ok(Shm::Done(done)) => done,
             Ok(Shm::Unavailable(why)) => return Ok(Shm::Unavailable(why)),
             Ok(Shm::Sharded) => return Ok(Shm::Sharded),
@@ -907,8 +909,8 @@ impl Client {
             kind: None,
             message: format!("{what}: the server sent no memory"),
         })?;
-        let layout: crate::shm::Layout = serde_json::from_value(reply["layout"].clone())
-            .map_err(|e| arrowbridge::Error::invalid(&what, format!("bad layout: {e}")))?;
+        let layout = (reply.layout)
+            .ok_or_else(|| arrowbridge::Error::invalid(&what, "the reply has no layout"))?;
         let segment = Arc::new(crate::shm::Segment::adopt(&what, fd)?);
         let (schema, batch) = crate::shm::unpack(&what, segment, &layout)?;
         let columns = arrowbridge::ipc::tensors_of(&schema, &[batch])?;
@@ -954,12 +956,16 @@ impl Client {
             return Err(if self.cancelled_since(epoch) {
                 ClientError::Interrupted(what)
             } else {
-                limits.stopped(&what)
+                stopped(&limits, &what)
             });
         };
-        let header = serde_json::json!({"op": "put", "name": name, "layout": layout});
-        match self.shm_request(header, Some(segment.raw_fd()))? {
-            Shm::Done((reply, _)) => Ok(Shm::Done(reply["rows"].as_u64().unwrap_or(0) as usize)),
+        let request = crate::shm::Request::Put {
+            name: name.to_string(),
+            layout,
+            token: None,
+        };
+        match self.shm_request(request, Some(segment.raw_fd()))? {
+            Shm::Done((reply, _)) => Ok(Shm::Done(reply.rows.unwrap_or(0))),
             other => Ok(other.map_done()),
         }
     }
@@ -1287,14 +1293,21 @@ impl Client {
             match arg {
                 Arg::Array(tensor) => {
                     let column = format!("arg{i}");
-                    spec.push(serde_json::json!({ "column": column }));
+                    spec.push(ExchangeArg::Column(column.clone()));
                     sent.push((column, tensor));
                 }
-                Arg::Stored(name) => spec.push(serde_json::json!({ "stored": name })),
+                Arg::Stored(name) => spec.push(ExchangeArg::Stored(name.to_string())),
             }
         }
-        let command =
-            serde_json::json!({"kernel": kernel, "args": spec, "params": params.to_json()});
+        let command = ExchangeCommand {
+            kernel: kernel.to_string(),
+            args: Some(spec),
+            params: match params.to_json() {
+                serde_json::Value::Object(params) => params,
+                _ => serde_json::Map::new(),
+            },
+        };
+        let command = serde_json::to_vec(&command).expect("a command is plain JSON");
         let columns: Vec<(&str, &ArrowTensor)> =
             sent.iter().map(|(n, t)| (n.as_str(), *t)).collect();
         let (schema, batches) = if columns.is_empty() {
@@ -1302,7 +1315,7 @@ impl Client {
         } else {
             arrowbridge::ipc::wire_batches(&columns, MAX_FLIGHT_DATA)?
         };
-        let descriptor = FlightDescriptor::new_cmd(command.to_string());
+        let descriptor = FlightDescriptor::new_cmd(command);
         let (messages, failure) = encode(schema, batches, descriptor);
         let mut service = self.whole();
         let received = self.block_on(&format!("call {kernel:?}"), async move {
@@ -1368,6 +1381,18 @@ impl ClientError {
     /// Whether the server refused a ticket because its version was replaced.
     pub fn is_replaced(&self) -> bool {
         matches!(self, ClientError::Remote { kind: Some(kind), .. } if kind == crate::error::KIND_REPLACED)
+    }
+}
+
+/// The error of call `what` that `limits` stopped: its timeout, or an interruption.
+fn stopped(limits: &crate::limits::Deadline, what: &str) -> ClientError {
+    if limits.is_interrupted() {
+        ClientError::Interrupted(what.to_string())
+    } else {
+        ClientError::Timeout {
+            call: what.to_string(),
+            limit: limits.at.map_or(Duration::ZERO, |at| at - limits.started),
+        }
     }
 }
 
@@ -1490,7 +1515,8 @@ fn error_sources(e: &dyn std::error::Error) -> String {
 
 /// The rows a ticket of an arrowbridge server's endpoint names (`None` for other tickets).
 fn ticket_rows(ticket: &[u8]) -> Option<std::ops::Range<usize>> {
-    rows_of(&serde_json::from_slice(ticket).ok()?)
+    let [start, end] = ItemTicket::parse(ticket).ok()?.rows?;
+    Some(start..end)
 }
 
 /// The rows a server's acknowledgement of a put counts.

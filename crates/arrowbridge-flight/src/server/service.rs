@@ -16,7 +16,6 @@ use arrow_schema::SchemaRef;
 use arrowbridge::{ArrowTensor, Params, Registry};
 use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
-use serde::Deserialize;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{FlightServerError, Result};
@@ -24,6 +23,7 @@ use crate::names::check_name;
 use crate::server::store::{Store, Stored, VersionError};
 use crate::shards::{ShardMap, SHARDS_KEY};
 use crate::shm;
+use crate::wire::protocol::{ExchangeArg, ExchangeCommand, ItemTicket};
 use crate::wire::receive::{receive, Received};
 use crate::wire::MAX_FLIGHT_DATA;
 
@@ -39,33 +39,6 @@ pub struct Service {
     instance: String,
 }
 
-/// The DoExchange command: which kernel, on which arguments, with which parameters.
-///
-/// `{"kernel": "matmul", "args": [{"column": "x"}, {"stored": "w"}], "params": {}}`;
-/// without `args`, the kernel takes the streamed columns in order.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExchangeCommand {
-    /// The kernel's name.
-    pub kernel: String,
-    /// Its arguments; without, the streamed columns in order.
-    #[serde(default)]
-    pub args: Option<Vec<ExchangeArg>>,
-    /// Its parameters, in the JSON form of `arrowbridge::Params::to_json`.
-    #[serde(default)]
-    pub params: serde_json::Map<String, serde_json::Value>,
-}
-
-/// One kernel argument of [`ExchangeCommand`].
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ExchangeArg {
-    /// A column of the batches the client streams.
-    Column(String),
-    /// An array stored on the server (its only column).
-    Stored(String),
-}
-
 fn descriptor_name(descriptor: &FlightDescriptor) -> Result<String> {
     let name = descriptor.path.first().ok_or_else(|| {
         FlightServerError::BadRequest("the descriptor needs a path: [name]".into())
@@ -79,54 +52,6 @@ fn descriptor_name(descriptor: &FlightDescriptor) -> Result<String> {
 pub const PART_BYTES: usize = 64 << 20;
 /// The most endpoints one item is offered as.
 pub const MAX_ENDPOINTS: usize = 4;
-
-/// What a ticket asks for: an item by name (a ticket of the name's bytes alone asks for
-/// the version stored now), or, as the endpoints of a FlightInfo ask, rows of one version
-/// of it: `{"name": "x", "version": 1733112000000001, "rows": [0, 1000]}`. A ticket that
-/// names a version is served that version or refused (`FAILED_PRECONDITION`, kind
-/// [`crate::error::KIND_REPLACED`]): never rows of another.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ItemTicket {
-    /// The item.
-    pub name: String,
-    /// Its version ([`Stored::version`]); without, the one stored when the ticket arrives.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<u64>,
-    /// Rows `[start, end)` of it; without, all of them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rows: Option<[usize; 2]>,
-}
-
-impl ItemTicket {
-    /// The ticket of `bytes`: JSON (starting with `{`), or an item's name.
-    pub fn parse(bytes: &[u8]) -> Result<ItemTicket, Status> {
-        if bytes.first() == Some(&b'{') {
-            let ticket: ItemTicket = serde_json::from_slice(bytes)
-                .map_err(|e| Status::invalid_argument(format!("bad ticket: {e}")))?;
-            if let Some([start, end]) = ticket.rows {
-                if start > end {
-                    return Err(Status::invalid_argument(format!(
-                        "bad ticket: rows [{start}, {end}] run backwards"
-                    )));
-                }
-            }
-            return Ok(ticket);
-        }
-        let name = std::str::from_utf8(bytes)
-            .map_err(|_| Status::invalid_argument("the ticket must be a UTF-8 name"))?;
-        Ok(ItemTicket {
-            name: name.to_string(),
-            version: None,
-            rows: None,
-        })
-    }
-
-    /// The ticket as it travels.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a ticket is serializable")
-    }
-}
 
 /// The row ranges a stored item is offered as: one, or up to [`MAX_ENDPOINTS`] of about
 /// [`PART_BYTES`] each.
@@ -405,13 +330,18 @@ impl Service {
         if !own {
             let denied =
                 Status::permission_denied("shared memory is for clients of the server's own user");
-            let _ = shm::send_async(&mut stream, &shm::error_reply(&denied), None).await;
+            let _ = shm::send_async(&mut stream, &json(&shm::error_reply(&denied)), None).await;
             return;
         }
         // The greeting: a client checks that this is the server it asked before it sends its
         // token.
-        let greeting = serde_json::json!({"instance": self.instance});
-        if shm::send_async(&mut stream, &greeting, None).await.is_err() {
+        let greeting = shm::Greeting {
+            instance: self.instance.clone(),
+        };
+        if shm::send_async(&mut stream, &json(&greeting), None)
+            .await
+            .is_err()
+        {
             return;
         }
         loop {
@@ -430,9 +360,12 @@ impl Service {
                 Ok(Err(status)) => (shm::error_reply(&status), None),
                 Err(e) => (shm::error_reply(&Status::internal(e.to_string())), None),
             };
-            reply["instance"] = self.instance.clone().into();
+            reply.instance = self.instance.clone();
             let fd = shared.as_ref().map(|s| s.segment.raw_fd());
-            if shm::send_async(&mut stream, &reply, fd).await.is_err() {
+            if shm::send_async(&mut stream, &json(&reply), fd)
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -445,30 +378,38 @@ impl Service {
         header: &serde_json::Value,
         fd: Option<std::os::fd::OwnedFd>,
         gone: &dyn Fn() -> bool,
-    ) -> Result<(serde_json::Value, Option<shm::Shared>), Status> {
+    ) -> Result<(shm::Reply, Option<shm::Shared>), Status> {
+        // The token first: a client without it learns nothing, not even what is malformed.
         if let Some(token) = &self.token {
-            let given = header["token"].as_str().unwrap_or_default();
+            let given = header
+                .get("token")
+                .and_then(|t| t.as_str())
+                .unwrap_or_default();
             if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
                 return Err(Status::unauthenticated("wrong or missing token"));
             }
         }
-        let name = header["name"]
-            .as_str()
-            .ok_or_else(|| Status::invalid_argument("a shared-memory request needs a name"))?;
-        check_name(name)?;
-        match header["op"].as_str() {
-            Some("get") => {
-                let shared = self.store.shared(name)?;
-                let reply = serde_json::json!({"ok": true, "layout": shared.layout});
+        let request: shm::Request = serde_json::from_value(header.clone()).map_err(|e| {
+            Status::invalid_argument(format!(
+                "bad shared-memory request ({e}); requests are {{\"op\": \"get\" | \"put\", \"name\": ...}}"
+            ))
+        })?;
+        check_name(request.name())?;
+        match request {
+            shm::Request::Get { name, .. } => {
+                let shared = self.store.shared(&name)?;
+                let reply = shm::Reply {
+                    ok: true,
+                    layout: Some(shared.layout.clone()),
+                    ..shm::Reply::default()
+                };
                 Ok((reply, Some(shared)))
             }
-            Some("put") => {
+            shm::Request::Put { name, layout, .. } => {
                 let what = format!("shared-memory put of {name:?}");
                 let fd = fd.ok_or_else(|| {
                     Status::invalid_argument(format!("{what}: no memory came with it"))
                 })?;
-                let layout: shm::Layout = serde_json::from_value(header["layout"].clone())
-                    .map_err(|e| Status::invalid_argument(format!("{what}: bad layout: {e}")))?;
                 let segment =
                     Arc::new(shm::Segment::adopt(&what, fd).map_err(FlightServerError::from)?);
                 let (schema, batch) = shm::unpack(&what, segment.clone(), &layout)
@@ -482,16 +423,18 @@ impl Service {
                         "{what}: the client hung up before it was stored; nothing was stored"
                     )));
                 }
-                let replaced = self.store.put(name, stored)?;
+                let replaced = self.store.put(&name, stored)?;
                 // Freed after the acknowledgement, on a thread of its own.
                 if let Some(replaced) = replaced {
                     std::thread::spawn(move || drop(replaced));
                 }
-                Ok((serde_json::json!({"ok": true, "rows": rows}), None))
+                let reply = shm::Reply {
+                    ok: true,
+                    rows: Some(rows),
+                    ..shm::Reply::default()
+                };
+                Ok((reply, None))
             }
-            other => Err(Status::invalid_argument(format!(
-                "unknown shared-memory operation {other:?}; operations: get, put"
-            ))),
         }
     }
 
@@ -619,6 +562,11 @@ impl Service {
     ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         run_kernel(&self.registry, command, args)
     }
+}
+
+/// `message` as the JSON the shared-memory socket carries.
+fn json<T: serde::Serialize>(message: &T) -> serde_json::Value {
+    serde_json::to_value(message).expect("the protocol's messages are plain JSON")
 }
 
 /// How long a shared-memory connection may stay silent, or take to send one request.
@@ -814,9 +762,9 @@ impl FlightService for Service {
                 .collect::<BTreeMap<_, _>>()),
             "health" => serde_json::json!({"status": "ok", "stored": self.store.list().len()}),
             "shm" => match &self.shm {
-                Some(path) => serde_json::json!({
-                    "location": format!("arrowbridge+shm://{}", path.display()),
-                    "instance": self.instance,
+                Some(path) => json(&shm::Offer {
+                    location: format!("{}{}", shm::Offer::SCHEME, path.display()),
+                    instance: self.instance.clone(),
                 }),
                 None => return Err(Status::not_found("this server offers no shared memory")),
             },

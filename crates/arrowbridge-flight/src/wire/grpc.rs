@@ -70,6 +70,10 @@ pub(crate) async fn read_to_end(
         mut status,
     } = response;
     while let Some(frame) = body.frame().await {
+        // h2's frames come without tokio's cooperative budget: a stream that is always ready
+        // would keep this task from yielding, and a deadline or Ctrl+C from being seen, for as
+        // long as the bytes flow.
+        tokio::task::consume_budget().await;
         match frame?.into_data() {
             Ok(bytes) => data(bytes)?,
             Err(frame) => {

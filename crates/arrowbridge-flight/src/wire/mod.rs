@@ -6,6 +6,7 @@
 pub(crate) mod framing;
 pub(crate) mod grpc;
 pub(crate) mod parse;
+pub(crate) mod protocol;
 pub(crate) mod receive;
 pub(crate) mod transport;
 

@@ -1,0 +1,83 @@
+//! The JSON of arrowbridge's Flight calls, as types that client and server share: the tickets
+//! of a FlightInfo's endpoints ([`ItemTicket`]) and the DoExchange command that names a
+//! kernel ([`ExchangeCommand`]). The shared-memory socket's messages are in [`crate::shm`],
+//! a sharded item's map in [`crate::shards`].
+
+use serde::{Deserialize, Serialize};
+use tonic::Status;
+
+/// The DoExchange command: which kernel, on which arguments, with which parameters.
+///
+/// `{"kernel": "matmul", "args": [{"column": "x"}, {"stored": "w"}], "params": {}}`;
+/// without `args`, the kernel takes the streamed columns in order.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeCommand {
+    /// The kernel's name.
+    pub kernel: String,
+    /// Its arguments; without, the streamed columns in order.
+    #[serde(default)]
+    pub args: Option<Vec<ExchangeArg>>,
+    /// Its parameters, in the JSON form of `arrowbridge::Params::to_json`.
+    #[serde(default)]
+    pub params: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One kernel argument of [`ExchangeCommand`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExchangeArg {
+    /// A column of the batches the client streams.
+    Column(String),
+    /// An array stored on the server (its only column).
+    Stored(String),
+}
+
+/// What a ticket asks for: an item by name (a ticket of the name's bytes alone asks for
+/// the version stored now), or, as the endpoints of a FlightInfo ask, rows of one version
+/// of it: `{"name": "x", "version": 1733112000000001, "rows": [0, 1000]}`. A ticket that
+/// names a version is served that version or refused (`FAILED_PRECONDITION`, kind
+/// [`crate::error::KIND_REPLACED`]): never rows of another.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItemTicket {
+    /// The item.
+    pub name: String,
+    /// Its version ([`crate::Stored::version`]); without, the one stored when the ticket
+    /// arrives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// Rows `[start, end)` of it; without, all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<[usize; 2]>,
+}
+
+impl ItemTicket {
+    /// The ticket of `bytes`: JSON (starting with `{`), or an item's name.
+    pub fn parse(bytes: &[u8]) -> Result<ItemTicket, Status> {
+        if bytes.first() == Some(&b'{') {
+            let ticket: ItemTicket = serde_json::from_slice(bytes)
+                .map_err(|e| Status::invalid_argument(format!("bad ticket: {e}")))?;
+            if let Some([start, end]) = ticket.rows {
+                if start > end {
+                    return Err(Status::invalid_argument(format!(
+                        "bad ticket: rows [{start}, {end}] run backwards"
+                    )));
+                }
+            }
+            return Ok(ticket);
+        }
+        let name = std::str::from_utf8(bytes)
+            .map_err(|_| Status::invalid_argument("the ticket must be a UTF-8 name"))?;
+        Ok(ItemTicket {
+            name: name.to_string(),
+            version: None,
+            rows: None,
+        })
+    }
+
+    /// The ticket as it travels.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a ticket is serializable")
+    }
+}
