@@ -294,21 +294,16 @@ fn service() -> &'static (Arc<Store>, Arc<Service>) {
     SERVICE.get_or_init(|| {
         let store = Arc::new(Store::open(None).expect("an in-memory store"));
         let x = ArrowTensor::from_array(ndarray::ArrayD::from_elem(vec![4, 3], 1.5f64));
-        let batch = arrowbridge::ipc::record_batch(&[("x", &x)]).expect("a batch");
-        store
-            .put(
-                "x",
-                arrowbridge_flight::Stored::new(batch.schema(), vec![batch]),
-            )
-            .expect("stored");
         // Two versions of "x": tickets may name the one replaced (held for a grace period).
-        let batch = arrowbridge::ipc::record_batch(&[("x", &x)]).expect("a batch");
-        store
-            .put(
-                "x",
-                arrowbridge_flight::Stored::new(batch.schema(), vec![batch]),
-            )
-            .expect("stored");
+        for _ in 0..2 {
+            let batch = arrowbridge::ipc::record_batch(&[("x", &x)]).expect("a batch");
+            store
+                .put(
+                    "x",
+                    arrowbridge_flight::Stored::new(batch.schema(), vec![batch]),
+                )
+                .expect("stored");
+        }
         let service = Service::new(store.clone(), Arc::new(Registry::with_builtins()), None)
             .with_shm(None, "fuzz");
         (store, Arc::new(service))

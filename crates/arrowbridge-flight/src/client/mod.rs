@@ -317,20 +317,29 @@ struct Route {
 impl Route {
     /// `message` as a request of this route (with its authorization, if any).
     fn request<T>(&self, message: T) -> Request<T> {
-        let mut request = Request::new(message);
-        if let Some(value) = &self.authorization {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        request
+        authorized(message, self.authorization.as_ref())
     }
 
     /// The `authorization` header of calls made by hand ([`crate::wire::grpc`]).
     fn header_authorization(&self) -> Option<http::HeaderValue> {
-        (self.authorization.as_ref())
-            .and_then(|v| http::HeaderValue::from_bytes(v.as_encoded_bytes()).ok())
+        header_value(self.authorization.as_ref())
     }
+}
+
+/// `message` as a request carrying `authorization`, if any.
+fn authorized<T>(message: T, authorization: Option<&AsciiMetadataValue>) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(value) = authorization {
+        request
+            .metadata_mut()
+            .insert("authorization", value.clone());
+    }
+    request
+}
+
+/// `authorization` as the header of a call made by hand.
+fn header_value(authorization: Option<&AsciiMetadataValue>) -> Option<http::HeaderValue> {
+    authorization.and_then(|v| http::HeaderValue::from_bytes(v.as_encoded_bytes()).ok())
 }
 
 impl Route {
@@ -677,19 +686,11 @@ impl Client {
 
     /// The `authorization` header of calls made by hand ([`crate::wire::grpc`]).
     fn header_authorization(&self) -> Option<http::HeaderValue> {
-        self.authorization
-            .as_ref()
-            .and_then(|v| http::HeaderValue::from_bytes(v.as_encoded_bytes()).ok())
+        header_value(self.authorization.as_ref())
     }
 
     fn request<T>(&self, message: T) -> Request<T> {
-        let mut request = Request::new(message);
-        if let Some(value) = &self.authorization {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        request
+        authorized(message, self.authorization.as_ref())
     }
 
     /// Stores `columns` under `name` as one item of form `form`; the rows the server
