@@ -153,13 +153,24 @@ class TestUnixSocket:
             with arrowbridge.connect(srv.location) as c:
                 c.put("u", np.arange(6.0).reshape(2, 3))
                 assert c.call("sum", c.stored("u"), axis=1).tolist() == [3.0, 12.0]
-            # gRPC's C++ core sends the socket's path as :authority, which the server's HTTP/2
-            # layer (h2) refuses as malformed; a plain client names a valid one instead.
-            plain = flight.FlightClient(
-                srv.location, generic_options=[("grpc.default_authority", "localhost")]
-            )
+            # gRPC's C++ core sends the socket's path, percent-encoded, as :authority
+            # ("...%2Fab.sock"), which plain h2 resets as malformed: default options work.
+            plain = flight.FlightClient(srv.location)
             table = plain.do_get(flight.Ticket(b"u")).read_all()
             assert table.num_rows == 2
+            listed = [info.descriptor.path[0] for info in plain.list_flights()]
+            assert listed == [b"u"]
+            writer, _ = plain.do_put(
+                flight.FlightDescriptor.for_path("from-pyarrow"), table.schema
+            )
+            writer.write_table(table)
+            writer.close()
+            with arrowbridge.connect(srv.location) as c:
+                assert c.get("from-pyarrow").shape == (2, 3)
+            named = flight.FlightClient(
+                srv.location, generic_options=[("grpc.default_authority", "localhost")]
+            )
+            assert named.do_get(flight.Ticket(b"u")).read_all().num_rows == 2
         assert not path.exists(), "the socket is removed at shutdown"
 
     def test_a_stale_socket_is_replaced_and_a_live_one_refused(self, tmp_path):
