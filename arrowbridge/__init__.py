@@ -56,7 +56,7 @@ from .errors import (
     UnsupportedDeviceError,
     UnsupportedTypeError,
 )
-from .flight import Client, Server, connect, serve
+from .flight import Client, ItemStream, Server, connect, serve
 from .ipc import IpcReader, iter_ipc, open_ipc, read_ipc, write_ipc
 
 __version__: str = _native.__version__
@@ -181,6 +181,7 @@ __all__ = [
     "InvalidNameError",
     "IpcReader",
     "ItemReplacedError",
+    "ItemStream",
     "KernelError",
     "KernelParameterError",
     "MisalignedBufferError",
@@ -202,6 +203,7 @@ __all__ = [
     "UnsupportedDeviceError",
     "UnsupportedTypeError",
     "__version__",
+    "aio",
     "call",
     "cluster",
     "connect",
@@ -222,4 +224,4 @@ __all__ = [
 # specialize attribute lookups on a module that has one, which made every
 # ``arrowbridge.call`` 25 ns slower. ``arrowbridge.cluster`` imports Ray (an optional
 # dependency, ``pip install arrowbridge[ray]``) only when a function of it needs Ray.
-from . import cluster  # noqa: E402
+from . import aio, cluster  # noqa: E402

@@ -2,6 +2,7 @@
 
 import builtins
 import os
+from collections.abc import Callable
 from typing import Any, final
 
 import numpy as np
@@ -9,8 +10,11 @@ import numpy as np
 __all__ = [
     "ArrowMemory",
     "FlightClient",
+    "FlightPut",
     "FlightServer",
+    "FlightStream",
     "IpcReader",
+    "PendingCall",
     "__version__",
     "call",
     "data_address",
@@ -151,6 +155,7 @@ class FlightClient:
         shm: bool | None = None,
         timeout: float | None = None,
         trusted: builtins.list[str] = ...,
+        background: bool = False,
     ) -> FlightClient: ...
     def put(
         self,
@@ -161,9 +166,24 @@ class FlightClient:
         *,
         timeout: float | None = None,
     ) -> int: ...
+    def put_stream(self, name: str, form: str) -> FlightPut: ...
     def get(
-        self, name: str, *, timeout: float | None = None
+        self,
+        name: str,
+        *,
+        columns: builtins.list[str] | None = None,
+        rows: tuple[int, int] | None = None,
+        timeout: float | None = None,
     ) -> tuple[str, dict[str, np.ndarray]]: ...
+    def stream(
+        self,
+        name: str,
+        *,
+        columns: builtins.list[str] | None = None,
+        rows: tuple[int, int] | None = None,
+        batch_rows: int | None = None,
+        timeout: float | None = None,
+    ) -> FlightStream: ...
     def list(self, *, timeout: float | None = None) -> builtins.list[dict[str, Any]]: ...
     def info(self, name: str, *, timeout: float | None = None) -> dict[str, Any]: ...
     def put_map(
@@ -181,6 +201,101 @@ class FlightClient:
         *,
         timeout: float | None = None,
     ) -> builtins.list[np.ndarray]: ...
+    def submit_get(
+        self,
+        name: str,
+        done: Callable[[Any, BaseException | None], None],
+        *,
+        columns: builtins.list[str] | None = None,
+        rows: tuple[int, int] | None = None,
+        timeout: float | None = None,
+    ) -> PendingCall: ...
+    def submit_put(
+        self,
+        name: str,
+        names: builtins.list[str],
+        arrays: builtins.list[Any],
+        form: str,
+        done: Callable[[Any, BaseException | None], None],
+        *,
+        timeout: float | None = None,
+    ) -> PendingCall: ...
+    def submit_info(
+        self,
+        name: str | None,
+        done: Callable[[Any, BaseException | None], None],
+        *,
+        timeout: float | None = None,
+    ) -> PendingCall: ...
+    def submit_action(
+        self,
+        kind: str,
+        body: bytes,
+        done: Callable[[Any, BaseException | None], None],
+        *,
+        timeout: float | None = None,
+    ) -> PendingCall: ...
+    def submit_call(
+        self,
+        kernel: str,
+        args: builtins.list[tuple[str, Any]],
+        params: dict[str, Any] | None,
+        done: Callable[[Any, BaseException | None], None],
+        *,
+        timeout: float | None = None,
+    ) -> PendingCall: ...
+    def submit_stream(
+        self,
+        name: str,
+        done: Callable[[Any, BaseException | None], None],
+        *,
+        columns: builtins.list[str] | None = None,
+        rows: tuple[int, int] | None = None,
+        batch_rows: int | None = None,
+        timeout: float | None = None,
+    ) -> PendingCall: ...
     def cancel(self) -> None: ...
     def abandon(self) -> None: ...
     def close(self) -> None: ...
+
+@final
+class FlightStream:
+    """The batches of a stored item as they arrive: ``{name: array}`` per batch."""
+
+    @property
+    def form(self) -> str: ...
+    @property
+    def rows(self) -> int: ...
+    def __iter__(self) -> FlightStream: ...
+    def __next__(self) -> dict[str, np.ndarray]: ...
+    def submit_next(self, done: Callable[[Any, BaseException | None], None]) -> PendingCall: ...
+    def close(self) -> None: ...
+
+@final
+class FlightPut:
+    """A put under way whose batches arrive one by one."""
+
+    def send(
+        self, names: builtins.list[str], arrays: builtins.list[Any], *, timeout: float | None = None
+    ) -> None: ...
+    def submit_send(
+        self,
+        names: builtins.list[str],
+        arrays: builtins.list[Any],
+        done: Callable[[Any, BaseException | None], None],
+        *,
+        timeout: float | None = None,
+    ) -> PendingCall: ...
+    def finish(self, *, timeout: float | None = None) -> int: ...
+    def submit_finish(
+        self, done: Callable[[Any, BaseException | None], None], *, timeout: float | None = None
+    ) -> PendingCall: ...
+    def abort(self) -> None: ...
+
+@final
+class PendingCall:
+    """A call under way on a background client."""
+
+    def cancel(self) -> None: ...
+    @property
+    def done(self) -> bool: ...

@@ -160,9 +160,7 @@ class TestUnixSocket:
             assert table.num_rows == 2
             listed = [info.descriptor.path[0] for info in plain.list_flights()]
             assert listed == [b"u"]
-            writer, _ = plain.do_put(
-                flight.FlightDescriptor.for_path("from-pyarrow"), table.schema
-            )
+            writer, _ = plain.do_put(flight.FlightDescriptor.for_path("from-pyarrow"), table.schema)
             writer.write_table(table)
             writer.close()
             with arrowbridge.connect(srv.location) as c:

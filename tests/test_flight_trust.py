@@ -20,34 +20,6 @@ import pytest
 
 import arrowbridge
 
-
-@pytest.fixture
-def silent_server():
-    """A TCP server that accepts connections and never says a word."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    accepted = []
-    stop = threading.Event()
-
-    def accept():
-        listener.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                accepted.append(listener.accept()[0])
-            except OSError:
-                pass
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"grpc://127.0.0.1:{listener.getsockname()[1]}"
-    stop.set()
-    thread.join()
-    for conn in accepted:
-        conn.close()
-    listener.close()
-
-
 # -- one version per read -------------------------------------------------------------------
 
 
@@ -132,12 +104,17 @@ def test_zero_width_rows_cost_one_message_whatever_their_count(shm):
 # -- deadlines and Ctrl+C -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("op", ["info", "get", "put", "list", "call", "health"])
+@pytest.mark.parametrize(
+    "op", ["info", "get", "get rows", "stream", "put", "put stream", "list", "call", "health"]
+)
 def test_every_call_to_a_silent_server_ends_at_its_deadline(silent_server, op):
     calls = {
         "info": lambda c, **kw: c.info("x", **kw),
         "get": lambda c, **kw: c.get("x", **kw),
+        "get rows": lambda c, **kw: c.get("x", rows=(0, 1), **kw),
+        "stream": lambda c, **kw: next(c.stream("x", **kw)),
         "put": lambda c, **kw: c.put("x", np.arange(3), **kw),
+        "put stream": lambda c, **kw: c.put("x", iter([np.arange(3)] * 2), **kw),
         "list": lambda c, **kw: c.list(**kw),
         "call": lambda c, **kw: c.call("sum", np.arange(3), **kw),
         "health": lambda c, **kw: c.health(**kw),
@@ -164,6 +141,37 @@ def test_the_client_stays_usable_after_a_timeout():
         with pytest.raises(arrowbridge.FlightTimeoutError):
             c.put("big", np.zeros(64 << 20), timeout=0.001)
         assert c.get("x").tolist() == list(range(10))
+
+
+def test_a_stream_waits_again_for_a_batch_whose_wait_timed_out():
+    with arrowbridge.serve() as server, arrowbridge.connect(server.location, shm=False) as c:
+        x = np.arange(8 << 20, dtype=np.float64).reshape(-1, 8)  # 64 MiB
+        c.put("x", x)
+        got, timeouts = [], 0
+        while True:  # opening the stream (a GetFlightInfo) is bounded by the timeout too
+            try:
+                stream = c.stream("x", batch_rows=1 << 18, timeout=0.0005)  # 16 MiB batches
+                break
+            except arrowbridge.FlightTimeoutError:
+                timeouts += 1
+        while timeouts < 100_000:
+            try:
+                got.append(next(stream))
+            except arrowbridge.FlightTimeoutError:
+                timeouts += 1
+            except StopIteration:
+                break
+        assert timeouts > 0
+        assert np.array_equal(np.concatenate(got), x)
+
+
+def test_a_streamed_put_that_times_out_stores_nothing():
+    with arrowbridge.serve() as server, arrowbridge.connect(server.location, shm=False) as c:
+        block = np.zeros(8 << 20)
+        with pytest.raises(arrowbridge.FlightTimeoutError):
+            c.put("s", (block for _ in range(64)), timeout=0.001)
+        time.sleep(0.2)
+        assert c.list() == []
 
 
 CTRL_C = textwrap.dedent(

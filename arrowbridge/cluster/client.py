@@ -558,6 +558,22 @@ class ClusterClient:
         answer). One version of it, whole, even while a put replaces it (see :meth:`put`)."""
         return self._read(name, lambda: self._any(f"get {name!r}", lambda c: c.get(name)))
 
+    def stream(self, name: str, **options: Any) -> Any:
+        """The item ``name`` as an iterator of batches of its rows, shard by shard in row
+        order, each batch within one shard (see :meth:`arrowbridge.Client.stream` for
+        ``columns``, ``rows``, ``batch_rows`` and ``timeout``). The item's map is read from
+        the first server that answers; each shard from its replicas in turn.
+
+        >>> import numpy as np, arrowbridge
+        >>> from arrowbridge.cluster import ClusterClient
+        >>> with arrowbridge.serve() as a, arrowbridge.serve() as b:
+        ...     with ClusterClient([a.location, b.location]) as cluster:
+        ...         cluster.put("x", np.arange(6), shards=2)
+        ...         [batch.tolist() for batch in cluster.stream("x", batch_rows=2)]
+        [[0, 1], [2], [3, 4], [5]]
+        """
+        return self._any(f"stream {name!r}", lambda c: c.stream(name, **options))
+
     def shards(self, name: str) -> list[dict[str, Any]]:
         """The shards of ``name`` in row order: ``name`` (the item each replica stores),
         ``rows`` ``[start, end)``, ``bytes`` and ``locations``."""

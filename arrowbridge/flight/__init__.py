@@ -21,7 +21,7 @@ from ..errors import (
     RemoteStorageError,
     ServerUnavailableError,
 )
-from .client import Client, Stored, connect
+from .client import Client, ItemStream, Stored, connect
 from .server import Server, serve
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "FlightCallError",
     "FlightTimeoutError",
     "ItemReplacedError",
+    "ItemStream",
     "RemoteInvalidError",
     "RemoteNotFoundError",
     "RemoteOutOfMemoryError",

@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import os
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
 from .. import _native
+from ..errors import ShapeError
 from ..ipc import _array_like
 
 
@@ -44,6 +45,64 @@ def _columns(data: Any) -> tuple[str, list[str], list[Any]]:
     return "array", ["data"], [_array_like(data)]
 
 
+def _streamed(data: Any) -> bool:
+    """Whether a put's ``data`` is a stream of batches (an iterator, or an Arrow stream that
+    is not a whole table) rather than one item."""
+    if isinstance(data, Mapping | pa.Table | pa.RecordBatch | list | tuple) or hasattr(
+        data, "__array__"
+    ):
+        return False
+    if hasattr(data, "__arrow_c_array__") or hasattr(data, "__dlpack__"):
+        return False
+    return isinstance(data, Iterator) or hasattr(data, "__arrow_c_stream__")
+
+
+def _batches(data: Any) -> Iterator[tuple[str, list[str], list[Any]]]:
+    """The batches of a streamed put, each as (form, names, columns)."""
+    if not isinstance(data, Iterator) and hasattr(data, "__arrow_c_stream__"):
+        data = pa.RecordBatchReader.from_stream(data)
+    for batch in data:
+        yield _columns(batch)
+
+
+class ItemStream:
+    """The batches of a stored item as they arrive, from :meth:`Client.stream`: each an
+    array (for an item put as one array) or a dict of arrays, contiguous and aligned as
+    :meth:`Client.get`'s are. A few batches are fetched ahead while you work on one; memory
+    stays at a few batches whatever the item's size.
+
+    ``rows`` is the number of rows it carries in all. Leaving a ``with`` block or calling
+    :meth:`close` stops it (batches fetched ahead are dropped).
+    """
+
+    def __init__(self, native: Any, form: str):
+        self._native = native
+        self._form = form
+        self.rows: int = native.rows
+
+    def __iter__(self) -> ItemStream:
+        return self
+
+    def __next__(self) -> Any:
+        arrays = next(self._native)
+        if self._form == "array":
+            return next(iter(arrays.values()))
+        return arrays
+
+    def close(self) -> None:
+        """Stops the stream; idempotent."""
+        self._native.close()
+
+    def __enter__(self) -> ItemStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<arrowbridge.ItemStream of {self.rows} rows>"
+
+
 def _describe(info: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": info["name"],
@@ -55,7 +114,50 @@ def _describe(info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class Client:
+def _names(what: str, names: Sequence[str]) -> list[str]:
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise ShapeError(f"{what} must be a sequence of column names, got {names!r}")
+    return list(names)
+
+
+def _rows(rows: tuple[int, int] | None) -> tuple[int, int] | None:
+    if rows is None:
+        return None
+    try:
+        start, end = rows
+        valid = all(isinstance(r, int) and not isinstance(r, bool) for r in (start, end))
+    except (TypeError, ValueError):
+        valid = False
+    if not valid or start < 0 or end < start:
+        raise ShapeError(f"rows must be (start, end) with 0 <= start <= end, got {rows!r}")
+    return (start, end)
+
+
+class _Connected:
+    """What the blocking and the asyncio client share: the native client, made again in a
+    forked child."""
+
+    location: str
+    _options: dict[str, Any]
+    _native: Any
+    _closed: bool
+
+    def _connect(self, location: str, **options: Any) -> None:
+        self.location = location
+        self._options = options
+        self._native = _native.FlightClient(location, **options)
+        self._closed = False
+        _LIVE.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The connection's runtime threads exist in the parent only: the child neither uses
+        # nor drops it, and connects again.
+        self._native.abandon()
+        if not self._closed:
+            self._native = _native.FlightClient(self.location, **self._options)
+
+
+class Client(_Connected):
     """A Flight client speaking NumPy (see :func:`connect`). Works against any Flight server
     for put/get/list/info/delete; ``call`` needs an arrowbridge server.
 
@@ -87,24 +189,14 @@ class Client:
         timeout: float | None = None,
         trusted: Sequence[str] = (),
     ):
-        self.location = location
-        self._options: dict[str, Any] = {
-            "token": token,
-            "tls_root_certs": tls_root_certs,
-            "shm": shm,
-            "timeout": timeout,
-            "trusted": list(trusted),
-        }
-        self._native = _native.FlightClient(location, **self._options)
-        self._closed = False
-        _LIVE.add(self)
-
-    def _after_fork_in_child(self) -> None:
-        # The connection's runtime threads exist in the parent only: the child neither uses
-        # nor drops it, and connects again.
-        self._native.abandon()
-        if not self._closed:
-            self._native = _native.FlightClient(self.location, **self._options)
+        self._connect(
+            location,
+            token=token,
+            tls_root_certs=tls_root_certs,
+            shm=shm,
+            timeout=timeout,
+            trusted=list(trusted),
+        )
 
     def _cancel(self) -> None:
         # Stops this client's calls under way on other threads (a fan-out's, after Ctrl+C).
@@ -122,11 +214,55 @@ class Client:
         ...     client.put("pair", {"id": np.arange(2), "vec": np.ones((2, 3), np.float32)})
         ...     client.info("pair")["rows"]
         2
+
+        ``data`` may also be a stream of batches, sent as they come with constant memory:
+        an iterator (a generator) of arrays or of dicts of arrays, a
+        ``pyarrow.RecordBatchReader``, anything with ``__arrow_c_stream__`` other than a
+        table, or :func:`arrowbridge.iter_ipc`'s batches. Each batch is rows of the item
+        (arrays sharing their first axis, with the first batch's dtypes and row shapes);
+        the item becomes visible, as one version, when the stream ends. If the stream
+        raises (or Ctrl+C, or the timeout, which bounds each batch), the put is reset and
+        the server stores nothing. Streamed puts go over gRPC, not shared memory.
+
+        >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
+        ...     client.put("big", (np.full((1000, 4), i, np.float32) for i in range(5)))
+        ...     client.info("big")["rows"]
+        5000
         """
+        if _streamed(data):
+            self._put_stream(name, data, timeout)
+            return
         form, names, arrays = _columns(data)
         self._native.put(name, names, arrays, form, timeout=timeout)
 
-    def get(self, name: str, *, timeout: float | None = None) -> Any:
+    def _put_stream(self, name: str, data: Any, timeout: float | None) -> None:
+        batches = _batches(data)
+        try:
+            form, names, arrays = next(batches)
+        except StopIteration:
+            raise ShapeError(f"put {name!r}: the stream had no batches; nothing to store") from None
+        put = self._native.put_stream(name, form)
+        try:
+            put.send(names, arrays, timeout=timeout)
+            for index, (batch_form, names, arrays) in enumerate(batches, start=1):
+                if batch_form != form:
+                    raise ShapeError(
+                        f"put {name!r}: batch {index} is a {batch_form}, the first was a {form}"
+                    )
+                put.send(names, arrays, timeout=timeout)
+            put.finish(timeout=timeout)
+        except BaseException:
+            put.abort()
+            raise
+
+    def get(
+        self,
+        name: str,
+        *,
+        columns: Sequence[str] | None = None,
+        rows: tuple[int, int] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
         """What was put under ``name``, in the form it was put: an array, or a dict of arrays
         (for a dict or a table, and for items other clients put). Each array is one
         contiguous, aligned NumPy array: writeable and owning the received bytes when they
@@ -143,11 +279,60 @@ class Client:
         ...     client.get("m"), client.get("d")
         (array([[1., 0.],
                [0., 1.]]), {'a': array([0, 1])})
+
+        ``rows=(start, end)`` reads those rows only, ``columns=[...]`` those columns of a
+        dict or table (in the order given); the server sends nothing else. Slices are read
+        over gRPC.
+
+        >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
+        ...     client.put("t", {"id": np.arange(6), "x": np.zeros((6, 2))})
+        ...     client.get("t", columns=["id"], rows=(2, 5))
+        {'id': array([2, 3, 4])}
         """
-        form, arrays = self._native.get(name, timeout=timeout)
+        if columns is not None:
+            columns = _names("columns", columns)
+        form, arrays = self._native.get(name, columns=columns, rows=_rows(rows), timeout=timeout)
         if form == "array":
             return next(iter(arrays.values()))
         return arrays
+
+    def stream(
+        self,
+        name: str,
+        *,
+        columns: Sequence[str] | None = None,
+        rows: tuple[int, int] | None = None,
+        batch_rows: int | None = None,
+        timeout: float | None = None,
+    ) -> ItemStream:
+        """The item stored under ``name`` as an iterator of batches of its rows (an
+        :class:`ItemStream`), for items larger than memory: each batch is what :meth:`get`
+        of its rows would return, and a few are fetched ahead while you work on one.
+
+        ``batch_rows`` sets the rows per batch (default: about 8 MiB each, one Flight
+        message); ``rows`` and ``columns`` as in :meth:`get`; ``timeout`` bounds each batch.
+        The stream reads one version: if a put replaces the item while you iterate, the next
+        batch raises :class:`ItemReplacedError` rather than giving rows of the new version.
+        When a ``next()`` times out, the batch's fetch goes on and the next ``next()`` waits
+        for it again; closing the stream cancels what is under way. Sharded cluster items
+        stream shard by shard, in row order. Streams go over gRPC, not shared memory.
+
+        >>> import numpy as np, arrowbridge
+        >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
+        ...     client.put("x", np.arange(10))
+        ...     [batch.tolist() for batch in client.stream("x", batch_rows=4)]
+        [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+        """
+        if columns is not None:
+            columns = _names("columns", columns)
+        if batch_rows is not None and (
+            not isinstance(batch_rows, int) or isinstance(batch_rows, bool) or batch_rows < 1
+        ):
+            raise ShapeError(f"stream {name!r}: batch_rows must be an int >= 1, got {batch_rows!r}")
+        native = self._native.stream(
+            name, columns=columns, rows=_rows(rows), batch_rows=batch_rows, timeout=timeout
+        )
+        return ItemStream(native, native.form)
 
     def list(self, *, timeout: float | None = None) -> list[dict[str, Any]]:
         """Every stored item: name, rows, bytes, schema, columns (dtype, shape) and the number
@@ -311,8 +496,8 @@ def connect(
     )
 
 
-#: Every open client of this process, reconnected in a forked child.
-_LIVE: weakref.WeakSet[Client] = weakref.WeakSet()
+#: Every open client of this process (blocking or asyncio), reconnected in a forked child.
+_LIVE: weakref.WeakSet[_Connected] = weakref.WeakSet()
 
 
 def _reconnect_in_child() -> None:

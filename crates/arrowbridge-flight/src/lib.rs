@@ -24,7 +24,8 @@ mod tls;
 mod wire;
 
 pub use client::{
-    Arg, Client, ClientError, ClientOptions, ClientResult, Item, ItemForm, ItemInfo, ITEM_KEY,
+    Arg, Client, ClientError, ClientOptions, ClientResult, Item, ItemForm, ItemInfo, ItemStream,
+    PutStream, Selection, ITEM_KEY,
 };
 pub use error::{
     FlightServerError, Result, KIND_KEY, KIND_OUT_OF_MEMORY, KIND_REPLACED, KIND_STORAGE,

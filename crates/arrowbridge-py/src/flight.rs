@@ -11,14 +11,17 @@ use arrowbridge::ipc::tensors_of;
 use arrowbridge::ArrowTensor;
 use arrowbridge_flight::limits::{scoped, CallLimits};
 use arrowbridge_flight::{
-    start, Arg, Client, ClientError, ClientOptions, ItemForm, ItemInfo, RunningServer, ServerConfig,
+    start, Arg, Client, ClientError, ClientOptions, ItemForm, ItemInfo, ItemStream, PutStream,
+    RunningServer, Selection, ServerConfig,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
 use arrowbridge_pyo3::capsule::import_batch_stream;
-use arrowbridge_pyo3::errors::{no_panic, python_error, BridgeResult};
+use arrowbridge_pyo3::errors::{no_panic, python_error, BridgeError, BridgeResult};
 use arrowbridge_pyo3::numpy_output::tensor_to_numpy;
+
+use crate::aio::{spawn_call, PendingCall};
 
 /// A failure to start or stop a server, as the exception a Python user expects: `OSError`
 /// subclasses (with the errno) for an address or data directory that cannot be used.
@@ -123,7 +126,7 @@ pub fn stream_to_arrays<'py>(data: &Bound<'py, PyAny>) -> BridgeResult<Bound<'py
 
 /// A client error as the exception of `arrowbridge.errors` its gRPC status code (and, where
 /// the code alone is ambiguous, the server's error kind) calls for; never chosen by message.
-fn client_error(e: ClientError) -> arrowbridge_pyo3::errors::BridgeError {
+pub(crate) fn client_error(e: ClientError) -> arrowbridge_pyo3::errors::BridgeError {
     use tonic::Code;
     let message = e.to_string();
     let class = match e {
@@ -274,7 +277,7 @@ fn info_dict<'py>(py: Python<'py>, info: &ItemInfo) -> BridgeResult<Bound<'py, P
 #[pymethods]
 impl FlightClient {
     #[new]
-    #[pyo3(signature = (location, *, token=None, tls_root_certs=None, shm=None, timeout=None, trusted=Vec::new()))]
+    #[pyo3(signature = (location, *, token=None, tls_root_certs=None, shm=None, timeout=None, trusted=Vec::new(), background=false))]
     fn new(
         location: &str,
         token: Option<String>,
@@ -282,6 +285,7 @@ impl FlightClient {
         shm: Option<bool>,
         timeout: Option<f64>,
         trusted: Vec<String>,
+        background: bool,
     ) -> BridgeResult<Self> {
         let options = ClientOptions {
             token,
@@ -289,6 +293,7 @@ impl FlightClient {
             shm,
             timeout: seconds(timeout)?,
             trusted,
+            background,
         };
         let client = Client::connect(location, options).map_err(client_error)?;
         Ok(FlightClient {
@@ -325,19 +330,71 @@ impl FlightClient {
         })
     }
 
-    /// `(form, {name: array})` of the item stored under `name`.
-    #[pyo3(signature = (name, *, timeout=None))]
+    /// Starts a put of `name` (form "array", "dict" or "table") whose batches arrive one by
+    /// one (`FlightPut.send`).
+    fn put_stream(&self, name: &str, form: &str) -> BridgeResult<FlightPut> {
+        no_panic("put", || {
+            let client = self.client()?;
+            let put = client
+                .put_stream(name, item_form(form))
+                .map_err(client_error)?;
+            Ok(FlightPut {
+                client,
+                put: Arc::new(tokio::sync::Mutex::new(Some(put))),
+            })
+        })
+    }
+
+    /// `(form, {name: array})` of the item stored under `name`, or of its `rows`
+    /// (`(start, end)`) and `columns`.
+    #[pyo3(signature = (name, *, columns=None, rows=None, timeout=None))]
     fn get<'py>(
         &self,
         py: Python<'py>,
         name: &str,
+        columns: Option<Vec<String>>,
+        rows: Option<(usize, usize)>,
         timeout: Option<f64>,
     ) -> BridgeResult<(&'static str, Bound<'py, PyDict>)> {
         no_panic("get", || {
             let client = self.client()?;
             let timeout = seconds(timeout)?;
-            let item = limited(py, timeout, || client.get(name)).map_err(client_error)?;
+            let item = if columns.is_none() && rows.is_none() {
+                limited(py, timeout, || client.get(name))
+            } else {
+                let selection = Selection {
+                    columns,
+                    rows: rows.map(|(start, end)| start..end),
+                };
+                limited(py, timeout, || client.get_part(name, &selection))
+            }
+            .map_err(client_error)?;
             Ok((item.form.name(), arrays(py, &item.columns, !item.shared)?))
+        })
+    }
+
+    /// A stream of the item stored under `name` (its `rows` and `columns`), in batches of
+    /// `batch_rows` rows; `timeout` bounds each batch.
+    #[pyo3(signature = (name, *, columns=None, rows=None, batch_rows=None, timeout=None))]
+    fn stream(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        columns: Option<Vec<String>>,
+        rows: Option<(usize, usize)>,
+        batch_rows: Option<usize>,
+        timeout: Option<f64>,
+    ) -> BridgeResult<FlightStream> {
+        no_panic("stream", || {
+            let client = self.client()?;
+            let timeout = seconds(timeout)?;
+            let selection = Selection {
+                columns,
+                rows: rows.map(|(start, end)| start..end),
+            };
+            let stream = limited(py, timeout, || client.stream(name, &selection, batch_rows))
+                .map_err(client_error)?;
+            Ok(FlightStream::new(client, stream, timeout))
         })
     }
 
@@ -494,6 +551,206 @@ impl FlightClient {
         })
     }
 
+    /// `get` on the client's runtime: `done((form, {name: array}), None)` or
+    /// `done(None, exception)`. Over gRPC (shared memory is for blocking calls).
+    #[pyo3(signature = (name, done, *, columns=None, rows=None, timeout=None))]
+    fn submit_get(
+        &self,
+        name: String,
+        done: Py<PyAny>,
+        columns: Option<Vec<String>>,
+        rows: Option<(usize, usize)>,
+        timeout: Option<f64>,
+    ) -> BridgeResult<PendingCall> {
+        let client = self.client()?;
+        let selection = Selection {
+            columns,
+            rows: rows.map(|(start, end)| start..end),
+        };
+        let whole = selection.columns.is_none() && selection.rows.is_none();
+        let what = format!("get {name:?}");
+        Ok(spawn_call(
+            &client.clone(),
+            what,
+            seconds(timeout)?,
+            done,
+            async move {
+                if whole {
+                    client.get_async(&name).await
+                } else {
+                    client.get_part_async(&name, &selection).await
+                }
+            },
+            |py, item: arrowbridge_flight::Item| {
+                let dict = arrays(py, &item.columns, !item.shared)?;
+                Ok(pyo3::IntoPyObjectExt::into_py_any(
+                    (item.form.name(), dict),
+                    py,
+                )?)
+            },
+        ))
+    }
+
+    /// `put` on the client's runtime: `done(rows, None)` or `done(None, exception)`.
+    #[pyo3(signature = (name, names, arrays, form, done, *, timeout=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn submit_put(
+        &self,
+        name: String,
+        names: Vec<String>,
+        arrays: &Bound<'_, PyList>,
+        form: &str,
+        done: Py<PyAny>,
+        timeout: Option<f64>,
+    ) -> BridgeResult<PendingCall> {
+        let client = self.client()?;
+        let form = item_form(form);
+        let batch = batch_tensors(names, arrays)?;
+        let what = format!("put {name:?}");
+        Ok(spawn_call(
+            &client.clone(),
+            what,
+            seconds(timeout)?,
+            done,
+            async move { client.put_async(&name, &column_refs(&batch), form).await },
+            |py, rows: usize| Ok(pyo3::IntoPyObjectExt::into_py_any(rows, py)?),
+        ))
+    }
+
+    /// `info` on the client's runtime (`done(info, None)`; `list` with `name=None`:
+    /// `done([info, ...], None)`).
+    #[pyo3(signature = (name, done, *, timeout=None))]
+    fn submit_info(
+        &self,
+        name: Option<String>,
+        done: Py<PyAny>,
+        timeout: Option<f64>,
+    ) -> BridgeResult<PendingCall> {
+        let client = self.client()?;
+        let what = name
+            .as_ref()
+            .map_or_else(|| "list".to_string(), |n| format!("info {n:?}"));
+        Ok(spawn_call(
+            &client.clone(),
+            what,
+            seconds(timeout)?,
+            done,
+            async move {
+                match name {
+                    Some(name) => Ok(vec![client.info_async(&name).await?]),
+                    None => client.list_async().await,
+                }
+            },
+            move |py, infos: Vec<ItemInfo>| {
+                let dicts = infos
+                    .iter()
+                    .map(|i| info_dict(py, i))
+                    .collect::<BridgeResult<Vec<_>>>()?;
+                Ok(pyo3::IntoPyObjectExt::into_py_any(dicts, py)?)
+            },
+        ))
+    }
+
+    /// `action` on the client's runtime: `done(body, None)` or `done(None, exception)`.
+    #[pyo3(signature = (kind, body, done, *, timeout=None))]
+    fn submit_action(
+        &self,
+        kind: String,
+        body: Vec<u8>,
+        done: Py<PyAny>,
+        timeout: Option<f64>,
+    ) -> BridgeResult<PendingCall> {
+        let client = self.client()?;
+        let what = format!("action {kind:?}");
+        Ok(spawn_call(
+            &client.clone(),
+            what,
+            seconds(timeout)?,
+            done,
+            async move { client.action_async(&kind, body).await },
+            |py, body: Vec<u8>| Ok(PyBytes::new(py, &body).into_any().unbind()),
+        ))
+    }
+
+    /// `call` on the client's runtime: `done([array, ...], None)` or `done(None, exception)`.
+    #[pyo3(signature = (kernel, args, params, done, *, timeout=None))]
+    fn submit_call(
+        &self,
+        kernel: String,
+        args: Vec<(String, Bound<'_, PyAny>)>,
+        params: Option<&Bound<'_, PyDict>>,
+        done: Py<PyAny>,
+        timeout: Option<f64>,
+    ) -> BridgeResult<PendingCall> {
+        let client = self.client()?;
+        let params = crate::call::params(&kernel, params)?;
+        let mut inputs: Vec<Result<ArrowTensor, String>> = Vec::with_capacity(args.len());
+        for (kind, value) in &args {
+            inputs.push(if kind == "stored" {
+                Err(value.extract::<String>()?)
+            } else {
+                Ok(arrowbridge_pyo3::input::column_input(value)?)
+            });
+        }
+        let what = format!("call {kernel:?}");
+        Ok(spawn_call(
+            &client.clone(),
+            what,
+            seconds(timeout)?,
+            done,
+            async move {
+                let args: Vec<Arg<'_>> = inputs
+                    .iter()
+                    .map(|input| match input {
+                        Ok(tensor) => Arg::Array(tensor),
+                        Err(name) => Arg::Stored(name),
+                    })
+                    .collect();
+                client.call_async(&kernel, &args, &params).await
+            },
+            |py, outputs: Vec<ArrowTensor>| {
+                let arrays = outputs
+                    .iter()
+                    .map(|t| tensor_to_numpy(py, t, true))
+                    .collect::<BridgeResult<Vec<_>>>()?;
+                Ok(pyo3::IntoPyObjectExt::into_py_any(arrays, py)?)
+            },
+        ))
+    }
+
+    /// `stream` on the client's runtime: `done(FlightStream, None)` or
+    /// `done(None, exception)`.
+    #[pyo3(signature = (name, done, *, columns=None, rows=None, batch_rows=None, timeout=None))]
+    fn submit_stream(
+        &self,
+        name: String,
+        done: Py<PyAny>,
+        columns: Option<Vec<String>>,
+        rows: Option<(usize, usize)>,
+        batch_rows: Option<usize>,
+        timeout: Option<f64>,
+    ) -> BridgeResult<PendingCall> {
+        let client = self.client()?;
+        let timeout = seconds(timeout)?;
+        let selection = Selection {
+            columns,
+            rows: rows.map(|(start, end)| start..end),
+        };
+        let what = format!("stream {name:?}");
+        let opened = client.clone();
+        Ok(spawn_call(
+            &client.clone(),
+            what,
+            timeout,
+            done,
+            async move { opened.stream_async(&name, &selection, batch_rows).await },
+            move |py, stream: ItemStream| {
+                let stream = FlightStream::new(client, stream, timeout);
+                Ok(pyo3::IntoPyObjectExt::into_py_any(stream, py)?)
+            },
+        ))
+    }
+
     /// Stops every call of this client under way, on any thread (each raises
     /// KeyboardInterrupt); later calls run as usual.
     fn cancel(&self) -> BridgeResult<()> {
@@ -513,5 +770,275 @@ impl FlightClient {
         let client = self.client.lock().ok().and_then(|mut c| c.take());
         // The runtime stops (joining its threads) without the GIL held.
         py.detach(move || drop(client));
+    }
+}
+
+/// The batches of a stored item as they arrive: `{name: array}` per batch.
+#[pyclass(frozen, module = "arrowbridge._native", name = "FlightStream")]
+pub struct FlightStream {
+    client: Arc<Client>,
+    /// `None` once it ended or was closed.
+    stream: Arc<tokio::sync::Mutex<Option<ItemStream>>>,
+    form: &'static str,
+    rows: usize,
+    timeout: Option<Duration>,
+}
+
+impl FlightStream {
+    fn new(client: Arc<Client>, stream: ItemStream, timeout: Option<Duration>) -> Self {
+        FlightStream {
+            client,
+            form: stream.form().name(),
+            rows: stream.rows(),
+            stream: Arc::new(tokio::sync::Mutex::new(Some(stream))),
+            timeout,
+        }
+    }
+}
+
+/// An item form by name ("array", "dict"; anything else is a table).
+fn item_form(form: &str) -> ItemForm {
+    match form {
+        "array" => ItemForm::Array,
+        "dict" => ItemForm::Dict,
+        _ => ItemForm::Table,
+    }
+}
+
+/// The error of a stream or put used by two callers at once.
+fn busy(what: &str) -> arrowbridge::Error {
+    arrowbridge::Error::invalid(what, "used by two callers at once; wait for the other")
+}
+
+#[pymethods]
+impl FlightStream {
+    /// The form the item was put in.
+    #[getter]
+    fn form(&self) -> &'static str {
+        self.form
+    }
+
+    /// The rows the stream carries in all.
+    #[getter]
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__<'py>(&self, py: Python<'py>) -> BridgeResult<Option<Bound<'py, PyDict>>> {
+        no_panic("stream", || {
+            let mut guard = self
+                .stream
+                .try_lock()
+                .map_err(|_| BridgeError::from(busy("stream")))?;
+            let Some(stream) = guard.as_mut() else {
+                return Ok(None);
+            };
+            let client = &self.client;
+            let next = limited(py, self.timeout, || client.next_batch(stream));
+            match next.map_err(client_error)? {
+                Some(item) => Ok(Some(arrays(py, &item.columns, true)?)),
+                None => {
+                    *guard = None;
+                    Ok(None)
+                }
+            }
+        })
+    }
+
+    /// Fetches the next batch on the client's runtime: `done({name: array} | None, None)`
+    /// (`None` at the end), or `done(None, exception)`.
+    fn submit_next(&self, done: Py<PyAny>) -> PendingCall {
+        let (client, state) = (self.client.clone(), self.stream.clone());
+        let what = "stream".to_string();
+        spawn_call(
+            &self.client.clone(),
+            what,
+            self.timeout,
+            done,
+            async move {
+                let mut guard = state
+                    .try_lock_owned()
+                    .map_err(|_| ClientError::Local(busy("stream")))?;
+                let Some(stream) = guard.as_mut() else {
+                    return Ok(None);
+                };
+                let next = client.next_batch_async(stream).await?;
+                if next.is_none() {
+                    *guard = None;
+                }
+                Ok(next)
+            },
+            |py, item: Option<arrowbridge_flight::Item>| match item {
+                Some(item) => Ok(arrays(py, &item.columns, true)?.into_any().unbind()),
+                None => Ok(py.None()),
+            },
+        )
+    }
+
+    /// Stops the stream: batches fetched ahead are dropped, their streams reset.
+    fn close(&self, py: Python<'_>) {
+        let state = self.stream.clone();
+        let taken = py.detach(move || state.blocking_lock().take());
+        py.detach(move || drop(taken));
+    }
+}
+
+/// A put under way whose batches arrive one by one.
+#[pyclass(frozen, module = "arrowbridge._native", name = "FlightPut")]
+pub struct FlightPut {
+    client: Arc<Client>,
+    /// `None` once finished or aborted.
+    put: Arc<tokio::sync::Mutex<Option<PutStream>>>,
+}
+
+/// The arrays of a batch, as tensors (read while the GIL is held).
+fn batch_tensors(
+    names: Vec<String>,
+    arrays: &Bound<'_, PyList>,
+) -> BridgeResult<Vec<(String, ArrowTensor)>> {
+    let tensors = arrays
+        .iter()
+        .map(|a| arrowbridge_pyo3::input::column_input(&a))
+        .collect::<BridgeResult<Vec<_>>>()?;
+    Ok(names.into_iter().zip(tensors).collect())
+}
+
+/// Named tensors as the client's calls take them. (A function, not a closure in the async
+/// blocks that call it: rustc proves those `Send` only without closures over references.)
+fn column_refs(batch: &[(String, ArrowTensor)]) -> Vec<(&str, &ArrowTensor)> {
+    batch.iter().map(|(n, t)| (n.as_str(), t)).collect()
+}
+
+fn put_over() -> ClientError {
+    ClientError::Local(arrowbridge::Error::invalid(
+        "put",
+        "the put was already finished or aborted",
+    ))
+}
+
+#[pymethods]
+impl FlightPut {
+    /// Sends the arrays (rows of the item) as its next batch.
+    #[pyo3(signature = (names, arrays, *, timeout=None))]
+    fn send(
+        &self,
+        py: Python<'_>,
+        names: Vec<String>,
+        arrays: &Bound<'_, PyList>,
+        timeout: Option<f64>,
+    ) -> BridgeResult<()> {
+        no_panic("put", || {
+            let timeout = seconds(timeout)?;
+            let batch = batch_tensors(names, arrays)?;
+            let columns: Vec<(&str, &ArrowTensor)> =
+                batch.iter().map(|(n, t)| (n.as_str(), t)).collect();
+            let mut guard = self
+                .put
+                .try_lock()
+                .map_err(|_| BridgeError::from(busy("put")))?;
+            let Some(put) = guard.as_mut() else {
+                return Err(client_error(put_over()));
+            };
+            let client = &self.client;
+            let sent = limited(py, timeout, || client.put_batch(put, &columns));
+            if sent.is_err() {
+                // A failed batch ends the put; nothing is stored.
+                if let Some(put) = guard.take() {
+                    client.abort_put(put);
+                }
+            }
+            sent.map_err(client_error)
+        })
+    }
+
+    /// Sends a batch on the client's runtime: `done(None, None)` once it is queued, or
+    /// `done(None, exception)` (the put is then reset).
+    #[pyo3(signature = (names, arrays, done, *, timeout=None))]
+    fn submit_send(
+        &self,
+        names: Vec<String>,
+        arrays: &Bound<'_, PyList>,
+        done: Py<PyAny>,
+        timeout: Option<f64>,
+    ) -> BridgeResult<PendingCall> {
+        let timeout = seconds(timeout)?;
+        let batch = batch_tensors(names, arrays)?;
+        let (client, state) = (self.client.clone(), self.put.clone());
+        Ok(spawn_call(
+            &self.client,
+            "put".to_string(),
+            timeout,
+            done,
+            async move {
+                let mut guard = state
+                    .try_lock_owned()
+                    .map_err(|_| ClientError::Local(busy("put")))?;
+                let put = guard.as_mut().ok_or_else(put_over)?;
+                let sent = client.put_batch_async(put, &column_refs(&batch)).await;
+                if sent.is_err() {
+                    if let Some(put) = guard.take() {
+                        client.abort_put(put);
+                    }
+                }
+                sent
+            },
+            |py, ()| Ok(py.None()),
+        ))
+    }
+
+    /// Ends the put: the server stores the batches as one version; the rows it acknowledged.
+    #[pyo3(signature = (*, timeout=None))]
+    fn finish(&self, py: Python<'_>, timeout: Option<f64>) -> BridgeResult<usize> {
+        no_panic("put", || {
+            let timeout = seconds(timeout)?;
+            let put = self
+                .put
+                .try_lock()
+                .map_err(|_| BridgeError::from(busy("put")))?
+                .take()
+                .ok_or_else(|| client_error(put_over()))?;
+            let client = &self.client;
+            limited(py, timeout, || client.finish_put(put)).map_err(client_error)
+        })
+    }
+
+    /// Ends the put on the client's runtime: `done(rows, None)` or `done(None, exception)`.
+    #[pyo3(signature = (done, *, timeout=None))]
+    fn submit_finish(&self, done: Py<PyAny>, timeout: Option<f64>) -> BridgeResult<PendingCall> {
+        let timeout = seconds(timeout)?;
+        let (client, state) = (self.client.clone(), self.put.clone());
+        Ok(spawn_call(
+            &self.client,
+            "put".to_string(),
+            timeout,
+            done,
+            async move {
+                let mut put = state.lock_owned().await.take().ok_or_else(put_over)?;
+                client.finish_put_async(&mut put).await
+            },
+            |py, rows: usize| Ok(pyo3::IntoPyObjectExt::into_py_any(rows, py)?),
+        ))
+    }
+
+    /// Abandons the put: its stream is reset and the server stores nothing; idempotent.
+    fn abort(&self) {
+        if let Ok(mut guard) = self.put.try_lock() {
+            if let Some(put) = guard.take() {
+                self.client.abort_put(put);
+            }
+        }
+    }
+}
+
+impl Drop for FlightPut {
+    fn drop(&mut self) {
+        // A put neither finished nor aborted is reset (PutStream's own drop).
+        if let Ok(mut guard) = self.put.try_lock() {
+            guard.take();
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Python bindings of arrowbridge. This file only registers; each exposed piece lives in a
 //! file of its own.
 
+mod aio;
 mod call;
 mod convert;
 #[cfg(feature = "testing")]
@@ -48,6 +49,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ipc::IpcReader>()?;
     m.add_class::<flight::FlightServer>()?;
     m.add_class::<flight::FlightClient>()?;
+    m.add_class::<flight::FlightStream>()?;
+    m.add_class::<flight::FlightPut>()?;
+    m.add_class::<aio::PendingCall>()?;
     m.add_function(wrap_pyfunction!(flight::stream_to_arrays, m)?)?;
     arrowbridge_pyo3::arrow_memory::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -27,6 +27,10 @@
 
 pub(crate) mod get;
 mod put;
+mod stream;
+
+pub use put::PutStream;
+pub use stream::{ItemStream, Selection};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -187,6 +191,10 @@ pub struct ClientOptions {
     /// Other locations that may receive the token, when a FlightInfo's endpoints point
     /// there (the other servers of a cluster); any other location is called without it.
     pub trusted: Vec<String>,
+    /// Whether a thread of the client's own always drives its runtime, for futures run
+    /// with [`Client::spawn`] (async code). Otherwise blocking calls drive it on the calling
+    /// thread and the client's thread only between calls, after a short linger.
+    pub background: bool,
 }
 
 /// A stored item as got: its form and its columns, in order.
@@ -229,7 +237,7 @@ pub enum Arg<'a> {
 /// A connection to a Flight server (see the module's documentation).
 #[derive(Debug)]
 pub struct Client {
-    runtime: Arc<tokio::runtime::Runtime>,
+    runtime: Arc<OwnRuntime>,
     /// Drives the runtime's connections between calls.
     idle: Arc<IdleDriver>,
     endpoint: Target,
@@ -304,6 +312,7 @@ fn service(channel: Channel) -> FlightServiceClient<Channel> {
 
 /// How an endpoint is read: over the client's connection (`shared`), or a connection of its
 /// own to `target`.
+#[derive(Clone)]
 struct Route {
     shared: Option<Channel>,
     target: Target,
@@ -454,6 +463,37 @@ async fn spinning<F: std::future::Future>(future: F) -> F::Output {
     future.await
 }
 
+/// A client's runtime, which may be dropped anywhere: also on the runtime's own thread (by
+/// the last task of a background client that held the client), or by a thread that holds
+/// a lock the runtime's tasks wait for (a Python object freed with the GIL held, while a
+/// task hands a result to Python). A background runtime is therefore told to stop, not
+/// waited for; so is any runtime dropped from inside one.
+#[derive(Debug)]
+struct OwnRuntime {
+    runtime: Option<tokio::runtime::Runtime>,
+    background: bool,
+}
+
+impl std::ops::Deref for OwnRuntime {
+    type Target = tokio::runtime::Runtime;
+
+    fn deref(&self) -> &Self::Target {
+        self.runtime
+            .as_ref()
+            .expect("the runtime is there until dropped")
+    }
+}
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            if self.background || tokio::runtime::Handle::try_current().is_ok() {
+                runtime.shutdown_background();
+            }
+        }
+    }
+}
+
 /// The thread that drives a client's current-thread runtime between calls. A call takes the
 /// runtime over (the driver lets go of it when a call starts); the driver takes it back once
 /// no call has begun for [`IdleDriver::LINGER`]. Calls in quick succession therefore run on
@@ -487,7 +527,7 @@ impl IdleDriver {
     /// How long the runtime stays with the callers after a call began.
     const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 
-    fn start(runtime: Arc<tokio::runtime::Runtime>) -> std::io::Result<Arc<Self>> {
+    fn start(runtime: Arc<OwnRuntime>) -> std::io::Result<Arc<Self>> {
         let driver = Arc::new(IdleDriver::default());
         let this = driver.clone();
         std::thread::Builder::new()
@@ -567,17 +607,33 @@ impl Client {
         // of the client's own drives the connections, so that an idle client answers a
         // server's GOAWAY (a stopping server need not wait out its grace period) and sees a
         // connection close (the first call after a server restart does not fail on it).
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| ClientError::Location(format!("cannot start the client: {e}")))?;
+        // A background client's runtime has one worker thread that always drives it.
+        let runtime = if options.background {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("arrowbridge-flight-aio")
+                .enable_all()
+                .build()
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        }
+        .map_err(|e| ClientError::Location(format!("cannot start the client: {e}")))?;
         let channel = {
             let _context = runtime.enter();
             endpoint.lazy()
         };
-        let runtime = Arc::new(runtime);
-        let idle = IdleDriver::start(runtime.clone())
-            .map_err(|e| ClientError::Location(format!("cannot start the client: {e}")))?;
+        let runtime = Arc::new(OwnRuntime {
+            runtime: Some(runtime),
+            background: options.background,
+        });
+        let idle = if options.background {
+            Arc::default()
+        } else {
+            IdleDriver::start(runtime.clone())
+                .map_err(|e| ClientError::Location(format!("cannot start the client: {e}")))?
+        };
         Ok(Client {
             runtime,
             idle,
@@ -594,6 +650,11 @@ impl Client {
             trusted: options.trusted.clone(),
             shm_socket: OnceLock::new(),
         })
+    }
+
+    /// Each call's time limit unless its scope sets one ([`ClientOptions::timeout`]).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
     }
 
     /// The location this client talks to.
@@ -707,14 +768,35 @@ impl Client {
             Shm::Unavailable(why) if self.shm == Some(true) => return Err(shm_refused(&why)),
             Shm::Unavailable(_) | Shm::Sharded => {}
         }
-        let (schema, batches) = arrowbridge::ipc::wire_batches(columns, MAX_FLIGHT_DATA)?;
-        let mut metadata = schema.metadata().clone();
-        metadata.insert(ITEM_KEY.to_string(), form.name().to_string());
-        let schema = Arc::new(schema.as_ref().clone().with_metadata(metadata));
-        let batches = batches
-            .iter()
-            .map(|b| with_schema(b, &schema))
-            .collect::<ClientResult<Vec<_>>>()?;
+        self.block_on(
+            &format!("put {name:?}"),
+            self.put_async(name, columns, form),
+        )?
+    }
+
+    /// [`put`](Self::put) over gRPC (never shared memory), as a future: for async code,
+    /// on the client's runtime ([`Client::spawn`]). The columns are laid out before it
+    /// returns; the future holds no borrow of them.
+    pub fn put_async<'a>(
+        &'a self,
+        name: &'a str,
+        columns: &[(&str, &ArrowTensor)],
+        form: ItemForm,
+    ) -> impl std::future::Future<Output = ClientResult<usize>> + Send + 'a {
+        let laid_out = put_batches(columns, form);
+        async move {
+            let (schema, batches) = laid_out?;
+            self.put_batches(name, schema, batches).await
+        }
+    }
+
+    /// Stores `batches` (of `schema`, which names the item's form) under `name`.
+    async fn put_batches(
+        &self,
+        name: &str,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    ) -> ClientResult<usize> {
         let descriptor = FlightDescriptor::new_path(vec![name.to_string()]);
         if let Some(messages) = Messages::new(
             Some(descriptor.clone()),
@@ -724,22 +806,26 @@ impl Client {
             "DoPut",
         )? {
             let authorization = self.header_authorization();
-            let channel = self.channel.clone();
-            let acks = self.block_on(&format!("put {name:?}"), async move {
-                put::do_put(channel, authorization.as_ref(), messages, "DoPut").await
-            })??;
+            let acks = put::do_put(
+                self.channel.clone(),
+                authorization.as_ref(),
+                messages,
+                "DoPut",
+            )
+            .await?;
             return Ok(acks.last().map_or(0, acknowledged_rows));
         }
         let (messages, failure) = encode(schema, batches, descriptor);
         let mut service = self.service(self.channel.clone());
-        let ack = self.block_on(&format!("put {name:?}"), async move {
+        let ack = async {
             let mut results = service.do_put(self.request(messages)).await?.into_inner();
             let mut rows = 0;
             while let Some(result) = results.message().await? {
                 rows = acknowledged_rows(&result);
             }
             Ok::<_, Status>(rows)
-        })?;
+        }
+        .await;
         let failed = failure
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -785,10 +871,15 @@ impl Client {
         // A put that replaces the item between its FlightInfo and the reads of its endpoints
         // makes the server refuse the version the tickets name (never serve another): read
         // the new version instead, a few times at most.
-        let what = format!("get {name:?}");
+        self.block_on(&format!("get {name:?}"), self.get_async(name))?
+    }
+
+    /// [`get`](Self::get) over gRPC (never shared memory), as a future: for async code, on
+    /// the client's runtime ([`Client::spawn`]).
+    pub async fn get_async(&self, name: &str) -> ClientResult<Item> {
         let mut replaced = 0;
         loop {
-            match self.block_on(&what, self.get_async(name))? {
+            match self.get_version(name).await {
                 Err(e) if e.is_replaced() && replaced < REPLACED_RETRIES => replaced += 1,
                 result => return result,
             }
@@ -971,23 +1062,21 @@ impl Client {
         }
     }
 
-    async fn get_async(&self, name: &str) -> ClientResult<Item> {
+    /// The FlightInfo of `name`, and its schema.
+    async fn described(&self, name: &str) -> ClientResult<(FlightInfo, SchemaRef)> {
         let descriptor = FlightDescriptor::new_path(vec![name.to_string()]);
         let info = self
             .service(self.channel.clone())
             .get_flight_info(self.request(descriptor))
             .await?
             .into_inner();
-        let schema =
-            Arc::new(
-                info.clone()
-                    .try_decode_schema()
-                    .map_err(|e| ClientError::Remote {
-                        code: Code::Internal,
-                        kind: None,
-                        message: format!("the server's FlightInfo for {name:?}: {e}"),
-                    })?,
-            );
+        let schema = Arc::new(schema_of(&info)?);
+        Ok((info, schema))
+    }
+
+    /// One version of `name`, read over gRPC.
+    async fn get_version(&self, name: &str) -> ClientResult<Item> {
+        let (info, schema) = self.described(name).await?;
         let form = ItemForm::of(&schema);
         let ranges = info
             .endpoint
@@ -1174,35 +1263,37 @@ impl Client {
         let own = counts.len() > 1;
         let limiter = &PerLocation::new(PER_LOCATION);
         let mut parts = destination.parts(&counts)?;
-        let fetches =
-            parts
-                .iter_mut()
-                .zip(&info.endpoint)
-                .enumerate()
-                .map(|(index, (part, endpoint))| {
-                    let schema = schema.clone();
-                    self.read_replicas(
-                        name,
-                        index,
-                        endpoint,
-                        own,
-                        part,
-                        move |part, route, ticket| {
-                            // A replica tried after a broken stream starts the rows again.
-                            part.rewind();
-                            let schema = schema.clone();
-                            async move {
-                                let _slot = limiter.acquire(&route.location).await;
-                                let auth = route.header_authorization();
-                                let channel = route.channel().await?;
-                                let ticket = &ticket.ticket;
-                                do_get_into(channel, auth.as_ref(), ticket, "DoGet", &schema, part)
-                                    .await
-                            }
-                            .boxed()
-                        },
-                    )
-                });
+        let fetches = parts
+            .iter_mut()
+            .zip(&info.endpoint)
+            .enumerate()
+            .map(|(index, (part, endpoint))| {
+                let schema = schema.clone();
+                self.read_replicas(
+                    name,
+                    index,
+                    endpoint,
+                    own,
+                    part,
+                    move |part, route, ticket| {
+                        // A replica tried after a broken stream starts the rows again.
+                        part.rewind();
+                        let schema = schema.clone();
+                        async move {
+                            let _slot = limiter.acquire(&route.location).await;
+                            let auth = route.header_authorization();
+                            let channel = route.channel().await?;
+                            let ticket = &ticket.ticket;
+                            do_get_into(channel, auth.as_ref(), ticket, "DoGet", &schema, part)
+                                .await
+                        }
+                        .boxed()
+                    },
+                )
+            })
+            // Collected: a stream over the closure would hold its references across
+            // awaits, and the future could not be proven `Send` for every lifetime.
+            .collect::<Vec<_>>();
         futures::stream::iter(fetches)
             .buffer_unordered(MAX_PARALLEL)
             .try_collect::<Vec<()>>()
@@ -1215,25 +1306,33 @@ impl Client {
 
     /// What the server stores, sorted by name.
     pub fn list(&self) -> ClientResult<Vec<ItemInfo>> {
-        let mut service = self.whole();
-        let infos = self.block_on("list", async move {
-            service
-                .list_flights(self.request(Criteria::default()))
-                .await?
-                .into_inner()
-                .try_collect::<Vec<_>>()
-                .await
-        })??;
+        self.block_on("list", self.list_async())?
+    }
+
+    /// [`list`](Self::list), as a future.
+    pub async fn list_async(&self) -> ClientResult<Vec<ItemInfo>> {
+        let infos = self
+            .whole()
+            .list_flights(self.request(Criteria::default()))
+            .await?
+            .into_inner()
+            .try_collect::<Vec<_>>()
+            .await?;
         infos.into_iter().map(item_info).collect()
     }
 
     /// What is stored under `name`.
     pub fn info(&self, name: &str) -> ClientResult<ItemInfo> {
-        let mut service = self.whole();
+        self.block_on(&format!("info {name:?}"), self.info_async(name))?
+    }
+
+    /// [`info`](Self::info), as a future.
+    pub async fn info_async(&self, name: &str) -> ClientResult<ItemInfo> {
         let descriptor = FlightDescriptor::new_path(vec![name.to_string()]);
-        let info = self.block_on(&format!("info {name:?}"), async move {
-            service.get_flight_info(self.request(descriptor)).await
-        })??;
+        let info = self
+            .whole()
+            .get_flight_info(self.request(descriptor))
+            .await?;
         item_info(info.into_inner())
     }
 
@@ -1264,16 +1363,18 @@ impl Client {
 
     /// Runs DoAction `kind`; the body of its first result.
     pub fn action(&self, kind: &str, body: Vec<u8>) -> ClientResult<Vec<u8>> {
-        let mut service = self.whole();
-        let action = Action::new(kind, body);
-        let results = self.block_on(&format!("action {kind:?}"), async move {
-            service
-                .do_action(self.request(action))
-                .await?
-                .into_inner()
-                .try_collect::<Vec<_>>()
-                .await
-        })??;
+        self.block_on(&format!("action {kind:?}"), self.action_async(kind, body))?
+    }
+
+    /// [`action`](Self::action), as a future.
+    pub async fn action_async(&self, kind: &str, body: Vec<u8>) -> ClientResult<Vec<u8>> {
+        let results = self
+            .whole()
+            .do_action(self.request(Action::new(kind, body)))
+            .await?
+            .into_inner()
+            .try_collect::<Vec<_>>()
+            .await?;
         Ok(results
             .into_iter()
             .next()
@@ -1288,44 +1389,42 @@ impl Client {
         args: &[Arg<'_>],
         params: &Params,
     ) -> ClientResult<Vec<ArrowTensor>> {
-        let mut sent: Vec<(String, &ArrowTensor)> = Vec::new();
-        let mut spec = Vec::with_capacity(args.len());
-        for (i, arg) in args.iter().enumerate() {
-            match arg {
-                Arg::Array(tensor) => {
-                    let column = format!("arg{i}");
-                    spec.push(ExchangeArg::Column(column.clone()));
-                    sent.push((column, tensor));
-                }
-                Arg::Stored(name) => spec.push(ExchangeArg::Stored(name.to_string())),
-            }
+        self.block_on(
+            &format!("call {kernel:?}"),
+            self.call_async(kernel, args, params),
+        )?
+    }
+
+    /// [`call`](Self::call), as a future. The arguments are laid out before it returns;
+    /// the future holds no borrow of them.
+    pub fn call_async<'a>(
+        &'a self,
+        kernel: &str,
+        args: &[Arg<'_>],
+        params: &Params,
+    ) -> impl std::future::Future<Output = ClientResult<Vec<ArrowTensor>>> + Send + 'a {
+        let request = exchange_request(kernel, args, params);
+        async move {
+            let (messages, failure) = request?;
+            self.exchange(messages, failure).await
         }
-        let command = ExchangeCommand {
-            kernel: kernel.to_string(),
-            args: Some(spec),
-            params: match params.to_json() {
-                serde_json::Value::Object(params) => params,
-                _ => serde_json::Map::new(),
-            },
-        };
-        let command = serde_json::to_vec(&command).expect("a command is plain JSON");
-        let columns: Vec<(&str, &ArrowTensor)> =
-            sent.iter().map(|(n, t)| (n.as_str(), *t)).collect();
-        let (schema, batches) = if columns.is_empty() {
-            (Arc::new(Schema::empty()), Vec::new())
-        } else {
-            arrowbridge::ipc::wire_batches(&columns, MAX_FLIGHT_DATA)?
-        };
-        let descriptor = FlightDescriptor::new_cmd(command);
-        let (messages, failure) = encode(schema, batches, descriptor);
-        let mut service = self.whole();
-        let received = self.block_on(&format!("call {kernel:?}"), async move {
-            let stream = service
+    }
+
+    /// Sends a DoExchange of `messages`; the tensors it answers with.
+    async fn exchange(
+        &self,
+        messages: Outgoing,
+        failure: Arc<Mutex<Option<ClientError>>>,
+    ) -> ClientResult<Vec<ArrowTensor>> {
+        let received = async {
+            let stream = self
+                .whole()
                 .do_exchange(self.request(messages))
                 .await?
                 .into_inner();
             receive_from_server(stream, "DoExchange result").await
-        })?;
+        }
+        .await;
         if let Some(e) = failure
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -1337,6 +1436,19 @@ impl Client {
         let schema = received.schema.unwrap_or_else(|| Arc::new(Schema::empty()));
         let outputs = arrowbridge::ipc::tensors_of(&schema, &received.batches)?;
         Ok(outputs.into_iter().map(|(_, t)| t).collect())
+    }
+
+    /// Runs `future` on the client's runtime, in the background: how async code uses the
+    /// `*_async` methods (with an `Arc` of the client moved into the future). The runtime's
+    /// threads drive it ([`ClientOptions::background`]); dropping the handle leaves it
+    /// running, [`JoinHandle::abort`](tokio::task::JoinHandle::abort) cancels it (its
+    /// streams reset).
+    pub fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.runtime.spawn(future)
     }
 }
 
@@ -1526,52 +1638,126 @@ fn acknowledged_rows(ack: &PutResult) -> usize {
     ack["rows"].as_u64().unwrap_or(0) as usize
 }
 
+/// The DoExchange messages of a call of `kernel` on `args` with `params` (the command
+/// first), and the slot where an encoding failure is kept.
+fn exchange_request(
+    kernel: &str,
+    args: &[Arg<'_>],
+    params: &Params,
+) -> ClientResult<(Outgoing, Arc<Mutex<Option<ClientError>>>)> {
+    let mut sent: Vec<(String, &ArrowTensor)> = Vec::new();
+    let mut spec = Vec::with_capacity(args.len());
+    for (i, arg) in args.iter().enumerate() {
+        match arg {
+            Arg::Array(tensor) => {
+                let column = format!("arg{i}");
+                spec.push(ExchangeArg::Column(column.clone()));
+                sent.push((column, tensor));
+            }
+            Arg::Stored(name) => spec.push(ExchangeArg::Stored(name.to_string())),
+        }
+    }
+    let command = ExchangeCommand {
+        kernel: kernel.to_string(),
+        args: Some(spec),
+        params: match params.to_json() {
+            serde_json::Value::Object(params) => params,
+            _ => serde_json::Map::new(),
+        },
+    };
+    let command = serde_json::to_vec(&command).expect("a command is plain JSON");
+    let columns: Vec<(&str, &ArrowTensor)> = sent.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+    let (schema, batches) = if columns.is_empty() {
+        (Arc::new(Schema::empty()), Vec::new())
+    } else {
+        arrowbridge::ipc::wire_batches(&columns, MAX_FLIGHT_DATA)?
+    };
+    let descriptor = FlightDescriptor::new_cmd(command);
+    let (messages, failure) = encode(schema, batches, descriptor);
+    Ok((messages, failure))
+}
+
+/// The record batches that carry `columns` as an item of form `form` in a DoPut.
+fn put_batches(
+    columns: &[(&str, &ArrowTensor)],
+    form: ItemForm,
+) -> ClientResult<(SchemaRef, Vec<RecordBatch>)> {
+    let (schema, batches) = arrowbridge::ipc::wire_batches(columns, MAX_FLIGHT_DATA)?;
+    let mut metadata = schema.metadata().clone();
+    metadata.insert(ITEM_KEY.to_string(), form.name().to_string());
+    let schema = Arc::new(schema.as_ref().clone().with_metadata(metadata));
+    let batches = batches
+        .iter()
+        .map(|b| with_schema(b, &schema))
+        .collect::<ClientResult<Vec<_>>>()?;
+    Ok((schema, batches))
+}
+
 /// The FlightData messages of `batches` under `schema`, the first carrying `descriptor`. An
 /// encoding failure ends the stream early (the server then sees fewer rows than announced)
 /// and is kept in the returned slot, for the caller to report instead of the server's
 /// complaint.
-#[allow(clippy::type_complexity)]
 fn encode(
     schema: SchemaRef,
     batches: Vec<RecordBatch>,
     descriptor: FlightDescriptor,
-) -> (
-    futures::stream::BoxStream<'static, FlightData>,
-    Arc<Mutex<Option<ClientError>>>,
-) {
+) -> (Outgoing, Arc<Mutex<Option<ClientError>>>) {
     let failure: Arc<Mutex<Option<ClientError>>> = Arc::default();
-    let slot = failure.clone();
-    let messages = FlightDataEncoderBuilder::new()
+    let encoder = FlightDataEncoderBuilder::new()
         .with_schema(schema)
         .with_flight_descriptor(Some(descriptor))
         .with_max_flight_data_size(MAX_FLIGHT_DATA)
-        .build(futures::stream::iter(batches.into_iter().map(Ok)))
-        .scan((), move |(), message| {
-            futures::future::ready(match message {
-                Ok(data) => Some(data),
-                Err(e) => {
-                    *slot.lock().unwrap_or_else(PoisonError::into_inner) =
-                        Some(ClientError::Local(arrowbridge::Error::invalid(
-                            "Flight encoding",
-                            e.to_string(),
-                        )));
-                    None
-                }
-            })
-        })
-        .boxed();
-    (messages, failure)
+        .build(futures::stream::iter(batches.into_iter().map(Ok)));
+    let outgoing = Outgoing {
+        encoder,
+        failure: failure.clone(),
+    };
+    (outgoing, failure)
 }
 
-fn item_info(info: FlightInfo) -> ClientResult<ItemInfo> {
-    let schema = info
-        .clone()
+/// The messages a request streams to the server (see [`encode`]). A type of its own, not a
+/// boxed stream: rustc proves a future that holds a boxed request stream `Send` for no
+/// more than one lifetime, and [`Client::spawn`] needs every lifetime.
+struct Outgoing {
+    encoder: arrow_flight::encode::FlightDataEncoder,
+    failure: Arc<Mutex<Option<ClientError>>>,
+}
+
+impl futures::Stream for Outgoing {
+    type Item = FlightData;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<FlightData>> {
+        match std::task::ready!(self.encoder.poll_next_unpin(cx)) {
+            Some(Ok(data)) => std::task::Poll::Ready(Some(data)),
+            Some(Err(e)) => {
+                *self.failure.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(ClientError::Local(arrowbridge::Error::invalid(
+                        "Flight encoding",
+                        e.to_string(),
+                    )));
+                std::task::Poll::Ready(None)
+            }
+            None => std::task::Poll::Ready(None),
+        }
+    }
+}
+
+/// The schema a server's FlightInfo describes.
+fn schema_of(info: &FlightInfo) -> ClientResult<Schema> {
+    info.clone()
         .try_decode_schema()
         .map_err(|e| ClientError::Remote {
             code: Code::Internal,
             kind: None,
             message: format!("the server sent a FlightInfo with a bad schema: {e}"),
-        })?;
+        })
+}
+
+fn item_info(info: FlightInfo) -> ClientResult<ItemInfo> {
+    let schema = schema_of(&info)?;
     let meta: serde_json::Value = serde_json::from_slice(&info.app_metadata).unwrap_or_default();
     let name = info
         .flight_descriptor

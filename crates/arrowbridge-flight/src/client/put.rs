@@ -1,10 +1,20 @@
 //! DoPut straight from the arrays: the request body is [`Messages`], views of the columns'
 //! buffers (see [`crate::wire::framing`]); the answer is read by hand too.
 
-use arrow_flight::PutResult;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arrow_flight::{FlightData, FlightDescriptor, PutResult};
+use arrow_schema::{Schema, SchemaRef};
+use arrowbridge::ArrowTensor;
+use bytes::Bytes;
 use prost::Message;
+use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic::Status;
+
+use super::{Client, ClientError, ClientResult, ItemForm, ITEM_KEY};
+use crate::wire::MAX_FLIGHT_DATA;
 
 use crate::wire::framing::Messages;
 use crate::wire::grpc;
@@ -19,7 +29,17 @@ pub(crate) async fn do_put(
     messages: Messages,
     what: &str,
 ) -> Result<Vec<PutResult>, Status> {
-    let body = messages.into_body(None, ());
+    do_put_body(channel, authorization, messages.into_body(None, ()), what).await
+}
+
+/// Sends `body` (gRPC-framed FlightData messages) as a DoPut over `channel`; the server's
+/// acknowledgements.
+async fn do_put_body(
+    channel: Channel,
+    authorization: Option<&http::HeaderValue>,
+    body: tonic::body::Body,
+    what: &str,
+) -> Result<Vec<PutResult>, Status> {
     let response = grpc::call(channel, DO_PUT, authorization, body, what).await?;
     let mut answer = Vec::new();
     grpc::read_to_end(response, what, |data| {
@@ -34,4 +54,312 @@ pub(crate) async fn do_put(
                 .map_err(|e| Status::internal(format!("{what}: a bad PutResult: {e}")))
         })
         .collect()
+}
+
+/// A put whose rows arrive in batches ([`Client::put_stream`]): one DoPut under way, fed
+/// batch by batch with backpressure; the item becomes visible, as one version, when
+/// [`Client::finish_put`] ends the stream. Dropping it unfinished resets the DoPut: the
+/// server stores nothing.
+pub struct PutStream {
+    what: String,
+    name: String,
+    form: ItemForm,
+    /// The schema of the first batch (every batch must have it), once one was sent.
+    schema: Option<SchemaRef>,
+    sender: Option<tokio::sync::mpsc::Sender<FlightData>>,
+    /// Set before the sender is dropped to abort: the request body then fails instead of
+    /// ending, and the stream is reset.
+    aborted: Arc<AtomicBool>,
+    task: Option<JoinHandle<ClientResult<usize>>>,
+    batches: usize,
+    rows: usize,
+}
+
+impl Drop for PutStream {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+impl std::fmt::Debug for PutStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PutStream")
+            .field("what", &self.what)
+            .field("batches", &self.batches)
+            .field("rows", &self.rows)
+            .finish()
+    }
+}
+
+impl PutStream {
+    /// Batches sent so far.
+    pub fn batches(&self) -> usize {
+        self.batches
+    }
+
+    /// Rows sent so far.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Resets the DoPut (the server stores nothing); idempotent.
+    fn abort(&mut self) {
+        if self.sender.is_some() {
+            self.aborted.store(true, Ordering::Release);
+            self.sender = None;
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// The request body of a streamed put: the messages the sender queues, framed as gRPC
+/// messages; it ends when the sender is dropped, or fails (so that the stream is reset and
+/// the server stores nothing) when the put was aborted.
+struct Streamed {
+    receiver: tokio::sync::mpsc::Receiver<FlightData>,
+    aborted: Arc<AtomicBool>,
+}
+
+impl http_body::Body for Streamed {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        use std::task::Poll;
+        match self.receiver.poll_recv(cx) {
+            Poll::Ready(Some(data)) => {
+                let len = data.encoded_len();
+                let mut framed = Vec::with_capacity(5 + len);
+                if let Err(status) = grpc::prefix(&mut framed, len, "DoPut") {
+                    return Poll::Ready(Some(Err(status)));
+                }
+                if let Err(e) = data.encode(&mut framed) {
+                    return Poll::Ready(Some(Err(Status::internal(e.to_string()))));
+                }
+                Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(framed)))))
+            }
+            Poll::Ready(None) if self.aborted.load(Ordering::Acquire) => {
+                Poll::Ready(Some(Err(Status::cancelled("the put was aborted"))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Messages a streamed put keeps queued ahead of the connection.
+const QUEUED: usize = 4;
+
+impl Client {
+    /// Starts a put of `name`, in form `form`, whose rows [`put_batch`](Self::put_batch)
+    /// sends as they come; [`finish_put`](Self::finish_put) ends it.
+    pub fn put_stream(&self, name: &str, form: ItemForm) -> ClientResult<PutStream> {
+        crate::names::check_name(name).map_err(|e| {
+            ClientError::Local(arrowbridge::Error::invalid(
+                "the item's name",
+                e.to_string(),
+            ))
+        })?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(QUEUED);
+        let aborted = Arc::new(AtomicBool::new(false));
+        let body = tonic::body::Body::new(Streamed {
+            receiver,
+            aborted: aborted.clone(),
+        });
+        let channel = self.channel.clone();
+        let authorization = self.header_authorization();
+        let what = format!("put {name:?}");
+        let task = self.runtime.spawn(async move {
+            let acks = do_put_body(channel, authorization.as_ref(), body, &what).await?;
+            Ok(acks.last().map_or(0, super::acknowledged_rows))
+        });
+        Ok(PutStream {
+            what: format!("put {name:?}"),
+            name: name.to_string(),
+            form,
+            schema: None,
+            sender: Some(sender),
+            aborted,
+            task: Some(task),
+            batches: 0,
+            rows: 0,
+        })
+    }
+
+    /// Sends `columns` (arrays that share their first axis: rows of the item) as the next
+    /// batch of `put`. Every batch has the first one's columns, dtypes and row shapes. A
+    /// batch that fails, runs out of time or is interrupted resets the put.
+    pub fn put_batch(
+        &self,
+        put: &mut PutStream,
+        columns: &[(&str, &ArrowTensor)],
+    ) -> ClientResult<()> {
+        let what = format!("{}: batch {}", put.what, put.batches);
+        match self.block_on(&what, self.put_batch_async(put, columns)) {
+            Ok(sent) => sent,
+            Err(stopped) => {
+                put.abort();
+                Err(stopped)
+            }
+        }
+    }
+
+    /// [`put_batch`](Self::put_batch), as a future (dropping it unfinished leaves the put
+    /// unusable: [`abort_put`](Self::abort_put) it).
+    pub async fn put_batch_async(
+        &self,
+        put: &mut PutStream,
+        columns: &[(&str, &ArrowTensor)],
+    ) -> ClientResult<()> {
+        let rows = columns
+            .first()
+            .map_or(0, |(_, t)| t.shape().first().copied().unwrap_or(1));
+        let messages = match encode_batch(put, columns, rows) {
+            Ok(messages) => messages,
+            Err(e) => {
+                put.abort();
+                return Err(e);
+            }
+        };
+        let sender = put.sender.clone().ok_or_else(|| finished(&put.what))?;
+        for message in messages {
+            if sender.send(message).await.is_err() {
+                // The call ended: its own error says why.
+                put.sender = None;
+                let task = put.task.take().ok_or_else(|| finished(&put.what))?;
+                return match task.await {
+                    Ok(Err(e)) => Err(e),
+                    _ => Err(finished(&put.what)),
+                };
+            }
+        }
+        put.batches += 1;
+        put.rows += rows;
+        Ok(())
+    }
+
+    /// Ends `put`: the server stores what it received as one version; the rows it
+    /// acknowledged.
+    pub fn finish_put(&self, mut put: PutStream) -> ClientResult<usize> {
+        let what = put.what.clone();
+        self.block_on(&what, self.finish_put_async(&mut put))?
+    }
+
+    /// [`finish_put`](Self::finish_put), as a future.
+    pub async fn finish_put_async(&self, put: &mut PutStream) -> ClientResult<usize> {
+        if put.schema.is_none() {
+            put.abort();
+            return Err(ClientError::Local(arrowbridge::Error::Shape {
+                context: put.what.clone(),
+                message: "the stream had no batches; there is nothing to store".into(),
+            }));
+        }
+        let task = put.task.take().ok_or_else(|| finished(&put.what))?;
+        put.sender = None;
+        match task.await {
+            Ok(result) => result,
+            Err(join) => Err(ClientError::Local(arrowbridge::Error::invalid(
+                &put.what,
+                format!("the put failed: {join}"),
+            ))),
+        }
+    }
+
+    /// Abandons `put`: the DoPut is reset and the server stores nothing.
+    pub fn abort_put(&self, mut put: PutStream) {
+        put.abort();
+    }
+}
+
+/// The messages of the next batch of `put` (`rows` rows of `columns`): the schema first
+/// (naming the item) when it is the first batch.
+fn encode_batch(
+    put: &mut PutStream,
+    columns: &[(&str, &ArrowTensor)],
+    rows: usize,
+) -> ClientResult<Vec<FlightData>> {
+    let what = format!("{}: batch {}", put.what, put.batches);
+    if columns
+        .iter()
+        .any(|(_, t)| t.shape().first().copied().unwrap_or(1) != rows)
+    {
+        let lengths: Vec<String> = columns
+            .iter()
+            .map(|(n, t)| format!("{n}: {:?}", t.shape()))
+            .collect();
+        return Err(ClientError::Local(arrowbridge::Error::Shape {
+            context: what,
+            message: format!(
+                "a streamed put's arrays must share their first axis (rows); got {}",
+                lengths.join(", ")
+            ),
+        }));
+    }
+    let (schema, batches) = arrowbridge::ipc::wire_batches(columns, MAX_FLIGHT_DATA)?;
+    let mut metadata = schema.metadata().clone();
+    metadata.insert(ITEM_KEY.to_string(), put.form.name().to_string());
+    let schema = Arc::new(schema.as_ref().clone().with_metadata(metadata));
+    if schema.fields().iter().any(|f| {
+        f.metadata()
+            .get(arrowbridge::ipc::FORM_KEY)
+            .map(String::as_str)
+            == Some("flat")
+    }) {
+        return Err(ClientError::Local(arrowbridge::Error::Shape {
+            context: what,
+            message: format!(
+                "a row is larger than a message ({MAX_FLIGHT_DATA} bytes); send fewer \
+                 columns or split each row"
+            ),
+        }));
+    }
+    let first = match &put.schema {
+        None => true,
+        Some(expected) if expected.fields() == schema.fields() => false,
+        Some(expected) => {
+            return Err(ClientError::Local(arrowbridge::Error::Shape {
+                context: what,
+                message: format!(
+                    "its columns {} differ from the first batch's {}",
+                    describe(&schema),
+                    describe(expected)
+                ),
+            }))
+        }
+    };
+    let batches = batches
+        .iter()
+        .map(|b| super::with_schema(b, &schema))
+        .collect::<ClientResult<Vec<_>>>()?;
+    let mut messages = arrow_flight::utils::batches_to_flight_data(&schema, &batches)
+        .map_err(arrowbridge::Error::from)?;
+    if first {
+        messages[0].flight_descriptor = Some(FlightDescriptor::new_path(vec![put.name.clone()]));
+        put.schema = Some(schema);
+    } else {
+        messages.remove(0);
+    }
+    Ok(messages)
+}
+
+fn finished(what: &str) -> ClientError {
+    ClientError::Local(arrowbridge::Error::invalid(
+        what,
+        "the put was already finished or aborted",
+    ))
+}
+
+/// A schema's columns, for errors: `name: type` each.
+fn describe(schema: &Schema) -> String {
+    let fields: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| format!("{}: {}", f.name(), f.data_type()))
+        .collect();
+    format!("[{}]", fields.join(", "))
 }

@@ -12,7 +12,7 @@ use arrow_flight::{
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaAsIpc, SchemaResult, Ticket,
 };
 use arrow_ipc::writer::IpcWriteOptions;
-use arrow_schema::SchemaRef;
+use arrow_schema::{Schema, SchemaRef};
 use arrowbridge::{ArrowTensor, Params, Registry};
 use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
@@ -130,11 +130,27 @@ fn flight_info(
             name: name.to_string(),
             version: Some(stored.version),
             rows: Some([range.start, range.end]),
+            columns: None,
         };
         info =
             info.with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket.to_bytes())));
     }
     Ok(info)
+}
+
+/// The positions of `columns` in `schema`, in the order named: a ticket's projection.
+fn column_indices(name: &str, schema: &Schema, columns: &[String]) -> Result<Vec<usize>, Status> {
+    columns
+        .iter()
+        .map(|column| {
+            schema.index_of(column).map_err(|_| {
+                let have: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                Status::invalid_argument(format!(
+                    "ticket for column {column:?} of {name:?}, which has columns {have:?}"
+                ))
+            })
+        })
+        .collect()
 }
 
 /// Rows `range` of `batches` (slices: views, no copies).
@@ -473,6 +489,7 @@ impl Service {
             name,
             version,
             rows,
+            columns,
         } = ItemTicket::parse(ticket)?;
         let stored = match version {
             None => self.stored(&name)?,
@@ -492,13 +509,29 @@ impl Service {
                 )));
             }
         }
+        let projection = columns
+            .map(|columns| column_indices(&name, &stored.schema, &columns))
+            .transpose()?;
         let held = stored.clone();
         let wired = tokio::task::spawn_blocking(move || {
             let batches = match rows {
                 Some([start, end]) => rows_of(&stored.batches, start..end),
                 None => stored.batches.clone(),
             };
-            wire(stored.schema.clone(), batches)
+            match projection {
+                Some(indices) => {
+                    let schema = Arc::new(
+                        (stored.schema.project(&indices)).map_err(arrowbridge::Error::from)?,
+                    );
+                    let batches = batches
+                        .iter()
+                        .map(|b| b.project(&indices))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(arrowbridge::Error::from)?;
+                    wire(schema, batches)
+                }
+                None => wire(stored.schema.clone(), batches),
+            }
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?;

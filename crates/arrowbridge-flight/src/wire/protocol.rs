@@ -35,7 +35,8 @@ pub enum ExchangeArg {
 
 /// What a ticket asks for: an item by name (a ticket of the name's bytes alone asks for
 /// the version stored now), or, as the endpoints of a FlightInfo ask, rows of one version
-/// of it: `{"name": "x", "version": 1733112000000001, "rows": [0, 1000]}`. A ticket that
+/// of it: `{"name": "x", "version": 1733112000000001, "rows": [0, 1000]}`, and optionally
+/// some of its columns (`"columns": ["a", "c"]`, in the order given). A ticket that
 /// names a version is served that version or refused (`FAILED_PRECONDITION`, kind
 /// [`crate::error::KIND_REPLACED`]): never rows of another.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -50,6 +51,9 @@ pub struct ItemTicket {
     /// Rows `[start, end)` of it; without, all of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows: Option<[usize; 2]>,
+    /// These columns of it, in this order; without, all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<String>>,
 }
 
 impl ItemTicket {
@@ -73,6 +77,7 @@ impl ItemTicket {
             name: name.to_string(),
             version: None,
             rows: None,
+            columns: None,
         })
     }
 

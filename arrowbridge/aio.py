@@ -1,0 +1,353 @@
+"""The Flight client for asyncio: the native client's calls as awaitables.
+
+Each call runs as a task on the client's own Rust runtime (one thread per client, not per
+call) and hands its result to the event loop when it is done: the loop never blocks on I/O,
+and a thousand calls under way cost a thousand small tasks, not a thousand threads.
+Cancelling the awaiting task (``task.cancel()``, ``asyncio.wait_for``, a ``TaskGroup``
+that fails) cancels the RPC: its streams are reset and the server sees it.
+
+>>> import asyncio, numpy as np, arrowbridge
+>>> from arrowbridge import aio
+>>> async def main(location):
+...     async with aio.connect(location) as client:
+...         await client.put("x", np.arange(6.0).reshape(2, 3))
+...         return await client.call("sum", client.stored("x"), axis=1)
+>>> with arrowbridge.serve() as server:
+...     asyncio.run(main(server.location))
+array([ 3., 12.])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from typing import Any
+
+from .errors import ShapeError
+from .flight.client import (
+    Stored,
+    _array_like,
+    _batches,
+    _columns,
+    _Connected,
+    _describe,
+    _names,
+    _rows,
+    _streamed,
+)
+
+
+def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
+async def _run(start: Callable[[Callable[[Any, Any], None]], Any]) -> Any:
+    """Starts a native call with a callback that settles a future of the running loop;
+    awaits it, and cancels the call if the awaiting task is cancelled."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def done(value: Any, error: BaseException | None) -> None:
+        # Called on the client's runtime thread, with the GIL held.
+        try:
+            loop.call_soon_threadsafe(_settle, future, value, error)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is waiting
+
+    pending = start(done)
+    try:
+        return await future
+    except asyncio.CancelledError:
+        pending.cancel()
+        raise
+
+
+def _form(form: str, arrays: dict[str, Any]) -> Any:
+    return next(iter(arrays.values())) if form == "array" else arrays
+
+
+class AsyncItemStream:
+    """The batches of a stored item as they arrive, from :meth:`AsyncClient.stream`, for
+    ``async for``: each an array or a dict of arrays, as :class:`arrowbridge.ItemStream`'s
+    are; ``rows`` is the number of rows it carries in all."""
+
+    def __init__(self, native: Any):
+        self._native = native
+        self._form: str = native.form
+        self.rows: int = native.rows
+
+    def __aiter__(self) -> AsyncItemStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        arrays = await _run(self._native.submit_next)
+        if arrays is None:
+            raise StopAsyncIteration
+        return _form(self._form, arrays)
+
+    def close(self) -> None:
+        """Stops the stream (batches fetched ahead are dropped); idempotent."""
+        self._native.close()
+
+    async def __aenter__(self) -> AsyncItemStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<arrowbridge.aio.AsyncItemStream of {self.rows} rows>"
+
+
+class AsyncClient(_Connected):
+    """A Flight client for asyncio (see :func:`connect`): the calls of
+    :class:`arrowbridge.Client`, awaited. Data moves over gRPC (shared memory is for the
+    blocking client); ``timeout=`` bounds each call as there, raising
+    :class:`FlightTimeoutError`.
+
+    >>> import asyncio, numpy as np, arrowbridge
+    >>> from arrowbridge import aio
+    >>> async def main(location):
+    ...     async with aio.connect(location) as client:
+    ...         await asyncio.gather(*(client.put(f"x{i}", np.full(3, i)) for i in range(3)))
+    ...         items = await client.list()
+    ...         return [item["name"] for item in items], await client.get("x2")
+    >>> with arrowbridge.serve() as server:
+    ...     asyncio.run(main(server.location))
+    (['x0', 'x1', 'x2'], array([2, 2, 2]))
+    """
+
+    def __init__(
+        self,
+        location: str,
+        *,
+        token: str | None = None,
+        tls_root_certs: bytes | None = None,
+        timeout: float | None = None,
+        trusted: Sequence[str] = (),
+    ):
+        self._connect(
+            location,
+            token=token,
+            tls_root_certs=tls_root_certs,
+            shm=False,
+            timeout=timeout,
+            trusted=list(trusted),
+            background=True,
+        )
+
+    async def put(self, name: str, data: Any, *, timeout: float | None = None) -> None:
+        """Stores ``data`` under ``name``, as :meth:`arrowbridge.Client.put` does; ``data``
+        may also be an async iterable of batches (``async for`` over it), besides the
+        iterators and Arrow streams the blocking client takes. A stream is sent batch by
+        batch with constant memory and stored as one version when it ends; if it raises or
+        the call is cancelled, nothing is stored.
+
+        >>> import asyncio, numpy as np, arrowbridge
+        >>> from arrowbridge import aio
+        >>> async def rows():
+        ...     for i in range(3):
+        ...         yield {"i": np.full(2, i)}
+        >>> async def main(location):
+        ...     async with aio.connect(location) as client:
+        ...         await client.put("s", rows())
+        ...         return await client.get("s")
+        >>> with arrowbridge.serve() as server:
+        ...     asyncio.run(main(server.location))
+        {'i': array([0, 0, 1, 1, 2, 2])}
+        """
+        if isinstance(data, AsyncIterable):
+            await self._put_stream(name, _async_batches(data), timeout)
+        elif _streamed(data):
+            await self._put_stream(name, _to_async(_batches(data)), timeout)
+        else:
+            form, names, arrays = _columns(data)
+            await _run(
+                lambda done: self._native.submit_put(
+                    name, names, arrays, form, done, timeout=timeout
+                )
+            )
+
+    async def _put_stream(
+        self, name: str, batches: AsyncIterator[tuple[str, list[str], list[Any]]], timeout: Any
+    ) -> None:
+        try:
+            form, names, arrays = await anext(batches)
+        except StopAsyncIteration:
+            raise ShapeError(f"put {name!r}: the stream had no batches; nothing to store") from None
+        put = self._native.put_stream(name, form)
+        try:
+            index = 0
+            while True:
+                await _run(functools.partial(put.submit_send, names, arrays, timeout=timeout))
+                try:
+                    batch_form, names, arrays = await anext(batches)
+                except StopAsyncIteration:
+                    break
+                index += 1
+                if batch_form != form:
+                    raise ShapeError(
+                        f"put {name!r}: batch {index} is a {batch_form}, the first was a {form}"
+                    )
+            await _run(lambda done: put.submit_finish(done, timeout=timeout))
+        except BaseException:
+            put.abort()
+            raise
+
+    async def get(
+        self,
+        name: str,
+        *,
+        columns: Sequence[str] | None = None,
+        rows: tuple[int, int] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """What was put under ``name`` (or its ``rows`` and ``columns``), as
+        :meth:`arrowbridge.Client.get` returns it."""
+        selected = None if columns is None else _names("columns", columns)
+        form, arrays = await _run(
+            lambda done: self._native.submit_get(
+                name, done, columns=selected, rows=_rows(rows), timeout=timeout
+            )
+        )
+        return _form(form, arrays)
+
+    async def stream(
+        self,
+        name: str,
+        *,
+        columns: Sequence[str] | None = None,
+        rows: tuple[int, int] | None = None,
+        batch_rows: int | None = None,
+        timeout: float | None = None,
+    ) -> AsyncItemStream:
+        """The item ``name`` as batches of its rows, for ``async for`` (see
+        :meth:`arrowbridge.Client.stream`).
+
+        >>> import asyncio, numpy as np, arrowbridge
+        >>> from arrowbridge import aio
+        >>> async def main(location):
+        ...     async with aio.connect(location) as client:
+        ...         await client.put("x", np.arange(5))
+        ...         return [b.tolist() async for b in await client.stream("x", batch_rows=2)]
+        >>> with arrowbridge.serve() as server:
+        ...     asyncio.run(main(server.location))
+        [[0, 1], [2, 3], [4]]
+        """
+        selected = None if columns is None else _names("columns", columns)
+        if batch_rows is not None and (
+            not isinstance(batch_rows, int) or isinstance(batch_rows, bool) or batch_rows < 1
+        ):
+            raise ShapeError(f"stream {name!r}: batch_rows must be an int >= 1, got {batch_rows!r}")
+        native = await _run(
+            lambda done: self._native.submit_stream(
+                name,
+                done,
+                columns=selected,
+                rows=_rows(rows),
+                batch_rows=batch_rows,
+                timeout=timeout,
+            )
+        )
+        return AsyncItemStream(native)
+
+    async def info(self, name: str, *, timeout: float | None = None) -> dict[str, Any]:
+        """What is stored under ``name`` (see :meth:`arrowbridge.Client.info`)."""
+        infos = await _run(lambda done: self._native.submit_info(name, done, timeout=timeout))
+        return _describe(infos[0])
+
+    async def list(self, *, timeout: float | None = None) -> list[dict[str, Any]]:
+        """Every stored item, sorted by name (see :meth:`arrowbridge.Client.list`)."""
+        infos = await _run(lambda done: self._native.submit_info(None, done, timeout=timeout))
+        return [_describe(info) for info in infos]
+
+    async def _action(self, kind: str, body: bytes, timeout: float | None) -> bytes:
+        result: bytes = await _run(
+            lambda done: self._native.submit_action(kind, body, done, timeout=timeout)
+        )
+        return result
+
+    async def delete(self, name: str, *, timeout: float | None = None) -> None:
+        """Deletes ``name`` from the server."""
+        await self._action("delete", name.encode(), timeout)
+
+    async def kernels(self, *, timeout: float | None = None) -> dict[str, str]:
+        """The server's kernels: name -> signature."""
+        result: dict[str, str] = json.loads(await self._action("list_kernels", b"", timeout))
+        return result
+
+    async def health(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """The server's status and the number of items it stores."""
+        result: dict[str, Any] = json.loads(await self._action("health", b"", timeout))
+        return result
+
+    @staticmethod
+    def stored(name: str) -> Stored:
+        """A kernel argument naming an array already on the server."""
+        return Stored(name)
+
+    async def call(
+        self, kernel: str, *arrays: Any, timeout: float | None = None, **params: Any
+    ) -> Any:
+        """Runs ``kernel`` on the server, as :meth:`arrowbridge.Client.call` does."""
+        args = [
+            ("stored", a.name) if isinstance(a, Stored) else ("array", _array_like(a))
+            for a in arrays
+        ]
+        result = await _run(
+            lambda done: self._native.submit_call(kernel, args, params, done, timeout=timeout)
+        )
+        return result[0] if len(result) == 1 else tuple(result)
+
+    def close(self) -> None:
+        """Closes the connection (calls under way are cancelled); idempotent."""
+        self._closed = True
+        self._native.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<arrowbridge.aio.AsyncClient {self.location}>"
+
+
+async def _async_batches(
+    data: AsyncIterable[Any],
+) -> AsyncIterator[tuple[str, list[str], list[Any]]]:
+    async for batch in data:
+        yield _columns(batch)
+
+
+async def _to_async(batches: Any) -> AsyncIterator[tuple[str, list[str], list[Any]]]:
+    for batch in batches:
+        yield batch
+
+
+def connect(
+    location: str,
+    *,
+    token: str | None = None,
+    tls_root_certs: bytes | None = None,
+    timeout: float | None = None,
+    trusted: Sequence[str] = (),
+) -> AsyncClient:
+    """An :class:`AsyncClient` of the Flight server at ``location``, with the options of
+    :func:`arrowbridge.connect` (``shm`` aside: it moves data over gRPC). The connection is
+    made on first use. Use it with ``async with``, or :meth:`AsyncClient.close` it.
+    """
+    return AsyncClient(
+        location, token=token, tls_root_certs=tls_root_certs, timeout=timeout, trusted=trusted
+    )
+
+
+__all__ = ["AsyncClient", "AsyncItemStream", "connect"]

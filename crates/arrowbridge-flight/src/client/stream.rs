@@ -1,0 +1,508 @@
+//! Reading an item in pieces: some of its rows and columns ([`Client::get_part`]), or all of
+//! them as a stream of batches of bounded size ([`Client::stream`]).
+//!
+//! Both read one version: the tickets they send are cut from the endpoints of one FlightInfo
+//! (`{"name", "version", "rows", "columns"}`, [`ItemTicket`]), so the server serves each piece
+//! of that version or refuses it (`ItemReplaced`): never rows of two versions. A stream keeps
+//! [`AHEAD`] batches in flight, each over a connection of its own, while the caller holds
+//! the one before: its memory is a few batches whatever the item's size.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+
+use arrow_flight::{FlightEndpoint, FlightInfo, Ticket};
+use arrow_schema::{Schema, SchemaRef};
+use arrowbridge::landing::Destination;
+use arrowbridge::ArrowTensor;
+use tokio::task::JoinHandle;
+use tonic::Code;
+
+use super::{
+    endpoint_rows, receive_from_server, service, Client, ClientError, ClientResult, Item, ItemForm,
+    Route,
+};
+use crate::client::get::do_get_into;
+use crate::wire::protocol::ItemTicket;
+use crate::wire::MAX_FLIGHT_DATA;
+
+/// Batches a stream fetches ahead of the one the caller reads.
+pub const AHEAD: usize = 2;
+/// The size a stream's batches aim at when the caller does not choose their rows: one
+/// Flight message each.
+pub const BATCH_BYTES: usize = MAX_FLIGHT_DATA;
+
+/// Which part of an item to read.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    /// These columns, in this order; `None`: all of them.
+    pub columns: Option<Vec<String>>,
+    /// Rows `[start, end)`; `None`: all of them.
+    pub rows: Option<Range<usize>>,
+}
+
+/// One DoGet of a stream or a part: rows of one endpoint, and where to ask for them.
+#[derive(Clone)]
+struct Piece {
+    ticket: Vec<u8>,
+    rows: usize,
+    /// Replicas stand in for each other; tried in order.
+    routes: Vec<Route>,
+}
+
+/// A stream of an item's batches, from [`Client::stream`]; [`Client::next_batch`] reads it.
+pub struct ItemStream {
+    what: String,
+    form: ItemForm,
+    schema: SchemaRef,
+    rows: usize,
+    /// Pieces not asked for yet.
+    waiting: VecDeque<Piece>,
+    /// Pieces being fetched, in order.
+    fetching: VecDeque<(Piece, JoinHandle<ClientResult<Columns>>)>,
+    /// An item that cannot be cut into rows (its columns have different lengths): read
+    /// whole, as one batch.
+    whole: Option<String>,
+}
+
+impl std::fmt::Debug for ItemStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ItemStream")
+            .field("what", &self.what)
+            .field("rows", &self.rows)
+            .field("waiting", &self.waiting.len())
+            .field("fetching", &self.fetching.len())
+            .finish()
+    }
+}
+
+impl ItemStream {
+    /// The form the item was put in.
+    pub fn form(&self) -> ItemForm {
+        self.form
+    }
+
+    /// The rows the stream carries in all.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+}
+
+impl Drop for ItemStream {
+    fn drop(&mut self) {
+        // Batches fetched ahead that nobody will read: their streams are reset.
+        for (_, task) in self.fetching.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+type Columns = Vec<(String, ArrowTensor)>;
+
+/// Whether `schema`'s columns hold whole arrays rather than rows of them: laid out flat, or
+/// one element each ([`arrowbridge::ipc::wire_batches`]), as arrays of different lengths
+/// travel. Such an item has no rows to select.
+fn whole_arrays(schema: &Schema) -> bool {
+    schema.fields().iter().any(|f| {
+        matches!(
+            f.metadata()
+                .get(arrowbridge::ipc::FORM_KEY)
+                .map(String::as_str),
+            Some("flat" | "element")
+        )
+    })
+}
+
+/// Whether a row of `schema` lands in one message and a destination can hold it.
+fn landable(schema: &Schema) -> bool {
+    arrowbridge::landing::row_bytes(schema)
+        .is_some_and(|bytes| bytes.iter().sum::<usize>() <= MAX_FLIGHT_DATA)
+}
+
+fn invalid(what: &str, message: String) -> ClientError {
+    ClientError::Local(arrowbridge::Error::Shape {
+        context: what.to_string(),
+        message,
+    })
+}
+
+impl Client {
+    /// The pieces that carry `selection` of the item `info` describes, at most `batch_rows`
+    /// rows each (`None`: one piece per endpoint), with the schema they arrive in.
+    fn pieces(
+        &self,
+        what: &str,
+        info: &FlightInfo,
+        schema: &SchemaRef,
+        selection: &Selection,
+        batch_rows: Option<usize>,
+        own: bool,
+    ) -> ClientResult<(SchemaRef, usize, Vec<Piece>)> {
+        let projected = match &selection.columns {
+            None => schema.clone(),
+            Some(columns) => {
+                let indices = columns
+                    .iter()
+                    .map(|c| {
+                        schema.index_of(c).map_err(|_| {
+                            let have: Vec<&str> =
+                                schema.fields().iter().map(|f| f.name().as_str()).collect();
+                            invalid(what, format!("no column {c:?}; its columns are {have:?}"))
+                        })
+                    })
+                    .collect::<ClientResult<Vec<_>>>()?;
+                std::sync::Arc::new(schema.project(&indices).map_err(arrowbridge::Error::from)?)
+            }
+        };
+        let total = usize::try_from(info.total_records).map_err(|_| {
+            invalid(
+                what,
+                "the server does not say how many rows it has".to_string(),
+            )
+        })?;
+        let wanted = selection.rows.clone().unwrap_or(0..total);
+        if wanted.start > wanted.end || wanted.end > total {
+            return Err(invalid(
+                what,
+                format!(
+                    "rows ({}, {}) are not within its {total} rows",
+                    wanted.start, wanted.end
+                ),
+            ));
+        }
+        let endpoints: Vec<(FlightEndpoint, Range<usize>)> = if info.endpoint.is_empty() {
+            let ticket = Ticket::new(info_name(info).unwrap_or_default());
+            vec![(FlightEndpoint::new().with_ticket(ticket), 0..total)]
+        } else if info.endpoint.len() == 1 {
+            let range = endpoint_rows(&info.endpoint[0]).unwrap_or(0..total);
+            vec![(info.endpoint[0].clone(), range)]
+        } else {
+            info.endpoint
+                .iter()
+                .map(|e| Some((e.clone(), endpoint_rows(e)?)))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| {
+                    invalid(what, "its endpoints do not say which rows they hold".into())
+                })?
+        };
+        let mut pieces = Vec::new();
+        for (endpoint, range) in &endpoints {
+            let (from, to) = (wanted.start.max(range.start), wanted.end.min(range.end));
+            if from >= to {
+                continue;
+            }
+            let base = ItemTicket::parse(&endpoint.ticket.clone().unwrap_or_default().ticket)
+                .map_err(|s| {
+                    invalid(
+                        what,
+                        format!("its endpoint's ticket cannot be cut: {}", s.message()),
+                    )
+                })?;
+            let offset = base.rows.map_or(0, |[start, _]| start);
+            let routes = self.routes(endpoint, own)?;
+            let step = batch_rows.unwrap_or(to - from).max(1);
+            let mut start = from;
+            while start < to {
+                let end = start.saturating_add(step).min(to);
+                let ticket = ItemTicket {
+                    rows: Some([offset + start - range.start, offset + end - range.start]),
+                    columns: selection.columns.clone(),
+                    ..base.clone()
+                };
+                pieces.push(Piece {
+                    ticket: ticket.to_bytes(),
+                    rows: end - start,
+                    routes: routes.clone(),
+                });
+                start = end;
+            }
+        }
+        Ok((projected, wanted.len(), pieces))
+    }
+
+    /// The routes to each location of `endpoint`, over connections of their `own` or the
+    /// client's.
+    fn routes(&self, endpoint: &FlightEndpoint, own: bool) -> ClientResult<Vec<Route>> {
+        if endpoint.location.is_empty() {
+            return Ok(vec![self.route_to(None, own)?]);
+        }
+        endpoint
+            .location
+            .iter()
+            .map(|l| self.route_to(Some(l.uri.as_str()), own))
+            .collect()
+    }
+
+    /// Rows and columns `selection` of the item stored under `name`, each column one
+    /// contiguous, aligned buffer, read over gRPC (shared memory serves whole items only).
+    pub fn get_part(&self, name: &str, selection: &Selection) -> ClientResult<Item> {
+        self.block_on(
+            &format!("get {name:?}"),
+            self.get_part_async(name, selection),
+        )?
+    }
+
+    /// [`get_part`](Self::get_part), as a future.
+    pub async fn get_part_async(&self, name: &str, selection: &Selection) -> ClientResult<Item> {
+        let what = format!("get {name:?}");
+        let (info, schema) = self.described(name).await?;
+        let form = ItemForm::of(&schema);
+        if whole_arrays(&schema) {
+            return Err(invalid(
+                &what,
+                "its arrays have different lengths, so it has no rows to select; get it whole"
+                    .into(),
+            ));
+        }
+        let (schema, rows, pieces) = self.pieces(&what, &info, &schema, selection, None, false)?;
+        let columns = fetch_all(&what, &schema, rows, pieces).await?;
+        Ok(Item {
+            form,
+            columns,
+            shared: false,
+        })
+    }
+
+    /// A stream of the item stored under `name` (the `selection` of it), as batches of
+    /// `batch_rows` rows (`None`: about 8 MiB, one message, each); read it with
+    /// [`next_batch`](Self::next_batch).
+    pub fn stream(
+        &self,
+        name: &str,
+        selection: &Selection,
+        batch_rows: Option<usize>,
+    ) -> ClientResult<ItemStream> {
+        let what = format!("stream {name:?}");
+        let (info, schema) = self.block_on(&what, self.described(name))??;
+        self.stream_of(name, info, schema, selection, batch_rows)
+    }
+
+    /// The stream of `selection` of the item `info` describes.
+    fn stream_of(
+        &self,
+        name: &str,
+        info: FlightInfo,
+        schema: SchemaRef,
+        selection: &Selection,
+        batch_rows: Option<usize>,
+    ) -> ClientResult<ItemStream> {
+        let what = format!("stream {name:?}");
+        if batch_rows == Some(0) {
+            return Err(invalid(&what, "batch_rows must be at least 1".into()));
+        }
+        let form = ItemForm::of(&schema);
+        if whole_arrays(&schema) {
+            if selection.columns.is_some() || selection.rows.is_some() {
+                return Err(invalid(
+                    &what,
+                    "its arrays have different lengths, so it has no rows or columns to \
+                     select; stream it whole"
+                        .into(),
+                ));
+            }
+            return Ok(ItemStream {
+                what,
+                form,
+                schema,
+                rows: 0,
+                waiting: VecDeque::new(),
+                fetching: VecDeque::new(),
+                whole: Some(name.to_string()),
+            });
+        }
+        let row_bytes: usize =
+            arrowbridge::landing::row_bytes(&schema).map_or(0, |bytes| bytes.iter().sum());
+        let batch_rows = batch_rows.unwrap_or((BATCH_BYTES / row_bytes.max(1)).max(1));
+        let (schema, rows, pieces) =
+            self.pieces(&what, &info, &schema, selection, Some(batch_rows), true)?;
+        // The fetches ahead go over connections of their own, one per place in the queue
+        // and location, made once for the whole stream.
+        let mut lanes: Vec<std::collections::HashMap<String, tonic::transport::Channel>> =
+            vec![Default::default(); AHEAD];
+        let _runtime = self.runtime.enter(); // a channel's connection task is spawned on it
+        let waiting = pieces
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut piece)| {
+                let lane = &mut lanes[i % AHEAD];
+                for route in &mut piece.routes {
+                    let channel = lane
+                        .entry(route.location.clone())
+                        .or_insert_with(|| route.target.lazy());
+                    route.shared = Some(channel.clone());
+                }
+                piece
+            })
+            .collect();
+        Ok(ItemStream {
+            what,
+            form,
+            schema,
+            rows,
+            waiting,
+            fetching: VecDeque::new(),
+            whole: None,
+        })
+    }
+
+    /// The next batch of `stream` (`None` at its end), in the item's form. When the wait
+    /// runs out of time or is interrupted, the batch's fetch goes on and the next call
+    /// waits for it again; a fetch that failed is started again by the next call.
+    pub fn next_batch(&self, stream: &mut ItemStream) -> ClientResult<Option<Item>> {
+        if let Some(name) = stream.whole.take() {
+            return self.get(&name).map(Some);
+        }
+        let what = stream.what.clone();
+        self.block_on(&what, self.next_batch_async(stream))?
+    }
+
+    /// [`next_batch`](Self::next_batch), as a future (over gRPC only). Dropping it
+    /// unfinished leaves the batch's fetch going for the next call.
+    pub async fn next_batch_async(&self, stream: &mut ItemStream) -> ClientResult<Option<Item>> {
+        if let Some(name) = stream.whole.take() {
+            return self.get_async(&name).await.map(Some);
+        }
+        while stream.fetching.len() < AHEAD {
+            let Some(piece) = stream.waiting.pop_front() else {
+                break;
+            };
+            let task = self.runtime.spawn(fetch(
+                stream.what.clone(),
+                stream.schema.clone(),
+                piece.clone(),
+            ));
+            stream.fetching.push_back((piece, task));
+        }
+        // The fetch stays queued while it is awaited: a caller that stops waiting (out of
+        // time, interrupted, cancelled) finds it there next time.
+        let Some((_, task)) = stream.fetching.front_mut() else {
+            return Ok(None);
+        };
+        let joined = task.await;
+        let (piece, _) = stream
+            .fetching
+            .pop_front()
+            .expect("the fetch awaited is queued");
+        match joined {
+            Ok(Ok(columns)) => Ok(Some(Item {
+                form: stream.form,
+                columns,
+                shared: false,
+            })),
+            Ok(Err(e)) => {
+                stream.waiting.push_front(piece);
+                Err(e)
+            }
+            Err(join) => Err(ClientError::Local(arrowbridge::Error::invalid(
+                &stream.what,
+                format!("the fetch of a batch failed: {join}"),
+            ))),
+        }
+    }
+
+    /// Opens a stream as [`stream`](Self::stream) does, as a future.
+    pub async fn stream_async(
+        &self,
+        name: &str,
+        selection: &Selection,
+        batch_rows: Option<usize>,
+    ) -> ClientResult<ItemStream> {
+        let (info, schema) = self.described(name).await?;
+        self.stream_of(name, info, schema, selection, batch_rows)
+    }
+}
+
+/// The name a FlightInfo describes.
+fn info_name(info: &FlightInfo) -> Option<String> {
+    info.flight_descriptor.as_ref()?.path.first().cloned()
+}
+
+/// Fetches `pieces` (adding up to `rows` rows of `schema`) concurrently into one set of
+/// columns.
+async fn fetch_all(
+    what: &str,
+    schema: &SchemaRef,
+    rows: usize,
+    pieces: Vec<Piece>,
+) -> ClientResult<Columns> {
+    if landable(schema) {
+        if let Some(mut destination) = Destination::new(what, schema.clone(), rows)? {
+            let counts: Vec<usize> = pieces.iter().map(|p| p.rows).collect();
+            let mut parts = destination.parts(&counts)?;
+            let fetches = parts
+                .iter_mut()
+                .zip(&pieces)
+                .map(|(part, piece)| async move {
+                    let mut failures = Vec::new();
+                    for route in &piece.routes {
+                        part.rewind();
+                        let channel = route.channel().await?;
+                        let auth = route.header_authorization();
+                        match do_get_into(channel, auth.as_ref(), &piece.ticket, what, schema, part)
+                            .await
+                        {
+                            Ok(()) => return Ok(()),
+                            Err(e) if piece.routes.len() == 1 => return Err(e),
+                            Err(e) => failures.push(format!("{}: {e}", route.location)),
+                        }
+                    }
+                    Err(none_answered(what, &failures))
+                });
+            futures::future::try_join_all(fetches).await?;
+            for part in parts {
+                part.finish()?;
+            }
+            let batch = destination.into_batch()?;
+            return Ok(arrowbridge::ipc::tensors_of(schema, &[batch])?);
+        }
+    }
+    // Columns of other types, or rows larger than a message: decoded as they come.
+    let mut batches = Vec::new();
+    let mut received_schema = schema.clone();
+    for piece in pieces {
+        let (s, b) = decode_piece(&piece).await?;
+        received_schema = s.unwrap_or(received_schema);
+        batches.extend(b);
+    }
+    Ok(arrowbridge::ipc::tensors_of(&received_schema, &batches)?)
+}
+
+/// One piece, as the batches it arrives in (decoded, not landed).
+async fn decode_piece(
+    piece: &Piece,
+) -> ClientResult<(Option<SchemaRef>, Vec<arrow_array::RecordBatch>)> {
+    let mut failures = Vec::new();
+    for route in &piece.routes {
+        let attempt = async {
+            let request = route.request(Ticket::new(piece.ticket.clone()));
+            let stream = service(route.channel().await?)
+                .do_get(request)
+                .await?
+                .into_inner();
+            receive_from_server(stream, "DoGet").await
+        };
+        match attempt.await {
+            Ok(received) => return Ok((received.schema, received.batches)),
+            Err(e) if piece.routes.len() == 1 => return Err(e),
+            Err(e) => failures.push(format!("{}: {e}", route.location)),
+        }
+    }
+    Err(none_answered("DoGet", &failures))
+}
+
+/// One piece of a stream, as columns.
+async fn fetch(what: String, schema: SchemaRef, piece: Piece) -> ClientResult<Columns> {
+    let rows = piece.rows;
+    fetch_all(&what, &schema, rows, vec![piece]).await
+}
+
+fn none_answered(what: &str, failures: &[String]) -> ClientError {
+    ClientError::Remote {
+        code: Code::Unavailable,
+        kind: None,
+        message: format!(
+            "{what}: none of the {} locations of a piece answered: {}",
+            failures.len(),
+            failures.join("; ")
+        ),
+    }
+}

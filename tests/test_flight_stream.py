@@ -1,0 +1,267 @@
+"""Flight beyond memory: reading items as streams of batches and slices, and putting streams
+of batches. Every test runs real servers on loopback; memory is read from /proc."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+from conftest import free_port, start_cli_server
+
+import arrowbridge
+from arrowbridge.cluster import ClusterClient
+
+
+def rss(pid: str | int = "self") -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture
+def client():
+    with arrowbridge.serve() as server, arrowbridge.connect(server.location, shm=False) as c:
+        yield c
+
+
+@pytest.fixture
+def remote(tmp_path):
+    """A client of a server in its own process (so that memory is measured per side)."""
+    port = free_port()
+    proc = start_cli_server(port, tmp_path / "data")
+    try:
+        with arrowbridge.connect(f"grpc://127.0.0.1:{port}") as c:
+            yield c, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+class TestStream:
+    def test_batches_cover_the_rows_in_order_in_the_items_form(self, client):
+        x = np.arange(50_000, dtype=np.float32).reshape(-1, 5)
+        client.put("x", x)
+        batches = list(client.stream("x", batch_rows=3_000))
+        assert [len(b) for b in batches] == [3_000] * 3 + [1_000]
+        assert np.array_equal(np.concatenate(batches), x)
+        for b in batches:
+            assert isinstance(b, np.ndarray) and b.dtype == np.float32 and b.shape[1:] == (5,)
+            assert b.flags.c_contiguous and b.ctypes.data % 64 == 0
+
+    def test_a_dict_streams_as_dicts_with_rows_and_columns_selected(self, client):
+        table = {"id": np.arange(100), "vec": np.arange(300.0).reshape(100, 3)}
+        client.put("t", table)
+        with client.stream("t", columns=["vec", "id"], rows=(10, 55), batch_rows=20) as s:
+            assert s.rows == 45
+            batches = list(s)
+        assert [list(b) for b in batches] == [["vec", "id"]] * 3
+        assert [len(b["id"]) for b in batches] == [20, 20, 5]
+        assert np.array_equal(np.concatenate([b["id"] for b in batches]), np.arange(10, 55))
+        assert np.array_equal(np.concatenate([b["vec"] for b in batches]), table["vec"][10:55])
+
+    def test_default_batches_are_one_message_each(self, client):
+        x = np.zeros((3 << 20, 2), np.float64)  # 48 MiB, rows of 16 bytes
+        client.put("z", x)
+        sizes = [b.nbytes for b in client.stream("z")]
+        assert sum(sizes) == x.nbytes
+        assert max(sizes) == 8 << 20
+
+    def test_an_item_another_writer_put_in_many_batches(self, client):
+        schema = pa.schema([("a", pa.int64()), ("b", pa.float32())])
+        plain = flight.FlightClient(client.location)
+        writer, _ = plain.do_put(flight.FlightDescriptor.for_path("p"), schema)
+        for i in range(7):
+            writer.write_batch(
+                pa.record_batch(
+                    [pa.array(np.arange(i * 10, i * 10 + 10)), pa.array(np.ones(10, np.float32))],
+                    schema=schema,
+                )
+            )
+        writer.close()
+        got = list(client.stream("p", batch_rows=25, columns=["a"]))
+        assert [len(b["a"]) for b in got] == [25, 25, 20]
+        assert np.array_equal(np.concatenate([b["a"] for b in got]), np.arange(70))
+
+    def test_a_sharded_cluster_item_streams_shard_by_shard(self):
+        with (
+            arrowbridge.serve() as a,
+            arrowbridge.serve() as b,
+            arrowbridge.serve() as c,
+            ClusterClient([a.location, b.location, c.location], shm=False) as cluster,
+        ):
+            x = np.arange(9_000).reshape(-1, 3)
+            cluster.put("s", x, shards=3)
+            batches = list(cluster.stream("s", batch_rows=700))
+            assert np.array_equal(np.concatenate(batches), x)
+            # Batches never cross a shard: 1,000 rows each, in 700 + 300.
+            assert [len(b) for b in batches] == [700, 300] * 3
+            with arrowbridge.connect(b.location, shm=False) as one:
+                assert np.array_equal(one.get("s", rows=(900, 1_100)), x[900:1_100])
+
+    def test_slices_of_get(self, client):
+        client.put("m", np.arange(20).reshape(10, 2))
+        assert client.get("m", rows=(3, 5)).tolist() == [[6, 7], [8, 9]]
+        assert client.get("m", rows=(4, 4)).shape == (0, 2)
+        client.put("d", {"a": np.arange(4), "b": np.ones(4)})
+        assert list(client.get("d", columns=["b"])) == ["b"]
+
+    @pytest.mark.parametrize(
+        "kwargs, match",
+        [
+            ({"columns": ["nope"]}, 'no column "nope"; its columns are \\["a", "b"\\]'),
+            ({"rows": (2, 9)}, "rows \\(2, 9\\) are not within its 4 rows"),
+            ({"rows": (3, 1)}, "0 <= start <= end"),
+            ({"rows": (-1, 2)}, "0 <= start <= end"),
+            ({"columns": "a"}, "sequence of column names"),
+        ],
+    )
+    def test_bad_selections_are_refused_by_name(self, client, kwargs, match):
+        client.put("d", {"a": np.arange(4), "b": np.ones(4)})
+        with pytest.raises(arrowbridge.ShapeError, match=match):
+            client.get("d", **kwargs)
+        with pytest.raises(arrowbridge.ShapeError, match=match):
+            list(client.stream("d", **kwargs))
+
+    @pytest.mark.parametrize("batch_rows", [0, -3, 2.5, True])
+    def test_bad_batch_rows_are_refused(self, client, batch_rows):
+        client.put("x", np.arange(4))
+        with pytest.raises(arrowbridge.ShapeError, match="batch_rows"):
+            client.stream("x", batch_rows=batch_rows)
+
+    def test_arrays_of_different_lengths_stream_whole(self, client):
+        client.put("f", {"a": np.arange(3), "b": np.arange(5.0)})
+        (whole,) = list(client.stream("f"))
+        assert whole["a"].tolist() == [0, 1, 2] and whole["b"].tolist() == [0, 1, 2, 3, 4]
+        with pytest.raises(arrowbridge.ShapeError, match="different lengths"):
+            client.get("f", rows=(0, 1))
+
+    def test_a_stream_reads_one_version_or_says_it_is_gone(self, client):
+        old = np.zeros((4 << 20, 2), np.float32)  # 32 MiB: past the grace kept for small items
+        client.put("v", old)
+        stream = client.stream("v", batch_rows=1 << 16)  # 64 batches
+        got = [next(stream)]
+        client.put("v", np.ones_like(old))
+        with pytest.raises(arrowbridge.ItemReplacedError):
+            for batch in stream:
+                got.append(batch)
+        assert all(not b.any() for b in got), "every batch read is of the first version"
+        assert len(got) < 64
+
+    def test_memory_stays_at_a_few_batches(self, remote):
+        client, _ = remote
+        client.put("big", (np.full((1 << 20, 8), i, np.float64) for i in range(32)))  # 2 GiB
+        before = rss()
+        peak = before
+        rows = 0
+        for batch in client.stream("big"):
+            rows += len(batch)
+            peak = max(peak, rss())
+        assert rows == 32 << 20
+        assert peak - before < 96 << 20, f"the client grew by {(peak - before) >> 20} MiB"
+
+
+class TestStreamedPut:
+    def test_a_generator_of_arrays_is_one_item(self, client):
+        client.put("g", (np.full((1_000, 4), i, np.float32) for i in range(5)))
+        got = client.get("g")
+        assert got.shape == (5_000, 4) and got[4_500, 0] == 4
+        info = client.info("g")
+        assert info["rows"] == 5_000
+
+    def test_dicts_readers_and_ipc_batches(self, client, tmp_path):
+        client.put("d", ({"id": np.arange(i, i + 2), "x": np.ones((2, 3))} for i in (0, 2, 4)))
+        got = client.get("d")
+        assert got["id"].tolist() == [0, 1, 2, 3, 4, 5] and got["x"].shape == (6, 3)
+
+        schema = pa.schema([("a", pa.int64())])
+        reader = pa.RecordBatchReader.from_batches(
+            schema, [pa.record_batch({"a": [1, 2]}), pa.record_batch({"a": [3]})]
+        )
+        client.put("r", reader)
+        assert client.get("r")["a"].tolist() == [1, 2, 3]
+
+        path = tmp_path / "batches.arrow"
+        table = pa.Table.from_batches(
+            [pa.record_batch({"k": np.arange(5) + 5 * i}) for i in range(4)]
+        )
+        arrowbridge.write_ipc(path, table)
+        client.put("f", arrowbridge.iter_ipc(path))
+        assert client.get("f")["k"].tolist() == list(range(20))
+
+    def test_a_plain_pyarrow_client_reads_a_streamed_item(self, client):
+        client.put("g", ({"v": np.arange(i * 3, i * 3 + 3)} for i in range(4)))
+        plain = flight.FlightClient(client.location)
+        info = plain.get_flight_info(flight.FlightDescriptor.for_path("g"))
+        table = pa.concat_tables(plain.do_get(e.ticket).read_all() for e in info.endpoints)
+        assert table.column("v").to_pylist() == list(range(12))
+
+    def test_the_item_appears_only_when_the_stream_ends(self, client):
+        client.put("a", np.zeros(3))
+        seen = []
+
+        def batches():
+            for i in range(3):
+                seen.append(client.get("a").tolist())
+                yield np.full(2, i + 1.0)
+
+        client.put("a", batches())
+        assert seen == [[0.0, 0.0, 0.0]] * 3
+        assert client.get("a").tolist() == [1.0, 1.0, 2.0, 2.0, 3.0, 3.0]
+
+    def test_a_stream_that_raises_stores_nothing(self, client):
+        client.put("a", np.arange(3.0))
+
+        def broken():
+            yield np.zeros(100_000)
+            yield np.zeros(100_000)
+            raise RuntimeError("the source failed")
+
+        with pytest.raises(RuntimeError, match="the source failed"):
+            client.put("a", broken())
+        with pytest.raises(RuntimeError):
+            client.put("new", broken())
+        assert client.get("a").tolist() == [0.0, 1.0, 2.0]
+        assert [i["name"] for i in client.list()] == ["a"]
+
+    def test_a_batch_that_does_not_match_the_first_is_refused_by_index(self, client):
+        def mixed():
+            yield np.zeros((2, 3), np.float32)
+            yield np.zeros((2, 3), np.float32)
+            yield np.zeros((2, 4), np.float32)
+
+        with pytest.raises(arrowbridge.ShapeError, match="batch 2: its columns"):
+            client.put("m", mixed())
+        with pytest.raises(arrowbridge.ShapeError, match="batch 1 is a dict, the first was a"):
+            client.put("m", iter([np.zeros(2), {"a": np.zeros(2)}]))
+        with pytest.raises(arrowbridge.ShapeError, match="share their first axis"):
+            client.put("m", iter([{"a": np.zeros(2), "b": np.zeros(3)}]))
+        with pytest.raises(arrowbridge.ShapeError, match="no batches"):
+            client.put("m", iter([]))
+        assert client.list() == []
+
+    def test_client_memory_stays_constant_for_a_large_stream(self, remote):
+        client, server_pid = remote
+        block = np.ones((1 << 20, 2), np.float64)  # 16 MiB, the same block each time
+        before = rss()
+        peak = [before]
+        stop = threading.Event()
+
+        def sample():
+            while not stop.wait(0.05):
+                peak[0] = max(peak[0], rss())
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            client.put("big", (block for _ in range(64)))  # 1 GiB
+        finally:
+            stop.set()
+            sampler.join()
+        assert client.info("big")["rows"] == 64 << 20
+        assert peak[0] - before < 96 << 20, f"the client grew by {(peak[0] - before) >> 20} MiB"
+        assert rss(server_pid) > 1 << 30
