@@ -2,13 +2,13 @@
 
 import builtins
 import os
-from collections.abc import Callable
 from typing import Any, final
 
 import numpy as np
 
 __all__ = [
     "ArrowMemory",
+    "Completions",
     "FlightClient",
     "FlightPut",
     "FlightServer",
@@ -204,7 +204,7 @@ class FlightClient:
     def submit_get(
         self,
         name: str,
-        done: Callable[[Any, BaseException | None], None],
+        done: tuple[Completions, int],
         *,
         columns: builtins.list[str] | None = None,
         rows: tuple[int, int] | None = None,
@@ -216,14 +216,14 @@ class FlightClient:
         names: builtins.list[str],
         arrays: builtins.list[Any],
         form: str,
-        done: Callable[[Any, BaseException | None], None],
+        done: tuple[Completions, int],
         *,
         timeout: float | None = None,
     ) -> PendingCall: ...
     def submit_info(
         self,
         name: str | None,
-        done: Callable[[Any, BaseException | None], None],
+        done: tuple[Completions, int],
         *,
         timeout: float | None = None,
     ) -> PendingCall: ...
@@ -231,7 +231,7 @@ class FlightClient:
         self,
         kind: str,
         body: bytes,
-        done: Callable[[Any, BaseException | None], None],
+        done: tuple[Completions, int],
         *,
         timeout: float | None = None,
     ) -> PendingCall: ...
@@ -240,14 +240,14 @@ class FlightClient:
         kernel: str,
         args: builtins.list[tuple[str, Any]],
         params: dict[str, Any] | None,
-        done: Callable[[Any, BaseException | None], None],
+        done: tuple[Completions, int],
         *,
         timeout: float | None = None,
     ) -> PendingCall: ...
     def submit_stream(
         self,
         name: str,
-        done: Callable[[Any, BaseException | None], None],
+        done: tuple[Completions, int],
         *,
         columns: builtins.list[str] | None = None,
         rows: tuple[int, int] | None = None,
@@ -268,7 +268,7 @@ class FlightStream:
     def rows(self) -> int: ...
     def __iter__(self) -> FlightStream: ...
     def __next__(self) -> dict[str, np.ndarray]: ...
-    def submit_next(self, done: Callable[[Any, BaseException | None], None]) -> PendingCall: ...
+    def submit_next(self, done: tuple[Completions, int]) -> PendingCall: ...
     def close(self) -> None: ...
 
 @final
@@ -282,15 +282,24 @@ class FlightPut:
         self,
         names: builtins.list[str],
         arrays: builtins.list[Any],
-        done: Callable[[Any, BaseException | None], None],
+        done: tuple[Completions, int],
         *,
         timeout: float | None = None,
     ) -> PendingCall: ...
     def finish(self, *, timeout: float | None = None) -> int: ...
     def submit_finish(
-        self, done: Callable[[Any, BaseException | None], None], *, timeout: float | None = None
+        self, done: tuple[Completions, int], *, timeout: float | None = None
     ) -> PendingCall: ...
     def abort(self) -> None: ...
+
+@final
+class Completions:
+    """The outcomes of an asyncio client's calls, for its event loop."""
+
+    def __new__(cls) -> Completions: ...
+    @property
+    def fd(self) -> int: ...
+    def drain(self, limit: int) -> builtins.list[tuple[int, Any, BaseException | None]]: ...
 
 @final
 class PendingCall:

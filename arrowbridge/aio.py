@@ -20,11 +20,15 @@ array([ 3., 12.])
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
+import itertools
 import json
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from typing import Any
 
+from . import _native
 from .errors import ShapeError
 from .flight.client import (
     Stored,
@@ -38,35 +42,104 @@ from .flight.client import (
     _streamed,
 )
 
-
-def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(value)
+#: Outcomes settled per wake-up of the loop, and seconds of calls started per turn of it: the
+#: longest the client holds the loop up at once is about their sum.
+_DRAIN = 128
+_BURST = 0.002
+_ADMIT = 128
 
 
-async def _run(start: Callable[[Callable[[Any, Any], None]], Any]) -> Any:
-    """Starts a native call with a callback that settles a future of the running loop;
-    awaits it, and cancels the call if the awaiting task is cancelled."""
-    loop = asyncio.get_running_loop()
-    future = loop.create_future()
+class _Calls:
+    """The calls of one client under way in one event loop: each native call queues its
+    outcome (with its token) in ``native``, whose descriptor the loop watches; a wake-up
+    drains every outcome queued so far and settles their futures."""
 
-    def done(value: Any, error: BaseException | None) -> None:
-        # Called on the client's runtime thread, with the GIL held.
+    def __init__(self) -> None:
+        self.native = _native.Completions()
+        self.futures: dict[int, asyncio.Future[Any]] = {}
+        self.tokens = itertools.count()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        #: When the calls started in this turn of the loop began (None: none yet).
+        self.burst: float | None = None
+
+        #: Calls waiting for a later turn to start, and whether one is due to admit some.
+        self.waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.admitting = False
+
+    def _end_burst(self) -> None:
+        self.burst = None
+
+    def _admit(self) -> None:
+        for _ in range(min(_ADMIT, len(self.waiting))):
+            turn = self.waiting.popleft()
+            if not turn.done():  # a cancelled call is skipped
+                turn.set_result(None)
+        if self.waiting and self.loop is not None:
+            self.loop.call_soon(self._admit)
+        else:
+            self.admitting = False
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.loop is loop:
+            return
+        if self.loop is not None and not self.loop.is_closed():
+            if self.loop.is_running():
+                raise RuntimeError(
+                    "this AsyncClient serves the event loop it was first used in; "
+                    "connect another client in this loop"
+                )
+            self.loop.remove_reader(self.native.fd)
+        loop.add_reader(self.native.fd, self._drain)
+        self.loop = loop
+        self.futures.clear()
+
+    def _drain(self) -> None:
+        for token, value, error in self.native.drain(_DRAIN):
+            future = self.futures.pop(token, None)
+            if future is None or future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(value)
+
+    async def run(self, start: Callable[[Any], Any]) -> Any:
+        """Starts a native call with ``(completions, token)``; awaits its outcome, and
+        cancels the call if the awaiting task is cancelled."""
+        loop = asyncio.get_running_loop()
+        self._watch(loop)
+        # Calls started in one turn of the loop run back to back (asyncio.gather of a
+        # thousand calls): past _BURST seconds of them, the rest queue up and start _ADMIT
+        # per later turn, so that the loop's other work is not held up for long.
+        if self.waiting or (self.burst is not None and time.perf_counter() - self.burst > _BURST):
+            turn = loop.create_future()
+            self.waiting.append(turn)
+            if not self.admitting:
+                self.admitting = True
+                loop.call_soon(self._admit)
+            await turn
+        elif self.burst is None:
+            self.burst = time.perf_counter()
+            loop.call_soon(self._end_burst)
+        token = next(self.tokens)
+        future = loop.create_future()
+        self.futures[token] = future
         try:
-            loop.call_soon_threadsafe(_settle, future, value, error)
-        except RuntimeError:
-            pass  # the loop is closed: nobody is waiting
+            pending = start((self.native, token))
+        except BaseException:
+            del self.futures[token]
+            raise
+        try:
+            return await future
+        except asyncio.CancelledError:
+            pending.cancel()
+            self.futures.pop(token, None)
+            raise
 
-    pending = start(done)
-    try:
-        return await future
-    except asyncio.CancelledError:
-        pending.cancel()
-        raise
+    def close(self) -> None:
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.remove_reader(self.native.fd)
+        self.loop = None
 
 
 def _form(form: str, arrays: dict[str, Any]) -> Any:
@@ -78,8 +151,9 @@ class AsyncItemStream:
     ``async for``: each an array or a dict of arrays, as :class:`arrowbridge.ItemStream`'s
     are; ``rows`` is the number of rows it carries in all."""
 
-    def __init__(self, native: Any):
+    def __init__(self, native: Any, calls: _Calls):
         self._native = native
+        self._calls = calls
         self._form: str = native.form
         self.rows: int = native.rows
 
@@ -87,7 +161,7 @@ class AsyncItemStream:
         return self
 
     async def __anext__(self) -> Any:
-        arrays = await _run(self._native.submit_next)
+        arrays = await self._calls.run(self._native.submit_next)
         if arrays is None:
             raise StopAsyncIteration
         return _form(self._form, arrays)
@@ -142,6 +216,12 @@ class AsyncClient(_Connected):
             trusted=list(trusted),
             background=True,
         )
+        self._calls = _Calls()
+
+    def _after_fork_in_child(self) -> None:
+        super()._after_fork_in_child()
+        # The parent's queue and descriptor are the parent's: the child gets its own.
+        self._calls = _Calls()
 
     async def put(self, name: str, data: Any, *, timeout: float | None = None) -> None:
         """Stores ``data`` under ``name``, as :meth:`arrowbridge.Client.put` does; ``data``
@@ -169,7 +249,7 @@ class AsyncClient(_Connected):
             await self._put_stream(name, _to_async(_batches(data)), timeout)
         else:
             form, names, arrays = _columns(data)
-            await _run(
+            await self._calls.run(
                 lambda done: self._native.submit_put(
                     name, names, arrays, form, done, timeout=timeout
                 )
@@ -186,7 +266,9 @@ class AsyncClient(_Connected):
         try:
             index = 0
             while True:
-                await _run(functools.partial(put.submit_send, names, arrays, timeout=timeout))
+                await self._calls.run(
+                    functools.partial(put.submit_send, names, arrays, timeout=timeout)
+                )
                 try:
                     batch_form, names, arrays = await anext(batches)
                 except StopAsyncIteration:
@@ -196,7 +278,7 @@ class AsyncClient(_Connected):
                     raise ShapeError(
                         f"put {name!r}: batch {index} is a {batch_form}, the first was a {form}"
                     )
-            await _run(lambda done: put.submit_finish(done, timeout=timeout))
+            await self._calls.run(lambda done: put.submit_finish(done, timeout=timeout))
         except BaseException:
             put.abort()
             raise
@@ -212,7 +294,7 @@ class AsyncClient(_Connected):
         """What was put under ``name`` (or its ``rows`` and ``columns``), as
         :meth:`arrowbridge.Client.get` returns it."""
         selected = None if columns is None else _names("columns", columns)
-        form, arrays = await _run(
+        form, arrays = await self._calls.run(
             lambda done: self._native.submit_get(
                 name, done, columns=selected, rows=_rows(rows), timeout=timeout
             )
@@ -246,7 +328,7 @@ class AsyncClient(_Connected):
             not isinstance(batch_rows, int) or isinstance(batch_rows, bool) or batch_rows < 1
         ):
             raise ShapeError(f"stream {name!r}: batch_rows must be an int >= 1, got {batch_rows!r}")
-        native = await _run(
+        native = await self._calls.run(
             lambda done: self._native.submit_stream(
                 name,
                 done,
@@ -256,20 +338,24 @@ class AsyncClient(_Connected):
                 timeout=timeout,
             )
         )
-        return AsyncItemStream(native)
+        return AsyncItemStream(native, self._calls)
 
     async def info(self, name: str, *, timeout: float | None = None) -> dict[str, Any]:
         """What is stored under ``name`` (see :meth:`arrowbridge.Client.info`)."""
-        infos = await _run(lambda done: self._native.submit_info(name, done, timeout=timeout))
+        infos = await self._calls.run(
+            lambda done: self._native.submit_info(name, done, timeout=timeout)
+        )
         return _describe(infos[0])
 
     async def list(self, *, timeout: float | None = None) -> list[dict[str, Any]]:
         """Every stored item, sorted by name (see :meth:`arrowbridge.Client.list`)."""
-        infos = await _run(lambda done: self._native.submit_info(None, done, timeout=timeout))
+        infos = await self._calls.run(
+            lambda done: self._native.submit_info(None, done, timeout=timeout)
+        )
         return [_describe(info) for info in infos]
 
     async def _action(self, kind: str, body: bytes, timeout: float | None) -> bytes:
-        result: bytes = await _run(
+        result: bytes = await self._calls.run(
             lambda done: self._native.submit_action(kind, body, done, timeout=timeout)
         )
         return result
@@ -301,7 +387,7 @@ class AsyncClient(_Connected):
             ("stored", a.name) if isinstance(a, Stored) else ("array", _array_like(a))
             for a in arrays
         ]
-        result = await _run(
+        result = await self._calls.run(
             lambda done: self._native.submit_call(kernel, args, params, done, timeout=timeout)
         )
         return result[0] if len(result) == 1 else tuple(result)
@@ -309,6 +395,7 @@ class AsyncClient(_Connected):
     def close(self) -> None:
         """Closes the connection (calls under way are cancelled); idempotent."""
         self._closed = True
+        self._calls.close()
         self._native.close()
 
     async def __aenter__(self) -> AsyncClient:

@@ -166,6 +166,116 @@ def ours_put_get(
     return put_t, get_t
 
 
+def ours_streamed(location: str, x: np.ndarray, repeats: int) -> tuple[float, float]:
+    """A put from a generator of 8 MiB slices and a get as a stream of batches (of about
+    8 MiB, the default), each touched as it arrives."""
+    rows = max(1, (8 * MIB) // (x.itemsize * int(np.prod(x.shape[1:]))))
+
+    def put():
+        client.put("bench", (x[i : i + rows] for i in range(0, len(x), rows)))
+
+    def get():
+        n = 0
+        for batch in client.stream("bench"):
+            n += len(batch)
+        assert n == len(x)
+
+    with arrowbridge.connect(location, shm=False) as client:
+        put_t = median_time(put, repeats)
+        get_t = median_time(get, repeats)
+    return put_t, get_t
+
+
+def asyncio_calls(location: str, calls: int, threads: int, lone: int) -> dict:
+    """8 KiB identity calls: `calls` at once from one event loop on one AsyncClient (with a
+    ticker task measuring the loop's longest stall), against `threads` threads sharing one
+    blocking client and `threads` threads of pyarrow.flight clients (DoExchange to the same
+    server and kernel); and lone calls, async and blocking."""
+    import asyncio
+    import json
+
+    from arrowbridge import aio
+
+    small = np.ones(1024)
+    expected = small.copy()
+
+    async def many() -> tuple[float, float, list[float]]:
+        async with aio.connect(location) as client:
+            await client.call("identity", small)
+            stalls: list[float] = []
+
+            async def tick() -> None:
+                last = time.perf_counter()
+                while True:
+                    await asyncio.sleep(0.001)
+                    now = time.perf_counter()
+                    stalls.append(now - last - 0.001)
+                    last = now
+
+            ticker = asyncio.create_task(tick())
+            await asyncio.sleep(0.01)
+            t0 = time.perf_counter()
+            results = await asyncio.gather(*(client.call("identity", small) for _ in range(calls)))
+            wall = time.perf_counter() - t0
+            ticker.cancel()
+            assert all(np.array_equal(r, expected) for r in results)
+            lone_times = []
+            for _ in range(lone):
+                t1 = time.perf_counter()
+                await client.call("identity", small)
+                lone_times.append(time.perf_counter() - t1)
+            return wall, max(stalls), lone_times
+
+    wall, stall, async_lone = asyncio.run(many())
+
+    with arrowbridge.connect(location) as shared:
+        shared.call("identity", small)
+        per = calls // threads
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            list(
+                pool.map(
+                    lambda _: [shared.call("identity", small) for _ in range(per)], range(threads)
+                )
+            )
+        sync_wall = time.perf_counter() - t0
+        sync_lone = []
+        for _ in range(lone):
+            t1 = time.perf_counter()
+            shared.call("identity", small)
+            sync_lone.append(time.perf_counter() - t1)
+
+    command = fl.FlightDescriptor.for_command(json.dumps({"kernel": "identity"}).encode())
+    table = pa.table({"x": small})
+
+    def pyarrow_worker(_: int) -> None:
+        client = fl.FlightClient(location)
+        for _ in range(per):
+            writer, reader = client.do_exchange(command)
+            writer.begin(table.schema)
+            writer.write_table(table)
+            writer.done_writing()
+            reader.read_all()
+            writer.close()
+        client.close()
+
+    pyarrow_worker(0)
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(pyarrow_worker, range(threads)))
+    pyarrow_wall = time.perf_counter() - t0
+    return {
+        "calls": calls,
+        "threads": threads,
+        "async_per_s": calls / wall,
+        "sync_per_s": per * threads / sync_wall,
+        "pyarrow_per_s": per * threads / pyarrow_wall,
+        "stall": stall,
+        "async_lone_p50": percentile(async_lone, 50),
+        "sync_lone_p50": percentile(sync_lone, 50),
+    }
+
+
 def small_calls(location: str, n: int) -> list[float]:
     small = np.ones(1024)  # 8 KiB
     out = []
@@ -320,6 +430,7 @@ def run(sizes: list[int], repeats: int, concurrency: tuple[int, int], small_n: i
                 row["ours tcp"] = ours_put_get(tcp, x, repeats)
                 row["ours unix"] = ours_put_get(unix, x, repeats)
                 row["ours shared memory"] = ours_put_get(tcp, x, repeats, shm=True)
+                row["ours tcp, streamed"] = ours_streamed(tcp, x, repeats)
                 row["np.copy (reference for a put)"] = (
                     median_time(lambda x=x: np.copy(x), repeats),
                     float("nan"),
@@ -338,6 +449,7 @@ def run(sizes: list[int], repeats: int, concurrency: tuple[int, int], small_n: i
             results["echo call"] = echo_calls(echo, small_n)
             results["socket round trip"] = socket_round_trips(small_n)
             results["concurrent"] = concurrent_calls(tcp, *concurrency)
+            results["asyncio"] = asyncio_calls(tcp, 1000, 32, small_n)
         results["memory"] = server_memory(sizes[0])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -374,6 +486,12 @@ def report(r: dict, fmt_time: Callable[[float], str]) -> tuple[list[str], list[s
             if wire
             else ""
         )
+        streamed_put, streamed_get = (nbytes / t for t in row["ours tcp, streamed"])
+        headline.append(
+            f"- Flight {nbytes >> 20} MiB streamed (put from a generator of 8 MiB slices, get "
+            f"as a stream of batches): {streamed_put / ours_put:.2f}× / "
+            f"{streamed_get / ours_get:.2f}× the whole-item put / get of the same run."
+        )
         shm_put, shm_get = row["ours shared memory"]
         copy = row["np.copy (reference for a put)"][0]
         headline.append(
@@ -390,6 +508,7 @@ def report(r: dict, fmt_time: Callable[[float], str]) -> tuple[list[str], list[s
     p50, echo50 = percentile(r["ours call"], 50), percentile(r["echo call"], 50)
     wire50 = percentile(r["socket round trip"], 50)
     c = r["concurrent"]
+    a = r["asyncio"]
     grown, put = r["memory"]
     headline += [
         f"- Small call (8 KiB identity, DoExchange): p50 {fmt_time(p50)} vs pyarrow.flight's "
@@ -397,6 +516,13 @@ def report(r: dict, fmt_time: Callable[[float], str]) -> tuple[list[str], list[s
         f"{fmt_time(wire50)} ({p50 / wire50:.2f}×); {c['clients']} clients × "
         f"{c['calls'] // c['clients']} calls: {c['calls_per_s']:.0f} calls/s, p99 "
         f"{fmt_time(c['p99'])}, {c['errors']} errors.",
+        f"- asyncio: {a['calls']} concurrent 8 KiB calls from one event loop on one "
+        f"AsyncClient {a['async_per_s']:.0f} calls/s, {a['async_per_s'] / a['sync_per_s']:.2f}× "
+        f"{a['threads']} threads on one blocking client ({a['sync_per_s']:.0f}/s) and "
+        f"{a['async_per_s'] / a['pyarrow_per_s']:.2f}× {a['threads']} threads of pyarrow.flight "
+        f"clients ({a['pyarrow_per_s']:.0f}/s); the loop's longest stall {fmt_time(a['stall'])}; "
+        f"a lone async call p50 {fmt_time(a['async_lone_p50'])}, "
+        f"{a['async_lone_p50'] / a['sync_lone_p50']:.2f}× a blocking one's.",
         f"- Server memory after four puts of {put >> 22} MiB (two by clients that exit right "
         f"after the acknowledgement): {grown / MIB:.0f} MiB above idle for {put >> 20} MiB "
         f"({grown / put:.2f}×).",

@@ -21,7 +21,7 @@ use arrowbridge_pyo3::capsule::import_batch_stream;
 use arrowbridge_pyo3::errors::{no_panic, python_error, BridgeError, BridgeResult};
 use arrowbridge_pyo3::numpy_output::tensor_to_numpy;
 
-use crate::aio::{spawn_call, PendingCall};
+use crate::aio::{spawn_call, Done, PendingCall};
 
 /// A failure to start or stop a server, as the exception a Python user expects: `OSError`
 /// subclasses (with the errno) for an address or data directory that cannot be used.
@@ -557,7 +557,7 @@ impl FlightClient {
     fn submit_get(
         &self,
         name: String,
-        done: Py<PyAny>,
+        done: Done,
         columns: Option<Vec<String>>,
         rows: Option<(usize, usize)>,
         timeout: Option<f64>,
@@ -600,7 +600,7 @@ impl FlightClient {
         names: Vec<String>,
         arrays: &Bound<'_, PyList>,
         form: &str,
-        done: Py<PyAny>,
+        done: Done,
         timeout: Option<f64>,
     ) -> BridgeResult<PendingCall> {
         let client = self.client()?;
@@ -623,7 +623,7 @@ impl FlightClient {
     fn submit_info(
         &self,
         name: Option<String>,
-        done: Py<PyAny>,
+        done: Done,
         timeout: Option<f64>,
     ) -> BridgeResult<PendingCall> {
         let client = self.client()?;
@@ -657,7 +657,7 @@ impl FlightClient {
         &self,
         kind: String,
         body: Vec<u8>,
-        done: Py<PyAny>,
+        done: Done,
         timeout: Option<f64>,
     ) -> BridgeResult<PendingCall> {
         let client = self.client()?;
@@ -679,7 +679,7 @@ impl FlightClient {
         kernel: String,
         args: Vec<(String, Bound<'_, PyAny>)>,
         params: Option<&Bound<'_, PyDict>>,
-        done: Py<PyAny>,
+        done: Done,
         timeout: Option<f64>,
     ) -> BridgeResult<PendingCall> {
         let client = self.client()?;
@@ -724,7 +724,7 @@ impl FlightClient {
     fn submit_stream(
         &self,
         name: String,
-        done: Py<PyAny>,
+        done: Done,
         columns: Option<Vec<String>>,
         rows: Option<(usize, usize)>,
         batch_rows: Option<usize>,
@@ -851,7 +851,7 @@ impl FlightStream {
 
     /// Fetches the next batch on the client's runtime: `done({name: array} | None, None)`
     /// (`None` at the end), or `done(None, exception)`.
-    fn submit_next(&self, done: Py<PyAny>) -> PendingCall {
+    fn submit_next(&self, done: Done) -> PendingCall {
         let (client, state) = (self.client.clone(), self.stream.clone());
         let what = "stream".to_string();
         spawn_call(
@@ -962,7 +962,7 @@ impl FlightPut {
         &self,
         names: Vec<String>,
         arrays: &Bound<'_, PyList>,
-        done: Py<PyAny>,
+        done: Done,
         timeout: Option<f64>,
     ) -> BridgeResult<PendingCall> {
         let timeout = seconds(timeout)?;
@@ -1008,7 +1008,7 @@ impl FlightPut {
 
     /// Ends the put on the client's runtime: `done(rows, None)` or `done(None, exception)`.
     #[pyo3(signature = (done, *, timeout=None))]
-    fn submit_finish(&self, done: Py<PyAny>, timeout: Option<f64>) -> BridgeResult<PendingCall> {
+    fn submit_finish(&self, done: Done, timeout: Option<f64>) -> BridgeResult<PendingCall> {
         let timeout = seconds(timeout)?;
         let (client, state) = (self.client.clone(), self.put.clone());
         Ok(spawn_call(

@@ -52,6 +52,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<flight::FlightStream>()?;
     m.add_class::<flight::FlightPut>()?;
     m.add_class::<aio::PendingCall>()?;
+    m.add_class::<aio::Completions>()?;
     m.add_function(wrap_pyfunction!(flight::stream_to_arrays, m)?)?;
     arrowbridge_pyo3::arrow_memory::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -1448,7 +1448,9 @@ impl Client {
         F: std::future::Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.runtime.spawn(future)
+        // A lone call polls its sockets for a moment before the thread sleeps, as a
+        // blocking call does (see `spinning`).
+        self.runtime.spawn(spinning(future))
     }
 }
 
