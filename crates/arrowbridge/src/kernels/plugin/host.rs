@@ -167,6 +167,7 @@ pub unsafe fn plugin_kernels(what: &str, plugin: *const AbiPlugin) -> Result<Vec
                 arity,
                 distribution,
                 constant_time,
+                ragged: false,
                 func: Arc::new(move |args: &[ArrowTensor], params: &Params| {
                     // SAFETY: per this function's contract.
                     unsafe { call_plugin(plugin, index, name, args, params) }
