@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from . import _extension, _native, shm
 from ._native import call, kernels, load_kernels
+from ._ragged import is_ragged_list
 from .errors import (
     AlreadyBorrowedError,
     ArrowBridgeError,
@@ -122,7 +123,7 @@ def to_arrow(
     >>> [a.shape for a in arrowbridge.to_numpy(ragged)]
     [(4, 6, 3), (2, 5, 3)]
     """
-    if type(x) is list and x and _is_array(x[0]):
+    if is_ragged_list(x):
         if whole:
             raise ValueError("whole=True takes one array, not a list of arrays")
         if copy is False:
@@ -138,19 +139,6 @@ def to_arrow(
         x = _native.to_numpy(x) if hasattr(x, "__dlpack__") else np.asarray(x)
     names = None if dim_names is None else [str(n) for n in dim_names]
     return pa.array(_Exported(*_native.export_array(x, dim_names=names, copy=copy, whole=whole)))
-
-
-def _is_array(x: object) -> bool:
-    """Whether a list's element makes the list ragged data: an array of one or more
-    dimensions (0-d arrays keep ``np.asarray``'s meaning) or an array producer."""
-    if isinstance(x, np.ndarray):
-        return x.ndim > 0
-    kind = type(x)
-    return (
-        hasattr(kind, "__dlpack__")
-        or hasattr(kind, "__arrow_c_array__")
-        or hasattr(kind, "__arrow_c_stream__")
-    )
 
 
 def variable_shape_tensor(

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from . import _native
+from ._ragged import is_ragged_list
 from .errors import InvalidArrowDataError, UnsupportedTypeError
 
 IpcReader = _native.IpcReader
@@ -90,8 +91,11 @@ def write_ipc(
 
 def _array_like(value: Any) -> Any:
     """A column as the native layer takes it: NumPy arrays (masked ones included, so that
-    their mask is seen) and Arrow producers as they are, anything else through NumPy."""
+    their mask is seen), Arrow producers and ragged lists of arrays as they are, anything else
+    through NumPy."""
     if isinstance(value, np.ndarray) or hasattr(value, "__arrow_c_array__"):
+        return value
+    if is_ragged_list(value):
         return value
     if hasattr(value, "__arrow_c_stream__") or hasattr(value, "__dlpack__"):
         return value

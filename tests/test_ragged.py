@@ -390,3 +390,82 @@ def test_ragged_kernels_refuse_what_they_cannot_sum():
         arrowbridge.call("ragged_sum", [np.array(["2020-01-01"], "datetime64[s]")])
     with pytest.raises(UnsupportedTypeError, match="variable_shape_tensor"):
         arrowbridge.call("ragged_sum", pa.array([1.0, 2.0]))
+
+
+# --- IPC files ---
+
+
+def test_ipc_round_trip_with_mmap_views_per_element(tmp_path):
+    images = [sample("uint8", (h, w, 3), seed=h) for h, w in [(4, 5), (2, 7), (3, 3)]]
+    labels = np.arange(3)
+    path = tmp_path / "ragged.arrow"
+    arrowbridge.write_ipc(path, {"images": images, "labels": labels})
+    reader = arrowbridge.open_ipc(path)
+    back = reader.read_all()
+    assert all(same(a, b) for a, b in zip(images, back["images"], strict=True))
+    assert same(back["labels"], labels)
+    base, length = reader.mapping
+    for row in back["images"]:  # each element a view into the mapping
+        assert base <= address(row) < base + length and not row.flags.writeable
+    (column,) = [c for c in reader.describe() if c["name"] == "images"]
+    assert column["dtype"] == "uint8" and column["shape"] == (3, None, None, 3)
+    assert column["zero_copy"] and column["nbytes"] == sum(a.nbytes for a in images)
+    # pyarrow (C++) reads the canonical type
+    table = pa.ipc.open_file(path).read_all()
+    assert table.schema.field("images").type.extension_name == "arrow.variable_shape_tensor"
+    assert "uniform_shape=[null,null,3]" in str(table.schema.field("images").type)
+
+
+def test_ipc_files_of_several_batches_give_views_of_each_batch(tmp_path):
+    a = arrowbridge.variable_shape_tensor(np.arange(5.0), [2, 3])
+    b = arrowbridge.variable_shape_tensor(np.arange(4.0), [4])
+    schema = pa.schema([pa.field("x", a.type)])
+    path = tmp_path / "batches.arrow"
+    with pa.ipc.new_file(path, schema) as writer:
+        writer.write_batch(pa.record_batch([a], schema=schema))
+        writer.write_batch(pa.record_batch([b], schema=schema))
+    rows = arrowbridge.read_ipc(path)["x"]
+    assert [r.tolist() for r in rows] == [[0.0, 1.0], [2.0, 3.0, 4.0], [0.0, 1.0, 2.0, 3.0]]
+    batches = [batch["x"] for batch in arrowbridge.iter_ipc(path)]
+    assert [len(b) for b in batches] == [2, 1]
+
+
+def test_a_file_pyarrow_writes_reads_and_ours_reads_in_pyarrow(tmp_path):
+    t = make_vst(
+        [list(range(6)), list(range(4))],
+        [[2, 3], [1, 4]],
+        2,
+        {"dim_names": ["a", "b"], "permutation": [1, 0]},
+    )
+    path = tmp_path / "from_pyarrow.arrow"
+    with pa.ipc.new_file(path, pa.schema([pa.field("t", t.type)])) as writer:
+        writer.write_table(pa.table({"t": t}))
+    rows = arrowbridge.read_ipc(path)["t"]
+    assert [r.shape for r in rows] == [(3, 2), (4, 1)]
+    assert rows[0].tolist() == [[0, 3], [1, 4], [2, 5]]
+    ours = tmp_path / "ours.arrow"
+    arrowbridge.write_ipc(ours, {"t": rows})
+    column = pa.ipc.open_file(ours).read_all().column("t")
+    storage = column.chunk(0).storage
+    assert storage.field("shape").to_pylist() == [[3, 2], [4, 1]]
+    assert storage.field("data").to_pylist()[0] == [0, 3, 1, 4, 2, 5]
+
+
+def test_ipc_refuses_ragged_columns_of_another_length(tmp_path):
+    with pytest.raises(ShapeError, match="one row count"):
+        arrowbridge.write_ipc(tmp_path / "x.arrow", {"a": [np.ones(2)], "b": np.ones(3)})
+
+
+def test_the_readmes_ragged_section_runs():
+    import doctest
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    section = text.split("## Ragged data")[1].split("\n## ")[0]
+    examples = "\n".join(block.split("```")[0] for block in section.split("```pycon")[1:])
+    parser = doctest.DocTestParser()
+    test = parser.get_doctest(examples, {}, "README ragged data", "README.md", 0)
+    assert test.examples
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    runner.run(test)
+    assert runner.failures == 0

@@ -45,13 +45,15 @@ pub fn export_ragged_parts<'py>(
         let ndim = match shapes.shape() {
             [_] => 1,
             [_, ndim] => *ndim,
-            other => return Err(Error::shape(
-                "shapes",
-                format!(
+            other => {
+                return Err(Error::shape(
+                    "shapes",
+                    format!(
                     "shape {other:?}; give an (n, ndim) array of row shapes (or (n,) row lengths)"
                 ),
-            )
-            .into()),
+                )
+                .into())
+            }
         };
         let flat: Vec<i64> = shapes.as_array().iter().copied().collect();
         let values = input_tensor(values, Want::Rows, copy)?;

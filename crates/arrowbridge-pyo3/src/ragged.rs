@@ -3,13 +3,14 @@
 
 use std::marker::PhantomData;
 
+use arrowbridge::ipc::Column;
 use arrowbridge::{is_ragged_field, ArrowTensor, Error, RaggedTensor};
 use ndarray::ArrayViewD;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
 use pyo3::Borrowed;
 
-use crate::capsule::{import_c_array, import_c_stream, single_column, Imported};
+use crate::capsule::{import_c_array, import_c_stream, imported_tensor, single_column, Imported};
 use crate::errors::{BridgeError, BridgeResult};
 use crate::input::{dlpack_numpy, protocol, read_tensor, Protocol};
 use crate::numpy_input::{c_order_copy, tensor_from_numpy, Realign, Want};
@@ -159,6 +160,25 @@ pub fn read_ragged(obj: &Bound<'_, PyAny>, allow_copy: bool) -> BridgeResult<Rag
         0 => Err(Error::shape("arrow.variable_shape_tensor", "no chunks").into()),
         _ => Ok(RaggedTensor::concat(&chunks)?),
     }
+}
+
+/// A column to write or send: ragged data (a list of arrays, or an Arrow producer of
+/// `arrow.variable_shape_tensor`) as [`Column::Ragged`], anything else as the tensor
+/// [`column_input`](crate::input::column_input) reads.
+pub fn any_column(obj: &Bound<'_, PyAny>) -> BridgeResult<Column> {
+    if let Ok(list) = obj.cast::<PyList>() {
+        return Ok(Column::Ragged(vec![ragged_from_list(list, None)?]));
+    }
+    let imported = match protocol(obj)? {
+        Protocol::ArrowArray => import_c_array(obj, true)?,
+        Protocol::ArrowStream => import_c_stream(obj, true)?,
+        _ => return Ok(Column::Tensor(crate::input::column_input(obj)?)),
+    };
+    Ok(if is_ragged(&imported) {
+        Column::Ragged(ragged_chunks(imported, true)?)
+    } else {
+        Column::Tensor(imported_tensor(imported, true)?)
+    })
 }
 
 /// The rows of `parts` as a list of NumPy arrays: read-only views of the Arrow memory (one
