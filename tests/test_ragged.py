@@ -469,3 +469,16 @@ def test_the_readmes_ragged_section_runs():
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     runner.run(test)
     assert runner.failures == 0
+
+
+def test_extension_functions_take_ragged_arguments_as_views():
+    rowstats = pytest.importorskip("rowstats")  # built by `make build` (examples/extension)
+    arrays = [np.arange(6.0).reshape(2, 3), np.ones((1, 4)), np.zeros((0, 2))]
+    means = rowstats.ragged_means(arrays)
+    assert means[:2].tolist() == [2.5, 1.0] and np.isnan(means[2])
+    t = arrowbridge.to_arrow(arrays)
+    assert rowstats.ragged_means(t)[:2].tolist() == [2.5, 1.0]
+    base = t.storage.field("data").values.buffers()[1].address
+    assert rowstats.ragged_addresses(t)[:2] == [base, base + 6 * 8]  # no copy
+    with pytest.raises(DTypeMismatchError, match="expected float64"):
+        rowstats.ragged_means([np.ones(2, np.float32)])
