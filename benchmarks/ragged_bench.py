@@ -35,17 +35,13 @@ def run(quick: bool = False) -> dict[str, float]:
     n, element = (2_000, 64 << 10) if quick else (10_000, 64 << 10)
     repeats = 5 if quick else 11
     rng = np.random.default_rng(0)
-    arrays = [
-        rng.standard_normal(element // 8).reshape(-1, 8 << (i % 4)) for i in range(n)
-    ]
+    arrays = [rng.standard_normal(element // 8).reshape(-1, 8 << (i % 4)) for i in range(n)]
     total = sum(a.nbytes for a in arrays)
     to_arrow = best_of(lambda: arrowbridge.to_arrow(arrays), repeats)
     concat = best_of(lambda: np.concatenate([a.reshape(-1) for a in arrays]), repeats)
     # The same copy into memory already faulted in (to_arrow's allocator reuses warm pages).
     out = np.empty(total // 8)
-    concat_out = best_of(
-        lambda: np.concatenate([a.reshape(-1) for a in arrays], out=out), repeats
-    )
+    concat_out = best_of(lambda: np.concatenate([a.reshape(-1) for a in arrays], out=out), repeats)
     t = arrowbridge.to_arrow(arrays)
     to_numpy = best_of(lambda: arrowbridge.to_numpy(t), repeats)
 
