@@ -482,3 +482,31 @@ def test_extension_functions_take_ragged_arguments_as_views():
     assert rowstats.ragged_addresses(t)[:2] == [base, base + 6 * 8]  # no copy
     with pytest.raises(DTypeMismatchError, match="expected float64"):
         rowstats.ragged_means([np.ones(2, np.float32)])
+
+
+# --- Flight: the server carries the canonical type to any Flight client ---
+
+
+def test_pyarrow_flight_puts_and_gets_ragged_columns_through_an_arrowbridge_server():
+    import pyarrow.flight as flight
+
+    images = [sample("float32", (h, 3), seed=h) for h in (2, 5, 1)]
+    table = pa.table({"images": arrowbridge.to_arrow(images), "label": np.arange(3)})
+    with arrowbridge.serve() as server:
+        client = flight.connect(server.location)
+        descriptor = flight.FlightDescriptor.for_path("ragged")
+        writer, _ = client.do_put(descriptor, table.schema)
+        writer.write_table(table)
+        writer.close()
+        info = client.get_flight_info(descriptor)
+        got = client.do_get(info.endpoints[0].ticket).read_all()
+        client.close()
+        assert got.schema.field("images").type.extension_name == "arrow.variable_shape_tensor"
+        back = arrowbridge.to_numpy(got.column("images"))
+        assert all(same(a, b) for a, b in zip(images, back, strict=True))
+        # arrowbridge's own client carries dense arrays only (not yet ragged ones): it says so
+        with arrowbridge.connect(server.location) as ours:
+            with pytest.raises(arrowbridge.ArrowBridgeError):
+                ours.put("mine", {"images": images})
+            with pytest.raises(arrowbridge.ArrowBridgeError, match="not fixed-width"):
+                ours.get("ragged")
