@@ -51,7 +51,9 @@ def write_ipc(
     pyarrow or any Arrow PyCapsule producer), or a table: a pyarrow ``Table``,
     ``RecordBatch`` or ``RecordBatchReader``, a polars ``DataFrame``, or anything else with
     ``__arrow_c_stream__`` (written as it is). DLPack producers (JAX, PyTorch) count as
-    arrays, like NumPy's.
+    arrays, like NumPy's. A list of arrays (of one dtype and rank, any shapes) is ragged data:
+    an ``arrow.variable_shape_tensor`` column of one row per array, which ``read_ipc`` gives
+    back as a list of views.
 
     Arrays that share the length of axis 0 become rows of one table (N-D arrays as
     ``arrow.fixed_shape_tensor`` columns), so pyarrow, polars and duckdb read N rows. Any other
@@ -69,7 +71,7 @@ def write_ipc(
     ...     pa.ipc.open_file(path).read_all().num_rows
     3
     """
-    if isinstance(data, np.ndarray) or _is_dlpack_only(data):
+    if isinstance(data, np.ndarray) or _is_dlpack_only(data) or is_ragged_list(data):
         data = {"data": data}
     if isinstance(data, Mapping):
         names = [str(n) for n in data]

@@ -510,3 +510,10 @@ def test_pyarrow_flight_puts_and_gets_ragged_columns_through_an_arrowbridge_serv
                 ours.put("mine", {"images": images})
             with pytest.raises(arrowbridge.ArrowBridgeError, match="not fixed-width"):
                 ours.get("ragged")
+
+
+def test_a_bare_list_is_written_as_column_data(tmp_path):
+    path = tmp_path / "list.arrow"
+    arrowbridge.write_ipc(path, [np.ones(2), np.zeros(3)], format="stream")
+    back = arrowbridge.read_ipc(path)["data"]
+    assert [b.tolist() for b in back] == [[1.0, 1.0], [0.0, 0.0, 0.0]]
