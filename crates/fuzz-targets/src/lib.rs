@@ -104,12 +104,16 @@ pub fn ragged_import(data: &[u8]) {
         values,
         None,
     );
-    let shape = FixedSizeListArray::new(
+    // The length given: a list of size 0 (ndim 0) cannot infer it from its values.
+    let Ok(shape) = FixedSizeListArray::try_new_with_length(
         Arc::new(Field::new("item", DataType::Int32, true)),
         ndim,
         Arc::new(Int32Array::from(shapes)),
         None,
-    );
+        rows,
+    ) else {
+        return;
+    };
     let storage = StructArray::from(vec![
         (
             Arc::new(Field::new("data", list.data_type().clone(), true)),
