@@ -517,3 +517,12 @@ def test_a_bare_list_is_written_as_column_data(tmp_path):
     arrowbridge.write_ipc(path, [np.ones(2), np.zeros(3)], format="stream")
     back = arrowbridge.read_ipc(path)["data"]
     assert [b.tolist() for b in back] == [[1.0, 1.0], [0.0, 0.0, 0.0]]
+
+
+def test_plugin_kernels_take_ragged_data(plugin):
+    arrays = [np.array([[1.0, 5.0], [2.0, 0.0]]), np.array([[-3.0, -1.0]]), np.zeros((0, 2))]
+    maxima = arrowbridge.call("row_max", arrays)
+    assert maxima[:2].tolist() == [5.0, -1.0] and np.isnan(maxima[2])
+    t = arrowbridge.variable_shape_tensor(np.arange(6.0), [[2, 2], [1, 2]], permutation=[1, 0])
+    assert arrowbridge.call("row_max", t).tolist() == [3.0, 5.0]
+    assert arrowbridge.kernels()["row_max"].startswith("row_max(x: ragged float64)")
