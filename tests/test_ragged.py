@@ -526,3 +526,8 @@ def test_plugin_kernels_take_ragged_data(plugin):
     t = arrowbridge.variable_shape_tensor(np.arange(6.0), [[2, 2], [1, 2]], permutation=[1, 0])
     assert arrowbridge.call("row_max", t).tolist() == [3.0, 5.0]
     assert arrowbridge.kernels()["row_max"].startswith("row_max(x: ragged float64)")
+
+
+def test_a_list_given_to_a_dense_kernel_points_to_the_ragged_ones():
+    with pytest.raises(UnsupportedTypeError, match=r"object type list .*ragged kernels"):
+        arrowbridge.call("sum", [np.ones(2), np.ones(3)])

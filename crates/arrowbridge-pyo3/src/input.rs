@@ -139,11 +139,16 @@ pub fn unsupported(obj: &Bound<'_, PyAny>) -> BridgeError {
         .name()
         .map(|n| n.to_string())
         .unwrap_or_else(|_| "?".into());
+    let ragged = if obj.is_instance_of::<pyo3::types::PyList>() {
+        "; a list of arrays is ragged data, which to_arrow and the ragged kernels (ragged_sum, pad) take"
+    } else {
+        ""
+    };
     Error::UnsupportedType {
         what: "input".into(),
         kind: "object type",
         name: format!(
-            "{name} (expected a numpy.ndarray, an object with __arrow_c_array__ or __arrow_c_stream__, or a DLPack producer with __dlpack__)"
+            "{name} (expected a numpy.ndarray, an object with __arrow_c_array__ or __arrow_c_stream__, or a DLPack producer with __dlpack__{ragged})"
         ),
     }
     .into()
