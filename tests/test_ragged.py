@@ -531,3 +531,12 @@ def test_plugin_kernels_take_ragged_data(plugin):
 def test_a_list_given_to_a_dense_kernel_points_to_the_ragged_ones():
     with pytest.raises(UnsupportedTypeError, match=r"object type list .*ragged kernels"):
         arrowbridge.call("sum", [np.ones(2), np.ones(3)])
+
+
+def test_named_shared_memory_carries_ragged_columns_as_views():
+    images = [sample("int16", (h, 2), seed=h) for h in (3, 1)]
+    with arrowbridge.shm.create("ragged-test", {"images": images}, replace=True):
+        other = arrowbridge.shm.attach("ragged-test")
+        back = other.read()["images"]
+        assert all(same(a, b) for a, b in zip(images, back, strict=True))
+        assert not back[0].flags.writeable
