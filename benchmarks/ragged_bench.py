@@ -57,6 +57,7 @@ def run(quick: bool = False) -> dict[str, float]:
 
     small = best_of(parts(1 << 10), 51)
     big = best_of(parts(1 << 30), 51)
+    ipc = ipc_times((64 << 20) if quick else (1 << 30), 3 if quick else 5)
     return {
         "n": n,
         "element": element,
@@ -67,7 +68,34 @@ def run(quick: bool = False) -> dict[str, float]:
         "to_numpy": to_numpy,
         "parts_1KiB": small,
         "parts_1GiB": big,
+        **ipc,
     }
+
+
+def ipc_times(size: int, repeats: int) -> dict[str, float]:
+    """write_ipc and read_ipc (mmap=False, so that the bytes are read) of `size` bytes as a
+    ragged column of 1,024 rows of different shapes and as a dense tensor."""
+    import tempfile
+    from pathlib import Path
+
+    rows = 1024
+    per_row = size // 8 // rows
+    flat = np.random.default_rng(1).standard_normal(per_row * rows)
+    dense = flat.reshape(rows, per_row)
+    widths = [per_row >> (i % 3) for i in range(rows)]
+    ragged = [flat[i * per_row : i * per_row + w].reshape(-1, 1) for i, w in enumerate(widths)]
+    ragged_bytes = sum(r.nbytes for r in ragged)
+    out = {"ipc_bytes": size, "ipc_ragged_bytes": ragged_bytes}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data, nbytes in [("dense", dense, size), ("ragged", ragged, ragged_bytes)]:
+            path = Path(tmp) / f"{name}.arrow"
+            out[f"ipc_write_{name}"] = (
+                best_of(lambda d=data, p=path: arrowbridge.write_ipc(p, {"x": d}), repeats) / nbytes
+            )
+            out[f"ipc_read_{name}"] = (
+                best_of(lambda p=path: arrowbridge.read_ipc(p, mmap=False), repeats) / nbytes
+            )
+    return out
 
 
 def report(r: dict[str, float]) -> list[str]:
@@ -84,6 +112,10 @@ def report(r: dict[str, float]) -> list[str]:
         f"- `variable_shape_tensor` + `to_numpy(ragged=True)` of 64 rows: "
         f"{r['parts_1KiB'] * 1e6:.1f} us at 1 KiB, {r['parts_1GiB'] * 1e6:.1f} us at 1 GiB: "
         f"{r['parts_1GiB'] / r['parts_1KiB']:.2f}x (target <= 1.2x).",
+        f"- IPC of {r['ipc_bytes'] >> 20} MiB, ragged column / dense tensor, time per byte: "
+        f"write_ipc {r['ipc_write_ragged'] / r['ipc_write_dense']:.2f}x, "
+        f"read_ipc(mmap=False) {r['ipc_read_ragged'] / r['ipc_read_dense']:.2f}x "
+        "(target <= 1.2x).",
     ]
 
 
