@@ -73,7 +73,7 @@ bench: build
 # in crates/fuzz-targets) under libFuzzer and AddressSanitizer for FUZZ_SECONDS (60 by default)
 # each, growing fuzz/corpus/. Needs the nightly toolchain; installs cargo-fuzz if missing.
 # `make test` replays the committed corpora and fuzz/regressions through every target.
-FUZZ_TARGETS := ipc_decode c_data_import tensor_metadata flight_service kernel_params flight_get_response flight_ticket shm_request
+FUZZ_TARGETS := ipc_decode c_data_import tensor_metadata flight_service kernel_params flight_get_response flight_ticket shm_request ragged_import
 FUZZ_ENV := ASAN_OPTIONS=allocator_may_return_null=1
 FUZZ_LIMITS := -rss_limit_mb=4096 -malloc_limit_mb=65536
 fuzz: build

@@ -1,4 +1,4 @@
-"""pyarrow's view of ``arrowbridge.complex_tensor``.
+"""pyarrow's view of arrowbridge's complex tensor types (fixed and variable shape).
 
 Arrow has no complex type. arrowbridge stores a complex array like a canonical
 ``arrow.fixed_shape_tensor`` whose every element is two floats (real, imaginary): storage
@@ -16,6 +16,7 @@ import math
 import pyarrow as pa
 
 COMPLEX_EXTENSION = "arrowbridge.complex_tensor"
+COMPLEX_RAGGED_EXTENSION = "arrowbridge.complex_variable_shape_tensor"
 
 
 class ComplexTensorType(pa.ExtensionType):
@@ -55,9 +56,49 @@ class ComplexTensorType(pa.ExtensionType):
         return ComplexTensorType, (self.value_type, self.shape, self.permutation, self.dim_names)
 
 
+class ComplexRaggedType(pa.ExtensionType):
+    """Complex tensors of varying shapes: the storage of ``arrow.variable_shape_tensor``
+    (``struct<data: list<float32|float64>, shape: fixed_size_list<int32>[ndim]>``), each
+    element two floats (re, im) of ``data``; the metadata of ``arrow.variable_shape_tensor``
+    (``dim_names``, ``permutation``, ``uniform_shape``), kept as it is."""
+
+    def __init__(self, value_type, ndim, metadata=b""):
+        value_type = (
+            pa.from_numpy_dtype(value_type)
+            if not isinstance(value_type, pa.DataType)
+            else value_type
+        )
+        if value_type not in (pa.float32(), pa.float64()):
+            raise TypeError(f"complex tensors store float32 or float64 values, not {value_type}")
+        self.value_type = value_type
+        self.ndim = int(ndim)
+        self.metadata = bytes(metadata)
+        storage = pa.struct(
+            [
+                pa.field("data", pa.list_(pa.field("item", value_type))),
+                pa.field("shape", pa.list_(pa.field("item", pa.int32()), self.ndim)),
+            ]
+        )
+        super().__init__(storage, COMPLEX_RAGGED_EXTENSION)
+
+    def __arrow_ext_serialize__(self) -> bytes:
+        return self.metadata
+
+    @classmethod
+    def __arrow_ext_deserialize__(cls, storage_type, serialized):
+        data = storage_type.field("data").type
+        shape = storage_type.field("shape").type
+        return cls(data.value_type, shape.list_size, serialized)
+
+    def __reduce__(self):
+        return ComplexRaggedType, (self.value_type, self.ndim, self.metadata)
+
+
 def register() -> None:
-    """Registers :class:`ComplexTensorType` with pyarrow (once per process)."""
-    try:
-        pa.register_extension_type(ComplexTensorType(pa.float64(), []))
-    except pa.ArrowKeyError:
-        pass  # already registered, e.g. after importlib.reload
+    """Registers :class:`ComplexTensorType` and :class:`ComplexRaggedType` with pyarrow (once
+    per process)."""
+    for ext in (ComplexTensorType(pa.float64(), []), ComplexRaggedType(pa.float64(), 1)):
+        try:
+            pa.register_extension_type(ext)
+        except pa.ArrowKeyError:
+            pass  # already registered, e.g. after importlib.reload

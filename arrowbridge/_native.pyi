@@ -19,10 +19,13 @@ __all__ = [
     "call",
     "data_address",
     "export_array",
+    "export_ragged_list",
+    "export_ragged_parts",
     "kernels",
     "load_kernels",
     "measured_region",
     "panic_in_kernel",
+    "ragged_parts",
     "rust_numpy_identity",
     "rust_numpy_sum",
     "stream_to_arrays",
@@ -52,7 +55,31 @@ def export_array(
 ) -> tuple[object, object]:
     """The (schema, array) PyCapsules of an Arrow array viewing `array`."""
 
-def to_numpy(obj: Any, *, copy: bool | None = None) -> np.ndarray: ...
+def to_numpy(obj: Any, *, copy: bool | None = None) -> np.ndarray | list[np.ndarray]:
+    """An ndarray over the Arrow memory; a list of them for an arrow.variable_shape_tensor."""
+
+def export_ragged_list(
+    arrays: list[Any], *, dim_names: list[str] | None = None, name: str = ""
+) -> tuple[object, object]:
+    """The (schema, array) PyCapsules of an arrow.variable_shape_tensor holding a copy of
+    `arrays` in one buffer."""
+
+def export_ragged_parts(
+    values: Any,
+    shapes: np.ndarray,
+    *,
+    dim_names: list[str] | None = None,
+    uniform_shape: list[int | None] | None = None,
+    permutation: list[int] | None = None,
+    copy: bool | None = None,
+    name: str = "",
+) -> tuple[object, object]:
+    """The (schema, array) PyCapsules of an arrow.variable_shape_tensor viewing `values`,
+    its rows of the (n, ndim) int64 `shapes`."""
+
+def ragged_parts(obj: Any, *, copy: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(values, shapes) of ragged data: flat values and the rows' (n, ndim) int32 shapes."""
+
 def data_address(array: np.ndarray) -> int:
     """Address of the first element of an ndarray."""
 

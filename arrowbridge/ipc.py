@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from . import _native
+from ._ragged import is_ragged_list
 from .errors import InvalidArrowDataError, UnsupportedTypeError
 
 IpcReader = _native.IpcReader
@@ -50,7 +51,9 @@ def write_ipc(
     pyarrow or any Arrow PyCapsule producer), or a table: a pyarrow ``Table``,
     ``RecordBatch`` or ``RecordBatchReader``, a polars ``DataFrame``, or anything else with
     ``__arrow_c_stream__`` (written as it is). DLPack producers (JAX, PyTorch) count as
-    arrays, like NumPy's.
+    arrays, like NumPy's. A list of arrays (of one dtype and rank, any shapes) is ragged data:
+    an ``arrow.variable_shape_tensor`` column of one row per array, which ``read_ipc`` gives
+    back as a list of views.
 
     Arrays that share the length of axis 0 become rows of one table (N-D arrays as
     ``arrow.fixed_shape_tensor`` columns), so pyarrow, polars and duckdb read N rows. Any other
@@ -68,7 +71,7 @@ def write_ipc(
     ...     pa.ipc.open_file(path).read_all().num_rows
     3
     """
-    if isinstance(data, np.ndarray) or _is_dlpack_only(data):
+    if isinstance(data, np.ndarray) or _is_dlpack_only(data) or is_ragged_list(data):
         data = {"data": data}
     if isinstance(data, Mapping):
         names = [str(n) for n in data]
@@ -90,8 +93,11 @@ def write_ipc(
 
 def _array_like(value: Any) -> Any:
     """A column as the native layer takes it: NumPy arrays (masked ones included, so that
-    their mask is seen) and Arrow producers as they are, anything else through NumPy."""
+    their mask is seen), Arrow producers and ragged lists of arrays as they are, anything else
+    through NumPy."""
     if isinstance(value, np.ndarray) or hasattr(value, "__arrow_c_array__"):
+        return value
+    if is_ragged_list(value):
         return value
     if hasattr(value, "__arrow_c_stream__") or hasattr(value, "__dlpack__"):
         return value

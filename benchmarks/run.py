@@ -29,6 +29,7 @@ import arrowbridge
 sys.path.insert(0, str(Path(__file__).parent))
 import cluster_bench
 import flight_bench
+import ragged_bench
 from producers import DLPackProducer
 
 from arrowbridge import _native
@@ -405,6 +406,8 @@ def main() -> None:
         f"- read_ipc(mmap=True): {read_times}; "
         f"{rby[('np.load', big)] / ours_r[big]:.0f}× faster than np.load at {fmt_size(big)}.",
     ]
+    print("ragged ...", file=sys.stderr)
+    headline += ragged_bench.report(ragged_bench.run(args.quick))
     print("flight ...", file=sys.stderr)
     flight_sizes = [32 * MIB] if args.quick else [256 * MIB, GIB]
     fr = flight_bench.run(

@@ -52,6 +52,14 @@ def ipc_seeds() -> None:
         path = tmp / name
         arrowbridge.write_ipc(path, data, format=fmt, compression=compression)
         write("ipc_decode", name, path.read_bytes())
+    ragged = {
+        "images": [np.ones((2, 3, 3), np.uint8), np.zeros((4, 1, 3), np.uint8)],
+        "z": [np.ones(2, np.complex64), np.ones(1, np.complex64)],
+        "b": [np.array([True]), np.array([False, True])],
+    }
+    path = tmp / "ragged.arrow"
+    arrowbridge.write_ipc(path, ragged)
+    write("ipc_decode", "ragged.arrow", path.read_bytes())
     batches = pa.Table.from_batches(
         [pa.record_batch({"x": [1.0, 2.0]}), pa.record_batch({"x": [3.0]})]
     )
@@ -190,6 +198,39 @@ def c_data_seeds() -> None:
     write("c_data_import", "lies", bytes([3, 10, 1, 9, 0x7F, 2, 1, 3, 4, 2, 1, 0x40, 1]))
 
 
+def ragged_input(
+    ndim: int, kind: int, lengths: list[int], shapes: list[int], meta: dict, lies: bytes = b"\0"
+) -> bytes:
+    """An input of `ragged_import`: [ndim, rows, value kind, complex?, lengths, shapes (i8),
+    json length, json], then the lies of `c_data_import`."""
+    text = json.dumps(meta).encode()
+    head = [ndim, len(lengths), kind] + ([1] if kind in (0, 4) else [])
+    sizes = bytes(d & 0xFF for d in shapes)
+    return bytes(head) + bytes(lengths) + sizes + bytes([len(text)]) + text + lies
+
+
+def ragged_seeds() -> None:
+    """Inputs of `ragged_import`: variable-shape tensors, valid and not."""
+    cases = {
+        "f32": ragged_input(2, 0, [6, 4], [2, 3, 1, 4], {"uniform_shape": [None, None]}),
+        "i8-permuted": ragged_input(2, 1, [6], [2, 3], {"permutation": [1, 0]}),
+        "bool": ragged_input(1, 2, [3, 0], [3, 0], {}),
+        "u16-names": ragged_input(3, 3, [2], [1, 2, 1], {"dim_names": ["a", "b", "c"]}),
+        "wrong-length": ragged_input(1, 4, [3], [4], {}),
+        "negative": ragged_input(2, 0, [0], [-1, 0], {}),
+        "uniform-contradicted": ragged_input(1, 0, [2, 3], [2, 3], {"uniform_shape": [2]}),
+        "arrow-rs": ragged_input(
+            2, 0, [6], [2, 3], {"dim_names": None, "permutations": [1, 0], "uniform_shape": None}
+        ),
+        "lies": ragged_input(1, 0, [2, 3], [2, 3], {}, bytes([0x47, 1, 1, 1, 2])),
+        "child-lies": ragged_input(1, 4, [2, 3, 1], [2, 3, 1], {}, bytes([0x41, 1, 0x07, 2, 1, 5])),
+    }
+    complex_case = bytes([1, 1, 0, 0, 4, 2, 2]) + b"{}" + b"\0"  # complex64: 2 elements
+    cases["complex"] = complex_case
+    for name, data in cases.items():
+        write("ragged_import", name, data)
+
+
 def ticket_seeds() -> None:
     """Inputs of `flight_ticket`: DoGet tickets as clients send them."""
     for name, ticket in [
@@ -234,6 +275,7 @@ def main() -> int:
     metadata_seeds()
     params_seeds()
     c_data_seeds()
+    ragged_seeds()
     total = sum(1 for _ in SEEDS.rglob("*") if _.is_file())
     print(f"{total} seed inputs in {SEEDS}")
     return 0

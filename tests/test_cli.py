@@ -446,3 +446,15 @@ def test_an_array_safetensors_cannot_hold_is_refused_before_writing(tmp_path):
         "(it holds bool, 8- to 64-bit integers, float16, float32, float64 and complex64)"
     ]
     assert sorted(os.listdir(tmp_path)) == ["t.arrow"]
+
+
+def test_inspect_shows_ragged_columns_with_their_varying_axes(tmp_path):
+    path = tmp_path / "ragged.arrow"
+    images = [np.zeros((h, 5, 3), np.uint8) for h in (2, 4)]
+    arrowbridge.write_ipc(path, {"images": images, "labels": np.arange(2)})
+    out = cli("inspect", path).stdout
+    assert "images: uint8 (2, None, 5, 3) 90 bytes (view)" in out
+    assert "arrow.variable_shape_tensor" in out
+    info = json.loads(cli("inspect", path, "--json").stdout)
+    (images_info,) = [c for c in info["columns"] if c["name"] == "images"]
+    assert images_info["shape"] == [2, None, 5, 3]

@@ -157,3 +157,45 @@ def test_flight_put_get_and_call_round_trip(flight_client, case):
     flight_client.put("x", x)
     assert same_values(flight_client.get("x"), x)
     assert same_values(flight_client.call("identity", x), x)
+
+
+@st.composite
+def ragged_lists(draw):
+    """A list of 1-6 arrays of one dtype and rank 1-4, shapes drawn apart (zero sizes
+    included), each in any layout."""
+    dtype = draw(st.sampled_from(DTYPES))
+    rank = draw(st.integers(1, 4))
+    n = draw(st.integers(1, 6))
+    out = []
+    for i in range(n):
+        shape = tuple(draw(st.lists(st.integers(0, 4), min_size=rank, max_size=rank)))
+        x = sample(dtype, shape, seed=i)
+        layout = draw(st.sampled_from(["C", "F", "sliced"]))
+        if layout == "F":
+            x = np.asfortranarray(x)
+        elif layout == "sliced":
+            x = np.repeat(x, 2, axis=0)[::2]
+        out.append(x)
+    return out
+
+
+@examples(60)
+@given(ragged_lists(), st.sampled_from(["memory", "file"]))
+def test_ragged_lists_come_back_exactly_through_memory_and_files(xs, where):
+    t = arrowbridge.to_arrow(xs)
+    if where == "memory":
+        back = arrowbridge.to_numpy(t)
+    else:
+        folder = tempfile.mkdtemp()
+        try:
+            path = os.path.join(folder, "r.arrow")
+            arrowbridge.write_ipc(path, {"r": xs})
+            back = arrowbridge.read_ipc(path)["r"]
+        finally:
+            shutil.rmtree(folder)
+    assert len(back) == len(xs)
+    for x, y in zip(xs, back, strict=True):
+        assert y.dtype == x.dtype and y.shape == x.shape and same_values(x, y)
+    values, shapes = arrowbridge.to_numpy(t, ragged=True)
+    assert shapes.tolist() == [list(x.shape) for x in xs]
+    assert values.size == sum(x.size for x in xs)

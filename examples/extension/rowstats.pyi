@@ -14,6 +14,8 @@ __all__ = [
     "address",
     "arange",
     "dot",
+    "ragged_addresses",
+    "ragged_means",
     "row_means",
     "row_means_numpy",
     "scale",
@@ -30,6 +32,12 @@ def total32(x: Any) -> float:
 
 def row_means(x: Any) -> np.ndarray:
     """The mean of each row of a 2-D float64 array (a new array, not a copy of Rust's)."""
+
+def ragged_means(x: Any) -> np.ndarray:
+    """The mean of each tensor of ragged float64 data (NaN for an empty one)."""
+
+def ragged_addresses(x: Any) -> list[int]:
+    """The address of each tensor's first element as Rust sees it."""
 
 def dot(a: Any, b: Any) -> float:
     """The dot product of two float64 vectors of the same length."""

@@ -19,6 +19,7 @@ use arrowbridge_pyo3::errors::{no_panic, BridgeResult};
 use arrowbridge_pyo3::input::{dlpack_numpy, protocol, read_tensor, Protocol};
 use arrowbridge_pyo3::numpy_input::{data_address, tensor_from_numpy, Realign, Want};
 use arrowbridge_pyo3::numpy_output::{tensor_into_numpy, tensor_to_numpy_with_base};
+use arrowbridge_pyo3::ragged::read_ragged;
 
 /// Inputs of at least this many bytes are processed with the GIL released.
 const RELEASE_GIL_BYTES: usize = 1 << 16;
@@ -361,6 +362,11 @@ fn call<'a, 'py: 'a>(
     keywords: impl Iterator<Item = (Bound<'py, PyAny>, Bound<'py, PyAny>)>,
 ) -> BridgeResult<Bound<'py, PyAny>> {
     let kernel = self::kernel(name)?;
+    if kernel.ragged {
+        if let Some(first) = arrays.next() {
+            return call_ragged(py, kernel, &first, arrays, keywords);
+        }
+    }
     if arrays.len() == 1 {
         // Most calls pass one array: it stays where it is built, not moved into a list.
         let array = arrays.next().expect("one array");
@@ -371,6 +377,41 @@ fn call<'a, 'py: 'a>(
     let mut inputs = Few::with_capacity(arrays.len());
     let mut owners = Few::with_capacity(arrays.len());
     for array in arrays {
+        let (tensor, in_place) = kernel_input(&array)?;
+        inputs.push(tensor);
+        owners.push(in_place.then_some(array));
+    }
+    let params = keyword_params(kernel.name, keywords)?;
+    run(py, kernel, &inputs, &owners, params)
+}
+
+/// Runs a ragged kernel: `first` (a list of arrays, or an Arrow producer of
+/// `arrow.variable_shape_tensor`) reaches it as two arrays, its values and its rows' shapes;
+/// a NumPy array `first` is taken as the values already (the shapes follow it).
+fn call_ragged<'a, 'py: 'a>(
+    py: Python<'py>,
+    kernel: &Kernel,
+    first: &Borrowed<'a, 'py, PyAny>,
+    rest: impl ExactSizeIterator<Item = Borrowed<'a, 'py, PyAny>>,
+    keywords: impl Iterator<Item = (Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+) -> BridgeResult<Bound<'py, PyAny>> {
+    let mut inputs: Few<ArrowTensor> = Few::with_capacity(rest.len() + 2);
+    let mut owners = Few::with_capacity(rest.len() + 2);
+    let ragged_input = first.cast::<PyList>().is_ok()
+        || matches!(
+            protocol(first)?,
+            Protocol::ArrowArray | Protocol::ArrowStream
+        );
+    if ragged_input {
+        let ragged = read_ragged(first, true)?;
+        inputs.extend(ragged.to_kernel_args()?);
+        owners.extend([None, None]);
+    } else {
+        let (tensor, in_place) = kernel_input(first)?;
+        inputs.push(tensor);
+        owners.push(in_place.then_some(*first));
+    }
+    for array in rest {
         let (tensor, in_place) = kernel_input(&array)?;
         inputs.push(tensor);
         owners.push(in_place.then_some(array));
@@ -426,7 +467,7 @@ fn run<'py>(
 /// The registered kernels: a dict from name to signature.
 ///
 /// >>> import arrowbridge
-/// >>> {"add", "identity", "matmul", "normalize", "sum"} <= set(arrowbridge.kernels())
+/// >>> {"add", "identity", "matmul", "normalize", "pad", "ragged_sum", "sum"} <= set(arrowbridge.kernels())
 /// True
 /// >>> arrowbridge.kernels()["sum"]
 /// 'sum(x: numeric[...], axis: int | None = None) -> numeric[...]'

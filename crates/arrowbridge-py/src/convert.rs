@@ -4,11 +4,12 @@ use numpy::PyUntypedArray;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use arrowbridge_pyo3::capsule::export_tensor;
+use arrowbridge_pyo3::capsule::{export_tensor, import_c_array, import_c_stream, imported_tensor};
 use arrowbridge_pyo3::errors::{no_panic, BridgeResult};
 use arrowbridge_pyo3::input::{dlpack_numpy, protocol, read_tensor, Protocol};
 use arrowbridge_pyo3::numpy_input::{tensor_from_numpy, CopyPolicy, Realign, Want};
 use arrowbridge_pyo3::numpy_output::tensor_to_numpy;
+use arrowbridge_pyo3::ragged::{is_ragged, ragged_chunks, rows_to_numpy};
 
 /// Exports a NumPy array as the (schema, array) capsules of an Arrow array.
 #[pyfunction]
@@ -27,7 +28,8 @@ pub fn export_array<'py>(
     })
 }
 
-/// Converts NumPy arrays, pyarrow arrays and any Arrow PyCapsule producer to a NumPy array.
+/// Converts NumPy arrays, pyarrow arrays and any Arrow PyCapsule producer to a NumPy array
+/// (a list of them for an `arrow.variable_shape_tensor`).
 #[pyfunction]
 #[pyo3(signature = (obj, *, copy=None))]
 pub fn to_numpy<'py>(obj: &Bound<'py, PyAny>, copy: CopyPolicy) -> BridgeResult<Bound<'py, PyAny>> {
@@ -47,7 +49,21 @@ pub fn to_numpy<'py>(obj: &Bound<'py, PyAny>, copy: CopyPolicy) -> BridgeResult<
                 array.into_any()
             });
         }
-        let tensor = read_tensor(obj, protocol, Want::Rows, copy)?;
+        let allow_copy = copy != Some(false);
+        let imported = match protocol {
+            Protocol::ArrowArray => Some(import_c_array(obj, allow_copy)?),
+            Protocol::ArrowStream => Some(import_c_stream(obj, allow_copy)?),
+            _ => None,
+        };
+        let tensor = match imported {
+            // A variable-shape tensor is a list of arrays, one per row.
+            Some(imported) if is_ragged(&imported) => {
+                let parts = ragged_chunks(imported, allow_copy)?;
+                return Ok(rows_to_numpy(py, &parts, copy == Some(true))?.into_any());
+            }
+            Some(imported) => imported_tensor(imported, allow_copy)?,
+            None => read_tensor(obj, protocol, Want::Rows, copy)?,
+        };
         let array = tensor_to_numpy(py, &tensor, false)?;
         Ok(if copy == Some(true) {
             arrowbridge_pyo3::numpy_input::c_order_copy(array.cast::<PyUntypedArray>()?)?.into_any()

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use arrow_array::RecordBatchReader;
-use arrowbridge::ipc::{self, Compression, IpcData, IpcFormat, WriteOptions};
-use arrowbridge::{ArrowTensor, Error};
+use arrowbridge::ipc::{self, Column, Compression, IpcData, IpcFormat, WriteOptions};
+use arrowbridge::Error;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
@@ -13,6 +13,7 @@ use arrowbridge_pyo3::capsule::import_batch_stream;
 use arrowbridge_pyo3::errors::{no_panic, BridgeResult};
 use arrowbridge_pyo3::input::columns_batch;
 use arrowbridge_pyo3::numpy_output::tensor_to_numpy;
+use arrowbridge_pyo3::ragged::rows_to_numpy;
 
 fn write_options(format: &str, compression: Option<&str>) -> PyResult<WriteOptions> {
     let format = match format {
@@ -99,13 +100,18 @@ pub struct IpcReader {
     data: IpcData,
 }
 
-fn tensors_to_dict<'py>(
+/// Columns as a dict of NumPy arrays: a tensor as one array, a ragged column as a list of
+/// arrays (one per row, views of each batch).
+fn columns_to_dict<'py>(
     py: Python<'py>,
-    tensors: Vec<(String, ArrowTensor)>,
+    columns: Vec<(String, Column)>,
 ) -> BridgeResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
-    for (name, tensor) in tensors {
-        dict.set_item(name, tensor_to_numpy(py, &tensor, false)?)?;
+    for (name, column) in columns {
+        match column {
+            Column::Tensor(tensor) => dict.set_item(name, tensor_to_numpy(py, &tensor, false)?)?,
+            Column::Ragged(parts) => dict.set_item(name, rows_to_numpy(py, &parts, false)?)?,
+        }
     }
     Ok(dict)
 }
@@ -182,8 +188,8 @@ impl IpcReader {
     /// >>> tmp.cleanup()
     fn read_all<'py>(&self, py: Python<'py>) -> BridgeResult<Bound<'py, PyDict>> {
         no_panic("read_ipc", || {
-            let tensors = py.detach(|| self.data.tensors())?;
-            tensors_to_dict(py, tensors)
+            let columns = py.detach(|| self.data.columns())?;
+            columns_to_dict(py, columns)
         })
     }
 
@@ -199,8 +205,8 @@ impl IpcReader {
     /// >>> tmp.cleanup()
     fn read_batch<'py>(&self, py: Python<'py>, index: usize) -> BridgeResult<Bound<'py, PyDict>> {
         no_panic("read_ipc", || {
-            let tensors = py.detach(|| self.data.batch_tensors(index))?;
-            tensors_to_dict(py, tensors)
+            let columns = py.detach(|| self.data.batch_columns(index))?;
+            columns_to_dict(py, columns)
         })
     }
 
@@ -228,9 +234,10 @@ impl IpcReader {
                 let dict = PyDict::new(py);
                 dict.set_item("name", column.name)?;
                 dict.set_item("dtype", column.dtype.map(|d| d.name()))?;
-                let shape = match column.error {
-                    None => Some(PyTuple::new(py, column.shape)?),
-                    Some(_) => None,
+                let shape = match (&column.error, column.ragged_shape) {
+                    (None, Some(ragged)) => Some(PyTuple::new(py, ragged)?),
+                    (None, None) => Some(PyTuple::new(py, column.shape)?),
+                    (Some(_), _) => None,
                 };
                 dict.set_item("shape", shape)?;
                 dict.set_item("nbytes", column.nbytes)?;

@@ -8,6 +8,7 @@ mod convert;
 mod direct;
 mod flight;
 mod ipc;
+mod ragged;
 #[cfg(feature = "testing")]
 mod testing;
 
@@ -37,6 +38,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(convert::export_array, m)?)?;
     m.add_function(wrap_pyfunction!(convert::to_numpy, m)?)?;
     m.add_function(wrap_pyfunction!(convert::data_address, m)?)?;
+    m.add_function(wrap_pyfunction!(ragged::export_ragged_list, m)?)?;
+    m.add_function(wrap_pyfunction!(ragged::export_ragged_parts, m)?)?;
+    m.add_function(wrap_pyfunction!(ragged::ragged_parts, m)?)?;
     #[cfg(feature = "testing")]
     {
         m.add_function(wrap_pyfunction!(direct::rust_numpy_identity, m)?)?;

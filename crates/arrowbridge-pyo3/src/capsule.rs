@@ -113,12 +113,33 @@ pub fn export_tensor<'py>(
     Ok(PyTuple::new(py, [schema, array])?)
 }
 
+/// Exports `ragged` as the (schema, array) capsule pair of the PyCapsule interface.
+pub fn export_ragged<'py>(
+    py: Python<'py>,
+    ragged: &arrowbridge::RaggedTensor,
+    name: &str,
+) -> BridgeResult<Bound<'py, PyTuple>> {
+    let schema = FFI_ArrowSchema::try_from(&ragged.field(name))?;
+    let array = FFI_ArrowArray::new(&ragged.data());
+    let schema = PyCapsule::new_with_value(py, schema, SCHEMA)?;
+    let array = PyCapsule::new_with_value(py, array, ARRAY)?;
+    Ok(PyTuple::new(py, [schema, array])?)
+}
+
 /// A table (a stream of record batches: a duckdb result, a polars DataFrame, a pyarrow Table)
-/// of one column is that column; a table of several columns is an error naming them.
-fn single_column(imported: Imported) -> BridgeResult<Imported> {
+/// of one column is that column; a table of several columns is an error naming them. A
+/// struct with an extension type (`arrow.variable_shape_tensor`) is a column, not a table.
+pub fn single_column(imported: Imported) -> BridgeResult<Imported> {
     let DataType::Struct(children) = imported.field.data_type() else {
         return Ok(imported);
     };
+    if imported
+        .field
+        .metadata()
+        .contains_key(arrowbridge::EXTENSION_NAME_KEY)
+    {
+        return Ok(imported);
+    }
     let [child] = children.as_ref() else {
         let names: Vec<&str> = children.iter().map(|c| c.name().as_str()).collect();
         return Err(Error::UnsupportedType {

@@ -139,11 +139,16 @@ pub fn unsupported(obj: &Bound<'_, PyAny>) -> BridgeError {
         .name()
         .map(|n| n.to_string())
         .unwrap_or_else(|_| "?".into());
+    let ragged = if obj.is_instance_of::<pyo3::types::PyList>() {
+        "; a list of arrays is ragged data, which to_arrow and the ragged kernels (ragged_sum, pad) take"
+    } else {
+        ""
+    };
     Error::UnsupportedType {
         what: "input".into(),
         kind: "object type",
         name: format!(
-            "{name} (expected a numpy.ndarray, an object with __arrow_c_array__ or __arrow_c_stream__, or a DLPack producer with __dlpack__)"
+            "{name} (expected a numpy.ndarray, an object with __arrow_c_array__ or __arrow_c_stream__, or a DLPack producer with __dlpack__{ragged})"
         ),
     }
     .into()
@@ -155,16 +160,18 @@ pub fn column_input(obj: &Bound<'_, PyAny>) -> BridgeResult<ArrowTensor> {
     input_tensor(obj, Want::Rows, None)
 }
 
-/// One record batch of named columns (see [`arrowbridge::ipc::record_batch`] for the layout).
+/// One record batch of named columns (see [`arrowbridge::ipc::record_batch_of`] for the
+/// layout); ragged data (a list of arrays, an `arrow.variable_shape_tensor`) is one row per
+/// array.
 pub fn columns_batch(
     names: &[String],
     arrays: &Bound<'_, pyo3::types::PyList>,
 ) -> BridgeResult<arrow_array::RecordBatch> {
-    let tensors = arrays
+    let columns = arrays
         .iter()
-        .map(|a| column_input(&a))
+        .map(|a| crate::ragged::any_column(&a))
         .collect::<BridgeResult<Vec<_>>>()?;
-    let columns: Vec<(&str, &ArrowTensor)> =
-        names.iter().map(String::as_str).zip(&tensors).collect();
-    Ok(arrowbridge::ipc::record_batch(&columns)?)
+    let named: Vec<(&str, &arrowbridge::ipc::Column)> =
+        names.iter().map(String::as_str).zip(&columns).collect();
+    Ok(arrowbridge::ipc::record_batch_of(&named)?)
 }

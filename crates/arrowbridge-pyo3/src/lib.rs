@@ -15,6 +15,7 @@ pub mod errors;
 pub mod input;
 pub mod numpy_input;
 pub mod numpy_output;
+pub mod ragged;
 pub mod recycle;
 
 pub use alloc::Aligned64;
@@ -23,6 +24,7 @@ pub use arg::{
     ArrayArgMut2, ArrayArgMutDyn, ArrayOut,
 };
 pub use errors::{no_panic, BridgeError, BridgeResult};
+pub use ragged::RaggedArg;
 pub use recycle::Recycling;
 
 /// Initialises every process-wide cache of this crate (NumPy's API and dtypes, the DLPack

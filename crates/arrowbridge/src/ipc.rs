@@ -39,6 +39,7 @@ use arrow_ipc::{root_as_footer, CompressionType, MetadataVersion};
 use arrow_schema::{Field, Schema, SchemaRef};
 
 use crate::error::{Error, Result};
+use crate::ragged::{is_ragged_field, RaggedTensor};
 use crate::tensor::{ArrowTensor, Form};
 
 /// Field metadata key that marks a column holding one whole array in its single row.
@@ -121,6 +122,72 @@ pub fn record_batch(columns: &[(&str, &ArrowTensor)]) -> Result<RecordBatch> {
     let schema = Arc::new(Schema::new(fields));
     let options =
         RecordBatchOptions::new().with_row_count(Some(if as_rows { rows.unwrap_or(0) } else { 1 }));
+    Ok(RecordBatch::try_new_with_options(schema, arrays, &options)?)
+}
+
+/// A column of a table: a tensor, or ragged data (`arrow.variable_shape_tensor`), one part
+/// per record batch when read (each part a view of its batch).
+#[derive(Clone, Debug)]
+pub enum Column {
+    /// A tensor (see [`record_batch`] for how it becomes rows).
+    Tensor(ArrowTensor),
+    /// Ragged data: one row per tensor.
+    Ragged(Vec<RaggedTensor>),
+}
+
+/// One record batch holding `columns`, some of them ragged: every column must have the same
+/// number of rows (a ragged column one per tensor, a tensor the length of its axis 0). Without
+/// a ragged column this is [`record_batch`].
+pub fn record_batch_of(columns: &[(&str, &Column)]) -> Result<RecordBatch> {
+    if columns.iter().all(|(_, c)| matches!(c, Column::Tensor(_))) {
+        let tensors: Vec<(&str, &ArrowTensor)> = columns
+            .iter()
+            .map(|(name, c)| match c {
+                Column::Tensor(t) => (*name, t),
+                Column::Ragged(_) => unreachable!("checked above"),
+            })
+            .collect();
+        return record_batch(&tensors);
+    }
+    let mut fields = Vec::with_capacity(columns.len());
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(columns.len());
+    let mut rows: Option<(&str, usize)> = None;
+    for (name, column) in columns {
+        let (field, array, n) = match column {
+            Column::Tensor(t) if t.form() == Form::Rows && !t.shape().is_empty() => {
+                (t.field(name), t.array(), t.shape()[0])
+            }
+            Column::Tensor(t) => {
+                return Err(Error::shape(
+                    format!("column {name:?}"),
+                    format!(
+                        "an array of shape {:?} cannot share a table with ragged columns (it has no rows)",
+                        t.shape()
+                    ),
+                ))
+            }
+            Column::Ragged(parts) => {
+                let joined = RaggedTensor::concat(parts)?;
+                (joined.field(name), joined.array(), joined.len())
+            }
+        };
+        match rows {
+            Some((first, r)) if r != n => {
+                return Err(Error::shape(
+                    format!("column {name:?}"),
+                    format!(
+                        "{n} rows, column {first:?} has {r}: a table with ragged columns needs one row count (a ragged column has one row per array)"
+                    ),
+                ))
+            }
+            None => rows = Some((name, n)),
+            _ => {}
+        }
+        fields.push(field);
+        arrays.push(array);
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let options = RecordBatchOptions::new().with_row_count(rows.map(|(_, n)| n));
     Ok(RecordBatch::try_new_with_options(schema, arrays, &options)?)
 }
 
@@ -1467,6 +1534,43 @@ impl IpcData {
             .collect()
     }
 
+    /// Every column in schema order, ragged ones included: a tensor as
+    /// [`tensors`](Self::tensors) reads it, a ragged column as one part per batch, each a view
+    /// of its batch (bit-packed `bool` values are unpacked, a copy).
+    pub fn columns(&self) -> Result<Vec<(String, Column)>> {
+        let batches = self.batches()?;
+        self.columns_of(&batches)
+    }
+
+    /// The columns of batch `index` (see [`columns`](Self::columns)): always views.
+    pub fn batch_columns(&self, index: usize) -> Result<Vec<(String, Column)>> {
+        self.columns_of(&[self.batch(index)?])
+    }
+
+    fn columns_of(&self, batches: &[RecordBatch]) -> Result<Vec<(String, Column)>> {
+        self.schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, field)| {
+                let column = if is_ragged_field(field) {
+                    Column::Ragged(
+                        batches
+                            .iter()
+                            .map(|b| RaggedTensor::from_arrow(field, &b.column(i).to_data(), true))
+                            .collect::<Result<_>>()
+                            .map_err(|e| self.context(e))?,
+                    )
+                } else {
+                    Column::Tensor(
+                        column_across(&self.schema, batches, i).map_err(|e| self.context(e))?,
+                    )
+                };
+                Ok((field.name().clone(), column))
+            })
+            .collect()
+    }
+
     /// What each column holds, from the schema and the batches' headers: nothing is
     /// decompressed or concatenated, and no value is read. A column arrowbridge cannot carry
     /// (strings, decimals, ...) is described with the reason in [`ColumnInfo::error`]; nulls
@@ -1498,6 +1602,7 @@ impl IpcData {
             nbytes: 0,
             zero_copy: false,
             error: None,
+            ragged_shape: None,
         };
         // A bit-packed boolean column is unpacked when read: a copy.
         if field.metadata().get(crate::EXTENSION_NAME_KEY).is_none()
@@ -1508,6 +1613,9 @@ impl IpcData {
             info.nbytes = rows;
             info.zero_copy = rows == 0;
             return info;
+        }
+        if is_ragged_field(field) {
+            return self.describe_ragged(field, rows, column, info);
         }
         // The type alone gives the dtype and the shape of one row.
         let typed = empty_column(field).and_then(|e| ArrowTensor::from_arrow(field, e.to_data()));
@@ -1559,6 +1667,56 @@ impl IpcData {
     }
 }
 
+impl IpcData {
+    /// [`describe`](Self::describe) of an `arrow.variable_shape_tensor` column: its dtype, the
+    /// shape `[rows, *uniform_shape]` with the varying sizes `None` in
+    /// [`ColumnInfo::ragged_shape`], and (for one uncompressed batch) the values' bytes.
+    fn describe_ragged(
+        &self,
+        field: &Field,
+        rows: usize,
+        column: Option<ArrayRef>,
+        mut info: ColumnInfo,
+    ) -> ColumnInfo {
+        let empty = arrow_array::new_empty_array(field.data_type()).to_data();
+        let typed = match RaggedTensor::from_arrow(field, &empty, true) {
+            Ok(t) => t,
+            Err(e) => {
+                info.error = Some(self.context(e).to_string());
+                return info;
+            }
+        };
+        info.dtype = Some(typed.dtype());
+        let uniform = typed.uniform_shape().map(<[Option<i32>]>::to_vec);
+        let element: Vec<Option<usize>> = match uniform {
+            Some(u) => u.iter().map(|d| d.map(|d| d as usize)).collect(),
+            None => vec![None; typed.ndim()],
+        };
+        info.shape = std::iter::once(rows)
+            .chain(element.iter().map(|d| d.unwrap_or(0)))
+            .collect();
+        info.ragged_shape = Some(std::iter::once(Some(rows)).chain(element).collect());
+        info.nbytes = 0;
+        info.zero_copy = self.batches.is_empty();
+        if let Some(column) = column {
+            match RaggedTensor::from_arrow(field, &column.to_data(), true) {
+                Ok(read) => {
+                    info.nbytes = read.nbytes();
+                    let start = read.values().as_ptr() as usize;
+                    let bit_packed = read.dtype() == crate::DType::Bool;
+                    info.zero_copy = read.nbytes() == 0
+                        || (!bit_packed
+                            && self.mapping.is_some_and(|(base, len)| {
+                                start >= base && start.saturating_add(read.nbytes()) <= base + len
+                            }));
+                }
+                Err(e) => info.error = Some(self.context(e).to_string()),
+            }
+        }
+        info
+    }
+}
+
 /// One column of an IPC file or stream as [`IpcData::describe`] sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ColumnInfo {
@@ -1576,4 +1734,7 @@ pub struct ColumnInfo {
     pub zero_copy: bool,
     /// Why the column cannot be read, when it cannot.
     pub error: Option<String>,
+    /// For a ragged column (`arrow.variable_shape_tensor`): `[rows, *sizes]`, a size `None`
+    /// where the rows' shapes differ (`shape` then holds 0 there).
+    pub ragged_shape: Option<Vec<Option<usize>>>,
 }

@@ -3,6 +3,8 @@
 //! * [`ArrowTensor`] pairs Arrow data (a primitive array, or the canonical
 //!   `arrow.fixed_shape_tensor` extension type) with its logical shape and axis order, and
 //!   hands out [`ndarray::ArrayView`]s over the same memory — no copies either way.
+//! * [`RaggedTensor`] holds tensors of one dtype and rank but different shapes as the
+//!   canonical `arrow.variable_shape_tensor`, each row an `ndarray` view of the Arrow memory.
 //! * [`DType`] lists the element types and their Arrow encodings.
 //! * [`Registry`] holds kernels — Rust functions over views — callable by name from Python,
 //!   IPC tools and the Flight server alike.
@@ -47,6 +49,7 @@ pub mod kernels;
 pub mod landing;
 mod layout;
 pub mod memory;
+mod ragged;
 mod tensor;
 mod view;
 
@@ -54,6 +57,9 @@ pub use dtype::{DType, Element, ALL_DTYPES};
 pub use error::{panic_message, Error, Result};
 pub use kernels::{Combine, Distribution, Kernel, KernelFn, Param, Params, Registry};
 pub use layout::{block_order, Dims};
+pub use ragged::{
+    is_ragged_field, RaggedMetadata, RaggedTensor, COMPLEX_RAGGED_EXTENSION, RAGGED_EXTENSION,
+};
 pub use tensor::{
     ArrowTensor, Form, TensorMetadata, BOOL8_EXTENSION, COMPLEX_EXTENSION, EXTENSION_METADATA_KEY,
     EXTENSION_NAME_KEY, TENSOR_EXTENSION,

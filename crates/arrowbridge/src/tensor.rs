@@ -51,7 +51,12 @@ pub struct TensorMetadata {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dim_names: Option<Vec<String>>,
     /// Logical axis `i` is physical axis `permutation[i]`; the identity when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// arrow-rs 60 writes the key as `"permutations"` (same meaning); it is read as this one.
+    #[serde(
+        default,
+        alias = "permutations",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub permutation: Option<Vec<usize>>,
 }
 
@@ -62,7 +67,10 @@ impl TensorMetadata {
     /// use arrowbridge::TensorMetadata;
     /// let m = TensorMetadata::parse(r#"{"shape":[100,200,500],"permutation":[2,0,1]}"#).unwrap();
     /// assert_eq!(m.logical_shape(), vec![500, 100, 200]);
-    /// assert!(TensorMetadata::parse(r#"{"shape":[2],"permutations":[0]}"#).is_err());
+    /// // arrow-rs 60's spelling ("permutations", a null dim_names) reads as the specification's.
+    /// let m = TensorMetadata::parse(r#"{"shape":[2,3],"dim_names":null,"permutations":[1,0]}"#).unwrap();
+    /// assert_eq!(m.permutation, Some(vec![1, 0]));
+    /// assert!(TensorMetadata::parse(r#"{"shape":[2],"permutatoin":[0]}"#).is_err());
     /// ```
     pub fn parse(json: &str) -> Result<Self> {
         let meta: TensorMetadata = serde_json::from_str(json)

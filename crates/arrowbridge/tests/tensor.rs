@@ -231,14 +231,17 @@ fn bool_and_complex_have_their_encodings() {
 
 #[test]
 fn metadata_written_by_other_implementations_is_checked() {
-    // arrow-rs has been seen to write "permutations"; silently ignoring it would give a
-    // wrong answer, so it is an error.
-    let err = TensorMetadata::parse(r#"{"shape":[2,3],"permutations":[1,0]}"#).unwrap_err();
-    // Refused for the misspelt key itself (the message quotes the JSON, so a bare
-    // "permutations" would be found in any parse error of this text).
+    // arrow-rs 60 writes "permutations" (with the specification's meaning): it is read as
+    // "permutation", never silently ignored.
+    let meta = TensorMetadata::parse(r#"{"shape":[2,3],"permutations":[1,0]}"#).unwrap();
+    assert_eq!(meta.permutation, Some(vec![1, 0]));
+    assert_eq!(meta.logical_shape(), vec![3, 2]);
+    // Other unknown keys are refused for the key itself (the message quotes the JSON, so a
+    // bare "permutatoin" would be found in any parse error of this text).
+    let err = TensorMetadata::parse(r#"{"shape":[2,3],"permutatoin":[1,0]}"#).unwrap_err();
     assert!(
         matches!(&err, Error::InvalidData { message, .. }
-            if message.contains("unknown field `permutations`")),
+            if message.contains("unknown field `permutatoin`")),
         "{err}"
     );
     // A null dim_names is accepted as absent.

@@ -1,4 +1,4 @@
-//! An arrowbridge kernel plugin: three kernels in a shared library of their own.
+//! An arrowbridge kernel plugin: four kernels in a shared library of their own.
 //!
 //! Build it with `cargo build --release -p arrowbridge-example-kernels` and load
 //! `target/release/libarrowbridge_example_kernels.so` (`.dylib` on macOS):
@@ -11,7 +11,9 @@
 //! views, list them in `kernels()`, and export them with [`arrowbridge::export_kernels!`].
 
 use arrowbridge::kernels::dtype_error;
-use arrowbridge::{ArrowTensor, Distribution, DynView, Error, Kernel, Params, Result};
+use arrowbridge::{
+    ArrowTensor, Distribution, DynView, Error, Kernel, Params, RaggedTensor, Result,
+};
 use ndarray::{Array2, ArrayView2, Axis, Ix2};
 
 /// The kernels this plugin exports.
@@ -40,10 +42,30 @@ pub fn kernels() -> Vec<Kernel> {
         .arity(1)
         // A view of x: its time does not grow with x.
         .constant_time(),
+        Kernel::new(
+            "row_max",
+            "row_max(x: ragged float64) -> float64[n], the largest value of each tensor (NaN if empty)",
+            row_max,
+        )
+        // Ragged data (a list of arrays, an arrow.variable_shape_tensor) arrives as its
+        // values and its rows' shapes: two arrays.
+        .ragged()
+        .arity(2),
     ]
 }
 
 arrowbridge::export_kernels!(kernels);
+
+/// The largest value of each tensor of ragged float64 data: the rows are views of the values,
+/// whatever their shapes.
+fn row_max(args: &[ArrowTensor], _: &Params) -> Result<Vec<ArrowTensor>> {
+    let x = RaggedTensor::from_kernel_args(&args[0], &args[1])?;
+    let maxima: ndarray::Array1<f64> = x
+        .rows::<f64>()?
+        .map(|row| row.iter().copied().fold(f64::NAN, f64::max))
+        .collect();
+    Ok(vec![ArrowTensor::from_array(maxima.into_dyn())])
+}
 
 /// A float64 matrix argument, or a clear error naming the kernel and argument.
 fn matrix<'a>(kernel: &str, args: &'a [ArrowTensor], arg: usize) -> Result<ArrayView2<'a, f64>> {

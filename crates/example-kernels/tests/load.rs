@@ -26,8 +26,24 @@ fn plugin_path() -> PathBuf {
 fn registry() -> Registry {
     let mut registry = Registry::with_builtins();
     let names = registry.load_plugin(&plugin_path()).unwrap();
-    assert_eq!(names, ["head", "pairwise_distances", "zscore"]);
+    assert_eq!(names, ["head", "pairwise_distances", "row_max", "zscore"]);
     registry
+}
+
+#[test]
+fn ragged_kernels_keep_their_kind_across_the_boundary() {
+    let registry = registry();
+    let kernel = registry.get("row_max").unwrap();
+    assert!(kernel.ragged);
+    let x = arrowbridge::RaggedTensor::from_arrays(vec![
+        array![[1.0, 7.0], [2.0, 3.0]].into_dyn(),
+        array![[-1.0]].into_dyn(),
+    ])
+    .unwrap();
+    let out = kernel
+        .call(&x.to_kernel_args().unwrap(), Params::default())
+        .unwrap();
+    assert_eq!(out[0].view::<f64>().unwrap(), array![7.0, -1.0].into_dyn());
 }
 
 #[test]

@@ -31,6 +31,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("flight_get_response", flight_get_response),
     ("flight_ticket", flight_ticket),
     ("shm_request", shm_request),
+    ("ragged_import", ragged_import),
 ];
 
 /// An IPC file or stream, compressed or plain: decoded, described and read as tensors.
@@ -47,6 +48,112 @@ pub fn ipc_decode(data: &[u8]) {
     }
     if let Ok(columns) = ipc.tensors() {
         touch(columns.iter().map(|(_, t)| t));
+    }
+    // Ragged columns too (arrow.variable_shape_tensor), every row viewed.
+    if let Ok(columns) = ipc.columns() {
+        for (_, column) in &columns {
+            match column {
+                arrowbridge::ipc::Column::Tensor(t) => touch(std::iter::once(t)),
+                arrowbridge::ipc::Column::Ragged(parts) => parts.iter().for_each(touch_rows),
+            }
+        }
+    }
+}
+
+/// Reads every value of every row of a ragged tensor (see [`touch`]).
+fn touch_rows(ragged: &arrowbridge::RaggedTensor) {
+    for i in 0..ragged.len() {
+        if let Ok(row) = ragged.row_tensor(i) {
+            touch(std::iter::once(&row));
+        }
+    }
+    let _ = ragged.field("t");
+    std::hint::black_box(ragged.data());
+}
+
+/// `arrow.variable_shape_tensor` (or arrowbridge's complex one) whose metadata JSON, rows'
+/// data lengths and shapes come from the bytes, over honest storage exported through the C
+/// Data Interface with its counts then rewritten (as [`c_data_import`] does), imported, read
+/// as a ragged tensor and every row viewed.
+pub fn ragged_import(data: &[u8]) {
+    use arrow_array::{FixedSizeListArray, Int32Array, ListArray, StructArray};
+    let mut bytes = Bytes(data);
+    let ndim = i32::from(bytes.u8() % 4);
+    let rows = usize::from(bytes.u8() % 6);
+    let value = match bytes.u8() % 5 {
+        0 => DataType::Float32,
+        1 => DataType::Int8,
+        2 => DataType::Boolean,
+        3 => DataType::UInt16,
+        _ => DataType::Float64,
+    };
+    let complex =
+        matches!(value, DataType::Float32 | DataType::Float64) && bytes.u8().is_multiple_of(3);
+    let lengths: Vec<usize> = (0..rows).map(|_| usize::from(bytes.u8() % 16)).collect();
+    let shapes: Vec<i32> = (0..rows * ndim as usize)
+        .map(|_| i32::from(bytes.u8() as i8))
+        .collect();
+    let len = usize::from(bytes.u8());
+    let json = String::from_utf8_lossy(bytes.take(len)).into_owned();
+    let total: usize = lengths.iter().sum();
+    let values = honest_array(&value, total);
+    let item = Arc::new(Field::new("item", value, true));
+    let list = ListArray::new(
+        item,
+        arrow_buffer::OffsetBuffer::from_lengths(lengths),
+        values,
+        None,
+    );
+    // The length given: a list of size 0 (ndim 0) cannot infer it from its values.
+    let Ok(shape) = FixedSizeListArray::try_new_with_length(
+        Arc::new(Field::new("item", DataType::Int32, true)),
+        ndim,
+        Arc::new(Int32Array::from(shapes)),
+        None,
+        rows,
+    ) else {
+        return;
+    };
+    let storage = StructArray::from(vec![
+        (
+            Arc::new(Field::new("data", list.data_type().clone(), true)),
+            Arc::new(list) as ArrayRef,
+        ),
+        (
+            Arc::new(Field::new("shape", shape.data_type().clone(), true)),
+            Arc::new(shape) as ArrayRef,
+        ),
+    ]);
+    let name = if complex {
+        arrowbridge::COMPLEX_RAGGED_EXTENSION
+    } else {
+        arrowbridge::RAGGED_EXTENSION
+    };
+    let field =
+        Field::new("r", storage.data_type().clone(), true).with_metadata(extension(name, json));
+    let Ok(schema) = FFI_ArrowSchema::try_from(&field) else {
+        return;
+    };
+    let mut exported = FFI_ArrowArray::new(&storage.to_data());
+    let raw = std::ptr::addr_of_mut!(exported).cast::<RawArray>();
+    // SAFETY: as in `c_data_import`: `FFI_ArrowArray` has the layout of `RawArray`, and the
+    // rewrites keep every pointer valid or null.
+    unsafe { lie(&mut *raw, &mut bytes, rows, 0) };
+    // SAFETY: `exported` is a live export described by `schema` up to the rewrites above.
+    let imported = unsafe { arrowbridge::ffi::import_array(&mut exported, &schema, &field, true) };
+    if let Ok(data) = imported {
+        if let Ok(ragged) = arrowbridge::RaggedTensor::from_arrow(&field, &data, true) {
+            touch_rows(&ragged);
+            let _ = ragged.to_kernel_args();
+            let _ = Registry::with_builtins().call(
+                "pad",
+                &ragged
+                    .to_kernel_args()
+                    .map(|a| a.to_vec())
+                    .unwrap_or_default(),
+                Params::default(),
+            );
+        }
     }
 }
 

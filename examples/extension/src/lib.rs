@@ -6,7 +6,7 @@
 //! with rust-numpy's `PyReadonlyArray`, which takes NumPy arrays only: the benchmarks
 //! compare the two.
 
-use arrowbridge_pyo3::{ArrayArg1, ArrayArg2, ArrayArgDyn, ArrayArgMutDyn, ArrayOut};
+use arrowbridge_pyo3::{ArrayArg1, ArrayArg2, ArrayArgDyn, ArrayArgMutDyn, ArrayOut, RaggedArg};
 use ndarray::{Array1, ArrayView2, Axis, Ix1};
 use numpy::{PyReadonlyArray2, PyReadonlyArrayDyn};
 use pyo3::prelude::*;
@@ -79,6 +79,19 @@ fn arange(n: usize) -> (ArrayOut<f64, Ix1>, usize) {
     (ArrayOut(a), address)
 }
 
+/// The mean of each tensor of ragged data (a list of arrays of different shapes, or an
+/// `arrow.variable_shape_tensor`), NaN for an empty one.
+#[pyfunction]
+fn ragged_means(x: RaggedArg<'_, f64>) -> ArrayOut<f64, Ix1> {
+    ArrayOut(x.rows().map(|r| r.mean().unwrap_or(f64::NAN)).collect())
+}
+
+/// The address of each row Rust sees: those of the Arrow memory when no copy was made.
+#[pyfunction]
+fn ragged_addresses(x: RaggedArg<'_, f64>) -> Vec<usize> {
+    x.rows().map(|r| r.as_ptr() as usize).collect()
+}
+
 /// `total`, with rust-numpy's argument type.
 #[pyfunction]
 fn total_numpy(x: PyReadonlyArrayDyn<'_, f64>) -> f64 {
@@ -109,6 +122,8 @@ fn rowstats(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(add_into, m)?)?;
     m.add_function(wrap_pyfunction!(address, m)?)?;
     m.add_function(wrap_pyfunction!(arange, m)?)?;
+    m.add_function(wrap_pyfunction!(ragged_means, m)?)?;
+    m.add_function(wrap_pyfunction!(ragged_addresses, m)?)?;
     m.add_function(wrap_pyfunction!(total_numpy, m)?)?;
     m.add_function(wrap_pyfunction!(row_means_numpy, m)?)?;
     Ok(())

@@ -26,6 +26,7 @@
 
 mod builtin;
 pub mod plugin;
+mod ragged;
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -55,6 +56,10 @@ pub struct Kernel {
     /// views, or reads metadata only): callers then keep locks they would release around
     /// long work, such as Python's GIL.
     pub constant_time: bool,
+    /// Whether the first argument is ragged data (`arrow.variable_shape_tensor`, or a list of
+    /// arrays from Python): the kernel then receives it as two arrays, its values and its
+    /// rows' shapes (see [`RaggedTensor::from_kernel_args`](crate::RaggedTensor::from_kernel_args)).
+    pub ragged: bool,
     /// The function.
     pub func: KernelFn,
 }
@@ -172,6 +177,7 @@ impl Kernel {
             arity: None,
             distribution: Distribution::Local,
             constant_time: false,
+            ragged: false,
             func: Arc::new(func),
         }
     }
@@ -180,6 +186,13 @@ impl Kernel {
     /// [`constant_time`](Self::constant_time)).
     pub fn constant_time(mut self) -> Self {
         self.constant_time = true;
+        self
+    }
+
+    /// Declares that the first argument is ragged data, received as its values and its rows'
+    /// shapes (two arrays: count both in [`arity`](Self::arity)).
+    pub fn ragged(mut self) -> Self {
+        self.ragged = true;
         self
     }
 
@@ -212,6 +225,7 @@ impl fmt::Debug for Kernel {
             .field("arity", &self.arity)
             .field("distribution", &self.distribution)
             .field("constant_time", &self.constant_time)
+            .field("ragged", &self.ragged)
             .finish_non_exhaustive()
     }
 }
@@ -448,10 +462,10 @@ impl Registry {
     }
 
     /// A registry holding the built-in kernels: `identity`, `sum`, `add`, `matmul`,
-    /// `normalize`.
+    /// `normalize`, and over ragged data `ragged_sum` and `pad`.
     pub fn with_builtins() -> Self {
         let mut registry = Self::new();
-        for kernel in builtin::kernels() {
+        for kernel in builtin::kernels().into_iter().chain(ragged::kernels()) {
             registry
                 .register(kernel)
                 .expect("built-in kernel names are unique");

@@ -38,6 +38,7 @@ pub fn kernels(registry: &std::result::Result<Registry, String>) -> *mut c_char 
                 "arity": k.arity,
                 "distribution": k.distribution.to_json(),
                 "constant_time": k.constant_time,
+                "ragged": k.ragged,
             })).collect::<Vec<_>>(),
         }),
     };

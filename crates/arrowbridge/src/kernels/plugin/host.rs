@@ -160,6 +160,11 @@ pub unsafe fn plugin_kernels(what: &str, plugin: *const AbiPlugin) -> Result<Vec
                 .get("constant_time")
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
+            // A plugin of an older arrowbridge declares no ragged kernels.
+            let ragged = entry
+                .get("ragged")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
             Ok(Kernel {
                 name,
                 signature: intern(text("signature")?),
@@ -167,6 +172,7 @@ pub unsafe fn plugin_kernels(what: &str, plugin: *const AbiPlugin) -> Result<Vec
                 arity,
                 distribution,
                 constant_time,
+                ragged,
                 func: Arc::new(move |args: &[ArrowTensor], params: &Params| {
                     // SAFETY: per this function's contract.
                     unsafe { call_plugin(plugin, index, name, args, params) }

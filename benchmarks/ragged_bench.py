@@ -1,0 +1,130 @@
+"""Ragged data (`arrow.variable_shape_tensor`): the issue #30 targets, measured in one run.
+
+- `to_arrow(list of n arrays)` against `np.concatenate` of the same list (both copy the bytes
+  once; the ratio is of throughputs, target >= 0.8x);
+- `to_numpy` of the result back to n views (target <= 1 us per element);
+- `variable_shape_tensor(values, shapes)` + `to_numpy(..., ragged=True)` at 1 KiB and 1 GiB of
+  values (target: within 1.2x, i.e. O(1) in the data size).
+
+Run alone: `python benchmarks/ragged_bench.py [--quick]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+import arrowbridge
+
+
+def best_of(fn, repeats: int) -> float:
+    """The median of `repeats` timings of `fn()` after one warm-up call, in seconds."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run(quick: bool = False) -> dict[str, float]:
+    n, element = (2_000, 64 << 10) if quick else (10_000, 64 << 10)
+    repeats = 5 if quick else 11
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(element // 8).reshape(-1, 8 << (i % 4)) for i in range(n)]
+    total = sum(a.nbytes for a in arrays)
+    to_arrow = best_of(lambda: arrowbridge.to_arrow(arrays), repeats)
+    concat = best_of(lambda: np.concatenate([a.reshape(-1) for a in arrays]), repeats)
+    # The same copy into memory already faulted in (to_arrow's allocator reuses warm pages).
+    out = np.empty(total // 8)
+    concat_out = best_of(lambda: np.concatenate([a.reshape(-1) for a in arrays], out=out), repeats)
+    t = arrowbridge.to_arrow(arrays)
+    to_numpy = best_of(lambda: arrowbridge.to_numpy(t), repeats)
+
+    def parts(size: int):
+        values = np.empty(size // 4, np.float32)
+        shapes = np.array([[size // 4 // 64 // 4, 4]] * 64)
+
+        def go():
+            r = arrowbridge.variable_shape_tensor(values, shapes)
+            arrowbridge.to_numpy(r, ragged=True)
+
+        return go
+
+    small = best_of(parts(1 << 10), 51)
+    big = best_of(parts(1 << 30), 51)
+    ipc = ipc_times((64 << 20) if quick else (1 << 30), 3 if quick else 5)
+    return {
+        "n": n,
+        "element": element,
+        "bytes": total,
+        "to_arrow": to_arrow,
+        "concatenate": concat,
+        "concatenate_out": concat_out,
+        "to_numpy": to_numpy,
+        "parts_1KiB": small,
+        "parts_1GiB": big,
+        **ipc,
+    }
+
+
+def ipc_times(size: int, repeats: int) -> dict[str, float]:
+    """write_ipc and read_ipc (mmap=False, so that the bytes are read) of `size` bytes as a
+    ragged column of 1,024 rows of different shapes and as a dense tensor."""
+    import tempfile
+    from pathlib import Path
+
+    rows = 1024
+    per_row = size // 8 // rows
+    flat = np.random.default_rng(1).standard_normal(per_row * rows)
+    dense = flat.reshape(rows, per_row)
+    widths = [per_row >> (i % 3) for i in range(rows)]
+    ragged = [flat[i * per_row : i * per_row + w].reshape(-1, 1) for i, w in enumerate(widths)]
+    ragged_bytes = sum(r.nbytes for r in ragged)
+    out = {"ipc_bytes": size, "ipc_ragged_bytes": ragged_bytes}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data, nbytes in [("dense", dense, size), ("ragged", ragged, ragged_bytes)]:
+            path = Path(tmp) / f"{name}.arrow"
+            out[f"ipc_write_{name}"] = (
+                best_of(lambda d=data, p=path: arrowbridge.write_ipc(p, {"x": d}), repeats) / nbytes
+            )
+            out[f"ipc_read_{name}"] = (
+                best_of(lambda p=path: arrowbridge.read_ipc(p, mmap=False), repeats) / nbytes
+            )
+    return out
+
+
+def report(r: dict[str, float]) -> list[str]:
+    gbps = lambda t: r["bytes"] / t / 1e9  # noqa: E731
+    return [
+        f"- `to_arrow` of {r['n']:,} arrays of {r['element'] >> 10} KiB: "
+        f"{gbps(r['to_arrow']):.2f} GB/s, `np.concatenate` of the same list "
+        f"{gbps(r['concatenate']):.2f} GB/s into a new array, "
+        f"{gbps(r['concatenate_out']):.2f} GB/s into a warm one (`out=`): "
+        f"{r['concatenate'] / r['to_arrow']:.2f}x and {r['concatenate_out'] / r['to_arrow']:.2f}x "
+        "their throughput (target >= 0.8x).",
+        f"- `to_numpy` back to {r['n']:,} views: {r['to_numpy'] / r['n'] * 1e9:.0f} ns per "
+        "element (target <= 1 us).",
+        f"- `variable_shape_tensor` + `to_numpy(ragged=True)` of 64 rows: "
+        f"{r['parts_1KiB'] * 1e6:.1f} us at 1 KiB, {r['parts_1GiB'] * 1e6:.1f} us at 1 GiB: "
+        f"{r['parts_1GiB'] / r['parts_1KiB']:.2f}x (target <= 1.2x).",
+        f"- IPC of {r['ipc_bytes'] >> 20} MiB, ragged column / dense tensor, time per byte: "
+        f"write_ipc {r['ipc_write_ragged'] / r['ipc_write_dense']:.2f}x, "
+        f"read_ipc(mmap=False) {r['ipc_read_ragged'] / r['ipc_read_dense']:.2f}x "
+        "(target <= 1.2x).",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    print("\n".join(report(run(args.quick))))
+
+
+if __name__ == "__main__":
+    main()
