@@ -265,3 +265,18 @@ class TestStreamedPut:
         assert client.info("big")["rows"] == 64 << 20
         assert peak[0] - before < 96 << 20, f"the client grew by {(peak[0] - before) >> 20} MiB"
         assert rss(server_pid) > 1 << 30
+
+
+def test_the_readmes_streams_section_runs():
+    import doctest
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    section = text.split("### Streams, slices and asyncio")[1].split("\n## ")[0]
+    examples = "\n".join(block.split("```")[0] for block in section.split("```pycon")[1:])
+    parser = doctest.DocTestParser()
+    test = parser.get_doctest(examples, {}, "README streams", "README.md", 0)
+    assert len(test.examples) > 10
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    runner.run(test)
+    assert runner.failures == 0
