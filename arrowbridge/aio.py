@@ -29,7 +29,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from typing import Any
 
 from . import _native
-from .errors import ShapeError
+from .errors import FlightCallError, ShapeError
 from .flight.client import (
     Stored,
     _array_like,
@@ -103,6 +103,21 @@ class _Calls:
             else:
                 future.set_result(value)
 
+    def start(self, start: Callable[[Any], Any]) -> asyncio.Future[Any]:
+        """Starts a native call; the future of its outcome (cancelling the future does not
+        cancel the call)."""
+        loop = asyncio.get_running_loop()
+        self._watch(loop)
+        token = next(self.tokens)
+        future = loop.create_future()
+        self.futures[token] = future
+        try:
+            start((self.native, token))
+        except BaseException:
+            del self.futures[token]
+            raise
+        return future
+
     async def run(self, start: Callable[[Any], Any]) -> Any:
         """Starts a native call with ``(completions, token)``; awaits its outcome, and
         cancels the call if the awaiting task is cancelled."""
@@ -140,6 +155,15 @@ class _Calls:
         if self.loop is not None and not self.loop.is_closed():
             self.loop.remove_reader(self.native.fd)
         self.loop = None
+        # The calls under way end with the client: their awaiting tasks are told so.
+        for future in self.futures.values():
+            if not future.done():
+                future.set_exception(FlightCallError("the client was closed during the call"))
+        self.futures.clear()
+        for turn in self.waiting:
+            if not turn.done():
+                turn.set_exception(FlightCallError("the client was closed before the call began"))
+        self.waiting.clear()
 
 
 def _form(form: str, arrays: dict[str, Any]) -> Any:
@@ -154,6 +178,7 @@ class AsyncItemStream:
     def __init__(self, native: Any, calls: _Calls):
         self._native = native
         self._calls = calls
+        self._next: asyncio.Future[Any] | None = None
         self._form: str = native.form
         self.rows: int = native.rows
 
@@ -161,7 +186,12 @@ class AsyncItemStream:
         return self
 
     async def __anext__(self) -> Any:
-        arrays = await self._calls.run(self._native.submit_next)
+        # A task cancelled while it waits for a batch leaves the fetch going: the next
+        # __anext__ gets that batch (no rows are skipped).
+        if self._next is None:
+            self._next = self._calls.start(self._native.submit_next)
+        arrays = await asyncio.shield(self._next)
+        self._next = None
         if arrays is None:
             raise StopAsyncIteration
         return _form(self._form, arrays)

@@ -129,7 +129,7 @@ def test_the_loop_keeps_running_during_a_large_get(server):
 def test_cancelling_a_put_resets_it_and_stores_nothing(server):
     async def main():
         async with aio.connect(server.location) as client:
-            task = asyncio.create_task(client.put("big", np.zeros(256 << 20, np.uint8)))
+            task = asyncio.create_task(client.put("big", np.zeros(1 << 30, np.uint8)))
             await asyncio.sleep(0.02)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -263,3 +263,38 @@ def test_the_aiohttp_example_serves_items_to_a_real_http_client(server):
     assert table.num_rows == x.shape[0] and len(table.to_batches()) == 3
     assert np.array_equal(arrowbridge.to_numpy(table.column("data").combine_chunks()), x)
     assert np.array_equal(rows, x[5:8]) and missing == 404
+
+
+def test_cancelling_a_wait_for_a_batch_skips_no_rows(server):
+    async def main():
+        async with aio.connect(server.location) as client:
+            await client.put("x", np.arange(200_000))
+            stream = await client.stream("x", batch_rows=5_000)
+            got, cancelled = [], 0
+            while True:
+                try:
+                    got.append(await asyncio.wait_for(anext(stream), 0.0005))
+                except TimeoutError:
+                    cancelled += 1
+                except StopAsyncIteration:
+                    break
+            return np.concatenate(got), cancelled
+
+    rows, cancelled = asyncio.run(main())
+    assert cancelled > 0
+    assert np.array_equal(rows, np.arange(200_000))
+
+
+def test_closing_the_client_ends_the_calls_it_had_under_way(server):
+    async def main():
+        client = aio.connect(server.location)
+        await client.put("x", np.arange(10_000_000))
+        task = asyncio.create_task(client.get("x"))
+        await asyncio.sleep(0)
+        client.close()
+        done, _ = await asyncio.wait([task], timeout=5)
+        return done, task
+
+    done, task = asyncio.run(main())
+    assert done, "the call ended with the client"
+    assert isinstance(task.exception(), arrowbridge.FlightCallError)

@@ -280,3 +280,53 @@ def test_the_readmes_streams_section_runs():
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     runner.run(test)
     assert runner.failures == 0
+
+
+class TestWhatAHostilePassFound:
+    def test_a_streamed_put_past_the_budget_is_refused_as_it_comes(self):
+        pulled = []
+
+        def batches():
+            for i in range(128):  # 1 GiB in all
+                pulled.append(i)
+                yield np.ones(1 << 20)
+
+        with (
+            arrowbridge.serve(max_bytes=64 << 20) as server,
+            arrowbridge.connect(server.location, shm=False) as client,
+        ):
+            with pytest.raises(arrowbridge.RemoteOutOfMemoryError, match="budget"):
+                client.put("big", batches())
+            assert len(pulled) < 32, f"{len(pulled)} batches of 8 MiB were taken"
+            assert client.list() == []
+
+    def test_scalars_are_not_rows(self, client):
+        with pytest.raises(arrowbridge.ShapeError, match="0-d array"):
+            client.put("k", iter([np.float64(1), np.float64(2)]))
+        assert client.list() == []
+
+    def test_columns_may_be_any_iterable_but_not_repeat(self, client):
+        client.put("t", {"a": np.arange(3), "b": np.ones(3)})
+        assert list(client.get("t", columns=(c for c in ["b"]))) == ["b"]
+        with pytest.raises(arrowbridge.ShapeError, match="'a' more than once"):
+            client.get("t", columns=["a", "a"])
+
+    def test_reading_a_stream_closed_before_its_end_raises(self, client):
+        client.put("x", np.arange(100_000))
+        stream = client.stream("x", batch_rows=1_000)
+        next(stream)
+        threading.Thread(target=stream.close).start()
+        with pytest.raises(arrowbridge.FlightCallError, match="closed before its end"):
+            for _ in stream:
+                pass
+
+    def test_a_stream_of_tiny_batches_holds_a_few_of_them(self, client):
+        client.put("x", np.arange(20_000))
+        stream = client.stream("x", batch_rows=1)
+        assert next(stream).tolist() == [0]
+        # The pieces of 20,000 batches are cut as they are fetched, not planned up front:
+        # memory stays flat while the stream is read.
+        before = rss()
+        rows = 1 + sum(len(b) for b in stream)
+        assert rows == 20_000
+        assert rss() - before < 16 << 20

@@ -90,7 +90,8 @@ class ItemStream:
         return arrays
 
     def close(self) -> None:
-        """Stops the stream; idempotent."""
+        """Stops the stream (batches fetched ahead are dropped); reading on raises
+        :class:`FlightCallError`. Idempotent."""
         self._native.close()
 
     def __enter__(self) -> ItemStream:
@@ -115,9 +116,15 @@ def _describe(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def _names(what: str, names: Sequence[str]) -> list[str]:
-    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+    if isinstance(names, str):
         raise ShapeError(f"{what} must be a sequence of column names, got {names!r}")
-    return list(names)
+    names = list(names)
+    if not all(isinstance(n, str) for n in names):
+        raise ShapeError(f"{what} must be a sequence of column names, got {names!r}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ShapeError(f"{what} names {', '.join(map(repr, twice))} more than once")
+    return names
 
 
 def _rows(rows: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -221,8 +228,10 @@ class Client(_Connected):
         table, or :func:`arrowbridge.iter_ipc`'s batches. Each batch is rows of the item
         (arrays sharing their first axis, with the first batch's dtypes and row shapes);
         the item becomes visible, as one version, when the stream ends. If the stream
-        raises (or Ctrl+C, or the timeout, which bounds each batch), the put is reset and
-        the server stores nothing. Streamed puts go over gRPC, not shared memory.
+        raises, or Ctrl+C or the timeout (which bounds each batch) comes while batches are
+        still being sent, the put is reset and the server stores nothing; once the whole
+        stream is sent, the server may store it before it hears of a cancellation (the
+        error then says so). Streamed puts go over gRPC, not shared memory.
 
         >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
         ...     client.put("big", (np.full((1000, 4), i, np.float32) for i in range(5)))

@@ -3,6 +3,7 @@
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,8 +12,8 @@ use arrowbridge::ipc::tensors_of;
 use arrowbridge::ArrowTensor;
 use arrowbridge_flight::limits::{scoped, CallLimits};
 use arrowbridge_flight::{
-    start, Arg, Client, ClientError, ClientOptions, ItemForm, ItemInfo, ItemStream, PutStream,
-    RunningServer, Selection, ServerConfig,
+    start, Arg, Client, ClientError, ClientOptions, ClientResult, Item, ItemForm, ItemInfo,
+    ItemStream, PutStream, RunningServer, Selection, ServerConfig,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
@@ -777,11 +778,51 @@ impl FlightClient {
 #[pyclass(frozen, module = "arrowbridge._native", name = "FlightStream")]
 pub struct FlightStream {
     client: Arc<Client>,
-    /// `None` once it ended or was closed.
-    stream: Arc<tokio::sync::Mutex<Option<ItemStream>>>,
+    stream: Arc<tokio::sync::Mutex<Batches>>,
+    /// Set by `close`, which another caller may be waiting on the stream meanwhile.
+    closed: Arc<AtomicBool>,
     form: &'static str,
     rows: usize,
     timeout: Option<Duration>,
+}
+
+/// Where a stream is.
+enum Batches {
+    Open(Box<ItemStream>),
+    /// Every batch was read.
+    Ended,
+    /// Closed before its end: reading on is an error, not an end.
+    Closed,
+}
+
+impl Batches {
+    /// The stream to read the next batch from: `None` at its end, an error once closed.
+    fn open(&mut self) -> ClientResult<Option<&mut ItemStream>> {
+        match self {
+            Batches::Open(stream) => Ok(Some(stream)),
+            Batches::Ended => Ok(None),
+            Batches::Closed => Err(stream_closed()),
+        }
+    }
+
+    /// After a read that gave `result`: the stream ended, or was closed meanwhile (it is
+    /// dropped once the batch is in).
+    fn settle(&mut self, closed: &AtomicBool, result: &ClientResult<Option<Item>>) {
+        if closed.load(Ordering::Acquire) {
+            *self = Batches::Closed;
+        } else if matches!(result, Ok(None)) {
+            *self = Batches::Ended;
+        }
+    }
+}
+
+/// Reading a stream closed before its end (a `FlightCallError`: a cancelled call).
+fn stream_closed() -> ClientError {
+    ClientError::Remote {
+        code: tonic::Code::Cancelled,
+        kind: None,
+        message: "the stream was closed before its end; its remaining batches were not read".into(),
+    }
 }
 
 impl FlightStream {
@@ -790,7 +831,8 @@ impl FlightStream {
             client,
             form: stream.form().name(),
             rows: stream.rows(),
-            stream: Arc::new(tokio::sync::Mutex::new(Some(stream))),
+            stream: Arc::new(tokio::sync::Mutex::new(Batches::Open(Box::new(stream)))),
+            closed: Arc::default(),
             timeout,
         }
     }
@@ -834,17 +876,15 @@ impl FlightStream {
                 .stream
                 .try_lock()
                 .map_err(|_| BridgeError::from(busy("stream")))?;
-            let Some(stream) = guard.as_mut() else {
-                return Ok(None);
-            };
             let client = &self.client;
-            let next = limited(py, self.timeout, || client.next_batch(stream));
+            let next = match guard.open().map_err(client_error)? {
+                Some(stream) => limited(py, self.timeout, || client.next_batch(stream)),
+                None => Ok(None),
+            };
+            guard.settle(&self.closed, &next);
             match next.map_err(client_error)? {
                 Some(item) => Ok(Some(arrays(py, &item.columns, true)?)),
-                None => {
-                    *guard = None;
-                    Ok(None)
-                }
+                None => Ok(None),
             }
         })
     }
@@ -852,25 +892,26 @@ impl FlightStream {
     /// Fetches the next batch on the client's runtime: `done({name: array} | None, None)`
     /// (`None` at the end), or `done(None, exception)`.
     fn submit_next(&self, done: Done) -> PendingCall {
-        let (client, state) = (self.client.clone(), self.stream.clone());
-        let what = "stream".to_string();
+        let (client, state, closed) = (
+            self.client.clone(),
+            self.stream.clone(),
+            self.closed.clone(),
+        );
         spawn_call(
             &self.client.clone(),
-            what,
+            "stream".to_string(),
             self.timeout,
             done,
             async move {
                 let mut guard = state
                     .try_lock_owned()
                     .map_err(|_| ClientError::Local(busy("stream")))?;
-                let Some(stream) = guard.as_mut() else {
-                    return Ok(None);
+                let next = match guard.open()? {
+                    Some(stream) => client.next_batch_async(stream).await,
+                    None => Ok(None),
                 };
-                let next = client.next_batch_async(stream).await?;
-                if next.is_none() {
-                    *guard = None;
-                }
-                Ok(next)
+                guard.settle(&closed, &next);
+                next
             },
             |py, item: Option<arrowbridge_flight::Item>| match item {
                 Some(item) => Ok(arrays(py, &item.columns, true)?.into_any().unbind()),
@@ -879,11 +920,17 @@ impl FlightStream {
         )
     }
 
-    /// Stops the stream: batches fetched ahead are dropped, their streams reset.
+    /// Stops the stream: batches fetched ahead are dropped, their streams reset; reading on
+    /// raises. A batch another caller waits for meanwhile is delivered first.
     fn close(&self, py: Python<'_>) {
-        let state = self.stream.clone();
-        let taken = py.detach(move || state.blocking_lock().take());
-        py.detach(move || drop(taken));
+        self.closed.store(true, Ordering::Release);
+        if let Ok(mut guard) = self.stream.try_lock() {
+            if matches!(*guard, Batches::Open(_)) {
+                let taken = std::mem::replace(&mut *guard, Batches::Closed);
+                drop(guard);
+                py.detach(move || drop(taken));
+            }
+        }
     }
 }
 

@@ -1493,6 +1493,22 @@ impl PerLocation {
 const REPLACED_RETRIES: usize = 3;
 
 impl ClientError {
+    /// A put's deadline or interruption that came after its stream ended, said as such:
+    /// the server may have stored the item.
+    pub(crate) fn after_the_stream_ended(self) -> ClientError {
+        let note = " (after its whole stream was sent: the server may have stored it)";
+        match self {
+            ClientError::Timeout { call, limit } => ClientError::Timeout {
+                call: format!("{call}{note}"),
+                limit,
+            },
+            ClientError::Interrupted(call) => ClientError::Interrupted(format!("{call}{note}")),
+            other => other,
+        }
+    }
+}
+
+impl ClientError {
     /// Whether the server refused a ticket because its version was replaced.
     pub fn is_replaced(&self) -> bool {
         matches!(self, ClientError::Remote { kind: Some(kind), .. } if kind == crate::error::KIND_REPLACED)

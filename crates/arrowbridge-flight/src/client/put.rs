@@ -66,13 +66,15 @@ pub struct PutStream {
     form: ItemForm,
     /// The schema of the first batch (every batch must have it), once one was sent.
     schema: Option<SchemaRef>,
-    sender: Option<tokio::sync::mpsc::Sender<FlightData>>,
+    sender: Option<tokio::sync::mpsc::Sender<Bytes>>,
     /// Set before the sender is dropped to abort: the request body then fails instead of
     /// ending, and the stream is reset.
     aborted: Arc<AtomicBool>,
     task: Option<JoinHandle<ClientResult<usize>>>,
     batches: usize,
     rows: usize,
+    /// Whether the stream was ended (the server may then store the item).
+    ended: bool,
 }
 
 impl Drop for PutStream {
@@ -114,11 +116,11 @@ impl PutStream {
     }
 }
 
-/// The request body of a streamed put: the messages the sender queues, framed as gRPC
-/// messages; it ends when the sender is dropped, or fails (so that the stream is reset and
-/// the server stores nothing) when the put was aborted.
+/// The request body of a streamed put: the gRPC-framed bytes the sender queues (mostly
+/// views of the batches' arrays, [`Messages`]); it ends when the sender is dropped, or fails
+/// (so that the stream is reset and the server stores nothing) when the put was aborted.
 struct Streamed {
-    receiver: tokio::sync::mpsc::Receiver<FlightData>,
+    receiver: tokio::sync::mpsc::Receiver<Bytes>,
     aborted: Arc<AtomicBool>,
 }
 
@@ -132,17 +134,7 @@ impl http_body::Body for Streamed {
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
         use std::task::Poll;
         match self.receiver.poll_recv(cx) {
-            Poll::Ready(Some(data)) => {
-                let len = data.encoded_len();
-                let mut framed = Vec::with_capacity(5 + len);
-                if let Err(status) = grpc::prefix(&mut framed, len, "DoPut") {
-                    return Poll::Ready(Some(Err(status)));
-                }
-                if let Err(e) = data.encode(&mut framed) {
-                    return Poll::Ready(Some(Err(Status::internal(e.to_string()))));
-                }
-                Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(framed)))))
-            }
+            Poll::Ready(Some(chunk)) => Poll::Ready(Some(Ok(http_body::Frame::data(chunk)))),
             Poll::Ready(None) if self.aborted.load(Ordering::Acquire) => {
                 Poll::Ready(Some(Err(Status::cancelled("the put was aborted"))))
             }
@@ -153,7 +145,7 @@ impl http_body::Body for Streamed {
 }
 
 /// Messages a streamed put keeps queued ahead of the connection.
-const QUEUED: usize = 4;
+const QUEUED: usize = 8;
 
 impl Client {
     /// Starts a put of `name`, in form `form`, whose rows [`put_batch`](Self::put_batch)
@@ -188,6 +180,7 @@ impl Client {
             task: Some(task),
             batches: 0,
             rows: 0,
+            ended: false,
         })
     }
 
@@ -219,16 +212,16 @@ impl Client {
         let rows = columns
             .first()
             .map_or(0, |(_, t)| t.shape().first().copied().unwrap_or(1));
-        let messages = match encode_batch(put, columns, rows) {
-            Ok(messages) => messages,
+        let chunks = match encode_batch(put, columns, rows) {
+            Ok(chunks) => chunks,
             Err(e) => {
                 put.abort();
                 return Err(e);
             }
         };
         let sender = put.sender.clone().ok_or_else(|| finished(&put.what))?;
-        for message in messages {
-            if sender.send(message).await.is_err() {
+        for chunk in chunks {
+            if sender.send(chunk).await.is_err() {
                 // The call ended: its own error says why.
                 put.sender = None;
                 let task = put.task.take().ok_or_else(|| finished(&put.what))?;
@@ -247,10 +240,18 @@ impl Client {
     /// acknowledged.
     pub fn finish_put(&self, mut put: PutStream) -> ClientResult<usize> {
         let what = put.what.clone();
-        self.block_on(&what, self.finish_put_async(&mut put))?
+        match self.block_on(&what, self.finish_put_async(&mut put)) {
+            Ok(result) => result,
+            // Past the end of the stream the server may store the item whatever the client
+            // does: the error says so. Before it, the put is reset (by its drop).
+            Err(stopped) if put.ended => Err(stopped.after_the_stream_ended()),
+            Err(stopped) => Err(stopped),
+        }
     }
 
-    /// [`finish_put`](Self::finish_put), as a future.
+    /// [`finish_put`](Self::finish_put), as a future. Dropped before the stream has ended
+    /// (all batches read by the connection), it leaves the put to be reset; dropped after,
+    /// the server may store the item.
     pub async fn finish_put_async(&self, put: &mut PutStream) -> ClientResult<usize> {
         if put.schema.is_none() {
             put.abort();
@@ -259,9 +260,17 @@ impl Client {
                 message: "the stream had no batches; there is nothing to store".into(),
             }));
         }
-        let task = put.task.take().ok_or_else(|| finished(&put.what))?;
+        // The batches queued go out first: a deadline that passes meanwhile resets the put
+        // and the server stores nothing. Only then does the stream end.
+        if let Some(sender) = &put.sender {
+            let _drained = sender.reserve_many(QUEUED).await;
+        }
         put.sender = None;
-        match task.await {
+        put.ended = true;
+        let task = put.task.as_mut().ok_or_else(|| finished(&put.what))?;
+        let joined = task.await;
+        put.task = None;
+        match joined {
             Ok(result) => result,
             Err(join) => Err(ClientError::Local(arrowbridge::Error::invalid(
                 &put.what,
@@ -276,14 +285,23 @@ impl Client {
     }
 }
 
-/// The messages of the next batch of `put` (`rows` rows of `columns`): the schema first
-/// (naming the item) when it is the first batch.
+/// The gRPC-framed bytes of the next batch of `put` (`rows` rows of `columns`): the schema
+/// first (naming the item) when it is the first batch.
 fn encode_batch(
     put: &mut PutStream,
     columns: &[(&str, &ArrowTensor)],
     rows: usize,
-) -> ClientResult<Vec<FlightData>> {
+) -> ClientResult<Vec<Bytes>> {
     let what = format!("{}: batch {}", put.what, put.batches);
+    if let Some((name, _)) = columns.iter().find(|(_, t)| t.shape().is_empty()) {
+        return Err(ClientError::Local(arrowbridge::Error::Shape {
+            context: what,
+            message: format!(
+                "{name:?} is a 0-d array (a scalar); a streamed put's batches are rows: \
+                 arrays of at least one dimension"
+            ),
+        }));
+    }
     if columns
         .iter()
         .any(|(_, t)| t.shape().first().copied().unwrap_or(1) != rows)
@@ -336,15 +354,44 @@ fn encode_batch(
         .iter()
         .map(|b| super::with_schema(b, &schema))
         .collect::<ClientResult<Vec<_>>>()?;
-    let mut messages = arrow_flight::utils::batches_to_flight_data(&schema, &batches)
-        .map_err(arrowbridge::Error::from)?;
-    if first {
-        messages[0].flight_descriptor = Some(FlightDescriptor::new_path(vec![put.name.clone()]));
-        put.schema = Some(schema);
+    // The batch's bytes as they travel: views of its arrays where they can be.
+    let viewed = if first {
+        let descriptor = FlightDescriptor::new_path(vec![put.name.clone()]);
+        Messages::new(Some(descriptor), &schema, &batches, MAX_FLIGHT_DATA, &what)?
     } else {
-        messages.remove(0);
+        Messages::batches_only(&schema, &batches, MAX_FLIGHT_DATA, &what)?
+    };
+    let chunks = match viewed {
+        Some(messages) => messages.into_chunks(),
+        None => {
+            let mut messages = arrow_flight::utils::batches_to_flight_data(&schema, &batches)
+                .map_err(arrowbridge::Error::from)?;
+            if first {
+                messages[0].flight_descriptor =
+                    Some(FlightDescriptor::new_path(vec![put.name.clone()]));
+            } else {
+                messages.remove(0);
+            }
+            messages
+                .iter()
+                .map(|data| framed(data, &what))
+                .collect::<Result<Vec<_>, Status>>()?
+        }
+    };
+    if first {
+        put.schema = Some(schema);
     }
-    Ok(messages)
+    Ok(chunks)
+}
+
+/// `data` as one gRPC message.
+fn framed(data: &FlightData, what: &str) -> Result<Bytes, Status> {
+    let len = data.encoded_len();
+    let mut framed = Vec::with_capacity(5 + len);
+    grpc::prefix(&mut framed, len, what)?;
+    data.encode(&mut framed)
+        .map_err(|e| Status::internal(format!("{what}: {e}")))?;
+    Ok(framed.into())
 }
 
 fn finished(what: &str) -> ClientError {

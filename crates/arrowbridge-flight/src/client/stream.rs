@@ -40,6 +40,35 @@ pub struct Selection {
     pub rows: Option<Range<usize>>,
 }
 
+/// The rows of one endpoint that a read wants, cut into pieces as they are fetched.
+struct Span {
+    /// The endpoint's ticket (with the columns wanted), whose rows are narrowed per piece.
+    base: ItemTicket,
+    /// The row of the endpoint's ticket where the endpoint's rows begin, and the item's row
+    /// there: a row of the item is row `ticket_start + (row - endpoint_start)` of the ticket.
+    ticket_start: usize,
+    endpoint_start: usize,
+    /// The item's rows wanted from this endpoint.
+    rows: Range<usize>,
+    routes: Vec<Route>,
+}
+
+impl Span {
+    /// The piece of the item's rows `rows` (within the span's).
+    fn piece(&self, rows: Range<usize>) -> Piece {
+        let at = |row: usize| self.ticket_start + (row - self.endpoint_start);
+        let ticket = ItemTicket {
+            rows: Some([at(rows.start), at(rows.end)]),
+            ..self.base.clone()
+        };
+        Piece {
+            ticket: ticket.to_bytes(),
+            rows: rows.len(),
+            routes: self.routes.clone(),
+        }
+    }
+}
+
 /// One DoGet of a stream or a part: rows of one endpoint, and where to ask for them.
 #[derive(Clone)]
 struct Piece {
@@ -55,8 +84,17 @@ pub struct ItemStream {
     form: ItemForm,
     schema: SchemaRef,
     rows: usize,
-    /// Pieces not asked for yet.
-    waiting: VecDeque<Piece>,
+    /// Spans whose rows were not all asked for yet; the first from row `cursor` on.
+    spans: VecDeque<Span>,
+    cursor: usize,
+    /// Rows per batch.
+    step: usize,
+    /// Pieces whose fetch failed, to ask for again first.
+    retry: VecDeque<Piece>,
+    /// The connections of the fetches ahead: per place in the queue, one per location.
+    lanes: Vec<std::collections::HashMap<String, tonic::transport::Channel>>,
+    /// Pieces asked for so far (which lane the next one takes).
+    issued: usize,
     /// Pieces being fetched, in order.
     fetching: VecDeque<(Piece, JoinHandle<ClientResult<Columns>>)>,
     /// An item that cannot be cut into rows (its columns have different lengths): read
@@ -69,7 +107,7 @@ impl std::fmt::Debug for ItemStream {
         f.debug_struct("ItemStream")
             .field("what", &self.what)
             .field("rows", &self.rows)
-            .field("waiting", &self.waiting.len())
+            .field("spans", &self.spans.len())
             .field("fetching", &self.fetching.len())
             .finish()
     }
@@ -126,17 +164,16 @@ fn invalid(what: &str, message: String) -> ClientError {
 }
 
 impl Client {
-    /// The pieces that carry `selection` of the item `info` describes, at most `batch_rows`
-    /// rows each (`None`: one piece per endpoint), with the schema they arrive in.
-    fn pieces(
+    /// The spans of endpoints that carry `selection` of the item `info` describes, with the
+    /// schema they arrive in and the rows they hold in all.
+    fn spans(
         &self,
         what: &str,
         info: &FlightInfo,
         schema: &SchemaRef,
         selection: &Selection,
-        batch_rows: Option<usize>,
         own: bool,
-    ) -> ClientResult<(SchemaRef, usize, Vec<Piece>)> {
+    ) -> ClientResult<(SchemaRef, usize, Vec<Span>)> {
         let projected = match &selection.columns {
             None => schema.clone(),
             Some(columns) => {
@@ -184,8 +221,8 @@ impl Client {
                     invalid(what, "its endpoints do not say which rows they hold".into())
                 })?
         };
-        let mut pieces = Vec::new();
-        for (endpoint, range) in &endpoints {
+        let mut spans = Vec::new();
+        for (endpoint, range) in endpoints {
             let (from, to) = (wanted.start.max(range.start), wanted.end.min(range.end));
             if from >= to {
                 continue;
@@ -197,26 +234,18 @@ impl Client {
                         format!("its endpoint's ticket cannot be cut: {}", s.message()),
                     )
                 })?;
-            let offset = base.rows.map_or(0, |[start, _]| start);
-            let routes = self.routes(endpoint, own)?;
-            let step = batch_rows.unwrap_or(to - from).max(1);
-            let mut start = from;
-            while start < to {
-                let end = start.saturating_add(step).min(to);
-                let ticket = ItemTicket {
-                    rows: Some([offset + start - range.start, offset + end - range.start]),
+            spans.push(Span {
+                ticket_start: base.rows.map_or(0, |[start, _]| start),
+                endpoint_start: range.start,
+                base: ItemTicket {
                     columns: selection.columns.clone(),
-                    ..base.clone()
-                };
-                pieces.push(Piece {
-                    ticket: ticket.to_bytes(),
-                    rows: end - start,
-                    routes: routes.clone(),
-                });
-                start = end;
-            }
+                    ..base
+                },
+                rows: from..to,
+                routes: self.routes(&endpoint, own)?,
+            });
         }
-        Ok((projected, wanted.len(), pieces))
+        Ok((projected, wanted.len(), spans))
     }
 
     /// The routes to each location of `endpoint`, over connections of their `own` or the
@@ -253,7 +282,8 @@ impl Client {
                     .into(),
             ));
         }
-        let (schema, rows, pieces) = self.pieces(&what, &info, &schema, selection, None, false)?;
+        let (schema, rows, spans) = self.spans(&what, &info, &schema, selection, false)?;
+        let pieces = spans.iter().map(|s| s.piece(s.rows.clone())).collect();
         let columns = fetch_all(&what, &schema, rows, pieces).await?;
         Ok(Item {
             form,
@@ -304,7 +334,12 @@ impl Client {
                 form,
                 schema,
                 rows: 0,
-                waiting: VecDeque::new(),
+                spans: VecDeque::new(),
+                cursor: 0,
+                step: 1,
+                retry: VecDeque::new(),
+                lanes: Vec::new(),
+                issued: 0,
                 fetching: VecDeque::new(),
                 whole: Some(name.to_string()),
             });
@@ -312,33 +347,19 @@ impl Client {
         let row_bytes: usize =
             arrowbridge::landing::row_bytes(&schema).map_or(0, |bytes| bytes.iter().sum());
         let batch_rows = batch_rows.unwrap_or((BATCH_BYTES / row_bytes.max(1)).max(1));
-        let (schema, rows, pieces) =
-            self.pieces(&what, &info, &schema, selection, Some(batch_rows), true)?;
-        // The fetches ahead go over connections of their own, one per place in the queue
-        // and location, made once for the whole stream.
-        let mut lanes: Vec<std::collections::HashMap<String, tonic::transport::Channel>> =
-            vec![Default::default(); AHEAD];
-        let _runtime = self.runtime.enter(); // a channel's connection task is spawned on it
-        let waiting = pieces
-            .into_iter()
-            .enumerate()
-            .map(|(i, mut piece)| {
-                let lane = &mut lanes[i % AHEAD];
-                for route in &mut piece.routes {
-                    let channel = lane
-                        .entry(route.location.clone())
-                        .or_insert_with(|| route.target.lazy());
-                    route.shared = Some(channel.clone());
-                }
-                piece
-            })
-            .collect();
+        let (schema, rows, spans) = self.spans(&what, &info, &schema, selection, true)?;
+        let cursor = spans.first().map_or(0, |s| s.rows.start);
         Ok(ItemStream {
             what,
             form,
             schema,
             rows,
-            waiting,
+            spans: spans.into(),
+            cursor,
+            step: batch_rows,
+            retry: VecDeque::new(),
+            lanes: vec![Default::default(); AHEAD],
+            issued: 0,
             fetching: VecDeque::new(),
             whole: None,
         })
@@ -362,7 +383,7 @@ impl Client {
             return self.get_async(&name).await.map(Some);
         }
         while stream.fetching.len() < AHEAD {
-            let Some(piece) = stream.waiting.pop_front() else {
+            let Some(piece) = self.next_piece(stream) else {
                 break;
             };
             let task = self.runtime.spawn(fetch(
@@ -389,7 +410,7 @@ impl Client {
                 shared: false,
             })),
             Ok(Err(e)) => {
-                stream.waiting.push_front(piece);
+                stream.retry.push_front(piece);
                 Err(e)
             }
             Err(join) => Err(ClientError::Local(arrowbridge::Error::invalid(
@@ -397,6 +418,34 @@ impl Client {
                 format!("the fetch of a batch failed: {join}"),
             ))),
         }
+    }
+
+    /// The next piece of `stream` to fetch (one that failed first), cut from its spans as it
+    /// is needed (so that a stream of millions of batches holds a few), over the connections
+    /// of its lane.
+    fn next_piece(&self, stream: &mut ItemStream) -> Option<Piece> {
+        if let Some(piece) = stream.retry.pop_front() {
+            return Some(piece);
+        }
+        let span = stream.spans.front()?;
+        let end = stream.cursor.saturating_add(stream.step).min(span.rows.end);
+        let mut piece = span.piece(stream.cursor..end);
+        if end == span.rows.end {
+            stream.spans.pop_front();
+            stream.cursor = stream.spans.front().map_or(0, |s| s.rows.start);
+        } else {
+            stream.cursor = end;
+        }
+        let lane = &mut stream.lanes[stream.issued % AHEAD];
+        stream.issued += 1;
+        let _runtime = self.runtime.enter(); // a channel's connection task is spawned on it
+        for route in &mut piece.routes {
+            let channel = lane
+                .entry(route.location.clone())
+                .or_insert_with(|| route.target.lazy());
+            route.shared = Some(channel.clone());
+        }
+        Some(piece)
     }
 
     /// Opens a stream as [`stream`](Self::stream) does, as a future.

@@ -215,11 +215,22 @@ async fn do_put(
             return Ok(status.into_http());
         }
     }
+    let admitted = landing.bytes();
+    let name = descriptor.path.first().cloned();
     let landed = async {
         let mut parser = Parser::after_schema(what, &schema, &mut landing);
         parser.feed(&read[5 + first..])?;
+        // More rows than announced (a stream whose schema announced its first batch's) are
+        // charged as they come, every 8 MiB: past the budget the put is refused before it
+        // is all in memory.
+        let (mut fed, mut checked) = (read.len() - (5 + first), admitted);
         while let Some(frame) = body.frame().await {
             if let Ok(data) = frame?.into_data() {
+                fed = fed.saturating_add(data.len());
+                if let Some(name) = name.as_ref().filter(|_| fed > checked) {
+                    service.admits(name, fed)?;
+                    checked = fed.saturating_add(8 << 20);
+                }
                 parser.feed(&data)?;
             }
         }

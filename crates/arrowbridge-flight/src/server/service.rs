@@ -243,7 +243,23 @@ impl Service {
     where
         S: futures::Stream<Item = Result<FlightData, Status>> + Send + Unpin + 'static,
     {
-        self.store_received(receive(messages, "DoPut").await?).await
+        // A stream that does not announce its rows is charged as it comes: past the
+        // server's memory budget it is refused, before it is all in memory.
+        let store = self.store.clone();
+        let mut name: Option<String> = None;
+        let mut received = 0usize;
+        let budgeted = messages.map(move |message| {
+            let data = message?;
+            if name.is_none() {
+                name = (data.flight_descriptor.as_ref()).and_then(|d| d.path.first().cloned());
+            }
+            received = received.saturating_add(data.data_body.len());
+            if let Some(name) = &name {
+                store.admits(name, received).map_err(Status::from)?;
+            }
+            Ok(data)
+        });
+        self.store_received(receive(budgeted, "DoPut").await?).await
     }
 
     /// Stores the item a DoPut stream brought; its acknowledgement.

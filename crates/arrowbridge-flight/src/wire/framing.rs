@@ -53,16 +53,39 @@ impl Messages {
         max_bytes: usize,
         what: &str,
     ) -> Result<Option<Self>, Status> {
+        let mut schema_message =
+            FlightData::from(SchemaAsIpc::new(schema, &IpcWriteOptions::default()));
+        schema_message.flight_descriptor = descriptor;
+        Self::of(Some(schema_message), schema, batches, max_bytes, what)
+    }
+
+    /// The messages of `batches` alone, as a stream that already sent its schema goes on
+    /// (see [`new`](Self::new)).
+    pub(crate) fn batches_only(
+        schema: &Schema,
+        batches: &[RecordBatch],
+        max_bytes: usize,
+        what: &str,
+    ) -> Result<Option<Self>, Status> {
+        Self::of(None, schema, batches, max_bytes, what)
+    }
+
+    fn of(
+        schema_message: Option<FlightData>,
+        schema: &Schema,
+        batches: &[RecordBatch],
+        max_bytes: usize,
+        what: &str,
+    ) -> Result<Option<Self>, Status> {
         let Some(bodies) = plain_bodies(schema, batches, max_bytes) else {
             return Ok(None);
         };
         let mut messages = Messages {
             chunks: Vec::with_capacity(1 + 2 * bodies.len()),
         };
-        let mut schema_message =
-            FlightData::from(SchemaAsIpc::new(schema, &IpcWriteOptions::default()));
-        schema_message.flight_descriptor = descriptor;
-        messages.push(&schema_message, Vec::new(), what)?;
+        if let Some(schema_message) = schema_message {
+            messages.push(&schema_message, Vec::new(), what)?;
+        }
         for (rows, body) in bodies {
             let header = FlightData {
                 data_header: body.header(rows).into(),
@@ -114,6 +137,11 @@ impl Messages {
                 Ok::<_, Infallible>(frame)
             });
         tonic::body::Body::new(http_body_util::StreamBody::new(stream::iter(frames)))
+    }
+
+    /// The body's bytes, in order: gRPC prefixes and fields, and views of the arrays.
+    pub(crate) fn into_chunks(self) -> Vec<Bytes> {
+        self.chunks
     }
 
     /// Every byte of the body, in order (for tests).
