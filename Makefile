@@ -1,42 +1,71 @@
-# One entry point for people and CI. Every target installs what it needs by itself:
-# a virtualenv in .venv, the pinned Python packages, and a release build of the extension.
+# One entry point for people and CI. Every target installs what it needs by itself: a
+# virtualenv in .venv, the pinned Python packages, and the extension.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEPS := $(VENV)/.deps-installed
+DEMO_DEPS := $(VENV)/.demo-deps-installed
 # Build the extension and run cargo against the virtualenv's interpreter.
 export PYO3_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: all build demo test lint rust-test py-test instructions instructions-baseline bench bench-smoke fuzz fuzz-cmin fuzz-python test-long memcheck clean
+.PHONY: all install build demo wheel wheel-smoke docs test lint rust-test py-test instructions instructions-baseline bench bench-smoke fuzz fuzz-cmin fuzz-python test-long memcheck clean
 
 all: test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(DEPS): requirements-dev.txt | $(BIN)/python
+# The demo needs numpy, pyarrow and maturin; the tests need everything else too.
+$(DEMO_DEPS): requirements-demo.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet -r requirements-demo.txt
 	touch $@
 
-# The extension, the example extension built on arrowbridge-pyo3 (examples/extension), the
-# example kernel plugin and the Rust reader the demo and tests run.
+$(DEPS): requirements-dev.txt requirements-demo.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@ $(DEMO_DEPS)
 
-build: $(DEPS)
-	$(BIN)/maturin develop --release --locked --quiet --features testing
+# The wheel users install, built for the virtualenv's interpreter and installed into it: the
+# tests run against exactly that (cargo rebuilds only what changed).
+install: $(DEPS)
+	rm -rf target/wheels/installed
+	$(BIN)/maturin build --release --locked --quiet -i $(BIN)/python -o target/wheels/installed
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps target/wheels/installed/*.whl
+
+# The installed wheel, then what the tests and benchmarks use besides it: the example
+# extension built on arrowbridge-pyo3 (examples/extension), the test hooks
+# (crates/arrowbridge-testing, never shipped), the example kernel plugin and the Rust reader.
+build: install
 	$(BIN)/maturin develop --release --locked --quiet -m examples/extension/Cargo.toml
+	$(BIN)/maturin develop --release --locked --quiet -m crates/arrowbridge-testing/Cargo.toml
 	cargo build --release --locked -p arrowbridge-example-kernels -p arrowbridge --lib --example ipc_view
 
-demo: build
-	$(BIN)/python -m arrowbridge.demo
+# The shipped wheels, one per CPython 3.10-3.13 found (on PATH or under pyenv), in dist/.
+wheel: $(DEMO_DEPS)
+	$(BIN)/maturin build --release --locked -o dist $(foreach i,$(shell $(BIN)/python packaging/pythons.py),-i $(i))
+
+# Each other CPython found gets the shipped wheel in a fresh virtualenv and runs the doctests
+# and a smoke subset of the tests there (packaging/smoke.py says which, and skips a missing one).
+wheel-smoke: build
+	$(BIN)/python packaging/smoke.py
+
+# Only what the demo runs: the extension (the demo profile: quicker to build, see
+# Cargo.toml), the example kernel plugin and the Rust IPC reader.
+DEMO_TARGET := target/demo
+demo: $(DEMO_DEPS)
+	$(BIN)/maturin develop --profile demo --locked --quiet
+	cargo build --profile demo --locked -p arrowbridge-example-kernels -p arrowbridge --lib --example ipc_view
+	$(BIN)/python -m arrowbridge.demo --plugin $(DEMO_TARGET)/libarrowbridge_example_kernels.so \
+		--ipc-view $(DEMO_TARGET)/examples/ipc_view
 
 lint: $(DEPS)
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
-	$(BIN)/ruff check arrowbridge tests benchmarks notebooks examples
-	$(BIN)/ruff format --check arrowbridge tests benchmarks notebooks examples
+	$(BIN)/ruff check python tests benchmarks notebooks examples
+	$(BIN)/ruff format --check python tests benchmarks notebooks examples
 
 rust-test: $(DEPS)
 	cargo test --workspace --locked
@@ -60,7 +89,7 @@ instructions: build
 instructions-baseline: build
 	$(BIN)/python benchmarks/instructions.py --record
 
-test: lint rust-test py-test instructions bench-smoke
+test: lint rust-test py-test wheel-smoke instructions bench-smoke
 
 # The Flight rows compare against iperf3's loopback throughput: installed from Debian's
 # packages when missing (the row says so when that is not possible).
@@ -123,4 +152,4 @@ memcheck: build
 		tests/test_to_arrow.py tests/test_plugin.py -k "not cli and not server and not large_inputs"
 
 clean:
-	rm -rf $(VENV) target
+	rm -rf $(VENV) target dist

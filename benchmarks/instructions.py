@@ -5,7 +5,7 @@
 
 Wall-clock time depends on the machine and its neighbours; the number of instructions a call
 executes does not. Each path is called a few times to warm up, then `N` times inside
-`_native.measured_region`, the one function callgrind counts (``--toggle-collect``); its
+`arrowbridge_testing.measured_region`, the one function callgrind counts (``--toggle-collect``); its
 counts are dumped after each region (``--dump-after``), so one process measures every path.
 A count more than 10 % above its committed baseline fails the check (exit status 1); the
 rust-numpy rows are references (what the same call costs written with rust-numpy) and are
@@ -46,12 +46,12 @@ REFERENCES = {
 
 def paths(tmp: Path) -> dict[str, object]:
     """The measured calls, by name, in the order they run. Each is a callable of no arguments."""
+    import arrowbridge_testing
     import numpy as np
     import rowstats
     from producers import DLPackProducer
 
     import arrowbridge
-    from arrowbridge import _native
 
     x = np.random.default_rng(0).standard_normal((1, 128))  # 1 KiB
     t = arrowbridge.to_arrow(x)
@@ -60,9 +60,9 @@ def paths(tmp: Path) -> dict[str, object]:
     arrowbridge.write_ipc(one_batch, {"x": x})
     return {
         IDENTITY: partial(arrowbridge.call, "identity", x),
-        REFERENCES[IDENTITY]: partial(_native.rust_numpy_identity, x),
+        REFERENCES[IDENTITY]: partial(arrowbridge_testing.rust_numpy_identity, x),
         SUM: partial(arrowbridge.call, "sum", x, axis=0),
-        REFERENCES[SUM]: partial(_native.rust_numpy_sum, x, axis=0),
+        REFERENCES[SUM]: partial(arrowbridge_testing.rust_numpy_sum, x, axis=0),
         'call("head"), plugin kernel, 1 KiB': partial(arrowbridge.call, "head", x, n=1),
         "to_arrow, 1 KiB": partial(arrowbridge.to_arrow, x),
         "to_numpy, 1 KiB": partial(arrowbridge.to_numpy, t),
@@ -79,14 +79,14 @@ def paths(tmp: Path) -> dict[str, object]:
 
 def child() -> None:
     """Runs under callgrind: warms each path up, then calls it N times in a measured region."""
-    from arrowbridge import _native
+    import arrowbridge_testing
 
     with tempfile.TemporaryDirectory() as tmp:
         cases = paths(Path(tmp))
         for fn in cases.values():
             for _ in range(20):
                 fn()  # first calls initialize caches, type objects and interned strings
-            _native.measured_region(fn, N)
+            arrowbridge_testing.measured_region(fn, N)
     print(json.dumps(list(cases)))
 
 

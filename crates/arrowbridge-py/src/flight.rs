@@ -171,19 +171,19 @@ fn on_main_thread() -> bool {
     unsafe { libc::syscall(libc::SYS_gettid) == libc::getpid() as libc::c_long }
 }
 
-/// A timeout in seconds as a duration: `None` stays `None`; negative, NaN or infinite
-/// values are refused.
+/// A timeout in seconds as a duration: `None` and infinity mean no deadline; negative or
+/// NaN values are refused.
 fn seconds(timeout: Option<f64>) -> BridgeResult<Option<Duration>> {
-    timeout
-        .map(|t| {
-            Duration::try_from_secs_f64(t).map_err(|_| {
-                arrowbridge_pyo3::errors::BridgeError::from(arrowbridge::Error::invalid(
-                    "timeout",
-                    format!("{t} is not a number of seconds >= 0"),
-                ))
-            })
-        })
-        .transpose()
+    match timeout {
+        None => Ok(None),
+        Some(t) if t == f64::INFINITY => Ok(None),
+        Some(t) => Duration::try_from_secs_f64(t).map(Some).map_err(|_| {
+            arrowbridge_pyo3::errors::BridgeError::from(arrowbridge::Error::invalid(
+                "timeout",
+                format!("{t} is not a number of seconds >= 0"),
+            ))
+        }),
+    }
 }
 
 /// Runs `call` without the GIL, within `timeout` (else the client's default), and

@@ -4,13 +4,9 @@
 mod aio;
 mod call;
 mod convert;
-#[cfg(feature = "testing")]
-mod direct;
 mod flight;
 mod ipc;
 mod ragged;
-#[cfg(feature = "testing")]
-mod testing;
 
 use pyo3::prelude::*;
 
@@ -37,17 +33,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(call::load_kernels, m)?)?;
     m.add_function(wrap_pyfunction!(convert::export_array, m)?)?;
     m.add_function(wrap_pyfunction!(convert::to_numpy, m)?)?;
-    m.add_function(wrap_pyfunction!(convert::data_address, m)?)?;
     m.add_function(wrap_pyfunction!(ragged::export_ragged_list, m)?)?;
     m.add_function(wrap_pyfunction!(ragged::export_ragged_parts, m)?)?;
     m.add_function(wrap_pyfunction!(ragged::ragged_parts, m)?)?;
-    #[cfg(feature = "testing")]
-    {
-        m.add_function(wrap_pyfunction!(direct::rust_numpy_identity, m)?)?;
-        m.add_function(wrap_pyfunction!(direct::rust_numpy_sum, m)?)?;
-        m.add_function(wrap_pyfunction!(testing::measured_region, m)?)?;
-        m.add_function(wrap_pyfunction!(testing::panic_in_kernel, m)?)?;
-    }
     m.add_function(wrap_pyfunction!(ipc::write_arrays, m)?)?;
     m.add_function(wrap_pyfunction!(ipc::write_stream, m)?)?;
     m.add_class::<ipc::IpcReader>()?;

@@ -17,17 +17,12 @@ __all__ = [
     "PendingCall",
     "__version__",
     "call",
-    "data_address",
     "export_array",
     "export_ragged_list",
     "export_ragged_parts",
     "kernels",
     "load_kernels",
-    "measured_region",
-    "panic_in_kernel",
     "ragged_parts",
-    "rust_numpy_identity",
-    "rust_numpy_sum",
     "stream_to_arrays",
     "to_numpy",
     "write_arrays",
@@ -79,22 +74,6 @@ def export_ragged_parts(
 
 def ragged_parts(obj: Any, *, copy: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(values, shapes) of ragged data: flat values and the rows' (n, ndim) int32 shapes."""
-
-def data_address(array: np.ndarray) -> int:
-    """Address of the first element of an ndarray."""
-
-# Only in builds with the `testing` cargo feature (`make build`), not in a plain wheel.
-def rust_numpy_identity(x: np.ndarray) -> np.ndarray:
-    """The direct rust-numpy path, for benchmarks."""
-
-def rust_numpy_sum(x: np.ndarray, axis: int | None = None) -> np.ndarray:
-    """A float64 sum written with rust-numpy, for benchmarks."""
-
-def panic_in_kernel(message: str) -> None:
-    """Runs a panicking kernel through the panic barrier (for tests)."""
-
-def measured_region(f: Any, n: int) -> None:
-    """Calls `f` `n` times in the one function callgrind counts (benchmarks/instructions.py)."""
 
 @final
 class ArrowMemory:

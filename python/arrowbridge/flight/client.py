@@ -135,8 +135,8 @@ def _rows(rows: tuple[int, int] | None) -> tuple[int, int] | None:
         valid = all(isinstance(r, int) and not isinstance(r, bool) for r in (start, end))
     except (TypeError, ValueError):
         valid = False
-    if not valid or start < 0 or end < start:
-        raise ShapeError(f"rows must be (start, end) with 0 <= start <= end, got {rows!r}")
+    if not valid or start < 0 or end < start or end >= 2**63:
+        raise ShapeError(f"rows must be (start, end) with 0 <= start <= end < 2**63, got {rows!r}")
     return (start, end)
 
 

@@ -4,13 +4,14 @@ Shows the three transports on the embedded defaults: in-process calls (NumPy arr
 to Rust kernels and pyarrow without copies, proven by data addresses), Arrow IPC files
 (written from Python, memory-mapped back, read by pyarrow and by a Rust program), and the
 Flight server on loopback with an in-memory store; then a kernel plugin of one's own called
-in-process and over Flight.
+in-process and over Flight. ``--plugin`` and ``--ipc-view`` name the plugin library and the
+Rust reader (``make demo`` builds both and passes them); without them those parts are skipped.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-import shutil
 import subprocess
 import tempfile
 import time
@@ -88,7 +89,7 @@ def _mapped_file(x: np.ndarray) -> str:
     return ""
 
 
-def ipc_files() -> None:
+def ipc_files(ipc_view: Path | None) -> None:
     print("\n== Arrow IPC files: write from Python, memory-map back, read anywhere ==")
     rng = np.random.default_rng(1)
     arrays = {
@@ -121,23 +122,9 @@ def ipc_files() -> None:
         print(f"pyarrow sees {table.num_rows} rows: {table.schema.field('embeddings').type}")
         result = arrowbridge.call("sum", back["embeddings"], axis=0)
         print(f"a kernel on the mapped array: sum(axis=0)[:3] = {result[:3]}")
-        cargo = shutil.which("cargo")
-        if cargo and (Path(__file__).resolve().parent.parent / "Cargo.toml").exists():
+        if ipc_view is not None:
             out = subprocess.run(
-                [
-                    cargo,
-                    "run",
-                    "--quiet",
-                    "--release",
-                    "--example",
-                    "ipc_view",
-                    "--",
-                    "read",
-                    str(path),
-                ],
-                cwd=Path(__file__).resolve().parent.parent,
-                capture_output=True,
-                text=True,
+                [str(ipc_view), "read", str(path)], capture_output=True, text=True, check=True
             )
             for line in out.stdout.splitlines():
                 name, dtype, *rest = line.split()
@@ -208,12 +195,10 @@ def flight_server() -> None:
             )
 
 
-def own_kernels() -> None:
+def own_kernels(plugin: Path | None) -> None:
     print("\n== Your own Rust kernels: a plugin library, loaded at run time ==")
-    root = Path(__file__).resolve().parent.parent
-    plugin = root / "target" / "release" / "libarrowbridge_example_kernels.so"
-    if not plugin.exists():
-        print(f"{plugin} is not built: `make build` builds crates/example-kernels")
+    if plugin is None:
+        print("no plugin given: `make demo` builds crates/example-kernels and passes --plugin")
         return
     print(f"load_kernels({plugin.name}) -> {arrowbridge.load_kernels(plugin)}")
     x = np.random.default_rng(3).normal(5.0, 2.0, size=(1000, 3))
@@ -228,11 +213,19 @@ def own_kernels() -> None:
         print(f"over Flight, call('pairwise_distances') -> shape {d.shape}, d[0, 0] = {d[0, 0]}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m arrowbridge.demo", description=__doc__)
+    parser.add_argument(
+        "--plugin", type=Path, help="a kernel plugin library (crates/example-kernels, built)"
+    )
+    parser.add_argument(
+        "--ipc-view", type=Path, help="the Rust IPC reader (crates/arrowbridge/examples/ipc_view)"
+    )
+    args = parser.parse_args(argv)
     in_process()
-    ipc_files()
+    ipc_files(args.ipc_view)
     flight_server()
-    own_kernels()
+    own_kernels(args.plugin)
 
 
 if __name__ == "__main__":
