@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEPS := $(VENV)/.deps-installed
 DEMO_DEPS := $(VENV)/.demo-deps-installed
+BUILD_DEPS := $(VENV)/.build-deps-installed
 # Build the extension and run cargo against the virtualenv's interpreter.
 export PYO3_PYTHON := $(abspath $(BIN)/python)
 
@@ -16,16 +17,20 @@ all: test
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# The demo needs numpy, pyarrow and maturin; the tests need everything else too.
+# The demo needs numpy and pyarrow; the tests need everything else too.
 $(DEMO_DEPS): requirements-demo.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-demo.txt
 	touch $@
 
-$(DEPS): requirements-dev.txt requirements-demo.txt | $(BIN)/python
+$(BUILD_DEPS): requirements-build.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -r requirements-build.txt
+	touch $@
+
+$(DEPS): requirements-dev.txt requirements-demo.txt requirements-build.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
-	touch $@ $(DEMO_DEPS)
+	touch $@ $(DEMO_DEPS) $(BUILD_DEPS)
 
 # The wheel users install, built for the virtualenv's interpreter and installed into it: the
 # tests run against exactly that (cargo rebuilds only what changed).
@@ -43,7 +48,7 @@ build: install
 	cargo build --release --locked -p arrowbridge-example-kernels -p arrowbridge --lib --example ipc_view
 
 # The shipped wheels, one per CPython 3.10-3.13 found (on PATH or under pyenv), in dist/.
-wheel: $(DEMO_DEPS)
+wheel: $(BUILD_DEPS)
 	$(BIN)/maturin build --release --locked -o dist $(foreach i,$(shell $(BIN)/python packaging/pythons.py),-i $(i))
 
 # Each other CPython found gets the shipped wheel in a fresh virtualenv and runs the doctests
@@ -51,14 +56,19 @@ wheel: $(DEMO_DEPS)
 wheel-smoke: build
 	$(BIN)/python packaging/smoke.py
 
-# Only what the demo runs: the extension (the demo profile: quicker to build, see
-# Cargo.toml), the example kernel plugin and the Rust IPC reader.
-DEMO_TARGET := target/demo
+# Only what the demo runs, in one cargo invocation (so no dependency is built twice) with
+# the demo profile (quicker to build than the wheels' release profile, see Cargo.toml): the
+# extension, the example kernel plugin and the Rust IPC reader. The package and its
+# extension are put together in target/demo/site, which the demo imports from.
+DEMO := target/demo
 demo: $(DEMO_DEPS)
-	$(BIN)/maturin develop --profile demo --locked --quiet
-	cargo build --profile demo --locked -p arrowbridge-example-kernels -p arrowbridge --lib --example ipc_view
-	$(BIN)/python -m arrowbridge.demo --plugin $(DEMO_TARGET)/libarrowbridge_example_kernels.so \
-		--ipc-view $(DEMO_TARGET)/examples/ipc_view
+	PYO3_BUILD_EXTENSION_MODULE=1 cargo build --profile demo --locked -p arrowbridge-py \
+		-p arrowbridge-example-kernels -p arrowbridge --lib --example ipc_view
+	rm -rf $(DEMO)/site && mkdir -p $(DEMO)/site && cp -r python/arrowbridge $(DEMO)/site/
+	cp $(DEMO)/lib_native.so $(DEMO)/site/arrowbridge/_native$$($(BIN)/python -c \
+		'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+	PYTHONPATH=$(DEMO)/site $(BIN)/python -m arrowbridge.demo \
+		--plugin $(DEMO)/libarrowbridge_example_kernels.so --ipc-view $(DEMO)/examples/ipc_view
 
 lint: $(DEPS)
 	cargo fmt --all -- --check

@@ -102,6 +102,26 @@ class TestStream:
             assert [len(b) for b in batches] == [700, 300] * 3
             with arrowbridge.connect(b.location, shm=False) as one:
                 assert np.array_equal(one.get("s", rows=(900, 1_100)), x[900:1_100])
+            # A slice from the cluster client reads the shards that hold it.
+            assert np.array_equal(cluster.get("s", rows=(900, 2_100)), x[900:2_100])
+            cluster.put("d", {"a": np.arange(6), "b": np.ones(6)}, shards=2)
+            assert list(cluster.get("d", columns=["b"], rows=(2, 5))) == ["b"]
+
+    def test_a_cluster_stream_of_a_replaced_item_says_so(self):
+        with (
+            arrowbridge.serve() as a,
+            arrowbridge.serve() as b,
+            ClusterClient([a.location, b.location], shm=False) as cluster,
+        ):
+            cluster.put("s", np.arange(400_000), shards=2)
+            stream = cluster.stream("s", batch_rows=10_000)
+            assert next(stream).tolist() == list(range(10_000))
+            # The put deletes the shards of the version the stream reads: the second shard's
+            # batches, not fetched yet, cannot be read, and the error says why.
+            cluster.put("s", np.arange(400_000) + 1, shards=2)
+            with pytest.raises(arrowbridge.ItemReplacedError, match="replaced or deleted"):
+                for _ in stream:
+                    pass
 
     def test_slices_of_get(self, client):
         client.put("m", np.arange(20).reshape(10, 2))

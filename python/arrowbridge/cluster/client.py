@@ -29,7 +29,7 @@ import re
 import secrets
 import threading
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
@@ -40,6 +40,7 @@ from ..errors import (
     FlightCallError,
     InvalidLocationError,
     InvalidNameError,
+    ItemReplacedError,
     NotDistributableError,
     RemoteNotFoundError,
     ServerUnavailableError,
@@ -242,7 +243,8 @@ class ClusterClient:
             client = self._client(location)
             try:
                 return op(client)
-            except (ServerUnavailableError, RemoteNotFoundError) as e:
+            except (ServerUnavailableError, RemoteNotFoundError, ItemReplacedError) as e:
+                # A replica lost in a restart says its version is gone; another may hold it.
                 failures.append(f"{location}: {e}")
         start, end = shard["rows"]
         raise ServerUnavailableError(
@@ -552,11 +554,31 @@ class ClusterClient:
         failures = self._parallel([functools.partial(delete, *pair) for pair in sorted(pairs)])
         return [f for f in failures if f is not None]
 
-    def get(self, name: str) -> Any:
+    def get(
+        self,
+        name: str,
+        *,
+        columns: Iterable[str] | None = None,
+        rows: tuple[int, int] | None = None,
+    ) -> Any:
         """The item ``name`` in the form it was put, its shards fetched in parallel into one
         contiguous array per column (from the next replica where a server does not
-        answer). One version of it, whole, even while a put replaces it (see :meth:`put`)."""
-        return self._read(name, lambda: self._any(f"get {name!r}", lambda c: c.get(name)))
+        answer). One version of it, whole, even while a put replaces it (see :meth:`put`).
+        ``columns`` and ``rows`` select a part, as :meth:`arrowbridge.Client.get`'s do: only
+        the shards that hold those rows are read.
+
+        >>> import numpy as np, arrowbridge
+        >>> from arrowbridge.cluster import ClusterClient
+        >>> with arrowbridge.serve() as a, arrowbridge.serve() as b:
+        ...     with ClusterClient([a.location, b.location]) as cluster:
+        ...         cluster.put("x", np.arange(6), shards=2)
+        ...         cluster.get("x", rows=(2, 5)).tolist()
+        [2, 3, 4]
+        """
+        return self._read(
+            name,
+            lambda: self._any(f"get {name!r}", lambda c: c.get(name, columns=columns, rows=rows)),
+        )
 
     def stream(self, name: str, **options: Any) -> Any:
         """The item ``name`` as an iterator of batches of its rows, shard by shard in row

@@ -508,6 +508,21 @@ impl Service {
             columns,
         } = ItemTicket::parse(ticket)?;
         let stored = match version {
+            // A shard or part of one version of an item (written once, named by the
+            // version) that is gone was deleted with that version: its reader is told so,
+            // as the reader of a replaced version is, not that the name never existed.
+            None if crate::names::is_written_once(&name) => {
+                self.store.get(&name).ok_or_else(|| {
+                    crate::error::with_kind(
+                        Status::failed_precondition(format!(
+                            "{name:?} held rows of a version that was replaced or deleted, \
+                             and no reader holds it any more; ask for the item's FlightInfo \
+                             again to read the version stored now"
+                        )),
+                        crate::error::KIND_REPLACED,
+                    )
+                })?
+            }
             None => self.stored(&name)?,
             Some(version) => self
                 .store
