@@ -73,7 +73,9 @@ def run_page(page: Path) -> tuple[int, list[str]]:
             failures = runner.run(test, clear_globs=False).failed
             assert failures == 0, f"{failures} doctest example(s) of {where} failed (above)"
         else:
-            exec(compile(block.code, where, "exec"), namespace)
+            # Blank lines first, so that a traceback's line numbers are the page's.
+            code = "\n" * (block.line - 1) + block.code
+            exec(compile(code, name, "exec"), namespace)
         ran += 1
     return ran, skipped
 
