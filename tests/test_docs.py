@@ -148,3 +148,17 @@ def test_no_page_is_left_in_the_readme():
     assert len(readme.splitlines()) < 150, "the README grew: move the details to docs/"
     for link in re.findall(r"\]\((docs/[^)#]+)", readme):
         assert (ROOT / link).exists(), link
+
+
+def test_a_marked_block_is_skipped_with_its_reason(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "```python\nx = 1\n```\n\n<!-- docs-test: skip (serves forever) -->\n"
+        "```python\nwhile True: pass\n```\n\n```pycon\n>>> x + 1\n2\n\n```\n"
+    )
+    found = blocks(page)
+    assert [(b.line, b.skip, b.is_doctest) for b in found] == [
+        (2, None, False),
+        (7, "serves forever", False),
+        (11, None, True),
+    ]
