@@ -99,7 +99,15 @@ instructions: build
 instructions-baseline: build
 	$(BIN)/python benchmarks/instructions.py --record
 
-test: lint rust-test py-test wheel-smoke instructions bench-smoke
+test: lint rust-test py-test docs wheel-smoke instructions bench-smoke
+
+# The documentation site (mkdocs.yml, docs/) into site/: a broken link or anchor, or a page
+# missing from the navigation, fails the build. tests/test_docs.py runs the pages' code.
+docs: $(DEPS)
+	$(BIN)/python -m pip install --quiet -r requirements-docs.txt
+	$(BIN)/ruff check docs/_ext
+	$(BIN)/ruff format --check docs/_ext
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 # The Flight rows compare against iperf3's loopback throughput: installed from Debian's
 # packages when missing (the row says so when that is not possible).

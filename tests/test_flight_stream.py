@@ -288,21 +288,6 @@ class TestStreamedPut:
         assert rss(server_pid) > 1 << 30
 
 
-def test_the_readmes_streams_section_runs():
-    import doctest
-    from pathlib import Path
-
-    text = (Path(__file__).parent.parent / "README.md").read_text()
-    section = text.split("### Streams, slices and asyncio")[1].split("\n## ")[0]
-    examples = "\n".join(block.split("```")[0] for block in section.split("```pycon")[1:])
-    parser = doctest.DocTestParser()
-    test = parser.get_doctest(examples, {}, "README streams", "README.md", 0)
-    assert len(test.examples) > 10
-    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    runner.run(test)
-    assert runner.failures == 0
-
-
 class TestWhatAHostilePassFound:
     def test_a_streamed_put_past_the_budget_is_refused_as_it_comes(self):
         pulled = []

@@ -1,4 +1,4 @@
-"""The interop matrix of the README: every producer into every entry point (`to_numpy`,
+"""The interop matrix of docs/in-process.md: every producer into every entry point (`to_numpy`,
 `call`, an extension function's `ArrayArg`), zero-copy proven by the address of the first
 value: the one the producer exported is the one Rust and NumPy see."""
 

@@ -1,6 +1,6 @@
 """Property tests: every dtype x rank 0-5 (zero-size axes included) x memory layout, through
 every transport. What goes in comes back exactly (dtype, shape, bits), and zero-copy holds
-wherever the README says it does (proven by addresses).
+wherever docs/in-process.md says it does (proven by addresses).
 
 `HYPOTHESIS_PROFILE=nightly` (`make test-long`) runs ten times as many examples.
 """

@@ -456,21 +456,6 @@ def test_ipc_refuses_ragged_columns_of_another_length(tmp_path):
         arrowbridge.write_ipc(tmp_path / "x.arrow", {"a": [np.ones(2)], "b": np.ones(3)})
 
 
-def test_the_readmes_ragged_section_runs():
-    import doctest
-    from pathlib import Path
-
-    text = (Path(__file__).parent.parent / "README.md").read_text()
-    section = text.split("## Ragged data")[1].split("\n## ")[0]
-    examples = "\n".join(block.split("```")[0] for block in section.split("```pycon")[1:])
-    parser = doctest.DocTestParser()
-    test = parser.get_doctest(examples, {}, "README ragged data", "README.md", 0)
-    assert test.examples
-    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    runner.run(test)
-    assert runner.failures == 0
-
-
 def test_extension_functions_take_ragged_arguments_as_views():
     rowstats = pytest.importorskip("rowstats")  # built by `make build` (examples/extension)
     arrays = [np.arange(6.0).reshape(2, 3), np.ones((1, 4)), np.zeros((0, 2))]

@@ -1,4 +1,4 @@
-"""to_arrow: NumPy -> pyarrow, zero-copy where the README says so, and what pyarrow sees."""
+"""to_arrow: NumPy -> pyarrow, zero-copy where docs/in-process.md says so, and what pyarrow sees."""
 
 import gc
 import weakref

@@ -103,7 +103,8 @@ def serve(
 
     With ``shm`` (the default, on Linux), clients on this host and of this user may put and
     get items as sealed shared memory, through a second socket in ``$TMPDIR/arrowbridge-<uid>/``
-    (see the README's security model); ``shm=False`` offers only gRPC.
+    (see the security model in the Flight page of the documentation, docs/flight.md);
+    ``shm=False`` offers only gRPC.
 
     ``max_bytes`` is the server's memory budget: the most bytes its stored items may take
     (gRPC, shared-memory and data-directory puts alike; a shared-memory put counts at its
