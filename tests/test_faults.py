@@ -114,7 +114,13 @@ c.put(sys.argv[2], x)
                     text=True,
                 )
                 assert v.stdout.readline().strip() == "sending"
-                time.sleep(random.Random(i).uniform(0.05, 0.4))
+                # Killed once the server is receiving (its memory grows; on a loaded machine
+                # that can take a while), a random moment later.
+                before, waited = rss_bytes(proc.pid), time.monotonic() + 5
+                while rss_bytes(proc.pid) - before < 16 * 2**20 and time.monotonic() < waited:
+                    time.sleep(0.005)
+                peak = max(peak, rss_bytes(proc.pid))
+                time.sleep(random.Random(i).uniform(0.0, 0.15))
                 peak = max(peak, rss_bytes(proc.pid))
                 v.kill()
                 v.wait()
