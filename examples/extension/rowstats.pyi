@@ -2,7 +2,8 @@
 
 Every array argument takes NumPy arrays, Arrow producers (pyarrow, polars, duckdb,
 nanoarrow, arro3) and DLPack producers (JAX, PyTorch) without copies; a bad one raises an
-exception of ``arrowbridge.errors`` with a note naming the parameter.
+exception of ``arrowbridge.errors`` with a note naming the parameter (without the arrowbridge
+package installed, the built-in exception that class derives from, with the same message).
 """
 
 from typing import Any
@@ -16,6 +17,7 @@ __all__ = [
     "dot",
     "ragged_addresses",
     "ragged_means",
+    "raise_error",
     "row_means",
     "row_means_numpy",
     "scale",
@@ -53,6 +55,11 @@ def address(x: Any) -> int:
 
 def arange(n: int) -> tuple[np.ndarray, int]:
     """``0 .. n-1`` as float64, and the address Rust allocated them at."""
+
+def raise_error(variant: str) -> None:
+    """Raises the exception of the ``arrowbridge::Error`` variant named ``variant``
+    (``"Shape"``, ``"OutOfMemory"``, ...): the ``arrowbridge.errors`` class, or without the
+    arrowbridge package the built-in class it derives from, with the same message."""
 
 def total_numpy(x: np.ndarray) -> float:
     """``total`` written with rust-numpy's ``PyReadonlyArrayDyn`` (NumPy arrays only)."""

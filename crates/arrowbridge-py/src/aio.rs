@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arrowbridge_flight::{Client, ClientError, ClientResult};
-use arrowbridge_pyo3::errors::BridgeResult;
+use arrowbridge_pyo3::BridgeResult;
 use pyo3::prelude::*;
 
 use crate::flight::client_error;

@@ -15,11 +15,11 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use pyo3::{ffi, intern, Borrowed};
 use smallvec::SmallVec;
 
-use arrowbridge_pyo3::errors::{no_panic, BridgeResult};
-use arrowbridge_pyo3::input::{dlpack_numpy, protocol, read_tensor, Protocol};
-use arrowbridge_pyo3::numpy_input::{data_address, tensor_from_numpy, Realign, Want};
-use arrowbridge_pyo3::numpy_output::{tensor_into_numpy, tensor_to_numpy_with_base};
-use arrowbridge_pyo3::ragged::read_ragged;
+use arrowbridge_pyo3::internal::input::{dlpack_numpy, protocol, read_tensor, Protocol};
+use arrowbridge_pyo3::internal::numpy_input::{data_address, tensor_from_numpy, Realign, Want};
+use arrowbridge_pyo3::internal::numpy_output::{tensor_into_numpy, tensor_to_numpy_with_base};
+use arrowbridge_pyo3::internal::ragged::read_ragged;
+use arrowbridge_pyo3::{no_panic, BridgeResult};
 
 /// Inputs of at least this many bytes are processed with the GIL released.
 const RELEASE_GIL_BYTES: usize = 1 << 16;

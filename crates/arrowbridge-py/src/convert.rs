@@ -4,12 +4,14 @@ use numpy::PyUntypedArray;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use arrowbridge_pyo3::capsule::{export_tensor, import_c_array, import_c_stream, imported_tensor};
-use arrowbridge_pyo3::errors::{no_panic, BridgeResult};
-use arrowbridge_pyo3::input::{dlpack_numpy, protocol, read_tensor, Protocol};
-use arrowbridge_pyo3::numpy_input::{tensor_from_numpy, CopyPolicy, Realign, Want};
-use arrowbridge_pyo3::numpy_output::tensor_to_numpy;
-use arrowbridge_pyo3::ragged::{is_ragged, ragged_chunks, rows_to_numpy};
+use arrowbridge_pyo3::internal::capsule::{
+    export_tensor, import_c_array, import_c_stream, imported_tensor,
+};
+use arrowbridge_pyo3::internal::input::{dlpack_numpy, protocol, read_tensor, Protocol};
+use arrowbridge_pyo3::internal::numpy_input::{tensor_from_numpy, CopyPolicy, Realign, Want};
+use arrowbridge_pyo3::internal::numpy_output::tensor_to_numpy;
+use arrowbridge_pyo3::internal::ragged::{is_ragged, ragged_chunks, rows_to_numpy};
+use arrowbridge_pyo3::{no_panic, BridgeResult};
 
 /// Exports a NumPy array as the (schema, array) capsules of an Arrow array.
 #[pyfunction]
@@ -44,7 +46,7 @@ pub fn to_numpy<'py>(obj: &Bound<'py, PyAny>, copy: CopyPolicy) -> BridgeResult<
         };
         if let Some(array) = numpy {
             return Ok(if copy == Some(true) {
-                arrowbridge_pyo3::numpy_input::c_order_copy(&array)?.into_any()
+                arrowbridge_pyo3::internal::numpy_input::c_order_copy(&array)?.into_any()
             } else {
                 array.into_any()
             });
@@ -66,9 +68,11 @@ pub fn to_numpy<'py>(obj: &Bound<'py, PyAny>, copy: CopyPolicy) -> BridgeResult<
         };
         let array = tensor_to_numpy(py, &tensor, false)?;
         Ok(if copy == Some(true) {
-            arrowbridge_pyo3::numpy_input::c_order_copy(array.cast::<PyUntypedArray>()?)?.into_any()
+            arrowbridge_pyo3::internal::numpy_input::c_order_copy(array.cast::<PyUntypedArray>()?)?
+                .into_any()
         } else {
             array
         })
     })
 }
+

@@ -18,26 +18,32 @@ use arrowbridge_flight::{
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
-use arrowbridge_pyo3::capsule::import_batch_stream;
-use arrowbridge_pyo3::errors::{no_panic, python_error, BridgeError, BridgeResult};
-use arrowbridge_pyo3::numpy_output::tensor_to_numpy;
+use arrowbridge_pyo3::internal::capsule::import_batch_stream;
+use arrowbridge_pyo3::internal::numpy_output::tensor_to_numpy;
+use arrowbridge_pyo3::internal::python_error;
+use arrowbridge_pyo3::{no_panic, BridgeError, BridgeResult};
+use pyo3::exceptions as builtin;
 
 use crate::aio::{spawn_call, Done, PendingCall};
 
 /// A failure to start or stop a server, as the exception a Python user expects: `OSError`
 /// subclasses (with the errno) for an address or data directory that cannot be used.
-fn server_error(e: arrowbridge_flight::FlightServerError) -> arrowbridge_pyo3::errors::BridgeError {
+fn server_error(e: arrowbridge_flight::FlightServerError) -> arrowbridge_pyo3::BridgeError {
     use arrowbridge_flight::FlightServerError as E;
     let message = e.to_string();
     match e {
         E::Core(core) => core.into(),
         E::Listen { source, .. } => match source.raw_os_error() {
-            Some(errno) => python_error("ServerStartError", (errno, message)).into(),
-            None => python_error("ServerStartError", (message,)).into(),
+            Some(errno) => {
+                python_error::<builtin::PyOSError, _>("ServerStartError", (errno, message)).into()
+            }
+            None => python_error::<builtin::PyOSError, _>("ServerStartError", (message,)).into(),
         },
-        E::Io { .. } => python_error("FileError", (message,)).into(),
-        E::Tls(_) => python_error("TLSConfigError", (message,)).into(),
-        other => python_error("ServerStartError", (other.to_string(),)).into(),
+        E::Io { .. } => python_error::<builtin::PyOSError, _>("FileError", (message,)).into(),
+        E::Tls(_) => python_error::<builtin::PyValueError, _>("TLSConfigError", (message,)).into(),
+        other => {
+            python_error::<builtin::PyOSError, _>("ServerStartError", (other.to_string(),)).into()
+        }
     }
 }
 
@@ -127,37 +133,52 @@ pub fn stream_to_arrays<'py>(data: &Bound<'py, PyAny>) -> BridgeResult<Bound<'py
 
 /// A client error as the exception of `arrowbridge.errors` its gRPC status code (and, where
 /// the code alone is ambiguous, the server's error kind) calls for; never chosen by message.
-pub(crate) fn client_error(e: ClientError) -> arrowbridge_pyo3::errors::BridgeError {
+pub(crate) fn client_error(e: ClientError) -> arrowbridge_pyo3::BridgeError {
     use tonic::Code;
     let message = e.to_string();
-    let class = match e {
-        ClientError::Local(core) => return core.into(),
-        ClientError::Location(_) => "InvalidLocationError",
-        ClientError::Timeout { .. } => "FlightTimeoutError",
+    let message = (message,);
+    match e {
+        ClientError::Local(core) => core.into(),
+        ClientError::Location(_) => {
+            python_error::<builtin::PyValueError, _>("InvalidLocationError", message).into()
+        }
+        ClientError::Timeout { .. } => {
+            python_error::<builtin::PyTimeoutError, _>("FlightTimeoutError", message).into()
+        }
         ClientError::Interrupted(_) => {
             // The exception the signal handler raised (KeyboardInterrupt for Ctrl+C).
             let raised = INTERRUPT.with(|pending| pending.borrow_mut().take());
-            return raised
-                .unwrap_or_else(|| pyo3::exceptions::PyKeyboardInterrupt::new_err(message))
-                .into();
+            raised
+                .unwrap_or_else(|| builtin::PyKeyboardInterrupt::new_err(message))
+                .into()
         }
         ClientError::Remote { code, kind, .. } => match (code, kind.as_deref()) {
-            (_, Some(arrowbridge_flight::KIND_REPLACED)) => "ItemReplacedError",
-            (Code::Unauthenticated | Code::PermissionDenied, _) => "AuthenticationError",
-            (Code::Unavailable, _) => "ServerUnavailableError",
-            (Code::NotFound, _) => "RemoteNotFoundError",
-            (_, Some(arrowbridge_flight::KIND_STORAGE)) => "RemoteStorageError",
+            (_, Some(arrowbridge_flight::KIND_REPLACED)) => {
+                python_error::<builtin::PyLookupError, _>("ItemReplacedError", message)
+            }
+            (Code::Unauthenticated | Code::PermissionDenied, _) => {
+                python_error::<builtin::PyPermissionError, _>("AuthenticationError", message)
+            }
+            (Code::Unavailable, _) => {
+                python_error::<builtin::PyConnectionError, _>("ServerUnavailableError", message)
+            }
+            (Code::NotFound, _) => {
+                python_error::<builtin::PyLookupError, _>("RemoteNotFoundError", message)
+            }
+            (_, Some(arrowbridge_flight::KIND_STORAGE)) => {
+                python_error::<builtin::PyOSError, _>("RemoteStorageError", message)
+            }
             (Code::ResourceExhausted, Some(arrowbridge_flight::KIND_OUT_OF_MEMORY)) => {
-                "RemoteOutOfMemoryError"
+                python_error::<builtin::PyMemoryError, _>("RemoteOutOfMemoryError", message)
             }
             (Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition, _) => {
-                "RemoteInvalidError"
+                python_error::<builtin::PyValueError, _>("RemoteInvalidError", message)
             }
-            _ => "FlightCallError",
-        },
-        _ => "FlightCallError",
-    };
-    python_error(class, (message,)).into()
+            _ => python_error::<builtin::PyRuntimeError, _>("FlightCallError", message),
+        }
+        .into(),
+        _ => python_error::<builtin::PyRuntimeError, _>("FlightCallError", message).into(),
+    }
 }
 
 thread_local! {
@@ -178,7 +199,7 @@ fn seconds(timeout: Option<f64>) -> BridgeResult<Option<Duration>> {
         None => Ok(None),
         Some(t) if t == f64::INFINITY => Ok(None),
         Some(t) => Duration::try_from_secs_f64(t).map(Some).map_err(|_| {
-            arrowbridge_pyo3::errors::BridgeError::from(arrowbridge::Error::invalid(
+            arrowbridge_pyo3::BridgeError::from(arrowbridge::Error::invalid(
                 "timeout",
                 format!("{t} is not a number of seconds >= 0"),
             ))
@@ -218,8 +239,8 @@ fn limited<T: Send>(
 }
 
 /// The client's error once it is closed.
-fn closed() -> arrowbridge_pyo3::errors::BridgeError {
-    python_error(
+fn closed() -> arrowbridge_pyo3::BridgeError {
+    python_error::<builtin::PyRuntimeError, _>(
         "FlightCallError",
         ("the client is closed (by close() or its with block); connect() again",),
     )
@@ -323,7 +344,7 @@ impl FlightClient {
             };
             let tensors = arrays
                 .iter()
-                .map(|a| arrowbridge_pyo3::input::column_input(&a))
+                .map(|a| arrowbridge_pyo3::internal::input::column_input(&a))
                 .collect::<BridgeResult<Vec<_>>>()?;
             let columns: Vec<(&str, &ArrowTensor)> =
                 names.iter().map(String::as_str).zip(&tensors).collect();
@@ -531,7 +552,9 @@ impl FlightClient {
                     tensors.push(None);
                 } else {
                     stored.push(None);
-                    tensors.push(Some(arrowbridge_pyo3::input::column_input(value)?));
+                    tensors.push(Some(arrowbridge_pyo3::internal::input::column_input(
+                        value,
+                    )?));
                 }
             }
             let args: Vec<Arg<'_>> = stored
@@ -690,7 +713,7 @@ impl FlightClient {
             inputs.push(if kind == "stored" {
                 Err(value.extract::<String>()?)
             } else {
-                Ok(arrowbridge_pyo3::input::column_input(value)?)
+                Ok(arrowbridge_pyo3::internal::input::column_input(value)?)
             });
         }
         let what = format!("call {kernel:?}");
@@ -949,7 +972,7 @@ fn batch_tensors(
 ) -> BridgeResult<Vec<(String, ArrowTensor)>> {
     let tensors = arrays
         .iter()
-        .map(|a| arrowbridge_pyo3::input::column_input(&a))
+        .map(|a| arrowbridge_pyo3::internal::input::column_input(&a))
         .collect::<BridgeResult<Vec<_>>>()?;
     Ok(names.into_iter().zip(tensors).collect())
 }

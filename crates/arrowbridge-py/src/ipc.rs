@@ -9,11 +9,11 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
-use arrowbridge_pyo3::capsule::import_batch_stream;
-use arrowbridge_pyo3::errors::{no_panic, BridgeResult};
-use arrowbridge_pyo3::input::columns_batch;
-use arrowbridge_pyo3::numpy_output::tensor_to_numpy;
-use arrowbridge_pyo3::ragged::rows_to_numpy;
+use arrowbridge_pyo3::internal::capsule::import_batch_stream;
+use arrowbridge_pyo3::internal::input::columns_batch;
+use arrowbridge_pyo3::internal::numpy_output::tensor_to_numpy;
+use arrowbridge_pyo3::internal::ragged::rows_to_numpy;
+use arrowbridge_pyo3::{no_panic, BridgeResult};
 
 fn write_options(format: &str, compression: Option<&str>) -> PyResult<WriteOptions> {
     let format = match format {

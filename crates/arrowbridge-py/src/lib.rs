@@ -46,7 +46,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<aio::PendingCall>()?;
     m.add_class::<aio::Completions>()?;
     m.add_function(wrap_pyfunction!(flight::stream_to_arrays, m)?)?;
-    arrowbridge_pyo3::arrow_memory::register(m)?;
+    arrowbridge_pyo3::internal::arrow_memory::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -6,11 +6,11 @@ use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
 
 use arrowbridge::{Error, RaggedMetadata, RaggedTensor};
-use arrowbridge_pyo3::capsule::export_ragged;
-use arrowbridge_pyo3::errors::{no_panic, BridgeResult};
-use arrowbridge_pyo3::input::input_tensor;
-use arrowbridge_pyo3::numpy_input::{c_order_copy, CopyPolicy, Want};
-use arrowbridge_pyo3::ragged::{parts_to_numpy, ragged_from_list, read_ragged};
+use arrowbridge_pyo3::internal::capsule::export_ragged;
+use arrowbridge_pyo3::internal::input::input_tensor;
+use arrowbridge_pyo3::internal::numpy_input::{c_order_copy, CopyPolicy, Want};
+use arrowbridge_pyo3::internal::ragged::{parts_to_numpy, ragged_from_list, read_ragged};
+use arrowbridge_pyo3::{no_panic, BridgeResult};
 
 /// Copies a list of arrays of one dtype and rank into one `arrow.variable_shape_tensor` and
 /// exports it as the (schema, array) capsules of an Arrow array.

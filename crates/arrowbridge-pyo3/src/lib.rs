@@ -6,25 +6,30 @@
 //! an extension's arguments are checked as arrowbridge's own are, and a bad one raises the
 //! same exception of `arrowbridge.errors`.
 
-pub mod alloc;
-pub mod arg;
-pub mod arrow_memory;
-pub mod capsule;
-pub mod dlpack;
-pub mod errors;
-pub mod input;
-pub mod numpy_input;
-pub mod numpy_output;
-pub mod ragged;
-pub mod recycle;
+#![deny(missing_docs)]
+
+mod alloc;
+mod arg;
+mod errors;
+#[doc(hidden)]
+pub mod internal;
+mod ragged_arg;
+mod recycle;
+
+// The conversion code lives in `internal`; the crate's own modules reach it by these names.
+use internal::{arrow_memory, capsule, dlpack, input, numpy_input, numpy_output, ragged};
 
 pub use alloc::Aligned64;
 pub use arg::{
     ArgElement, ArrayArg, ArrayArg1, ArrayArg2, ArrayArgDyn, ArrayArgMut, ArrayArgMut1,
     ArrayArgMut2, ArrayArgMutDyn, ArrayOut,
 };
+/// The core crate (no Python in it): [`arrowbridge::Error`], the one error type an
+/// extension returns, [`arrowbridge::ArrowTensor`], [`arrowbridge::RaggedTensor`], the IPC
+/// reader and writer. Re-exported so that an extension names the version this crate uses.
+pub use arrowbridge;
 pub use errors::{no_panic, BridgeError, BridgeResult};
-pub use ragged::RaggedArg;
+pub use ragged_arg::RaggedArg;
 pub use recycle::Recycling;
 
 /// Initialises every process-wide cache of this crate (NumPy's API and dtypes, the DLPack
@@ -48,7 +53,6 @@ pub fn prepare_for_fork(py: pyo3::Python<'_>) -> pyo3::PyResult<()> {
     }
     numpy_input::masked_type(py)?;
     dlpack::dlpack_args(py);
-    // Only an extension run with the arrowbridge package has its error classes.
-    let _ = errors::python_error("ArrowBridgeError", ());
+    errors::prepare(py);
     Ok(())
 }

@@ -3,7 +3,7 @@
 use arrowbridge::{ArrowTensor, Kernel, Params, Result};
 use pyo3::prelude::*;
 
-use arrowbridge_pyo3::errors::BridgeResult;
+use arrowbridge_pyo3::BridgeResult;
 
 fn panics(_: &[ArrowTensor], params: &Params) -> Result<Vec<ArrowTensor>> {
     let message = match params.get("message") {

@@ -66,4 +66,6 @@ pub use tensor::{
 };
 pub use view::DynView;
 
+/// The error of the Arrow libraries, which [`Error::Arrow`] carries.
+pub use arrow_schema::ArrowError;
 pub use arrow_schema::TimeUnit;

@@ -6,7 +6,10 @@
 //! with rust-numpy's `PyReadonlyArray`, which takes NumPy arrays only: the benchmarks
 //! compare the two.
 
-use arrowbridge_pyo3::{ArrayArg1, ArrayArg2, ArrayArgDyn, ArrayArgMutDyn, ArrayOut, RaggedArg};
+use arrowbridge_pyo3::arrowbridge::Error;
+use arrowbridge_pyo3::{
+    ArrayArg1, ArrayArg2, ArrayArgDyn, ArrayArgMutDyn, ArrayOut, BridgeResult, RaggedArg,
+};
 use ndarray::{Array1, ArrayView2, Axis, Ix1};
 use numpy::{PyReadonlyArray2, PyReadonlyArrayDyn};
 use pyo3::prelude::*;
@@ -92,6 +95,99 @@ fn ragged_addresses(x: RaggedArg<'_, f64>) -> Vec<usize> {
     x.rows().map(|r| r.as_ptr() as usize).collect()
 }
 
+/// Raises the error of the `arrowbridge::Error` variant named `variant`: a demonstration of
+/// what an extension's errors become in Python. With the arrowbridge package installed each
+/// is the class of `arrowbridge.errors` that names it; without, the built-in class that class
+/// derives from (`ValueError`, `TypeError`, `MemoryError`, ...), with the same message. The
+/// tests raise every variant both ways.
+#[pyfunction]
+fn raise_error(variant: &str) -> BridgeResult<()> {
+    let what = || "x".to_string();
+    let text = |s: &str| s.to_string();
+    let error = match variant {
+        "Nulls" => Error::Nulls {
+            what: what(),
+            count: 2,
+        },
+        "Misaligned" => Error::Misaligned {
+            what: what(),
+            address: 0x1001,
+            align: 8,
+            misalignment: 1,
+        },
+        "ByteOrder" => Error::ByteOrder {
+            what: what(),
+            dtype: text(">f8"),
+        },
+        "UnsupportedType" => Error::UnsupportedType {
+            what: what(),
+            kind: "dtype",
+            name: text("object"),
+        },
+        "Device" => Error::Device {
+            what: what(),
+            device: text("cuda:0"),
+        },
+        "ReadOnly" => Error::ReadOnly { what: what() },
+        "AlreadyBorrowed" => Error::AlreadyBorrowed {
+            what: what(),
+            how: "a mutable view must be alone",
+        },
+        "DType" => Error::DType {
+            kernel: text("k"),
+            arg: 0,
+            expected: text("float64"),
+            got: text("int64"),
+        },
+        "Mismatch" => Error::Mismatch {
+            what: what(),
+            expected: text("float64"),
+            got: text("int64"),
+        },
+        "Shape" => Error::shape("row_means", "1 dimension(s), expected 2"),
+        "UnknownKernel" => Error::UnknownKernel {
+            name: text("nope"),
+            available: text("sum"),
+        },
+        "Param" => Error::Param {
+            kernel: text("k"),
+            name: text("axis"),
+            message: text("unknown"),
+        },
+        "CopyRequired" => Error::CopyRequired {
+            what: what(),
+            reason: text("Fortran order"),
+        },
+        "InvalidData" => Error::invalid(what(), "offsets decrease"),
+        "Kernel" => Error::kernel("k", "diverged"),
+        "Io" => Error::Io {
+            path: text("/nonexistent"),
+            source: std::io::ErrorKind::NotFound.into(),
+        },
+        "BadFile" => Error::BadFile {
+            path: text("x.arrow"),
+            message: text("truncated"),
+        },
+        "Plugin" => Error::Plugin {
+            path: text("libk.so"),
+            message: text("no such file"),
+        },
+        "OutOfMemory" => Error::OutOfMemory {
+            what: what(),
+            bytes: 1 << 50,
+            reason: text("over the limit"),
+        },
+        "Arrow" => Error::Arrow(arrowbridge_pyo3::arrowbridge::ArrowError::ComputeError(
+            text("overflow"),
+        )),
+        other => {
+            let message = format!("no arrowbridge::Error variant {other:?}");
+            return Err(pyo3::exceptions::PyKeyError::new_err(message).into());
+        }
+    };
+    Err(error.into())
+}
+
 /// `total`, with rust-numpy's argument type.
 #[pyfunction]
 fn total_numpy(x: PyReadonlyArrayDyn<'_, f64>) -> f64 {
@@ -124,6 +220,7 @@ fn rowstats(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(arange, m)?)?;
     m.add_function(wrap_pyfunction!(ragged_means, m)?)?;
     m.add_function(wrap_pyfunction!(ragged_addresses, m)?)?;
+    m.add_function(wrap_pyfunction!(raise_error, m)?)?;
     m.add_function(wrap_pyfunction!(total_numpy, m)?)?;
     m.add_function(wrap_pyfunction!(row_means_numpy, m)?)?;
     Ok(())

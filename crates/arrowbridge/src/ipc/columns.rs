@@ -1,0 +1,191 @@
+//! Named tensors as record batches (one column each) and back.
+
+use std::sync::Arc;
+
+use arrow_array::{Array, ArrayRef, RecordBatch, RecordBatchOptions};
+use arrow_schema::{Field, Schema};
+
+use crate::error::{Error, Result};
+use crate::ragged::RaggedTensor;
+use crate::tensor::{ArrowTensor, Form};
+
+use super::*;
+
+/// pyarrow, polars and duckdb expect). Otherwise every column holds its whole array in a
+/// single row, marked `arrowbridge.form = element`, so that any set of shapes round-trips.
+/// One record batch holding `columns`.
+///
+/// When every tensor has at least one axis and all share the length of axis 0, they become
+/// rows of one table (a file of `embeddings` (N, 768) and `labels` (N,) is N rows, as
+/// pyarrow, polars and duckdb expect). Otherwise every column holds its whole array in a
+/// single row, marked `arrowbridge.form = element`, so that any set of shapes round-trips.
+pub fn record_batch(columns: &[(&str, &ArrowTensor)]) -> Result<RecordBatch> {
+    let rows = columns
+        .first()
+        .and_then(|(_, t)| t.shape().first().copied());
+    let as_rows = rows.is_some()
+        && columns
+            .iter()
+            .all(|(_, t)| t.form() == Form::Rows && t.shape().first().copied() == rows);
+    let mut fields = Vec::with_capacity(columns.len());
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(columns.len());
+    for (name, tensor) in columns {
+        if as_rows {
+            fields.push(tensor.field(name));
+            arrays.push(tensor.array());
+        } else {
+            let element = tensor.as_element();
+            fields.push(column_field(name, &element));
+            arrays.push(element.array());
+        }
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let options =
+        RecordBatchOptions::new().with_row_count(Some(if as_rows { rows.unwrap_or(0) } else { 1 }));
+    Ok(RecordBatch::try_new_with_options(schema, arrays, &options)?)
+}
+
+/// A column of a table: a tensor, or ragged data (`arrow.variable_shape_tensor`), one part
+/// per record batch when read (each part a view of its batch).
+#[derive(Clone, Debug)]
+pub enum Column {
+    /// A tensor (see [`record_batch`] for how it becomes rows).
+    Tensor(ArrowTensor),
+    /// Ragged data: one row per tensor.
+    Ragged(Vec<RaggedTensor>),
+}
+
+/// One record batch holding `columns`, some of them ragged: every column must have the same
+/// number of rows (a ragged column one per tensor, a tensor the length of its axis 0). Without
+/// a ragged column this is [`record_batch`].
+pub fn record_batch_of(columns: &[(&str, &Column)]) -> Result<RecordBatch> {
+    if columns.iter().all(|(_, c)| matches!(c, Column::Tensor(_))) {
+        let tensors: Vec<(&str, &ArrowTensor)> = columns
+            .iter()
+            .map(|(name, c)| match c {
+                Column::Tensor(t) => (*name, t),
+                Column::Ragged(_) => unreachable!("checked above"),
+            })
+            .collect();
+        return record_batch(&tensors);
+    }
+    let mut fields = Vec::with_capacity(columns.len());
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(columns.len());
+    let mut rows: Option<(&str, usize)> = None;
+    for (name, column) in columns {
+        let (field, array, n) = match column {
+            Column::Tensor(t) if t.form() == Form::Rows && !t.shape().is_empty() => {
+                (t.field(name), t.array(), t.shape()[0])
+            }
+            Column::Tensor(t) => {
+                return Err(Error::shape(
+                    format!("column {name:?}"),
+                    format!(
+                        "an array of shape {:?} cannot share a table with ragged columns (it has no rows)",
+                        t.shape()
+                    ),
+                ))
+            }
+            Column::Ragged(parts) => {
+                let joined = RaggedTensor::concat(parts)?;
+                (joined.field(name), joined.array(), joined.len())
+            }
+        };
+        match rows {
+            Some((first, r)) if r != n => {
+                return Err(Error::shape(
+                    format!("column {name:?}"),
+                    format!(
+                        "{n} rows, column {first:?} has {r}: a table with ragged columns needs one row count (a ragged column has one row per array)"
+                    ),
+                ))
+            }
+            None => rows = Some((name, n)),
+            _ => {}
+        }
+        fields.push(field);
+        arrays.push(array);
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let options = RecordBatchOptions::new().with_row_count(rows.map(|(_, n)| n));
+    Ok(RecordBatch::try_new_with_options(schema, arrays, &options)?)
+}
+
+/// The field of a column holding `tensor`: its own [`ArrowTensor::field`], marked
+/// `arrowbridge.form = element` when the tensor is one whole element.
+pub(crate) fn column_field(name: &str, tensor: &ArrowTensor) -> Field {
+    let field = tensor.field(name);
+    if tensor.form() == Form::Rows {
+        return field;
+    }
+    let mut metadata = field.metadata().clone();
+    metadata.insert(FORM_KEY.to_string(), "element".to_string());
+    field.with_metadata(metadata)
+}
+
+/// The tensor a column of a record batch holds: a view of its buffers, except for a
+/// bit-packed `boolean` column (pyarrow's bool), which is unpacked into bytes (a copy).
+pub(crate) fn column_tensor(field: &Field, array: &dyn Array) -> Result<ArrowTensor> {
+    let tensor = ArrowTensor::from_arrow_unpacking(field, array.to_data())?;
+    match field.metadata().get(FORM_KEY).map(String::as_str) {
+        Some("element") => tensor.into_element(),
+        Some("flat") => tensor.reshaped(&flat_shape(field)?),
+        _ => Ok(tensor),
+    }
+}
+
+/// The shape a flat column restores (see [`wire_batches`]).
+pub(super) fn flat_shape(field: &Field) -> Result<Vec<usize>> {
+    let what = format!("field {:?}", field.name());
+    let json = field
+        .metadata()
+        .get(SHAPE_KEY)
+        .ok_or_else(|| Error::invalid(&what, format!("a flat column without {SHAPE_KEY}")))?;
+    serde_json::from_str(json)
+        .map_err(|e| Error::invalid(&what, format!("{SHAPE_KEY} {json:?}: {e}")))
+}
+
+/// The tensor of column `index` across `batches`: a view when there is one batch, a
+/// concatenation (a copy) when there are several.
+pub fn column_across(
+    schema: &Schema,
+    batches: &[RecordBatch],
+    index: usize,
+) -> Result<ArrowTensor> {
+    let field = schema.field(index);
+    match batches {
+        [one] => column_tensor(field, one.column(index).as_ref()),
+        [] => column_tensor(field, empty_column(field)?.as_ref()),
+        _ => {
+            let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(index).as_ref()).collect();
+            let joined = arrow_select::concat::concat(&parts)?;
+            column_tensor(field, joined.as_ref())
+        }
+    }
+}
+
+/// An empty array of `field`'s type, for the types a tensor can be read from (primitive
+/// arrays and fixed-size lists of them); other types are refused here, because arrow-array
+/// panics on some that a schema can declare (a map whose entries are not a struct).
+pub(super) fn empty_column(field: &Field) -> Result<ArrayRef> {
+    use arrow_schema::DataType as D;
+    let carried = match field.data_type() {
+        D::FixedSizeList(child, _) => child.data_type().is_primitive(),
+        other => other.is_primitive() || other == &D::Boolean,
+    };
+    if !carried {
+        return Err(Error::UnsupportedType {
+            what: format!("field {:?}", field.name()),
+            kind: "Arrow type",
+            name: field.data_type().to_string(),
+        });
+    }
+    Ok(arrow_array::new_empty_array(field.data_type()))
+}
+
+/// Every column of `batches` as a named tensor (see [`column_across`]).
+pub fn tensors_of(schema: &Schema, batches: &[RecordBatch]) -> Result<Vec<(String, ArrowTensor)>> {
+    (0..schema.fields().len())
+        .map(|i| column_across(schema, batches, i).map(|t| (schema.field(i).name().clone(), t)))
+        .collect()
+}
