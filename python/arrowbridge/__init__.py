@@ -58,7 +58,7 @@ from .errors import (
     UnsupportedTypeError,
 )
 from .flight import Client, ItemStream, Server, connect, serve
-from .ipc import IpcReader, iter_ipc, open_ipc, read_ipc, write_ipc
+from .ipc import AtomicWrite, IpcReader, iter_ipc, open_ipc, read_ipc, write_ipc
 
 __version__: str = _native.__version__
 
@@ -275,6 +275,7 @@ __test__ = {"call": call.__doc__, "kernels": kernels.__doc__, "load_kernels": lo
 __all__ = [
     "AlreadyBorrowedError",
     "ArrowBridgeError",
+    "AtomicWrite",
     "AuthenticationError",
     "ByteOrderError",
     "Client",

@@ -13,12 +13,9 @@ from __future__ import annotations
 import argparse
 import ast
 import collections
-import contextlib
 import json
 import math
 import os
-import secrets
-import stat
 import sys
 import tokenize
 import zipfile
@@ -29,6 +26,7 @@ from typing import Any
 import numpy as np
 
 import arrowbridge
+from arrowbridge._native import AtomicWrite
 
 ARROW_SUFFIXES = {".arrow", ".arrows", ".feather", ".ipc"}
 PROGRESS_MIN_BYTES = 64 << 20
@@ -339,35 +337,6 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
     )
 
 
-@contextlib.contextmanager
-def replacing(path: Path):
-    """Yields a new temporary file next to ``path`` to write, then renames it to ``path``.
-
-    Writing ``path`` in place would truncate an input that is still being read from it
-    (``convert a.npy a.npy``) and leave half a file after a crash; the rename is atomic, and a
-    mapping of the old file keeps its data alive.
-    """
-    tmp = path.with_name(f".{path.name[:128]}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        keep_mode: int | None = stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        keep_mode = None  # a new file: 0666 less the umask, as os.open makes it
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-    try:
-        yield tmp
-        if keep_mode is not None:
-            os.chmod(tmp, keep_mode)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # the data is on disk before the name points at it, as in write_ipc
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
 def save_arrays(path: Path, arrays: dict[str, np.ndarray], progress: Progress) -> None:
     suffix = path.suffix.lower()
     if suffix in ARROW_SUFFIXES:
@@ -386,7 +355,9 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray], progress: Progress) -
         if suffix == ".safetensors":
             for name, array in arrays.items():
                 safetensors_dtype(path, name, array.dtype)  # before anything is written
-        with replacing(path) as tmp:
+        # Not in place: an input still being read from it (`convert a.npy a.npy`) would be
+        # truncated, and a crash would leave half a file.
+        with AtomicWrite(path) as tmp:
             save_numpy_format(tmp, suffix, arrays, progress)
 
 

@@ -2,12 +2,14 @@
 
 import builtins
 import os
+import pathlib
 from typing import Any, final
 
 import numpy as np
 
 __all__ = [
     "ArrowMemory",
+    "AtomicWrite",
     "Completions",
     "FlightClient",
     "FlightPut",
@@ -101,6 +103,18 @@ def write_stream(
 
 def stream_to_arrays(data: Any) -> dict[str, np.ndarray]:
     """Every column of an ``__arrow_c_stream__`` producer as NumPy arrays."""
+
+@final
+class AtomicWrite:
+    """A file written atomically: ``with AtomicWrite(path) as tmp:`` gives a new temporary
+    file next to ``path`` to write by name; when the block ends without an exception, the
+    file is flushed to disk and renamed to ``path`` (keeping the permission bits of the file
+    it replaces), else removed. A reader of the old file, or a crash, never sees half a file.
+    """
+
+    def __new__(cls, path: str | os.PathLike[str]) -> AtomicWrite: ...
+    def __enter__(self) -> pathlib.Path: ...
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> bool: ...
 
 @final
 class IpcReader:

@@ -25,9 +25,13 @@ from ._ragged import is_ragged_list
 from .errors import InvalidArrowDataError, UnsupportedTypeError
 
 IpcReader = _native.IpcReader
+# ``with AtomicWrite(path) as tmp:`` writes ``tmp``, renamed to ``path`` when the block ends
+# without an exception (the helper write_ipc and the command's convert use).
+AtomicWrite = _native.AtomicWrite
 
 # Doctests of the reader, which is implemented in Rust.
 __test__ = {
+    "AtomicWrite": AtomicWrite.__doc__,
     "IpcReader": IpcReader.__doc__,
     "IpcReader.read_all": IpcReader.read_all.__doc__,
     "IpcReader.read_batch": IpcReader.read_batch.__doc__,

@@ -75,4 +75,3 @@ pub fn to_numpy<'py>(obj: &Bound<'py, PyAny>, copy: CopyPolicy) -> BridgeResult<
         })
     })
 }
-

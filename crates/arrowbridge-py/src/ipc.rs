@@ -248,3 +248,66 @@ impl IpcReader {
             .collect()
     }
 }
+
+/// A file written atomically, as ``write_ipc`` writes: ``with AtomicWrite(path) as tmp:``
+/// gives a new temporary file next to ``path`` to write by name; a block that ends without
+/// an exception flushes it to disk and renames it to ``path``, keeping the permission bits
+/// of the file it replaces; an exception removes it, and ``path`` is left as it was.
+///
+/// >>> import numpy as np, arrowbridge, tempfile, os
+/// >>> tmp = tempfile.TemporaryDirectory()
+/// >>> path = os.path.join(tmp.name, "x.npy")
+/// >>> with arrowbridge.AtomicWrite(path) as new, open(new, "wb") as f:
+/// ...     np.save(f, np.arange(3))
+/// >>> np.load(path).tolist()
+/// [0, 1, 2]
+/// >>> with arrowbridge.AtomicWrite(path) as new, open(new, "wb") as f:
+/// ...     np.save(f, np.arange(5))
+/// ...     raise RuntimeError("the writer failed")
+/// Traceback (most recent call last):
+/// RuntimeError: the writer failed
+/// >>> np.load(path).tolist(), os.listdir(tmp.name)
+/// ([0, 1, 2], ['x.npy'])
+/// >>> tmp.cleanup()
+#[pyclass(frozen, module = "arrowbridge._native", name = "AtomicWrite")]
+pub struct AtomicWrite {
+    temp: PathBuf,
+    file: std::sync::Mutex<Option<ipc::AtomicFile>>,
+}
+
+#[pymethods]
+impl AtomicWrite {
+    #[new]
+    fn new(path: PathBuf) -> BridgeResult<Self> {
+        let file = ipc::AtomicFile::create(&path)?;
+        Ok(AtomicWrite {
+            temp: file.temp_path().to_path_buf(),
+            file: std::sync::Mutex::new(Some(file)),
+        })
+    }
+
+    fn __enter__(&self) -> PathBuf {
+        self.temp.clone()
+    }
+
+    #[pyo3(signature = (exc_type, _exc_value, _traceback))]
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        exc_type: Option<&Bound<'_, PyAny>>,
+        _exc_value: Option<&Bound<'_, PyAny>>,
+        _traceback: Option<&Bound<'_, PyAny>>,
+    ) -> BridgeResult<bool> {
+        let file = self
+            .file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match file {
+            // Committed only once: a second `with` of the same object writes nothing.
+            Some(file) if exc_type.is_none() => py.detach(|| file.commit())?,
+            _ => {} // dropped: the temporary file is removed
+        }
+        Ok(false)
+    }
+}

@@ -39,6 +39,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ipc::write_arrays, m)?)?;
     m.add_function(wrap_pyfunction!(ipc::write_stream, m)?)?;
     m.add_class::<ipc::IpcReader>()?;
+    m.add_class::<ipc::AtomicWrite>()?;
     m.add_class::<flight::FlightServer>()?;
     m.add_class::<flight::FlightClient>()?;
     m.add_class::<flight::FlightStream>()?;
