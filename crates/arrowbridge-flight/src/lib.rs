@@ -31,11 +31,19 @@ pub use error::{
     FlightServerError, Result, KIND_KEY, KIND_OUT_OF_MEMORY, KIND_REPLACED, KIND_STORAGE,
 };
 pub use names::check_name;
-pub use server::service::{Service, MAX_ENDPOINTS, PART_BYTES, SHM_IDLE};
-pub use server::store::{total_rows, Store, Stored, VersionError};
+pub use server::service::{MAX_ENDPOINTS, PART_BYTES, SHM_IDLE};
+pub use server::store::{total_rows, VersionError};
 pub use server::{default_max_bytes, start, RunningServer, ServerConfig, SHUTDOWN_GRACE};
-#[doc(hidden)]
-pub use wire::parse::land_response;
+
 pub use wire::protocol::{ExchangeArg, ExchangeCommand, ItemTicket};
 pub use wire::receive::{receive, receive_part, Received};
 pub use wire::{MAX_FLIGHT_DATA, MAX_MESSAGE};
+/// The server's service and store and the client's response parser, which the fuzz targets
+/// (crates/fuzz-targets) drive directly: only with the `fuzzing` feature, never in what
+/// users build.
+#[cfg(feature = "fuzzing")]
+pub use {
+    server::service::Service,
+    server::store::{Store, Stored},
+    wire::parse::land_response,
+};

@@ -208,6 +208,7 @@ pub fn total_rows(batches: &[RecordBatch]) -> Result<usize> {
 impl Store {
     /// An in-memory store, or one backed by `data_dir` (created if missing; its `.arrow`
     /// files are loaded, memory-mapped), with no memory budget.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn open(data_dir: Option<PathBuf>) -> Result<Self> {
         Store::with_budget(data_dir, usize::MAX)
     }
@@ -410,6 +411,7 @@ impl Store {
     }
 
     /// The bytes the stored items take now, and the budget.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn charged(&self) -> (usize, usize) {
         let charged = *self.charged.lock().unwrap_or_else(PoisonError::into_inner);
         (charged, self.budget)

@@ -33,7 +33,7 @@ const FIXED32: u64 = 5;
 /// Lands the bytes of a DoGet response body (`chunks`, as the frames brought them) in a new
 /// destination of `rows` rows of `schema`, as the client's DoGet does: for fuzzing the parser
 /// with whatever a server may send.
-#[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn land_response<'c>(
     schema: &Schema,
     rows: usize,
