@@ -1,6 +1,9 @@
 """Helpers shared by the tests: where data lives, so zero-copy is proven by addresses."""
 
+import contextlib
 import ctypes
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -159,25 +162,53 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_cli_server(port, data_dir, *extra):
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "arrowbridge",
-            "serve",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data_dir),
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+def start_cli_server(*args, port=0, preexec_fn=None):
+    """``python -m arrowbridge serve --port PORT *args`` in a process of its own, once it
+    listens: (process, location). Port 0 (the default) lets the server bind a free port
+    itself, which its first line names, so no other process can take it first; a restart
+    on the same port passes the port of the first start."""
+    command = [sys.executable, "-m", "arrowbridge", "serve", "--port", str(port), *map(str, args)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
     line = proc.stdout.readline()
-    assert f"grpc://127.0.0.1:{port}" in line, line
-    return proc
+    found = re.search(r"grpc://127\.0\.0\.1:(\d+)", line)
+    assert found and (port == 0 or int(found[1]) == port), line
+    return proc, found[0]
+
+
+@contextlib.contextmanager
+def server_process(*args, preexec_fn=None):
+    """:func:`start_cli_server` as a context: the server is stopped with SIGTERM at the end,
+    and must exit cleanly."""
+    proc, location = start_cli_server(*args, preexec_fn=preexec_fn)
+    try:
+        yield proc, location
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0, "the server did not stop cleanly"
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    """The resident memory of process ``pid`` (this one by default), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS in /proc/{pid}/status")
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A Flight server in this process, shared by the tests of a module."""
+    with arrowbridge.serve() as s:
+        yield s
+
+
+@pytest.fixture
+def client(server):
+    """A client of the module's server over gRPC (shared memory, which a client on this host
+    would use, has tests of its own)."""
+    with arrowbridge.connect(server.location, shm=False) as c:
+        yield c
 
 
 @pytest.fixture

@@ -5,10 +5,8 @@ process on loopback.
 `LOAD_SECONDS` sets how long the load test runs (`make test-long` runs it for minutes).
 """
 
-import contextlib
 import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -17,34 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_port, same_values, sample
+from conftest import rss_bytes, same_values, sample, server_process
 
 import arrowbridge
 from arrowbridge.flight import RemoteStorageError
 
 LOAD_SECONDS = float(os.environ.get("LOAD_SECONDS", "12"))
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
-@contextlib.contextmanager
-def server_process(*args, preexec_fn=None):
-    port = free_port()
-    command = [sys.executable, "-m", "arrowbridge", "serve", "--port", str(port), *args]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
-    try:
-        line = proc.stdout.readline()
-        assert f"grpc://127.0.0.1:{port}" in line, line
-        yield proc, f"grpc://127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=60)
-    assert proc.returncode == 0, "the server did not stop cleanly"
 
 
 @pytest.mark.long

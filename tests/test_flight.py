@@ -16,24 +16,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-from conftest import address, free_port, same_values, sample, start_cli_server
+from conftest import address, same_values, sample, start_cli_server
 
 import arrowbridge
 from arrowbridge import _native
 from arrowbridge.flight import AuthenticationError, RemoteInvalidError, RemoteNotFoundError
-
-
-@pytest.fixture(scope="module")
-def server():
-    with arrowbridge.serve() as s:
-        yield s
-
-
-@pytest.fixture
-def client(server):
-    # gRPC's own path (shared memory, which a client on this host would use, has its own tests)
-    with arrowbridge.connect(server.location, shm=False) as c:
-        yield c
 
 
 @pytest.mark.parametrize(
@@ -290,9 +277,8 @@ class TestFaults:
 
 
 def test_every_acknowledged_put_survives_kill_9(tmp_path):
-    port = free_port()
-    proc = start_cli_server(port, tmp_path)
-    c = arrowbridge.connect(f"grpc://127.0.0.1:{port}")
+    proc, location = start_cli_server("--data-dir", tmp_path)
+    c = arrowbridge.connect(location)
     acked = {}
     stop = threading.Event()
 
@@ -315,9 +301,10 @@ def test_every_acknowledged_put_survives_kill_9(tmp_path):
     stop.set()
     t.join(timeout=30)
     assert len(acked) > 3
-    proc = start_cli_server(port, tmp_path)
+    # The same port again: the client's location stays right.
+    proc, _ = start_cli_server("--data-dir", tmp_path, port=int(location.rsplit(":", 1)[1]))
     try:
-        c2 = arrowbridge.connect(f"grpc://127.0.0.1:{port}")
+        c2 = arrowbridge.connect(location)
         served = {i["name"] for i in c2.list()}
         assert set(acked) <= served
         for name, x in acked.items():
@@ -332,8 +319,7 @@ def test_every_acknowledged_put_survives_kill_9(tmp_path):
 
 
 def test_serve_stops_cleanly_on_sigint(tmp_path):
-    port = free_port()
-    proc = start_cli_server(port, tmp_path, "--token", "t")
+    proc, _ = start_cli_server("--data-dir", tmp_path, "--token", "t")
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0 and "stopped" in out

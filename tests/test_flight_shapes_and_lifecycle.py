@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-from conftest import free_port, start_cli_server
+from conftest import start_cli_server
 
 import arrowbridge
 
@@ -91,10 +91,9 @@ def test_bad_tls_material_is_a_tls_error():
 
 
 def test_an_unfinished_put_does_not_keep_the_server_from_stopping(tmp_path):
-    port = free_port()
-    proc = start_cli_server(port, tmp_path)
+    proc, location = start_cli_server("--data-dir", tmp_path)
     try:
-        client = flight.FlightClient(f"grpc://127.0.0.1:{port}")
+        client = flight.FlightClient(location)
         batch = pa.record_batch({"x": np.arange(1000.0)})
         writer, _ = client.do_put(flight.FlightDescriptor.for_path("never"), batch.schema)
         writer.write_batch(batch)  # and never done_writing(): the call stays open

@@ -4,15 +4,13 @@ cannot or must not use it get gRPC or a clear error."""
 
 import json
 import os
-import signal
 import socket
 import struct
-import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import free_port, same_values, sample
+from conftest import same_values, sample, server_process
 
 import arrowbridge
 
@@ -74,15 +72,7 @@ def test_dicts_tables_and_every_dtype_travel(server):
 
 
 def test_a_put_is_adopted_by_the_server_and_served_to_grpc_clients():
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "arrowbridge", "serve", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    location = f"grpc://127.0.0.1:{port}"
-    try:
-        assert location in proc.stdout.readline()
+    with server_process() as (proc, location):
         x = sample("float32", (4096, 256))  # 4 MiB
         with arrowbridge.connect(location) as c:
             c.put("adopted", x)
@@ -95,9 +85,6 @@ def test_a_put_is_adopted_by_the_server_and_served_to_grpc_clients():
             assert g.call("sum", g.stored("adopted")).item() == pytest.approx(
                 float(x.sum(dtype=np.float64)), rel=1e-4
             )
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
 
 
 def test_shm_false_uses_grpc_and_shm_true_needs_a_server_that_offers_it():

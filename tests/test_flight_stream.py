@@ -9,18 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-from conftest import free_port, start_cli_server
+from conftest import rss_bytes, start_cli_server
 
 import arrowbridge
 from arrowbridge.cluster import ClusterClient
-
-
-def rss(pid: str | int = "self") -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 @pytest.fixture
@@ -32,10 +24,9 @@ def client():
 @pytest.fixture
 def remote(tmp_path):
     """A client of a server in its own process (so that memory is measured per side)."""
-    port = free_port()
-    proc = start_cli_server(port, tmp_path / "data")
+    proc, location = start_cli_server("--data-dir", tmp_path / "data")
     try:
-        with arrowbridge.connect(f"grpc://127.0.0.1:{port}") as c:
+        with arrowbridge.connect(location) as c:
             yield c, proc.pid
     finally:
         proc.terminate()
@@ -176,12 +167,12 @@ class TestStream:
     def test_memory_stays_at_a_few_batches(self, remote):
         client, _ = remote
         client.put("big", (np.full((1 << 20, 8), i, np.float64) for i in range(32)))  # 2 GiB
-        before = rss()
+        before = rss_bytes()
         peak = before
         rows = 0
         for batch in client.stream("big"):
             rows += len(batch)
-            peak = max(peak, rss())
+            peak = max(peak, rss_bytes())
         assert rows == 32 << 20
         assert peak - before < 96 << 20, f"the client grew by {(peak - before) >> 20} MiB"
 
@@ -268,13 +259,13 @@ class TestStreamedPut:
     def test_client_memory_stays_constant_for_a_large_stream(self, remote):
         client, server_pid = remote
         block = np.ones((1 << 20, 2), np.float64)  # 16 MiB, the same block each time
-        before = rss()
+        before = rss_bytes()
         peak = [before]
         stop = threading.Event()
 
         def sample():
             while not stop.wait(0.05):
-                peak[0] = max(peak[0], rss())
+                peak[0] = max(peak[0], rss_bytes())
 
         sampler = threading.Thread(target=sample)
         sampler.start()
@@ -285,7 +276,7 @@ class TestStreamedPut:
             sampler.join()
         assert client.info("big")["rows"] == 64 << 20
         assert peak[0] - before < 96 << 20, f"the client grew by {(peak[0] - before) >> 20} MiB"
-        assert rss(server_pid) > 1 << 30
+        assert rss_bytes(server_pid) > 1 << 30
 
 
 class TestWhatAHostilePassFound:
@@ -332,7 +323,7 @@ class TestWhatAHostilePassFound:
         assert next(stream).tolist() == [0]
         # The pieces of 20,000 batches are cut as they are fetched, not planned up front:
         # memory stays flat while the stream is read.
-        before = rss()
+        before = rss_bytes()
         rows = 1 + sum(len(b) for b in stream)
         assert rows == 20_000
-        assert rss() - before < 16 << 20
+        assert rss_bytes() - before < 16 << 20

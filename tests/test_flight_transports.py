@@ -13,25 +13,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-from conftest import free_port, same_values, sample
+from conftest import free_port, rss_bytes, same_values, sample, server_process
 
 import arrowbridge
 from arrowbridge import _native
 
 MIB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def server():
-    with arrowbridge.serve() as s:
-        yield s
-
-
-@pytest.fixture
-def client(server):
-    # gRPC's own path (shared memory, which a client on this host would use, has its own tests)
-    with arrowbridge.connect(server.location, shm=False) as c:
-        yield c
 
 
 class TestForms:
@@ -238,30 +225,14 @@ class TestErrors:
             assert issubclass(getattr(arrowbridge, name), arrowbridge.ArrowBridgeError)
 
 
-def rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
 def test_the_server_holds_each_item_once():
     """Four 64 MiB puts, two of them by clients that exit right after the acknowledgement,
     each item then described, listed and used by a kernel (which used to cache a second,
     concatenated copy): the server grows by their size and a small constant."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "arrowbridge", "serve", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    location = f"grpc://127.0.0.1:{port}"
-    try:
-        assert location in proc.stdout.readline()
+    with server_process() as (proc, location):
         with arrowbridge.connect(location, shm=False) as c:
             c.health()
-            idle = rss(proc.pid)
+            idle = rss_bytes(proc.pid)
             put = (
                 "import sys, numpy as np, arrowbridge; "
                 "arrowbridge.connect(sys.argv[1], shm=False)"
@@ -276,11 +247,8 @@ def test_the_server_holds_each_item_once():
                 c.call("sum", c.stored(f"x{i}"), axis=0)
             c.list()
             time.sleep(0.5)  # freed messages are returned to the OS after a short delay
-            grown = rss(proc.pid) - idle
+            grown = rss_bytes(proc.pid) - idle
         assert grown < 4 * 64 * MIB + 64 * MIB, f"grew by {grown / MIB:.0f} MiB for 256 MiB"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=60)
 
 
 def test_the_rust_client_releases_the_gil_while_data_moves(server, client):
@@ -312,8 +280,8 @@ def test_a_connected_client_follows_a_server_restart_and_does_not_hold_its_shutd
     # The client's connections are driven between calls too: a server that stops is not
     # kept waiting for its grace period by an idle client, and the first call after it
     # comes back on the same address succeeds (no stale connection failing once).
-    port = free_port()
-    server = arrowbridge.serve(f"grpc://127.0.0.1:{port}", shm=False)
+    server = arrowbridge.serve("grpc://127.0.0.1:0", shm=False)
+    port = int(server.location.rsplit(":", 1)[1])
     client = arrowbridge.connect(server.location, shm=False)
     assert client.health()["status"] == "ok"
     started = time.monotonic()

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-from conftest import PLUGIN, address, free_port, start_cli_server
+from conftest import PLUGIN, address, start_cli_server
 
 import arrowbridge
 from arrowbridge import _native
@@ -111,10 +111,9 @@ def test_a_server_started_with_kernels_runs_them(plugin):
 
 
 def test_any_flight_client_can_call_plugin_kernels_on_a_cli_server(tmp_path):
-    port = free_port()
-    proc = start_cli_server(port, tmp_path, "--kernels", str(PLUGIN))
+    proc, location = start_cli_server("--data-dir", tmp_path, "--kernels", PLUGIN)
     try:
-        raw = flight.FlightClient(f"grpc://127.0.0.1:{port}")
+        raw = flight.FlightClient(location)
         a = np.array([[0.0, 0.0], [3.0, 4.0]])
         table = pa.table({"a": arrowbridge.to_arrow(a)})
         command = json.dumps(

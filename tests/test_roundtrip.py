@@ -1,14 +1,13 @@
 """Every dtype and layout round-trips exactly, and memory is neither leaked nor freed early."""
 
 import gc
-import resource
 import sys
 import weakref
 
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import DTYPES, address, same_values, sample
+from conftest import DTYPES, address, rss_bytes, same_values, sample
 
 import arrowbridge
 
@@ -92,19 +91,14 @@ def test_complex_survives_pyarrow():
     assert same_values(arrowbridge.to_numpy(column), x)
 
 
-def rss_kib() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() // 1024
-
-
 def rss_growth_kib(cycle, warm_up: int, n: int) -> int:
     """How much RSS `cycle(n)` adds once `cycle(warm_up)` has warmed allocators and caches."""
     cycle(warm_up)
     gc.collect()
-    before = rss_kib()
+    before = rss_bytes() // 1024
     cycle(n)
     gc.collect()
-    return rss_kib() - before
+    return rss_bytes() // 1024 - before
 
 
 def test_100k_round_trips_leak_nothing():

@@ -8,8 +8,6 @@ import json
 import re
 import resource
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -17,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.flight as fl
 import pytest
-from conftest import free_port
+from conftest import start_cli_server
 
 import arrowbridge
 from arrowbridge.cluster import ClusterClient, shard_bounds
@@ -217,25 +215,18 @@ def test_bad_arguments_say_what_is_wrong(servers):
 
 
 @contextlib.contextmanager
-def cli_server(data_dir, *, port=None, file_limit=None):
-    """An `arrowbridge serve` process with a data directory; with ``file_limit``, the
-    process may write no file larger (RLIMIT_FSIZE): its puts fail with a storage error."""
+def cli_server(data_dir, *, port=0, file_limit=None):
+    """An `arrowbridge serve` process with a data directory (its location); with
+    ``file_limit``, the process may write no file larger (RLIMIT_FSIZE): its puts fail with
+    a storage error."""
 
     def limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
 
-    port = port or free_port()
-    command = [sys.executable, "-m", "arrowbridge", "serve", "--port", str(port)]
-    proc = subprocess.Popen(
-        [*command, "--data-dir", str(data_dir)],
-        stdout=subprocess.PIPE,
-        text=True,
-        preexec_fn=limit if file_limit else None,
+    proc, location = start_cli_server(
+        "--data-dir", data_dir, port=port, preexec_fn=limit if file_limit else None
     )
-    location = f"grpc://127.0.0.1:{port}"
     try:
-        line = proc.stdout.readline()
-        assert location in line, line
         yield location
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -270,10 +261,10 @@ def test_a_put_that_fails_on_one_server_leaves_the_previous_version(tmp_path):
 
 def test_a_map_refused_by_one_server_is_rolled_back_on_the_others(tmp_path):
     v1, v2 = np.full((10, 2), 1.0), np.full((10, 2), 2.0)
-    port = free_port()
     with arrowbridge.serve() as a:
-        with cli_server(tmp_path, port=port) as b, ClusterClient([a.location, b]) as client:
+        with cli_server(tmp_path) as b, ClusterClient([a.location, b]) as client:
             client.put("x", v1, shards=1)  # the shard on a, the map on both
+        port = int(b.rsplit(":", 1)[1])
         # b comes back unable to write a file: it serves x's map, and refuses any other.
         with (
             cli_server(tmp_path, port=port, file_limit=1) as b,
