@@ -133,10 +133,13 @@ def test_every_call_to_a_silent_server_ends_at_its_deadline(silent_server, op):
 
 
 def test_a_bad_timeout_is_refused():
-    with pytest.raises(arrowbridge.InvalidArrowDataError, match="timeout"):
+    with pytest.raises(arrowbridge.InvalidArgumentError, match="timeout: -1 is not a number"):
         arrowbridge.connect("grpc://127.0.0.1:1", timeout=-1)
-    with pytest.raises(arrowbridge.InvalidArrowDataError, match="timeout"):
+    with pytest.raises(arrowbridge.InvalidArgumentError, match="timeout: NaN is not a number"):
         arrowbridge.connect("grpc://127.0.0.1:1", timeout=float("nan"))
+    with arrowbridge.serve() as server, arrowbridge.connect(server.location) as c:
+        with pytest.raises(ValueError, match="timeout"):
+            c.get("x", timeout=-0.5)
 
 
 def test_an_infinite_timeout_means_no_deadline():
@@ -165,15 +168,22 @@ def test_a_stream_waits_again_for_a_batch_whose_wait_timed_out():
                 break
             except arrowbridge.FlightTimeoutError:
                 timeouts += 1
+        messages = set()
         while timeouts < 100_000:
             try:
                 got.append(next(stream))
-            except arrowbridge.FlightTimeoutError:
+            except arrowbridge.FlightTimeoutError as e:
                 timeouts += 1
+                messages.add(str(e).split(" of ")[0] + " ... " + str(e).split("; ")[-1])
             except StopIteration:
                 break
         assert timeouts > 0
         assert np.array_equal(np.concatenate(got), x)
+        # Each says what became of the batch: not cancelled, but waited for again.
+        assert messages == {
+            'stream "x"\'s next batch did not finish within its deadline ... its fetch goes on,'
+            " and the next read waits for it again"
+        }
 
 
 def test_a_streamed_put_that_times_out_stores_nothing():

@@ -162,6 +162,11 @@ class InvalidNameError(ArrowBridgeError, ValueError):
     message names the name and says why."""
 
 
+class InvalidArgumentError(ArrowBridgeError, ValueError):
+    """An argument of a call outside the values it takes: a timeout that is negative or NaN,
+    say. The message names the argument and the value."""
+
+
 __all__ = [
     "ArrowBridgeError",
     "AuthenticationError",
@@ -171,6 +176,7 @@ __all__ = [
     "FileError",
     "FlightCallError",
     "FlightTimeoutError",
+    "InvalidArgumentError",
     "InvalidArrowDataError",
     "InvalidFileError",
     "InvalidLocationError",

@@ -170,7 +170,11 @@ where
         let result = match limit {
             Some(limit) => match tokio::time::timeout(limit, future).await {
                 Ok(result) => result,
-                Err(_) => Err(ClientError::Timeout { call: what, limit }),
+                Err(_) => Err(ClientError::Timeout {
+                    call: what,
+                    limit,
+                    kept: false,
+                }),
             },
             None => future.await,
         };

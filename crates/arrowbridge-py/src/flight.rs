@@ -199,10 +199,13 @@ fn seconds(timeout: Option<f64>) -> BridgeResult<Option<Duration>> {
         None => Ok(None),
         Some(t) if t == f64::INFINITY => Ok(None),
         Some(t) => Duration::try_from_secs_f64(t).map(Some).map_err(|_| {
-            arrowbridge_pyo3::BridgeError::from(arrowbridge::Error::invalid(
-                "timeout",
-                format!("{t} is not a number of seconds >= 0"),
-            ))
+            python_error::<builtin::PyValueError, _>(
+                "InvalidArgumentError",
+                (format!(
+                    "timeout: {t} is not a number of seconds >= 0 (None or inf: no deadline)"
+                ),),
+            )
+            .into()
         }),
     }
 }
@@ -915,6 +918,7 @@ impl FlightStream {
     /// Fetches the next batch on the client's runtime: `done({name: array} | None, None)`
     /// (`None` at the end), or `done(None, exception)`.
     fn submit_next(&self, done: Done) -> PendingCall {
+        let limit = self.timeout.or(self.client.timeout());
         let (client, state, closed) = (
             self.client.clone(),
             self.stream.clone(),
@@ -923,18 +927,34 @@ impl FlightStream {
         spawn_call(
             &self.client.clone(),
             "stream".to_string(),
-            self.timeout,
+            // The batch's own deadline, below: a wait that runs out leaves the batch's fetch
+            // for the next read, and says so.
+            Some(Duration::MAX),
             done,
             async move {
-                let mut guard = state
-                    .try_lock_owned()
-                    .map_err(|_| ClientError::Local(busy("stream")))?;
-                let next = match guard.open()? {
-                    Some(stream) => client.next_batch_async(stream).await,
-                    None => Ok(None),
+                let fetch = async move {
+                    let mut guard = state
+                        .try_lock_owned()
+                        .map_err(|_| ClientError::Local(busy("stream")))?;
+                    let next = match guard.open()? {
+                        Some(stream) => client.next_batch_async(stream).await,
+                        None => Ok(None),
+                    };
+                    guard.settle(&closed, &next);
+                    next
                 };
-                guard.settle(&closed, &next);
-                next
+                match limit {
+                    None => fetch.await,
+                    Some(limit) => tokio::time::timeout(limit, fetch)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(ClientError::Timeout {
+                                call: "stream's next batch".to_string(),
+                                limit,
+                                kept: true,
+                            })
+                        }),
+                }
             },
             |py, item: Option<arrowbridge_flight::Item>| match item {
                 Some(item) => Ok(arrays(py, &item.columns, true)?.into_any().unbind()),

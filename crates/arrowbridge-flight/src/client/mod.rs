@@ -116,13 +116,16 @@ pub enum ClientError {
     /// The location cannot be used.
     #[error("{0}")]
     Location(String),
-    /// The call did not end before its deadline ([`crate::limits`]); it was cancelled.
-    #[error("{call} did not finish within its deadline of {limit:.3?}; it was cancelled")]
+    /// The call did not end before its deadline ([`crate::limits`]); it was cancelled,
+    /// unless it is a stream's fetch of a batch, which goes on for the next read.
+    #[error("{call} did not finish within its deadline of {limit:.3?}; {}", fate(*.kept))]
     Timeout {
         /// The call, e.g. `get "x"`.
         call: String,
         /// Its time limit.
         limit: Duration,
+        /// Whether the call goes on (a stream's batch, which the next read waits for).
+        kept: bool,
     },
     /// The caller interrupted the call ([`crate::limits::CallLimits::interrupted`]); it was
     /// cancelled.
@@ -724,6 +727,7 @@ impl Client {
                 biased;
                 output = future => Ok(output),
                 () = expired => Err(ClientError::Timeout {
+                    kept: false,
                     call: what.to_string(),
                     limit: limits.at.map_or(Duration::ZERO, |at| at - limits.started),
                 }),
@@ -1492,15 +1496,38 @@ impl PerLocation {
 /// How many times a get reads an item again when a put replaced the version it was reading.
 const REPLACED_RETRIES: usize = 3;
 
+/// What became of a call that ran out of time.
+fn fate(kept: bool) -> &'static str {
+    if kept {
+        "its fetch goes on, and the next read waits for it again"
+    } else {
+        "it was cancelled"
+    }
+}
+
 impl ClientError {
+    /// A stream's wait for its next batch that ran out of time, said as such: the batch's
+    /// fetch goes on, and the next read of the stream waits for it again.
+    pub(crate) fn batch_kept(self) -> ClientError {
+        match self {
+            ClientError::Timeout { call, limit, .. } => ClientError::Timeout {
+                call: format!("{call}'s next batch"),
+                limit,
+                kept: true,
+            },
+            other => other,
+        }
+    }
+
     /// A put's deadline or interruption that came after its stream ended, said as such:
     /// the server may have stored the item.
     pub(crate) fn after_the_stream_ended(self) -> ClientError {
         let note = " (after its whole stream was sent: the server may have stored it)";
         match self {
-            ClientError::Timeout { call, limit } => ClientError::Timeout {
+            ClientError::Timeout { call, limit, kept } => ClientError::Timeout {
                 call: format!("{call}{note}"),
                 limit,
+                kept,
             },
             ClientError::Interrupted(call) => ClientError::Interrupted(format!("{call}{note}")),
             other => other,
@@ -1523,6 +1550,7 @@ fn stopped(limits: &crate::limits::Deadline, what: &str) -> ClientError {
         ClientError::Timeout {
             call: what.to_string(),
             limit: limits.at.map_or(Duration::ZERO, |at| at - limits.started),
+            kept: false,
         }
     }
 }
@@ -1557,6 +1585,7 @@ fn wait_readable(
             return Err(ClientError::Timeout {
                 call: what.to_string(),
                 limit: limits.at.map_or(Duration::ZERO, |at| at - limits.started),
+                kept: false,
             });
         }
         if limits.is_interrupted() || cancelled() {

@@ -373,7 +373,8 @@ impl Client {
             return self.get(&name).map(Some);
         }
         let what = stream.what.clone();
-        self.block_on(&what, self.next_batch_async(stream))?
+        self.block_on(&what, self.next_batch_async(stream))
+            .map_err(ClientError::batch_kept)?
     }
 
     /// [`next_batch`](Self::next_batch), as a future (over gRPC only). Dropping it
