@@ -53,6 +53,8 @@ wheel: $(BUILD_DEPS)
 
 # Each other CPython found gets the shipped wheel in a fresh virtualenv and runs the doctests
 # and a smoke subset of the tests there (packaging/smoke.py says which, and skips a missing one).
+# CI runs it after `make test` (.ci/run): three release builds take about 9 minutes here, which
+# would take a cold `make test` past 30.
 wheel-smoke: build
 	$(BIN)/python packaging/smoke.py
 
@@ -99,7 +101,7 @@ instructions: build
 instructions-baseline: build
 	$(BIN)/python benchmarks/instructions.py --record
 
-test: lint rust-test py-test docs wheel-smoke instructions bench-smoke
+test: lint rust-test py-test docs instructions bench-smoke
 
 # The documentation site (mkdocs.yml, docs/) into site/: a broken link or anchor, or a page
 # missing from the navigation, fails the build. tests/test_docs.py runs the pages' code.

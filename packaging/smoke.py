@@ -5,7 +5,7 @@ script, builds the wheel with the release profile users get, installs it into a 
 virtualenv with numpy, pyarrow and pytest from PyPI (packaging/requirements-smoke.txt), and
 runs there the package's doctests and the tests of `SMOKE`: conversion both ways, kernels,
 IPC files and a Flight server and client. A version not found is reported and skipped; any
-failure fails the run. ``make test`` runs it (``make wheel-smoke``).
+failure fails the run. CI runs it after ``make test`` (``make wheel-smoke``, .ci/run).
 """
 
 from __future__ import annotations
