@@ -261,6 +261,56 @@ def test_a_client_made_before_a_fork_works_in_a_fork_pool():
     assert out.stdout.strip() == str([10 + i + 3 for i in range(6)])
 
 
+STREAM_ACROSS_FORK = textwrap.dedent(
+    """
+    import json, os
+    import numpy as np, arrowbridge
+
+    server = arrowbridge.serve()
+    client = arrowbridge.connect(server.location, timeout=20)
+    client.put("x", np.arange(4_000_000, dtype=np.int64).reshape(-1, 2))
+    client.put("y", np.arange(3))
+    stream = client.stream("x")  # ~8 MiB batches: 4 of them
+    first = next(stream)
+    put = client._native.put_stream("z", "array")  # a streamed put under way
+    pid = os.fork()
+    if pid == 0:
+        errors = []
+        for use in (lambda: next(stream), lambda: put.send(["data"], [np.arange(2)])):
+            try:
+                use()
+                errors.append("no error")
+            except arrowbridge.FlightCallError as e:
+                errors.append(str(e))
+        stream.close()  # nothing to stop here, and no error
+        put.abort()
+        ok = client.get("y").tolist() == [0, 1, 2]  # the child's client reconnected
+        print(json.dumps([errors, ok]), flush=True)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    rows = len(first) + sum(len(batch) for batch in stream)  # the parent's stream goes on
+    put.send(["data"], [np.arange(2)])
+    put.finish()
+    print(status, rows, client.get("z").tolist())
+    """
+)
+
+
+def test_a_stream_or_put_opened_before_a_fork_is_refused_in_the_child_and_goes_on_in_the_parent():
+    out = subprocess.run(
+        [sys.executable, "-c", STREAM_ACROSS_FORK], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    child, parent = out.stdout.strip().splitlines()
+    errors, reconnected = json.loads(child)
+    assert reconnected
+    assert len(errors) == 2
+    for error, what in zip(errors, ("the stream", "the put"), strict=True):
+        assert error.startswith(f"{what} was opened in process "), error
+        assert "open it again in this process" in error
+    assert parent == "0 2000000 [0, 1]"
+
+
 # -- descriptors and credentials ----------------------------------------------------------
 
 

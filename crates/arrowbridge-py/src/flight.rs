@@ -25,6 +25,7 @@ use arrowbridge_pyo3::{no_panic, BridgeError, BridgeResult};
 use pyo3::exceptions as builtin;
 
 use crate::aio::{spawn_call, Done, PendingCall};
+use crate::fork::ForkBound;
 
 /// A failure to start or stop a server, as the exception a Python user expects: `OSError`
 /// subclasses (with the errno) for an address or data directory that cannot be used.
@@ -364,8 +365,10 @@ impl FlightClient {
                 .put_stream(name, item_form(form))
                 .map_err(client_error)?;
             Ok(FlightPut {
-                client,
-                put: Arc::new(tokio::sync::Mutex::new(Some(put))),
+                open: ForkBound::new(PutParts {
+                    client,
+                    put: Arc::new(tokio::sync::Mutex::new(Some(put))),
+                }),
             })
         })
     }
@@ -803,13 +806,18 @@ impl FlightClient {
 /// The batches of a stored item as they arrive: `{name: array}` per batch.
 #[pyclass(frozen, module = "arrowbridge._native", name = "FlightStream")]
 pub struct FlightStream {
-    client: Arc<Client>,
-    stream: Arc<tokio::sync::Mutex<Batches>>,
+    open: ForkBound<StreamParts>,
     /// Set by `close`, which another caller may be waiting on the stream meanwhile.
     closed: Arc<AtomicBool>,
     form: &'static str,
     rows: usize,
     timeout: Option<Duration>,
+}
+
+/// What a stream reads with: its connection, and where it is.
+struct StreamParts {
+    client: Arc<Client>,
+    stream: Arc<tokio::sync::Mutex<Batches>>,
 }
 
 /// Where a stream is.
@@ -854,10 +862,12 @@ fn stream_closed() -> ClientError {
 impl FlightStream {
     fn new(client: Arc<Client>, stream: ItemStream, timeout: Option<Duration>) -> Self {
         FlightStream {
-            client,
             form: stream.form().name(),
             rows: stream.rows(),
-            stream: Arc::new(tokio::sync::Mutex::new(Batches::Open(Box::new(stream)))),
+            open: ForkBound::new(StreamParts {
+                client,
+                stream: Arc::new(tokio::sync::Mutex::new(Batches::Open(Box::new(stream)))),
+            }),
             closed: Arc::default(),
             timeout,
         }
@@ -898,11 +908,10 @@ impl FlightStream {
 
     fn __next__<'py>(&self, py: Python<'py>) -> BridgeResult<Option<Bound<'py, PyDict>>> {
         no_panic("stream", || {
-            let mut guard = self
-                .stream
+            let StreamParts { client, stream } = self.open.get("the stream")?;
+            let mut guard = stream
                 .try_lock()
                 .map_err(|_| BridgeError::from(busy("stream")))?;
-            let client = &self.client;
             let next = match guard.open().map_err(client_error)? {
                 Some(stream) => limited(py, self.timeout, || client.next_batch(stream)),
                 None => Ok(None),
@@ -917,15 +926,12 @@ impl FlightStream {
 
     /// Fetches the next batch on the client's runtime: `done({name: array} | None, None)`
     /// (`None` at the end), or `done(None, exception)`.
-    fn submit_next(&self, done: Done) -> PendingCall {
-        let limit = self.timeout.or(self.client.timeout());
-        let (client, state, closed) = (
-            self.client.clone(),
-            self.stream.clone(),
-            self.closed.clone(),
-        );
-        spawn_call(
-            &self.client.clone(),
+    fn submit_next(&self, done: Done) -> BridgeResult<PendingCall> {
+        let StreamParts { client, stream } = self.open.get("the stream")?;
+        let limit = self.timeout.or(client.timeout());
+        let (client, state, closed) = (client.clone(), stream.clone(), self.closed.clone());
+        Ok(spawn_call(
+            &client.clone(),
             "stream".to_string(),
             // The batch's own deadline, below: a wait that runs out leaves the batch's fetch
             // for the next read, and says so.
@@ -960,14 +966,18 @@ impl FlightStream {
                 Some(item) => Ok(arrays(py, &item.columns, true)?.into_any().unbind()),
                 None => Ok(py.None()),
             },
-        )
+        ))
     }
 
     /// Stops the stream: batches fetched ahead are dropped, their streams reset; reading on
     /// raises. A batch another caller waits for meanwhile is delivered first.
     fn close(&self, py: Python<'_>) {
         self.closed.store(true, Ordering::Release);
-        if let Ok(mut guard) = self.stream.try_lock() {
+        // In a forked child there is nothing of its own to stop.
+        let Some(StreamParts { stream, .. }) = self.open.here() else {
+            return;
+        };
+        if let Ok(mut guard) = stream.try_lock() {
             if matches!(*guard, Batches::Open(_)) {
                 let taken = std::mem::replace(&mut *guard, Batches::Closed);
                 drop(guard);
@@ -980,8 +990,12 @@ impl FlightStream {
 /// A put under way whose batches arrive one by one.
 #[pyclass(frozen, module = "arrowbridge._native", name = "FlightPut")]
 pub struct FlightPut {
+    open: ForkBound<PutParts>,
+}
+
+/// What a put sends with: its connection, and the put (`None` once finished or aborted).
+struct PutParts {
     client: Arc<Client>,
-    /// `None` once finished or aborted.
     put: Arc<tokio::sync::Mutex<Option<PutStream>>>,
 }
 
@@ -1026,14 +1040,11 @@ impl FlightPut {
             let batch = batch_tensors(names, arrays)?;
             let columns: Vec<(&str, &ArrowTensor)> =
                 batch.iter().map(|(n, t)| (n.as_str(), t)).collect();
-            let mut guard = self
-                .put
-                .try_lock()
-                .map_err(|_| BridgeError::from(busy("put")))?;
+            let PutParts { client, put } = self.open.get("the put")?;
+            let mut guard = put.try_lock().map_err(|_| BridgeError::from(busy("put")))?;
             let Some(put) = guard.as_mut() else {
                 return Err(client_error(put_over()));
             };
-            let client = &self.client;
             let sent = limited(py, timeout, || client.put_batch(put, &columns));
             if sent.is_err() {
                 // A failed batch ends the put; nothing is stored.
@@ -1057,9 +1068,10 @@ impl FlightPut {
     ) -> BridgeResult<PendingCall> {
         let timeout = seconds(timeout)?;
         let batch = batch_tensors(names, arrays)?;
-        let (client, state) = (self.client.clone(), self.put.clone());
+        let PutParts { client, put } = self.open.get("the put")?;
+        let (client, state) = (client.clone(), put.clone());
         Ok(spawn_call(
-            &self.client,
+            &client.clone(),
             "put".to_string(),
             timeout,
             done,
@@ -1085,13 +1097,12 @@ impl FlightPut {
     fn finish(&self, py: Python<'_>, timeout: Option<f64>) -> BridgeResult<usize> {
         no_panic("put", || {
             let timeout = seconds(timeout)?;
-            let put = self
-                .put
+            let PutParts { client, put } = self.open.get("the put")?;
+            let put = put
                 .try_lock()
                 .map_err(|_| BridgeError::from(busy("put")))?
                 .take()
                 .ok_or_else(|| client_error(put_over()))?;
-            let client = &self.client;
             limited(py, timeout, || client.finish_put(put)).map_err(client_error)
         })
     }
@@ -1100,9 +1111,10 @@ impl FlightPut {
     #[pyo3(signature = (done, *, timeout=None))]
     fn submit_finish(&self, done: Done, timeout: Option<f64>) -> BridgeResult<PendingCall> {
         let timeout = seconds(timeout)?;
-        let (client, state) = (self.client.clone(), self.put.clone());
+        let PutParts { client, put } = self.open.get("the put")?;
+        let (client, state) = (client.clone(), put.clone());
         Ok(spawn_call(
-            &self.client,
+            &client.clone(),
             "put".to_string(),
             timeout,
             done,
@@ -1116,15 +1128,19 @@ impl FlightPut {
 
     /// Abandons the put: its stream is reset and the server stores nothing; idempotent.
     fn abort(&self) {
-        if let Ok(mut guard) = self.put.try_lock() {
+        // In a forked child the put is the parent's, to abort or finish.
+        let Some(PutParts { client, put }) = self.open.here() else {
+            return;
+        };
+        if let Ok(mut guard) = put.try_lock() {
             if let Some(put) = guard.take() {
-                self.client.abort_put(put);
+                client.abort_put(put);
             }
         }
     }
 }
 
-impl Drop for FlightPut {
+impl Drop for PutParts {
     fn drop(&mut self) {
         // A put neither finished nor aborted is reset (PutStream's own drop).
         if let Ok(mut guard) = self.put.try_lock() {

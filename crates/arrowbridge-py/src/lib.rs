@@ -5,6 +5,7 @@ mod aio;
 mod call;
 mod convert;
 mod flight;
+mod fork;
 mod ipc;
 mod ragged;
 

@@ -177,7 +177,8 @@ class Client(_Connected):
     about 20 ms with ``KeyboardInterrupt``. Either way the call is cancelled (the server sees
     the stream reset, what was received is freed) and the client stays usable. In a child
     forked from the process (``os.fork``, a ``multiprocessing`` 'fork' pool) the client
-    reconnects on its first call.
+    reconnects on its first call; a stream or streamed put opened before the fork raises
+    :class:`FlightCallError` there, and goes on in the parent.
 
     >>> import numpy as np, arrowbridge
     >>> with arrowbridge.serve() as server, arrowbridge.Client(server.location) as client:
