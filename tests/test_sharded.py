@@ -400,3 +400,70 @@ def test_replicas_are_on_distinct_servers_and_shards_a_positive_int(servers):
         # More shards than rows: one row each, as before.
         client.put("s", np.arange(2), shards=np.int64(5))
         assert client.info("s")["shards"] == 2
+
+
+# -- streamed puts ------------------------------------------------------------------------
+
+
+def test_a_stream_is_sharded_as_it_comes_over_the_servers_in_turn(servers, tmp_path):
+    locations = [s.location for s in servers]
+    batches = [np.full((1000, 8), i, np.float64) for i in range(7)]  # 64,000 bytes each
+    with ClusterClient(locations, replication=2) as client:
+        client.put("s", iter(batches), shard_bytes=128_000)
+        shards = client.shards("s")
+        # Two whole batches per shard, the last one short; shard i on servers i, i+1.
+        assert [s["rows"] for s in shards] == [[0, 2000], [2000, 4000], [4000, 6000], [6000, 7000]]
+        for i, shard in enumerate(shards):
+            assert re.fullmatch(r"s\.part-\d\.v[0-9a-f]{16}", shard["name"])
+            assert shard["locations"] == [locations[i % 3], locations[(i + 1) % 3]]
+        assert np.array_equal(client.get("s"), np.concatenate(batches))
+        # A plain Flight client follows the map of one server.
+        info = fl.connect(locations[1]).get_flight_info(fl.FlightDescriptor.for_path("s"))
+        assert info.total_records == 7000 and len(info.endpoints) == 4
+        # dicts of arrays, a RecordBatchReader and iter_ipc's batches are streams too.
+        table = pa.table({"id": np.arange(10), "v": np.arange(10.0)})
+        client.put("d", ({"id": np.arange(i, i + 2)} for i in range(0, 10, 2)), shard_bytes=32)
+        assert client.get("d")["id"].tolist() == list(range(10))
+        client.put("r", pa.RecordBatchReader.from_batches(table.schema, table.to_batches(4)))
+        assert client.get("r")["v"].tolist() == list(range(10))
+        ten = pa.table({"x": np.arange(100)}).to_batches(10)
+        arrowbridge.write_ipc(
+            tmp_path / "f.arrow", pa.RecordBatchReader.from_batches(ten[0].schema, ten)
+        )
+        client.put("f", arrowbridge.iter_ipc(tmp_path / "f.arrow"), shard_bytes=400)
+        assert client.info("f")["shards"] == 2
+        assert client.get("f")["x"].tolist() == list(range(100))
+
+
+def test_a_stream_that_fails_part_way_leaves_the_previous_version_and_nothing_else(servers):
+    locations = [s.location for s in servers]
+
+    def failing():
+        for i in range(5):
+            yield np.full(100, i)
+        raise OSError("the source broke")
+
+    with ClusterClient(locations, replication=2) as client:
+        client.put("s", np.arange(10))
+        before = client.shards("s")
+        stored = sum(counts(servers))
+        with pytest.raises(OSError, match="the source broke"):
+            client.put("s", failing(), shard_bytes=1600)  # two shards done, one under way
+        assert client.get("s").tolist() == list(range(10))
+        assert client.shards("s") == before
+        assert sum(counts(servers)) == stored, "every shard of the failed put was deleted"
+        # Batches that disagree are an error naming the batch; nothing is stored either.
+        mixed = iter([np.arange(4), {"a": np.arange(4)}])
+        with pytest.raises(arrowbridge.ShapeError, match="batch 1 is a dict, the first was a"):
+            client.put("t", mixed)
+        with pytest.raises(arrowbridge.ShapeError, match="no batches"):
+            client.put("t", iter([]))
+        assert sum(counts(servers)) == stored
+        with pytest.raises(ValueError, match="shards=2 is for an item in memory"):
+            client.put("t", iter([np.arange(3)]), shards=2)
+        with pytest.raises(ValueError, match="shard_bytes is for a stream"):
+            client.put("t", np.arange(3), shard_bytes=10)
+        with pytest.raises(ValueError, match=re.escape("shard_bytes=0")):
+            client.put("t", iter([np.arange(3)]), shard_bytes=0)
+        with pytest.raises(arrowbridge.RemoteNotFoundError):
+            client.info("t")

@@ -47,7 +47,7 @@ from ..errors import (
     ShapeError,
     UnknownKernelError,
 )
-from ..flight.client import Client, Stored, _columns
+from ..flight.client import Client, Stored, _batches, _columns, _streamed
 
 #: Schema metadata key of a sharded item's map (see ``arrowbridge_flight::shards``).
 SHARDS_KEY = "arrowbridge.shards"
@@ -66,6 +66,9 @@ _VERSION_BYTES = 8
 _CLEANUP_TIMEOUT = 10.0
 #: How many times a read starts again when the item was replaced under it.
 _READ_ATTEMPTS = 8
+#: Where a streamed put starts its next shard, by default: once the shard holds this many
+#: bytes (batches are not split).
+_STREAM_SHARD_BYTES = 256 * 2**20
 
 _COMBINE: dict[str, Callable[[Any, Any], Any]] = {
     "sum": np.add,
@@ -96,6 +99,12 @@ def _version() -> str:
 def _shard_name(name: str, index: int, count: int, version: str) -> str:
     """The item that holds shard ``index`` of ``count`` of one version of ``name``."""
     return f"{name}.shard-{index}-of-{count}.v{version}"
+
+
+def _part_name(name: str, index: int, version: str) -> str:
+    """The item that holds part ``index`` of one version of ``name`` whose number of shards
+    was not known when it was written (a streamed put's, a Ray Data write's)."""
+    return f"{name}.part-{index}.v{version}"
 
 
 def _check_name(name: Any, what: str, suffix: str = "") -> None:
@@ -331,12 +340,38 @@ class ClusterClient:
         assert error is not None
         raise error
 
-    def put(self, name: str, data: Any, *, shards: int | None = None) -> None:
+    def put(
+        self,
+        name: str,
+        data: Any,
+        *,
+        shards: int | None = None,
+        shard_bytes: int | None = None,
+    ) -> None:
         """Stores ``data`` (an array, a dict of arrays sharing axis 0, or a table) under
         ``name``, its rows split into ``shards`` contiguous shards (default: one per server;
         never more than the rows), shard ``i`` on servers ``i, i+1, ...`` (``replication``
         of them). Returns once every shard and replica, and the map on every server, is
         acknowledged; every server must answer.
+
+        ``data`` may also be a stream of batches, as :meth:`arrowbridge.Client.put` takes
+        (a generator of arrays or dicts, a ``pyarrow.RecordBatchReader``, anything with
+        ``__arrow_c_stream__``, :func:`arrowbridge.iter_ipc`'s batches): it is sharded as
+        it comes, with constant memory. Each batch goes to every replica of the shard being
+        written, and the next batch starts a new shard, on the next servers, once that one
+        holds ``shard_bytes`` (default 256 MiB; batches are not split, so a shard holds
+        whole batches). The shards are named ``name.part-<i>.v<token>``; the rest, the
+        atomic commit included, is as for an item in memory. ``shards`` is for items in
+        memory, ``shard_bytes`` for streams.
+
+        >>> import numpy as np, arrowbridge
+        >>> from arrowbridge.cluster import ClusterClient
+        >>> servers = [arrowbridge.serve() for _ in range(2)]
+        >>> client = ClusterClient([s.location for s in servers])
+        >>> client.put("s", (np.full(4, i) for i in range(3)), shard_bytes=64)
+        >>> [s["rows"] for s in client.shards("s")], client.get("s").tolist()
+        ([[0, 8], [8, 12]], [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
+        >>> client.close(); [s.shutdown() for s in servers] and None
 
         The put is atomic. Each put stores its shards as items of their own,
         ``name.shard-<i>-of-<n>.v<token>`` with a fresh random token, so nothing a reader
@@ -380,6 +415,30 @@ class ClusterClient:
             raise ValueError(
                 f"put {name!r}: shards={shards!r}: must be None (one shard per server) or an "
                 "int >= 1"
+            )
+        if shard_bytes is not None and (
+            isinstance(shard_bytes, bool)
+            or not isinstance(shard_bytes, numbers.Integral)
+            or shard_bytes < 1
+        ):
+            raise ValueError(
+                f"put {name!r}: shard_bytes={shard_bytes!r}: must be None (256 MiB) or an int >= 1"
+            )
+        if _streamed(data):
+            if shards is not None:
+                raise ValueError(
+                    f"put {name!r}: shards={shards!r} is for an item in memory; a stream's "
+                    "rows are not known in advance: give shard_bytes (the size at which a "
+                    "shard ends) instead"
+                )
+            self._put_stream(
+                name, data, _STREAM_SHARD_BYTES if shard_bytes is None else shard_bytes
+            )
+            return
+        if shard_bytes is not None:
+            raise ValueError(
+                f"put {name!r}: shard_bytes is for a stream of batches; an item in memory is "
+                "split into shards=N"
             )
         form, names, arrays = _columns(data)
         lengths = {len(a) for a in arrays}
@@ -429,6 +488,74 @@ class ClusterClient:
             raise
         self._commit(
             name, schema_ipc, {"rows": rows, "bytes": sum(s["bytes"] for s in plan), "shards": plan}
+        )
+
+    def _put_stream(self, name: str, data: Any, shard_bytes: int) -> None:
+        """A put of a stream of batches, sharded as they come (see :meth:`put`)."""
+        version = _version()
+        _check_name(name, "put", _part_name("", 10**6, version))
+        n = len(self.locations)
+        done: list[dict[str, Any]] = []  # shards stored on every replica
+        shard: dict[str, Any] | None = None  # the one being written
+        puts: list[Any] = []  # its puts under way, one per replica
+        rows = 0
+        form = None
+
+        def finish(put: Any) -> None:
+            put.finish(timeout=self._timeout)
+
+        try:
+            for index, (batch_form, names, arrays) in enumerate(_batches(data)):
+                if form is None:
+                    form = batch_form
+                elif batch_form != form:
+                    raise ShapeError(
+                        f"put {name!r}: batch {index} is a {batch_form}, the first was a {form}"
+                    )
+                lengths = {len(a) for a in arrays}
+                if len(lengths) != 1:
+                    raise ShapeError(
+                        f"put {name!r}: batch {index}: sharded columns must share axis 0 "
+                        f"(rows); got lengths {sorted(lengths)}"
+                    )
+                if shard is None:
+                    i = len(done)
+                    shard = {
+                        "name": _part_name(name, i, version),
+                        "rows": [rows, rows],
+                        "bytes": 0,
+                        "locations": [self.locations[(i + r) % n] for r in range(self.replication)],
+                    }
+                    puts = []
+                    for location in shard["locations"]:
+                        puts.append(self._client(location)._native.put_stream(shard["name"], form))
+                for put in puts:
+                    put.send(names, arrays, timeout=self._timeout)
+                rows += lengths.pop()
+                shard["rows"][1] = rows
+                shard["bytes"] += sum(int(a.nbytes) for a in arrays)
+                if shard["bytes"] >= shard_bytes:
+                    self._parallel([functools.partial(finish, put) for put in puts])
+                    done.append(shard)
+                    shard, puts = None, []
+            if shard is not None:
+                self._parallel([functools.partial(finish, put) for put in puts])
+                done.append(shard)
+                shard, puts = None, []
+            if not done:
+                raise ShapeError(f"put {name!r}: the stream had no batches; nothing to store")
+            first = done[0]
+            schema_ipc = self._client(first["locations"][0])._native.info(first["name"])[
+                "schema_ipc"
+            ]
+        except BaseException as error:
+            for put in puts:
+                put.abort()  # the shard under way: its servers store nothing
+            stored = {"shards": done + ([shard] if shard is not None else [])}
+            self._afterwards(error, lambda timeout: self._delete_shards(stored, set(), timeout))
+            raise
+        self._commit(
+            name, schema_ipc, {"rows": rows, "bytes": sum(s["bytes"] for s in done), "shards": done}
         )
 
     def _commit(self, name: str, schema_ipc: bytes, shard_map: dict[str, Any]) -> None:
