@@ -188,12 +188,14 @@ def server_process(*args, preexec_fn=None):
     assert proc.returncode == 0, "the server did not stop cleanly"
 
 
-def rss_bytes(pid: int | str = "self") -> int:
-    """The resident memory of process ``pid`` (this one by default), in bytes."""
+def rss_bytes(pid: int | str = "self", kind: str = "VmRSS") -> int:
+    """The resident memory of process ``pid`` (this one by default), in bytes: all of it, or
+    one ``kind`` of ``/proc/PID/status`` (``RssAnon``: the process's own memory, not the
+    page cache of files it maps)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{kind}:"):
             return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS in /proc/{pid}/status")
+    raise AssertionError(f"no {kind} in /proc/{pid}/status")
 
 
 @pytest.fixture(scope="module")

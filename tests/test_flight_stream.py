@@ -4,12 +4,14 @@ of batches. Every test runs real servers on loopback; memory is read from /proc.
 from __future__ import annotations
 
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-from conftest import rss_bytes, start_cli_server
+from conftest import rss_bytes, same_values, server_process, start_cli_server
 
 import arrowbridge
 from arrowbridge.cluster import ClusterClient
@@ -327,3 +329,39 @@ class TestWhatAHostilePassFound:
         rows = 1 + sum(len(b) for b in stream)
         assert rows == 20_000
         assert rss_bytes() - before < 16 << 20
+
+
+# -- a data directory: items served from their files --------------------------------------
+
+
+def test_a_data_dir_server_serves_items_from_their_files_not_its_memory(tmp_path):
+    x = np.ones((8192, 1024))  # 64 MiB
+    budget = 100 << 20
+    with server_process("--data-dir", str(tmp_path), "--max-bytes", str(budget)) as (proc, loc):
+        with arrowbridge.connect(loc, shm=False) as c, arrowbridge.connect(loc) as local:
+            before = rss_bytes(proc.pid, "RssAnon")
+            # 256 MiB of items on a server whose budget is 100 MiB: what is stored in the
+            # data directory is its files' (the budget bounds each put as it arrives).
+            for i in range(4):
+                c.put(f"x{i}", x + i)
+            for _ in range(50):  # freed receive buffers are kept for a second for reuse
+                held = rss_bytes(proc.pid, "RssAnon") - before
+                if held < 32 << 20:
+                    break
+                time.sleep(0.1)
+            assert held < 32 << 20, f"the server holds {held >> 20} MiB of anonymous memory"
+            maps = Path(f"/proc/{proc.pid}/maps").read_text()
+            assert all(str(tmp_path / f"x{i}.arrow") in maps for i in range(4))
+            # Read over gRPC, in a stream, and over shared memory (a copy made per read)...
+            for i in range(4):
+                assert same_values(c.get(f"x{i}"), x + i)
+            assert sum(len(b) for b in c.stream("x3")) == 8192
+            got = local.get("x2", rows=(10, 20))
+            assert same_values(got, x[10:20] + 2)
+            assert same_values(local.get("x1"), x + 1)
+            # ...and a replaced item's file is served from the new one.
+            c.put("x0", x[:5] * 7)
+            assert same_values(c.get("x0"), x[:5] * 7)
+            with pytest.raises(arrowbridge.RemoteOutOfMemoryError, match="budget"):
+                c.put("big", np.ones((16384, 1024)))  # 128 MiB in one put: over the budget
+        assert sorted(p.name for p in tmp_path.iterdir()) == [f"x{i}.arrow" for i in range(4)]

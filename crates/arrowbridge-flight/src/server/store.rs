@@ -36,6 +36,9 @@ pub struct Stored {
     /// Where the rows are, when the item is sharded over other servers (this is its map:
     /// it has no rows of its own).
     pub shards: Option<ShardMap>,
+    /// Whether the batches view the item's file in the data directory, memory-mapped: its
+    /// bytes are the page cache's, not the server's memory (nor its budget's).
+    pub mapped: bool,
 }
 
 impl Stored {
@@ -64,7 +67,18 @@ impl Stored {
             batches,
             shared: None,
             shards,
+            mapped: false,
         }
+    }
+
+    /// The item stored in the IPC file at `path`, served from a read-only memory map of it.
+    fn from_file(path: &Path) -> Result<Self> {
+        let data = ipc::read_ipc(path, true)?;
+        let batches = data.batches()?;
+        total_rows(&batches)?;
+        let mut stored = Stored::new(data.schema().clone(), batches);
+        stored.mapped = true;
+        Ok(stored)
     }
 
     /// An item that lives in shared memory: `batch` views `shared`'s segment.
@@ -120,8 +134,12 @@ impl Stored {
     }
 
     /// What the item costs the server's memory budget: its buffers' bytes, or its shared
-    /// memory's whole size (a sparse segment counts at the size it claims).
+    /// memory's whole size (a sparse segment counts at the size it claims); nothing for an
+    /// item served from its file.
     pub fn charge(&self) -> usize {
+        if self.mapped {
+            return 0;
+        }
         let buffers: usize = self
             .batches
             .iter()
@@ -247,11 +265,7 @@ impl Store {
                 if check_name(name).is_err() {
                     continue;
                 }
-                let data = ipc::read_ipc(&path, true)?;
-                let batches = data.batches()?;
-                total_rows(&batches)?;
-                let stored = store.versioned(name, Stored::new(data.schema().clone(), batches));
-                *store.charged.lock().unwrap_or_else(PoisonError::into_inner) += stored.charge();
+                let stored = store.versioned(name, Stored::from_file(&path)?);
                 store.write_items().insert(name.to_string(), stored);
             }
         }
@@ -355,6 +369,11 @@ impl Store {
     /// Stores `stored` under `name`, durably first when the store has a data directory; the
     /// item it replaced, for the caller to drop once it has answered (freeing a large item
     /// takes time the client need not wait for).
+    ///
+    /// With a data directory, what is kept is the item's file, memory-mapped: the buffers
+    /// the put arrived in are freed when the caller drops `stored`'s remains, so the server's
+    /// memory holds the puts under way, not the items. (An item put over shared memory stays
+    /// in its segment, which local readers map as it is.)
     pub fn put(&self, name: &str, stored: Stored) -> Result<Option<Arc<Stored>>> {
         check_name(name)?;
         self.writing(name, || {
@@ -365,12 +384,22 @@ impl Store {
                 )));
             }
             let replacing = self.get(name).map_or(0, |item| item.charge());
-            self.reserve(name, stored.charge(), replacing)?;
-            let written = self.write_file(name, &stored);
-            if written.is_err() {
-                self.release(stored.charge());
-            }
-            written?;
+            let charge = stored.charge();
+            self.reserve(name, charge, replacing)?;
+            let written = self
+                .write_file(name, &stored)
+                .and_then(|()| self.mapped_file(name, &stored));
+            let stored = match written {
+                Ok(None) => stored,
+                Ok(Some(mapped)) => {
+                    self.release(charge);
+                    mapped
+                }
+                Err(e) => {
+                    self.release(charge);
+                    return Err(e);
+                }
+            };
             let stored = self.versioned(name, stored);
             let replaced = self.write_items().insert(name.to_string(), stored);
             self.release(replaced.as_ref().map_or(0, |item| item.charge()));
@@ -439,6 +468,19 @@ impl Store {
         Ok(())
     }
 
+    /// `stored` as it is served once written to its file: the file, memory-mapped (`None`
+    /// when the store has no data directory, or the item lives in shared memory or is a
+    /// map, which keep their form).
+    fn mapped_file(&self, name: &str, stored: &Stored) -> Result<Option<Stored>> {
+        let Some(dir) = &self.data_dir else {
+            return Ok(None);
+        };
+        if stored.shared.is_some() || stored.shards.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(Stored::from_file(&self.file(dir, name))?))
+    }
+
     /// The item called `name`.
     pub fn get(&self, name: &str) -> Option<Arc<Stored>> {
         self.read_items().get(name).cloned()
@@ -490,6 +532,11 @@ impl Store {
         let segment = Arc::new(segment);
         let (_, batch) = shm::unpack(&what, segment.clone(), &layout)?;
         let shared = Shared { segment, layout };
+        if item.mapped {
+            // Served from its file: the segment is this reader's copy, not kept (keeping it
+            // would bring the item back into the server's memory).
+            return Ok(shared);
+        }
         // The same rows, so the same version: readers of either see one item.
         let mut stored = Stored::in_shared_memory(item.schema.clone(), batch, shared.clone());
         stored.version = item.version;
