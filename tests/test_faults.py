@@ -90,7 +90,13 @@ c.put(sys.argv[2], x)
                     text=True,
                 )
                 assert v.stdout.readline().strip() == "sending"
-                time.sleep(random.Random(i).uniform(0.05, 0.4))
+                # Killed once the server is receiving (its memory grows; on a loaded machine
+                # that can take a while), a random moment later.
+                before, waited = rss_bytes(proc.pid), time.monotonic() + 5
+                while rss_bytes(proc.pid) - before < 16 * 2**20 and time.monotonic() < waited:
+                    time.sleep(0.005)
+                peak = max(peak, rss_bytes(proc.pid))
+                time.sleep(random.Random(i).uniform(0.0, 0.15))
                 peak = max(peak, rss_bytes(proc.pid))
                 v.kill()
                 v.wait()
@@ -100,24 +106,27 @@ c.put(sys.argv[2], x)
             # ...and once the server has finished with them (a put whose data all arrived is
             # completed and stored even if its client died waiting for the ack), a finished put
             # is whole and an unfinished one is not stored.
-            # A put whose data had all arrived may still be writing its file (256 MiB, fsynced:
-            # seconds on a loaded machine): wait until what is stored stops changing.
-            names, stable = None, 0
-            for _ in range(120):
-                now = {item["name"] for item in c.list()}
-                stable = stable + 1 if now == names else 0
-                names = now
-                if stable >= 4:
-                    break
-                time.sleep(0.25)
-            for i in range(8):
-                if f"victim{i}" in names:
-                    assert c.get(f"victim{i}").shape == (32768, 1024)
-                    c.delete(f"victim{i}")
+            # A put whose data had all arrived is listed only once its file is written and
+            # fsynced (256 MiB: seconds on a loaded machine, and the list can stay the same
+            # for as long meanwhile), so no moment tells that every finished put is listed:
+            # each victim is checked and deleted whenever it shows up, also while the memory
+            # is watched below.
+            deleted = set()
+
+            def delete_finished():
+                for item in c.list():
+                    name = item["name"]
+                    if name.startswith("victim") and name not in deleted:
+                        assert c.get(name).shape == (32768, 1024)
+                        c.delete(name)
+                        deleted.add(name)
+
+            delete_finished()
             assert same_values(c.get("keep"), np.arange(10.0))
             # With the finished ones deleted, nothing of the dead puts stays in memory.
-            for _ in range(20):
+            for _ in range(40):
                 time.sleep(0.5)
+                delete_finished()
                 kept = rss_bytes(proc.pid) - baseline
                 if kept < 64 * 2**20:
                     break

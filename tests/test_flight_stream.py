@@ -258,16 +258,17 @@ class TestStreamedPut:
             client.put("m", iter([]))
         assert client.list() == []
 
-    def test_client_memory_stays_constant_for_a_large_stream(self, remote):
+    def test_memory_stays_constant_on_both_sides_for_a_large_stream(self, remote, tmp_path):
         client, server_pid = remote
         block = np.ones((1 << 20, 2), np.float64)  # 16 MiB, the same block each time
-        before = rss_bytes()
-        peak = [before]
+        before, server_before = rss_bytes(), rss_bytes(server_pid, "RssAnon")
+        peak, server_peak = [before], [server_before]
         stop = threading.Event()
 
         def sample():
             while not stop.wait(0.05):
                 peak[0] = max(peak[0], rss_bytes())
+                server_peak[0] = max(server_peak[0], rss_bytes(server_pid, "RssAnon"))
 
         sampler = threading.Thread(target=sample)
         sampler.start()
@@ -278,7 +279,10 @@ class TestStreamedPut:
             sampler.join()
         assert client.info("big")["rows"] == 64 << 20
         assert peak[0] - before < 96 << 20, f"the client grew by {(peak[0] - before) >> 20} MiB"
-        assert rss_bytes(server_pid) > 1 << 30
+        # The server wrote the batches to the item's file as they came (a data directory).
+        grew = server_peak[0] - server_before
+        assert grew < 128 << 20, f"the server grew by {grew >> 20} MiB"
+        assert (tmp_path / "data" / "big.arrow").stat().st_size > 1 << 30
 
 
 class TestWhatAHostilePassFound:
@@ -340,28 +344,47 @@ def test_a_data_dir_server_serves_items_from_their_files_not_its_memory(tmp_path
     with server_process("--data-dir", str(tmp_path), "--max-bytes", str(budget)) as (proc, loc):
         with arrowbridge.connect(loc, shm=False) as c, arrowbridge.connect(loc) as local:
             before = rss_bytes(proc.pid, "RssAnon")
-            # 256 MiB of items on a server whose budget is 100 MiB: what is stored in the
-            # data directory is its files' (the budget bounds each put as it arrives).
-            for i in range(4):
-                c.put(f"x{i}", x + i)
-            for _ in range(50):  # freed receive buffers are kept for a second for reuse
-                held = rss_bytes(proc.pid, "RssAnon") - before
-                if held < 32 << 20:
-                    break
-                time.sleep(0.1)
-            assert held < 32 << 20, f"the server holds {held >> 20} MiB of anonymous memory"
+            peak, done = [0], threading.Event()
+
+            def sample():
+                while not done.wait(0.01):
+                    peak[0] = max(peak[0], rss_bytes(proc.pid, "RssAnon") - before)
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            try:
+                # 640 MiB of items on a server whose budget is 100 MiB: each put is written
+                # to its file as it arrives and served from it; the server's own memory
+                # holds a few messages.
+                for i in range(4):
+                    c.put(f"x{i}", x + i)
+                c.put("big", np.ones((16384, 1024)))  # 128 MiB in one put
+                c.put("gen", (np.full((1024, 1024), i, np.float64) for i in range(32)))
+            finally:
+                done.set()
+                sampler.join()
+            assert peak[0] < 128 << 20, f"the server's memory grew by {peak[0] >> 20} MiB"
             maps = Path(f"/proc/{proc.pid}/maps").read_text()
             assert all(str(tmp_path / f"x{i}.arrow") in maps for i in range(4))
+            assert c.info("big")["rows"] == 16384 and c.info("gen")["rows"] == 32 * 1024
             # Read over gRPC, in a stream, and over shared memory (a copy made per read)...
             for i in range(4):
                 assert same_values(c.get(f"x{i}"), x + i)
-            assert sum(len(b) for b in c.stream("x3")) == 8192
+            assert [int(b[0, 0]) for b in c.stream("gen", batch_rows=1024)] == list(range(32))
             got = local.get("x2", rows=(10, 20))
             assert same_values(got, x[10:20] + 2)
             assert same_values(local.get("x1"), x + 1)
             # ...and a replaced item's file is served from the new one.
             c.put("x0", x[:5] * 7)
             assert same_values(c.get("x0"), x[:5] * 7)
-            with pytest.raises(arrowbridge.RemoteOutOfMemoryError, match="budget"):
-                c.put("big", np.ones((16384, 1024)))  # 128 MiB in one put: over the budget
-        assert sorted(p.name for p in tmp_path.iterdir()) == [f"x{i}.arrow" for i in range(4)]
+
+            # A stream that fails part-way stores nothing and leaves no file behind.
+            def failing():
+                yield x
+                raise OSError("the source broke")
+
+            with pytest.raises(OSError, match="the source broke"):
+                c.put("x1", failing())
+            assert same_values(c.get("x1"), x + 1)
+        names = ["big.arrow", "gen.arrow", *(f"x{i}.arrow" for i in range(4))]
+        assert sorted(p.name for p in tmp_path.iterdir()) == names

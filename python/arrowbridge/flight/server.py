@@ -98,8 +98,9 @@ def serve(
     replaced, and the file is removed at shutdown.
     Without ``data_dir`` arrays live in memory. With it, every acknowledged put is first
     written to ``data_dir/<name>.arrow`` (atomically, fsynced) and the directory's arrays are
-    served again after a restart. Those arrays are served from their files, memory-mapped:
-    the server's own memory holds the puts under way, not the items. ``token`` requires ``authorization: Bearer <token>`` on every
+    served again after a restart. A gRPC put is written to its file as its batches arrive,
+    and arrays are served from their files, memory-mapped: the server's own memory holds a
+    few messages per put under way, not the items. ``token`` requires ``authorization: Bearer <token>`` on every
     call; ``tls=(cert_pem, key_pem)`` serves over TLS (``grpc+tls://``).
 
     With ``shm`` (the default, on Linux), clients on this host and of this user may put and
@@ -108,9 +109,9 @@ def serve(
     ``shm=False`` offers only gRPC.
 
     ``max_bytes`` is the server's memory budget: the most bytes its stored items may take
-    (gRPC, shared-memory and data-directory puts alike, while they arrive; a shared-memory
-    put counts at its segment's full size; an item served from its file in ``data_dir``
-    counts for nothing). A put past it raises :class:`RemoteOutOfMemoryError` and stores
+    (gRPC and shared-memory puts alike; a shared-memory put counts at its segment's full
+    size; with ``data_dir`` a gRPC put is written to its file as it arrives and counts for
+    nothing). A put past it raises :class:`RemoteOutOfMemoryError` and stores
     nothing. The default is three quarters of this machine's memory, or of the cgroup's
     limit where that is lower.
 

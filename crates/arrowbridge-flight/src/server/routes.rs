@@ -194,7 +194,11 @@ async fn do_put(
         }
     };
     let read = read.freeze();
-    let start = first.and_then(|len| Some((len, landing_of(&read[5..5 + len])?)));
+    // With a data directory, puts are written to their files as they arrive (tonic's way,
+    // `Service::put_messages`), not landed in memory.
+    let start = first
+        .filter(|_| !service.stores_files())
+        .and_then(|len| Some((len, landing_of(&read[5..5 + len])?)));
     let Some((first, (descriptor, schema, mut landing))) = start else {
         // Replayed to tonic: what was read, then the rest of the stream.
         let rest = if ended { None } else { Some(body) };

@@ -24,7 +24,7 @@ use crate::server::store::{Store, Stored, VersionError};
 use crate::shards::{ShardMap, SHARDS_KEY};
 use crate::shm;
 use crate::wire::protocol::{ExchangeArg, ExchangeCommand, ItemTicket};
-use crate::wire::receive::{receive, Received};
+use crate::wire::receive::{next_data, receive, schema_message, Decoded, Received};
 use crate::wire::MAX_FLIGHT_DATA;
 
 /// The arrowbridge Flight service.
@@ -243,6 +243,9 @@ impl Service {
     where
         S: futures::Stream<Item = Result<FlightData, Status>> + Send + Unpin + 'static,
     {
+        if self.store.has_data_dir() {
+            return self.put_to_file(messages).await;
+        }
         // A stream that does not announce its rows is charged as it comes: past the
         // server's memory budget it is refused, before it is all in memory.
         let store = self.store.clone();
@@ -260,6 +263,98 @@ impl Service {
             Ok(data)
         });
         self.store_received(receive(budgeted, "DoPut").await?).await
+    }
+
+    /// With a data directory: stores the item a DoPut stream of `messages` carries by
+    /// writing its batches to the item's file as they arrive (on a blocking thread, two
+    /// batches queued), so that memory holds a few messages whatever the item's size. The
+    /// file is committed, and the item replaced, when the stream ends whole; a stream that
+    /// fails or is cut leaves nothing (the temporary file is removed).
+    async fn put_to_file<S>(&self, mut messages: S) -> Result<PutResult, Status>
+    where
+        S: futures::Stream<Item = Result<FlightData, Status>> + Send + Unpin + 'static,
+    {
+        /// What the receiving task hands the writing thread.
+        enum Next {
+            Batch(RecordBatch),
+            End,
+        }
+        const WHAT: &str = "DoPut";
+        let mut descriptor = None;
+        let first = next_data(&mut messages, &mut descriptor).await?;
+        let descriptor = descriptor.ok_or_else(|| {
+            Status::invalid_argument("DoPut needs a descriptor with a path: [name]")
+        })?;
+        let name = descriptor_name(&descriptor)?;
+        let first = first.ok_or_else(|| Status::invalid_argument("DoPut sent no schema"))?;
+        let schema = arrowbridge::landing::unannounced(&schema_message(WHAT, &first)?);
+        let store = self.store.clone();
+        let file = {
+            let name = name.clone();
+            tokio::task::spawn_blocking(move || store.begin_file(&name))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??
+                .ok_or_else(|| Status::internal("the store has no data directory"))?
+        };
+        let (send, mut queue) = tokio::sync::mpsc::channel::<Next>(2);
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut rows = 0usize;
+            let batches = std::iter::from_fn(|| match queue.blocking_recv() {
+                Some(Next::Batch(batch)) => {
+                    rows = rows.saturating_add(batch.num_rows());
+                    Some(Ok(batch))
+                }
+                Some(Next::End) => None,
+                None => Some(Err(arrowbridge::Error::invalid(
+                    WHAT,
+                    "the stream ended before its last batch; nothing was stored",
+                ))),
+            });
+            let options = arrowbridge::ipc::WriteOptions {
+                format: arrowbridge::ipc::IpcFormat::File,
+                compression: None,
+            };
+            file.write_batches(&schema, batches, &options)?;
+            Ok::<_, arrowbridge::Error>((file, rows, schema))
+        });
+        let mut decoded = Decoded::new(stream::iter([Ok(first)]).chain(messages), WHAT);
+        let mut received = Ok(());
+        while let Some(batch) = decoded.next().await {
+            match batch {
+                // A writer that stopped says why below.
+                Ok(batch) => {
+                    if send.send(Next::Batch(batch)).await.is_err() {
+                        break;
+                    }
+                }
+                Err(status) => {
+                    received = Err(status);
+                    break;
+                }
+            }
+        }
+        if received.is_ok() {
+            let _ = send.send(Next::End).await;
+        }
+        drop(send);
+        let written = writer.await.map_err(|e| Status::internal(e.to_string()))?;
+        received?;
+        let (file, rows, schema) = written.map_err(FlightServerError::from)?;
+        i64::try_from(rows).map_err(|_| {
+            Status::invalid_argument(format!("{WHAT}: more rows than an item can have"))
+        })?;
+        if ShardMap::of(&Arc::new(schema))?.is_some() && rows != 0 {
+            return Err(Status::invalid_argument(format!(
+                "the map of a sharded item ({SHARDS_KEY}) has no rows of its own; {rows} were sent"
+            )));
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.put_file(&name, file).map(drop))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(PutResult {
+            app_metadata: serde_json::json!({"rows": rows}).to_string().into(),
+        })
     }
 
     /// Stores the item a DoPut stream brought; its acknowledgement.
@@ -340,6 +435,11 @@ impl Service {
     }
 
     /// Whether a put of `bytes` under `name` fits the server's memory budget now.
+    /// Whether puts are stored in a data directory (written to their files as they arrive).
+    pub(crate) fn stores_files(&self) -> bool {
+        self.store.has_data_dir()
+    }
+
     pub(crate) fn admits(&self, name: &str, bytes: usize) -> Result<(), Status> {
         Ok(self.store.admits(name, bytes)?)
     }

@@ -366,6 +366,50 @@ impl Store {
         dir.join(format!("{name}.arrow"))
     }
 
+    /// Whether items are stored in a data directory.
+    pub fn has_data_dir(&self) -> bool {
+        self.data_dir.is_some()
+    }
+
+    /// Refuses a put of `name` that could not be stored: a bad name, or a shard (written
+    /// once) that exists.
+    fn check_put(&self, name: &str) -> Result<()> {
+        check_name(name)?;
+        if crate::names::is_written_once(name) && self.get(name).is_some() {
+            return Err(FlightServerError::BadRequest(format!(
+                "{name:?} holds a shard (or part) of a sharded item, which is written once: \
+                 a map names it, and readers of the item trust its rows not to change"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The file a put of `name` is written to as it arrives, in the data directory (see
+    /// [`put_file`](Self::put_file)); `None` without one.
+    pub fn begin_file(&self, name: &str) -> Result<Option<ipc::AtomicFile>> {
+        self.check_put(name)?;
+        let Some(dir) = &self.data_dir else {
+            return Ok(None);
+        };
+        Ok(Some(ipc::AtomicFile::create(&self.file(dir, name))?))
+    }
+
+    /// Stores the item `file` (of [`begin_file`](Self::begin_file), written whole) holds
+    /// under `name`: the file is committed (flushed, renamed into place) and served
+    /// memory-mapped. The item it replaced, as [`put`](Self::put) returns it.
+    pub fn put_file(&self, name: &str, file: ipc::AtomicFile) -> Result<Option<Arc<Stored>>> {
+        self.writing(name, || {
+            self.check_put(name)?;
+            let path = file.path().to_path_buf();
+            file.commit()?;
+            let stored = self.versioned(name, Stored::from_file(&path)?);
+            let replaced = self.write_items().insert(name.to_string(), stored);
+            self.release(replaced.as_ref().map_or(0, |item| item.charge()));
+            self.retire(replaced.as_ref());
+            Ok(replaced)
+        })
+    }
+
     /// Stores `stored` under `name`, durably first when the store has a data directory; the
     /// item it replaced, for the caller to drop once it has answered (freeing a large item
     /// takes time the client need not wait for).
@@ -377,12 +421,7 @@ impl Store {
     pub fn put(&self, name: &str, stored: Stored) -> Result<Option<Arc<Stored>>> {
         check_name(name)?;
         self.writing(name, || {
-            if crate::names::is_written_once(name) && self.get(name).is_some() {
-                return Err(FlightServerError::BadRequest(format!(
-                    "{name:?} holds a shard (or part) of a sharded item, which is written once: \
-                     a map names it, and readers of the item trust its rows not to change"
-                )));
-            }
+            self.check_put(name)?;
             let replacing = self.get(name).map_or(0, |item| item.charge());
             let charge = stored.charge();
             self.reserve(name, charge, replacing)?;

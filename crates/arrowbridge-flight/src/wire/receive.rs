@@ -39,7 +39,7 @@ pub(crate) fn refused(e: arrowbridge::Error) -> Status {
 
 /// The next message that carries Arrow data (a header); others (a descriptor of its own,
 /// app_metadata only) are skipped. `descriptor` keeps the first descriptor seen.
-async fn next_data<S>(
+pub(crate) async fn next_data<S>(
     stream: &mut S,
     descriptor: &mut Option<FlightDescriptor>,
 ) -> Result<Option<FlightData>, Status>
@@ -173,51 +173,84 @@ async fn decode<S>(
 where
     S: Stream<Item = Result<FlightData, Status>> + Send + Unpin + 'static,
 {
-    // The status of a message that failed its check; the decoder only sees an error.
-    let refusal: Arc<Mutex<Option<Status>>> = Arc::default();
-    let refusal_in = refusal.clone();
-    // Batches are checked against the stream's schema, which its schema message brings.
-    let mut schema: Option<Schema> = None;
-    let checked = stream
-        .map_err(|status| FlightError::Tonic(Box::new(status)))
-        .try_filter(|data| futures::future::ready(!data.data_header.is_empty()))
-        .and_then(move |data| {
-            let result = arrowbridge::ipc::check_message(
-                what,
-                &data.data_header,
-                &data.data_body,
-                schema.as_ref(),
-            )
-            .map(|()| {
-                if let Some(sent) = arrowbridge::ipc::schema_of_message(&data.data_header) {
-                    schema = Some(sent);
-                }
-                data
-            })
-            .map_err(|e| {
-                let status = refused(e);
-                let error = FlightError::ProtocolError(status.message().to_string());
-                *refusal_in.lock().unwrap_or_else(PoisonError::into_inner) = Some(status);
-                error
-            });
-            futures::future::ready(result)
-        });
-    let mut decoded = FlightRecordBatchStream::new_from_flight_data(checked);
+    let mut decoded = Decoded::new(stream, what);
     let mut batches = Vec::new();
     while let Some(batch) = decoded.next().await {
-        match batch {
-            Ok(batch) => batches.push(batch),
-            Err(FlightError::Tonic(status)) => return Err(*status),
+        batches.push(batch?);
+    }
+    Ok((decoded.schema(), batches))
+}
+
+/// The record batches of a stream as arrow-ipc decodes them, one at a time, each message
+/// checked first ([`arrowbridge::ipc::check_message`]).
+pub struct Decoded {
+    batches: FlightRecordBatchStream,
+    /// The status of a message that failed its check; the decoder only sees an error.
+    refusal: Arc<Mutex<Option<Status>>>,
+    what: &'static str,
+}
+
+impl Decoded {
+    /// Decodes `stream` (its first data message is the schema).
+    pub fn new<S>(stream: S, what: &'static str) -> Self
+    where
+        S: Stream<Item = Result<FlightData, Status>> + Send + Unpin + 'static,
+    {
+        let refusal: Arc<Mutex<Option<Status>>> = Arc::default();
+        let refusal_in = refusal.clone();
+        // Batches are checked against the stream's schema, which its schema message brings.
+        let mut schema: Option<Schema> = None;
+        let checked = stream
+            .map_err(|status| FlightError::Tonic(Box::new(status)))
+            .try_filter(|data| futures::future::ready(!data.data_header.is_empty()))
+            .and_then(move |data| {
+                let result = arrowbridge::ipc::check_message(
+                    what,
+                    &data.data_header,
+                    &data.data_body,
+                    schema.as_ref(),
+                )
+                .map(|()| {
+                    if let Some(sent) = arrowbridge::ipc::schema_of_message(&data.data_header) {
+                        schema = Some(sent);
+                    }
+                    data
+                })
+                .map_err(|e| {
+                    let status = refused(e);
+                    let error = FlightError::ProtocolError(status.message().to_string());
+                    *refusal_in.lock().unwrap_or_else(PoisonError::into_inner) = Some(status);
+                    error
+                });
+                futures::future::ready(result)
+            });
+        Decoded {
+            batches: FlightRecordBatchStream::new_from_flight_data(checked),
+            refusal,
+            what,
+        }
+    }
+
+    /// The next batch; `None` at the end of the stream.
+    pub async fn next(&mut self) -> Option<Result<RecordBatch, Status>> {
+        Some(match self.batches.next().await? {
+            Ok(batch) => Ok(batch),
+            Err(FlightError::Tonic(status)) => Err(*status),
             Err(e) => {
-                let refused = refusal
+                let refused = self
+                    .refusal
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .take();
-                return Err(refused.unwrap_or_else(|| {
-                    Status::invalid_argument(format!("{what}: bad Arrow data: {e}"))
-                }));
+                Err(refused.unwrap_or_else(|| {
+                    Status::invalid_argument(format!("{}: bad Arrow data: {e}", self.what))
+                }))
             }
-        }
+        })
     }
-    Ok((decoded.schema().cloned(), batches))
+
+    /// The stream's schema, once its schema message was read.
+    pub fn schema(&self) -> Option<SchemaRef> {
+        self.batches.schema().cloned()
+    }
 }

@@ -171,6 +171,40 @@ impl AtomicFile {
         &self.temp
     }
 
+    /// Writes record batches to the temporary file in the IPC format, as
+    /// [`write_batches`](super::write_batches) does, and flushes them to it; errors name the
+    /// path. The batches may come as they are made (an iterator over a channel): one is
+    /// held at a time.
+    pub fn write_batches(
+        &self,
+        schema: &arrow_schema::Schema,
+        batches: impl IntoIterator<Item = Result<arrow_array::RecordBatch>>,
+        options: &WriteOptions,
+    ) -> Result<()> {
+        self.write_with(|w| write_batches(w, schema, batches, options))
+    }
+
+    /// Writes the temporary file with `write`, through a buffer flushed at the end.
+    fn write_with(&self, write: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
+        let path = &self.path;
+        let file = self.file().try_clone().map_err(io_error(path))?;
+        let mut writer = BufWriter::with_capacity(1 << 20, file);
+        write(&mut writer).map_err(|e| match e {
+            // The Arrow writer reports a failed write without the file's name.
+            Error::Arrow(arrow_schema::ArrowError::IoError(_, source)) => io_error(path)(source),
+            other => other,
+        })?;
+        writer
+            .into_inner()
+            .map_err(|e| io_error(path)(e.into_error()))?;
+        Ok(())
+    }
+
+    /// The path the file will have once committed.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The temporary file, open for writing.
     fn file(&self) -> &File {
         self.file
@@ -211,15 +245,6 @@ pub fn write_atomically(
     write: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
 ) -> Result<()> {
     let atomic = AtomicFile::create(path)?;
-    let file = atomic.file().try_clone().map_err(io_error(path))?;
-    let mut writer = BufWriter::with_capacity(1 << 20, file);
-    write(&mut writer).map_err(|e| match e {
-        // The Arrow writer reports a failed write without the file's name.
-        Error::Arrow(arrow_schema::ArrowError::IoError(_, source)) => io_error(path)(source),
-        other => other,
-    })?;
-    writer
-        .into_inner()
-        .map_err(|e| io_error(path)(e.into_error()))?;
+    atomic.write_with(write)?;
     atomic.commit()
 }
