@@ -414,6 +414,8 @@ def main() -> None:
         repeats=3 if args.quick else 5,
         concurrency=(8, 25) if args.quick else (32, 200),
         small_n=100 if args.quick else 500,
+        # A 4 GiB item through a client limited to 3 GiB of address space (quick: 256 MiB).
+        bounded=(256 * MIB, 3 * GIB) if args.quick else (4 * GIB, 3 * GIB),
     )
     flight_headline, flight_rows = flight_bench.report(fr, fmt_time)
     headline += flight_headline
