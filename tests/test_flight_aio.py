@@ -191,6 +191,35 @@ def test_streams_both_ways(server):
     assert got == [[1, 2, 3], [4]]
 
 
+def test_kernels_batch_by_batch(server):
+    x = np.arange(20.0).reshape(10, 2)
+
+    async def arrays():
+        for i in range(3):
+            await asyncio.sleep(0)
+            yield np.full((2, 2), float(i))
+
+    async def main():
+        async with aio.connect(server.location) as client:
+            await client.put("cx", x)
+            stored = client.stored("cx")
+            rows = [b async for b in client.call_stream("normalize", stored, batch_rows=4)]
+            total = [t async for t in client.call_stream("sum", stored, batch_rows=3, axis=0)]
+            sent = [b async for b in client.call_stream("add", arrays(), np.ones(2))]
+            plain = [b async for b in client.call_stream("identity", iter([np.arange(3)]))]
+            with pytest.raises(arrowbridge.NotDistributableError):
+                await anext(client.call_stream("pad", stored))
+            return rows, total, sent, plain
+
+    rows, total, sent, plain = asyncio.run(main())
+    assert [len(b) for b in rows] == [4, 4, 2]
+    with arrowbridge.connect(server.location) as client:
+        assert np.allclose(np.concatenate(rows), client.call("normalize", x))
+    assert [t.tolist() for t in total] == [x.sum(axis=0).tolist()]
+    assert [b[0, 0] for b in sent] == [1.0, 2.0, 3.0]
+    assert [p.tolist() for p in plain] == [[0, 1, 2]]
+
+
 def test_a_stream_that_raises_stores_nothing(server):
     async def broken():
         yield np.zeros(1000)

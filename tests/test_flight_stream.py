@@ -4,7 +4,6 @@ of batches. Every test runs real servers on loopback; memory is read from /proc.
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -388,3 +387,73 @@ def test_a_data_dir_server_serves_items_from_their_files_not_its_memory(tmp_path
             assert same_values(c.get("x1"), x + 1)
         names = ["big.arrow", "gen.arrow", *(f"x{i}.arrow" for i in range(4))]
         assert sorted(p.name for p in tmp_path.iterdir()) == names
+
+
+# -- kernels batch by batch ---------------------------------------------------------------
+
+
+class TestCallStream:
+    def test_a_row_wise_kernel_on_a_stored_item_yields_each_batchs_rows(self, client):
+        x = np.random.default_rng(0).standard_normal((1000, 4))
+        client.put("x", x)
+        batches = list(client.call_stream("normalize", client.stored("x"), batch_rows=300))
+        assert [len(b) for b in batches] == [300, 300, 300, 100]
+        assert np.allclose(np.concatenate(batches), client.call("normalize", x))
+        # Other arguments go whole with every batch; stored ones are named.
+        client.put("w", np.ones(4))
+        added = client.call_stream("add", client.stored("x"), client.stored("w"), batch_rows=512)
+        assert np.array_equal(np.concatenate(list(added)), x + 1)
+
+    def test_a_reduction_combines_its_partials_batch_by_batch(self, client):
+        x = np.arange(12.0).reshape(6, 2)
+        client.put("x", x)
+        assert [
+            r.tolist() for r in client.call_stream("sum", client.stored("x"), batch_rows=4)
+        ] == [x.sum()]
+        by_column = list(client.call_stream("sum", client.stored("x"), batch_rows=4, axis=0))
+        assert [r.tolist() for r in by_column] == [x.sum(axis=0).tolist()]
+        # Over axis 1 it keeps rows apart: row-wise.
+        by_row = list(client.call_stream("sum", client.stored("x"), batch_rows=4, axis=1))
+        assert np.array_equal(np.concatenate(by_row), x.sum(axis=1))
+
+    def test_a_stream_of_arrays_goes_batch_by_batch_both_ways(self, client):
+        batches = (np.full((100, 3), i, np.float32) for i in range(5))
+        results = list(client.call_stream("add", batches, np.ones(3, np.float32)))
+        assert [r[0, 0] for r in results] == [1, 2, 3, 4, 5]
+        total = client.call_stream("sum", iter([np.arange(3), np.arange(3)]))
+        assert [t.tolist() for t in total] == [6]
+        assert list(client.call_stream("sum", iter([]))) == []
+
+    def test_out_stores_the_result_batch_by_batch(self, client):
+        x = np.arange(20.0).reshape(10, 2)
+        client.put("x", x)
+        assert client.call("add", client.stored("x"), np.ones(2), out="y") is None
+        assert np.array_equal(client.get("y"), x + 1)
+
+    def test_a_stream_reads_one_version(self, client):
+        x = np.zeros((8192, 1024))  # 64 MiB: a replaced version is not kept for readers
+        client.put("x", x)
+        results = client.call_stream("identity", client.stored("x"), batch_rows=1024)
+        assert len(next(results)) == 1024
+        client.put("x", np.ones((8192, 1024)))
+        with pytest.raises(arrowbridge.ItemReplacedError, match="was replaced"):
+            next(results)
+
+    def test_what_cannot_be_streamed_says_why(self, client):
+        client.put("x", np.arange(6.0).reshape(3, 2))
+        with pytest.raises(arrowbridge.NotDistributableError, match="'pad'"):
+            client.call_stream("pad", client.stored("x"))
+        with pytest.raises(arrowbridge.UnknownKernelError, match="'nope'"):
+            client.call_stream("nope", client.stored("x"))
+        with pytest.raises(arrowbridge.ShapeError, match="not ndarray"):
+            client.call_stream("identity", np.arange(3))
+        with pytest.raises(arrowbridge.ShapeError, match="batch_rows must be an int >= 1"):
+            client.call_stream("identity", client.stored("x"), batch_rows=0)
+        columns = iter([{"a": np.arange(2), "b": np.arange(2)}])
+        with pytest.raises(arrowbridge.ShapeError, match="batch 0 has columns"):
+            list(client.call_stream("identity", columns))
+        with pytest.raises(arrowbridge.RemoteNotFoundError):
+            client.call_stream("identity", client.stored("missing"))
+        # A row range past the item's end is refused by the server, naming it.
+        with pytest.raises(arrowbridge.RemoteInvalidError, match=r"rows \[2, 9\) of \"x\""):
+            client._native.call("identity", [("stored_rows", ("x", None, 2, 9))])

@@ -28,17 +28,26 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from . import _native
 from .errors import FlightCallError, ShapeError
 from .flight.client import (
     Stored,
-    _array_like,
+    _arg,
     _batches,
+    _check_batch_rows,
     _columns,
     _Connected,
     _describe,
     _names,
+    _one_array,
+    _rank,
+    _raw_batches,
+    _Results,
     _rows,
+    _stored_calls,
+    _stream_source,
     _streamed,
 )
 
@@ -413,14 +422,77 @@ class AsyncClient(_Connected):
         self, kernel: str, *arrays: Any, timeout: float | None = None, **params: Any
     ) -> Any:
         """Runs ``kernel`` on the server, as :meth:`arrowbridge.Client.call` does."""
-        args = [
-            ("stored", a.name) if isinstance(a, Stored) else ("array", _array_like(a))
-            for a in arrays
-        ]
+        return await self._call(kernel, [_arg(a) for a in arrays], params, timeout)
+
+    async def _call(
+        self, kernel: str, args: list[tuple[str, Any]], params: dict[str, Any], timeout: Any
+    ) -> Any:
         result = await self._calls.run(
             lambda done: self._native.submit_call(kernel, args, params, done, timeout=timeout)
         )
         return result[0] if len(result) == 1 else tuple(result)
+
+    async def call_stream(
+        self,
+        kernel: str,
+        source: Any,
+        *others: Any,
+        batch_rows: int | None = None,
+        timeout: float | None = None,
+        **params: Any,
+    ) -> AsyncIterator[Any]:
+        """Runs ``kernel`` on ``source`` batch by batch, as
+        :meth:`arrowbridge.Client.call_stream` does: ``async for result in
+        client.call_stream(...)``. ``source`` may also be an async iterable of arrays. Errors
+        in the arguments are raised by the first ``__anext__``.
+
+        >>> import asyncio, numpy as np, arrowbridge, arrowbridge.aio
+        >>> async def main(location):
+        ...     async with arrowbridge.aio.connect(location) as client:
+        ...         await client.put("x", np.arange(6.0).reshape(3, 2))
+        ...         sums = client.call_stream("sum", client.stored("x"), batch_rows=2)
+        ...         return [r async for r in sums]
+        >>> with arrowbridge.serve() as server:
+        ...     asyncio.run(main(server.location))
+        [array(15.)]
+        """
+        rest = [_arg(a) for a in others]
+        _check_batch_rows(batch_rows)
+        described = await self._described(timeout)
+        if isinstance(source, Stored):
+            infos = await self._calls.run(
+                lambda done: self._native.submit_info(source.name, done, timeout=timeout)
+            )
+            results = _Results(kernel, described, _rank(infos[0]), params)
+            for rows, of, args in _stored_calls(source.name, infos[0], batch_rows, rest):
+                for result in results.add(
+                    rows, of, await self._call(kernel, args, params, timeout)
+                ):
+                    yield result
+        else:
+            results = None
+            index = 0
+            async for batch in _aiter_batches(kernel, source):
+                array = _one_array(kernel, index, batch)
+                if results is None:
+                    results = _Results(kernel, described, np.ndim(array), params)
+                args = [("array", array), *rest]
+                outcome = await self._call(kernel, args, params, timeout)
+                for result in results.add(len(array), f"batch {index}", outcome):
+                    yield result
+                index += 1
+            if results is None:
+                return
+        for result in results.end():
+            yield result
+
+    async def _described(self, timeout: Any) -> dict[str, Any]:
+        """The server's ``describe_kernels``, asked once."""
+        described = getattr(self, "_kernel_descriptions", None)
+        if described is None:
+            body = await self._action("describe_kernels", b"", timeout)
+            described = self._kernel_descriptions = json.loads(body)
+        return described
 
     def close(self) -> None:
         """Closes the connection (calls under way are cancelled); idempotent."""
@@ -445,9 +517,16 @@ async def _async_batches(
         yield _columns(batch)
 
 
-async def _to_async(batches: Any) -> AsyncIterator[tuple[str, list[str], list[Any]]]:
+async def _to_async(batches: Any) -> AsyncIterator[Any]:
     for batch in batches:
         yield batch
+
+
+def _aiter_batches(kernel: str, source: Any) -> AsyncIterator[Any]:
+    """The batches of a call_stream's source, async or not, as they come."""
+    if isinstance(source, AsyncIterable):
+        return aiter(source)
+    return _to_async(_raw_batches(_stream_source(kernel, source)))
 
 
 def connect(

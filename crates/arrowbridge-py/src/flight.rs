@@ -297,6 +297,7 @@ fn info_dict<'py>(py: Python<'py>, info: &ItemInfo) -> BridgeResult<Bound<'py, P
         serde_json::to_string(&info.columns).unwrap_or_default(),
     )?;
     dict.set_item("endpoints", info.endpoints)?;
+    dict.set_item("version", info.version)?;
     Ok(dict)
 }
 
@@ -535,8 +536,9 @@ impl FlightClient {
         })
     }
 
-    /// Runs `kernel` on `args` (each `("array", x)` or `("stored", name)`) with the
-    /// keyword parameters `params`; the outputs as NumPy arrays.
+    /// Runs `kernel` on `args` (each `("array", x)`, `("stored", name)` or
+    /// `("stored_rows", (name, version, start, end))`) with the keyword parameters
+    /// `params`; the outputs as NumPy arrays.
     #[pyo3(signature = (kernel, args, params=None, *, timeout=None))]
     fn call<'py>(
         &self,
@@ -550,28 +552,8 @@ impl FlightClient {
             let client = self.client()?;
             let timeout = seconds(timeout)?;
             let params = crate::call::params(kernel, params)?;
-            let mut tensors = Vec::new();
-            let mut stored = Vec::new();
-            for (kind, value) in &args {
-                if kind == "stored" {
-                    stored.push(Some(value.extract::<String>()?));
-                    tensors.push(None);
-                } else {
-                    stored.push(None);
-                    tensors.push(Some(arrowbridge_pyo3::internal::input::column_input(
-                        value,
-                    )?));
-                }
-            }
-            let args: Vec<Arg<'_>> = stored
-                .iter()
-                .zip(&tensors)
-                .map(|(s, t)| match (s, t) {
-                    (Some(name), _) => Arg::Stored(name),
-                    (None, Some(t)) => Arg::Array(t),
-                    (None, None) => unreachable!("every argument is one or the other"),
-                })
-                .collect();
+            let inputs = call_inputs(&args)?;
+            let args: Vec<Arg<'_>> = inputs.iter().map(CallInput::arg).collect();
             let outputs = limited(py, timeout, || client.call(kernel, &args, &params))
                 .map_err(client_error)?;
             outputs
@@ -714,14 +696,7 @@ impl FlightClient {
     ) -> BridgeResult<PendingCall> {
         let client = self.client()?;
         let params = crate::call::params(&kernel, params)?;
-        let mut inputs: Vec<Result<ArrowTensor, String>> = Vec::with_capacity(args.len());
-        for (kind, value) in &args {
-            inputs.push(if kind == "stored" {
-                Err(value.extract::<String>()?)
-            } else {
-                Ok(arrowbridge_pyo3::internal::input::column_input(value)?)
-            });
-        }
+        let inputs = call_inputs(&args)?;
         let what = format!("call {kernel:?}");
         Ok(spawn_call(
             &client.clone(),
@@ -729,13 +704,7 @@ impl FlightClient {
             seconds(timeout)?,
             done,
             async move {
-                let args: Vec<Arg<'_>> = inputs
-                    .iter()
-                    .map(|input| match input {
-                        Ok(tensor) => Arg::Array(tensor),
-                        Err(name) => Arg::Stored(name),
-                    })
-                    .collect();
+                let args: Vec<Arg<'_>> = inputs.iter().map(CallInput::arg).collect();
                 client.call_async(&kernel, &args, &params).await
             },
             |py, outputs: Vec<ArrowTensor>| {
@@ -801,6 +770,44 @@ impl FlightClient {
         // The runtime stops (joining its threads) without the GIL held.
         py.detach(move || drop(client));
     }
+}
+
+/// A kernel argument as Python passes it: `("array", x)`, `("stored", name)` or
+/// `("stored_rows", (name, version, start, end))`.
+enum CallInput {
+    Array(ArrowTensor),
+    Stored(String),
+    StoredRows(String, Option<u64>, usize, usize),
+}
+
+impl CallInput {
+    fn arg(&self) -> Arg<'_> {
+        match self {
+            CallInput::Array(tensor) => Arg::Array(tensor),
+            CallInput::Stored(name) => Arg::Stored(name),
+            CallInput::StoredRows(name, version, start, end) => Arg::StoredRows {
+                name,
+                version: *version,
+                rows: (*start, *end),
+            },
+        }
+    }
+}
+
+/// The arguments of a call, read while the GIL is held.
+fn call_inputs(args: &[(String, Bound<'_, PyAny>)]) -> BridgeResult<Vec<CallInput>> {
+    args.iter()
+        .map(|(kind, value)| {
+            Ok(match kind.as_str() {
+                "stored" => CallInput::Stored(value.extract()?),
+                "stored_rows" => {
+                    let (name, version, start, end) = value.extract()?;
+                    CallInput::StoredRows(name, version, start, end)
+                }
+                _ => CallInput::Array(arrowbridge_pyo3::internal::input::column_input(value)?),
+            })
+        })
+        .collect()
 }
 
 /// The batches of a stored item as they arrive: `{name: array}` per batch.

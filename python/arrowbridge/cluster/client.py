@@ -45,9 +45,17 @@ from ..errors import (
     RemoteNotFoundError,
     ServerUnavailableError,
     ShapeError,
-    UnknownKernelError,
 )
-from ..flight.client import Client, Stored, _batches, _columns, _streamed
+from ..flight.client import (
+    COMBINE,
+    Client,
+    Stored,
+    _batches,
+    _columns,
+    _streamed,
+    check_rows,
+    kernel_distribution,
+)
 
 #: Schema metadata key of a sharded item's map (see ``arrowbridge_flight::shards``).
 SHARDS_KEY = "arrowbridge.shards"
@@ -69,12 +77,6 @@ _READ_ATTEMPTS = 8
 #: Where a streamed put starts its next shard, by default: once the shard holds this many
 #: bytes (batches are not split).
 _STREAM_SHARD_BYTES = 256 * 2**20
-
-_COMBINE: dict[str, Callable[[Any, Any], Any]] = {
-    "sum": np.add,
-    "min": np.minimum,
-    "max": np.maximum,
-}
 
 
 def shard_bounds(rows: int, shards: int) -> list[tuple[int, int]]:
@@ -798,23 +800,7 @@ class ClusterClient:
         return self._kernels
 
     def _distribution(self, kernel: str, ndim: int, params: Mapping[str, Any]) -> Any:
-        kernels = self.kernels()
-        if kernel not in kernels:
-            raise UnknownKernelError(
-                f"no kernel {kernel!r} on the cluster's servers; available: "
-                + ", ".join(sorted(kernels))
-            )
-        dist = kernels[kernel]["distribution"]
-        if not isinstance(dist, dict):
-            return dist
-        axis_param = dist.get("axis")
-        axis = None if axis_param is None else params.get(axis_param)
-        if axis is None:
-            return dist
-        axes = [axis] if isinstance(axis, int) else list(axis)
-        if 0 in [a % ndim if ndim else a for a in axes]:
-            return dist
-        return "rows"  # reduces within rows: rows stay apart
+        return kernel_distribution(self.kernels(), kernel, ndim, params)
 
     def call(self, kernel: str, *args: Any, gather: bool = False, **params: Any) -> Any:
         """Runs ``kernel``. When the first argument is :meth:`stored` ``(name)`` of a sharded
@@ -870,16 +856,11 @@ class ClusterClient:
         elif dist == "rows":
             for shard, outputs in zip(shards, partials, strict=True):
                 start, end = shard["rows"]
-                for out in outputs:
-                    if np.ndim(out) == 0 or len(out) != end - start:
-                        raise ShapeError(
-                            f"kernel {kernel!r} is declared row-wise, but its result on "
-                            f"{shard['name']!r} (rows [{start}, {end})) has shape "
-                            f"{np.shape(out)}, not {end - start} rows"
-                        )
+                of = f"{shard['name']!r} (rows [{start}, {end}))"
+                check_rows(kernel, outputs, end - start, of)
             outputs = [np.concatenate(column) for column in zip(*partials, strict=True)]
         else:
-            combine = _COMBINE[dist["reduce"]]
+            combine = COMBINE[dist["reduce"]]
             outputs = [functools.reduce(combine, column) for column in zip(*partials, strict=True)]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 

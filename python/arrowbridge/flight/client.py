@@ -13,15 +13,61 @@ from __future__ import annotations
 import json
 import os
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from .. import _native
-from ..errors import ShapeError
+from ..errors import NotDistributableError, ShapeError, UnknownKernelError
 from ..ipc import _array_like
+
+#: How the partial results of a reduction over rows combine (a kernel's distribution
+#: ``{"reduce": ...}``): arrays, 0-d ones included, as the kernel's own results are.
+COMBINE: dict[str, Callable[[Any, Any], Any]] = {
+    "sum": lambda a, b: np.asarray(np.add(a, b)),
+    "min": lambda a, b: np.asarray(np.minimum(a, b)),
+    "max": lambda a, b: np.asarray(np.maximum(a, b)),
+}
+
+#: Rows per batch of :meth:`Client.call_stream` on a stored item, by default: about this
+#: many bytes of it.
+_CALL_BATCH_BYTES = 8 << 20
+
+
+def kernel_distribution(
+    described: Mapping[str, Any], kernel: str, ndim: int, params: Mapping[str, Any]
+) -> Any:
+    """How ``kernel`` runs on parts of its first argument's rows (``"rows"``, ``{"reduce":
+    ...}`` or ``"local"``), from a server's ``describe_kernels`` and the call's parameters:
+    a reduction over axes other than 0 keeps rows apart, so it is row-wise."""
+    if kernel not in described:
+        raise UnknownKernelError(
+            f"no kernel {kernel!r} on the server; available: " + ", ".join(sorted(described))
+        )
+    dist = described[kernel]["distribution"]
+    if not isinstance(dist, dict):
+        return dist
+    axis_param = dist.get("axis")
+    axis = None if axis_param is None else params.get(axis_param)
+    if axis is None:
+        return dist
+    axes = [axis] if isinstance(axis, int) else list(axis)
+    if 0 in [a % ndim if ndim else a for a in axes]:
+        return dist
+    return "rows"  # reduces within rows: rows stay apart
+
+
+def check_rows(kernel: str, outputs: Sequence[Any], rows: int, of: str) -> None:
+    """Raises :class:`ShapeError` unless each output of a row-wise kernel has ``rows`` rows."""
+    for out in outputs:
+        if np.ndim(out) == 0 or len(out) != rows:
+            raise ShapeError(
+                f"kernel {kernel!r} is declared row-wise, but its result on {of} has shape "
+                f"{np.shape(out)}, not {rows} rows"
+            )
 
 
 @dataclass(frozen=True)
@@ -57,11 +103,130 @@ def _streamed(data: Any) -> bool:
     return isinstance(data, Iterator) or hasattr(data, "__arrow_c_stream__")
 
 
-def _batches(data: Any) -> Iterator[tuple[str, list[str], list[Any]]]:
-    """The batches of a streamed put, each as (form, names, columns)."""
+def _arg(a: Any) -> tuple[str, Any]:
+    """A kernel argument as the native client takes it."""
+    return ("stored", a.name) if isinstance(a, Stored) else ("array", _array_like(a))
+
+
+def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
+    yield first
+    yield from rest
+
+
+# -- call_stream's parts, shared by the blocking and the asyncio client ---------------------
+
+
+def _check_batch_rows(batch_rows: Any) -> None:
+    if batch_rows is not None and (
+        isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1
+    ):
+        raise ShapeError(f"batch_rows must be an int >= 1, got {batch_rows!r}")
+
+
+def _stream_source(kernel: str, source: Any) -> Any:
+    """``source`` of a call_stream that is not a stored item: a stream of batches."""
+    if not _streamed(source):
+        raise ShapeError(
+            f"call_stream {kernel!r}: the source is Client.stored(name) or a stream of arrays "
+            f"(an iterator, a RecordBatchReader), not {type(source).__name__}; call() takes "
+            "one array"
+        )
+    return source
+
+
+def _one_array(kernel: str, index: int, batch: Any) -> Any:
+    """The array of batch ``index`` of a call_stream's source (a batch of several columns
+    is not one kernel argument)."""
+    _, names, arrays = _columns(batch)
+    if len(arrays) != 1:
+        raise ShapeError(
+            f"call_stream {kernel!r}: batch {index} has columns {names}; a kernel takes one "
+            "array per argument (stream the column you want)"
+        )
+    return arrays[0]
+
+
+def _batch_arrays(kernel: str, source: Any) -> Iterator[Any]:
+    """The arrays of a stream of batches, one per batch."""
+    for index, batch in enumerate(_raw_batches(source)):
+        yield _one_array(kernel, index, batch)
+
+
+def _rank(info: Mapping[str, Any]) -> int:
+    """The rank of a stored item's first column, from the native client's info."""
+    columns = json.loads(info["columns"])
+    return len(columns[0].get("shape", [0])) if columns else 1
+
+
+def _stored_calls(
+    name: str, info: Mapping[str, Any], batch_rows: int | None, rest: list[tuple[str, Any]]
+) -> Iterator[tuple[int, str, list[tuple[str, Any]]]]:
+    """The calls of a call_stream on the stored item ``name`` (of which ``info`` is the
+    native client's description): (rows, what they are, arguments), each on a view of its
+    rows of the one version ``info`` names."""
+    rows, version = int(info["rows"]), info["version"]
+    if batch_rows is None:
+        batch_rows = max(1, _CALL_BATCH_BYTES * rows // max(1, int(info["bytes"])))
+    for start in range(0, rows, batch_rows):
+        end = min(rows, start + batch_rows)
+        of = f"rows [{start}, {end}) of {name!r}"
+        yield end - start, of, [("stored_rows", (name, version, start, end)), *rest]
+
+
+def _sent_calls(
+    arrays: Iterator[Any], rest: list[tuple[str, Any]]
+) -> Iterator[tuple[int, str, list[tuple[str, Any]]]]:
+    """The calls of a call_stream on arrays sent one by one."""
+    for index, array in enumerate(arrays):
+        yield len(array), f"batch {index}", [("array", array), *rest]
+
+
+class _Results:
+    """What a call_stream of ``kernel`` yields, from the results of its batches' calls: each
+    result of a row-wise kernel (checked to keep its batch's rows), or the combination of a
+    reduction's partials at the end."""
+
+    def __init__(
+        self, kernel: str, described: Mapping[str, Any], ndim: int, params: Mapping[str, Any]
+    ):
+        self.kernel = kernel
+        self.dist = kernel_distribution(described, kernel, ndim, params)
+        if self.dist == "local":
+            raise NotDistributableError(
+                f"kernel {kernel!r} does not say how its results on batches of rows combine "
+                "(its distribution is 'local'): call it on the whole array"
+            )
+        self.partials: tuple[Any, ...] | None = None
+
+    def add(self, rows: int, of: str, result: Any) -> list[Any]:
+        """What to yield now, after the result of the call on ``rows`` rows (``of``)."""
+        outputs = result if isinstance(result, tuple) else (result,)
+        if self.dist == "rows":
+            check_rows(self.kernel, outputs, rows, of)
+            return [result]
+        combine = COMBINE[self.dist["reduce"]]
+        self.partials = (
+            outputs if self.partials is None else tuple(map(combine, self.partials, outputs))
+        )
+        return []
+
+    def end(self) -> list[Any]:
+        """What to yield once every batch was called."""
+        if self.partials is None:
+            return []
+        return [self.partials[0] if len(self.partials) == 1 else self.partials]
+
+
+def _raw_batches(data: Any) -> Iterator[Any]:
+    """The batches of a stream, as they come (arrays, dicts, record batches)."""
     if not isinstance(data, Iterator) and hasattr(data, "__arrow_c_stream__"):
         data = pa.RecordBatchReader.from_stream(data)
-    for batch in data:
+    yield from data
+
+
+def _batches(data: Any) -> Iterator[tuple[str, list[str], list[Any]]]:
+    """The batches of a streamed put, each as (form, names, columns)."""
+    for batch in _raw_batches(data):
         yield _columns(batch)
 
 
@@ -415,7 +580,14 @@ class Client(_Connected):
         """
         return Stored(name)
 
-    def call(self, kernel: str, *arrays: Any, timeout: float | None = None, **params: Any) -> Any:
+    def call(
+        self,
+        kernel: str,
+        *arrays: Any,
+        timeout: float | None = None,
+        out: str | None = None,
+        **params: Any,
+    ) -> Any:
         """Runs ``kernel`` on the server (DoExchange) and returns its result as NumPy.
 
         Arguments are arrays (sent) or :meth:`stored` names (already on the server); keyword
@@ -429,13 +601,94 @@ class Client(_Connected):
         ...     client.call("identity", np.arange(2), np.zeros(1))
         array([3., 5., 7.])
         (array([0, 1]), array([0.]))
+
+        ``out="name"`` stores the result under ``name`` instead of returning it, batch by
+        batch (:meth:`call_stream` into a streamed :meth:`put`): a row-wise kernel on a
+        stored item larger than this process's memory works, the result passing through
+        the client a batch at a time.
+
+        >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
+        ...     client.put("x", np.arange(6.0).reshape(3, 2))
+        ...     client.call("add", client.stored("x"), np.ones(2), out="y")
+        ...     client.get("y")
+        array([[1., 2.],
+               [3., 4.],
+               [5., 6.]])
         """
-        args = [
-            ("stored", a.name) if isinstance(a, Stored) else ("array", _array_like(a))
-            for a in arrays
-        ]
-        result = self._native.call(kernel, args, params, timeout=timeout)
+        if out is not None:
+            self.put(out, self.call_stream(kernel, *arrays, timeout=timeout, **params))
+            return None
+        return self._call(kernel, [_arg(a) for a in arrays], params, timeout)
+
+    def _call(
+        self, kernel: str, args: list[tuple[str, Any]], params: Mapping[str, Any], timeout: Any
+    ) -> Any:
+        result = self._native.call(kernel, args, dict(params), timeout=timeout)
         return result[0] if len(result) == 1 else tuple(result)
+
+    def call_stream(
+        self,
+        kernel: str,
+        source: Any,
+        *others: Any,
+        batch_rows: int | None = None,
+        timeout: float | None = None,
+        **params: Any,
+    ) -> Iterator[Any]:
+        """Runs ``kernel`` on ``source`` batch by batch and yields the results as they come:
+        memory stays at a few batches on both sides, whatever the size of ``source``.
+
+        ``source`` is either :meth:`stored` (name) of an item on the server, which the
+        kernel reads there (views of ``batch_rows`` rows at a time, by default about 8 MiB
+        of them, all of the one version stored when the call begins), or a stream of arrays
+        as :meth:`put` takes it (a generator, ``iter_ipc``'s batches, ...), each sent with
+        its call. ``others`` go (or are named) whole with every batch; ``timeout`` bounds
+        each batch's call.
+
+        The kernel must say how it splits over rows (:meth:`kernels`' ``describe_kernels``):
+        a row-wise kernel yields one result per batch, with that batch's rows; a reduction
+        over the rows (``sum`` without ``axis``, or over axis 0) yields one result, its
+        partials combined batch by batch. Any other kernel raises
+        :class:`NotDistributableError`.
+
+        >>> import numpy as np, arrowbridge
+        >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
+        ...     client.put("x", np.arange(10.0).reshape(5, 2))
+        ...     x = client.stored("x")
+        ...     [len(b) for b in client.call_stream("normalize", x, batch_rows=2)]
+        ...     list(client.call_stream("sum", x, batch_rows=2, axis=0))
+        ...     [len(b) for b in client.call_stream("identity", (np.zeros(3) for _ in range(2)))]
+        [2, 2, 1]
+        [array([20., 25.])]
+        [3, 3]
+        """
+        rest = [_arg(a) for a in others]
+        _check_batch_rows(batch_rows)
+        if isinstance(source, Stored):
+            info = self._native.info(source.name, timeout=timeout)
+            ndim, calls = _rank(info), _stored_calls(source.name, info, batch_rows, rest)
+        else:
+            arrays = _batch_arrays(kernel, _stream_source(kernel, source))
+            first = next(arrays, None)
+            ndim = np.ndim(first) if first is not None else 1
+            everything = _chain(first, arrays) if first is not None else iter(())
+            calls = _sent_calls(everything, rest)
+        results = _Results(kernel, self._described(timeout), ndim, params)
+
+        def run() -> Iterator[Any]:
+            for rows, of, args in calls:
+                yield from results.add(rows, of, self._call(kernel, args, params, timeout))
+            yield from results.end()
+
+        return run()
+
+    def _described(self, timeout: Any) -> dict[str, Any]:
+        """The server's ``describe_kernels``, asked once."""
+        described = getattr(self, "_kernel_descriptions", None)
+        if described is None:
+            body = self._native.action("describe_kernels", b"", timeout=timeout)
+            described = self._kernel_descriptions = json.loads(body)
+        return described
 
     def close(self) -> None:
         """Closes the connection (what leaving a ``with`` block does); idempotent. Calls on a

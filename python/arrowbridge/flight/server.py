@@ -100,8 +100,9 @@ def serve(
     written to ``data_dir/<name>.arrow`` (atomically, fsynced) and the directory's arrays are
     served again after a restart. A gRPC put is written to its file as its batches arrive,
     and arrays are served from their files, memory-mapped: the server's own memory holds a
-    few messages per put under way, not the items. ``token`` requires ``authorization: Bearer <token>`` on every
-    call; ``tls=(cert_pem, key_pem)`` serves over TLS (``grpc+tls://``).
+    few messages per put under way, not the items. ``token`` requires
+    ``authorization: Bearer <token>`` on every call; ``tls=(cert_pem, key_pem)`` serves over
+    TLS (``grpc+tls://``).
 
     With ``shm`` (the default, on Linux), clients on this host and of this user may put and
     get items as sealed shared memory, through a second socket in ``$TMPDIR/arrowbridge-<uid>/``

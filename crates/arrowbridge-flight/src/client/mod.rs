@@ -56,7 +56,7 @@ use get::do_get_into;
 
 use crate::shards::{ShardMap, SHARDS_KEY};
 use crate::wire::framing::Messages;
-use crate::wire::protocol::{ExchangeArg, ExchangeCommand, ItemTicket};
+use crate::wire::protocol::{ExchangeArg, ExchangeCommand, ItemTicket, StoredRows};
 use crate::wire::receive::{receive, Received};
 use crate::wire::MAX_FLIGHT_DATA;
 use crate::wire::MAX_MESSAGE;
@@ -226,6 +226,9 @@ pub struct ItemInfo {
     pub columns: Vec<serde_json::Value>,
     /// How many endpoints (row ranges) it is offered as.
     pub endpoints: usize,
+    /// The version of the item the endpoints name (an arrowbridge server's tickets), which
+    /// [`Arg::StoredRows`] may pin.
+    pub version: Option<u64>,
 }
 
 /// A kernel argument of [`Client::call`].
@@ -235,6 +238,17 @@ pub enum Arg<'a> {
     Array(&'a ArrowTensor),
     /// An array stored on the server, by name.
     Stored(&'a str),
+    /// Rows `[start, end)` of an array stored on the server (a view there, no copy), of
+    /// the version [`ItemInfo::version`] named if given (else the one stored now): a call
+    /// on a version that was replaced fails with kind [`crate::KIND_REPLACED`].
+    StoredRows {
+        /// The item.
+        name: &'a str,
+        /// Its version, if pinned.
+        version: Option<u64>,
+        /// The rows, `(start, end)`.
+        rows: (usize, usize),
+    },
 }
 
 /// A connection to a Flight server (see the module's documentation).
@@ -1702,6 +1716,15 @@ fn exchange_request(
                 sent.push((column, tensor));
             }
             Arg::Stored(name) => spec.push(ExchangeArg::Stored(name.to_string())),
+            Arg::StoredRows {
+                name,
+                version,
+                rows,
+            } => spec.push(ExchangeArg::StoredRows(StoredRows {
+                name: name.to_string(),
+                version: *version,
+                rows: [rows.0, rows.1],
+            })),
         }
     }
     let command = ExchangeCommand {
@@ -1817,6 +1840,12 @@ fn item_info(info: FlightInfo) -> ClientResult<ItemInfo> {
         bytes: info.total_bytes,
         schema: Arc::new(schema),
         columns: meta["columns"].as_array().cloned().unwrap_or_default(),
+        version: info
+            .endpoint
+            .first()
+            .and_then(|e| e.ticket.as_ref())
+            .and_then(|t| ItemTicket::parse(&t.ticket).ok())
+            .and_then(|t| t.version),
         endpoints: info.endpoint.len(),
     })
 }

@@ -23,7 +23,7 @@ use crate::names::check_name;
 use crate::server::store::{Store, Stored, VersionError};
 use crate::shards::{ShardMap, SHARDS_KEY};
 use crate::shm;
-use crate::wire::protocol::{ExchangeArg, ExchangeCommand, ItemTicket};
+use crate::wire::protocol::{ExchangeArg, ExchangeCommand, ItemTicket, StoredRows};
 use crate::wire::receive::{next_data, receive, schema_message, Decoded, Received};
 use crate::wire::MAX_FLIGHT_DATA;
 
@@ -682,41 +682,79 @@ impl Service {
         command: &ExchangeCommand,
         schema: Option<SchemaRef>,
         batches: Vec<RecordBatch>,
-    ) -> Result<Vec<ArrowTensor>> {
+    ) -> Result<Vec<ArrowTensor>, Status> {
         let schema = schema.unwrap_or_else(|| Arc::new(arrow_schema::Schema::empty()));
         match &command.args {
             Some(args) => args
                 .iter()
                 .map(|a| match a {
-                    ExchangeArg::Column(name) => column_tensor(&schema, &batches, name),
-                    ExchangeArg::Stored(name) => {
-                        let stored = self.store.get(name).ok_or_else(|| {
-                            FlightServerError::NotFound(format!(
-                                "no array called {name:?} is stored"
-                            ))
-                        })?;
-                        if let Some(map) = &stored.shards {
-                            return Err(FlightServerError::Sharded(
-                                map.not_here(name, "a kernel call on it")
-                                    .message()
-                                    .to_string(),
-                            ));
-                        }
-                        let column = stored.schema.fields().first().ok_or_else(|| {
-                            FlightServerError::BadRequest(format!(
-                                "the stored item {name:?} has no columns, so it holds no array to pass to a kernel"
-                            ))
-                        })?;
-                        stored.tensor(column.name())
-                    }
+                    ExchangeArg::Column(name) => Ok(column_tensor(&schema, &batches, name)?),
+                    ExchangeArg::Stored(name) => self.stored_arg(name, None, None),
+                    ExchangeArg::StoredRows(StoredRows {
+                        name,
+                        version,
+                        rows: [start, end],
+                    }) => self.stored_arg(name, *version, Some(*start..*end)),
                 })
                 .collect(),
-            None => schema
+            None => Ok(schema
                 .fields()
                 .iter()
                 .map(|f| column_tensor(&schema, &batches, f.name()))
-                .collect(),
+                .collect::<Result<_>>()?),
         }
+    }
+
+    /// The first column of the stored item `name` (of `version`, when given), or its rows
+    /// `rows` (a view, no copy), as a kernel argument.
+    fn stored_arg(
+        &self,
+        name: &str,
+        version: Option<u64>,
+        rows: Option<std::ops::Range<usize>>,
+    ) -> Result<ArrowTensor, Status> {
+        let stored = match version {
+            Some(version) => self
+                .store
+                .version(name, version)
+                .map_err(|e| version_status(name, version, e))?,
+            None => self.store.get(name).ok_or_else(|| {
+                FlightServerError::NotFound(format!("no array called {name:?} is stored"))
+            })?,
+        };
+        if let Some(map) = &stored.shards {
+            return Err(FlightServerError::Sharded(
+                map.not_here(name, "a kernel call on it")
+                    .message()
+                    .to_string(),
+            )
+            .into());
+        }
+        let column = stored.schema.fields().first().ok_or_else(|| {
+            FlightServerError::BadRequest(format!(
+                "the stored item {name:?} has no columns, so it holds no array to pass to a kernel"
+            ))
+        })?;
+        let Some(rows) = rows else {
+            return Ok(stored.tensor(column.name())?);
+        };
+        let total = stored.rows();
+        if rows.start > rows.end || rows.end > total {
+            return Err(Status::out_of_range(format!(
+                "rows [{}, {}) of {name:?}, which has {total} rows",
+                rows.start, rows.end
+            )));
+        }
+        let batches = rows_of(&stored.batches, rows.clone());
+        let tensor = arrowbridge::ipc::column_across(&stored.schema, &batches, 0)
+            .map_err(FlightServerError::from)?;
+        if tensor.shape().first() != Some(&rows.len()) {
+            return Err(Status::invalid_argument(format!(
+                "rows of {name:?}: its array is not a column of rows (shape {:?})",
+                stored.tensor(column.name())?.shape()
+            )));
+        }
+        Ok(tensor)
     }
 
     fn run_kernel(

@@ -29,8 +29,26 @@ pub struct ExchangeCommand {
 pub enum ExchangeArg {
     /// A column of the batches the client streams.
     Column(String),
-    /// An array stored on the server (its only column).
+    /// An array stored on the server (its first column).
     Stored(String),
+    /// Rows of an array stored on the server:
+    /// `{"stored_rows": {"name": "x", "version": 17, "rows": [0, 1000]}}`.
+    #[serde(rename = "stored_rows")]
+    StoredRows(StoredRows),
+}
+
+/// Rows `[start, end)` of one version of a stored array (the one stored now without
+/// `version`), as a kernel argument ([`ExchangeArg::StoredRows`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredRows {
+    /// The item.
+    pub name: String,
+    /// Its version ([`crate::Stored::version`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// The rows.
+    pub rows: [usize; 2],
 }
 
 /// What a ticket asks for: an item by name (a ticket of the name's bytes alone asks for
@@ -84,5 +102,33 @@ impl ItemTicket {
     /// The ticket as it travels.
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a ticket is serializable")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_rows_travel_as_the_documented_json() {
+        let text = r#"{"kernel":"identity","args":[{"stored_rows":{"name":"x","version":17,"rows":[0,1000]}},{"stored":"w"},{"column":"arg2"}]}"#;
+        let command: ExchangeCommand = serde_json::from_str(text).unwrap();
+        let args = command.args.clone().unwrap();
+        assert_eq!(
+            args[0],
+            ExchangeArg::StoredRows(StoredRows {
+                name: "x".into(),
+                version: Some(17),
+                rows: [0, 1000],
+            })
+        );
+        assert_eq!(args[1], ExchangeArg::Stored("w".into()));
+        let again: ExchangeCommand =
+            serde_json::from_slice(&serde_json::to_vec(&command).unwrap()).unwrap();
+        assert_eq!(again, command);
+        // Unknown fields are refused, not ignored.
+        let extra =
+            r#"{"kernel":"k","args":[{"stored_rows":{"name":"x","rows":[0,1],"limit":3}}]}"#;
+        assert!(serde_json::from_str::<ExchangeCommand>(extra).is_err());
     }
 }
