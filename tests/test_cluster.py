@@ -130,6 +130,8 @@ def test_bad_arguments_say_what_is_wrong():
 def test_ray_data_reads_and_writes_sharded_items():
     import ray.data
 
+    from arrowbridge.cluster.data import FlightDatasource
+
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     with arrowbridge.cluster.start(2) as cluster, cluster.connect() as client:
         x = np.arange(300.0).reshape(100, 3)
@@ -138,6 +140,12 @@ def test_ray_data_reads_and_writes_sharded_items():
         # One read task per endpoint; N-D columns come as Ray's tensor type.
         assert ds.count() == 100
         assert ds.materialize().num_blocks() == 4
+        # Each task streams its shard: a block per batch (Ray may bundle them again).
+        source = FlightDatasource(cluster.locations, "x", batch_rows=10)
+        tasks = source.get_read_tasks(4)
+        assert [[len(block) for block in task()] for task in tasks] == [[10, 10, 5]] * 4
+        small = cluster.read_dataset("x", batch_rows=10)
+        assert np.array_equal(small.take_batch(100, batch_format="numpy")["vec"], x)
         rows = ds.take_batch(100, batch_format="numpy")
         assert np.array_equal(rows["id"], np.arange(100))
         assert np.array_equal(rows["vec"], x)

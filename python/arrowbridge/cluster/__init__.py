@@ -103,12 +103,15 @@ class Cluster:
         """Tells the control plane of a map put (or deleted: ``None``)."""
         _ray().get(self._head.record_map.remote(name, schema_ipc, map_json))
 
-    def read_dataset(self, name: str) -> Any:
-        """The item ``name`` as a Ray Dataset: one read task per shard, N-D columns as Ray's
-        tensor type (see :class:`arrowbridge.cluster.data.FlightDatasource`)."""
+    def read_dataset(self, name: str, *, batch_rows: int | None = None) -> Any:
+        """The item ``name`` as a Ray Dataset: one read task per shard, each streaming its
+        rows as blocks of ``batch_rows`` rows (by default about 8 MiB of them); N-D columns
+        as Ray's tensor type (see :class:`arrowbridge.cluster.data.FlightDatasource`)."""
         from .data import read_dataset
 
-        return read_dataset(self.locations, name, token=self._config["token"])
+        return read_dataset(
+            self.locations, name, token=self._config["token"], batch_rows=batch_rows
+        )
 
     def write_dataset(self, dataset: Any, name: str) -> None:
         """Writes a Ray Dataset into the cluster as the sharded item ``name``: one shard per

@@ -49,12 +49,24 @@ def _columns(block: Any) -> dict[str, np.ndarray]:
 
 class FlightDatasource(Datasource):
     """An item of an arrowbridge cluster (or of one server) as a Ray Dataset: one read task
-    per endpoint of its FlightInfo, each fetched from the endpoint's replicas in turn."""
+    per endpoint of its FlightInfo, opened on the endpoint's replicas in turn. Each task
+    streams its rows (:meth:`arrowbridge.Client.stream`) and yields a block per batch of
+    ``batch_rows`` rows (by default about 8 MiB of them), so a worker holds a few batches
+    however large its shard is: with servers that keep their items in a ``data_dir``, an
+    item larger than a worker's memory, or than the servers', reads through."""
 
-    def __init__(self, locations: Sequence[str], name: str, *, token: str | None = None):
+    def __init__(
+        self,
+        locations: Sequence[str],
+        name: str,
+        *,
+        token: str | None = None,
+        batch_rows: int | None = None,
+    ):
         self._locations = list(locations)
         self._name = name
         self._token = token
+        self._batch_rows = batch_rows
         with ClusterClient(self._locations, token=token) as client:
             info = client.info(name)
         shard_map = _shard_map(info)
@@ -82,15 +94,19 @@ class FlightDatasource(Datasource):
     def get_read_tasks(
         self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None
     ) -> list[ReadTask]:
-        token, item = self._token, self._name
+        token, item, batch_rows = self._token, self._name, self._batch_rows
 
         def reader(index: int, shard: dict[str, Any]) -> Callable[[], Iterable[pa.Table]]:
             def read() -> Iterable[pa.Table]:
                 with ClusterClient(shard["locations"], token=token) as client:
-                    got = client._on_replicas(
-                        item, index, shard, lambda c: c._native.get(shard["name"])[1]
+                    stream = client._on_replicas(
+                        item,
+                        index,
+                        shard,
+                        lambda c: c._native.stream(shard["name"], batch_rows=batch_rows),
                     )
-                yield _table(got)
+                    for batch in stream:
+                        yield _table(batch)
 
             return read
 
@@ -202,11 +218,14 @@ class FlightDatasink(Datasink):
                 )
 
 
-def read_dataset(locations: Sequence[str], name: str, *, token: str | None = None) -> Any:
+def read_dataset(
+    locations: Sequence[str], name: str, *, token: str | None = None, batch_rows: int | None = None
+) -> Any:
     """The item ``name`` as a Ray Dataset (see :class:`FlightDatasource`)."""
     import ray.data
 
-    return ray.data.read_datasource(FlightDatasource(locations, name, token=token))
+    source = FlightDatasource(locations, name, token=token, batch_rows=batch_rows)
+    return ray.data.read_datasource(source)
 
 
 def write_dataset(
