@@ -332,3 +332,36 @@ def test_python_reads_what_a_rust_process_wrote(tmp_path):
     np.testing.assert_array_equal(back["x"], np.arange(12.0).reshape(3, 4) * 0.5)
     np.testing.assert_array_equal(back["n"], np.array([1, 2, 3], np.int32))
     assert mapped_files(address(back["x"])) == [str(path)]
+
+
+LIMITED_READ = textwrap.dedent(
+    """
+    import resource, sys
+    import numpy as np, arrowbridge
+
+    def vm_size():
+        with open("/proc/self/status") as status:
+            return next(int(l.split()[1]) << 10 for l in status if l.startswith("VmSize"))
+
+    path = sys.argv[1]
+    limit = vm_size() + (256 << 20)  # less than the file
+    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
+    try:
+        arrowbridge.read_ipc(path, mmap=False)
+        print("read")
+    except arrowbridge.OutOfMemoryError as e:
+        print("OutOfMemoryError", e)
+    """
+)
+
+
+def test_a_file_larger_than_the_memory_allowed_is_an_error_not_an_abort(tmp_path):
+    path = tmp_path / "big.arrow"
+    arrowbridge.write_ipc(path, np.zeros(64 << 20))  # 512 MiB
+    out = subprocess.run(
+        [sys.executable, "-c", LIMITED_READ, str(path)], capture_output=True, text=True, timeout=120
+    )
+    # It aborted the process ("memory allocation of ... bytes failed").
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("OutOfMemoryError"), out.stdout
+    assert "big.arrow" in out.stdout and "mmap=False" in out.stdout

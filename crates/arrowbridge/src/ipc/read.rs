@@ -79,7 +79,7 @@ pub fn read_ipc_columns(path: &Path, mmap: bool, columns: Option<&[String]>) -> 
         // One read into one allocation that is not zeroed first. The allocator aligns it to at
         // least 16 bytes, so buffers at 8-byte aligned file offsets stay aligned for every
         // dtype (an unaligned one would be realigned by the decoder, a copy).
-        let mut bytes = vec_for_read(len);
+        let mut bytes = vec_for_read(path, len)?;
         read_parallel(&file, &mut bytes).map_err(io_error(path))?;
         (Buffer::from_vec(bytes), None)
     };
@@ -109,15 +109,23 @@ pub(crate) fn advise_huge_pages<T>(memory: &mut [T]) {
     }
 }
 
-/// A buffer of `len` bytes to read into: allocated, not zeroed (every byte is read into
-/// before it is used).
-fn vec_for_read(len: usize) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(len);
+/// A buffer of `len` bytes to read `path` into: allocated, not zeroed (every byte is read
+/// into before it is used). An allocation that fails (a file larger than the memory this
+/// process may take, `RLIMIT_AS`/`RLIMIT_DATA`) is an [`Error::OutOfMemory`], not an abort.
+fn vec_for_read(path: &Path, len: usize) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    bytes
+        .try_reserve_exact(len)
+        .map_err(|e| Error::OutOfMemory {
+            what: format!("reading {} into memory (mmap=False)", path.display()),
+            bytes: len as u64,
+            reason: e.to_string(),
+        })?;
     advise_huge_pages(bytes.spare_capacity_mut());
     // SAFETY: u8 has no invalid bit patterns; `read_parallel` fills every byte or fails,
     // and on failure the buffer is dropped unread.
     unsafe { bytes.set_len(len) };
-    bytes
+    Ok(bytes)
 }
 
 /// Reads `file` from its start into all of `out`. Reads of 8 MiB or more are split over up to
