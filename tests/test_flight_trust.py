@@ -688,3 +688,36 @@ def test_a_shard_of_a_cluster_item_is_written_once():
     finally:
         for s in servers:
             s.shutdown()
+
+
+def test_closing_a_client_stops_the_calls_other_threads_have_under_way(silent_server, server):
+    client = arrowbridge.connect(silent_server)
+    outcome = []
+
+    def blocked():
+        started = time.monotonic()
+        try:
+            client.get("x")  # the server never answers, and there is no timeout
+        except arrowbridge.FlightCallError as e:
+            outcome.append((e, time.monotonic() - started))
+
+    thread = threading.Thread(target=blocked)
+    thread.start()
+    time.sleep(0.3)
+    closed_at = time.monotonic()
+    client.close()
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "the call went on after close()"
+    ((error, _),) = outcome
+    assert 'get "x": the client was closed' in str(error)
+    assert time.monotonic() - closed_at < 1.0
+    # A stream of a closed client stops too, and the next call says why.
+    with arrowbridge.connect(server.location, shm=False) as live:
+        live.put("s", np.arange(100_000))
+        stream = live.stream("s", batch_rows=1000)
+        next(stream)
+    with pytest.raises(arrowbridge.FlightCallError, match="closed"):
+        for _ in stream:
+            pass
+    with pytest.raises(arrowbridge.FlightCallError, match="closed"):
+        client.info("x")

@@ -764,9 +764,13 @@ impl FlightClient {
         std::mem::forget(client);
     }
 
-    /// Closes the connection; idempotent.
+    /// Closes the connection; idempotent. Calls under way on other threads stop at once
+    /// (each raises FlightCallError saying the client was closed).
     fn close(&self, py: Python<'_>) {
         let client = self.client.lock().ok().and_then(|mut c| c.take());
+        if let Some(client) = &client {
+            client.close();
+        }
         // The runtime stops (joining its threads) without the GIL held.
         py.detach(move || drop(client));
     }

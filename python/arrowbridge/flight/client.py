@@ -692,7 +692,8 @@ class Client(_Connected):
 
     def close(self) -> None:
         """Closes the connection (what leaving a ``with`` block does); idempotent. Calls on a
-        closed client raise :class:`FlightCallError`.
+        closed client raise :class:`FlightCallError`, and so do the calls and streams other
+        threads have under way on it: they stop at once ("... the client was closed").
 
         >>> import arrowbridge
         >>> with arrowbridge.serve() as server:

@@ -131,6 +131,9 @@ pub enum ClientError {
     /// cancelled.
     #[error("{0} was interrupted")]
     Interrupted(String),
+    /// The client was closed ([`Client::close`]) before or while the call ran.
+    #[error("{0}: the client was closed")]
+    Closed(String),
     /// The blocking client was called from inside an async runtime.
     #[error("the blocking Flight client cannot run inside an async runtime; call it from spawn_blocking")]
     InsideRuntime,
@@ -272,6 +275,8 @@ pub struct Client {
     /// How many times [`Client::cancel`] was called: a shared-memory call, which waits on
     /// its socket rather than on the runtime, sees it change.
     cancels: Arc<std::sync::atomic::AtomicU64>,
+    /// Set by [`Client::close`]: calls under way stop, later ones are refused.
+    closed: std::sync::atomic::AtomicBool,
     /// Locations besides `location` that may receive the token.
     trusted: Vec<String>,
     /// The server's shared-memory socket and instance id, asked once.
@@ -664,6 +669,7 @@ impl Client {
             timeout: options.timeout,
             cancelled: Arc::default(),
             cancels: Arc::default(),
+            closed: std::sync::atomic::AtomicBool::new(false),
             trusted: options.trusted.clone(),
             shm_socket: OnceLock::new(),
         })
@@ -689,6 +695,27 @@ impl Client {
         self.cancelled.notify_waiters();
     }
 
+    /// Closes the client for every thread: the calls under way stop at once (each fails
+    /// with [`ClientError::Closed`], its streams reset), and later calls fail so too. The
+    /// connections close when the last holder of the client drops it.
+    pub fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.cancel();
+    }
+
+    /// `error`, or [`ClientError::Closed`] when it is the interruption [`Client::close`]
+    /// caused.
+    fn closed_instead(&self, error: ClientError) -> ClientError {
+        match error {
+            ClientError::Interrupted(what)
+                if self.closed.load(std::sync::atomic::Ordering::SeqCst) =>
+            {
+                ClientError::Closed(what)
+            }
+            other => other,
+        }
+    }
+
     /// Whether [`Client::cancel`] was called since `epoch` (a value of `cancels`).
     fn cancelled_since(&self, epoch: u64) -> bool {
         self.cancels.load(std::sync::atomic::Ordering::SeqCst) != epoch
@@ -711,6 +738,9 @@ impl Client {
     fn block_on<F: std::future::Future>(&self, what: &str, future: F) -> ClientResult<F::Output> {
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(ClientError::InsideRuntime);
+        }
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ClientError::Closed(what.to_string()));
         }
         let limits = crate::limits::current(self.timeout);
         let _call = self.idle.call();
@@ -746,7 +776,7 @@ impl Client {
                     limit: limits.at.map_or(Duration::ZERO, |at| at - limits.started),
                 }),
                 () = interrupted => Err(ClientError::Interrupted(what.to_string())),
-                () = cancelled => Err(ClientError::Interrupted(what.to_string())),
+                () = cancelled => Err(self.closed_instead(ClientError::Interrupted(what.to_string()))),
             }
         })
     }
@@ -781,7 +811,10 @@ impl Client {
         columns: &[(&str, &ArrowTensor)],
         form: ItemForm,
     ) -> ClientResult<usize> {
-        match self.shm_put(name, columns, form)? {
+        match self
+            .shm_put(name, columns, form)
+            .map_err(|e| self.closed_instead(e))?
+        {
             Shm::Done(rows) => return Ok(rows),
             Shm::Unavailable(why) if self.shm == Some(true) => return Err(shm_refused(&why)),
             Shm::Unavailable(_) | Shm::Sharded => {}
@@ -881,7 +914,7 @@ impl Client {
 
     /// The item stored under `name`, each column one contiguous, aligned buffer.
     pub fn get(&self, name: &str) -> ClientResult<Item> {
-        match self.shm_get(name)? {
+        match self.shm_get(name).map_err(|e| self.closed_instead(e))? {
             Shm::Done(item) => return Ok(item),
             Shm::Unavailable(why) if self.shm == Some(true) => return Err(shm_refused(&why)),
             Shm::Unavailable(_) | Shm::Sharded => {}
