@@ -400,9 +400,11 @@ impl Store {
     pub fn put_file(&self, name: &str, file: ipc::AtomicFile) -> Result<Option<Arc<Stored>>> {
         self.writing(name, || {
             self.check_put(name)?;
-            let path = file.path().to_path_buf();
+            // Mapped before it is committed: a file that cannot be served is never renamed
+            // into place (the mapping outlives the rename: same inode).
+            let stored = Stored::from_file(file.temp_path())?;
             file.commit()?;
-            let stored = self.versioned(name, Stored::from_file(&path)?);
+            let stored = self.versioned(name, stored);
             let replaced = self.write_items().insert(name.to_string(), stored);
             self.release(replaced.as_ref().map_or(0, |item| item.charge()));
             self.retire(replaced.as_ref());
@@ -425,9 +427,13 @@ impl Store {
             let replacing = self.get(name).map_or(0, |item| item.charge());
             let charge = stored.charge();
             self.reserve(name, charge, replacing)?;
-            let written = self
-                .write_file(name, &stored)
-                .and_then(|()| self.mapped_file(name, &stored));
+            let written = self.write_file(name, &stored).and_then(|file| {
+                let Some(file) = file else { return Ok(None) };
+                // Mapped before it is committed, as in `put_file`.
+                let mapped = self.mapped_file(&file, &stored)?;
+                file.commit()?;
+                Ok(mapped)
+            });
             let stored = match written {
                 Ok(None) => stored,
                 Ok(Some(mapped)) => {
@@ -486,38 +492,32 @@ impl Store {
     }
 
     /// Writes `stored` to its file in the data directory, if the store has one.
-    fn write_file(&self, name: &str, stored: &Stored) -> Result<()> {
-        {
-            if let Some(dir) = &self.data_dir {
-                let path = self.file(dir, name);
-                let options = WriteOptions {
-                    format: IpcFormat::File,
-                    compression: None,
-                };
-                ipc::write_atomically(&path, |w| {
-                    ipc::write_batches(
-                        w,
-                        &stored.schema,
-                        stored.batches.iter().cloned().map(Ok),
-                        &options,
-                    )
-                })?;
-            }
-        }
-        Ok(())
-    }
-
-    /// `stored` as it is served once written to its file: the file, memory-mapped (`None`
-    /// when the store has no data directory, or the item lives in shared memory or is a
-    /// map, which keep their form).
-    fn mapped_file(&self, name: &str, stored: &Stored) -> Result<Option<Stored>> {
+    /// The file is written, not committed: the caller commits it.
+    fn write_file(&self, name: &str, stored: &Stored) -> Result<Option<ipc::AtomicFile>> {
         let Some(dir) = &self.data_dir else {
             return Ok(None);
         };
+        let file = ipc::AtomicFile::create(&self.file(dir, name))?;
+        let options = WriteOptions {
+            format: IpcFormat::File,
+            compression: None,
+        };
+        file.write_batches(
+            &stored.schema,
+            stored.batches.iter().cloned().map(Ok),
+            &options,
+        )?;
+        Ok(Some(file))
+    }
+
+    /// `stored` as it will be served from `file` (written, not yet committed): the file,
+    /// memory-mapped; `None` for an item that lives in shared memory or is a map, which keep
+    /// their form.
+    fn mapped_file(&self, file: &ipc::AtomicFile, stored: &Stored) -> Result<Option<Stored>> {
         if stored.shared.is_some() || stored.shards.is_some() {
             return Ok(None);
         }
-        Ok(Some(Stored::from_file(&self.file(dir, name))?))
+        Ok(Some(Stored::from_file(file.temp_path())?))
     }
 
     /// The item called `name`.
