@@ -58,6 +58,7 @@ def run(quick: bool = False) -> dict[str, float]:
     small = best_of(parts(1 << 10), 51)
     big = best_of(parts(1 << 30), 51)
     ipc = ipc_times((64 << 20) if quick else (1 << 30), 3 if quick else 5)
+    flight = flight_times((64 << 20) if quick else (1 << 30), 3 if quick else 5)
     return {
         "n": n,
         "element": element,
@@ -69,6 +70,7 @@ def run(quick: bool = False) -> dict[str, float]:
         "parts_1KiB": small,
         "parts_1GiB": big,
         **ipc,
+        **flight,
     }
 
 
@@ -78,13 +80,7 @@ def ipc_times(size: int, repeats: int) -> dict[str, float]:
     import tempfile
     from pathlib import Path
 
-    rows = 1024
-    per_row = size // 8 // rows
-    flat = np.random.default_rng(1).standard_normal(per_row * rows)
-    dense = flat.reshape(rows, per_row)
-    widths = [per_row >> (i % 3) for i in range(rows)]
-    ragged = [flat[i * per_row : i * per_row + w].reshape(-1, 1) for i, w in enumerate(widths)]
-    ragged_bytes = sum(r.nbytes for r in ragged)
+    dense, ragged, ragged_bytes = _same_bytes(size)
     out = {"ipc_bytes": size, "ipc_ragged_bytes": ragged_bytes}
     with tempfile.TemporaryDirectory() as tmp:
         for name, data, nbytes in [("dense", dense, size), ("ragged", ragged, ragged_bytes)]:
@@ -95,6 +91,40 @@ def ipc_times(size: int, repeats: int) -> dict[str, float]:
             out[f"ipc_read_{name}"] = (
                 best_of(lambda p=path: arrowbridge.read_ipc(p, mmap=False), repeats) / nbytes
             )
+    return out
+
+
+def _same_bytes(size: int) -> tuple[np.ndarray, list[np.ndarray], int]:
+    """`size` bytes as a dense (1024, k) tensor and as 1,024 rows of three widths (the
+    ragged list, views of the same values)."""
+    rows = 1024
+    per_row = size // 8 // rows
+    flat = np.random.default_rng(1).standard_normal(per_row * rows)
+    widths = [per_row >> (i % 3) for i in range(rows)]
+    ragged = [flat[i * per_row : i * per_row + w].reshape(-1, 1) for i, w in enumerate(widths)]
+    return flat.reshape(rows, per_row), ragged, sum(r.nbytes for r in ragged)
+
+
+def flight_times(size: int, repeats: int) -> dict[str, float]:
+    """Flight put and get over TCP on loopback (the server in another process, gRPC: shared
+    memory carries tensors only, so the dense item goes by gRPC too) of `size` bytes as a
+    ragged column and as a dense tensor, time per byte."""
+    from flight_bench import location_of, ours, process
+
+    dense, ragged, ragged_bytes = _same_bytes(size)
+    out = {"flight_bytes": size}
+    with process(ours("--port", "0")) as (_, line):
+        with arrowbridge.connect(location_of(line), shm=False) as client:
+            sent = [("dense", dense, size), ("ragged", ragged, ragged_bytes)]
+            # The same ragged column already in Arrow (to_arrow's result): no copy to make.
+            sent.append(("ragged_arrow", arrowbridge.to_arrow(ragged), ragged_bytes))
+            for name, data, nbytes in sent:
+                put = best_of(lambda d=data, n=name: client.put(n, d), repeats)
+                out[f"flight_put_{name}"] = put / nbytes
+                if name != "ragged_arrow":
+                    get = best_of(lambda n=name: client.get(n), repeats)
+                    out[f"flight_get_{name}"] = get / nbytes
+                client.delete(name)
     return out
 
 
@@ -116,6 +146,13 @@ def report(r: dict[str, float]) -> list[str]:
         f"write_ipc {r['ipc_write_ragged'] / r['ipc_write_dense']:.2f}x, "
         f"read_ipc(mmap=False) {r['ipc_read_ragged'] / r['ipc_read_dense']:.2f}x "
         "(target <= 1.2x).",
+        f"- Flight over TCP of {r['flight_bytes'] >> 20} MiB, ragged column / dense tensor, "
+        f"time per byte: put of the list {r['flight_put_ragged'] / r['flight_put_dense']:.2f}x "
+        "(it is first copied into one Arrow buffer), of the same column already in Arrow "
+        f"{r['flight_put_ragged_arrow'] / r['flight_put_dense']:.2f}x, "
+        f"get {r['flight_get_ragged'] / r['flight_get_dense']:.2f}x (target <= 1.2x; "
+        f"dense {1 / r['flight_put_dense'] / 1e9:.2f} / {1 / r['flight_get_dense'] / 1e9:.2f} "
+        "GB/s put/get).",
     ]
 
 

@@ -168,3 +168,23 @@ def test_ray_data_reads_and_writes_sharded_items():
                     plain.info(sorted(first)[0])
         with pytest.raises(InvalidNameError, match=r"'doubled\.part-0' is reserved"):
             cluster.write_dataset(ds, "doubled.part-0")
+
+
+def test_ray_data_reads_and_writes_ragged_items():
+    from ray.data.extensions import ArrowVariableShapedTensorType
+
+    rng = np.random.default_rng(0)
+    images = [rng.random((1 + i % 5, 2, 3)) for i in range(40)]
+    with arrowbridge.cluster.start(2) as cluster, cluster.connect() as client:
+        client.put("imgs", {"img": images, "label": np.arange(40)}, shards=2)
+        ds = cluster.read_dataset("imgs", batch_rows=8)
+        # Ray sees its own variable-shaped tensor type, and the arrays.
+        assert isinstance(ds.schema().types[0], ArrowVariableShapedTensorType)
+        rows = ds.take_batch(40, batch_format="numpy")
+        assert [a.shape for a in rows["img"]] == [a.shape for a in images]
+        assert all(np.array_equal(a, b) for a, b in zip(rows["img"], images, strict=True))
+        # Written back: a list got from the item Ray wrote.
+        cluster.write_dataset(ds.map_batches(lambda b: {"img": b["img"]}), "imgs-copy")
+        got = client.get("imgs-copy")["img"]
+        assert isinstance(got, list) and len(got) == 40
+        assert all(np.array_equal(a, b) for a, b in zip(got, images, strict=True))

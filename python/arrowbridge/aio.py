@@ -35,6 +35,7 @@ from .errors import FlightCallError, ShapeError
 from .flight.client import (
     Stored,
     _arg,
+    _batch_columns,
     _batches,
     _check_batch_rows,
     _columns,
@@ -513,8 +514,10 @@ class AsyncClient(_Connected):
 async def _async_batches(
     data: AsyncIterable[Any],
 ) -> AsyncIterator[tuple[str, list[str], list[Any]]]:
+    index = 0
     async for batch in data:
-        yield _columns(batch)
+        yield _batch_columns(index, batch)
+        index += 1
 
 
 async def _to_async(batches: Any) -> AsyncIterator[Any]:

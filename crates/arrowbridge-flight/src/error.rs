@@ -21,6 +21,10 @@ pub enum FlightServerError {
     /// (`FAILED_PRECONDITION`).
     #[error("{0}")]
     Sharded(String),
+    /// The item cannot be served as shared memory (its columns are not fixed-width values:
+    /// ragged data); it is read over gRPC (`FAILED_PRECONDITION`, kind [`KIND_NOT_SHARED`]).
+    #[error("{0}")]
+    NotShareable(String),
     /// A put would make the stored items take more than the server's memory budget
     /// (`RESOURCE_EXHAUSTED`, kind [`KIND_OUT_OF_MEMORY`]).
     #[error("{0}")]
@@ -77,6 +81,9 @@ impl From<FlightServerError> for Status {
                 with_kind(Status::resource_exhausted(message), KIND_OUT_OF_MEMORY)
             }
             FlightServerError::Sharded(_) => Status::failed_precondition(message),
+            FlightServerError::NotShareable(_) => {
+                with_kind(Status::failed_precondition(message), KIND_NOT_SHARED)
+            }
             FlightServerError::Transport(_)
             | FlightServerError::Listen { .. }
             | FlightServerError::Tls(_) => Status::internal(message),
@@ -115,6 +122,9 @@ pub const KIND_STORAGE: &str = "storage";
 /// [`KIND_KEY`] of a ticket for a version of an item that a put or a delete replaced and
 /// that no reader holds any more (`FAILED_PRECONDITION`).
 pub const KIND_REPLACED: &str = "replaced";
+
+/// [`KIND_KEY`] of an item that shared memory cannot carry (ragged data): read it over gRPC.
+pub const KIND_NOT_SHARED: &str = "not-shared";
 
 pub(crate) fn with_kind(mut status: Status, kind: &'static str) -> Status {
     status

@@ -45,11 +45,14 @@ fn put_and_get_over_tcp_a_unix_socket_and_shared_memory() {
         assert_eq!(item.form, ItemForm::Array);
         assert_eq!(item.shared, shared, "{location} shm={shm:?}");
         assert_eq!(
-            item.columns[0].1.view::<f64>().unwrap(),
+            item.columns[0].1.tensor().unwrap().view::<f64>().unwrap(),
             x.view::<f64>().unwrap()
         );
         // Received over gRPC: one aligned buffer; over shared memory: a view of the mapping.
-        assert_eq!(item.columns[0].1.data_ptr() as usize % 64, 0);
+        assert_eq!(
+            item.columns[0].1.tensor().unwrap().data_ptr() as usize % 64,
+            0
+        );
     }
     drop(unix);
     std::fs::remove_dir_all(&dir).ok();
@@ -64,7 +67,7 @@ fn a_large_item_is_fetched_from_its_endpoints_into_one_buffer() {
     client.put("big", &[("data", &x)], ItemForm::Array).unwrap();
     assert_eq!(client.info("big").unwrap().endpoints, 2);
     let item = client.get("big").unwrap();
-    let got = &item.columns[0].1;
+    let got = item.columns[0].1.tensor().unwrap();
     assert_eq!(got.view::<f64>().unwrap(), x.view::<f64>().unwrap());
     assert_eq!(got.values().len(), x.nbytes(), "one buffer holds every row");
 }
@@ -111,4 +114,52 @@ fn the_blocking_client_refuses_to_run_inside_a_runtime() {
         "{result:?}"
     );
     assert_eq!(client.health().unwrap()["status"], "ok");
+}
+
+#[test]
+fn ragged_columns_are_put_and_got_as_ragged_tensors() {
+    use arrowbridge::ipc::Column;
+    use arrowbridge::RaggedTensor;
+
+    let server = start(ServerConfig::new("127.0.0.1", 0)).unwrap();
+    let client = connect(server.location(), None);
+    let arrays: Vec<ArrayD<f32>> = (0..30)
+        .map(|i| {
+            ArrayD::from_shape_fn(IxDyn(&[1 + i % 4, 3]), |j| {
+                (i * 10 + j[0] * 3 + j[1]) as f32
+            })
+        })
+        .collect();
+    let ragged = Column::Ragged(vec![RaggedTensor::from_arrays(arrays.clone()).unwrap()]);
+    let labels = Column::Tensor(matrix(30, 2));
+    let columns = [("img", &ragged), ("label", &labels)];
+    assert_eq!(
+        client.put_columns("r", &columns, ItemForm::Dict).unwrap(),
+        30
+    );
+    let item = client.get("r").unwrap();
+    assert_eq!(item.form, ItemForm::Dict);
+    // Shared memory carries tensors only: a ragged item is read over gRPC.
+    assert!(!item.shared);
+    let parts = item.columns[0].1.ragged().expect("a ragged column");
+    let rows: Vec<_> = parts
+        .iter()
+        .flat_map(|p| {
+            p.rows::<f32>()
+                .unwrap()
+                .map(|r| r.to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(rows, arrays);
+    assert_eq!(
+        item.columns[1].1.tensor().unwrap().view::<f64>().unwrap(),
+        matrix(30, 2).view::<f64>().unwrap()
+    );
+    // With shared memory asked for, the refusal says why.
+    let shm = connect(server.location(), Some(true));
+    if cfg!(target_os = "linux") {
+        let error = shm.get("r").unwrap_err().to_string();
+        assert!(error.contains("ragged data"), "{error}");
+    }
 }

@@ -73,7 +73,7 @@ fn any_server_describes_a_sharded_item_and_the_client_reassembles_it() {
         let item = client.get("x").unwrap();
         assert_eq!(item.form, ItemForm::Array);
         assert_eq!(
-            item.columns[0].1.view::<f64>().unwrap(),
+            item.columns[0].1.tensor().unwrap().view::<f64>().unwrap(),
             whole.view::<f64>().unwrap()
         );
         // Listed once, by its map; the shards stored here are not items of their own.
@@ -122,7 +122,7 @@ fn any_server_describes_a_sharded_item_and_the_client_reassembles_it() {
     servers.remove(0).shutdown().unwrap();
     let item = clients[0].get("x").unwrap();
     assert_eq!(
-        item.columns[0].1.view::<f64>().unwrap(),
+        item.columns[0].1.tensor().unwrap().view::<f64>().unwrap(),
         whole.view::<f64>().unwrap()
     );
     // And when no replica of a shard answers, the error names the shard and every location.

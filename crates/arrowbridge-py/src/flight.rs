@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow_array::RecordBatchReader;
-use arrowbridge::ipc::tensors_of;
+use arrowbridge::ipc::{tensors_of, Column};
 use arrowbridge::ArrowTensor;
 use arrowbridge_flight::limits::{scoped, CallLimits};
 use arrowbridge_flight::{
@@ -21,6 +21,7 @@ use pyo3::types::{PyBytes, PyDict, PyList};
 use arrowbridge_pyo3::internal::capsule::import_batch_stream;
 use arrowbridge_pyo3::internal::numpy_output::tensor_to_numpy;
 use arrowbridge_pyo3::internal::python_error;
+use arrowbridge_pyo3::internal::ragged::rows_to_numpy;
 use arrowbridge_pyo3::{no_panic, BridgeError, BridgeResult};
 use pyo3::exceptions as builtin;
 
@@ -270,14 +271,20 @@ impl FlightClient {
 
 /// NumPy arrays of received tensors: writeable when each owns its buffer alone, read-only
 /// when they view sealed shared memory.
+/// A ragged column is a list of arrays, each a read-only view of the received values.
 fn arrays<'py>(
     py: Python<'py>,
-    columns: &[(String, ArrowTensor)],
+    columns: &[(String, Column)],
     writeable: bool,
 ) -> BridgeResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
-    for (name, tensor) in columns {
-        dict.set_item(name, tensor_to_numpy(py, tensor, writeable)?)?;
+    for (name, column) in columns {
+        match column {
+            Column::Tensor(tensor) => {
+                dict.set_item(name, tensor_to_numpy(py, tensor, writeable)?)?
+            }
+            Column::Ragged(parts) => dict.set_item(name, rows_to_numpy(py, parts, false)?)?,
+        }
     }
     Ok(dict)
 }
@@ -347,13 +354,10 @@ impl FlightClient {
                 "dict" => ItemForm::Dict,
                 _ => ItemForm::Table,
             };
-            let tensors = arrays
-                .iter()
-                .map(|a| arrowbridge_pyo3::internal::input::column_input(&a))
-                .collect::<BridgeResult<Vec<_>>>()?;
-            let columns: Vec<(&str, &ArrowTensor)> =
-                names.iter().map(String::as_str).zip(&tensors).collect();
-            limited(py, timeout, || client.put(name, &columns, form)).map_err(client_error)
+            let columns = any_columns(arrays)?;
+            let columns: Vec<(&str, &Column)> =
+                names.iter().map(String::as_str).zip(&columns).collect();
+            limited(py, timeout, || client.put_columns(name, &columns, form)).map_err(client_error)
         })
     }
 
@@ -617,14 +621,17 @@ impl FlightClient {
     ) -> BridgeResult<PendingCall> {
         let client = self.client()?;
         let form = item_form(form);
-        let batch = batch_tensors(names, arrays)?;
+        let batch: Vec<(String, Column)> = names.into_iter().zip(any_columns(arrays)?).collect();
         let what = format!("put {name:?}");
         Ok(spawn_call(
             &client.clone(),
             what,
             seconds(timeout)?,
             done,
-            async move { client.put_async(&name, &column_refs(&batch), form).await },
+            async move {
+                let refs = any_column_refs(&batch);
+                client.put_columns_async(&name, &refs, form).await
+            },
             |py, rows: usize| Ok(pyo3::IntoPyObjectExt::into_py_any(rows, py)?),
         ))
     }
@@ -1020,6 +1027,20 @@ fn batch_tensors(
         .map(|a| arrowbridge_pyo3::internal::input::column_input(&a))
         .collect::<BridgeResult<Vec<_>>>()?;
     Ok(names.into_iter().zip(tensors).collect())
+}
+
+/// The columns of a put: tensors, and ragged data (a list of arrays, an
+/// `arrow.variable_shape_tensor`), read while the GIL is held.
+fn any_columns(arrays: &Bound<'_, PyList>) -> BridgeResult<Vec<Column>> {
+    arrays
+        .iter()
+        .map(|a| arrowbridge_pyo3::internal::ragged::any_column(&a))
+        .collect()
+}
+
+/// Named columns as [`Client::put_columns`] takes them (see [`column_refs`]).
+fn any_column_refs(batch: &[(String, Column)]) -> Vec<(&str, &Column)> {
+    batch.iter().map(|(n, c)| (n.as_str(), c)).collect()
 }
 
 /// Named tensors as the client's calls take them. (A function, not a closure in the async

@@ -98,6 +98,13 @@ def _version() -> str:
     return secrets.token_hex(_VERSION_BYTES)
 
 
+def _nbytes(column: Any) -> int:
+    """The bytes of a column: an array's, or the sum of a ragged list's arrays."""
+    if isinstance(column, list):
+        return sum(int(getattr(a, "nbytes", 0)) for a in column)
+    return int(column.nbytes)
+
+
 def _shard_name(name: str, index: int, count: int, version: str) -> str:
     """The item that holds shard ``index`` of ``count`` of one version of ``name``."""
     return f"{name}.shard-{index}-of-{count}.v{version}"
@@ -461,7 +468,7 @@ class ClusterClient:
                 {
                     "name": _shard_name(name, i, count, version),
                     "rows": [start, end],
-                    "bytes": sum(int(a[start:end].nbytes) for a in arrays),
+                    "bytes": sum(_nbytes(a[start:end]) for a in arrays),
                     "locations": replicas,
                 }
             )
@@ -535,7 +542,7 @@ class ClusterClient:
                     put.send(names, arrays, timeout=self._timeout)
                 rows += lengths.pop()
                 shard["rows"][1] = rows
-                shard["bytes"] += sum(int(a.nbytes) for a in arrays)
+                shard["bytes"] += sum(_nbytes(a) for a in arrays)
                 if shard["bytes"] >= shard_bytes:
                     self._parallel([functools.partial(finish, put) for put in puts])
                     done.append(shard)

@@ -16,31 +16,40 @@ import numpy as np
 import pyarrow as pa
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasink, Datasource, ReadTask
-from ray.data.extensions import ArrowTensorArray
+from ray.data.extensions import ArrowTensorArray, ArrowVariableShapedTensorArray
 
 import arrowbridge
 
-from .client import ClusterClient, _check_name, _shard_map, _version
+from .client import ClusterClient, _check_name, _nbytes, _shard_map, _version
 
 
-def _table(columns: dict[str, np.ndarray]) -> pa.Table:
-    """A block of NumPy columns: 1-D ones as Arrow arrays, N-D ones as Ray's tensor type
-    (both over the same memory)."""
-    return pa.table(
-        {
-            name: arrowbridge.to_arrow(a) if a.ndim == 1 else ArrowTensorArray.from_numpy(a)
-            for name, a in columns.items()
-        }
-    )
+def _block_column(a: Any) -> pa.Array:
+    """One column of a block: a 1-D array as an Arrow array, an N-D one as Ray's tensor type
+    (both over the same memory), ragged data (a list of arrays) as Ray's variable-shaped
+    tensor type (a copy, in Ray's layout)."""
+    if isinstance(a, list):
+        return ArrowVariableShapedTensorArray.from_numpy(a)
+    return arrowbridge.to_arrow(a) if a.ndim == 1 else ArrowTensorArray.from_numpy(a)
 
 
-def _columns(block: Any) -> dict[str, np.ndarray]:
-    """A block's columns as NumPy arrays: Ray's tensor columns as N-D arrays."""
+def _table(columns: dict[str, Any]) -> pa.Table:
+    """A block of NumPy columns (see :func:`_block_column`)."""
+    return pa.table({name: _block_column(a) for name, a in columns.items()})
+
+
+def _columns(block: Any) -> dict[str, Any]:
+    """A block's columns as NumPy arrays: Ray's tensor columns as N-D arrays, ragged columns
+    (Ray's variable-shaped tensors, Arrow's ``arrow.variable_shape_tensor``) as lists of
+    arrays."""
     table = block if isinstance(block, pa.Table) else pa.Table.from_pandas(block)
-    columns = {}
+    columns: dict[str, Any] = {}
     for name, column in zip(table.column_names, table.columns, strict=True):
         chunk = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-        if isinstance(chunk, pa.ExtensionArray) and hasattr(chunk, "to_numpy"):
+        if isinstance(chunk, ArrowVariableShapedTensorArray):
+            columns[name] = list(chunk.to_numpy())
+        elif getattr(chunk.type, "extension_name", None) == "arrow.variable_shape_tensor":
+            columns[name] = arrowbridge.to_numpy(chunk)
+        elif isinstance(chunk, pa.ExtensionArray) and hasattr(chunk, "to_numpy"):
             columns[name] = np.asarray(chunk.to_numpy())
         else:
             columns[name] = arrowbridge.to_numpy(chunk)
@@ -177,7 +186,7 @@ class FlightDatasink(Datasink):
             "index": ctx.task_idx,
             "name": shard,
             "rows": len(next(iter(columns.values()))),
-            "bytes": sum(int(a.nbytes) for a in columns.values()),
+            "bytes": sum(_nbytes(a) for a in columns.values()),
             "locations": locations,
             "schema_ipc": schema_ipc,
         }

@@ -21,7 +21,8 @@ import numpy as np
 import pyarrow as pa
 
 from .. import _native
-from ..errors import NotDistributableError, ShapeError, UnknownKernelError
+from .._ragged import is_ragged_list
+from ..errors import NotDistributableError, ShapeError, UnknownKernelError, UnsupportedTypeError
 from ..ipc import _array_like
 
 #: How the partial results of a reduction over rows combine (a kernel's distribution
@@ -104,8 +105,16 @@ def _streamed(data: Any) -> bool:
 
 
 def _arg(a: Any) -> tuple[str, Any]:
-    """A kernel argument as the native client takes it."""
-    return ("stored", a.name) if isinstance(a, Stored) else ("array", _array_like(a))
+    """A kernel argument as the native client takes it. Ragged data (a list of arrays) is
+    not sent with a call: it is put, then passed stored."""
+    if isinstance(a, Stored):
+        return ("stored", a.name)
+    if is_ragged_list(a):
+        raise UnsupportedTypeError(
+            "a call's argument is ragged data (a list of arrays), which a call over Flight "
+            "does not send: put it (client.put(name, arrays)) and pass client.stored(name)"
+        )
+    return ("array", _array_like(a))
 
 
 def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
@@ -224,10 +233,23 @@ def _raw_batches(data: Any) -> Iterator[Any]:
     yield from data
 
 
+def _batch_columns(index: int, batch: Any) -> tuple[str, list[str], list[Any]]:
+    """Batch ``index`` of a streamed put as (form, names, columns)."""
+    form, names, arrays = _columns(batch)
+    for name, array in zip(names, arrays, strict=True):
+        if is_ragged_list(array):
+            raise UnsupportedTypeError(
+                f"batch {index}: column {name!r} is ragged data (a list of arrays), which a "
+                "streamed put does not carry: put the whole list (client.put(name, arrays)), "
+                "or several items"
+            )
+    return form, names, arrays
+
+
 def _batches(data: Any) -> Iterator[tuple[str, list[str], list[Any]]]:
     """The batches of a streamed put, each as (form, names, columns)."""
-    for batch in _raw_batches(data):
-        yield _columns(batch)
+    for index, batch in enumerate(_raw_batches(data)):
+        yield _batch_columns(index, batch)
 
 
 class ItemStream:
@@ -387,6 +409,15 @@ class Client(_Connected):
         ...     client.put("pair", {"id": np.arange(2), "vec": np.ones((2, 3), np.float32)})
         ...     client.info("pair")["rows"]
         2
+
+        A list of arrays (ragged data: images of different sizes), alone or as a value of a
+        dict, is stored as one ``arrow.variable_shape_tensor`` column, one row per array, and
+        got back as a list of read-only views; it travels over gRPC.
+
+        >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
+        ...     client.put("imgs", [np.ones((2, 3)), np.ones((4, 3))])
+        ...     [a.shape for a in client.get("imgs")]
+        [(2, 3), (4, 3)]
 
         ``data`` may also be a stream of batches, sent as they come with constant memory:
         an iterator (a generator) of arrays or of dicts of arrays, a

@@ -19,7 +19,8 @@
 //! let x = ArrowTensor::from_array(ArrayD::from_shape_fn(IxDyn(&[2, 3]), |i| (i[0] * 3 + i[1]) as f64));
 //! client.put("x", &[("data", &x)], ItemForm::Array)?;
 //! let item = client.get("x")?;
-//! assert_eq!((item.form, item.columns[0].1.view::<f64>()?), (ItemForm::Array, x.view::<f64>()?));
+//! let got = item.columns[0].1.tensor().expect("a tensor column");
+//! assert_eq!((item.form, got.view::<f64>()?), (ItemForm::Array, x.view::<f64>()?));
 //! let sums = client.call("sum", &[Arg::Stored("x")], &Params::new([("axis".to_string(), arrowbridge::Param::Int(1))]))?;
 //! assert_eq!(sums[0].view::<f64>()?.as_slice(), Some(&[3.0, 12.0][..]));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -44,6 +45,7 @@ use arrow_flight::{
     Action, Criteria, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, PutResult, Ticket,
 };
 use arrow_schema::{Schema, SchemaRef};
+use arrowbridge::ipc::Column;
 use arrowbridge::landing::Destination;
 use arrowbridge::{ArrowTensor, Params};
 use futures::{FutureExt, StreamExt, TryStreamExt};
@@ -208,8 +210,9 @@ pub struct ClientOptions {
 pub struct Item {
     /// How it was put.
     pub form: ItemForm,
-    /// Its columns by name.
-    pub columns: Vec<(String, ArrowTensor)>,
+    /// Its columns by name: tensors, and ragged data (`arrow.variable_shape_tensor`
+    /// columns) as [`Column::Ragged`].
+    pub columns: Vec<(String, Column)>,
     /// Whether the columns view read-only shared memory (else they own their buffers).
     pub shared: bool,
 }
@@ -841,6 +844,45 @@ impl Client {
         }
     }
 
+    /// Stores `columns` under `name` as one item of form `form`, ragged data included: an
+    /// `arrow.variable_shape_tensor` column ([`Column::Ragged`]) is one row per tensor, and
+    /// every column then has that many rows. Without a ragged column this is
+    /// [`put`](Self::put) (shared memory where it can); with one it goes over gRPC, in
+    /// messages of whole rows cut by their bytes. A single row larger than a message the
+    /// server accepts ([`MAX_MESSAGE`]) is refused before anything is sent.
+    pub fn put_columns(
+        &self,
+        name: &str,
+        columns: &[(&str, &Column)],
+        form: ItemForm,
+    ) -> ClientResult<usize> {
+        if let Some(tensors) = tensor_columns(columns) {
+            return self.put(name, &tensors, form);
+        }
+        self.block_on(
+            &format!("put {name:?}"),
+            self.put_columns_async(name, columns, form),
+        )?
+    }
+
+    /// [`put_columns`](Self::put_columns) over gRPC, as a future (see
+    /// [`put_async`](Self::put_async)).
+    pub fn put_columns_async<'a>(
+        &'a self,
+        name: &'a str,
+        columns: &[(&str, &Column)],
+        form: ItemForm,
+    ) -> impl std::future::Future<Output = ClientResult<usize>> + Send + 'a {
+        let laid_out = match tensor_columns(columns) {
+            Some(tensors) => put_batches(&tensors, form),
+            None => ragged_put_batches(columns, form),
+        };
+        async move {
+            let (schema, batches) = laid_out?;
+            self.put_batches(name, schema, batches).await
+        }
+    }
+
     /// Stores `batches` (of `schema`, which names the item's form) under `name`.
     async fn put_batches(
         &self,
@@ -1039,6 +1081,12 @@ impl Client {
             Ok(Shm::Done(done)) => done,
             Ok(Shm::Unavailable(why)) => return Ok(Shm::Unavailable(why)),
             Ok(Shm::Sharded) => return Ok(Shm::Sharded),
+            // Ragged data: shared memory carries tensors only.
+            Err(ClientError::Remote {
+                code: Code::FailedPrecondition,
+                kind: Some(kind),
+                message,
+            }) if kind == crate::error::KIND_NOT_SHARED => return Ok(Shm::Unavailable(message)),
             // A sharded item's rows are on other servers: its endpoints say where.
             Err(ClientError::Remote {
                 code: Code::FailedPrecondition,
@@ -1056,7 +1104,7 @@ impl Client {
             .ok_or_else(|| arrowbridge::Error::invalid(&what, "the reply has no layout"))?;
         let segment = Arc::new(crate::shm::Segment::adopt(&what, fd)?);
         let (schema, batch) = crate::shm::unpack(&what, segment, &layout)?;
-        let columns = arrowbridge::ipc::tensors_of(&schema, &[batch])?;
+        let columns = arrowbridge::ipc::columns_of(&schema, &[batch])?;
         Ok(Shm::Done(Item {
             form: ItemForm::of(&schema),
             columns,
@@ -1193,7 +1241,7 @@ impl Client {
                 (received_schema, batches)
             }
         };
-        let columns = arrowbridge::ipc::tensors_of(&schema, &batches)?;
+        let columns = arrowbridge::ipc::columns_of(&schema, &batches)?;
         Ok(Item {
             form,
             columns,
@@ -1794,6 +1842,34 @@ fn put_batches(
         .map(|b| with_schema(b, &schema))
         .collect::<ClientResult<Vec<_>>>()?;
     Ok((schema, batches))
+}
+
+/// The columns as tensors, when none is ragged.
+fn tensor_columns<'a>(
+    columns: &[(&'a str, &'a Column)],
+) -> Option<Vec<(&'a str, &'a ArrowTensor)>> {
+    columns
+        .iter()
+        .map(|(name, column)| column.tensor().map(|t| (*name, t)))
+        .collect()
+}
+
+/// The record batches that carry `columns`, some of them ragged, as an item of form `form`
+/// in a DoPut: one table ([`arrowbridge::ipc::record_batch_of`]) in slices of whole rows of
+/// about [`MAX_FLIGHT_DATA`] bytes.
+fn ragged_put_batches(
+    columns: &[(&str, &Column)],
+    form: ItemForm,
+) -> ClientResult<(SchemaRef, Vec<RecordBatch>)> {
+    let batch = arrowbridge::ipc::record_batch_of(columns)?;
+    let mut metadata = batch.schema().metadata().clone();
+    metadata.insert(ITEM_KEY.to_string(), form.name().to_string());
+    let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(metadata));
+    let batch = with_schema(&batch, &schema)?;
+    // Headroom for the message's header and padding within what the server accepts.
+    let row_limit = MAX_MESSAGE - (1 << 20);
+    let slices = arrowbridge::ipc::byte_slices(&batch, MAX_FLIGHT_DATA, row_limit)?;
+    Ok((schema, slices))
 }
 
 /// The FlightData messages of `batches` under `schema`, the first carrying `descriptor`. An

@@ -12,8 +12,8 @@ use std::ops::Range;
 
 use arrow_flight::{FlightEndpoint, FlightInfo, Ticket};
 use arrow_schema::{Schema, SchemaRef};
+use arrowbridge::ipc::Column;
 use arrowbridge::landing::Destination;
-use arrowbridge::ArrowTensor;
 use tokio::task::JoinHandle;
 use tonic::Code;
 
@@ -134,7 +134,7 @@ impl Drop for ItemStream {
     }
 }
 
-type Columns = Vec<(String, ArrowTensor)>;
+type Columns = Vec<(String, Column)>;
 
 /// Whether `schema`'s columns hold whole arrays rather than rows of them: laid out flat, or
 /// one element each ([`arrowbridge::ipc::wire_batches`]), as arrays of different lengths
@@ -344,8 +344,17 @@ impl Client {
                 whole: Some(name.to_string()),
             });
         }
-        let row_bytes: usize =
-            arrowbridge::landing::row_bytes(&schema).map_or(0, |bytes| bytes.iter().sum());
+        // Rows of different sizes (ragged columns): their mean, from the item's totals.
+        let row_bytes: usize = match arrowbridge::landing::row_bytes(&schema) {
+            Some(bytes) => bytes.iter().sum(),
+            None => match (
+                usize::try_from(info.total_bytes),
+                usize::try_from(info.total_records),
+            ) {
+                (Ok(bytes), Ok(rows)) if rows > 0 => bytes / rows,
+                _ => 0,
+            },
+        };
         let batch_rows = batch_rows.unwrap_or((BATCH_BYTES / row_bytes.max(1)).max(1));
         let (schema, rows, spans) = self.spans(&what, &info, &schema, selection, true)?;
         let cursor = spans.first().map_or(0, |s| s.rows.start);
@@ -502,7 +511,7 @@ async fn fetch_all(
                 part.finish()?;
             }
             let batch = destination.into_batch()?;
-            return Ok(arrowbridge::ipc::tensors_of(schema, &[batch])?);
+            return Ok(arrowbridge::ipc::columns_of(schema, &[batch])?);
         }
     }
     // Columns of other types, or rows larger than a message: decoded as they come.
@@ -513,7 +522,7 @@ async fn fetch_all(
         received_schema = s.unwrap_or(received_schema);
         batches.extend(b);
     }
-    Ok(arrowbridge::ipc::tensors_of(&received_schema, &batches)?)
+    Ok(arrowbridge::ipc::columns_of(&received_schema, &batches)?)
 }
 
 /// One piece, as the batches it arrives in (decoded, not landed).

@@ -171,11 +171,15 @@ fn rows_of(batches: &[RecordBatch], range: std::ops::Range<usize>) -> Vec<Record
 /// The batches of an item as they travel, the schema announcing their rows: as they are
 /// when each row fits in a message, laid out flat ([`arrowbridge::ipc::wire_batches`]) when
 /// one does not (an item put as a single large row by another writer, or a data directory
-/// file of arrays of different lengths).
+/// file of arrays of different lengths). Ragged columns travel as they are: their rows are
+/// whole in any message up to [`crate::MAX_MESSAGE`].
 fn wire(schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-    let oversized = batches
-        .iter()
-        .any(|b| b.num_rows() > 0 && b.get_array_memory_size() / b.num_rows() > MAX_FLIGHT_DATA);
+    // Ragged columns (rows of different sizes) travel as they are, a large row whole.
+    let tensors = arrowbridge::landing::row_bytes(&schema).is_some();
+    let oversized = tensors
+        && batches.iter().any(|b| {
+            b.num_rows() > 0 && b.get_array_memory_size() / b.num_rows() > MAX_FLIGHT_DATA
+        });
     if !oversized {
         let rows = batches.iter().map(RecordBatch::num_rows).sum();
         let schema = Arc::new(arrowbridge::landing::announcing(&schema, rows));
@@ -684,19 +688,39 @@ impl Service {
         batches: Vec<RecordBatch>,
     ) -> Result<Vec<ArrowTensor>, Status> {
         let schema = schema.unwrap_or_else(|| Arc::new(arrow_schema::Schema::empty()));
+        // A ragged kernel's first argument may be a stored ragged item: it is passed as the
+        // kernel receives ragged data, its values and its rows' shapes.
+        let ragged = self
+            .registry
+            .get(&command.kernel)
+            .is_ok_and(|kernel| kernel.ragged)
+            .then_some(command.kernel.as_str());
         match &command.args {
-            Some(args) => args
-                .iter()
-                .map(|a| match a {
-                    ExchangeArg::Column(name) => Ok(column_tensor(&schema, &batches, name)?),
-                    ExchangeArg::Stored(name) => self.stored_arg(name, None, None),
-                    ExchangeArg::StoredRows(StoredRows {
-                        name,
-                        version,
-                        rows: [start, end],
-                    }) => self.stored_arg(name, *version, Some(*start..*end)),
-                })
-                .collect(),
+            Some(args) => {
+                let mut tensors = Vec::with_capacity(args.len() + 1);
+                for (i, arg) in args.iter().enumerate() {
+                    let ragged = ragged.filter(|_| i == 0);
+                    match arg {
+                        ExchangeArg::Column(name) => {
+                            tensors.push(column_tensor(&schema, &batches, name)?)
+                        }
+                        ExchangeArg::Stored(name) => {
+                            tensors.extend(self.stored_arg(name, None, None, ragged)?)
+                        }
+                        ExchangeArg::StoredRows(StoredRows {
+                            name,
+                            version,
+                            rows: [start, end],
+                        }) => tensors.extend(self.stored_arg(
+                            name,
+                            *version,
+                            Some(*start..*end),
+                            ragged,
+                        )?),
+                    }
+                }
+                Ok(tensors)
+            }
             None => Ok(schema
                 .fields()
                 .iter()
@@ -706,13 +730,15 @@ impl Service {
     }
 
     /// The first column of the stored item `name` (of `version`, when given), or its rows
-    /// `rows` (a view, no copy), as a kernel argument.
+    /// `rows` (a view, no copy), as a kernel argument: one tensor, or for ragged data (the
+    /// first argument of the `ragged` kernel named) its values and its rows' shapes.
     fn stored_arg(
         &self,
         name: &str,
         version: Option<u64>,
         rows: Option<std::ops::Range<usize>>,
-    ) -> Result<ArrowTensor, Status> {
+        ragged: Option<&str>,
+    ) -> Result<Vec<ArrowTensor>, Status> {
         let stored = match version {
             Some(version) => self
                 .store
@@ -735,16 +761,53 @@ impl Service {
                 "the stored item {name:?} has no columns, so it holds no array to pass to a kernel"
             ))
         })?;
-        let Some(rows) = rows else {
-            return Ok(stored.tensor(column.name())?);
-        };
         let total = stored.rows();
-        if rows.start > rows.end || rows.end > total {
-            return Err(Status::out_of_range(format!(
-                "rows [{}, {}) of {name:?}, which has {total} rows",
-                rows.start, rows.end
-            )));
+        if let Some(rows) = &rows {
+            if rows.start > rows.end || rows.end > total {
+                return Err(Status::out_of_range(format!(
+                    "rows [{}, {}) of {name:?}, which has {total} rows",
+                    rows.start, rows.end
+                )));
+            }
         }
+        if arrowbridge::is_ragged_field(column) {
+            let Some(kernel) = ragged else {
+                return Err(FlightServerError::BadRequest(format!(
+                    "the stored item {name:?} is ragged data (arrow.variable_shape_tensor), \
+                     which only a ragged kernel (ragged_sum, pad, or one declared ragged) \
+                     takes, as its first argument"
+                ))
+                .into());
+            };
+            let batches = match rows {
+                Some(rows) => rows_of(&stored.batches, rows),
+                None => stored.batches.clone(),
+            };
+            let parts = batches
+                .iter()
+                .map(|b| {
+                    arrowbridge::RaggedTensor::from_arrow(column, &b.column(0).to_data(), true)
+                })
+                .collect::<arrowbridge::Result<Vec<_>>>()
+                .map_err(FlightServerError::from)?;
+            let joined = match parts.as_slice() {
+                [one] => one.clone(),
+                [] => {
+                    return Err(FlightServerError::BadRequest(format!(
+                        "{kernel}: the stored item {name:?} has no rows to pass"
+                    ))
+                    .into())
+                }
+                many => arrowbridge::RaggedTensor::concat(many).map_err(FlightServerError::from)?,
+            };
+            return Ok(joined
+                .to_kernel_args()
+                .map_err(FlightServerError::from)?
+                .into());
+        }
+        let Some(rows) = rows else {
+            return Ok(vec![stored.tensor(column.name())?]);
+        };
         let batches = rows_of(&stored.batches, rows.clone());
         let tensor = arrowbridge::ipc::column_across(&stored.schema, &batches, 0)
             .map_err(FlightServerError::from)?;
@@ -754,7 +817,7 @@ impl Service {
                 stored.tensor(column.name())?.shape()
             )));
         }
-        Ok(tensor)
+        Ok(vec![tensor])
     }
 
     fn run_kernel(

@@ -562,6 +562,12 @@ impl Store {
             ));
         }
         let what = format!("shared memory of {name:?}");
+        if arrowbridge::landing::row_bytes(&item.schema).is_none() {
+            return Err(FlightServerError::NotShareable(format!(
+                "{what}: its columns are not all fixed-width values (ragged data), which \
+                 shared memory does not carry; read it over gRPC"
+            )));
+        }
         let batch = match item.batches.as_slice() {
             [one] => one.clone(),
             many => arrow_select::concat::concat_batches(&item.schema, many)

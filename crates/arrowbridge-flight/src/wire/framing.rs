@@ -10,8 +10,10 @@
 //! client's puts ([`crate::client::put`]) and the server's DoGet answers
 //! ([`crate::server`]) are sent so.
 //!
-//! Batches whose columns are not plain fixed-width values without nulls (booleans, strings,
-//! nulls) have no such views; [`Messages::new`] says so and the caller uses arrow-flight's
+//! Ragged data (`arrow.variable_shape_tensor`: a struct of a list of values and a fixed-size
+//! list of shapes) travels so too, its list offsets rebased to zero (a few bytes a row, the
+//! only bytes built). Batches whose columns are not plain values without nulls (booleans,
+//! strings, nulls) have no such views; [`Messages::new`] says so and the caller uses arrow-flight's
 //! encoder.
 
 use std::convert::Infallible;
@@ -159,7 +161,16 @@ fn plain_bodies(
     batches: &[RecordBatch],
     max_bytes: usize,
 ) -> Option<Vec<(usize, PlainBody)>> {
-    let row_bytes = arrowbridge::landing::row_bytes(schema)?;
+    let Some(row_bytes) = arrowbridge::landing::row_bytes(schema) else {
+        // Rows of different sizes (ragged columns): cut by their own bytes, a large row whole.
+        let mut bodies = Vec::with_capacity(batches.len());
+        for batch in batches {
+            for slice in arrowbridge::ipc::byte_slices(batch, max_bytes, usize::MAX).ok()? {
+                bodies.push((slice.num_rows(), plain_body(&slice)?));
+            }
+        }
+        return Some(bodies);
+    };
     let step = arrowbridge::ipc::rows_per_message(row_bytes.iter().sum(), max_bytes);
     let mut bodies = Vec::with_capacity(batches.len());
     for batch in batches {
@@ -256,6 +267,41 @@ impl PlainBody {
                 self.chunks.push(Bytes::from(values));
                 Some(())
             }
+            // Ragged data (`arrow.variable_shape_tensor`): a struct of the values' list and
+            // the shapes' fixed-size list, each child already sliced to the struct's rows.
+            DataType::Struct(_) => {
+                for child in data.child_data() {
+                    if child.len() != data.len() {
+                        return None;
+                    }
+                    self.add(child)?;
+                }
+                Some(())
+            }
+            DataType::List(_) => {
+                let offsets = data.buffers().first()?.typed_data::<i32>();
+                let offsets = offsets.get(data.offset()..=data.offset() + data.len())?;
+                let (first, last) = (*offsets.first()?, *offsets.last()?);
+                // Offsets that start at zero, as arrow's own writer sends them (a slice's
+                // start elsewhere): a few bytes a row, the values stay views.
+                let rebased: Vec<u8> = offsets
+                    .iter()
+                    .flat_map(|o| (o - first).to_le_bytes())
+                    .collect();
+                self.pad_to(ALIGNMENT);
+                self.buffers.push(arrow_ipc::Buffer::new(
+                    self.len as i64,
+                    rebased.len() as i64,
+                ));
+                self.len += rebased.len();
+                self.chunks.push(Bytes::from(rebased));
+                let child = data.child_data().first()?;
+                let (start, len) = (
+                    usize::try_from(first).ok()?,
+                    usize::try_from(last - first).ok()?,
+                );
+                self.add(&child.slice(start, len))
+            }
             _ => None,
         }
     }
@@ -350,6 +396,38 @@ mod tests {
         assert!(data[1..].iter().all(|d| d.flight_descriptor.is_none()));
         let got = flight_data_to_batches(&data).unwrap();
         assert_eq!(got, sent);
+    }
+
+    #[test]
+    fn ragged_columns_travel_as_views_cut_by_their_rows_bytes() {
+        use ndarray::{ArrayD, IxDyn};
+        // Rows of 1 to 40 float32 triples (12 to 480 bytes), next to a dense column.
+        let arrays: Vec<ArrayD<f32>> = (0..40)
+            .map(|i| {
+                ArrayD::from_shape_fn(IxDyn(&[1 + i, 3]), |j| (i * 1000 + j[0] * 3 + j[1]) as f32)
+            })
+            .collect();
+        let ragged = arrowbridge::ipc::Column::Ragged(vec![
+            arrowbridge::RaggedTensor::from_arrays(arrays).unwrap(),
+        ]);
+        let ids = arrowbridge::ipc::Column::Tensor(arrowbridge::ArrowTensor::from_array(
+            ArrayD::from_shape_fn(IxDyn(&[40]), |i| i[0] as i64),
+        ));
+        let whole = arrowbridge::ipc::record_batch_of(&[("img", &ragged), ("id", &ids)]).unwrap();
+        // A slice whose offsets do not start at zero.
+        let sent = whole.slice(3, 30);
+        let schema = sent.schema();
+        let messages = Messages::new(None, &schema, std::slice::from_ref(&sent), 2048, "test")
+            .unwrap()
+            .expect("ragged columns have views");
+        let got = flight_data_to_batches(&decoded(&messages)).unwrap();
+        assert!(got.len() > 3, "cut into several messages");
+        let rows: usize = got.iter().map(RecordBatch::num_rows).sum();
+        assert_eq!(rows, 30);
+        assert_eq!(
+            arrow_select::concat::concat_batches(&schema, &got).unwrap(),
+            sent
+        );
     }
 
     #[test]

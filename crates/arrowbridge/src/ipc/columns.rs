@@ -55,6 +55,148 @@ pub enum Column {
     Ragged(Vec<RaggedTensor>),
 }
 
+impl Column {
+    /// The tensor, when the column is one (not ragged).
+    pub fn tensor(&self) -> Option<&ArrowTensor> {
+        match self {
+            Column::Tensor(t) => Some(t),
+            Column::Ragged(_) => None,
+        }
+    }
+
+    /// The ragged parts, when the column is ragged.
+    pub fn ragged(&self) -> Option<&[RaggedTensor]> {
+        match self {
+            Column::Tensor(_) => None,
+            Column::Ragged(parts) => Some(parts),
+        }
+    }
+}
+
+/// Every column of `batches` (of `schema`), ragged ones included: a tensor as
+/// [`column_across`] reads it, an `arrow.variable_shape_tensor` column as one
+/// [`RaggedTensor`] per batch, each a view of its batch (a copy only where a buffer is not
+/// aligned for its type).
+pub fn columns_of(schema: &Schema, batches: &[RecordBatch]) -> Result<Vec<(String, Column)>> {
+    schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, field)| {
+            let column = if crate::ragged::is_ragged_field(field) {
+                Column::Ragged(
+                    batches
+                        .iter()
+                        .map(|b| RaggedTensor::from_arrow(field, &b.column(i).to_data(), true))
+                        .collect::<Result<_>>()?,
+                )
+            } else {
+                Column::Tensor(column_across(schema, batches, i)?)
+            };
+            Ok((field.name().clone(), column))
+        })
+        .collect()
+}
+
+/// `batch` cut into slices of whole rows of at most about `max_bytes` of values each, for
+/// rows of different sizes (ragged columns): rows are counted by their own bytes, so one
+/// large image does not make every slice large. A row larger than `max_bytes` travels alone;
+/// one larger than `row_limit` is an error naming it.
+pub fn byte_slices(
+    batch: &RecordBatch,
+    max_bytes: usize,
+    row_limit: usize,
+) -> Result<Vec<RecordBatch>> {
+    let rows = batch.num_rows();
+    let widths: Vec<RowWidth> = batch.columns().iter().map(RowWidth::of).collect();
+    let mut slices = Vec::new();
+    let (mut start, mut bytes) = (0, 0usize);
+    for row in 0..rows {
+        let width: usize = widths.iter().map(|w| w.row(row)).sum();
+        if width > row_limit {
+            return Err(Error::shape(
+                format!("row {row}"),
+                format!(
+                    "{width} bytes, more than one message carries ({row_limit} bytes); rows \
+                     travel whole, so split the tensor into smaller ones"
+                ),
+            ));
+        }
+        if row > start && bytes.saturating_add(width) > max_bytes {
+            slices.push(batch.slice(start, row - start));
+            (start, bytes) = (row, 0);
+        }
+        bytes = bytes.saturating_add(width);
+    }
+    if start < rows || slices.is_empty() {
+        slices.push(batch.slice(start, rows - start));
+    }
+    Ok(slices)
+}
+
+/// The bytes of each row of a column: fixed for a tensor column, from the list offsets of
+/// a ragged one.
+enum RowWidth {
+    Fixed(usize),
+    Listed {
+        offsets: Vec<i64>,
+        item: usize,
+        fixed: usize,
+    },
+}
+
+impl RowWidth {
+    fn of(column: &ArrayRef) -> RowWidth {
+        use arrow_array::cast::AsArray;
+        use arrow_schema::DataType as D;
+        let len = column.len().max(1);
+        if let D::Struct(_) = column.data_type() {
+            let parts = column.as_struct();
+            let (values, shapes) = (parts.column(0), parts.column(1));
+            let fixed = shapes.to_data().get_slice_memory_size().unwrap_or(0) / len;
+            let width = |t: &D| t.primitive_width().unwrap_or(1);
+            let listed = match values.data_type() {
+                D::List(f) => Some((
+                    values
+                        .as_list::<i32>()
+                        .value_offsets()
+                        .iter()
+                        .map(|&o| i64::from(o))
+                        .collect(),
+                    width(f.data_type()),
+                )),
+                D::LargeList(f) => Some((
+                    values.as_list::<i64>().value_offsets().to_vec(),
+                    width(f.data_type()),
+                )),
+                _ => None,
+            };
+            if let Some((offsets, item)) = listed {
+                return RowWidth::Listed {
+                    offsets,
+                    item,
+                    fixed,
+                };
+            }
+        }
+        RowWidth::Fixed(column.to_data().get_slice_memory_size().unwrap_or(0) / len)
+    }
+
+    fn row(&self, row: usize) -> usize {
+        match self {
+            RowWidth::Fixed(bytes) => *bytes,
+            RowWidth::Listed {
+                offsets,
+                item,
+                fixed,
+            } => {
+                let n = offsets[row + 1].saturating_sub(offsets[row]);
+                (n as usize).saturating_mul(*item).saturating_add(*fixed)
+            }
+        }
+    }
+}
+
 /// One record batch holding `columns`, some of them ragged: every column must have the same
 /// number of rows (a ragged column one per tensor, a tensor the length of its axis 0). Without
 /// a ragged column this is [`record_batch`].

@@ -36,7 +36,9 @@ mod write;
 
 pub use atomic::{write_atomically, AtomicFile};
 pub use check::{check_message, check_message_header, check_schema, schema_of_message};
-pub use columns::{column_across, record_batch, record_batch_of, tensors_of, Column};
+pub use columns::{
+    byte_slices, column_across, columns_of, record_batch, record_batch_of, tensors_of, Column,
+};
 pub use describe::ColumnInfo;
 pub use read::{decode, decode_columns, read_ipc, read_ipc_columns, IpcData};
 pub use wire::{rows_per_message, wire_batches};

@@ -8,12 +8,11 @@ use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_array::{ArrayRef, RecordBatch};
 use arrow_buffer::Buffer;
 use arrow_schema::SchemaRef;
 
 use crate::error::{Error, Result};
-use crate::ragged::{is_ragged_field, RaggedTensor};
 use crate::tensor::ArrowTensor;
 
 use super::*;
@@ -413,26 +412,6 @@ impl IpcData {
     }
 
     fn columns_of(&self, batches: &[RecordBatch]) -> Result<Vec<(String, Column)>> {
-        self.schema
-            .fields()
-            .iter()
-            .enumerate()
-            .map(|(i, field)| {
-                let column = if is_ragged_field(field) {
-                    Column::Ragged(
-                        batches
-                            .iter()
-                            .map(|b| RaggedTensor::from_arrow(field, &b.column(i).to_data(), true))
-                            .collect::<Result<_>>()
-                            .map_err(|e| self.context(e))?,
-                    )
-                } else {
-                    Column::Tensor(
-                        column_across(&self.schema, batches, i).map_err(|e| self.context(e))?,
-                    )
-                };
-                Ok((field.name().clone(), column))
-            })
-            .collect()
+        columns_of(&self.schema, batches).map_err(|e| self.context(e))
     }
 }

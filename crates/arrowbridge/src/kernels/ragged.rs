@@ -9,7 +9,7 @@ use half::f16;
 use ndarray::{ArrayD, Axis, IxDyn, Slice};
 use num_complex::Complex;
 
-use super::{Kernel, Params};
+use super::{Distribution, Kernel, Params};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::memory::try_full;
@@ -24,7 +24,9 @@ pub(super) fn kernels() -> Vec<Kernel> {
             ragged_sum,
         )
         .ragged()
-        .arity(2),
+        .arity(2)
+        // One sum per row: over batches of rows, the results are the rows' results in order.
+        .distribution(Distribution::Rows),
         Kernel::new(
             "pad",
             "pad(x: ragged any) -> (any[n, *max_shape], bool[n, *max_shape]): rows zero-padded to the largest size of each axis, and a mask of the values that are data",

@@ -1,0 +1,179 @@
+"""Ragged data (lists of arrays, ``arrow.variable_shape_tensor``) over Flight: a list put
+is a list got, through the native client (sync and asyncio), slices and streams, the
+cluster client's shards, and plain pyarrow.flight clients on either end; all against real
+servers on loopback."""
+
+import asyncio
+import itertools
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.flight as pf
+import pytest
+from conftest import address, same_values
+
+import arrowbridge
+import arrowbridge.aio
+from arrowbridge.cluster import ClusterClient, shard_bounds
+from arrowbridge.errors import (
+    RemoteInvalidError,
+    ServerUnavailableError,
+    ShapeError,
+    UnsupportedTypeError,
+)
+
+
+def images(n=50, seed=0, dtype=np.float32):
+    """``n`` "images" of different heights and widths, 3 channels each."""
+    rng = np.random.default_rng(seed)
+    return [rng.random((1 + i % 7, 2 + i % 5, 3)).astype(dtype) for i in range(n)]
+
+
+def same_list(got, expected):
+    return (
+        isinstance(got, list)
+        and len(got) == len(expected)
+        and all(same_values(g, e) for g, e in zip(got, expected, strict=True))
+    )
+
+
+@pytest.mark.parametrize("shm", [None, False])
+def test_a_list_put_is_a_list_got(server, shm):
+    data = images()
+    with arrowbridge.connect(server.location, shm=shm) as client:
+        client.put("imgs", data)
+        info = client.info("imgs")
+        assert info["rows"] == len(data)
+        got = client.get("imgs")
+    assert same_list(got, data)
+    # Each element is a read-only view of the one received buffer, one after the other:
+    # no copy per element.
+    assert not got[0].flags.writeable
+    for a, b in itertools.pairwise(got):
+        assert address(b) == address(a) + a.nbytes
+
+
+def test_the_item_has_the_canonical_type_for_plain_flight_clients(server, client):
+    data = images(seed=1)
+    client.put("canon", {"img": data, "label": np.arange(len(data))})
+    table = pf.connect(server.location).do_get(pf.Ticket(b"canon")).read_all()
+    field = table.schema.field("img")
+    assert field.type.extension_name == "arrow.variable_shape_tensor"
+    assert same_list(arrowbridge.to_numpy(table.column("img")), data)
+    assert table.column("label").to_pylist() == list(range(len(data)))
+
+
+def test_a_plain_flight_writer_put_reads_back_as_a_list(server, client):
+    data = images(seed=2, dtype=np.int16)
+    table = pa.table({"img": arrowbridge.to_arrow(data)})
+    writer, _ = pf.connect(server.location).do_put(
+        pf.FlightDescriptor.for_path("from-pyarrow"), table.schema
+    )
+    writer.write_table(table, max_chunksize=7)
+    writer.close()
+    got = client.get("from-pyarrow")
+    assert same_list(got["img"], data)
+
+
+def test_dict_with_ragged_and_dense_columns_slices_and_streams(client):
+    data = images(seed=3)
+    labels = np.arange(len(data)) * 10
+    client.put("mixed", {"img": data, "label": labels})
+    got = client.get("mixed")
+    assert same_list(got["img"], data) and same_values(got["label"], labels)
+
+    part = client.get("mixed", rows=(5, 12), columns=["img"])
+    assert list(part) == ["img"] and same_list(part["img"], data[5:12])
+
+    batches = list(client.stream("mixed", batch_rows=8))
+    assert [len(b["img"]) for b in batches] == [8] * 6 + [2]
+    streamed = [a for b in batches for a in b["img"]]
+    assert same_list(streamed, data)
+    assert same_values(np.concatenate([b["label"] for b in batches]), labels)
+
+
+def test_many_messages_and_a_large_row(client):
+    # About 40 MiB in rows of up to ~9 MiB: several messages, each of whole rows.
+    rng = np.random.default_rng(4)
+    data = [
+        rng.integers(0, 255, (n, 1024), dtype=np.uint8)
+        for n in (9000, 10, 4000, 1, 9 << 10, 500, 7000)
+    ]
+    client.put("big", data)
+    assert same_list(client.get("big"), data)
+
+
+def test_a_row_larger_than_a_message_is_refused_by_name(client):
+    data = [np.zeros(3, np.uint8), np.zeros(70 << 20, np.uint8)]
+    with pytest.raises(ShapeError, match="row 1"):
+        client.put("too-big", data)
+    with pytest.raises(Exception, match="too-big"):
+        client.info("too-big")
+
+
+def test_shared_memory_asked_for_says_ragged_data_goes_over_grpc(server):
+    with arrowbridge.connect(server.location) as client:
+        client.put("r-shm", images(5))
+    with arrowbridge.connect(server.location, shm=True) as client:
+        with pytest.raises(ServerUnavailableError, match=r"shm=True.*ragged data"):
+            client.get("r-shm")
+
+
+def test_a_stored_ragged_item_is_a_kernel_argument(client):
+    data = images(seed=5)
+    client.put("for-kernel", data)
+    sums = client.call("ragged_sum", client.stored("for-kernel"))
+    assert same_values(sums, arrowbridge.call("ragged_sum", data))
+    padded, mask = client.call("pad", client.stored("for-kernel"))
+    expected = arrowbridge.call("pad", data)
+    assert same_values(padded, expected[0]) and same_values(mask, expected[1])
+    # Row by row on the server, a few elements at a time.
+    parts = list(client.call_stream("ragged_sum", client.stored("for-kernel"), batch_rows=7))
+    assert same_values(np.concatenate(parts), sums)
+    # A kernel that does not take ragged data says so, naming the item.
+    with pytest.raises(RemoteInvalidError, match=r"item .for-kernel. is ragged data"):
+        client.call("sum", client.stored("for-kernel"))
+
+
+def test_asyncio_client(server):
+    data = images(seed=6)
+
+    async def main():
+        async with arrowbridge.aio.connect(server.location) as client:
+            await client.put("aio-r", {"img": data})
+            whole = await client.get("aio-r")
+            streamed = [b async for b in await client.stream("aio-r", batch_rows=16)]
+            return whole, streamed
+
+    whole, streamed = asyncio.run(main())
+    assert same_list(whole["img"], data)
+    assert same_list([a for b in streamed for a in b["img"]], data)
+
+
+def test_cluster_client_shards_by_elements():
+    servers = [arrowbridge.serve() for _ in range(3)]
+    try:
+        client = ClusterClient([s.location for s in servers])
+        data = images(31, seed=7)
+        client.put("sharded-r", data)
+        assert [s["rows"] for s in client.shards("sharded-r")] == [
+            list(b) for b in shard_bounds(31, 3)
+        ]
+        assert same_list(client.get("sharded-r"), data)
+        # Any Flight client reading the map follows the shards' endpoints.
+        with arrowbridge.connect(servers[1].location) as one:
+            assert same_list(one.get("sharded-r"), data)
+        client.close()
+    finally:
+        for s in servers:
+            s.shutdown()
+
+
+def test_what_a_call_or_a_streamed_put_does_not_carry_is_refused_with_the_way(client):
+    data = images(4)
+    with pytest.raises(UnsupportedTypeError, match=r"client\.stored\(name\)"):
+        client.call("ragged_sum", data)
+    with pytest.raises(UnsupportedTypeError, match="batch 1: column 'data' is ragged data"):
+        client.put("streamed-r", (b for b in [np.zeros((2, 3)), data]))
+    with pytest.raises(arrowbridge.RemoteNotFoundError):
+        client.info("streamed-r")
