@@ -89,9 +89,12 @@ def messages(table: pa.Table) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def flight_input(put: bool, tag: bytes, table: pa.Table | None) -> bytes:
-    out = bytes([0 if put else 1]) + struct.pack("<H", len(tag)) + tag
-    for header, body in messages(table) if table is not None else []:
+def flight_input(put: bool, tag: bytes, table: pa.Table | None, ragged: bool = False) -> bytes:
+    """An input of `flight_service`; `ragged`: a put of a ragged column whose schema the
+    target supplies (the table's schema message is left out)."""
+    out = bytes([2 if ragged else 0 if put else 1]) + struct.pack("<H", len(tag)) + tag
+    sent = messages(table) if table is not None else []
+    for header, body in sent[1:] if ragged else sent:
         out += struct.pack("<I", len(header)) + header + struct.pack("<I", len(body)) + body
     return out
 
@@ -100,6 +103,9 @@ def flight_seeds() -> None:
     x = arrowbridge.to_arrow(np.arange(6.0).reshape(3, 2))
     table = pa.table({"x": x, "v": np.arange(3)})
     write("flight_service", "put", flight_input(True, b"item", table))
+    images = [np.ones((h, 2), np.float32) for h in (2, 1, 3)]
+    ragged = pa.table({"r": arrowbridge.to_arrow(images)})
+    write("flight_service", "put-ragged", flight_input(True, b"r", ragged, ragged=True))
     write(
         "flight_service",
         "put-empty",

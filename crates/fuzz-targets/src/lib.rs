@@ -418,12 +418,17 @@ fn service() -> &'static (Arc<Store>, Arc<Service>) {
 }
 
 /// The Flight service in-process: a DoPut or a DoExchange whose messages (descriptor,
-/// command, IPC headers and bodies) come from the bytes. Layout: one byte for the call, the
+/// command, IPC headers and bodies) come from the bytes (a put's stored item is then served
+/// back by DoGet). Layout: one byte for the call (even: a put; 2 mod 4: of a ragged column), the
 /// descriptor's path or command (length-prefixed), then messages as
 /// `[u32 header length][header][u32 body length][body]`.
 pub fn flight_service(data: &[u8]) {
     let mut bytes = Bytes(data);
-    let put = bytes.u8().is_multiple_of(2);
+    let mode = bytes.u8();
+    let put = mode.is_multiple_of(2);
+    // Puts of a call byte 2 mod 4 start with the schema of a ragged column
+    // (arrow.variable_shape_tensor of float32, rank 2): the fuzzer's bytes are its batches.
+    let ragged = mode % 4 == 2;
     let len = usize::from(bytes.u16() % 4096);
     let tag = bytes.take(len).to_vec();
     let descriptor = if put {
@@ -444,6 +449,9 @@ pub fn flight_service(data: &[u8]) {
             data_body: body.into(),
         });
     }
+    if ragged {
+        messages.insert(0, ragged_schema_message());
+    }
     match messages.first_mut() {
         Some(first) => first.flight_descriptor = Some(descriptor),
         None => messages.push(FlightData::new().with_descriptor(descriptor)),
@@ -453,9 +461,11 @@ pub fn flight_service(data: &[u8]) {
     runtime().block_on(async {
         if put {
             if service.put_messages(stream).await.is_ok() {
-                // Keep the store to the one item every exchange may name.
+                // What was stored is served back (its messages framed as views of it), then
+                // the store is kept to the one item every exchange may name.
                 for (name, _) in store.list() {
                     if name != "x" {
+                        serve_back(service, &name).await;
                         let _ = store.delete(&name);
                     }
                 }
@@ -464,6 +474,35 @@ pub fn flight_service(data: &[u8]) {
             std::hint::black_box(batches.len());
         }
     });
+}
+
+/// The schema message of an item of one ragged column (`arrow.variable_shape_tensor` of
+/// float32, rank 2).
+fn ragged_schema_message() -> FlightData {
+    static SCHEMA: OnceLock<FlightData> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let arrays = vec![ndarray::ArrayD::<f32>::zeros(vec![1, 2])];
+            let ragged = arrowbridge::RaggedTensor::from_arrays(arrays).expect("one row");
+            let schema = arrow_schema::Schema::new(vec![ragged.field("r")]);
+            FlightData::from(arrow_flight::SchemaAsIpc::new(
+                &schema,
+                &arrow_ipc::writer::IpcWriteOptions::default(),
+            ))
+        })
+        .clone()
+}
+
+/// A DoGet of the item `name`, every message read.
+async fn serve_back(service: &Service, name: &str) {
+    use arrow_flight::flight_service_server::FlightService;
+    let request = tonic::Request::new(arrow_flight::Ticket::new(name.as_bytes().to_vec()));
+    if let Ok(response) = service.do_get(request).await {
+        let mut messages = response.into_inner();
+        while let Some(message) = futures::StreamExt::next(&mut messages).await {
+            std::hint::black_box(message.map(|m| m.data_body.len()).unwrap_or(0));
+        }
+    }
 }
 
 /// Kernel parameters in their JSON form: parsed, written back (the round trip must be

@@ -298,8 +298,11 @@ impl PlainBody {
                 let child = data.child_data().first()?;
                 let (start, len) = (
                     usize::try_from(first).ok()?,
-                    usize::try_from(last - first).ok()?,
+                    usize::try_from(last.checked_sub(first)?).ok()?,
                 );
+                if start.checked_add(len)? > child.len() {
+                    return None;
+                }
                 self.add(&child.slice(start, len))
             }
             _ => None,
