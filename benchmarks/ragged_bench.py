@@ -148,7 +148,7 @@ def report(r: dict[str, float]) -> list[str]:
         "(target <= 1.2x).",
         f"- Flight over TCP of {r['flight_bytes'] >> 20} MiB, ragged column / dense tensor, "
         f"time per byte: put of the list {r['flight_put_ragged'] / r['flight_put_dense']:.2f}x "
-        "(it is first copied into one Arrow buffer), of the same column already in Arrow "
+        "(each array sent where it lies), of the same column already in Arrow "
         f"{r['flight_put_ragged_arrow'] / r['flight_put_dense']:.2f}x, "
         f"get {r['flight_get_ragged'] / r['flight_get_dense']:.2f}x (target <= 1.2x; "
         f"dense {1 / r['flight_put_dense'] / 1e9:.2f} / {1 / r['flight_get_dense'] / 1e9:.2f} "

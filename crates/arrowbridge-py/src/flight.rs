@@ -1029,12 +1029,12 @@ fn batch_tensors(
     Ok(names.into_iter().zip(tensors).collect())
 }
 
-/// The columns of a put: tensors, and ragged data (a list of arrays, an
-/// `arrow.variable_shape_tensor`), read while the GIL is held.
+/// The columns of a put: tensors, and ragged data (a list of arrays, one part per array,
+/// each a view of it; an `arrow.variable_shape_tensor`), read while the GIL is held.
 fn any_columns(arrays: &Bound<'_, PyList>) -> BridgeResult<Vec<Column>> {
     arrays
         .iter()
-        .map(|a| arrowbridge_pyo3::internal::ragged::any_column(&a))
+        .map(|a| arrowbridge_pyo3::internal::ragged::any_column_views(&a))
         .collect()
 }
 

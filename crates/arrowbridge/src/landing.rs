@@ -608,6 +608,183 @@ impl Sink for Landing {
     }
 }
 
+/// A stream of record batches of any columns arrowbridge reads (ragged data included), each
+/// message's body landed as it arrives, at a 64-byte boundary, in blocks that grow to
+/// [`BODIES_BLOCK`] bytes, and decoded there by arrow-ipc at the end: one copy of every byte,
+/// as a [`Landing`] makes, where a decoder that gathers whole messages first (tonic's) makes
+/// one, and arrow-ipc a second to realign the unaligned bodies it is given. Blocks that large
+/// are recycled by the allocator ([`arrowbridge_pyo3::Recycling`]'s pool, in the extension),
+/// so the next stream of that size lands in pages already faulted in. For columns that
+/// cannot land in one buffer per column.
+///
+/// [`arrowbridge_pyo3::Recycling`]: https://docs.rs/arrowbridge-pyo3
+#[derive(Debug)]
+pub struct Bodies {
+    what: String,
+    schema: SchemaRef,
+    blocks: Vec<MutableBuffer>,
+    /// Each record batch received: its flatbuffer, its block and where its body lies in it.
+    messages: Vec<(Vec<u8>, usize, Range<usize>)>,
+    /// The message begun ([`Sink::begin`]) and not committed yet, as `messages` holds them.
+    open: Option<(Vec<u8>, usize, Range<usize>)>,
+    bytes: usize,
+}
+
+/// The largest block [`Bodies`] lands message bodies in (the first is the size of the first
+/// body; each next one twice the last, or the body's size when that is more).
+pub const BODIES_BLOCK: usize = 256 << 20;
+
+impl Bodies {
+    /// An empty stream of `schema`'s batches; `what` names it in errors.
+    pub fn new(what: &str, schema: SchemaRef) -> Self {
+        Bodies {
+            what: what.to_string(),
+            schema,
+            blocks: Vec::new(),
+            messages: Vec::new(),
+            open: None,
+            bytes: 0,
+        }
+    }
+
+    /// The body bytes of the batches received so far.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The received batches, each a view of its message's body.
+    pub fn into_batches(self) -> Result<Vec<RecordBatch>> {
+        let Bodies {
+            what,
+            schema,
+            blocks,
+            messages,
+            open,
+            ..
+        } = self;
+        if open.is_some() {
+            return Err(Error::BadFile {
+                path: what,
+                message: "the stream ended inside a record batch".into(),
+            });
+        }
+        let blocks: Vec<Buffer> = blocks.into_iter().map(Buffer::from).collect();
+        let mut batches = Vec::with_capacity(messages.len());
+        for (index, (header, block, body)) in messages.into_iter().enumerate() {
+            let bad = |message: String| Error::BadFile {
+                path: what.clone(),
+                message: format!("record batch {index}: {message}"),
+            };
+            let body = blocks[block].slice_with_length(body.start, body.len());
+            let decode = || -> Result<RecordBatch> {
+                let message = arrow_ipc::root_as_message(&header)
+                    .map_err(|e| bad(format!("corrupt message: {e}")))?;
+                let batch = message
+                    .header_as_record_batch()
+                    .ok_or_else(|| bad("not a record batch".into()))?;
+                arrow_ipc::reader::read_record_batch(
+                    &body,
+                    batch,
+                    schema.clone(),
+                    &Default::default(),
+                    None,
+                    &message.version(),
+                )
+                .map_err(|e| bad(format!("bad Arrow data: {e}")))
+            };
+            // The message was checked (`crate::ipc::check_message_header`) before it began;
+            // a panic that gets through anyway is an error.
+            let batch = std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode))
+                .unwrap_or_else(|_| Err(bad("arrow-ipc could not decode it".into())))?;
+            batches.push(batch);
+        }
+        Ok(batches)
+    }
+
+    /// Room for a body of `len` bytes at the end of the last block, or in a new one: the
+    /// block and where the body lies in it.
+    fn room(&mut self, len: usize) -> Result<(usize, Range<usize>)> {
+        if let Some(last) = self.blocks.last_mut() {
+            let start = last.len().next_multiple_of(ALIGNMENT);
+            if start
+                .checked_add(len)
+                .is_some_and(|end| end <= last.capacity())
+            {
+                // Zero padding up to the body: every byte of a block is written.
+                last.resize(start, 0);
+                return Ok((self.blocks.len() - 1, start..start + len));
+            }
+        }
+        let grown = self
+            .blocks
+            .last()
+            .map_or(0, |b| b.capacity().saturating_mul(2).min(BODIES_BLOCK));
+        let capacity = len.max(grown);
+        let mut block = MutableBuffer::new(0);
+        block
+            .try_reserve(capacity)
+            .map_err(|e| Error::OutOfMemory {
+                what: self.what.clone(),
+                bytes: capacity as u64,
+                reason: e.to_string(),
+            })?;
+        self.blocks.push(block);
+        Ok((self.blocks.len() - 1, 0..len))
+    }
+}
+
+/// Where [`Bodies`] puts each body in its block.
+const ALIGNMENT: usize = 64;
+
+impl Sink for Bodies {
+    fn begin(&mut self, metadata: &[u8], body_len: usize) -> Result<Option<Incoming>> {
+        let message = arrow_ipc::root_as_message(metadata).map_err(|e| Error::BadFile {
+            path: self.what.clone(),
+            message: format!("corrupt message: {e}"),
+        })?;
+        let Some(batch) = message.header_as_record_batch() else {
+            return Ok(None);
+        };
+        let rows = usize::try_from(batch.length()).map_err(|_| Error::BadFile {
+            path: self.what.clone(),
+            message: format!("a record batch of {} rows", batch.length()),
+        })?;
+        let (block, body) = self.room(body_len)?;
+        // SAFETY: `room` made the capacity hold the body; every byte of it is written
+        // (`write` covers the whole body) before anything reads it: `into_batches` refuses a
+        // stream with a message begun and not committed.
+        unsafe { self.blocks[block].set_len(body.end) };
+        self.open = Some((metadata.to_vec(), block, body));
+        // The whole body is the message's one range of values.
+        let whole = std::iter::once(0..body_len).collect();
+        Ok(Some(Incoming {
+            rows,
+            values: whole,
+        }))
+    }
+
+    fn write(&mut self, incoming: &Incoming, at: usize, bytes: &[u8]) {
+        if let Some((_, block, body)) = &self.open {
+            let landed = &mut self.blocks[*block].as_slice_mut()[body.clone()];
+            write_values(landed, &incoming.values[0], at, bytes);
+        }
+    }
+
+    fn values_at(&mut self, incoming: &Incoming, at: usize, len: usize) -> Option<&mut [u8]> {
+        let (_, block, body) = self.open.as_ref()?;
+        let end = incoming.values[0].end;
+        let landed = &mut self.blocks[*block].as_slice_mut()[body.clone()];
+        (at < end).then(|| &mut landed[at..at + len.min(end - at)])
+    }
+
+    fn commit(&mut self, _incoming: Incoming) {
+        if let Some(open) = self.open.take() {
+            self.bytes = self.bytes.saturating_add(open.2.len());
+            self.messages.push(open);
+        }
+    }
+}
+
 /// The bytes of one row of each column of `schema`, or `None` when a column's rows are not
 /// fixed-width values (primitive values, or fixed-size lists of them).
 pub fn row_bytes(schema: &Schema) -> Option<Vec<usize>> {
@@ -737,6 +914,65 @@ mod tests {
             vec![Arc::new(ids), Arc::new(vectors)],
         )
         .unwrap()
+    }
+
+    /// A ragged column (`arrow.variable_shape_tensor`) of `rows` rows of 0.. float32 pairs.
+    fn ragged(rows: usize) -> RecordBatch {
+        let arrays: Vec<ndarray::ArrayD<f32>> = (0..rows)
+            .map(|i| ndarray::ArrayD::from_elem(ndarray::IxDyn(&[i % 5, 2]), i as f32))
+            .collect();
+        let ragged = crate::RaggedTensor::from_arrays(arrays).unwrap();
+        let schema = Schema::new(vec![ragged.field("img")]);
+        RecordBatch::try_new(Arc::new(schema), vec![ragged.array()]).unwrap()
+    }
+
+    #[test]
+    fn bodies_land_any_columns_a_message_at_a_time_in_shared_aligned_blocks() {
+        let sent = ragged(40);
+        // The first body sizes the first block; the next two share the second (twice that).
+        let slices = [
+            sent.slice(0, 30),
+            sent.slice(30, 0),
+            sent.slice(30, 4),
+            sent.slice(34, 6),
+        ];
+        for piece in [1, 13, 1 << 20] {
+            let mut bodies = Bodies::new("t", sent.schema());
+            for slice in &slices {
+                let (meta, body) = encode(slice);
+                crate::ipc::check_message_header("t", &meta, body.len(), Some(&sent.schema()))
+                    .unwrap();
+                let incoming = bodies.begin(&meta, body.len()).unwrap().unwrap();
+                for (i, chunk) in body.chunks(piece).enumerate() {
+                    bodies.write(&incoming, i * piece, chunk);
+                }
+                bodies.commit(incoming);
+            }
+            let got = bodies.into_batches().unwrap();
+            assert_eq!(got, slices, "pieces of {piece} bytes");
+            // Each body starts at a 64-byte boundary of a block (its list offsets come
+            // first), and a block holds the bodies that fit.
+            let offsets: Vec<Buffer> = [&got[0], &got[2], &got[3]]
+                .iter()
+                .map(|b| b.column(0).to_data().child_data()[0].buffers()[0].clone())
+                .collect();
+            assert!(offsets
+                .iter()
+                .all(|o| (o.as_ptr() as usize).is_multiple_of(64)));
+            assert_ne!(offsets[0].data_ptr(), offsets[1].data_ptr());
+            assert_eq!(offsets[1].data_ptr(), offsets[2].data_ptr(), "one block");
+        }
+    }
+
+    #[test]
+    fn bodies_ended_inside_a_message_are_an_error() {
+        let sent = ragged(4);
+        let (meta, body) = encode(&sent);
+        let mut bodies = Bodies::new("t", sent.schema());
+        let incoming = bodies.begin(&meta, body.len()).unwrap().unwrap();
+        bodies.write(&incoming, 0, &body[..body.len() / 2]);
+        let error = bodies.into_batches().unwrap_err().to_string();
+        assert!(error.contains("inside a record batch"), "{error}");
     }
 
     #[test]

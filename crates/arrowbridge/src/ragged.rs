@@ -227,48 +227,68 @@ fn row_count(dtype: DType, shape: &[i32], row: usize, what: &str) -> Result<usiz
     Ok(count)
 }
 
+/// The dtype and rank of a ragged list: its first element's.
+fn list_type(what: &str, tensors: &[ArrowTensor]) -> Result<(DType, usize)> {
+    let first = tensors.first().ok_or_else(|| {
+        Error::shape(
+            what,
+            "an empty list has no dtype or rank; use from_parts for zero rows",
+        )
+    })?;
+    Ok((first.dtype(), first.shape().len()))
+}
+
+/// The shape of element `i` of a ragged list (`t`) as int32 sizes, checked against the
+/// list's `dtype` and rank.
+fn element_shape(
+    what: &str,
+    i: usize,
+    t: &ArrowTensor,
+    dtype: DType,
+    ndim: usize,
+) -> Result<Vec<i32>> {
+    if t.dtype() != dtype {
+        return Err(Error::Mismatch {
+            what: format!("{what} element {i}"),
+            expected: dtype.name(),
+            got: t.dtype().name(),
+        });
+    }
+    if t.shape().len() != ndim {
+        return Err(Error::shape(
+            format!("{what} element {i}"),
+            format!(
+                "has {} dimensions, element 0 has {ndim}; a ragged list holds arrays of one rank",
+                t.shape().len()
+            ),
+        ));
+    }
+    t.shape()
+        .iter()
+        .map(|&d| {
+            i32::try_from(d).map_err(|_| {
+                Error::shape(
+                    format!("{what} element {i}"),
+                    format!("size {d} of shape {:?} exceeds int32", t.shape()),
+                )
+            })
+        })
+        .collect()
+}
+
 impl RaggedTensor {
     /// Concatenates tensors of one dtype and rank into one buffer (one copy, each row in the
     /// logical C order of its tensor). Each tensor is taken whole (its [`Form`] is ignored).
     pub fn from_tensors(tensors: &[ArrowTensor], dim_names: Option<Vec<String>>) -> Result<Self> {
         let what = "ragged list";
-        let Some(first) = tensors.first() else {
-            return Err(Error::shape(
-                what,
-                "an empty list has no dtype or rank; use from_parts for zero rows",
-            ));
-        };
-        let (dtype, ndim) = (first.dtype(), first.shape().len());
+        let (dtype, ndim) = list_type(what, tensors)?;
         let vpe = values_per_element(dtype);
         let mut offsets = Vec::with_capacity(tensors.len() + 1);
         let mut shapes = Vec::with_capacity(tensors.len() * ndim);
         let mut total = 0usize;
         offsets.push(0i32);
         for (i, t) in tensors.iter().enumerate() {
-            if t.dtype() != dtype {
-                return Err(Error::Mismatch {
-                    what: format!("{what} element {i}"),
-                    expected: dtype.name(),
-                    got: t.dtype().name(),
-                });
-            }
-            if t.shape().len() != ndim {
-                return Err(Error::shape(
-                    format!("{what} element {i}"),
-                    format!(
-                        "has {} dimensions, element 0 has {ndim}; a ragged list holds arrays of one rank",
-                        t.shape().len()
-                    ),
-                ));
-            }
-            for &d in t.shape() {
-                shapes.push(i32::try_from(d).map_err(|_| {
-                    Error::shape(
-                        format!("{what} element {i}"),
-                        format!("size {d} of shape {:?} exceeds int32", t.shape()),
-                    )
-                })?);
-            }
+            shapes.extend(element_shape(what, i, t, dtype, ndim)?);
             total = t
                 .len()
                 .checked_mul(vpe)
@@ -313,6 +333,50 @@ impl RaggedTensor {
         };
         ragged.meta.uniform_shape = ragged.detect_uniform_shape();
         Ok(ragged)
+    }
+
+    /// The rows of [`from_tensors`](Self::from_tensors) without its copy: one single-row part
+    /// per tensor, each a view of the tensor's memory (a tensor that is not in C order is
+    /// copied alone), all with the same metadata, `uniform_shape` detected across them. For
+    /// writers that send parts as they are: a Flight put frames each part's memory as it is.
+    pub fn views_of(tensors: &[ArrowTensor], dim_names: Option<Vec<String>>) -> Result<Vec<Self>> {
+        let what = "ragged list";
+        let (dtype, ndim) = list_type(what, tensors)?;
+        let meta = RaggedMetadata {
+            dim_names,
+            ..Default::default()
+        };
+        meta.check(ndim)?;
+        let mut uniform: Option<Vec<Option<i32>>> = None;
+        let mut parts = Vec::with_capacity(tensors.len());
+        for (i, t) in tensors.iter().enumerate() {
+            let shape = element_shape(what, i, t, dtype, ndim)?;
+            match &mut uniform {
+                None => uniform = Some(shape.iter().map(|&d| Some(d)).collect()),
+                Some(u) => u
+                    .iter_mut()
+                    .zip(&shape)
+                    .filter(|(u, &d)| **u != Some(d))
+                    .for_each(|(u, _)| *u = None),
+            }
+            let in_c_order = t.axis_order().iter().enumerate().all(|(i, &a)| i == a);
+            let part = if in_c_order {
+                let wide: Vec<i64> = shape.iter().map(|&d| i64::from(d)).collect();
+                Self::from_parts(t.clone(), &wide, ndim, meta.clone())
+            } else {
+                Self::from_tensors(std::slice::from_ref(t), meta.dim_names.clone())
+            };
+            parts.push(part.map_err(|e| match e {
+                Error::Shape { message, .. } => {
+                    Error::shape(format!("{what} element {i}"), message)
+                }
+                e => e,
+            })?);
+        }
+        for part in &mut parts {
+            part.meta.uniform_shape = uniform.clone();
+        }
+        Ok(parts)
     }
 
     /// Copies owned arrays of one rank into one buffer ([`from_tensors`](Self::from_tensors));

@@ -146,3 +146,86 @@ fn a_file_arrowbridge_writes_is_plain_arrow_to_arrow_rs() {
     assert!(address >= base && address < base + len);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn views_of_tensors_are_parts_over_their_memory_with_one_metadata() {
+    let arrays: Vec<ArrayD<f32>> = (1..=4)
+        .map(|i| ArrayD::from_elem(ndarray::IxDyn(&[i, 3]), i as f32))
+        .collect();
+    let tensors: Vec<ArrowTensor> = arrays
+        .iter()
+        .cloned()
+        .map(|a| ArrowTensor::from_array(a).as_element())
+        .collect();
+    let parts = RaggedTensor::views_of(&tensors, None).unwrap();
+    assert_eq!(parts.len(), 4);
+    for (part, tensor) in parts.iter().zip(&tensors) {
+        assert_eq!(part.len(), 1);
+        // Zero-copy: the part's values are the tensor's own memory.
+        assert_eq!(part.values().as_ptr(), tensor.values().as_ptr());
+        // Every dimension but the first agrees across all parts: one metadata.
+        assert_eq!(part.metadata().uniform_shape, Some(vec![None, Some(3)]));
+    }
+    let joined = RaggedTensor::concat(&parts).unwrap();
+    let expected = RaggedTensor::from_arrays(arrays).unwrap();
+    assert_eq!(joined.array().as_ref(), expected.array().as_ref());
+    // The same checks as a copy: one dtype and rank, naming the element.
+    let other = ArrowTensor::from_array(ArrayD::<f64>::zeros(ndarray::IxDyn(&[2, 3]))).as_element();
+    let error = RaggedTensor::views_of(&[tensors[0].clone(), other], None)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("element 1"), "{error}");
+}
+
+#[test]
+fn record_batches_of_parts_are_the_rows_of_one_batch_without_a_copy() {
+    let arrays: Vec<ArrayD<f32>> = (0..6)
+        .map(|i| ArrayD::from_elem(ndarray::IxDyn(&[i, 2]), i as f32))
+        .collect();
+    let tensors: Vec<ArrowTensor> = arrays
+        .iter()
+        .cloned()
+        .map(|a| ArrowTensor::from_array(a).as_element())
+        .collect();
+    let parts = Column::Ragged(RaggedTensor::views_of(&tensors, None).unwrap());
+    let ids = Column::Tensor(ArrowTensor::from_array(ArrayD::from_shape_fn(
+        ndarray::IxDyn(&[6]),
+        |i| i[0] as i64,
+    )));
+    let columns = [("img", &parts), ("id", &ids)];
+    let batches = ipc::record_batches_of(&columns).unwrap();
+    assert_eq!(batches.len(), 6, "cut where the parts meet");
+    for (batch, tensor) in batches.iter().zip(&tensors) {
+        let values = batch
+            .column(0)
+            .as_struct()
+            .column(0)
+            .as_list::<i32>()
+            .values()
+            .clone();
+        let values = values
+            .as_primitive::<Float32Type>()
+            .values()
+            .inner()
+            .clone();
+        assert_eq!(
+            values.as_ptr(),
+            tensor.values().as_ptr(),
+            "a view of the element"
+        );
+    }
+    let one = ipc::record_batch_of(&columns).unwrap();
+    let joined = arrow_select::concat::concat_batches(&one.schema(), &batches).unwrap();
+    assert_eq!(joined, one);
+    // Columns of different row counts are refused by name, as by record_batch_of.
+    let short = Column::Tensor(ArrowTensor::from_array(ArrayD::<i64>::zeros(
+        ndarray::IxDyn(&[5]),
+    )));
+    let error = ipc::record_batches_of(&[("img", &parts), ("id", &short)])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("\"id\"") && error.contains("5 rows"),
+        "{error}"
+    );
+}

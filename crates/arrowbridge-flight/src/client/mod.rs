@@ -1855,21 +1855,29 @@ fn tensor_columns<'a>(
 }
 
 /// The record batches that carry `columns`, some of them ragged, as an item of form `form`
-/// in a DoPut: one table ([`arrowbridge::ipc::record_batch_of`]) in slices of whole rows of
-/// about [`MAX_FLIGHT_DATA`] bytes.
+/// in a DoPut: views of the columns ([`arrowbridge::ipc::record_batches_of`]), which the
+/// framing gathers into messages of whole rows of about [`MAX_FLIGHT_DATA`] bytes.
 fn ragged_put_batches(
     columns: &[(&str, &Column)],
     form: ItemForm,
 ) -> ClientResult<(SchemaRef, Vec<RecordBatch>)> {
-    let batch = arrowbridge::ipc::record_batch_of(columns)?;
-    let mut metadata = batch.schema().metadata().clone();
+    // Views of the columns: a list of arrays is one part per array, each framed where it lies.
+    let batches = arrowbridge::ipc::record_batches_of(columns)?;
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let mut metadata = batches[0].schema().metadata().clone();
     metadata.insert(ITEM_KEY.to_string(), form.name().to_string());
-    let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(metadata));
-    let batch = with_schema(&batch, &schema)?;
-    // Headroom for the message's header and padding within what the server accepts.
-    let row_limit = MAX_MESSAGE - (1 << 20);
-    let slices = arrowbridge::ipc::byte_slices(&batch, MAX_FLIGHT_DATA, row_limit)?;
-    Ok((schema, slices))
+    // Rows announced, as tensors' are: the server lands each message in place.
+    let schema = Arc::new(arrowbridge::landing::announcing(
+        &batches[0].schema().as_ref().clone().with_metadata(metadata),
+        rows,
+    ));
+    // Rows travel whole, in messages the server accepts (headroom for the header, padding).
+    arrowbridge::ipc::check_row_sizes(&batches, MAX_MESSAGE - (1 << 20))?;
+    let batches = batches
+        .iter()
+        .map(|b| with_schema(b, &schema))
+        .collect::<ClientResult<Vec<_>>>()?;
+    Ok((schema, batches))
 }
 
 /// The FlightData messages of `batches` under `schema`, the first carrying `descriptor`. An

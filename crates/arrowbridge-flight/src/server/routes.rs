@@ -4,7 +4,9 @@
 //!   the server copies nothing but into the kernel;
 //! - DoPut of a stream that announces its rows (as arrowbridge clients send): each message's
 //!   body lands in the item's buffers as the HTTP/2 frames bring it ([`Parser`] into a
-//!   [`Landing`]), instead of being gathered into a buffer of tonic's first.
+//!   [`Landing`]), instead of being gathered into a buffer of tonic's first; batches of
+//!   columns that cannot land in one buffer per column (ragged data) land in an aligned
+//!   buffer per message ([`Bodies`]), which arrow-ipc then reads in place.
 //!
 //! Every other call, and streams these cannot take (columns without views, no announced
 //! rows, anything unusual in the first message), go to tonic's `FlightServiceServer` as they
@@ -17,7 +19,7 @@ use std::task::{Context, Poll};
 use arrow_flight::flight_service_server::FlightServiceServer;
 use arrow_flight::{FlightData, FlightDescriptor, Ticket};
 use arrow_schema::Schema;
-use arrowbridge::landing::{announced_rows, Landing};
+use arrowbridge::landing::{announced_rows, Bodies, Incoming, Landing, Sink};
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use http_body::Frame;
@@ -239,14 +241,14 @@ async fn do_put(
             }
         }
         parser.finish()?;
-        landing.into_batch().map_err(refused)
+        landing.into_batches().map_err(refused)
     };
     let result = match landed.await {
-        Ok(batch) => {
+        Ok(batches) => {
             let received = Received {
                 descriptor: Some(descriptor),
                 schema: Some(Arc::new(schema)),
-                batches: vec![batch],
+                batches,
             };
             service.store_received(received).await
         }
@@ -279,9 +281,9 @@ fn first_message_len(read: &[u8]) -> Option<usize> {
     (prefix[0] == 0 && len <= MAX_MESSAGE).then_some(len)
 }
 
-/// The descriptor and schema of a DoPut whose first message is `message`, and the landing of
-/// its rows, when it announces them and its columns land in place; `None` otherwise.
-fn landing_of(message: &[u8]) -> Option<(FlightDescriptor, Schema, Landing)> {
+/// The descriptor and schema of a DoPut whose first message is `message`, and where its
+/// batches land, when it announces its rows; `None` otherwise.
+fn landing_of(message: &[u8]) -> Option<(FlightDescriptor, Schema, Arrival)> {
     let data = FlightData::decode(message).ok()?;
     let descriptor = data.flight_descriptor.clone()?;
     if data.data_header.is_empty() {
@@ -289,8 +291,66 @@ fn landing_of(message: &[u8]) -> Option<(FlightDescriptor, Schema, Landing)> {
     }
     let schema = schema_message("DoPut", &data).ok()?;
     let rows = announced_rows(&schema)?;
-    let landing = Landing::new("DoPut", Arc::new(schema.clone()), rows).ok()??;
-    Some((descriptor, schema, landing))
+    let shared = Arc::new(schema.clone());
+    let arrival = match Landing::new("DoPut", shared.clone(), rows).ok()? {
+        Some(landing) => Arrival::Rows(landing),
+        None => Arrival::Batches(Bodies::new("DoPut", shared)),
+    };
+    Some((descriptor, schema, arrival))
+}
+
+/// Where a DoPut's batches land: one buffer per column for fixed-width rows, one per
+/// message for any other columns.
+enum Arrival {
+    Rows(Landing),
+    Batches(Bodies),
+}
+
+impl Arrival {
+    /// The bytes set aside or received so far.
+    fn bytes(&self) -> usize {
+        match self {
+            Arrival::Rows(landing) => landing.bytes(),
+            Arrival::Batches(bodies) => bodies.bytes(),
+        }
+    }
+
+    fn into_batches(self) -> arrowbridge::Result<Vec<arrow_array::RecordBatch>> {
+        match self {
+            Arrival::Rows(landing) => Ok(vec![landing.into_batch()?]),
+            Arrival::Batches(bodies) => bodies.into_batches(),
+        }
+    }
+}
+
+impl Sink for Arrival {
+    fn begin(&mut self, metadata: &[u8], body_len: usize) -> arrowbridge::Result<Option<Incoming>> {
+        match self {
+            Arrival::Rows(landing) => landing.begin(metadata, body_len),
+            Arrival::Batches(bodies) => bodies.begin(metadata, body_len),
+        }
+    }
+
+    fn write(&mut self, incoming: &Incoming, at: usize, bytes: &[u8]) {
+        match self {
+            Arrival::Rows(landing) => landing.write(incoming, at, bytes),
+            Arrival::Batches(bodies) => bodies.write(incoming, at, bytes),
+        }
+    }
+
+    fn commit(&mut self, incoming: Incoming) {
+        match self {
+            Arrival::Rows(landing) => landing.commit(incoming),
+            Arrival::Batches(bodies) => bodies.commit(incoming),
+        }
+    }
+
+    fn values_at(&mut self, incoming: &Incoming, at: usize, len: usize) -> Option<&mut [u8]> {
+        match self {
+            Arrival::Rows(landing) => landing.values_at(incoming, at, len),
+            Arrival::Batches(bodies) => bodies.values_at(incoming, at, len),
+        }
+    }
 }
 
 /// A request body whose first bytes were read already: those, then the rest.
@@ -331,23 +391,30 @@ mod tests {
     }
 
     #[test]
-    fn puts_that_announce_fixed_width_rows_land_as_they_arrive() {
+    fn puts_that_announce_their_rows_land_as_they_arrive() {
         let name = FlightDescriptor::new_path(vec!["x".into()]);
         let path = Some(name.clone());
         let plain = Schema::new(vec![Field::new("x", DataType::Float64, false)]);
         let announced = arrowbridge::landing::announcing(&plain, 10);
-        let (descriptor, schema, _) =
+        let (descriptor, schema, arrival) =
             landing_of(&first_message(&announced, path.clone())).expect("lands in place");
         assert_eq!((descriptor, schema), (name.clone(), announced));
-        // Everything else is tonic's: no announced rows (pyarrow's writers), strings, no
-        // descriptor, not a schema.
+        assert!(
+            matches!(arrival, Arrival::Rows(_)),
+            "fixed-width rows: one buffer a column"
+        );
+        // Columns of rows of different sizes land a message at a time.
         let strings = Schema::new(vec![Field::new("s", DataType::Utf8, false)]);
+        let (_, _, arrival) = landing_of(&first_message(
+            &arrowbridge::landing::announcing(&strings, 10),
+            path.clone(),
+        ))
+        .expect("lands a message at a time");
+        assert!(matches!(arrival, Arrival::Batches(_)));
+        // Everything else is tonic's: no announced rows (pyarrow's writers), no descriptor,
+        // not a schema.
         for message in [
             first_message(&plain, path.clone()),
-            first_message(
-                &arrowbridge::landing::announcing(&strings, 10),
-                path.clone(),
-            ),
             first_message(&arrowbridge::landing::announcing(&plain, 10), None),
             FlightData::new().with_descriptor(name).encode_to_vec(),
             vec![0xff; 7],

@@ -140,11 +140,7 @@ impl Stored {
         if self.mapped {
             return 0;
         }
-        let buffers: usize = self
-            .batches
-            .iter()
-            .map(RecordBatch::get_array_memory_size)
-            .sum();
+        let buffers = memory_of(&self.batches);
         match &self.shared {
             Some(shared) => buffers.max(shared.segment.len()),
             None => buffers,
@@ -155,13 +151,36 @@ impl Stored {
     pub fn bytes(&self) -> usize {
         match &self.shards {
             Some(map) => map.bytes,
-            None => self
-                .batches
-                .iter()
-                .map(RecordBatch::get_array_memory_size)
-                .sum(),
+            None => memory_of(&self.batches),
         }
     }
+}
+
+/// The bytes of the distinct allocations the buffers of `batches` are views of: batches
+/// that share one (the blocks a ragged put lands in, [`arrowbridge::landing::Bodies`]; slices
+/// of one batch) count it once, where `get_array_memory_size` counts it for each.
+fn memory_of(batches: &[RecordBatch]) -> usize {
+    fn walk(data: &arrow_data::ArrayData, seen: &mut std::collections::HashSet<usize>) -> usize {
+        let nulls = data.nulls().map(|n| n.buffer());
+        let mut bytes = 0;
+        for buffer in data.buffers().iter().chain(nulls) {
+            if seen.insert(buffer.data_ptr().as_ptr() as usize) {
+                bytes += buffer.capacity();
+            }
+        }
+        bytes
+            + data
+                .child_data()
+                .iter()
+                .map(|c| walk(c, seen))
+                .sum::<usize>()
+    }
+    let mut seen = std::collections::HashSet::new();
+    batches
+        .iter()
+        .flat_map(RecordBatch::columns)
+        .map(|column| walk(&column.to_data(), &mut seen))
+        .sum()
 }
 
 /// The server's arrays by name. With a data directory, every put is written to

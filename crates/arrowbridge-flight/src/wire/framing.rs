@@ -162,14 +162,7 @@ fn plain_bodies(
     max_bytes: usize,
 ) -> Option<Vec<(usize, PlainBody)>> {
     let Some(row_bytes) = arrowbridge::landing::row_bytes(schema) else {
-        // Rows of different sizes (ragged columns): cut by their own bytes, a large row whole.
-        let mut bodies = Vec::with_capacity(batches.len());
-        for batch in batches {
-            for slice in arrowbridge::ipc::byte_slices(batch, max_bytes, usize::MAX).ok()? {
-                bodies.push((slice.num_rows(), plain_body(&slice)?));
-            }
-        }
-        return Some(bodies);
+        return coalesced_bodies(batches, max_bytes);
     };
     let step = arrowbridge::ipc::rows_per_message(row_bytes.iter().sum(), max_bytes);
     let mut bodies = Vec::with_capacity(batches.len());
@@ -178,7 +171,7 @@ fn plain_bodies(
         // An empty batch is sent as one empty message, as arrow-flight's encoder does.
         while start < batch.num_rows() || (start == 0 && batch.num_rows() == 0) {
             let rows = step.min(batch.num_rows() - start);
-            bodies.push((rows, plain_body(&batch.slice(start, rows))?));
+            bodies.push((rows, plain_body(&[batch.slice(start, rows)])?));
             start += rows.max(1);
         }
     }
@@ -225,12 +218,53 @@ struct PlainBody {
     len: usize,
 }
 
-/// The body of `batch` when every column is plain fixed-width values (primitive, or fixed-size
-/// lists of them, as tensors travel) without nulls: one view per column, no copy.
-fn plain_body(batch: &RecordBatch) -> Option<PlainBody> {
+/// The bodies of the messages that carry the rows of `batches` whose rows differ in size
+/// (ragged columns): consecutive rows, across batches, of at most `max_bytes` a message (a
+/// larger row alone), so that many small batches (a list put one array a batch) travel in
+/// few messages and a large one in several. A message's body gathers views of the batches'
+/// buffers; nothing is copied but the list offsets, rebased.
+fn coalesced_bodies(batches: &[RecordBatch], max_bytes: usize) -> Option<Vec<(usize, PlainBody)>> {
+    let mut bodies = Vec::new();
+    // The rows of the message being gathered: slices of the batches, and their bytes.
+    let mut pieces: Vec<RecordBatch> = Vec::new();
+    let (mut rows, mut bytes) = (0usize, 0usize);
+    for batch in batches {
+        let mut start = 0;
+        for (row, size) in arrowbridge::ipc::row_sizes(batch).into_iter().enumerate() {
+            if rows > 0 && bytes.saturating_add(size) > max_bytes {
+                if row > start {
+                    pieces.push(batch.slice(start, row - start));
+                }
+                bodies.push((rows, plain_body(&pieces)?));
+                pieces.clear();
+                (rows, bytes, start) = (0, 0, row);
+            }
+            rows += 1;
+            bytes = bytes.saturating_add(size);
+        }
+        if batch.num_rows() > start {
+            pieces.push(batch.slice(start, batch.num_rows() - start));
+        }
+    }
+    if rows > 0 {
+        bodies.push((rows, plain_body(&pieces)?));
+    } else if bodies.is_empty() {
+        // Batches without rows are sent as one empty message, as arrow-flight's encoder does.
+        if let Some(batch) = batches.first() {
+            bodies.push((0, plain_body(std::slice::from_ref(batch))?));
+        }
+    }
+    Some(bodies)
+}
+
+/// The body of the rows of `pieces` (batches of one schema, one after another) when every
+/// column is plain values without nulls (primitive, fixed-size lists of them as tensors
+/// travel, ragged tensors): per column, views of each piece's buffers, no copy.
+fn plain_body(pieces: &[RecordBatch]) -> Option<PlainBody> {
     let mut body = PlainBody::default();
-    for column in batch.columns() {
-        body.add(&column.to_data())?;
+    for column in 0..pieces.first()?.num_columns() {
+        let parts: Vec<ArrayData> = pieces.iter().map(|p| p.column(column).to_data()).collect();
+        body.add(&parts)?;
     }
     // A body is a multiple of 8 bytes; a single column of such values needs no padding at all.
     body.pad_to(8);
@@ -238,56 +272,92 @@ fn plain_body(batch: &RecordBatch) -> Option<PlainBody> {
 }
 
 impl PlainBody {
-    fn add(&mut self, data: &ArrayData) -> Option<()> {
-        if data.null_count() != 0 {
+    /// Adds one column: the values of `parts` (arrays of one type), one after another.
+    fn add(&mut self, parts: &[ArrayData]) -> Option<()> {
+        let first = parts.first()?;
+        if parts.iter().any(|p| p.null_count() != 0) {
             return None;
         }
-        self.nodes
-            .push(arrow_ipc::FieldNode::new(data.len() as i64, 0));
+        let len: usize = parts.iter().map(ArrayData::len).sum();
+        self.nodes.push(arrow_ipc::FieldNode::new(len as i64, 0));
         // Validity: none.
         self.buffers
             .push(arrow_ipc::Buffer::new(self.len as i64, 0));
-        match data.data_type() {
+        match first.data_type() {
             DataType::FixedSizeList(_, size) => {
                 let size = usize::try_from(*size).ok()?;
-                let child = data.child_data().first()?;
-                self.add(&child.slice(data.offset() * size, data.len() * size))
+                let children = parts
+                    .iter()
+                    .map(|p| {
+                        let child = p.child_data().first()?;
+                        Some(child.slice(p.offset() * size, p.len() * size))
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                self.add(&children)
             }
             t if t.is_primitive() => {
                 let width = t.primitive_width()?;
-                let values = data
-                    .buffers()
-                    .first()?
-                    .slice_with_length(data.offset() * width, data.len() * width);
                 // Each buffer starts aligned; the padding goes before it.
                 self.pad_to(ALIGNMENT);
-                self.buffers
-                    .push(arrow_ipc::Buffer::new(self.len as i64, values.len() as i64));
-                self.len += values.len();
-                self.chunks.push(Bytes::from(values));
+                let start = self.len;
+                for part in parts {
+                    let values = part
+                        .buffers()
+                        .first()?
+                        .slice_with_length(part.offset() * width, part.len() * width);
+                    self.len += values.len();
+                    self.chunks.push(Bytes::from(values));
+                }
+                self.buffers.push(arrow_ipc::Buffer::new(
+                    start as i64,
+                    (self.len - start) as i64,
+                ));
                 Some(())
             }
             // Ragged data (`arrow.variable_shape_tensor`): a struct of the values' list and
             // the shapes' fixed-size list, each child already sliced to the struct's rows.
-            DataType::Struct(_) => {
-                for child in data.child_data() {
-                    if child.len() != data.len() {
-                        return None;
-                    }
-                    self.add(child)?;
+            DataType::Struct(fields) => {
+                for i in 0..fields.len() {
+                    let children = parts
+                        .iter()
+                        .map(|p| {
+                            p.child_data()
+                                .get(i)
+                                .filter(|c| c.len() == p.len())
+                                .cloned()
+                        })
+                        .collect::<Option<Vec<_>>>()?;
+                    self.add(&children)?;
                 }
                 Some(())
             }
             DataType::List(_) => {
-                let offsets = data.buffers().first()?.typed_data::<i32>();
-                let offsets = offsets.get(data.offset()..=data.offset() + data.len())?;
-                let (first, last) = (*offsets.first()?, *offsets.last()?);
                 // Offsets that start at zero, as arrow's own writer sends them (a slice's
-                // start elsewhere): a few bytes a row, the values stay views.
-                let rebased: Vec<u8> = offsets
-                    .iter()
-                    .flat_map(|o| (o - first).to_le_bytes())
-                    .collect();
+                // start elsewhere), and go on across the parts: a few bytes a row, the values
+                // stay views.
+                let mut rebased: Vec<u8> = Vec::with_capacity(4 * (len + 1));
+                rebased.extend_from_slice(&0i32.to_le_bytes());
+                let mut base = 0i32;
+                let mut children = Vec::with_capacity(parts.len());
+                for part in parts {
+                    let offsets = part.buffers().first()?.typed_data::<i32>();
+                    let offsets = offsets.get(part.offset()..=part.offset() + part.len())?;
+                    let (first, last) = (*offsets.first()?, *offsets.last()?);
+                    for &o in &offsets[1..] {
+                        let o = o.checked_sub(first)?.checked_add(base)?;
+                        rebased.extend_from_slice(&o.to_le_bytes());
+                    }
+                    base = base.checked_add(last.checked_sub(first)?)?;
+                    let child = part.child_data().first()?;
+                    let (start, len) = (
+                        usize::try_from(first).ok()?,
+                        usize::try_from(last.checked_sub(first)?).ok()?,
+                    );
+                    if start.checked_add(len)? > child.len() {
+                        return None;
+                    }
+                    children.push(child.slice(start, len));
+                }
                 self.pad_to(ALIGNMENT);
                 self.buffers.push(arrow_ipc::Buffer::new(
                     self.len as i64,
@@ -295,15 +365,7 @@ impl PlainBody {
                 ));
                 self.len += rebased.len();
                 self.chunks.push(Bytes::from(rebased));
-                let child = data.child_data().first()?;
-                let (start, len) = (
-                    usize::try_from(first).ok()?,
-                    usize::try_from(last.checked_sub(first)?).ok()?,
-                );
-                if start.checked_add(len)? > child.len() {
-                    return None;
-                }
-                self.add(&child.slice(start, len))
+                self.add(&children)
             }
             _ => None,
         }
@@ -430,6 +492,47 @@ mod tests {
         assert_eq!(
             arrow_select::concat::concat_batches(&schema, &got).unwrap(),
             sent
+        );
+    }
+
+    #[test]
+    fn many_small_ragged_batches_travel_in_few_messages_of_views() {
+        use ndarray::{ArrayD, IxDyn};
+        // A list put: one batch per array (views of the arrays), 0 to 60 float32 triples.
+        let tensors: Vec<arrowbridge::ArrowTensor> = (0..61)
+            .map(|i| {
+                let a = ArrayD::from_shape_fn(IxDyn(&[i, 3]), |j| (i * 100 + j[0]) as f32);
+                arrowbridge::ArrowTensor::from_array(a).as_element()
+            })
+            .collect();
+        let ragged = arrowbridge::ipc::Column::Ragged(
+            arrowbridge::RaggedTensor::views_of(&tensors, None).unwrap(),
+        );
+        let ids = arrowbridge::ipc::Column::Tensor(arrowbridge::ArrowTensor::from_array(
+            ArrayD::from_shape_fn(IxDyn(&[61]), |i| i[0] as i64),
+        ));
+        let columns = [("img", &ragged), ("id", &ids)];
+        let sent = arrowbridge::ipc::record_batches_of(&columns).unwrap();
+        assert_eq!(sent.len(), 61);
+        let schema = sent[0].schema();
+        let messages = Messages::new(None, &schema, &sent, 4096, "test")
+            .unwrap()
+            .expect("ragged columns have views");
+        // Every array's values go out where they lie (the empty one has no bytes to send).
+        let starts: Vec<*const u8> = messages.chunks.iter().map(|c| c.as_ptr()).collect();
+        for tensor in &tensors[1..] {
+            assert!(
+                starts.contains(&tensor.values().as_ptr()),
+                "an array was copied"
+            );
+        }
+        let got = flight_data_to_batches(&decoded(&messages)).unwrap();
+        // 22,692 bytes of rows (12 bytes a triple, 8 an id, 12 a shape) in 4 KiB messages.
+        assert!((6..=8).contains(&got.len()), "{} messages", got.len());
+        let whole = arrowbridge::ipc::record_batch_of(&columns).unwrap();
+        assert_eq!(
+            arrow_select::concat::concat_batches(&schema, &got).unwrap(),
+            whole
         );
     }
 

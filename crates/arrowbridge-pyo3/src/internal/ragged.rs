@@ -80,6 +80,28 @@ pub fn ragged_from_list(
     Ok(ragged)
 }
 
+/// A list of arrays of one dtype and rank as one [`RaggedTensor`] part per array, each a
+/// view of the array's memory (no copy; a strided array is copied alone), `uniform_shape`
+/// detected across them ([`RaggedTensor::views_of`]): for senders that frame the parts
+/// where they lie (a Flight put).
+pub fn ragged_views_from_list(list: &Bound<'_, PyList>) -> BridgeResult<Vec<RaggedTensor>> {
+    let tensors = list
+        .iter()
+        .enumerate()
+        .map(|(i, obj)| element_tensor(&obj, i))
+        .collect::<BridgeResult<Vec<_>>>()?;
+    Ok(RaggedTensor::views_of(&tensors, None)?)
+}
+
+/// [`any_column`], a list of arrays as one part per array, each a view of it
+/// ([`ragged_views_from_list`]).
+pub fn any_column_views(obj: &Bound<'_, PyAny>) -> BridgeResult<Column> {
+    if let Ok(list) = obj.cast::<PyList>() {
+        return Ok(Column::Ragged(ragged_views_from_list(list)?));
+    }
+    any_column(obj)
+}
+
 /// Whether imported Arrow data (a column, or a table of one column) is ragged.
 pub fn is_ragged(imported: &Imported) -> bool {
     match imported.field.data_type() {

@@ -98,40 +98,34 @@ pub fn columns_of(schema: &Schema, batches: &[RecordBatch]) -> Result<Vec<(Strin
         .collect()
 }
 
-/// `batch` cut into slices of whole rows of at most about `max_bytes` of values each, for
-/// rows of different sizes (ragged columns): rows are counted by their own bytes, so one
-/// large image does not make every slice large. A row larger than `max_bytes` travels alone;
-/// one larger than `row_limit` is an error naming it.
-pub fn byte_slices(
-    batch: &RecordBatch,
-    max_bytes: usize,
-    row_limit: usize,
-) -> Result<Vec<RecordBatch>> {
-    let rows = batch.num_rows();
-    let widths: Vec<RowWidth> = batch.columns().iter().map(RowWidth::of).collect();
-    let mut slices = Vec::new();
-    let (mut start, mut bytes) = (0, 0usize);
-    for row in 0..rows {
-        let width: usize = widths.iter().map(|w| w.row(row)).sum();
-        if width > row_limit {
+/// Checks that no row of `batches` is larger than `row_limit` bytes, for rows that travel
+/// whole in messages of at most that size; the error names the first that is, counting rows
+/// across the batches.
+pub fn check_row_sizes(batches: &[RecordBatch], row_limit: usize) -> Result<()> {
+    let mut row0 = 0;
+    for batch in batches {
+        let sizes = row_sizes(batch);
+        if let Some((row, size)) = sizes.into_iter().enumerate().find(|(_, s)| *s > row_limit) {
             return Err(Error::shape(
-                format!("row {row}"),
+                format!("row {}", row0 + row),
                 format!(
-                    "{width} bytes, more than one message carries ({row_limit} bytes); rows \
+                    "{size} bytes, more than one message carries ({row_limit} bytes); rows \
                      travel whole, so split the tensor into smaller ones"
                 ),
             ));
         }
-        if row > start && bytes.saturating_add(width) > max_bytes {
-            slices.push(batch.slice(start, row - start));
-            (start, bytes) = (row, 0);
-        }
-        bytes = bytes.saturating_add(width);
+        row0 += batch.num_rows();
     }
-    if start < rows || slices.is_empty() {
-        slices.push(batch.slice(start, rows - start));
-    }
-    Ok(slices)
+    Ok(())
+}
+
+/// The bytes of each row of `batch`'s columns (what messages of rows that differ in size are
+/// cut by): the same for every row of tensor columns, from the list offsets for ragged ones.
+pub fn row_sizes(batch: &RecordBatch) -> Vec<usize> {
+    let widths: Vec<RowWidth> = batch.columns().iter().map(RowWidth::of).collect();
+    (0..batch.num_rows())
+        .map(|row| widths.iter().map(|w| w.row(row)).sum())
+        .collect()
 }
 
 /// The bytes of each row of a column: fixed for a tensor column, from the list offsets of
@@ -216,41 +210,131 @@ pub fn record_batch_of(columns: &[(&str, &Column)]) -> Result<RecordBatch> {
     let mut rows: Option<(&str, usize)> = None;
     for (name, column) in columns {
         let (field, array, n) = match column {
-            Column::Tensor(t) if t.form() == Form::Rows && !t.shape().is_empty() => {
-                (t.field(name), t.array(), t.shape()[0])
-            }
             Column::Tensor(t) => {
-                return Err(Error::shape(
-                    format!("column {name:?}"),
-                    format!(
-                        "an array of shape {:?} cannot share a table with ragged columns (it has no rows)",
-                        t.shape()
-                    ),
-                ))
+                let (field, array) = rows_column(name, t)?;
+                let n = array.len();
+                (field, array, n)
             }
             Column::Ragged(parts) => {
                 let joined = RaggedTensor::concat(parts)?;
                 (joined.field(name), joined.array(), joined.len())
             }
         };
-        match rows {
-            Some((first, r)) if r != n => {
-                return Err(Error::shape(
-                    format!("column {name:?}"),
-                    format!(
-                        "{n} rows, column {first:?} has {r}: a table with ragged columns needs one row count (a ragged column has one row per array)"
-                    ),
-                ))
-            }
-            None => rows = Some((name, n)),
-            _ => {}
-        }
+        same_rows(&mut rows, name, n)?;
         fields.push(field);
         arrays.push(array);
     }
     let schema = Arc::new(Schema::new(fields));
     let options = RecordBatchOptions::new().with_row_count(rows.map(|(_, n)| n));
     Ok(RecordBatch::try_new_with_options(schema, arrays, &options)?)
+}
+
+/// [`record_batch_of`]'s rows without its copy of ragged columns of several parts (a list of
+/// arrays made into one part per array, [`RaggedTensor::views_of`]): the rows are cut where
+/// a column's parts meet, so that every batch is views of the columns' own memory. A writer
+/// that sends the batches one after another (a Flight put) sends the same rows.
+pub fn record_batches_of(columns: &[(&str, &Column)]) -> Result<Vec<RecordBatch>> {
+    let several = |c: &Column| matches!(c, Column::Ragged(parts) if parts.len() > 1);
+    if !columns.iter().any(|(_, c)| several(c)) {
+        return Ok(vec![record_batch_of(columns)?]);
+    }
+    // Each column as its pieces, each with the row it starts at.
+    let mut fields = Vec::with_capacity(columns.len());
+    let mut pieces: Vec<Vec<(usize, ArrayRef)>> = Vec::with_capacity(columns.len());
+    let mut rows: Option<(&str, usize)> = None;
+    let mut cuts = std::collections::BTreeSet::new();
+    for (name, column) in columns {
+        let (field, column_pieces) = match column {
+            Column::Tensor(t) => {
+                let (field, array) = rows_column(name, t)?;
+                (field, vec![(0, array)])
+            }
+            Column::Ragged(parts) => {
+                let field = parts.first().map(|p| p.field(name)).ok_or_else(|| {
+                    Error::shape(format!("column {name:?}"), "a ragged column of no parts")
+                })?;
+                let mut start = 0;
+                let mut column_pieces = Vec::with_capacity(parts.len());
+                for (i, part) in parts.iter().enumerate() {
+                    if part.field(name) != field {
+                        return Err(Error::shape(
+                            format!("column {name:?} part {i}"),
+                            "its type or metadata differ from part 0's",
+                        ));
+                    }
+                    column_pieces.push((start, part.array()));
+                    start += part.len();
+                }
+                (field, column_pieces)
+            }
+        };
+        let n = column_pieces.last().map_or(0, |(start, a)| start + a.len());
+        same_rows(&mut rows, name, n)?;
+        cuts.extend(column_pieces.iter().map(|(start, _)| *start));
+        fields.push(field);
+        pieces.push(column_pieces);
+    }
+    let total = rows.map_or(0, |(_, n)| n);
+    cuts.insert(total);
+    let schema = Arc::new(Schema::new(fields));
+    let cuts: Vec<usize> = cuts.into_iter().collect();
+    let mut batches = Vec::with_capacity(cuts.len());
+    for window in cuts.windows(2) {
+        let (start, len) = (window[0], window[1] - window[0]);
+        if len == 0 {
+            continue;
+        }
+        let arrays = pieces
+            .iter()
+            .map(|column| {
+                // The last piece that starts at or before `start` holds the window's rows.
+                let (at, array) = &column[column.partition_point(|(s, _)| *s <= start) - 1];
+                array.slice(start - at, len)
+            })
+            .collect();
+        let options = RecordBatchOptions::new().with_row_count(Some(len));
+        batches.push(RecordBatch::try_new_with_options(
+            schema.clone(),
+            arrays,
+            &options,
+        )?);
+    }
+    if batches.is_empty() {
+        return Ok(vec![record_batch_of(columns)?]);
+    }
+    Ok(batches)
+}
+
+/// A tensor column of a table with ragged columns: its rows (axis 0) as Arrow rows.
+fn rows_column(name: &str, t: &ArrowTensor) -> Result<(Field, ArrayRef)> {
+    if t.form() == Form::Rows && !t.shape().is_empty() {
+        return Ok((t.field(name), t.array()));
+    }
+    Err(Error::shape(
+        format!("column {name:?}"),
+        format!(
+            "an array of shape {:?} cannot share a table with ragged columns (it has no rows)",
+            t.shape()
+        ),
+    ))
+}
+
+/// Checks that column `name` has as many rows (`n`) as the columns before it (`rows`, the
+/// first column's name and rows, set by the first call).
+fn same_rows<'a>(rows: &mut Option<(&'a str, usize)>, name: &'a str, n: usize) -> Result<()> {
+    match rows {
+        Some((first, r)) if *r != n => Err(Error::shape(
+            format!("column {name:?}"),
+            format!(
+                "{n} rows, column {first:?} has {r}: a table with ragged columns needs one row count (a ragged column has one row per array)"
+            ),
+        )),
+        None => {
+            *rows = Some((name, n));
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The field of a column holding `tensor`: its own [`ArrowTensor::field`], marked

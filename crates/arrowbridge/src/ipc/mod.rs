@@ -37,7 +37,8 @@ mod write;
 pub use atomic::{write_atomically, AtomicFile};
 pub use check::{check_message, check_message_header, check_schema, schema_of_message};
 pub use columns::{
-    byte_slices, column_across, columns_of, record_batch, record_batch_of, tensors_of, Column,
+    check_row_sizes, column_across, columns_of, record_batch, record_batch_of, record_batches_of,
+    row_sizes, tensors_of, Column,
 };
 pub use describe::ColumnInfo;
 pub use read::{decode, decode_columns, read_ipc, read_ipc_columns, IpcData};
