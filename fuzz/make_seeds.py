@@ -142,11 +142,12 @@ def varint(n: int) -> bytes:
     return out + bytes([n])
 
 
-def do_get_response(table: pa.Table, app_metadata: bytes = b"") -> bytes:
+def do_get_response(table: pa.Table, app_metadata: bytes = b"", schema: bool = True) -> bytes:
     """The body of a DoGet response streaming `table`: a gRPC frame per FlightData message
-    (data_header = field 2, app_metadata = field 3, data_body = field 1000)."""
+    (data_header = field 2, app_metadata = field 3, data_body = field 1000); without its
+    schema message, the rest of a DoPut request body."""
     out = b""
-    for header, body in messages(table):
+    for header, body in messages(table)[0 if schema else 1 :]:
         message = b"\x12" + varint(len(header)) + header
         if app_metadata:
             message += b"\x1a" + varint(len(app_metadata)) + app_metadata
@@ -170,6 +171,12 @@ def get_response_seeds() -> None:
             write("flight_get_response", f"t{kind}-p{piece}", prefix + do_get_response(table))
         prefix = bytes([kind]) + struct.pack("<H", rows) + bytes([3])
         write("flight_get_response", f"t{kind}-meta", prefix + do_get_response(table, b"m"))
+    # [3][piece size][the batches of a put of one ragged column, float32 of rank 2].
+    images = [np.full((1 + i % 3, 2 + i % 4), i, np.float32) for i in range(7)]
+    ragged = pa.table({"r": arrowbridge.to_arrow(images)})
+    for piece in (0, 5):
+        body = do_get_response(ragged, schema=False)
+        write("flight_get_response", f"put-ragged-p{piece}", bytes([3, piece]) + body)
 
 
 def metadata_seeds() -> None:

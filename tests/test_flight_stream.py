@@ -3,6 +3,7 @@ of batches. Every test runs real servers on loopback; memory is read from /proc.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from conftest import rss_bytes, same_values, server_process, start_cli_server
 
 import arrowbridge
+import arrowbridge.aio
 from arrowbridge.cluster import ClusterClient
 
 
@@ -185,6 +187,32 @@ class TestStreamedPut:
         assert got.shape == (5_000, 4) and got[4_500, 0] == 4
         info = client.info("g")
         assert info["rows"] == 5_000
+
+    def test_a_generator_that_refills_one_buffer_puts_every_batch(self, client):
+        # Data loaders fill one buffer per batch. Each batch's messages view the buffer, so
+        # a send returns only once the connection has written them; before, refilled
+        # buffers overwrote batches still queued (batch 0 arrived holding batch 3's rows).
+        buf = np.empty((1 << 16, 16))  # 8 MiB a batch: messages queue behind the socket
+
+        def refilled():
+            for i in range(12):
+                buf[:] = i
+                yield {"x": buf, "id": np.full(len(buf), i)}
+
+        client.put("refilled", refilled())
+        got = client.get("refilled")
+        starts = got["x"][:: len(buf), 0]
+        assert starts.tolist() == list(range(12))
+        assert (got["x"] == np.repeat(got["id"], 16).reshape(-1, 16)).all()
+
+        async def main():
+            async with arrowbridge.aio.connect(client.location) as aclient:
+                await aclient.put("refilled-aio", refilled())
+                return await aclient.get("refilled-aio")
+
+        got = asyncio.run(main())
+        assert (got["x"] == np.repeat(got["id"], 16).reshape(-1, 16)).all()
+        assert np.unique(got["id"]).tolist() == list(range(12))
 
     def test_dicts_readers_and_ipc_batches(self, client, tmp_path):
         client.put("d", ({"id": np.arange(i, i + 2), "x": np.ones((2, 3))} for i in (0, 2, 4)))

@@ -35,7 +35,6 @@ from .errors import FlightCallError, ShapeError
 from .flight.client import (
     Stored,
     _arg,
-    _batch_columns,
     _batches,
     _check_batch_rows,
     _columns,
@@ -514,10 +513,8 @@ class AsyncClient(_Connected):
 async def _async_batches(
     data: AsyncIterable[Any],
 ) -> AsyncIterator[tuple[str, list[str], list[Any]]]:
-    index = 0
     async for batch in data:
-        yield _batch_columns(index, batch)
-        index += 1
+        yield _columns(batch)
 
 
 async def _to_async(batches: Any) -> AsyncIterator[Any]:

@@ -46,5 +46,5 @@ pub use wire::{MAX_FLIGHT_DATA, MAX_MESSAGE};
 pub use {
     server::service::Service,
     server::store::{Store, Stored},
-    wire::parse::land_response,
+    wire::parse::{land_bodies, land_response},
 };

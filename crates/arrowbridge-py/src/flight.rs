@@ -783,10 +783,11 @@ impl FlightClient {
     }
 }
 
-/// A kernel argument as Python passes it: `("array", x)`, `("stored", name)` or
-/// `("stored_rows", (name, version, start, end))`.
+/// A kernel argument as Python passes it: `("array", x)` (ragged data too), `("stored",
+/// name)` or `("stored_rows", (name, version, start, end))`.
 enum CallInput {
     Array(ArrowTensor),
+    Ragged(arrowbridge::RaggedTensor),
     Stored(String),
     StoredRows(String, Option<u64>, usize, usize),
 }
@@ -795,6 +796,7 @@ impl CallInput {
     fn arg(&self) -> Arg<'_> {
         match self {
             CallInput::Array(tensor) => Arg::Array(tensor),
+            CallInput::Ragged(ragged) => Arg::Ragged(ragged),
             CallInput::Stored(name) => Arg::Stored(name),
             CallInput::StoredRows(name, version, start, end) => Arg::StoredRows {
                 name,
@@ -815,7 +817,15 @@ fn call_inputs(args: &[(String, Bound<'_, PyAny>)]) -> BridgeResult<Vec<CallInpu
                     let (name, version, start, end) = value.extract()?;
                     CallInput::StoredRows(name, version, start, end)
                 }
-                _ => CallInput::Array(arrowbridge_pyo3::internal::input::column_input(value)?),
+                // Ragged data (a list of arrays, an arrow.variable_shape_tensor) in one
+                // buffer, as a ragged kernel takes it.
+                _ => match arrowbridge_pyo3::internal::ragged::any_column(value)? {
+                    Column::Tensor(tensor) => CallInput::Array(tensor),
+                    Column::Ragged(parts) => CallInput::Ragged(match parts.as_slice() {
+                        [one] => one.clone(),
+                        _ => arrowbridge::RaggedTensor::concat(&parts)?,
+                    }),
+                },
             })
         })
         .collect()
@@ -1017,18 +1027,6 @@ struct PutParts {
     put: Arc<tokio::sync::Mutex<Option<PutStream>>>,
 }
 
-/// The arrays of a batch, as tensors (read while the GIL is held).
-fn batch_tensors(
-    names: Vec<String>,
-    arrays: &Bound<'_, PyList>,
-) -> BridgeResult<Vec<(String, ArrowTensor)>> {
-    let tensors = arrays
-        .iter()
-        .map(|a| arrowbridge_pyo3::internal::input::column_input(&a))
-        .collect::<BridgeResult<Vec<_>>>()?;
-    Ok(names.into_iter().zip(tensors).collect())
-}
-
 /// The columns of a put: tensors, and ragged data (a list of arrays, one part per array,
 /// each a view of it; an `arrow.variable_shape_tensor`), read while the GIL is held.
 fn any_columns(arrays: &Bound<'_, PyList>) -> BridgeResult<Vec<Column>> {
@@ -1038,15 +1036,11 @@ fn any_columns(arrays: &Bound<'_, PyList>) -> BridgeResult<Vec<Column>> {
         .collect()
 }
 
-/// Named columns as [`Client::put_columns`] takes them (see [`column_refs`]).
+/// Named columns as [`Client::put_columns`] takes them. (A function, not a closure in the
+/// async blocks that call it: rustc proves those `Send` only without closures over
+/// references.)
 fn any_column_refs(batch: &[(String, Column)]) -> Vec<(&str, &Column)> {
     batch.iter().map(|(n, c)| (n.as_str(), c)).collect()
-}
-
-/// Named tensors as the client's calls take them. (A function, not a closure in the async
-/// blocks that call it: rustc proves those `Send` only without closures over references.)
-fn column_refs(batch: &[(String, ArrowTensor)]) -> Vec<(&str, &ArrowTensor)> {
-    batch.iter().map(|(n, t)| (n.as_str(), t)).collect()
 }
 
 fn put_over() -> ClientError {
@@ -1069,15 +1063,15 @@ impl FlightPut {
     ) -> BridgeResult<()> {
         no_panic("put", || {
             let timeout = seconds(timeout)?;
-            let batch = batch_tensors(names, arrays)?;
-            let columns: Vec<(&str, &ArrowTensor)> =
-                batch.iter().map(|(n, t)| (n.as_str(), t)).collect();
+            let batch: Vec<(String, Column)> =
+                names.into_iter().zip(any_columns(arrays)?).collect();
+            let columns = any_column_refs(&batch);
             let PutParts { client, put } = self.open.get("the put")?;
             let mut guard = put.try_lock().map_err(|_| BridgeError::from(busy("put")))?;
             let Some(put) = guard.as_mut() else {
                 return Err(client_error(put_over()));
             };
-            let sent = limited(py, timeout, || client.put_batch(put, &columns));
+            let sent = limited(py, timeout, || client.put_columns_batch(put, &columns));
             if sent.is_err() {
                 // A failed batch ends the put; nothing is stored.
                 if let Some(put) = guard.take() {
@@ -1099,7 +1093,7 @@ impl FlightPut {
         timeout: Option<f64>,
     ) -> BridgeResult<PendingCall> {
         let timeout = seconds(timeout)?;
-        let batch = batch_tensors(names, arrays)?;
+        let batch: Vec<(String, Column)> = names.into_iter().zip(any_columns(arrays)?).collect();
         let PutParts { client, put } = self.open.get("the put")?;
         let (client, state) = (client.clone(), put.clone());
         Ok(spawn_call(
@@ -1112,7 +1106,9 @@ impl FlightPut {
                     .try_lock_owned()
                     .map_err(|_| ClientError::Local(busy("put")))?;
                 let put = guard.as_mut().ok_or_else(put_over)?;
-                let sent = client.put_batch_async(put, &column_refs(&batch)).await;
+                let sent = client
+                    .put_columns_batch_async(put, &any_column_refs(&batch))
+                    .await;
                 if sent.is_err() {
                     if let Some(put) = guard.take() {
                         client.abort_put(put);

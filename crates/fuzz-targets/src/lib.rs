@@ -476,17 +476,23 @@ pub fn flight_service(data: &[u8]) {
     });
 }
 
-/// The schema message of an item of one ragged column (`arrow.variable_shape_tensor` of
-/// float32, rank 2).
+/// An item of one ragged column (`arrow.variable_shape_tensor` of float32, rank 2).
+fn ragged_schema() -> &'static arrow_schema::Schema {
+    static SCHEMA: OnceLock<arrow_schema::Schema> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let arrays = vec![ndarray::ArrayD::<f32>::zeros(vec![1, 2])];
+        let ragged = arrowbridge::RaggedTensor::from_arrays(arrays).expect("one row");
+        arrow_schema::Schema::new(vec![ragged.field("r")])
+    })
+}
+
+/// The schema message of [`ragged_schema`].
 fn ragged_schema_message() -> FlightData {
     static SCHEMA: OnceLock<FlightData> = OnceLock::new();
     SCHEMA
         .get_or_init(|| {
-            let arrays = vec![ndarray::ArrayD::<f32>::zeros(vec![1, 2])];
-            let ragged = arrowbridge::RaggedTensor::from_arrays(arrays).expect("one row");
-            let schema = arrow_schema::Schema::new(vec![ragged.field("r")]);
             FlightData::from(arrow_flight::SchemaAsIpc::new(
-                &schema,
+                ragged_schema(),
                 &arrow_ipc::writer::IpcWriteOptions::default(),
             ))
         })
@@ -532,13 +538,23 @@ pub fn kernel_params(data: &[u8]) {
 }
 
 /// A DoGet response as a server may send it, parsed and landed by the native client as it
-/// arrives. Layout: one byte choosing the item's columns, two for its rows, one for the size
-/// of the pieces the bytes arrive in (0: all at once), then the response body (gRPC frames of
+/// arrives; or (a first byte of 3 mod 4) the rest of a DoPut of a ragged column as a client
+/// may send it, parsed and landed message by message as the server lands it, then read as
+/// ragged rows. Layout: one byte choosing the item's columns, two for its rows, one for the
+/// size of the pieces the bytes arrive in (0: all at once), then the body (gRPC frames of
 /// FlightData).
 pub fn flight_get_response(data: &[u8]) {
     let mut bytes = Bytes(data);
     let item = Arc::new(Field::new("item", DataType::Float32, true));
-    let schema = match bytes.u8() % 3 {
+    let choice = bytes.u8() % 4;
+    if choice == 3 {
+        let piece = match bytes.u8() {
+            0 => bytes.0.len().max(1),
+            n => usize::from(n),
+        };
+        return land_ragged_put(bytes.0.chunks(piece));
+    }
+    let schema = match choice {
         0 => arrow_schema::Schema::new(vec![
             Field::new("i", DataType::Int32, true),
             Field::new("x", DataType::Float64, true),
@@ -557,6 +573,31 @@ pub fn flight_get_response(data: &[u8]) {
     };
     if let Ok(batch) = arrowbridge_flight::land_response(&schema, rows, bytes.0.chunks(piece)) {
         std::hint::black_box(batch.num_rows());
+    }
+}
+
+/// The messages of a put of one ragged column (after its schema message), landed as the
+/// server lands them; every row of what lands is read.
+fn land_ragged_put<'c>(chunks: impl IntoIterator<Item = &'c [u8]>) {
+    let schema = ragged_schema();
+    let Ok(batches) = arrowbridge_flight::land_bodies(schema, chunks) else {
+        return;
+    };
+    for batch in batches {
+        let Ok(ragged) = arrowbridge::RaggedTensor::from_arrow(
+            schema.field(0),
+            &batch.column(0).to_data(),
+            true,
+        ) else {
+            continue;
+        };
+        let sums: Vec<f32> = match ragged.rows::<f32>() {
+            Ok(rows) => rows
+                .map(|row| row.iter().fold(0f32, |a, &v| a + v))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        std::hint::black_box(sums);
     }
 }
 

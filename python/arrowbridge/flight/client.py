@@ -21,8 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import _native
-from .._ragged import is_ragged_list
-from ..errors import NotDistributableError, ShapeError, UnknownKernelError, UnsupportedTypeError
+from ..errors import NotDistributableError, ShapeError, UnknownKernelError
 from ..ipc import _array_like
 
 #: How the partial results of a reduction over rows combine (a kernel's distribution
@@ -105,15 +104,11 @@ def _streamed(data: Any) -> bool:
 
 
 def _arg(a: Any) -> tuple[str, Any]:
-    """A kernel argument as the native client takes it. Ragged data (a list of arrays) is
-    not sent with a call: it is put, then passed stored."""
+    """A kernel argument as the native client takes it. Ragged data (a list of arrays, or an
+    Arrow producer of ``arrow.variable_shape_tensor``) goes as it is: the native client
+    sends it as a ragged kernel receives it."""
     if isinstance(a, Stored):
         return ("stored", a.name)
-    if is_ragged_list(a):
-        raise UnsupportedTypeError(
-            "a call's argument is ragged data (a list of arrays), which a call over Flight "
-            "does not send: put it (client.put(name, arrays)) and pass client.stored(name)"
-        )
     return ("array", _array_like(a))
 
 
@@ -233,23 +228,10 @@ def _raw_batches(data: Any) -> Iterator[Any]:
     yield from data
 
 
-def _batch_columns(index: int, batch: Any) -> tuple[str, list[str], list[Any]]:
-    """Batch ``index`` of a streamed put as (form, names, columns)."""
-    form, names, arrays = _columns(batch)
-    for name, array in zip(names, arrays, strict=True):
-        if is_ragged_list(array):
-            raise UnsupportedTypeError(
-                f"batch {index}: column {name!r} is ragged data (a list of arrays), which a "
-                "streamed put does not carry: put the whole list (client.put(name, arrays)), "
-                "or several items"
-            )
-    return form, names, arrays
-
-
 def _batches(data: Any) -> Iterator[tuple[str, list[str], list[Any]]]:
     """The batches of a streamed put, each as (form, names, columns)."""
-    for index, batch in enumerate(_raw_batches(data)):
-        yield _batch_columns(index, batch)
+    for batch in _raw_batches(data):
+        yield _columns(batch)
 
 
 class ItemStream:
@@ -632,6 +614,13 @@ class Client(_Connected):
         ...     client.call("identity", np.arange(2), np.zeros(1))
         array([3., 5., 7.])
         (array([0, 1]), array([0.]))
+
+        Ragged data (a list of arrays, or an ``arrow.variable_shape_tensor``) is the first
+        argument of a ragged kernel, sent with the call or stored:
+
+        >>> with arrowbridge.serve() as server, arrowbridge.connect(server.location) as client:
+        ...     client.call("ragged_sum", [np.ones((2, 3)), np.ones((1, 3))])
+        array([6., 3.])
 
         ``out="name"`` stores the result under ``name`` instead of returning it, batch by
         batch (:meth:`call_stream` into a streamed :meth:`put`): a row-wise kernel on a

@@ -58,7 +58,7 @@ use get::do_get_into;
 
 use crate::shards::{ShardMap, SHARDS_KEY};
 use crate::wire::framing::Messages;
-use crate::wire::protocol::{ExchangeArg, ExchangeCommand, ItemTicket, StoredRows};
+use crate::wire::protocol::{ExchangeArg, ExchangeCommand, ItemTicket, RaggedColumns, StoredRows};
 use crate::wire::receive::{receive, Received};
 use crate::wire::MAX_FLIGHT_DATA;
 use crate::wire::MAX_MESSAGE;
@@ -255,6 +255,11 @@ pub enum Arg<'a> {
         /// The rows, `(start, end)`.
         rows: (usize, usize),
     },
+    /// Ragged data sent with the call, as the first argument of a ragged kernel
+    /// ([`arrowbridge::Kernel::ragged`]): it travels as its values and its rows'
+    /// shapes, the two arrays the kernel receives. Another kernel, or another position, is
+    /// refused by the server.
+    Ragged(&'a arrowbridge::RaggedTensor),
 }
 
 /// A connection to a Flight server (see the module's documentation).
@@ -1787,14 +1792,24 @@ fn exchange_request(
     args: &[Arg<'_>],
     params: &Params,
 ) -> ClientResult<(Outgoing, Arc<Mutex<Option<ClientError>>>)> {
-    let mut sent: Vec<(String, &ArrowTensor)> = Vec::new();
+    let mut sent: Vec<(String, ArrowTensor)> = Vec::new();
     let mut spec = Vec::with_capacity(args.len());
     for (i, arg) in args.iter().enumerate() {
         match arg {
             Arg::Array(tensor) => {
                 let column = format!("arg{i}");
                 spec.push(ExchangeArg::Column(column.clone()));
-                sent.push((column, tensor));
+                sent.push((column, (*tensor).clone()));
+            }
+            Arg::Ragged(ragged) => {
+                let [values, shapes] = ragged.to_kernel_args()?;
+                let columns = RaggedColumns {
+                    values: format!("arg{i}"),
+                    shapes: format!("arg{i}.shapes"),
+                };
+                sent.push((columns.values.clone(), values));
+                sent.push((columns.shapes.clone(), shapes));
+                spec.push(ExchangeArg::Ragged(columns));
             }
             Arg::Stored(name) => spec.push(ExchangeArg::Stored(name.to_string())),
             Arg::StoredRows {
@@ -1817,7 +1832,7 @@ fn exchange_request(
         },
     };
     let command = serde_json::to_vec(&command).expect("a command is plain JSON");
-    let columns: Vec<(&str, &ArrowTensor)> = sent.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+    let columns: Vec<(&str, &ArrowTensor)> = sent.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let (schema, batches) = if columns.is_empty() {
         (Arc::new(Schema::empty()), Vec::new())
     } else {
@@ -1845,7 +1860,7 @@ fn put_batches(
 }
 
 /// The columns as tensors, when none is ragged.
-fn tensor_columns<'a>(
+pub(crate) fn tensor_columns<'a>(
     columns: &[(&'a str, &'a Column)],
 ) -> Option<Vec<(&'a str, &'a ArrowTensor)>> {
     columns

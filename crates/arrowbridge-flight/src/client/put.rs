@@ -4,9 +4,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use arrow_array::RecordBatch;
 use arrow_flight::{FlightData, FlightDescriptor, PutResult};
 use arrow_schema::{Schema, SchemaRef};
-use arrowbridge::ArrowTensor;
+use arrowbridge::ipc::Column;
+use arrowbridge::{ArrowTensor, RaggedMetadata};
 use bytes::Bytes;
 use prost::Message;
 use tokio::task::JoinHandle;
@@ -14,7 +16,7 @@ use tonic::transport::Channel;
 use tonic::Status;
 
 use super::{Client, ClientError, ClientResult, ItemForm, ITEM_KEY};
-use crate::wire::MAX_FLIGHT_DATA;
+use crate::wire::{MAX_FLIGHT_DATA, MAX_MESSAGE};
 
 use crate::wire::framing::Messages;
 use crate::wire::grpc;
@@ -144,6 +146,19 @@ impl http_body::Body for Streamed {
     }
 }
 
+/// A chunk of a streamed put's body, holding its batch's release signal until the
+/// connection drops it (every slice of it written).
+struct Held {
+    chunk: Bytes,
+    _release: Arc<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.chunk
+    }
+}
+
 /// Messages a streamed put keeps queued ahead of the connection.
 const QUEUED: usize = 8;
 
@@ -186,20 +201,16 @@ impl Client {
 
     /// Sends `columns` (arrays that share their first axis: rows of the item) as the next
     /// batch of `put`. Every batch has the first one's columns, dtypes and row shapes. A
-    /// batch that fails, runs out of time or is interrupted resets the put.
+    /// batch that fails, runs out of time or is interrupted resets the put. It returns once
+    /// the connection has written the batch (its messages view the arrays, not copies): the
+    /// arrays may then be refilled for the next batch.
     pub fn put_batch(
         &self,
         put: &mut PutStream,
         columns: &[(&str, &ArrowTensor)],
     ) -> ClientResult<()> {
-        let what = format!("{}: batch {}", put.what, put.batches);
-        match self.block_on(&what, self.put_batch_async(put, columns)) {
-            Ok(sent) => sent,
-            Err(stopped) => {
-                put.abort();
-                Err(stopped)
-            }
-        }
+        let owned = tensor_columns(columns);
+        self.put_columns_batch(put, &column_refs(&owned))
     }
 
     /// [`put_batch`](Self::put_batch), as a future (dropping it unfinished leaves the put
@@ -209,18 +220,65 @@ impl Client {
         put: &mut PutStream,
         columns: &[(&str, &ArrowTensor)],
     ) -> ClientResult<()> {
-        let rows = columns
-            .first()
-            .map_or(0, |(_, t)| t.shape().first().copied().unwrap_or(1));
-        let chunks = match encode_batch(put, columns, rows) {
-            Ok(chunks) => chunks,
+        let owned = tensor_columns(columns);
+        self.put_columns_batch_async(put, &column_refs(&owned))
+            .await
+    }
+
+    /// Sends `columns`, some of them ragged data (one row per array, as
+    /// [`put_columns`](Self::put_columns) takes them), as the next batch of `put`; see
+    /// [`put_batch`](Self::put_batch). A ragged column keeps the first batch's value type,
+    /// rank, `dim_names` and `permutation`; a stream declares no `uniform_shape` for it (a
+    /// later batch may vary where the first did not).
+    pub fn put_columns_batch(
+        &self,
+        put: &mut PutStream,
+        columns: &[(&str, &Column)],
+    ) -> ClientResult<()> {
+        let what = format!("{}: batch {}", put.what, put.batches);
+        match self.block_on(&what, self.put_columns_batch_async(put, columns)) {
+            Ok(sent) => sent,
+            Err(stopped) => {
+                put.abort();
+                Err(stopped)
+            }
+        }
+    }
+
+    /// [`put_columns_batch`](Self::put_columns_batch), as a future (see
+    /// [`put_batch_async`](Self::put_batch_async)).
+    pub async fn put_columns_batch_async(
+        &self,
+        put: &mut PutStream,
+        columns: &[(&str, &Column)],
+    ) -> ClientResult<()> {
+        let encoded = match super::tensor_columns(columns) {
+            Some(tensors) => {
+                let rows = tensors
+                    .first()
+                    .map_or(0, |(_, t)| t.shape().first().copied().unwrap_or(1));
+                encode_batch(put, &tensors, rows).map(|chunks| (chunks, rows))
+            }
+            None => encode_ragged_batch(put, columns),
+        };
+        let (chunks, rows) = match encoded {
+            Ok(encoded) => encoded,
             Err(e) => {
                 put.abort();
                 return Err(e);
             }
         };
         let sender = put.sender.clone().ok_or_else(|| finished(&put.what))?;
+        // The chunks view the caller's arrays, which the caller may refill once this
+        // returns (a generator that reuses one buffer): wait until the connection has let go
+        // of every chunk, written to the socket, before returning.
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let release = Arc::new(release);
         for chunk in chunks {
+            let chunk = Bytes::from_owner(Held {
+                chunk,
+                _release: release.clone(),
+            });
             if sender.send(chunk).await.is_err() {
                 // The call ended: its own error says why.
                 put.sender = None;
@@ -231,6 +289,9 @@ impl Client {
                 };
             }
         }
+        drop(release);
+        // Resolves (with an error: nothing is ever sent) once the last chunk is dropped.
+        let _ = released.await;
         put.batches += 1;
         put.rows += rows;
         Ok(())
@@ -319,9 +380,7 @@ fn encode_batch(
         }));
     }
     let (schema, batches) = arrowbridge::ipc::wire_batches(columns, MAX_FLIGHT_DATA)?;
-    let mut metadata = schema.metadata().clone();
-    metadata.insert(ITEM_KEY.to_string(), put.form.name().to_string());
-    let schema = Arc::new(schema.as_ref().clone().with_metadata(metadata));
+    let schema = naming_form(&schema, put.form);
     if schema.fields().iter().any(|f| {
         f.metadata()
             .get(arrowbridge::ipc::FORM_KEY)
@@ -336,6 +395,86 @@ fn encode_batch(
             ),
         }));
     }
+    frame_batch(put, schema, &batches, &what)
+}
+
+/// The gRPC-framed bytes of the next batch of `put`, `columns` with ragged data among them,
+/// and its rows: views of the columns ([`arrowbridge::ipc::record_batches_of`]) in messages
+/// of whole rows, as a whole put sends them.
+fn encode_ragged_batch(
+    put: &mut PutStream,
+    columns: &[(&str, &Column)],
+) -> ClientResult<(Vec<Bytes>, usize)> {
+    let what = format!("{}: batch {}", put.what, put.batches);
+    let context = |e: arrowbridge::Error| {
+        ClientError::Local(arrowbridge::Error::Shape {
+            context: what.clone(),
+            message: e.to_string(),
+        })
+    };
+    // No uniform_shape: what the first batch's rows share, a later batch's may not.
+    let streamed: Vec<(&str, Column)> = columns
+        .iter()
+        .map(|(name, column)| {
+            Ok((
+                *name,
+                match column {
+                    Column::Tensor(t) => Column::Tensor(t.clone()),
+                    Column::Ragged(parts) => Column::Ragged(
+                        parts
+                            .iter()
+                            .map(|p| {
+                                let meta = RaggedMetadata {
+                                    uniform_shape: None,
+                                    ..p.metadata().clone()
+                                };
+                                p.clone().with_metadata(meta)
+                            })
+                            .collect::<arrowbridge::Result<_>>()?,
+                    ),
+                },
+            ))
+        })
+        .collect::<arrowbridge::Result<_>>()
+        .map_err(context)?;
+    let refs: Vec<(&str, &Column)> = streamed.iter().map(|(n, c)| (*n, c)).collect();
+    let batches = arrowbridge::ipc::record_batches_of(&refs).map_err(context)?;
+    // Rows travel whole, in messages the server accepts (headroom for the header, padding).
+    arrowbridge::ipc::check_row_sizes(&batches, MAX_MESSAGE - (1 << 20)).map_err(context)?;
+    let rows = batches.iter().map(RecordBatch::num_rows).sum();
+    let schema = naming_form(&batches[0].schema(), put.form);
+    Ok((frame_batch(put, schema, &batches, &what)?, rows))
+}
+
+/// Tensors as columns (the arrays are shared, not copied).
+fn tensor_columns<'a>(columns: &[(&'a str, &ArrowTensor)]) -> Vec<(&'a str, Column)> {
+    columns
+        .iter()
+        .map(|(name, t)| (*name, Column::Tensor((*t).clone())))
+        .collect()
+}
+
+/// Named columns as [`Client::put_columns_batch`] takes them.
+fn column_refs<'a>(columns: &'a [(&'a str, Column)]) -> Vec<(&'a str, &'a Column)> {
+    columns.iter().map(|(n, c)| (*n, c)).collect()
+}
+
+/// `schema` naming the item's form.
+fn naming_form(schema: &Schema, form: ItemForm) -> SchemaRef {
+    let mut metadata = schema.metadata().clone();
+    metadata.insert(ITEM_KEY.to_string(), form.name().to_string());
+    Arc::new(schema.clone().with_metadata(metadata))
+}
+
+/// The gRPC-framed bytes of `batches` (of `schema`) as the next batch of `put`: the schema
+/// first (naming the item) when it is the first batch, which every later one must match.
+fn frame_batch(
+    put: &mut PutStream,
+    schema: SchemaRef,
+    batches: &[RecordBatch],
+    what: &str,
+) -> ClientResult<Vec<Bytes>> {
+    let what = what.to_string();
     let first = match &put.schema {
         None => true,
         Some(expected) if expected.fields() == schema.fields() => false,

@@ -23,7 +23,7 @@ use crate::names::check_name;
 use crate::server::store::{Store, Stored, VersionError};
 use crate::shards::{ShardMap, SHARDS_KEY};
 use crate::shm;
-use crate::wire::protocol::{ExchangeArg, ExchangeCommand, ItemTicket, StoredRows};
+use crate::wire::protocol::{ExchangeArg, ExchangeCommand, ItemTicket, RaggedColumns, StoredRows};
 use crate::wire::receive::{next_data, receive, schema_message, Decoded, Received};
 use crate::wire::MAX_FLIGHT_DATA;
 
@@ -703,6 +703,23 @@ impl Service {
                     match arg {
                         ExchangeArg::Column(name) => {
                             tensors.push(column_tensor(&schema, &batches, name)?)
+                        }
+                        ExchangeArg::Ragged(RaggedColumns { values, shapes }) => {
+                            if ragged.is_none() {
+                                // An unknown kernel is that, not a misplaced argument.
+                                self.registry
+                                    .get(&command.kernel)
+                                    .map_err(FlightServerError::from)?;
+                                return Err(FlightServerError::BadRequest(format!(
+                                    "{}: argument {i} is ragged data (a list of arrays), which \
+                                     only a ragged kernel (ragged_sum, pad, or one declared \
+                                     ragged) takes, as its first argument",
+                                    command.kernel
+                                ))
+                                .into());
+                            }
+                            tensors.push(column_tensor(&schema, &batches, values)?);
+                            tensors.push(column_tensor(&schema, &batches, shapes)?);
                         }
                         ExchangeArg::Stored(name) => {
                             tensors.extend(self.stored_arg(name, None, None, ragged)?)

@@ -56,6 +56,25 @@ pub fn land_response<'c>(
     destination.into_batch().map_err(refused)
 }
 
+/// Lands the bytes of a DoPut request body after its schema message (`chunks`, as the
+/// frames brought them) message by message in [`arrowbridge::landing::Bodies`], as the
+/// server does for columns that do not land in one buffer each (ragged data): for fuzzing
+/// the parser and the landing with whatever a client may send.
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn land_bodies<'c>(
+    schema: &Schema,
+    chunks: impl IntoIterator<Item = &'c [u8]>,
+) -> Result<Vec<arrow_array::RecordBatch>, Status> {
+    let what = "DoPut";
+    let mut bodies = arrowbridge::landing::Bodies::new(what, std::sync::Arc::new(schema.clone()));
+    let mut parser = Parser::after_schema(what, schema, &mut bodies);
+    for chunk in chunks {
+        parser.feed(chunk)?;
+    }
+    parser.finish()?;
+    bodies.into_batches().map_err(refused)
+}
+
 /// Where the parser is in the stream.
 #[derive(Debug)]
 enum State {
@@ -456,5 +475,44 @@ mod tests {
         let other = batch(0..4).project(&[1]).unwrap();
         let other = framed(&batches_to_flight_data(&other.schema(), [&other]).unwrap());
         assert!(err(&other).contains("columns differ"));
+    }
+
+    /// Batches of one ragged column, `rows` rows each, every row of a shape of its own.
+    fn ragged_batches(rows: &[usize]) -> Vec<arrow_array::RecordBatch> {
+        let mut next = 0u16;
+        rows.iter()
+            .map(|&n| {
+                let arrays: Vec<ndarray::ArrayD<f32>> = (0..n)
+                    .map(|_| {
+                        next += 1;
+                        let shape = vec![1 + usize::from(next % 3), 2 + usize::from(next % 4)];
+                        ndarray::ArrayD::from_elem(shape, f32::from(next))
+                    })
+                    .collect();
+                let ragged = arrowbridge::RaggedTensor::from_arrays(arrays).unwrap();
+                let column = arrowbridge::ipc::Column::Ragged(vec![ragged]);
+                arrowbridge::ipc::record_batch_of(&[("r", &column)]).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_ragged_put_lands_message_by_message_in_any_pieces() {
+        let mut sent = ragged_batches(&[3, 1, 5]);
+        sent.insert(2, sent[1].slice(0, 0));
+        let schema = sent[0].schema();
+        // After the schema message, as the server's route reads a put.
+        let messages = &batches_to_flight_data(&schema, &sent).unwrap()[1..];
+        let bytes = framed(messages);
+        for piece in [1, 3, 64, 1000, bytes.len()] {
+            let got = land_bodies(&schema, bytes.chunks(piece)).unwrap();
+            let columns = |batches: &[arrow_array::RecordBatch]| -> Vec<_> {
+                batches.iter().map(|b| b.column(0).to_data()).collect()
+            };
+            assert_eq!(columns(&got), columns(&sent), "pieces of {piece} bytes");
+        }
+        // Cut inside a message: an error, not a batch of unwritten bytes.
+        let cut = land_bodies(&schema, [&bytes[..bytes.len() - 7]]).unwrap_err();
+        assert!(cut.message().contains("ended inside a message"), "{cut}");
     }
 }

@@ -35,6 +35,20 @@ pub enum ExchangeArg {
     /// `{"stored_rows": {"name": "x", "version": 17, "rows": [0, 1000]}}`.
     #[serde(rename = "stored_rows")]
     StoredRows(StoredRows),
+    /// Ragged data the client streams, as a ragged kernel takes it (its first argument):
+    /// `{"ragged": {"values": "arg0", "shapes": "arg0.shapes"}}`, the columns of its values
+    /// (one after another, each row in C order) and of its rows' shapes (`(n, ndim)` int32).
+    Ragged(RaggedColumns),
+}
+
+/// The columns of a ragged argument sent with a call ([`ExchangeArg::Ragged`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaggedColumns {
+    /// The column of its values.
+    pub values: String,
+    /// The column of its rows' shapes.
+    pub shapes: String,
 }
 
 /// Rows `[start, end)` of one version of a stored array (the one stored now without
@@ -130,5 +144,20 @@ mod tests {
         let extra =
             r#"{"kernel":"k","args":[{"stored_rows":{"name":"x","rows":[0,1],"limit":3}}]}"#;
         assert!(serde_json::from_str::<ExchangeCommand>(extra).is_err());
+    }
+
+    #[test]
+    fn ragged_args_travel_as_the_documented_json() {
+        let text = r#"{"kernel":"ragged_sum","args":[{"ragged":{"values":"arg0","shapes":"arg0.shapes"}}]}"#;
+        let command: ExchangeCommand = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            command.args.unwrap(),
+            [ExchangeArg::Ragged(RaggedColumns {
+                values: "arg0".into(),
+                shapes: "arg0.shapes".into(),
+            })]
+        );
+        let missing = r#"{"kernel":"k","args":[{"ragged":{"values":"arg0"}}]}"#;
+        assert!(serde_json::from_str::<ExchangeCommand>(missing).is_err());
     }
 }
