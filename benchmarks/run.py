@@ -319,7 +319,22 @@ def machine() -> str:
     return (
         f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB; {platform.platform()}; "
         f"Python {platform.python_version()}, NumPy {np.__version__}, pyarrow {pa.__version__}, "
-        f"arrowbridge {arrowbridge.__version__}"
+        f"arrowbridge {arrowbridge.__version__}. {speed_check()}"
+    )
+
+
+def speed_check() -> str:
+    """How fast this machine ran at the start of the run: a shared VM's speed changes from
+    day to day (2.5x for CPU-bound work between two sessions on the benchmark VM), which
+    moves every absolute figure; the ratios within one run compare like with like."""
+    python = flight_bench.median_time(lambda: sum(range(1000)), 2000)
+    src = np.ones(8 << 20)  # 64 MiB
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    copy = flight_bench.median_time(lambda: np.copyto(dst, src), 20)
+    return (
+        f"Speed check at the start: `sum(range(1000))` {python * 1e6:.1f} µs, a 64 MiB copy "
+        f"{src.nbytes / copy / 1e9:.1f} GB/s (absolute figures move with these between runs)"
     )
 
 

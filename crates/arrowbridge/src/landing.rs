@@ -58,6 +58,22 @@ pub fn announced_rows(schema: &Schema) -> Option<usize> {
     schema.metadata().get(ROWS_KEY)?.parse().ok()
 }
 
+/// The value of [`ROWS_KEY`] for a stream whose rows are not known when it begins (a
+/// streamed put): a receiver lands it message by message ([`Bodies`]).
+pub const STREAMED: &str = "stream";
+
+/// Whether a schema begins a stream of rows not known in advance ([`STREAMED`]).
+pub fn announces_a_stream(schema: &Schema) -> bool {
+    schema.metadata().get(ROWS_KEY).map(String::as_str) == Some(STREAMED)
+}
+
+/// `schema` beginning a stream of rows not known in advance ([`STREAMED`]).
+pub fn announcing_a_stream(schema: &Schema) -> Schema {
+    let mut metadata = schema.metadata().clone();
+    metadata.insert(ROWS_KEY.to_string(), STREAMED.to_string());
+    schema.clone().with_metadata(metadata)
+}
+
 /// How one column's rows are laid out: `values` values of `width` bytes per row.
 #[derive(Clone, Copy, Debug)]
 struct Layout {

@@ -459,9 +459,10 @@ fn column_refs<'a>(columns: &'a [(&'a str, Column)]) -> Vec<(&'a str, &'a Column
     columns.iter().map(|(n, c)| (*n, c)).collect()
 }
 
-/// `schema` naming the item's form.
+/// `schema` naming the item's form, and beginning a stream of rows not known in advance
+/// (the server lands each message as it arrives).
 fn naming_form(schema: &Schema, form: ItemForm) -> SchemaRef {
-    let mut metadata = schema.metadata().clone();
+    let mut metadata = arrowbridge::landing::announcing_a_stream(schema).metadata;
     metadata.insert(ITEM_KEY.to_string(), form.name().to_string());
     Arc::new(schema.clone().with_metadata(metadata))
 }

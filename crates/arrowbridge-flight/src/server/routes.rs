@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 use arrow_flight::flight_service_server::FlightServiceServer;
 use arrow_flight::{FlightData, FlightDescriptor, Ticket};
 use arrow_schema::Schema;
-use arrowbridge::landing::{announced_rows, Bodies, Incoming, Landing, Sink};
+use arrowbridge::landing::{announced_rows, announces_a_stream, Bodies, Incoming, Landing, Sink};
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use http_body::Frame;
@@ -226,9 +226,8 @@ async fn do_put(
     let landed = async {
         let mut parser = Parser::after_schema(what, &schema, &mut landing);
         parser.feed(&read[5 + first..])?;
-        // More rows than announced (a stream whose schema announced its first batch's) are
-        // charged as they come, every 8 MiB: past the budget the put is refused before it
-        // is all in memory.
+        // Rows beyond those set aside (a streamed put's) are charged as they come, every
+        // 8 MiB: past the budget the put is refused before it is all in memory.
         let (mut fed, mut checked) = (read.len() - (5 + first), admitted);
         while let Some(frame) = body.frame().await {
             if let Ok(data) = frame?.into_data() {
@@ -290,11 +289,16 @@ fn landing_of(message: &[u8]) -> Option<(FlightDescriptor, Schema, Arrival)> {
         return None;
     }
     let schema = schema_message("DoPut", &data).ok()?;
-    let rows = announced_rows(&schema)?;
     let shared = Arc::new(schema.clone());
-    let arrival = match Landing::new("DoPut", shared.clone(), rows).ok()? {
-        Some(landing) => Arrival::Rows(landing),
-        None => Arrival::Batches(Bodies::new("DoPut", shared)),
+    let arrival = match announced_rows(&schema) {
+        Some(rows) => match Landing::new("DoPut", shared.clone(), rows).ok()? {
+            Some(landing) => Arrival::Rows(landing),
+            None => Arrival::Batches(Bodies::new("DoPut", shared)),
+        },
+        // A streamed put, whose rows are not known yet: each message lands as it arrives,
+        // in blocks that grow, never copied to a larger buffer.
+        None if announces_a_stream(&schema) => Arrival::Batches(Bodies::new("DoPut", shared)),
+        None => return None,
     };
     Some((descriptor, schema, arrival))
 }
@@ -407,6 +411,13 @@ mod tests {
         let strings = Schema::new(vec![Field::new("s", DataType::Utf8, false)]);
         let (_, _, arrival) = landing_of(&first_message(
             &arrowbridge::landing::announcing(&strings, 10),
+            path.clone(),
+        ))
+        .expect("lands a message at a time");
+        assert!(matches!(arrival, Arrival::Batches(_)));
+        // So do streamed puts, whose rows are not known when they begin.
+        let (_, _, arrival) = landing_of(&first_message(
+            &arrowbridge::landing::announcing_a_stream(&plain),
             path.clone(),
         ))
         .expect("lands a message at a time");
