@@ -195,8 +195,10 @@ def test_a_streamed_put_carries_ragged_columns(client):
     data = images(40, seed=9)
 
     def batches():
-        for start in range(0, 40, 7):
+        for start in range(0, 42, 7):
             yield {"img": data[start : start + 7], "label": np.arange(start, min(start + 7, 40))}
+        # A slice past the end: no rows (an empty list says no type), skipped.
+        yield {"img": data[40:], "label": np.arange(0)}
 
     client.put("streamed-r", batches())
     got = client.get("streamed-r")

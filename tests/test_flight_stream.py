@@ -330,6 +330,27 @@ class TestWhatAHostilePassFound:
             assert len(pulled) < 32, f"{len(pulled)} batches of 8 MiB were taken"
             assert client.list() == []
 
+    def test_a_put_without_a_name_is_refused_at_its_first_message(self, client):
+        # Refused before its batches are received: a server could not charge them to its
+        # budget as they arrive, with no item to charge them to.
+        plain = flight.FlightClient(client.location)
+        schema = pa.schema([("a", pa.float64())])
+        batch = pa.record_batch({"a": np.zeros(1 << 20)})  # 8 MiB
+        options = flight.FlightCallOptions(timeout=30)
+        descriptor = flight.FlightDescriptor.for_command(b"no name")
+        writer, _ = plain.do_put(descriptor, schema, options=options)
+        sent = 0
+        try:
+            for _ in range(128):  # 1 GiB, if the server read it all
+                writer.write_batch(batch)
+                sent += 1
+        except (flight.FlightError, pa.ArrowException, OSError):
+            pass  # the stream was refused: the server's reason comes with its end
+        with pytest.raises(pa.ArrowInvalid, match="descriptor with a path"):
+            writer.close()
+        assert sent < 128
+        assert client.list() == []
+
     def test_scalars_are_not_rows(self, client):
         with pytest.raises(arrowbridge.ShapeError, match="0-d array"):
             client.put("k", iter([np.float64(1), np.float64(2)]))

@@ -41,6 +41,7 @@ from .flight.client import (
     _Connected,
     _describe,
     _names,
+    _no_ragged_rows,
     _one_array,
     _rank,
     _raw_batches,
@@ -514,7 +515,8 @@ async def _async_batches(
     data: AsyncIterable[Any],
 ) -> AsyncIterator[tuple[str, list[str], list[Any]]]:
     async for batch in data:
-        yield _columns(batch)
+        if not _no_ragged_rows(batch):
+            yield _columns(batch)
 
 
 async def _to_async(batches: Any) -> AsyncIterator[Any]:

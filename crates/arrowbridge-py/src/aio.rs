@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use arrowbridge_flight::{Client, ClientError, ClientResult};
 use arrowbridge_pyo3::BridgeResult;
+use futures::FutureExt;
 use pyo3::prelude::*;
 
 use crate::flight::client_error;
@@ -167,8 +168,26 @@ where
     let (completions, token) = done;
     let queue = completions.get().queue.clone();
     let task = client.spawn(async move {
+        // A panic is the call's error, not a future that never resolves.
+        let caught = {
+            let what = what.clone();
+            async move {
+                std::panic::AssertUnwindSafe(future)
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|panic| {
+                        Err(ClientError::Local(arrowbridge::Error::invalid(
+                            what,
+                            format!(
+                                "internal error (a Rust panic, please report it): {}",
+                                arrowbridge::panic_message(panic.as_ref())
+                            ),
+                        )))
+                    })
+            }
+        };
         let result = match limit {
-            Some(limit) => match tokio::time::timeout(limit, future).await {
+            Some(limit) => match tokio::time::timeout(limit, caught).await {
                 Ok(result) => result,
                 Err(_) => Err(ClientError::Timeout {
                     call: what,
@@ -176,7 +195,7 @@ where
                     kept: false,
                 }),
             },
-            None => future.await,
+            None => caught.await,
         };
         let outcome = result.map(|value| -> Convert { Box::new(move |py| convert(py, value)) });
         queue.push(token, outcome);

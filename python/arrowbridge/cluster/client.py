@@ -538,8 +538,16 @@ class ClusterClient:
                     puts = []
                     for location in shard["locations"]:
                         puts.append(self._client(location)._native.put_stream(shard["name"], form))
-                for put in puts:
-                    put.send(names, arrays, timeout=self._timeout)
+                # Each send returns once its batch is written: replicas are written at once.
+                if len(puts) == 1:
+                    puts[0].send(names, arrays, timeout=self._timeout)
+                else:
+                    self._parallel(
+                        [
+                            functools.partial(put.send, names, arrays, timeout=self._timeout)
+                            for put in puts
+                        ]
+                    )
                 rows += lengths.pop()
                 shard["rows"][1] = rows
                 shard["bytes"] += sum(_nbytes(a) for a in arrays)

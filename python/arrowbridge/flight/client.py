@@ -229,9 +229,21 @@ def _raw_batches(data: Any) -> Iterator[Any]:
 
 
 def _batches(data: Any) -> Iterator[tuple[str, list[str], list[Any]]]:
-    """The batches of a streamed put, each as (form, names, columns)."""
+    """The batches of a streamed put, each as (form, names, columns). A batch with an empty
+    list as a column (no rows of ragged data, whose type an empty list does not say) and no
+    rows in any other column adds nothing, and is skipped."""
     for batch in _raw_batches(data):
-        yield _columns(batch)
+        if not _no_ragged_rows(batch):
+            yield _columns(batch)
+
+
+def _no_ragged_rows(batch: Any) -> bool:
+    """Whether a batch is an empty list, or a dict with an empty list among its columns and
+    no rows in the others."""
+    columns = list(batch.values()) if isinstance(batch, Mapping) else [batch]
+    return any(type(c) is list and not c for c in columns) and all(
+        len(c) == 0 for c in columns if hasattr(c, "__len__")
+    )
 
 
 class ItemStream:

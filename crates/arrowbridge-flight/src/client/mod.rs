@@ -239,6 +239,7 @@ pub struct ItemInfo {
 
 /// A kernel argument of [`Client::call`].
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub enum Arg<'a> {
     /// An array sent with the call.
     Array(&'a ArrowTensor),

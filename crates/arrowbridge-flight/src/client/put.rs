@@ -442,7 +442,13 @@ fn encode_ragged_batch(
     // Rows travel whole, in messages the server accepts (headroom for the header, padding).
     arrowbridge::ipc::check_row_sizes(&batches, MAX_MESSAGE - (1 << 20)).map_err(context)?;
     let rows = batches.iter().map(RecordBatch::num_rows).sum();
-    let schema = naming_form(&batches[0].schema(), put.form);
+    // Rows not known in advance: the server lands each message as it arrives. (A stream of
+    // tensors announces its first batch's rows instead, and lands in one buffer per column
+    // that grows: a stored item of one batch, which kernels take without a copy.)
+    let schema = naming_form(
+        &arrowbridge::landing::announcing_a_stream(&batches[0].schema()),
+        put.form,
+    );
     Ok((frame_batch(put, schema, &batches, &what)?, rows))
 }
 
@@ -459,10 +465,9 @@ fn column_refs<'a>(columns: &'a [(&'a str, Column)]) -> Vec<(&'a str, &'a Column
     columns.iter().map(|(n, c)| (*n, c)).collect()
 }
 
-/// `schema` naming the item's form, and beginning a stream of rows not known in advance
-/// (the server lands each message as it arrives).
+/// `schema` naming the item's form.
 fn naming_form(schema: &Schema, form: ItemForm) -> SchemaRef {
-    let mut metadata = arrowbridge::landing::announcing_a_stream(schema).metadata;
+    let mut metadata = schema.metadata().clone();
     metadata.insert(ITEM_KEY.to_string(), form.name().to_string());
     Arc::new(schema.clone().with_metadata(metadata))
 }

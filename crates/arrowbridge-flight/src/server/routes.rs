@@ -284,7 +284,12 @@ fn first_message_len(read: &[u8]) -> Option<usize> {
 /// batches land, when it announces its rows; `None` otherwise.
 fn landing_of(message: &[u8]) -> Option<(FlightDescriptor, Schema, Arrival)> {
     let data = FlightData::decode(message).ok()?;
-    let descriptor = data.flight_descriptor.clone()?;
+    // A put without a name goes tonic's way, which refuses it at its first message (it
+    // could not be charged to the budget as it arrives).
+    let descriptor = data
+        .flight_descriptor
+        .clone()
+        .filter(|d| !d.path.is_empty())?;
     if data.data_header.is_empty() {
         return None;
     }
@@ -295,8 +300,8 @@ fn landing_of(message: &[u8]) -> Option<(FlightDescriptor, Schema, Arrival)> {
             Some(landing) => Arrival::Rows(landing),
             None => Arrival::Batches(Bodies::new("DoPut", shared)),
         },
-        // A streamed put, whose rows are not known yet: each message lands as it arrives,
-        // in blocks that grow, never copied to a larger buffer.
+        // A streamed put of ragged data, whose rows are not known yet: each message lands
+        // as it arrives, in blocks that grow, never copied to a larger buffer.
         None if announces_a_stream(&schema) => Arrival::Batches(Bodies::new("DoPut", shared)),
         None => return None,
     };

@@ -258,7 +258,14 @@ impl Service {
         let budgeted = messages.map(move |message| {
             let data = message?;
             if name.is_none() {
+                // The first message names the item; a put without a name could not be
+                // charged as it comes, so it is refused before the rest is received.
                 name = (data.flight_descriptor.as_ref()).and_then(|d| d.path.first().cloned());
+                if name.is_none() {
+                    return Err(Status::invalid_argument(
+                        "DoPut needs a descriptor with a path: [name]",
+                    ));
+                }
             }
             received = received.saturating_add(data.data_body.len());
             if let Some(name) = &name {
