@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.flight as flight
 import pytest
 
 import arrowbridge
@@ -238,3 +239,26 @@ def silent_server():
     for conn in accepted:
         conn.close()
     listener.close()
+
+
+class EchoServer(flight.FlightServerBase):
+    """A plain pyarrow.flight server: stores what is put, serves it back."""
+
+    def __init__(self, location):
+        super().__init__(location)
+        self.tables = {}
+
+    def do_put(self, context, descriptor, reader, writer):
+        self.tables[descriptor.path[0].decode()] = reader.read_all()
+
+    def do_get(self, context, ticket):
+        return flight.RecordBatchStream(self.tables[ticket.ticket.decode()])
+
+    def list_flights(self, context, criteria):
+        for name, t in self.tables.items():
+            descriptor = flight.FlightDescriptor.for_path(name)
+            yield flight.FlightInfo(t.schema, descriptor, [], t.num_rows, t.nbytes)
+
+    def get_flight_info(self, context, descriptor):
+        t = self.tables[descriptor.path[0].decode()]
+        return flight.FlightInfo(t.schema, descriptor, [], t.num_rows, t.nbytes)

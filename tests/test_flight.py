@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-from conftest import address, same_values, sample, start_cli_server
+from conftest import EchoServer, address, same_values, sample, start_cli_server
 
 import arrowbridge
 from arrowbridge import _native
@@ -127,29 +127,6 @@ def test_a_plain_pyarrow_flight_client_can_do_everything(server):
         "health",
         "shm",
     }
-
-
-class EchoServer(flight.FlightServerBase):
-    """A plain pyarrow.flight server: stores what is put, serves it back."""
-
-    def __init__(self, location):
-        super().__init__(location)
-        self.tables = {}
-
-    def do_put(self, context, descriptor, reader, writer):
-        self.tables[descriptor.path[0].decode()] = reader.read_all()
-
-    def do_get(self, context, ticket):
-        return flight.RecordBatchStream(self.tables[ticket.ticket.decode()])
-
-    def list_flights(self, context, criteria):
-        for name, t in self.tables.items():
-            descriptor = flight.FlightDescriptor.for_path(name)
-            yield flight.FlightInfo(t.schema, descriptor, [], t.num_rows, t.nbytes)
-
-    def get_flight_info(self, context, descriptor):
-        t = self.tables[descriptor.path[0].decode()]
-        return flight.FlightInfo(t.schema, descriptor, [], t.num_rows, t.nbytes)
 
 
 def test_our_client_against_a_pyarrow_flight_server():

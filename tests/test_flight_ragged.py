@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.flight as pf
 import pytest
-from conftest import address, same_values
+from conftest import EchoServer, address, same_values
 
 import arrowbridge
 import arrowbridge.aio
@@ -72,6 +72,24 @@ def test_a_plain_flight_writer_put_reads_back_as_a_list(server, client):
     writer.close()
     got = client.get("from-pyarrow")
     assert same_list(got["img"], data)
+
+
+def test_ragged_data_in_batches_of_a_plain_flight_server_is_got_as_one_list():
+    # A pyarrow.flight server serves a table of three record batches (its chunks) and lists
+    # no endpoints: every batch's rows arrive, in order, each element aligned for NumPy.
+    data = images(n=30, seed=5, dtype=np.float64)
+    whole = pa.record_batch({"img": arrowbridge.to_arrow(data), "n": np.arange(len(data))})
+    table = pa.Table.from_batches([whole.slice(0, 7), whole.slice(7, 1), whole.slice(8)])
+    srv = EchoServer("grpc://127.0.0.1:0")
+    try:
+        srv.tables["ragged"] = table
+        with arrowbridge.connect(f"grpc://127.0.0.1:{srv.port}") as client:
+            got = client.get("ragged")
+    finally:
+        srv.shutdown()
+    assert same_list(got["img"], data)
+    assert same_values(got["n"], np.arange(len(data)))
+    assert all(address(a) % 8 == 0 for a in got["img"])
 
 
 def test_dict_with_ragged_and_dense_columns_slices_and_streams(client):

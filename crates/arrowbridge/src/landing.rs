@@ -801,6 +801,17 @@ impl Sink for Bodies {
     }
 }
 
+/// Whether a stream of `schema`'s batches can land message by message in [`Bodies`]: every
+/// column holds tensors (fixed-width rows) or ragged tensors (`arrow.variable_shape_tensor`),
+/// which need no dictionary messages. A receiver that does not know the rows, or whose
+/// columns are ragged, lands such a stream there instead of decoding gathered messages.
+pub fn lands_in_bodies(schema: &Schema) -> bool {
+    schema
+        .fields()
+        .iter()
+        .all(|f| crate::ragged::is_ragged_field(f) || Layout::of(f.data_type()).is_some())
+}
+
 /// The bytes of one row of each column of `schema`, or `None` when a column's rows are not
 /// fixed-width values (primitive values, or fixed-size lists of them).
 pub fn row_bytes(schema: &Schema) -> Option<Vec<usize>> {

@@ -5,7 +5,7 @@
 
 use arrow_flight::Ticket;
 use arrow_schema::Schema;
-use arrowbridge::landing::Part;
+use arrowbridge::landing::Sink;
 use bytes::Bytes;
 use prost::Message;
 use tonic::transport::Channel;
@@ -18,7 +18,8 @@ use crate::wire::parse::Parser;
 /// The gRPC method.
 pub(crate) const DO_GET: &str = "/arrow.flight.protocol.FlightService/DoGet";
 
-/// Fetches the DoGet stream of `ticket` over `channel` into `part`; the stream's schema must
+/// Fetches the DoGet stream of `ticket` over `channel` into `part` (the rows of a
+/// [`arrowbridge::landing::Destination`], or [`arrowbridge::landing::Bodies`]); the stream's schema must
 /// have `expected`'s fields. `authorization` is the request's header of that name.
 pub(crate) async fn do_get_into(
     channel: Channel,
@@ -26,7 +27,7 @@ pub(crate) async fn do_get_into(
     ticket: &[u8],
     what: &str,
     expected: &Schema,
-    part: &mut Part<'_>,
+    part: &mut impl Sink,
 ) -> ClientResult<()> {
     let request = ticket_request(ticket, what)?;
     let body = tonic::body::Body::new(http_body_util::Full::new(Bytes::from(request)));

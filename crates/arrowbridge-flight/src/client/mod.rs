@@ -46,7 +46,7 @@ use arrow_flight::{
 };
 use arrow_schema::{Schema, SchemaRef};
 use arrowbridge::ipc::Column;
-use arrowbridge::landing::Destination;
+use arrowbridge::landing::{Bodies, Destination};
 use arrowbridge::{ArrowTensor, Params};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use tonic::metadata::AsciiMetadataValue;
@@ -1219,6 +1219,11 @@ impl Client {
                 } else {
                     info.endpoint.clone()
                 };
+                // Ragged columns (and tensors of a stream whose rows are not known) land
+                // message by message as the frames bring them, each body copied once into
+                // aligned blocks; other columns (strings, dictionaries) go to arrow-ipc's
+                // decoder whole messages at a time.
+                let in_bodies = arrowbridge::landing::lands_in_bodies(&schema);
                 for (index, endpoint) in endpoints.iter().enumerate() {
                     let received = self
                         .read_replicas(
@@ -1228,6 +1233,30 @@ impl Client {
                             false,
                             &mut (),
                             |(), route, ticket| {
+                                if in_bodies {
+                                    let schema = schema.clone();
+                                    return async move {
+                                        let auth = route.header_authorization();
+                                        let channel = route.channel().await?;
+                                        let mut bodies = Bodies::new("DoGet", schema.clone());
+                                        let ticket = &ticket.ticket;
+                                        do_get_into(
+                                            channel,
+                                            auth.as_ref(),
+                                            ticket,
+                                            "DoGet",
+                                            &schema,
+                                            &mut bodies,
+                                        )
+                                        .await?;
+                                        Ok(Received {
+                                            descriptor: None,
+                                            schema: None,
+                                            batches: bodies.into_batches()?,
+                                        })
+                                    }
+                                    .boxed();
+                                }
                                 let request = route.request(ticket);
                                 async move {
                                     let service = service(route.channel().await?);
