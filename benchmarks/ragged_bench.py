@@ -20,7 +20,7 @@ import numpy as np
 import arrowbridge
 
 
-def best_of(fn, repeats: int) -> float:
+def median_of(fn, repeats: int) -> float:
     """The median of `repeats` timings of `fn()` after one warm-up call, in seconds."""
     fn()
     times = []
@@ -31,19 +31,38 @@ def best_of(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def medians_interleaved(fns: dict[str, object], repeats: int, before=None) -> dict[str, float]:
+    """The median of `repeats` timings of each of `fns` after one warm-up call each, in
+    seconds, the calls taking turns: what slows the machine for a while slows each alike.
+    `before(name)`, if given, runs untimed before each call."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if before is not None:
+                before(name)
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def run(quick: bool = False) -> dict[str, float]:
     n, element = (2_000, 64 << 10) if quick else (10_000, 64 << 10)
     repeats = 5 if quick else 11
     rng = np.random.default_rng(0)
     arrays = [rng.standard_normal(element // 8).reshape(-1, 8 << (i % 4)) for i in range(n)]
     total = sum(a.nbytes for a in arrays)
-    to_arrow = best_of(lambda: arrowbridge.to_arrow(arrays), repeats)
-    concat = best_of(lambda: np.concatenate([a.reshape(-1) for a in arrays]), repeats)
+    to_arrow = median_of(lambda: arrowbridge.to_arrow(arrays), repeats)
+    concat = median_of(lambda: np.concatenate([a.reshape(-1) for a in arrays]), repeats)
     # The same copy into memory already faulted in (to_arrow's allocator reuses warm pages).
     out = np.empty(total // 8)
-    concat_out = best_of(lambda: np.concatenate([a.reshape(-1) for a in arrays], out=out), repeats)
+    concat_out = median_of(
+        lambda: np.concatenate([a.reshape(-1) for a in arrays], out=out), repeats
+    )
     t = arrowbridge.to_arrow(arrays)
-    to_numpy = best_of(lambda: arrowbridge.to_numpy(t), repeats)
+    to_numpy = median_of(lambda: arrowbridge.to_numpy(t), repeats)
 
     def parts(size: int):
         values = np.empty(size // 4, np.float32)
@@ -55,8 +74,8 @@ def run(quick: bool = False) -> dict[str, float]:
 
         return go
 
-    small = best_of(parts(1 << 10), 51)
-    big = best_of(parts(1 << 30), 51)
+    small = median_of(parts(1 << 10), 51)
+    big = median_of(parts(1 << 30), 51)
     ipc = ipc_times((64 << 20) if quick else (1 << 30), 3 if quick else 5)
     flight = flight_times((64 << 20) if quick else (1 << 30), 3 if quick else 5)
     return {
@@ -86,22 +105,24 @@ def ipc_times(size: int, repeats: int) -> dict[str, float]:
         for name, data, nbytes in [("dense", dense, size), ("ragged", ragged, ragged_bytes)]:
             path = Path(tmp) / f"{name}.arrow"
             out[f"ipc_write_{name}"] = (
-                best_of(lambda d=data, p=path: arrowbridge.write_ipc(p, {"x": d}), repeats) / nbytes
+                median_of(lambda d=data, p=path: arrowbridge.write_ipc(p, {"x": d}), repeats)
+                / nbytes
             )
             out[f"ipc_read_{name}"] = (
-                best_of(lambda p=path: arrowbridge.read_ipc(p, mmap=False), repeats) / nbytes
+                median_of(lambda p=path: arrowbridge.read_ipc(p, mmap=False), repeats) / nbytes
             )
     return out
 
 
 def _same_bytes(size: int) -> tuple[np.ndarray, list[np.ndarray], int]:
-    """`size` bytes as a dense (1024, k) tensor and as 1,024 rows of three widths (the
-    ragged list, views of the same values)."""
+    """`size` bytes as a dense (1024, k) tensor and as 1,024 rows of four widths (k/2, 3k/2,
+    3k/4, 5k/4: the ragged list), both views of the same values, every byte in each."""
     rows = 1024
     per_row = size // 8 // rows
     flat = np.random.default_rng(1).standard_normal(per_row * rows)
-    widths = [per_row >> (i % 3) for i in range(rows)]
-    ragged = [flat[i * per_row : i * per_row + w].reshape(-1, 1) for i, w in enumerate(widths)]
+    widths = [per_row * (2, 6, 3, 5)[i % 4] // 4 for i in range(rows)]
+    ends = np.cumsum(widths)
+    ragged = [flat[e - w : e].reshape(-1, 1) for e, w in zip(ends, widths, strict=True)]
     return flat.reshape(rows, per_row), ragged, sum(r.nbytes for r in ragged)
 
 
@@ -115,16 +136,31 @@ def flight_times(size: int, repeats: int) -> dict[str, float]:
     out = {"flight_bytes": size}
     with process(ours("--port", "0")) as (_, line):
         with arrowbridge.connect(location_of(line), shm=False) as client:
-            sent = [("dense", dense, size), ("ragged", ragged, ragged_bytes)]
             # The same ragged column already in Arrow (to_arrow's result): no copy to make.
-            sent.append(("ragged_arrow", arrowbridge.to_arrow(ragged), ragged_bytes))
-            for name, data, nbytes in sent:
-                put = best_of(lambda d=data, n=name: client.put(n, d), repeats)
-                out[f"flight_put_{name}"] = put / nbytes
-                if name != "ragged_arrow":
-                    get = best_of(lambda n=name: client.get(n), repeats)
-                    out[f"flight_get_{name}"] = get / nbytes
-                client.delete(name)
+            sent = {
+                "dense": (dense, size),
+                "ragged": (ragged, ragged_bytes),
+                "ragged_arrow": (arrowbridge.to_arrow(ragged), ragged_bytes),
+            }
+            # Each put stores a new item (the last one deleted, untimed): a put that replaces
+            # an item allocates while the old version lives, so whether the allocator still
+            # holds pages freed a round earlier would decide the time, not the transfer.
+            puts = medians_interleaved(
+                {name: lambda n=name, d=data: client.put(n, d) for name, (data, _) in sent.items()},
+                repeats,
+                before=client.delete,
+            )
+            # Gets one kind at a time: each get lands in pages the allocator keeps for a
+            # second after the last get of that kind freed them, as a client that gets an
+            # item again and again does.
+            gets = {
+                name: median_of(lambda n=name: client.get(n), repeats)
+                for name in ("dense", "ragged")
+            }
+            for name, (_, nbytes) in sent.items():
+                out[f"flight_put_{name}"] = puts[name] / nbytes
+                if name in gets:
+                    out[f"flight_get_{name}"] = gets[name] / nbytes
     return out
 
 
