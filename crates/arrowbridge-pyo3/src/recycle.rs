@@ -26,6 +26,11 @@ mod pool;
 ///
 /// On other systems than Linux it is the inner allocator, unchanged.
 ///
+/// A large block that grows (`realloc`, as a buffer that doubles while rows arrive does)
+/// takes a kept block of its new size when there is one, and otherwise keeps its pages,
+/// which the kernel moves to a larger range (`mremap`): its bytes are never copied into
+/// fresh pages, and one that shrinks stays where it is.
+///
 /// What is kept is bounded: at most 8 blocks and an eighth of the machine's RAM, and a
 /// thread (`arrowbridge-recycle`) returns each block to the kernel one second after it was
 /// freed, so an idle process holds nothing extra. The same thread unmaps the blocks the pool

@@ -336,18 +336,102 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Recycling<A> {
             // SAFETY: see the impl.
             (false, false) => unsafe { self.0.realloc(ptr, layout, new_size) },
             (true, true) if mapped(layout.size()) == mapped(new_size) => ptr,
-            // SAFETY: see the impl: a block of `layout` is valid for the smaller of the two
-            // sizes; the new block fits them, and the old one is freed with its layout.
-            _ => unsafe {
-                let moved = self.alloc(new);
-                if !moved.is_null() {
-                    std::ptr::copy_nonoverlapping(ptr, moved, layout.size().min(new_size));
-                    self.dealloc(ptr, layout);
+            // A block that grows: into a kept block of the new size if there is one (a copy
+            // into pages already faulted in costs less than faulting in fresh ones, on a
+            // virtual machine several times less), else its pages move. One that shrinks
+            // stays where it is.
+            (true, true) => {
+                // The pool's lock is let go before the old block is freed (which takes it).
+                let kept = if new_size > layout.size() {
+                    pool().take(mapped(new_size))
+                } else {
+                    None // shrinking in place copies nothing
+                };
+                if let Some(start) = kept {
+                    // SAFETY: a kept block of the new size, now the caller's; the old block
+                    // is valid for the smaller size and freed with its own.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            ptr,
+                            start as *mut u8,
+                            layout.size().min(new_size),
+                        );
+                        self.free_large(ptr, mapped(layout.size()));
+                    }
+                    return start as *mut u8;
                 }
-                moved
-            },
+                // SAFETY: `ptr` is a block of `mapped(layout.size())` bytes (see the impl).
+                match unsafe { remap(ptr, mapped(layout.size()), mapped(new_size)) } {
+                    Some(moved) => moved,
+                    // SAFETY: as below.
+                    None => unsafe { self.copied(ptr, layout, new) },
+                }
+            }
+            // SAFETY: see the impl.
+            _ => unsafe { self.copied(ptr, layout, new) },
         }
     }
+}
+
+impl<A: GlobalAlloc> Recycling<A> {
+    /// `realloc` by a new block and a copy.
+    ///
+    /// # Safety
+    /// `ptr` is a block of `layout` from this allocator; `new` has its alignment and a
+    /// non-zero size.
+    unsafe fn copied(&self, ptr: *mut u8, layout: Layout, new: Layout) -> *mut u8 {
+        // SAFETY: a block of `layout` is valid for the smaller of the two sizes; the new
+        // block fits them, and the old one is freed with its layout.
+        unsafe {
+            let moved = self.alloc(new);
+            if !moved.is_null() {
+                std::ptr::copy_nonoverlapping(ptr, moved, layout.size().min(new.size()));
+                self.dealloc(ptr, layout);
+            }
+            moved
+        }
+    }
+}
+
+/// The large block at `ptr` of `old` mapped bytes as one of `new`, its pages moved, not
+/// copied: the kernel grows the mapping where it lies, or moves its page tables to a new
+/// range aligned to a huge page (a buffer that doubles as rows arrive, a streamed put's,
+/// would otherwise copy everything it holds at every doubling and touch twice its pages).
+/// `None` when the kernel cannot; the block is then unchanged.
+///
+/// # Safety
+/// `ptr` is a block of `old` mapped bytes from [`Recycling::alloc_large`]; on `Some` the
+/// caller no longer uses `ptr` but the block returned.
+unsafe fn remap(ptr: *mut u8, old: usize, new: usize) -> Option<*mut u8> {
+    let start = ptr.cast::<libc::c_void>();
+    // SAFETY: `start` is a whole mapping of `old` bytes that this pool made. Without
+    // MREMAP_MAYMOVE it stays where it is: shrunk, or grown into free address space.
+    let in_place = unsafe { libc::mremap(start, old, new, 0) };
+    if in_place != libc::MAP_FAILED {
+        return Some(ptr);
+    }
+    // A range of `new` bytes aligned to a huge page for the pages to move to; mremap
+    // replaces the mapping there with the block's.
+    let target = map(new);
+    if target.is_null() {
+        return None;
+    }
+    // SAFETY: the block moves onto `target`, a mapping of `new` bytes just made and used by
+    // nothing else; on failure nothing moved and the target is unmapped.
+    unsafe {
+        let moved = libc::mremap(
+            start,
+            old,
+            new,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            target.cast::<libc::c_void>(),
+        );
+        if moved == libc::MAP_FAILED {
+            libc::munmap(target.cast(), new);
+            return None;
+        }
+    }
+    Some(target)
 }
 
 #[cfg(test)]
@@ -435,5 +519,72 @@ mod tests {
         assert!(!ptr.is_null());
         assert_eq!(ptr as usize % HUGE_PAGE, 0);
         unmap(&[kept(ptr as usize, HUGE_PAGE * 2, Instant::now())]);
+    }
+
+    #[test]
+    fn a_growing_block_moves_into_a_kept_block_of_its_new_size() {
+        // Sizes no other test uses: the pool is the process's.
+        let recycling = Recycling(std::alloc::System);
+        let small = Layout::from_size_align(38 << 20, 64).unwrap();
+        let large = Layout::from_size_align(74 << 20, 64).unwrap();
+        // SAFETY: blocks used within their layouts, freed with them.
+        unsafe {
+            let kept = recycling.alloc(large);
+            recycling.dealloc(kept, large);
+            let block = recycling.alloc(small);
+            block.write_bytes(5, small.size());
+            let grown = recycling.realloc(block, small, large.size());
+            assert_eq!(grown, kept, "the kept block, already faulted in");
+            assert_eq!(*grown.add(small.size() - 1), 5);
+            recycling.dealloc(grown, large);
+        }
+    }
+
+    #[test]
+    fn a_large_block_grows_and_shrinks_keeping_its_bytes_in_place_or_moved() {
+        let (old, new) = (16 * HUGE_PAGE, 64 * HUGE_PAGE);
+        for blocked in [false, true] {
+            let ptr = map(old);
+            assert!(!ptr.is_null());
+            // A mapping right after the block: it cannot grow where it lies and must move.
+            let blocker = blocked.then(|| {
+                // SAFETY: a new mapping at a free address or none (MAP_FIXED_NOREPLACE).
+                let at = unsafe {
+                    libc::mmap(
+                        ptr.add(old).cast(),
+                        HUGE_PAGE,
+                        libc::PROT_READ,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                        -1,
+                        0,
+                    )
+                };
+                assert_ne!(at, libc::MAP_FAILED);
+                at
+            });
+            // SAFETY: the block is `old` bytes, written within them, grown and shrunk by
+            // `remap`, then used only through the pointer it returns and unmapped whole.
+            unsafe {
+                for page in (0..old).step_by(4096) {
+                    *ptr.add(page) = (page / 4096) as u8;
+                }
+                let grown = remap(ptr, old, new).expect("the kernel moves mappings");
+                assert_eq!(grown as usize % HUGE_PAGE, 0);
+                if blocked {
+                    assert_ne!(grown, ptr);
+                }
+                for page in (0..old).step_by(4096) {
+                    assert_eq!(*grown.add(page), (page / 4096) as u8);
+                }
+                *grown.add(new - 1) = 9;
+                let shrunk = remap(grown, new, old).expect("shrinking stays in place");
+                assert_eq!(shrunk, grown);
+                assert_eq!(*shrunk.add(old - 4096), ((old - 4096) / 4096) as u8);
+                unmap(&[kept(shrunk as usize, old, Instant::now())]);
+                if let Some(at) = blocker {
+                    libc::munmap(at, HUGE_PAGE);
+                }
+            }
+        }
     }
 }
