@@ -188,6 +188,21 @@ class TestStreamedPut:
         info = client.info("g")
         assert info["rows"] == 5_000
 
+    @pytest.mark.parametrize("rows", [0, 2_500, 5_000, 12_000])
+    def test_a_stream_replacing_an_item_stores_its_own_rows(self, client, rows):
+        # The server sets aside the replaced item's 5,000 rows for a stream of its columns:
+        # a shorter stream keeps only its rows, a longer one grows past them.
+        client.put("r", np.zeros((5_000, 4), np.float32))
+        batches = [np.full((min(1_000, rows - i), 4), i, np.float32) for i in range(0, rows, 1_000)]
+        client.put("r", iter(batches or [np.zeros((0, 4), np.float32)]))
+        got = client.get("r")
+        assert got.shape == (rows, 4)
+        assert same_values(got, np.concatenate(batches or [np.zeros((0, 4), np.float32)]))
+        assert client.info("r")["bytes"] == rows * 16
+        # Other columns: nothing set aside, the stream is stored as sent.
+        client.put("r", iter([np.arange(3.0), np.arange(2.0)]))
+        assert same_values(client.get("r"), np.array([0.0, 1, 2, 0, 1]))
+
     def test_a_generator_that_refills_one_buffer_puts_every_batch(self, client):
         # Data loaders fill one buffer per batch. Each batch's messages view the buffer, so
         # a send returns only once the connection has written them; before, refilled

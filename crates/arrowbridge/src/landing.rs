@@ -53,9 +53,29 @@ use crate::error::{Error, Result};
 /// Schema metadata key: how many rows the stream that this schema begins carries.
 pub const ROWS_KEY: &str = "arrowbridge.rows";
 
-/// The rows a schema announces ([`ROWS_KEY`]), if it does.
+/// The rows a schema announces ([`ROWS_KEY`]), if it does: all of them, or the first
+/// batch's of a stream that may bring more ([`announcing_at_least`]).
 pub fn announced_rows(schema: &Schema) -> Option<usize> {
-    schema.metadata().get(ROWS_KEY)?.parse().ok()
+    let value = schema.metadata().get(ROWS_KEY)?;
+    value.strip_suffix('+').unwrap_or(value).parse().ok()
+}
+
+/// Whether a schema announces the rows of a stream's first batch, more maybe to follow
+/// ([`announcing_at_least`]).
+pub fn announces_more_rows(schema: &Schema) -> bool {
+    schema
+        .metadata()
+        .get(ROWS_KEY)
+        .is_some_and(|v| v.ends_with('+'))
+}
+
+/// `schema` beginning a stream of at least `rows` rows, those of its first batch (a
+/// streamed put of tensors): [`ROWS_KEY`] is `"{rows}+"`. A receiver that does not know the
+/// form reads no announcement.
+pub fn announcing_at_least(schema: &Schema, rows: usize) -> Schema {
+    let mut metadata = schema.metadata().clone();
+    metadata.insert(ROWS_KEY.to_string(), format!("{rows}+"));
+    schema.clone().with_metadata(metadata)
 }
 
 /// The value of [`ROWS_KEY`] for a stream whose rows are not known when it begins (a
@@ -535,6 +555,24 @@ impl Landing {
         self.buffers.iter().map(MutableBuffer::capacity).sum()
     }
 
+    /// The bytes [`set_aside`](Self::set_aside) would hold for `rows` rows.
+    pub fn bytes_for(&self, rows: usize) -> Result<usize> {
+        let sizes = sizes(&self.what, &self.layouts, rows)?;
+        Ok(sizes.iter().sum())
+    }
+
+    /// Sets room aside for `rows` rows in all (a stream expected to be that long), so that
+    /// the buffers need not grow as they come. Fails when they would not fit in memory.
+    pub fn set_aside(&mut self, rows: usize) -> Result<()> {
+        let sizes = sizes(&self.what, &self.layouts, rows)?;
+        for (buffer, size) in self.buffers.iter_mut().zip(sizes) {
+            if size > buffer.capacity() {
+                buffer.reserve(size - buffer.len());
+            }
+        }
+        Ok(())
+    }
+
     /// Appends the rows of one record-batch message (the message as for [`Part::fill`]).
     pub fn fill(&mut self, metadata: &[u8], body: &[u8]) -> Result<()> {
         let Some((rows, values)) =
@@ -580,9 +618,10 @@ impl Landing {
             .buffers
             .into_iter()
             .map(|mut b| {
-                if b.capacity() > b.len().saturating_mul(2).max(4096) {
-                    b.shrink_to_fit(); // far fewer rows than announced
-                }
+                // Fewer rows than announced or set aside, or room a growing stream did not
+                // use: given back (under arrowbridge_pyo3::Recycling a large block shrinks
+                // where it lies, copying nothing).
+                b.shrink_to_fit();
                 Buffer::from(b)
             })
             .collect();

@@ -395,6 +395,9 @@ fn encode_batch(
             ),
         }));
     }
+    // The first batch's rows, more maybe to follow: a server that lands the stream in one
+    // buffer per column may set aside more at once.
+    let schema = Arc::new(arrowbridge::landing::announcing_at_least(&schema, rows));
     frame_batch(put, schema, &batches, &what)
 }
 

@@ -19,7 +19,9 @@ use std::task::{Context, Poll};
 use arrow_flight::flight_service_server::FlightServiceServer;
 use arrow_flight::{FlightData, FlightDescriptor, Ticket};
 use arrow_schema::Schema;
-use arrowbridge::landing::{announced_rows, announces_a_stream, Bodies, Incoming, Landing, Sink};
+use arrowbridge::landing::{
+    announced_rows, announces_a_stream, announces_more_rows, Bodies, Incoming, Landing, Sink,
+};
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use http_body::Frame;
@@ -221,6 +223,9 @@ async fn do_put(
             return Ok(status.into_http());
         }
     }
+    if let (Arrival::Rows(rows), Some(name)) = (&mut landing, descriptor.path.first()) {
+        set_aside_for_replaced(&service, name, &schema, rows);
+    }
     let admitted = landing.bytes();
     let name = descriptor.path.first().cloned();
     let landed = async {
@@ -270,6 +275,30 @@ async fn do_put(
         }
         Err(status) => status.into_http(),
     })
+}
+
+/// A streamed put of tensors ([`announces_more_rows`]) that replaces an item of the same
+/// columns is likely as long as that item: its rows are set aside at once, one allocation
+/// (which the allocator may serve from pages a replaced version freed), where the buffers
+/// would otherwise grow from the first batch's rows. Only when the budget admits them; a
+/// shorter stream gives back what it did not use ([`Landing::into_batch`]).
+fn set_aside_for_replaced(service: &Service, name: &str, schema: &Schema, landing: &mut Landing) {
+    if !announces_more_rows(schema) {
+        return;
+    }
+    let Some(item) = service.item(name) else {
+        return;
+    };
+    if item.shards.is_some() || item.schema.fields() != schema.fields() {
+        return;
+    }
+    let Ok(bytes) = landing.bytes_for(item.rows()) else {
+        return;
+    };
+    if bytes > landing.bytes() && service.admits(name, bytes).is_ok() {
+        // Room it cannot get is only a hint not taken: the buffers grow as rows come.
+        let _ = landing.set_aside(item.rows());
+    }
 }
 
 /// The length of the gRPC message whose prefix begins `read`, when it is one this server

@@ -445,12 +445,17 @@ impl Service {
         Ok(result)
     }
 
-    /// Whether a put of `bytes` under `name` fits the server's memory budget now.
     /// Whether puts are stored in a data directory (written to their files as they arrive).
     pub(crate) fn stores_files(&self) -> bool {
         self.store.has_data_dir()
     }
 
+    /// The item stored under `name`.
+    pub(crate) fn item(&self, name: &str) -> Option<Arc<Stored>> {
+        self.store.get(name)
+    }
+
+    /// Whether a put of `bytes` under `name` fits the server's memory budget now.
     pub(crate) fn admits(&self, name: &str, bytes: usize) -> Result<(), Status> {
         Ok(self.store.admits(name, bytes)?)
     }
