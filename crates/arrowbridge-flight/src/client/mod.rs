@@ -156,9 +156,12 @@ impl From<Status> for ClientError {
         let mut code = status.code();
         // A status with a source was made here, from a transport failure (a connection that
         // broke, a server that died mid-call), never received from a server: the server is
-        // unavailable, whatever code the transport chose.
+        // unavailable, whatever code the transport chose. A request that a closing
+        // connection dropped says "cancelled" (hyper's word), though nobody cancelled it.
         if let Some(source) = std::error::Error::source(&status) {
-            if code == Code::Unknown {
+            let transport = std::iter::successors(Some(source), |e| e.source())
+                .any(|e| e.is::<tonic::transport::Error>());
+            if code == Code::Unknown || (code == Code::Cancelled && transport) {
                 code = Code::Unavailable;
             }
             let causes = error_sources(source);
