@@ -327,3 +327,44 @@ def test_closing_the_client_ends_the_calls_it_had_under_way(server):
     done, task = asyncio.run(main())
     assert done, "the call ended with the client"
     assert isinstance(task.exception(), arrowbridge.FlightCallError)
+
+
+def test_calls_queued_for_a_later_turn_fail_and_cancel_one_by_one(server):
+    # A gather of many calls starts them over several turns of the loop: a queued call's
+    # bad argument fails that call only, a queued call cancelled before its turn never
+    # starts, and closing the client ends the ones still waiting.
+    x = np.arange(1024, dtype=np.float64)
+    bad = np.array(["not", "numbers"], dtype=object)
+
+    async def main():
+        async with aio.connect(server.location) as client:
+            await client.health()
+            args = [bad if i % 50 == 49 else x for i in range(300)]
+            mixed = await asyncio.gather(
+                *(client.call("identity", a) for a in args), return_exceptions=True
+            )
+            tasks = [asyncio.create_task(client.call("identity", x)) for _ in range(300)]
+            await asyncio.sleep(0)  # the first turn starts some; the rest wait
+            for task in tasks[150:]:
+                task.cancel()
+            ended = await asyncio.gather(*tasks, return_exceptions=True)
+            after = await client.call("identity", x)
+            queued = [asyncio.create_task(client.call("identity", x)) for _ in range(300)]
+            await asyncio.sleep(0)
+        closed = await asyncio.gather(*queued, return_exceptions=True)
+        return mixed, ended, after, closed
+
+    mixed, ended, after, closed = asyncio.run(asyncio.wait_for(main(), 60))
+    for i, r in enumerate(mixed):
+        if i % 50 == 49:
+            assert isinstance(r, arrowbridge.UnsupportedTypeError), (i, r)
+            assert "object" in str(r)
+        else:
+            assert np.array_equal(r, x), (i, r)
+    assert all(np.array_equal(r, x) for r in ended[:150])
+    assert all(isinstance(r, asyncio.CancelledError) for r in ended[150:])
+    assert np.array_equal(after, x)
+    errors = [r for r in closed if isinstance(r, arrowbridge.FlightCallError)]
+    assert errors, "calls still queued when the client closed end with an error"
+    assert any("before the call began" in str(e) for e in errors)
+    assert all(isinstance(r, (np.ndarray, arrowbridge.FlightCallError)) for r in closed)

@@ -54,15 +54,32 @@ from .flight.client import (
 
 #: Outcomes settled per wake-up of the loop, and seconds of calls started per turn of it: the
 #: longest the client holds the loop up at once is about their sum.
-_DRAIN = 128
-_BURST = 0.002
-_ADMIT = 128
+_DRAIN = 32
+_BURST = 0.0005
+
+
+class _Queued:
+    """A call waiting for a later turn of the loop to start."""
+
+    __slots__ = ("future", "pending", "start", "token")
+
+    def __init__(self, start: Callable[[Any], Any], token: int, future: asyncio.Future[Any]):
+        self.start = start
+        self.token = token
+        self.future = future
+        self.pending: Any = None
 
 
 class _Calls:
     """The calls of one client under way in one event loop: each native call queues its
     outcome (with its token) in ``native``, whose descriptor the loop watches; a wake-up
-    drains every outcome queued so far and settles their futures."""
+    drains the outcomes queued so far and settles their futures.
+
+    Calls started in one turn of the loop run back to back (``asyncio.gather`` of a
+    thousand calls): past ``_BURST`` seconds of starting them, the rest queue up and later
+    turns start them, ``_BURST`` seconds' worth each, so that the loop's other work is not
+    held up for long. A queued call's task is not woken to start it: it awaits its outcome
+    only."""
 
     def __init__(self) -> None:
         self.native = _native.Completions()
@@ -71,19 +88,24 @@ class _Calls:
         self.loop: asyncio.AbstractEventLoop | None = None
         #: When the calls started in this turn of the loop began (None: none yet).
         self.burst: float | None = None
-
-        #: Calls waiting for a later turn to start, and whether one is due to admit some.
-        self.waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+        #: Calls waiting for a later turn to start, and whether one is due to start some.
+        self.waiting: collections.deque[_Queued] = collections.deque()
         self.admitting = False
 
     def _end_burst(self) -> None:
         self.burst = None
 
     def _admit(self) -> None:
-        for _ in range(min(_ADMIT, len(self.waiting))):
-            turn = self.waiting.popleft()
-            if not turn.done():  # a cancelled call is skipped
-                turn.set_result(None)
+        until = time.perf_counter() + _BURST
+        while self.waiting and time.perf_counter() < until:
+            queued = self.waiting.popleft()
+            if queued.future.done():  # cancelled while it waited
+                continue
+            try:
+                queued.pending = queued.start((self.native, queued.token))
+            except Exception as error:
+                self.futures.pop(queued.token, None)
+                queued.future.set_exception(error)
         if self.waiting and self.loop is not None:
             self.loop.call_soon(self._admit)
         else:
@@ -129,35 +151,38 @@ class _Calls:
         return future
 
     async def run(self, start: Callable[[Any], Any]) -> Any:
-        """Starts a native call with ``(completions, token)``; awaits its outcome, and
-        cancels the call if the awaiting task is cancelled."""
+        """Starts a native call with ``(completions, token)`` (now, or in a later turn of
+        the loop: see the class); awaits its outcome, and cancels the call if the awaiting
+        task is cancelled."""
         loop = asyncio.get_running_loop()
         self._watch(loop)
-        # Calls started in one turn of the loop run back to back (asyncio.gather of a
-        # thousand calls): past _BURST seconds of them, the rest queue up and start _ADMIT
-        # per later turn, so that the loop's other work is not held up for long.
-        if self.waiting or (self.burst is not None and time.perf_counter() - self.burst > _BURST):
-            turn = loop.create_future()
-            self.waiting.append(turn)
-            if not self.admitting:
-                self.admitting = True
-                loop.call_soon(self._admit)
-            await turn
-        elif self.burst is None:
-            self.burst = time.perf_counter()
-            loop.call_soon(self._end_burst)
         token = next(self.tokens)
         future = loop.create_future()
         self.futures[token] = future
-        try:
-            pending = start((self.native, token))
-        except BaseException:
-            del self.futures[token]
-            raise
+        queued = None
+        if self.waiting or (self.burst is not None and time.perf_counter() - self.burst > _BURST):
+            queued = _Queued(start, token, future)
+            self.waiting.append(queued)
+            if not self.admitting:
+                self.admitting = True
+                loop.call_soon(self._admit)
+            pending = None
+        else:
+            if self.burst is None:
+                self.burst = time.perf_counter()
+                loop.call_soon(self._end_burst)
+            try:
+                pending = start((self.native, token))
+            except BaseException:
+                del self.futures[token]
+                raise
         try:
             return await future
         except asyncio.CancelledError:
-            pending.cancel()
+            if queued is not None:
+                pending = queued.pending
+            if pending is not None:
+                pending.cancel()
             self.futures.pop(token, None)
             raise
 
@@ -166,14 +191,16 @@ class _Calls:
             self.loop.remove_reader(self.native.fd)
         self.loop = None
         # The calls under way end with the client: their awaiting tasks are told so.
+        for queued in self.waiting:
+            if not queued.future.done():
+                queued.future.set_exception(
+                    FlightCallError("the client was closed before the call began")
+                )
+        self.waiting.clear()
         for future in self.futures.values():
             if not future.done():
                 future.set_exception(FlightCallError("the client was closed during the call"))
         self.futures.clear()
-        for turn in self.waiting:
-            if not turn.done():
-                turn.set_exception(FlightCallError("the client was closed before the call began"))
-        self.waiting.clear()
 
 
 def _form(form: str, arrays: dict[str, Any]) -> Any:
