@@ -262,3 +262,12 @@ class EchoServer(flight.FlightServerBase):
     def get_flight_info(self, context, descriptor):
         t = self.tables[descriptor.path[0].decode()]
         return flight.FlightInfo(t.schema, descriptor, [], t.num_rows, t.nbytes)
+
+
+@pytest.fixture
+def servers():
+    """Three in-process Flight servers (the sharded-item tests' cluster)."""
+    started = [arrowbridge.serve() for _ in range(3)]
+    yield started
+    for server in started:
+        server.shutdown()

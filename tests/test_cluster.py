@@ -86,6 +86,29 @@ def test_a_killed_server_is_restarted_and_replicas_serve_meanwhile():
         assert np.array_equal(client.get("y"), x[:10])
 
 
+def test_an_asyncio_client_tells_the_control_plane_of_its_maps():
+    import asyncio
+
+    x = np.arange(600, dtype=np.int64).reshape(200, 3)
+    with arrowbridge.cluster.start(3, replication=2) as cluster:
+
+        async def put_then_read_through_an_outage():
+            async with cluster.connect_async() as client:
+                await client.put("x", x)
+                before = cluster.servers
+                kill(before[0])
+                return before, await client.get("x"), await client.call("sum", client.stored("x"))
+
+        before, got, total = asyncio.run(put_then_read_through_an_outage())
+        assert np.array_equal(got, x) and total == x.sum()
+        cluster.wait()
+        # The restarted server describes the item again: its map came from the control plane,
+        # told by the asyncio client's put.
+        with arrowbridge.connect(cluster.servers[0].location) as restarted:
+            assert restarted.info("x")["rows"] == 200
+        assert cluster.servers[0].pid != before[0].pid
+
+
 def test_with_a_data_dir_a_restarted_server_serves_its_shards_again(tmp_path):
     with arrowbridge.cluster.start(2, data_dir=tmp_path) as cluster, cluster.connect() as client:
         x = np.arange(100.0).reshape(50, 2)

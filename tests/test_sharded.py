@@ -22,14 +22,6 @@ from arrowbridge.cluster import ClusterClient, shard_bounds
 from arrowbridge.errors import InvalidLocationError, InvalidNameError
 
 
-@pytest.fixture
-def servers():
-    started = [arrowbridge.serve() for _ in range(3)]
-    yield started
-    for server in started:
-        server.shutdown()
-
-
 def counts(servers):
     """Items each server holds (maps and shards)."""
     result = []

@@ -240,6 +240,15 @@ class FlightClient:
         *,
         timeout: float | None = None,
     ) -> PendingCall: ...
+    def submit_put_map(
+        self,
+        name: str,
+        schema_ipc: bytes,
+        map_json: str,
+        done: tuple[Completions, int],
+        *,
+        timeout: float | None = None,
+    ) -> PendingCall: ...
     def submit_info(
         self,
         name: str | None,

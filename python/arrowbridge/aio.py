@@ -316,11 +316,7 @@ class AsyncClient(_Connected):
             await self._put_stream(name, _to_async(_batches(data)), timeout)
         else:
             form, names, arrays = _columns(data)
-            await self._calls.run(
-                lambda done: self._native.submit_put(
-                    name, names, arrays, form, done, timeout=timeout
-                )
-            )
+            await self._put_columns(name, names, arrays, form, timeout)
 
     async def _put_stream(
         self, name: str, batches: AsyncIterator[tuple[str, list[str], list[Any]]], timeout: Any
@@ -333,9 +329,7 @@ class AsyncClient(_Connected):
         try:
             index = 0
             while True:
-                await self._calls.run(
-                    functools.partial(put.submit_send, names, arrays, timeout=timeout)
-                )
+                await self._send(put, names, arrays, timeout)
                 try:
                     batch_form, names, arrays = await anext(batches)
                 except StopAsyncIteration:
@@ -345,10 +339,40 @@ class AsyncClient(_Connected):
                     raise ShapeError(
                         f"put {name!r}: batch {index} is a {batch_form}, the first was a {form}"
                     )
-            await self._calls.run(lambda done: put.submit_finish(done, timeout=timeout))
+            await self._finish(put, timeout)
         except BaseException:
             put.abort()
             raise
+
+    # -- for arrowbridge.cluster.aio: a shard's put, a map, an item's raw info ---------
+
+    async def _put_columns(
+        self, name: str, names: list[str], arrays: list[Any], form: str, timeout: Any = None
+    ) -> None:
+        await self._calls.run(
+            lambda done: self._native.submit_put(name, names, arrays, form, done, timeout=timeout)
+        )
+
+    async def _send(self, put: Any, names: list[str], arrays: list[Any], timeout: Any) -> None:
+        await self._calls.run(functools.partial(put.submit_send, names, arrays, timeout=timeout))
+
+    async def _finish(self, put: Any, timeout: Any) -> None:
+        await self._calls.run(lambda done: put.submit_finish(done, timeout=timeout))
+
+    async def _put_map(
+        self, name: str, schema_ipc: bytes, map_json: str, timeout: Any = None
+    ) -> None:
+        await self._calls.run(
+            lambda done: self._native.submit_put_map(
+                name, schema_ipc, map_json, done, timeout=timeout
+            )
+        )
+
+    async def _info_raw(self, name: str, timeout: Any = None) -> dict[str, Any]:
+        infos = await self._calls.run(
+            lambda done: self._native.submit_info(name, done, timeout=timeout)
+        )
+        return infos[0]
 
     async def get(
         self,
@@ -409,10 +433,7 @@ class AsyncClient(_Connected):
 
     async def info(self, name: str, *, timeout: float | None = None) -> dict[str, Any]:
         """What is stored under ``name`` (see :meth:`arrowbridge.Client.info`)."""
-        infos = await self._calls.run(
-            lambda done: self._native.submit_info(name, done, timeout=timeout)
-        )
-        return _describe(infos[0])
+        return _describe(await self._info_raw(name, timeout))
 
     async def list(self, *, timeout: float | None = None) -> list[dict[str, Any]]:
         """Every stored item, sorted by name (see :meth:`arrowbridge.Client.list`)."""

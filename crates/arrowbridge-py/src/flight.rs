@@ -477,12 +477,7 @@ impl FlightClient {
         no_panic("put_map", || {
             let client = self.client()?;
             let timeout = seconds(timeout)?;
-            let what = format!("the shard map of {name:?}");
-            let schema = arrow_ipc::reader::StreamReader::try_new(&schema_ipc[..], None)
-                .map_err(|e| arrowbridge::Error::invalid(&what, format!("bad schema: {e}")))?
-                .schema();
-            let map: arrowbridge_flight::shards::ShardMap = serde_json::from_str(map_json)
-                .map_err(|e| arrowbridge::Error::invalid(&what, e.to_string()))?;
+            let (schema, map) = shard_map_parts(name, &schema_ipc, map_json)?;
             limited(py, timeout, || client.put_map(name, &schema, &map)).map_err(client_error)
         })
     }
@@ -633,6 +628,28 @@ impl FlightClient {
                 client.put_columns_async(&name, &refs, form).await
             },
             |py, rows: usize| Ok(pyo3::IntoPyObjectExt::into_py_any(rows, py)?),
+        ))
+    }
+
+    /// `put_map` on the client's runtime: `done(None, None)` or `done(None, exception)`.
+    #[pyo3(signature = (name, schema_ipc, map_json, done, *, timeout=None))]
+    fn submit_put_map(
+        &self,
+        name: String,
+        schema_ipc: Vec<u8>,
+        map_json: &str,
+        done: Done,
+        timeout: Option<f64>,
+    ) -> BridgeResult<PendingCall> {
+        let client = self.client()?;
+        let (schema, map) = shard_map_parts(&name, &schema_ipc, map_json)?;
+        Ok(spawn_call(
+            &client.clone(),
+            format!("put_map {name:?}"),
+            seconds(timeout)?,
+            done,
+            async move { client.put_map_async(&name, &schema, &map).await },
+            |py, ()| Ok(py.None()),
         ))
     }
 
@@ -1175,4 +1192,23 @@ impl Drop for PutParts {
             guard.take();
         }
     }
+}
+
+/// The schema (an IPC stream, as `info` gives it) and the map (JSON) of a sharded item's
+/// `put_map`.
+fn shard_map_parts(
+    name: &str,
+    schema_ipc: &[u8],
+    map_json: &str,
+) -> BridgeResult<(
+    arrow_schema::SchemaRef,
+    arrowbridge_flight::shards::ShardMap,
+)> {
+    let what = format!("the shard map of {name:?}");
+    let schema = arrow_ipc::reader::StreamReader::try_new(schema_ipc, None)
+        .map_err(|e| arrowbridge::Error::invalid(&what, format!("bad schema: {e}")))?
+        .schema();
+    let map = serde_json::from_str(map_json)
+        .map_err(|e| arrowbridge::Error::invalid(&what, e.to_string()))?;
+    Ok((schema, map))
 }

@@ -27,6 +27,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from .aio import AsyncClusterClient
 from .client import SHARDS_KEY, ClusterClient, shard_bounds
 
 
@@ -97,6 +98,16 @@ class Cluster:
             replication=self.replication,
             shm=shm,
             on_map=self._record_map,
+        )
+
+    def connect_async(self) -> AsyncClusterClient:
+        """:meth:`connect` for asyncio: an :class:`AsyncClusterClient` that tells the control
+        plane of every sharded item it puts or deletes, awaiting Ray's answer."""
+        return AsyncClusterClient(
+            self.locations,
+            token=self._config["token"],
+            replication=self.replication,
+            on_map=lambda *change: self._head.record_map.remote(*change),
         )
 
     def _record_map(self, name: str, schema_ipc: bytes | None, map_json: str | None) -> None:
@@ -249,6 +260,7 @@ def attach(name: str) -> Cluster:
 
 __all__ = [
     "SHARDS_KEY",
+    "AsyncClusterClient",
     "Cluster",
     "ClusterClient",
     "ServerInfo",

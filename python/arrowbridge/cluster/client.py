@@ -144,9 +144,14 @@ def _held(client: Client, name: str) -> tuple[bytes, str | None] | None:
     """What a server holds under ``name``: ``None`` for nothing, else the item's schema
     (IPC) and its map's JSON text (``None`` for an item that is not sharded)."""
     try:
-        info = client._native.info(name)
+        return _held_in(client._native.info(name))
     except RemoteNotFoundError:
         return None
+
+
+def _held_in(info: dict[str, Any]) -> tuple[bytes, str | None]:
+    """An item's schema (IPC) and its map's JSON text (``None`` for an item that is not
+    sharded), from the native client's ``info``."""
     schema = pa.ipc.read_schema(pa.py_buffer(info["schema_ipc"]))
     text = (schema.metadata or {}).get(SHARDS_KEY.encode())
     return info["schema_ipc"], None if text is None else text.decode()
@@ -156,6 +161,277 @@ def _shard_map(info: dict[str, Any]) -> dict[str, Any] | None:
     """The map in an item's schema metadata; ``None`` for an item that is not sharded."""
     text = (info["schema"].metadata or {}).get(SHARDS_KEY.encode())
     return None if text is None else json.loads(text)
+
+
+def _unanswered(what: str, failures: Sequence[str]) -> ServerUnavailableError:
+    return ServerUnavailableError(f"{what}: no server answered: " + "; ".join(failures))
+
+
+def _no_replica(
+    name: str, index: int, shard: dict[str, Any], failures: Sequence[str]
+) -> ServerUnavailableError:
+    start, end = shard["rows"]
+    return ServerUnavailableError(
+        f"shard {index} of {name!r} (rows [{start}, {end})): none of its "
+        f"{len(shard['locations'])} replica(s) answered: " + "; ".join(failures)
+    )
+
+
+#: The errors after which a replica's next copy is tried: its server is down, or lost what
+#: it held in a restart (a version it no longer holds says it was replaced).
+_TRY_NEXT_REPLICA = (ServerUnavailableError, RemoteNotFoundError, ItemReplacedError)
+
+
+def _read_again(error: FlightCallError) -> bool:
+    """Whether a read that failed with ``error`` may succeed following a newer map: it
+    wanted a shard (not found, or a version replaced: a LookupError too) or a server."""
+    return isinstance(error, LookupError | ServerUnavailableError)
+
+
+def _put_kind(
+    name: str, data: Any, shards: Any, shard_bytes: Any, streamed: bool | None = None
+) -> int | None:
+    """Checks a put's options; the bytes at which a stream's shards end when ``data`` is a
+    stream of batches (``streamed``, else as the blocking client tells), ``None`` for an
+    item in memory."""
+    _check_name(name, "put")
+    if shards is not None and (
+        isinstance(shards, bool) or not isinstance(shards, numbers.Integral) or shards < 1
+    ):
+        raise ValueError(
+            f"put {name!r}: shards={shards!r}: must be None (one shard per server) or an int >= 1"
+        )
+    if shard_bytes is not None and (
+        isinstance(shard_bytes, bool)
+        or not isinstance(shard_bytes, numbers.Integral)
+        or shard_bytes < 1
+    ):
+        raise ValueError(
+            f"put {name!r}: shard_bytes={shard_bytes!r}: must be None (256 MiB) or an int >= 1"
+        )
+    if _streamed(data) if streamed is None else streamed:
+        if shards is not None:
+            raise ValueError(
+                f"put {name!r}: shards={shards!r} is for an item in memory; a stream's "
+                "rows are not known in advance: give shard_bytes (the size at which a "
+                "shard ends) instead"
+            )
+        return _STREAM_SHARD_BYTES if shard_bytes is None else int(shard_bytes)
+    if shard_bytes is not None:
+        raise ValueError(
+            f"put {name!r}: shard_bytes is for a stream of batches; an item in memory is "
+            "split into shards=N"
+        )
+    return None
+
+
+class _Plan:
+    """Where the shards of a put of an item in memory go: ``shards`` (each ``name``,
+    ``rows``, ``bytes``, ``locations``), and the columns each slices."""
+
+    def __init__(
+        self, name: str, data: Any, shards: int | None, locations: Sequence[str], replication: int
+    ):
+        self.form, self.names, self.arrays = _columns(data)
+        lengths = {len(a) for a in self.arrays}
+        if len(lengths) > 1:
+            raise ShapeError(
+                f"put {name!r}: sharded columns must share axis 0 (rows); got lengths "
+                f"{sorted(lengths)}"
+            )
+        self.rows = lengths.pop() if lengths else 0
+        bounds = shard_bounds(self.rows, len(locations) if shards is None else int(shards))
+        count, version = len(bounds), _version()
+        _check_name(name, "put", _shard_name("", count - 1, count, version))
+        n = len(locations)
+        self.shards = [
+            {
+                "name": _shard_name(name, i, count, version),
+                "rows": [start, end],
+                "bytes": sum(_nbytes(a[start:end]) for a in self.arrays),
+                "locations": [locations[(i + r) % n] for r in range(replication)],
+            }
+            for i, (start, end) in enumerate(bounds)
+        ]
+
+    def parts(self, shard: dict[str, Any]) -> list[Any]:
+        """The columns' rows of ``shard``."""
+        start, end = shard["rows"]
+        return [a[start:end] for a in self.arrays]
+
+    def shard_map(self) -> dict[str, Any]:
+        return _shard_map_of(self.rows, self.shards)
+
+
+def _shard_map_of(rows: int, shards: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"rows": rows, "bytes": sum(s["bytes"] for s in shards), "shards": shards}
+
+
+class _StreamedShards:
+    """The shards of a streamed put, as its batches come (see :meth:`ClusterClient.put`)."""
+
+    def __init__(self, name: str, locations: Sequence[str], replication: int):
+        self.name, self.locations, self.replication = name, locations, replication
+        self.version = _version()
+        _check_name(name, "put", _part_name("", 10**6, self.version))
+        self.done: list[dict[str, Any]] = []  # shards stored on every replica
+        self.shard: dict[str, Any] | None = None  # the one being written
+        self.rows = 0
+        self.form: str | None = None
+
+    def check(self, index: int, batch_form: str, arrays: Sequence[Any]) -> None:
+        """Raises :class:`ShapeError` unless batch ``index`` fits the stream."""
+        if self.form is None:
+            self.form = batch_form
+        elif batch_form != self.form:
+            raise ShapeError(
+                f"put {self.name!r}: batch {index} is a {batch_form}, the first was a {self.form}"
+            )
+        if len({len(a) for a in arrays}) != 1:
+            raise ShapeError(
+                f"put {self.name!r}: batch {index}: sharded columns must share axis 0 "
+                f"(rows); got lengths {sorted({len(a) for a in arrays})}"
+            )
+
+    def start(self) -> dict[str, Any]:
+        """A new shard, after the ones done."""
+        i, n = len(self.done), len(self.locations)
+        self.shard = {
+            "name": _part_name(self.name, i, self.version),
+            "rows": [self.rows, self.rows],
+            "bytes": 0,
+            "locations": [self.locations[(i + r) % n] for r in range(self.replication)],
+        }
+        return self.shard
+
+    def add(self, arrays: Sequence[Any]) -> None:
+        """Counts a batch sent to the shard being written."""
+        assert self.shard is not None
+        self.rows += len(arrays[0])
+        self.shard["rows"][1] = self.rows
+        self.shard["bytes"] += sum(_nbytes(a) for a in arrays)
+
+    def end(self) -> None:
+        """The shard being written is stored on every replica."""
+        assert self.shard is not None
+        self.done.append(self.shard)
+        self.shard = None
+
+    def shard_map(self) -> dict[str, Any]:
+        if not self.done:
+            raise ShapeError(f"put {self.name!r}: the stream had no batches; nothing to store")
+        return _shard_map_of(self.rows, self.done)
+
+    def stored(self) -> dict[str, Any]:
+        """Every shard stored, or partly: what an interrupted put deletes."""
+        return {"shards": self.done + ([self.shard] if self.shard is not None else [])}
+
+
+def _replaced(
+    before: Iterable[tuple[bytes, str | None] | Exception | None], shard_map: dict[str, Any]
+) -> tuple[dict[str, Any], set[tuple[str, str]]]:
+    """The shards of every map the servers held ``before`` a put of ``shard_map``, and the
+    (shard name, location) pairs among them that the new map uses."""
+    old = [
+        shard
+        for held in before
+        if isinstance(held, tuple) and held[1] is not None
+        for shard in json.loads(held[1])["shards"]
+    ]
+    keep = {(s["name"], loc) for s in shard_map["shards"] for loc in s["locations"]}
+    return {"shards": old}, keep
+
+
+def _shard_pairs(shard_map: dict[str, Any], keep: set[tuple[str, str]]) -> list[tuple[str, str]]:
+    return sorted({(s["name"], loc) for s in shard_map["shards"] for loc in s["locations"]} - keep)
+
+
+def _old_shards_left(name: str, failures: Sequence[tuple[str, FlightCallError]]) -> None:
+    if failures:
+        # The put is done (committed); its leftovers are worth a word, not an error.
+        warnings.warn(
+            f"put {name!r}: stored, but shards of the version it replaced could not be "
+            "deleted: " + "; ".join(text for text, _ in failures),
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def _nothing_to_delete(
+    name: str, locations: Sequence[str], found: Sequence[Any]
+) -> FlightCallError | None:
+    """The error of a delete of ``name`` when no server held it (``found``: each server's
+    ``_held``, or the error it answered with)."""
+    if any(isinstance(f, tuple) for f in found):
+        return None
+    down = [f"{loc}: {f}" for loc, f in zip(locations, found, strict=True) if f]
+    if len(down) == len(locations):
+        return _unanswered(f"delete {name!r}", down)
+    return RemoteNotFoundError(f"delete {name!r}: no server holds an item {name!r}")
+
+
+def _stored_distribution(
+    kernel: str, name: str, info: dict[str, Any], shard_map: dict[str, Any], gather: bool, how: Any
+) -> Any:
+    """How ``kernel`` runs on the shards of ``name``: ``"whole"`` (one shard), ``"rows"``,
+    a reduction, or ``"local"`` (``gather=True``: fetch the item); ``how(ndim)`` is the
+    kernel's declared distribution."""
+    shards = shard_map["shards"]
+    if len(shards) == 1:
+        return "whole"  # one shard is the whole item: any kernel runs on it as it is
+    ndim = len(info["columns"][0].get("shape", [0])) if info["columns"] else 1
+    dist = how(ndim)
+    if dist == "local" and not gather:
+        raise NotDistributableError(
+            f"kernel {kernel!r} does not say how its results on the {len(shards)} "
+            f"shards of {name!r} combine (its distribution is 'local'); pass "
+            "gather=True to fetch the item and run it in one place"
+        )
+    return dist
+
+
+def _combined(
+    kernel: str, dist: Any, shards: Sequence[dict[str, Any]], partials: Sequence[tuple[Any, ...]]
+) -> Any:
+    """The result of ``kernel`` from its ``partials`` on each shard."""
+    if dist == "whole":
+        outputs = list(partials[0])
+    elif dist == "rows":
+        for shard, outputs in zip(shards, partials, strict=True):
+            start, end = shard["rows"]
+            of = f"{shard['name']!r} (rows [{start}, {end}))"
+            check_rows(kernel, outputs, end - start, of)
+        outputs = [np.concatenate(column) for column in zip(*partials, strict=True)]
+    else:
+        combine = COMBINE[dist["reduce"]]
+        outputs = [functools.reduce(combine, column) for column in zip(*partials, strict=True)]
+    return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def _check_locations(locations: Any, replication: Any) -> list[str]:
+    if isinstance(locations, str):
+        raise InvalidLocationError(
+            f"locations={locations!r}: a cluster client takes a list of locations"
+        )
+    locations = list(locations)
+    if not locations:
+        raise ValueError("a cluster client needs at least one server location")
+    for i, location in enumerate(locations):
+        if location in locations[:i]:
+            raise InvalidLocationError(
+                f"location {location!r} is listed twice: list each server once (replicas "
+                "of a shard must be on distinct servers)"
+            )
+    if (
+        isinstance(replication, bool)
+        or not isinstance(replication, numbers.Integral)
+        or not 1 <= replication <= len(locations)
+    ):
+        raise ValueError(
+            f"replication={replication!r}: must be an int between 1 and the "
+            f"{len(locations)} server(s)"
+        )
+    return locations
 
 
 class ClusterClient:
@@ -183,28 +459,7 @@ class ClusterClient:
         timeout: float | None = None,
         on_map: Callable[[str, bytes | None, str | None], None] | None = None,
     ):
-        if isinstance(locations, str):
-            raise InvalidLocationError(
-                f"locations={locations!r}: a cluster client takes a list of locations"
-            )
-        locations = list(locations)
-        if not locations:
-            raise ValueError("a cluster client needs at least one server location")
-        for i, location in enumerate(locations):
-            if location in locations[:i]:
-                raise InvalidLocationError(
-                    f"location {location!r} is listed twice: list each server once (replicas "
-                    "of a shard must be on distinct servers)"
-                )
-        if (
-            isinstance(replication, bool)
-            or not isinstance(replication, numbers.Integral)
-            or not 1 <= replication <= len(locations)
-        ):
-            raise ValueError(
-                f"replication={replication!r}: must be an int between 1 and the "
-                f"{len(locations)} server(s)"
-            )
+        locations = _check_locations(locations, replication)
         self.locations = locations
         self.replication = int(replication)
         self._token, self._shm, self._timeout = token, shm, timeout
@@ -246,7 +501,7 @@ class ClusterClient:
                 missing = e
         if missing is not None:
             raise missing
-        raise ServerUnavailableError(f"{what}: no server answered: " + "; ".join(failures))
+        raise _unanswered(what, failures)
 
     def _map(self, name: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
         info = self._any(f"info of {name!r}", lambda c: c.info(name))
@@ -261,14 +516,9 @@ class ClusterClient:
             client = self._client(location)
             try:
                 return op(client)
-            except (ServerUnavailableError, RemoteNotFoundError, ItemReplacedError) as e:
-                # A replica lost in a restart says its version is gone; another may hold it.
+            except _TRY_NEXT_REPLICA as e:
                 failures.append(f"{location}: {e}")
-        start, end = shard["rows"]
-        raise ServerUnavailableError(
-            f"shard {index} of {name!r} (rows [{start}, {end})): none of its "
-            f"{len(shard['locations'])} replica(s) answered: " + "; ".join(failures)
-        )
+        raise _no_replica(name, index, shard, failures)
 
     def _parallel(self, jobs: Sequence[Callable[[], Any]]) -> list[Any]:
         """Runs every job (each releases the GIL while data moves); all results, or the first
@@ -335,8 +585,7 @@ class ClusterClient:
             try:
                 return read()
             except FlightCallError as e:
-                # Not found (or a version replaced: a LookupError too), or no server answered.
-                if not isinstance(e, LookupError | ServerUnavailableError):
+                if not _read_again(e):
                     raise
                 error = e
             try:
@@ -417,127 +666,53 @@ class ClusterClient:
         'x.shard-0-of-3.v...'
         >>> client.close(); [s.shutdown() for s in servers] and None
         """
-        _check_name(name, "put")
-        if shards is not None and (
-            isinstance(shards, bool) or not isinstance(shards, numbers.Integral) or shards < 1
-        ):
-            raise ValueError(
-                f"put {name!r}: shards={shards!r}: must be None (one shard per server) or an "
-                "int >= 1"
-            )
-        if shard_bytes is not None and (
-            isinstance(shard_bytes, bool)
-            or not isinstance(shard_bytes, numbers.Integral)
-            or shard_bytes < 1
-        ):
-            raise ValueError(
-                f"put {name!r}: shard_bytes={shard_bytes!r}: must be None (256 MiB) or an int >= 1"
-            )
-        if _streamed(data):
-            if shards is not None:
-                raise ValueError(
-                    f"put {name!r}: shards={shards!r} is for an item in memory; a stream's "
-                    "rows are not known in advance: give shard_bytes (the size at which a "
-                    "shard ends) instead"
-                )
-            self._put_stream(
-                name, data, _STREAM_SHARD_BYTES if shard_bytes is None else shard_bytes
-            )
+        stream_shard_bytes = _put_kind(name, data, shards, shard_bytes)
+        if stream_shard_bytes is not None:
+            self._put_stream(name, data, stream_shard_bytes)
             return
-        if shard_bytes is not None:
-            raise ValueError(
-                f"put {name!r}: shard_bytes is for a stream of batches; an item in memory is "
-                "split into shards=N"
-            )
-        form, names, arrays = _columns(data)
-        lengths = {len(a) for a in arrays}
-        if len(lengths) > 1:
-            raise ShapeError(
-                f"put {name!r}: sharded columns must share axis 0 (rows); got lengths "
-                f"{sorted(lengths)}"
-            )
-        rows = lengths.pop() if lengths else 0
-        bounds = shard_bounds(rows, len(self.locations) if shards is None else int(shards))
-        count, version = len(bounds), _version()
-        _check_name(name, "put", _shard_name("", count - 1, count, version))
-        n = len(self.locations)
-        plan = []
-        for i, (start, end) in enumerate(bounds):
-            replicas = [self.locations[(i + r) % n] for r in range(self.replication)]
-            plan.append(
-                {
-                    "name": _shard_name(name, i, count, version),
-                    "rows": [start, end],
-                    "bytes": sum(_nbytes(a[start:end]) for a in arrays),
-                    "locations": replicas,
-                }
-            )
+        plan = _Plan(name, data, shards, self.locations, self.replication)
 
         def put_shard(shard: dict[str, Any], location: str) -> None:
-            start, end = shard["rows"]
-            part = [a[start:end] for a in arrays]
-            self._client(location)._native.put(shard["name"], names, part, form)
+            self._client(location)._native.put(
+                shard["name"], plan.names, plan.parts(shard), plan.form
+            )
 
         try:
             self._parallel(
                 [
                     functools.partial(put_shard, shard, location)
-                    for shard in plan
+                    for shard in plan.shards
                     for location in shard["locations"]
                 ]
             )
-            first = plan[0]
+            first = plan.shards[0]
             schema_ipc = self._client(first["locations"][0])._native.info(first["name"])[
                 "schema_ipc"
             ]
         except BaseException as error:
             # Nothing refers to these shards yet: the previous version is untouched.
-            shards = {"shards": plan}
-            self._afterwards(error, lambda timeout: self._delete_shards(shards, set(), timeout))
+            stored = {"shards": plan.shards}
+            self._afterwards(error, lambda timeout: self._delete_shards(stored, set(), timeout))
             raise
-        self._commit(
-            name, schema_ipc, {"rows": rows, "bytes": sum(s["bytes"] for s in plan), "shards": plan}
-        )
+        self._commit(name, schema_ipc, plan.shard_map())
 
     def _put_stream(self, name: str, data: Any, shard_bytes: int) -> None:
         """A put of a stream of batches, sharded as they come (see :meth:`put`)."""
-        version = _version()
-        _check_name(name, "put", _part_name("", 10**6, version))
-        n = len(self.locations)
-        done: list[dict[str, Any]] = []  # shards stored on every replica
-        shard: dict[str, Any] | None = None  # the one being written
-        puts: list[Any] = []  # its puts under way, one per replica
-        rows = 0
-        form = None
+        stream = _StreamedShards(name, self.locations, self.replication)
+        puts: list[Any] = []  # the puts of the shard being written, one per replica
 
         def finish(put: Any) -> None:
             put.finish(timeout=self._timeout)
 
         try:
             for index, (batch_form, names, arrays) in enumerate(_batches(data)):
-                if form is None:
-                    form = batch_form
-                elif batch_form != form:
-                    raise ShapeError(
-                        f"put {name!r}: batch {index} is a {batch_form}, the first was a {form}"
-                    )
-                lengths = {len(a) for a in arrays}
-                if len(lengths) != 1:
-                    raise ShapeError(
-                        f"put {name!r}: batch {index}: sharded columns must share axis 0 "
-                        f"(rows); got lengths {sorted(lengths)}"
-                    )
-                if shard is None:
-                    i = len(done)
-                    shard = {
-                        "name": _part_name(name, i, version),
-                        "rows": [rows, rows],
-                        "bytes": 0,
-                        "locations": [self.locations[(i + r) % n] for r in range(self.replication)],
-                    }
-                    puts = []
-                    for location in shard["locations"]:
-                        puts.append(self._client(location)._native.put_stream(shard["name"], form))
+                stream.check(index, batch_form, arrays)
+                if stream.shard is None:
+                    shard = stream.start()
+                    puts = [
+                        self._client(location)._native.put_stream(shard["name"], batch_form)
+                        for location in shard["locations"]
+                    ]
                 # Each send returns once its batch is written: replicas are written at once.
                 if len(puts) == 1:
                     puts[0].send(names, arrays, timeout=self._timeout)
@@ -548,32 +723,27 @@ class ClusterClient:
                             for put in puts
                         ]
                     )
-                rows += lengths.pop()
-                shard["rows"][1] = rows
-                shard["bytes"] += sum(_nbytes(a) for a in arrays)
-                if shard["bytes"] >= shard_bytes:
+                stream.add(arrays)
+                if stream.shard is not None and stream.shard["bytes"] >= shard_bytes:
                     self._parallel([functools.partial(finish, put) for put in puts])
-                    done.append(shard)
-                    shard, puts = None, []
-            if shard is not None:
+                    stream.end()
+                    puts = []
+            if stream.shard is not None:
                 self._parallel([functools.partial(finish, put) for put in puts])
-                done.append(shard)
-                shard, puts = None, []
-            if not done:
-                raise ShapeError(f"put {name!r}: the stream had no batches; nothing to store")
-            first = done[0]
+                stream.end()
+                puts = []
+            shard_map = stream.shard_map()
+            first = shard_map["shards"][0]
             schema_ipc = self._client(first["locations"][0])._native.info(first["name"])[
                 "schema_ipc"
             ]
         except BaseException as error:
             for put in puts:
                 put.abort()  # the shard under way: its servers store nothing
-            stored = {"shards": done + ([shard] if shard is not None else [])}
+            stored = stream.stored()
             self._afterwards(error, lambda timeout: self._delete_shards(stored, set(), timeout))
             raise
-        self._commit(
-            name, schema_ipc, {"rows": rows, "bytes": sum(s["bytes"] for s in done), "shards": done}
-        )
+        self._commit(name, schema_ipc, shard_map)
 
     def _commit(self, name: str, schema_ipc: bytes, shard_map: dict[str, Any]) -> None:
         """Publishes the map of ``name``, whose shards are stored, on every server and tells
@@ -613,22 +783,8 @@ class ClusterClient:
             )
             self._afterwards(error, roll_back)
             raise
-        old = [
-            shard
-            for held in before.values()
-            if held is not None and held[1] is not None
-            for shard in json.loads(held[1])["shards"]
-        ]
-        keep = {(s["name"], loc) for s in shard_map["shards"] for loc in s["locations"]}
-        failures = self._delete_shards({"shards": old}, keep)
-        if failures:
-            # The put is done (committed); its leftovers are worth a word, not an error.
-            warnings.warn(
-                f"put {name!r}: stored, but shards of the version it replaced could not be "
-                "deleted: " + "; ".join(text for text, _ in failures),
-                RuntimeWarning,
-                stacklevel=3,
-            )
+        old, keep = _replaced(before.values(), shard_map)
+        _old_shards_left(name, self._delete_shards(old, keep))
 
     def _roll_back(
         self,
@@ -684,7 +840,6 @@ class ClusterClient:
         """Deletes every replica of the shards of ``shard_map`` but those in ``keep`` (shard
         name, location); best-effort: a shard already gone, or whose server is down, is
         skipped. Returns what else failed: a line saying which, and the error."""
-        pairs = {(s["name"], loc) for s in shard_map["shards"] for loc in s["locations"]} - keep
 
         def delete(shard_name: str, location: str) -> tuple[str, FlightCallError] | None:
             try:
@@ -695,7 +850,9 @@ class ClusterClient:
                 return f"{shard_name!r} on {location}: {e}", e
             return None
 
-        failures = self._parallel([functools.partial(delete, *pair) for pair in sorted(pairs)])
+        failures = self._parallel(
+            [functools.partial(delete, *pair) for pair in _shard_pairs(shard_map, keep)]
+        )
         return [f for f in failures if f is not None]
 
     def get(
@@ -773,13 +930,9 @@ class ClusterClient:
                 return e
 
         found = self._parallel([functools.partial(look, c) for _, c in servers])
-        if not any(isinstance(f, tuple) for f in found):
-            down = [f"{loc}: {f}" for (loc, _), f in zip(servers, found, strict=True) if f]
-            if len(down) == len(servers):
-                raise ServerUnavailableError(
-                    f"delete {name!r}: no server answered: " + "; ".join(down)
-                )
-            raise RemoteNotFoundError(f"delete {name!r}: no server holds an item {name!r}")
+        missing = _nothing_to_delete(name, self.locations, found)
+        if missing is not None:
+            raise missing
 
         def delete_map(client: Client) -> None:
             try:
@@ -788,13 +941,8 @@ class ClusterClient:
                 pass  # not there, or down: the control plane forgets it too
 
         self._parallel([functools.partial(delete_map, c) for _, c in servers])
-        shards = [
-            shard
-            for held in found
-            if isinstance(held, tuple) and held[1] is not None
-            for shard in json.loads(held[1])["shards"]
-        ]
-        failures = self._delete_shards({"shards": shards}, set())
+        shards, _ = _replaced(found, {"shards": []})
+        failures = self._delete_shards(shards, set())
         if self._on_map is not None:
             self._on_map(name, None, None)
         if failures:
@@ -843,16 +991,15 @@ class ClusterClient:
                 f"call {kernel!r}", lambda c: c.call(kernel, Stored(name), *rest, **params)
             )
         shards = shard_map["shards"]
-        ndim = len(info["columns"][0].get("shape", [0])) if info["columns"] else 1
-        # One shard is the whole item: any kernel runs on it as it is.
-        dist = "whole" if len(shards) == 1 else self._distribution(kernel, ndim, params)
+        dist = _stored_distribution(
+            kernel,
+            name,
+            info,
+            shard_map,
+            gather,
+            lambda ndim: self._distribution(kernel, ndim, params),
+        )
         if dist == "local":
-            if not gather:
-                raise NotDistributableError(
-                    f"kernel {kernel!r} does not say how its results on the {len(shards)} "
-                    f"shards of {name!r} combine (its distribution is 'local'); pass "
-                    "gather=True to fetch the item and run it in one place"
-                )
             whole = self.get(name)
             return self._any(f"call {kernel!r}", lambda c: c.call(kernel, whole, *rest, **params))
 
@@ -866,18 +1013,7 @@ class ClusterClient:
         partials = self._parallel(
             [functools.partial(on_shard, i, shard) for i, shard in enumerate(shards)]
         )
-        if dist == "whole":
-            outputs = list(partials[0])
-        elif dist == "rows":
-            for shard, outputs in zip(shards, partials, strict=True):
-                start, end = shard["rows"]
-                of = f"{shard['name']!r} (rows [{start}, {end}))"
-                check_rows(kernel, outputs, end - start, of)
-            outputs = [np.concatenate(column) for column in zip(*partials, strict=True)]
-        else:
-            combine = COMBINE[dist["reduce"]]
-            outputs = [functools.reduce(combine, column) for column in zip(*partials, strict=True)]
-        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+        return _combined(kernel, dist, shards, partials)
 
     # -- lifetime ------------------------------------------------------------------------
 

@@ -942,6 +942,19 @@ impl Client {
     /// `name`: `schema` is the shards' (the map adds its own metadata). With it, this server
     /// describes the whole item and a [`get`](Self::get) of `name` fetches every shard.
     pub fn put_map(&self, name: &str, schema: &Schema, map: &ShardMap) -> ClientResult<()> {
+        self.block_on(
+            &format!("put_map {name:?}"),
+            self.put_map_async(name, schema, map),
+        )?
+    }
+
+    /// [`put_map`](Self::put_map), for async code.
+    pub async fn put_map_async(
+        &self,
+        name: &str,
+        schema: &Schema,
+        map: &ShardMap,
+    ) -> ClientResult<()> {
         let mut metadata = schema.metadata().clone();
         let text = serde_json::to_string(map).map_err(|e| {
             ClientError::Local(arrowbridge::Error::invalid("a shard map", e.to_string()))
@@ -951,11 +964,12 @@ impl Client {
         let descriptor = FlightDescriptor::new_path(vec![name.to_string()]);
         let (messages, failure) = encode(schema, Vec::new(), descriptor);
         let mut service = self.service(self.channel.clone());
-        self.block_on(&format!("put_map {name:?}"), async move {
+        async {
             let mut results = service.do_put(self.request(messages)).await?.into_inner();
             while results.message().await?.is_some() {}
             Ok::<_, Status>(())
-        })??;
+        }
+        .await?;
         let failed = failure
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

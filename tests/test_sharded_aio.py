@@ -1,0 +1,228 @@
+"""AsyncClusterClient against real Flight servers on loopback: the same items as the blocking
+ClusterClient (each reads what the other put), fan-outs as concurrent calls on one event loop
+with no thread per call, replicas standing in for servers that are gone, atomic puts that
+fail or are cancelled, and streams sharded as they come."""
+
+import asyncio
+import os
+
+import numpy as np
+import pytest
+from test_sharded import cli_server, counts, held
+
+import arrowbridge
+from arrowbridge.cluster import AsyncClusterClient, ClusterClient
+
+
+def run(main):
+    """Runs the coroutine `main` in a fresh loop, failing it (not hanging) past 60 s."""
+    return asyncio.run(asyncio.wait_for(main, 60))
+
+
+def threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_each_client_reads_what_the_other_put(servers):
+    x = np.arange(3000, dtype=np.float32).reshape(1000, 3)
+    pair = {"id": np.arange(1000), "vec": x}
+    locations = [s.location for s in servers]
+
+    async def main():
+        async with AsyncClusterClient(locations) as cluster:
+            await cluster.put("x", x)
+            await cluster.put("pair", pair, shards=2)
+            with ClusterClient(locations) as blocking:
+                blocking.put("y", x[::-1].copy(), shards=3)
+                assert np.array_equal(blocking.get("x"), x)
+                assert [s["rows"] for s in blocking.shards("pair")] == [[0, 500], [500, 1000]]
+            return (
+                await cluster.get("x"),
+                await cluster.get("pair", columns=["vec"], rows=(250, 750)),
+                await cluster.get("y"),
+                await cluster.info("x"),
+                [item["name"] for item in await cluster.list()],
+                [s["locations"] for s in await cluster.shards("x")],
+            )
+
+    got, part, y, info, names, placed = run(main())
+    assert got.dtype == x.dtype and np.array_equal(got, x) and got.flags.c_contiguous
+    assert np.array_equal(part["vec"], x[250:750])
+    assert np.array_equal(y, x[::-1])
+    assert info["rows"] == 1000 and info["shards"] == 3
+    assert names == ["pair", "x", "y"]  # sharded items once each, their shards not listed
+    assert placed == [[servers[i].location] for i in range(3)]
+
+
+def test_kernels_run_on_the_shards_at_once_and_combine_as_declared(servers, plugin):
+    x = np.arange(300.0).reshape(100, 3)
+    locations = [s.location for s in servers]
+
+    async def main():
+        async with AsyncClusterClient(locations) as cluster:
+            await cluster.put("x", x)
+            await cluster.put("row", np.array([10.0, 20.0, 30.0]))
+            before = threads()
+            # Row-wise (concatenated in row order), a reduction (partials added), and a
+            # second stored argument, fetched and sent whole; all at once on one loop.
+            normalized, total, summed, added = await asyncio.gather(
+                cluster.call("normalize", cluster.stored("x")),
+                cluster.call("sum", cluster.stored("x")),
+                cluster.call("sum", cluster.stored("x"), axis=0),
+                cluster.call("add", cluster.stored("x"), cluster.stored("row")),
+            )
+            grew = threads() - before
+            with pytest.raises(arrowbridge.NotDistributableError, match=r"zscore.*gather=True"):
+                await cluster.call("zscore", cluster.stored("x"))
+            gathered = await cluster.call("zscore", cluster.stored("x"), gather=True)
+            return normalized, total, summed, added, gathered, grew
+
+    normalized, total, summed, added, gathered, grew = run(main())
+    assert np.allclose(normalized, x / np.linalg.norm(x, axis=1, keepdims=True))
+    assert total == x.sum()
+    assert np.array_equal(summed, x.sum(axis=0))
+    assert np.array_equal(added, x + np.array([10.0, 20.0, 30.0]))
+    np.testing.assert_allclose(gathered, arrowbridge.call("zscore", x))
+    assert grew <= 0, f"{grew} threads appeared for a fan-out"
+
+
+def test_replicas_stand_in_for_servers_that_are_gone(servers):
+    x = np.arange(300.0).reshape(100, 3)
+    locations = [s.location for s in servers]
+
+    async def main():
+        async with AsyncClusterClient(locations, replication=2) as cluster:
+            await cluster.put("x", x)
+            servers[0].shutdown()
+            got = await cluster.get("x")
+            total = await cluster.call("sum", cluster.stored("x"))
+            servers[1].shutdown()
+            with pytest.raises(arrowbridge.ServerUnavailableError) as err:
+                await cluster.call("sum", cluster.stored("x"))
+            return got, total, str(err.value)
+
+    got, total, message = run(main())
+    assert np.array_equal(got, x) and total == x.sum()
+    assert "shard 0 of 'x' (rows [0, 33))" in message
+    assert locations[0] in message and locations[1] in message
+
+
+def test_a_put_that_fails_on_one_server_leaves_the_previous_version(tmp_path):
+    v1, v2 = np.full((1000, 8), 1.0), np.full((64_000, 8), 2.0)
+    with arrowbridge.serve() as a, cli_server(tmp_path, file_limit=1 << 20) as b:
+
+        async def main():
+            async with AsyncClusterClient([a.location, b]) as cluster:
+                await cluster.put("x", v1)
+                # v2's shard on b is 2 MiB: b's disk refuses it, a stores its shard.
+                with pytest.raises(arrowbridge.RemoteStorageError, match=r"x\.shard-1-of-2"):
+                    await cluster.put("x", v2)
+                return await cluster.get("x")
+
+        assert np.array_equal(run(main()), v1)
+        for location in (a.location, b):
+            # The map and v1's shard: no shard of the failed put is left.
+            assert held(location) == (["x"], 2)
+
+
+def test_a_cancelled_put_stores_nothing_and_deletes_its_shards(servers):
+    locations = [s.location for s in servers]
+    big = np.ones((3 * 2**20, 8))  # 192 MiB: still being sent when it is cancelled
+
+    async def main():
+        async with AsyncClusterClient(locations, replication=2) as cluster:
+            await cluster.put("x", np.arange(10))
+            stored = sum(counts(servers))
+            put = asyncio.create_task(cluster.put("x", big))
+            await asyncio.sleep(0.05)
+            put.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await put
+            # A stream cancelled after its first shard was stored (on two servers), while
+            # its second is under way: that one is aborted, the first deleted afterwards.
+            sent = asyncio.Event()
+
+            async def stalls():
+                for i in range(3):
+                    yield np.full(100, i)  # 800 bytes: a shard ends after two
+                sent.set()
+                await asyncio.Event().wait()
+
+            put = asyncio.create_task(cluster.put("x", stalls(), shard_bytes=1600))
+            await sent.wait()
+            first = sum(counts(servers))
+            put.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await put
+            got = await cluster.get("x")
+            # The cleanup runs in a task of its own: give it time to delete the shards.
+            for _ in range(100):
+                if sum(counts(servers)) == stored:
+                    break
+                await asyncio.sleep(0.05)
+            return got, stored, first, sum(counts(servers))
+
+    got, stored, first, after = run(main())
+    assert got.tolist() == list(range(10))
+    assert first == stored + 2, "the stream's first shard was stored on both its replicas"
+    assert after == stored, "every shard the cancelled puts stored was deleted"
+
+
+def test_an_async_stream_is_sharded_as_it_comes(servers):
+    locations = [s.location for s in servers]
+
+    async def rows():
+        for i in range(10):
+            await asyncio.sleep(0)
+            yield {"i": np.full(100, i), "v": np.full((100, 2), float(i))}
+
+    async def failing():
+        for i in range(5):
+            yield np.full(100, i)
+        raise OSError("the source broke")
+
+    async def main():
+        async with AsyncClusterClient(locations, replication=2) as cluster:
+            await cluster.put("s", rows(), shard_bytes=10_000)  # 2,400 bytes a batch
+            shards = await cluster.shards("s")
+            got = await cluster.get("s")
+            batches = [b["i"].tolist() async for b in await cluster.stream("s", batch_rows=250)]
+            stored = sum(counts(servers))
+            with pytest.raises(OSError, match="the source broke"):
+                await cluster.put("s", failing(), shard_bytes=1600)
+            with pytest.raises(arrowbridge.ShapeError, match="no batches"):
+                await cluster.put("t", iter([]))
+            with pytest.raises(ValueError, match="shards=2 is for an item in memory"):
+                await cluster.put("t", rows(), shards=2)
+            return shards, got, batches, stored, sum(counts(servers)), await cluster.get("s")
+
+    shards, got, batches, stored, after, again = run(main())
+    assert [s["rows"] for s in shards] == [[0, 500], [500, 1000]]
+    assert [s["locations"] for s in shards] == [locations[0:2], locations[1:3]]
+    assert got["i"].tolist() == np.repeat(np.arange(10), 100).tolist()
+    assert np.array_equal(got["v"][:, 1], got["i"].astype(float))
+    assert [len(b) for b in batches] == [250, 250, 250, 250]
+    assert after == stored, "a stream that failed part way left nothing"
+    assert np.array_equal(again["i"], got["i"])
+
+
+def test_delete_and_bad_arguments_say_what_is_wrong(servers):
+    locations = [s.location for s in servers]
+
+    async def main():
+        async with AsyncClusterClient(locations) as cluster:
+            await cluster.put("x", np.arange(30), shards=3)
+            await cluster.delete("x")
+            with pytest.raises(arrowbridge.RemoteNotFoundError, match="no server holds"):
+                await cluster.delete("x")
+            with pytest.raises(arrowbridge.InvalidNameError, match="reserved"):
+                await cluster.put("x.shard-0-of-2", np.arange(3))
+            with pytest.raises(ValueError, match="shards=0"):
+                await cluster.put("y", np.arange(3), shards=0)
+            return sum(counts(servers))
+
+    assert run(main()) == 0
+    with pytest.raises(arrowbridge.InvalidLocationError, match="listed twice"):
+        AsyncClusterClient([servers[0].location, servers[0].location])
+    with pytest.raises(ValueError, match="replication=4"):
+        AsyncClusterClient([s.location for s in servers], replication=4)
