@@ -395,23 +395,38 @@ def rss(pid: int, kind: str = "VmRSS") -> int:
 BOUNDED_CLIENT = textwrap.dedent(
     """
     import resource, sys, time
-    limit = int(sys.argv[3])
+    limit = int(sys.argv[4])
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     import numpy as np, arrowbridge
-    location, total = sys.argv[1], int(sys.argv[2])
-    block = np.ones((1 << 20, 1))  # 8 MiB
+    location, in_memory, total = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    block = np.ones((1 << 17, 8))  # 8 MiB
+
+    def blocks():
+        return (block for _ in range(total // block.nbytes))
+
+    def kernel(c):
+        t = time.perf_counter()
+        rows = sum(len(r) for r in c.call_stream("normalize", c.stored("huge")))
+        assert rows * 64 == total, rows
+        return time.perf_counter() - t
+
     with arrowbridge.connect(location, shm=False) as c:
         c.health()
         print("idle", flush=True)
         sys.stdin.readline()
         t = time.perf_counter()
-        c.put("huge", (block for _ in range(total // block.nbytes)))
+        c.put("huge", blocks())
         put = time.perf_counter() - t
         t = time.perf_counter()
         rows = sum(len(batch) for batch in c.stream("huge"))
         get = time.perf_counter() - t
-    assert rows * 8 == total, rows
-    print(put, get, flush=True)
+        assert rows * 64 == total, rows
+        on_disk = kernel(c)
+    # The same kernel over the same item held in memory by a server without a data_dir.
+    with arrowbridge.connect(in_memory, shm=False) as m:
+        m.put("huge", blocks())
+        in_ram = kernel(m)
+    print(put, get, on_disk, in_ram, flush=True)
     """
 )
 
@@ -419,12 +434,19 @@ BOUNDED_CLIENT = textwrap.dedent(
 def bounded_memory(total: int, limit: int) -> dict:
     """A `total`-byte item put from a generator of 8 MiB blocks to a data_dir server and read
     back as a stream, by a client whose address space is limited to `limit` bytes: the most
-    anonymous memory (RssAnon, sampled every 50 ms) each side held above its idle figure."""
+    anonymous memory (RssAnon, sampled every 50 ms) each side held above its idle figure
+    (the data_dir server's, not the in-memory one's). Then a row-wise kernel (`normalize`)
+    streamed over the stored item (`call_stream`), against the same over the item held in
+    memory by a server without a data_dir."""
     data = Path(tempfile.mkdtemp(prefix="arrowbridge-bench-data-", dir="/var/tmp"))
     try:
-        with process(ours("--port", str(free_port()), "--data-dir", str(data))) as (server, line):
+        with (
+            process(ours("--port", str(free_port()), "--data-dir", str(data))) as (server, line),
+            process(ours("--port", str(free_port()))) as (_, memory_line),
+        ):
+            args = [location_of(line), location_of(memory_line), str(total), str(limit)]
             client = subprocess.Popen(
-                [sys.executable, "-c", BOUNDED_CLIENT, location_of(line), str(total), str(limit)],
+                [sys.executable, "-c", BOUNDED_CLIENT, *args],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
@@ -441,8 +463,16 @@ def bounded_memory(total: int, limit: int) -> dict:
             out, _ = client.communicate()
             if client.returncode != 0:
                 raise RuntimeError(f"the bounded-memory client failed: {out!r}")
-            put, get = map(float, out.split())
-            return {"total": total, "limit": limit, "put": put, "get": get, **grown}
+            put, get, kernel, kernel_in_memory = map(float, out.split())
+            return {
+                "total": total,
+                "limit": limit,
+                "put": put,
+                "get": get,
+                "kernel": kernel,
+                "kernel_in_memory": kernel_in_memory,
+                **grown,
+            }
     finally:
         shutil.rmtree(data, ignore_errors=True)
 
@@ -625,7 +655,10 @@ def report(r: dict, fmt_time: Callable[[float], str]) -> tuple[list[str], list[s
         f"{b['limit'] >> 20} MiB of address space (`RLIMIT_AS`): anonymous memory above idle "
         f"at most {b['client'] >> 20} MiB in the client and {b['server'] >> 20} MiB in the "
         f"server (RssAnon every 50 ms); put {b['total'] / b['put'] / 1e9:.2f} GB/s (written "
-        f"to fresh page cache), streamed get {b['total'] / b['get'] / 1e9:.2f} GB/s."
+        f"to fresh page cache), streamed get {b['total'] / b['get'] / 1e9:.2f} GB/s; a "
+        f"row-wise kernel (`normalize`) streamed over it with `call_stream` "
+        f"{b['total'] / b['kernel'] / 1e9:.2f} GB/s, {b['kernel_in_memory'] / b['kernel']:.2f}× "
+        f"the throughput of the same over the item held in memory (target ≥ 0.8×)."
     )
     wires = [
         f"{w / 1e9:.2f} GB/s around the {n >> 20} MiB transfers"
