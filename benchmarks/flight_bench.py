@@ -100,6 +100,23 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def medians_interleaved(fns: dict[str, object], repeats: int, before=None) -> dict[str, float]:
+    """The median of `repeats` timings of each of `fns` after one warm-up call each, in
+    seconds, the calls taking turns: what slows the machine for a while slows each alike.
+    `before(name)`, if given, runs untimed before each call."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if before is not None:
+                before(name)
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
@@ -166,24 +183,34 @@ def ours_put_get(
     return put_t, get_t
 
 
-def ours_streamed(location: str, x: np.ndarray, repeats: int) -> tuple[float, float]:
-    """A put from a generator of 8 MiB slices and a get as a stream of batches (of about
-    8 MiB, the default), each touched as it arrives."""
+def ours_whole_and_streamed(
+    location: str, x: np.ndarray, repeats: int
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Put and get of `x` whole, and put from a generator of 8 MiB slices and get as a stream
+    of batches (of about 8 MiB, the default), each batch touched as it arrives: (put, get)
+    times of each. The two kinds take turns, so that a slow spell of the machine slows both."""
     rows = max(1, (8 * MIB) // (x.itemsize * int(np.prod(x.shape[1:]))))
 
-    def put():
-        client.put("bench", (x[i : i + rows] for i in range(0, len(x), rows)))
-
-    def get():
+    def streamed_get():
         n = 0
         for batch in client.stream("bench"):
             n += len(batch)
         assert n == len(x)
 
     with arrowbridge.connect(location, shm=False) as client:
-        put_t = median_time(put, repeats)
-        get_t = median_time(get, repeats)
-    return put_t, get_t
+        puts = medians_interleaved(
+            {
+                "whole": lambda: client.put("bench", x),
+                "streamed": lambda: client.put(
+                    "bench", (x[i : i + rows] for i in range(0, len(x), rows))
+                ),
+            },
+            repeats,
+        )
+        gets = medians_interleaved(
+            {"whole": lambda: client.get("bench"), "streamed": streamed_get}, repeats
+        )
+    return (puts["whole"], gets["whole"]), (puts["streamed"], gets["streamed"])
 
 
 def asyncio_calls(location: str, calls: int, threads: int, lone: int) -> dict:
@@ -535,10 +562,10 @@ def run(
                 # never the ceiling they are compared with.
                 wire = [iperf3()]
                 row = {}
-                row["ours tcp"] = ours_put_get(tcp, x, repeats)
+                row["ours tcp"], streamed = ours_whole_and_streamed(tcp, x, repeats)
                 row["ours unix"] = ours_put_get(unix, x, repeats)
                 row["ours shared memory"] = ours_put_get(tcp, x, repeats, shm=True)
-                row["ours tcp, streamed"] = ours_streamed(tcp, x, repeats)
+                row["ours tcp, streamed"] = streamed
                 # Written to its file as it arrives, served from the page cache (warm after
                 # the first get, which median_time discards).
                 row["ours tcp, data_dir"] = ours_put_get(data_dir, x, repeats)

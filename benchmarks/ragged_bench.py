@@ -16,6 +16,7 @@ import statistics
 import time
 
 import numpy as np
+from flight_bench import medians_interleaved
 
 import arrowbridge
 
@@ -29,23 +30,6 @@ def median_of(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def medians_interleaved(fns: dict[str, object], repeats: int, before=None) -> dict[str, float]:
-    """The median of `repeats` timings of each of `fns` after one warm-up call each, in
-    seconds, the calls taking turns: what slows the machine for a while slows each alike.
-    `before(name)`, if given, runs untimed before each call."""
-    for fn in fns.values():
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            if before is not None:
-                before(name)
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def run(quick: bool = False) -> dict[str, float]:
