@@ -213,11 +213,12 @@ def ours_whole_and_streamed(
     return (puts["whole"], gets["whole"]), (puts["streamed"], gets["streamed"])
 
 
-def asyncio_calls(location: str, calls: int, threads: int, lone: int) -> dict:
+def asyncio_calls(location: str, calls: int, threads: int, lone: int, rounds: int = 5) -> dict:
     """8 KiB identity calls: `calls` at once from one event loop on one AsyncClient (with a
     ticker task measuring the loop's longest stall), against `threads` threads sharing one
     blocking client and `threads` threads of pyarrow.flight clients (DoExchange to the same
-    server and kernel); and lone calls, async and blocking."""
+    server and kernel), the three taking turns for `rounds` rounds (medians); and lone
+    calls, async and blocking in turns."""
     import asyncio
     import json
 
@@ -225,6 +226,9 @@ def asyncio_calls(location: str, calls: int, threads: int, lone: int) -> dict:
 
     small = np.ones(1024)
     expected = small.copy()
+    per = calls // threads
+    command = fl.FlightDescriptor.for_command(json.dumps({"kernel": "identity"}).encode())
+    table = pa.table({"x": small})
 
     async def with_ticker(calls) -> tuple[float, float, list]:
         """Wall time, the loop's longest stall (a ticker task's late ticks) and the results
@@ -247,28 +251,17 @@ def asyncio_calls(location: str, calls: int, threads: int, lone: int) -> dict:
         ticker.cancel()
         return wall, max(stalls), results
 
-    async def many() -> tuple[float, float, float, list[float]]:
+    async def many(client: aio.AsyncClient) -> tuple[float, float, float]:
         # What asyncio itself holds the loop up for: the same gather of coroutines that
         # each only wait (creating a thousand tasks and starting them takes whole turns).
         _, floor, _ = await with_ticker(lambda: (asyncio.sleep(0.002) for _ in range(calls)))
-        async with aio.connect(location) as client:
-            await client.call("identity", small)
-            wall, stall, results = await with_ticker(
-                lambda: (client.call("identity", small) for _ in range(calls))
-            )
-            assert all(np.array_equal(r, expected) for r in results)
-            lone_times = []
-            for _ in range(lone):
-                t1 = time.perf_counter()
-                await client.call("identity", small)
-                lone_times.append(time.perf_counter() - t1)
-            return wall, stall, floor, lone_times
+        wall, stall, results = await with_ticker(
+            lambda: (client.call("identity", small) for _ in range(calls))
+        )
+        assert all(np.array_equal(r, expected) for r in results)
+        return wall, stall, floor
 
-    wall, stall, floor, async_lone = asyncio.run(many())
-
-    with arrowbridge.connect(location) as shared:
-        shared.call("identity", small)
-        per = calls // threads
+    def blocking_threads(shared: arrowbridge.Client) -> float:
         t0 = time.perf_counter()
         with ThreadPoolExecutor(threads) as pool:
             list(
@@ -276,15 +269,7 @@ def asyncio_calls(location: str, calls: int, threads: int, lone: int) -> dict:
                     lambda _: [shared.call("identity", small) for _ in range(per)], range(threads)
                 )
             )
-        sync_wall = time.perf_counter() - t0
-        sync_lone = []
-        for _ in range(lone):
-            t1 = time.perf_counter()
-            shared.call("identity", small)
-            sync_lone.append(time.perf_counter() - t1)
-
-    command = fl.FlightDescriptor.for_command(json.dumps({"kernel": "identity"}).encode())
-    table = pa.table({"x": small})
+        return time.perf_counter() - t0
 
     def pyarrow_worker(_: int) -> None:
         client = fl.FlightClient(location)
@@ -297,19 +282,54 @@ def asyncio_calls(location: str, calls: int, threads: int, lone: int) -> dict:
             writer.close()
         client.close()
 
-    pyarrow_worker(0)
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(pyarrow_worker, range(threads)))
-    pyarrow_wall = time.perf_counter() - t0
+    def pyarrow_threads() -> float:
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(pyarrow_worker, range(threads)))
+        return time.perf_counter() - t0
+
+    loop = asyncio.new_event_loop()
+    walls: dict[str, list[float]] = {"async": [], "sync": [], "pyarrow": []}
+    stalls, floors = [], []
+    async_lone, sync_lone = [], []
+    client = aio.connect(location)
+    try:
+        with arrowbridge.connect(location) as shared:
+            loop.run_until_complete(client.call("identity", small))
+            shared.call("identity", small)
+            pyarrow_worker(0)
+            for _ in range(rounds):
+                wall, stall, floor = loop.run_until_complete(many(client))
+                walls["async"].append(wall)
+                stalls.append(stall)
+                floors.append(floor)
+                walls["sync"].append(blocking_threads(shared))
+                walls["pyarrow"].append(pyarrow_threads())
+
+            async def lone_async() -> float:
+                t1 = time.perf_counter()
+                await client.call("identity", small)
+                return time.perf_counter() - t1
+
+            for _ in range(lone):
+                async_lone.append(loop.run_until_complete(lone_async()))
+                t1 = time.perf_counter()
+                shared.call("identity", small)
+                sync_lone.append(time.perf_counter() - t1)
+    finally:
+        client.close()
+        loop.close()
+    wall = {kind: statistics.median(w) for kind, w in walls.items()}
     return {
         "calls": calls,
         "threads": threads,
-        "async_per_s": calls / wall,
-        "sync_per_s": per * threads / sync_wall,
-        "pyarrow_per_s": per * threads / pyarrow_wall,
-        "stall": stall,
-        "stall_floor": floor,
+        "rounds": rounds,
+        "async_per_s": calls / wall["async"],
+        "sync_per_s": per * threads / wall["sync"],
+        "pyarrow_per_s": per * threads / wall["pyarrow"],
+        "stall": statistics.median(stalls),
+        "stall_max": max(stalls),
+        "stall_floor": statistics.median(floors),
         "async_lone_p50": percentile(async_lone, 50),
         "sync_lone_p50": percentile(sync_lone, 50),
     }
@@ -666,9 +686,10 @@ def report(r: dict, fmt_time: Callable[[float], str]) -> tuple[list[str], list[s
         f"AsyncClient {a['async_per_s']:.0f} calls/s, {a['async_per_s'] / a['sync_per_s']:.2f}× "
         f"{a['threads']} threads on one blocking client ({a['sync_per_s']:.0f}/s) and "
         f"{a['async_per_s'] / a['pyarrow_per_s']:.2f}× {a['threads']} threads of pyarrow.flight "
-        f"clients ({a['pyarrow_per_s']:.0f}/s); the loop's longest stall {fmt_time(a['stall'])} "
-        f"(asyncio's own for a gather of {a['calls']} coroutines that only sleep: "
-        f"{fmt_time(a['stall_floor'])}); "
+        f"clients ({a['pyarrow_per_s']:.0f}/s) (medians of {a['rounds']} rounds in turns); the "
+        f"loop's longest stall {fmt_time(a['stall'])} (median of the rounds; at most "
+        f"{fmt_time(a['stall_max'])}), asyncio's own for a gather of {a['calls']} coroutines "
+        f"that only sleep {fmt_time(a['stall_floor'])}; "
         f"a lone async call p50 {fmt_time(a['async_lone_p50'])}, "
         f"{a['async_lone_p50'] / a['sync_lone_p50']:.2f}× a blocking one's.",
         f"- Server memory after four puts of {put >> 22} MiB (two by clients that exit right "
