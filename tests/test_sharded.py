@@ -459,3 +459,28 @@ def test_a_stream_that_fails_part_way_leaves_the_previous_version_and_nothing_el
             client.put("t", iter([np.arange(3)]), shard_bytes=0)
         with pytest.raises(arrowbridge.RemoteNotFoundError):
             client.info("t")
+
+
+def test_puts_whose_shards_could_not_be_read_back_are_refused(servers):
+    locations = [s.location for s in servers]
+    with ClusterClient(locations, replication=2) as client:
+        # Ragged rows whose shapes differ: sharded one by one, a shard whose elements agree on
+        # a dimension would declare it uniform and disagree with the others; each shard
+        # carries the whole list's type, so the item reads back.
+        ragged = [np.arange(3), np.arange(5), np.arange(1), np.arange(4.0).astype(np.int64)]
+        client.put("r", ragged)
+        got = client.get("r")
+        assert len(client.shards("r")) == 3
+        assert [a.tolist() for a in got] == [a.tolist() for a in ragged]
+        with pytest.raises(arrowbridge.ShapeError, match="at least one column"):
+            client.put("e", {})
+        with pytest.raises(arrowbridge.ShapeError, match="'x' is 0-d"):
+            client.put("s", {"x": np.float64(1.0)})
+        # A stream whose later shard holds other columns: refused, naming the batch.
+        changing = iter([np.zeros(2), np.zeros(2, dtype=np.int32)])
+        with pytest.raises(arrowbridge.ShapeError, match=r"batch 1: its columns \[data: int32"):
+            client.put("t", changing, shard_bytes=1)
+        widening = iter([np.zeros((2, 3)), np.zeros((2, 4))])
+        with pytest.raises(arrowbridge.ShapeError, match=r"rows of shape \(4,\)\] differ"):
+            client.put("t", widening, shard_bytes=1)
+        assert sum(counts(servers)) == 2 * 3 + 3  # r's shards twice each, its map thrice

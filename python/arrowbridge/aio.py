@@ -91,6 +91,7 @@ class _Calls:
         #: Calls waiting for a later turn to start, and whether one is due to start some.
         self.waiting: collections.deque[_Queued] = collections.deque()
         self.admitting = False
+        self.closed = False
 
     def _end_burst(self) -> None:
         self.burst = None
@@ -112,18 +113,28 @@ class _Calls:
             self.admitting = False
 
     def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.closed:
+            raise FlightCallError("the client is closed")
         if self.loop is loop:
             return
-        if self.loop is not None and not self.loop.is_closed():
-            if self.loop.is_running():
-                raise RuntimeError(
-                    "this AsyncClient serves the event loop it was first used in; "
-                    "connect another client in this loop"
+        old = self.loop
+        if old is not None and not old.is_closed():
+            # A loop that may run again keeps its calls: another may take over only once
+            # it has none under way (or is closed, its calls gone with it).
+            if old.is_running() or self.futures or self.waiting:
+                raise FlightCallError(
+                    "this AsyncClient serves the event loop it was first used in, which has "
+                    "calls under way; connect another client in this loop (or close that one)"
                 )
-            self.loop.remove_reader(self.native.fd)
+            old.remove_reader(self.native.fd)
         loop.add_reader(self.native.fd, self._drain)
         self.loop = loop
+        # What a closed loop left: calls whose futures it can no longer settle (their
+        # outcomes, when they come, are dropped), and calls that never started.
         self.futures.clear()
+        self.waiting.clear()
+        self.admitting = False
+        self.burst = None
 
     def _drain(self) -> None:
         for token, value, error in self.native.drain(_DRAIN):
@@ -187,6 +198,7 @@ class _Calls:
             raise
 
     def close(self) -> None:
+        self.closed = True
         if self.loop is not None and not self.loop.is_closed():
             self.loop.remove_reader(self.native.fd)
         self.loop = None

@@ -27,6 +27,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import InvalidArgumentError
 from .aio import AsyncClusterClient
 from .client import SHARDS_KEY, ClusterClient, shard_bounds
 
@@ -198,9 +199,11 @@ def start(
     from ._actors import NAMESPACE, Head, Server
 
     if num_servers < 1:
-        raise ValueError(f"num_servers={num_servers}: a cluster needs at least one server")
+        raise InvalidArgumentError(
+            f"num_servers={num_servers}: a cluster needs at least one server"
+        )
     if not 1 <= replication <= num_servers:
-        raise ValueError(f"replication={replication}: must be between 1 and num_servers")
+        raise InvalidArgumentError(f"replication={replication}: must be between 1 and num_servers")
     if not ray.is_initialized():
         ray.init(namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
     cluster_name = name or f"arrowbridge-{uuid.uuid4().hex[:12]}"

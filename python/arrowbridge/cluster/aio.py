@@ -20,22 +20,24 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import json
+import threading
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from ..aio import AsyncClient, AsyncItemStream, _async_batches, _to_async
 from ..errors import FlightCallError, RemoteNotFoundError, ServerUnavailableError
-from ..flight.client import Stored, _batches, _streamed, kernel_distribution
+from ..flight.client import Stored, _batches, _names, _streamed, kernel_distribution
 from .client import (
     _CLEANUP_TIMEOUT,
     _READ_ATTEMPTS,
     _TRY_NEXT_REPLICA,
+    ClusterClient,
     _check_locations,
     _check_name,
     _combined,
+    _delete_late,
     _held_in,
     _no_replica,
     _nothing_to_delete,
@@ -54,6 +56,15 @@ from .client import (
 #: What a server holds under a name: its schema (IPC) and map (JSON text, or None for an
 #: item that is not sharded); None for nothing.
 _Held = tuple[bytes, str | None] | None
+
+
+async def _outcome(call: Awaitable[Any]) -> tuple[bool, Any]:
+    """``(False, result)`` of ``call``, or ``(True, exception)`` if it raised: a result that
+    is an exception (a server's answer to a probe, say) is not mistaken for a failure."""
+    try:
+        return False, await call
+    except BaseException as error:  # a child's cancellation too: the caller re-raises it
+        return True, error
 
 
 async def _held(client: AsyncClient, name: str) -> _Held:
@@ -95,8 +106,6 @@ class AsyncClusterClient:
             for loc in self.locations
         }
         self._kernels: dict[str, dict[str, Any]] | None = None
-        # Cleanups of cancelled puts, running on their own (held so they are not collected).
-        self._cleanups: set[asyncio.Task[None]] = set()
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -149,31 +158,42 @@ class AsyncClusterClient:
     async def _parallel(calls: Iterable[Awaitable[Any]]) -> list[Any]:
         """Every call at once; all results, or the first error once every call has ended.
         Cancelling the awaiting task cancels them all."""
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        return results
+        calls = list(calls)
+        try:
+            outcomes = await asyncio.gather(*map(_outcome, calls))
+        finally:
+            # Cancelled before some had started: they never will ("never awaited" else).
+            for call in calls:
+                if inspect.iscoroutine(call) and inspect.getcoroutinestate(call) == "CORO_CREATED":
+                    call.close()
+        for raised, value in outcomes:
+            if raised:
+                raise value
+        return [value for _, value in outcomes]
 
-    async def _afterwards(
-        self, error: BaseException, cleanup: Callable[[float | None], Awaitable[Any]]
-    ) -> None:
-        """Runs ``cleanup`` of a put that did not commit: at once after an error; after a
-        cancellation, in a task of its own, so that the cancelled task ends at once."""
+    async def _afterwards(self, error: BaseException, method: str, *args: Any) -> None:
+        """Runs the cleanup of a put that did not commit, the method ``method(*args,
+        timeout)`` (``_discard`` or ``_roll_back``): at once after an error. After a
+        cancellation, the blocking client's twin of it runs on a thread of its own: the
+        cancelled task ends at once, and the cleanup outlives it and the event loop (which
+        ``asyncio.run`` closes, cancelling the tasks left, right after a cancelled main)."""
         if isinstance(error, Exception):
-            await cleanup(self._timeout)
+            await getattr(self, method)(*args, self._timeout)
             return
+        locations, token, replication = self.locations, self._token, self.replication
+        # Bounded, so that the interpreter's exit never waits on a silent server.
+        timeout = self._timeout or _CLEANUP_TIMEOUT
 
-        async def later() -> None:
+        def later() -> None:
             try:
-                # Bounded, so that a silent server does not keep the task forever.
-                await cleanup(self._timeout or _CLEANUP_TIMEOUT)
+                with ClusterClient(
+                    locations, token=token, replication=replication, shm=False, timeout=timeout
+                ) as blocking:
+                    getattr(blocking, method)(*args, timeout)
             except (FlightCallError, RuntimeError):
-                pass  # the client was closed meanwhile, or a server is gone
+                pass  # a server is gone, or the interpreter is exiting
 
-        task = asyncio.get_running_loop().create_task(later())
-        self._cleanups.add(task)
-        task.add_done_callback(self._cleanups.discard)
+        threading.Thread(target=later, name="arrowbridge-cluster-cleanup", daemon=True).start()
 
     async def _tell(self, name: str, schema_ipc: bytes | None, map_json: str | None) -> None:
         if self._on_map is not None:
@@ -255,7 +275,7 @@ class AsyncClusterClient:
         except BaseException as error:
             # Nothing refers to these shards yet: the previous version is untouched.
             stored = {"shards": plan.shards}
-            await self._afterwards(error, lambda t: self._delete_shards(stored, set(), t))
+            await self._afterwards(error, "_discard", stored)
             raise
         await self._commit(name, info["schema_ipc"], plan.shard_map())
 
@@ -265,7 +285,7 @@ class AsyncClusterClient:
         try:
             index = 0
             async for batch_form, names, arrays in batches:
-                stream.check(index, batch_form, arrays)
+                stream.check(index, batch_form, names, arrays)
                 index += 1
                 if stream.shard is None:
                     shard = stream.start()
@@ -290,7 +310,7 @@ class AsyncClusterClient:
             for _, put in puts:
                 put.abort()  # the shard under way: its servers store nothing
             stored = stream.stored()
-            await self._afterwards(error, lambda t: self._delete_shards(stored, set(), t))
+            await self._afterwards(error, "_discard", stored)
             raise
         await self._commit(name, info["schema_ipc"], shard_map)
 
@@ -302,7 +322,7 @@ class AsyncClusterClient:
         try:
             held = await self._parallel(_held(c, name) for _, c in servers)
         except BaseException as error:
-            await self._afterwards(error, lambda t: self._delete_shards(shard_map, set(), t))
+            await self._afterwards(error, "_discard", shard_map)
             raise
         before = dict(zip(self.locations, held, strict=True))
         map_json = json.dumps(shard_map)
@@ -316,10 +336,7 @@ class AsyncClusterClient:
             await self._parallel(publish(loc, c) for loc, c in servers)
             await self._tell(name, schema_ipc, map_json)
         except BaseException as error:
-            roll_back = functools.partial(
-                self._roll_back, name, before, published, shard_map, error
-            )
-            await self._afterwards(error, roll_back)
+            await self._afterwards(error, "_roll_back", name, before, published, shard_map, error)
             raise
         old, keep = _replaced(before.values(), shard_map)
         _old_shards_left(name, await self._delete_shards(old, keep))
@@ -355,32 +372,43 @@ class AsyncClusterClient:
 
         stuck = [f for f in await self._parallel(map(restore, self.locations)) if f is not None]
         if not stuck:
-            await self._delete_shards(shard_map, set(), timeout)
+            await self._discard(shard_map, timeout)
         elif hasattr(error, "add_note"):
             error.add_note(
                 f"put {name!r}: the new map stays on server(s) that could not take the "
                 f"previous one back ({'; '.join(stuck)}), so its shards were kept"
             )
 
+    async def _discard(self, shard_map: dict[str, Any], timeout: float | None = None) -> None:
+        """Deletes the shards of a put that did not commit, and again later those it did
+        not find (see :meth:`ClusterClient._discard`)."""
+        await self._delete_shards(shard_map, set(), timeout, late=True)
+
     async def _delete_shards(
         self,
         shard_map: dict[str, Any],
         keep: set[tuple[str, str]],
         timeout: float | None = None,
+        late: bool = False,
     ) -> list[tuple[str, FlightCallError]]:
         """Deletes every replica of the shards of ``shard_map`` but those in ``keep``,
-        best-effort; what else failed."""
+        best-effort (see :meth:`ClusterClient._delete_shards`); what else failed."""
+        missing: list[tuple[str, str]] = []
 
         async def delete(shard_name: str, location: str) -> tuple[str, FlightCallError] | None:
             try:
                 await self._client(location).delete(shard_name, timeout=timeout)
-            except (RemoteNotFoundError, ServerUnavailableError):
-                pass  # gone already, or with its server
+            except RemoteNotFoundError:
+                missing.append((shard_name, location))
+            except ServerUnavailableError:
+                pass  # gone with its server
             except FlightCallError as e:
                 return f"{shard_name!r} on {location}: {e}", e
             return None
 
         failures = await self._parallel(delete(*pair) for pair in _shard_pairs(shard_map, keep))
+        if late and missing:
+            _delete_late(missing, self.locations, self._token, self._timeout or _CLEANUP_TIMEOUT)
         return [f for f in failures if f is not None]
 
     async def get(
@@ -392,7 +420,7 @@ class AsyncClusterClient:
     ) -> Any:
         """The item ``name`` (or its ``columns`` and ``rows``), as :meth:`ClusterClient.get`
         returns it: one version, whole, its shards fetched at once."""
-        selected = None if columns is None else list(columns)
+        selected = None if columns is None else _names("columns", columns)
         return await self._read(
             name,
             lambda: self._any(f"get {name!r}", lambda c: c.get(name, columns=selected, rows=rows)),

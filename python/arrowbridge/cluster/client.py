@@ -28,6 +28,7 @@ import numbers
 import re
 import secrets
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -38,6 +39,7 @@ import pyarrow as pa
 
 from ..errors import (
     FlightCallError,
+    InvalidArgumentError,
     InvalidLocationError,
     InvalidNameError,
     ItemReplacedError,
@@ -72,6 +74,10 @@ _VERSION_BYTES = 8
 #: How long each call of the cleanup after an interrupted put may take, when the client has
 #: no timeout of its own (seconds).
 _CLEANUP_TIMEOUT = 10.0
+#: When a cleanup deletes again, in the background, the shards it did not find (seconds
+#: after the one before): a shard's put cancelled, or timed out, after its data was sent
+#: may still land on its server after the cleanup's first delete.
+_LATE_DELETES = (0.1, 0.5, 2.0)
 #: How many times a read starts again when the item was replaced under it.
 _READ_ATTEMPTS = 8
 #: Where a streamed put starts its next shard, by default: once the shard holds this many
@@ -120,7 +126,7 @@ def _check_name(name: Any, what: str, suffix: str = "") -> None:
     """Raises :class:`InvalidNameError` unless ``name`` is an item name the servers accept,
     is not reserved for shards, and leaves room for ``suffix`` (its shards' names)."""
     if not isinstance(name, str):
-        raise TypeError(f"{what}: an item name is a str, not {type(name).__name__}")
+        raise InvalidNameError(f"{what}: an item name is a str, not {type(name).__name__}")
     if not _NAME.fullmatch(name) or len(name) > _MAX_NAME:
         raise InvalidNameError(
             f"{what}: name {name!r}: use 1-{_MAX_NAME} letters, digits, '_', '-' or '.', "
@@ -198,7 +204,7 @@ def _put_kind(
     if shards is not None and (
         isinstance(shards, bool) or not isinstance(shards, numbers.Integral) or shards < 1
     ):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"put {name!r}: shards={shards!r}: must be None (one shard per server) or an int >= 1"
         )
     if shard_bytes is not None and (
@@ -206,19 +212,19 @@ def _put_kind(
         or not isinstance(shard_bytes, numbers.Integral)
         or shard_bytes < 1
     ):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"put {name!r}: shard_bytes={shard_bytes!r}: must be None (256 MiB) or an int >= 1"
         )
     if _streamed(data) if streamed is None else streamed:
         if shards is not None:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"put {name!r}: shards={shards!r} is for an item in memory; a stream's "
                 "rows are not known in advance: give shard_bytes (the size at which a "
                 "shard ends) instead"
             )
         return _STREAM_SHARD_BYTES if shard_bytes is None else int(shard_bytes)
     if shard_bytes is not None:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"put {name!r}: shard_bytes is for a stream of batches; an item in memory is "
             "split into shards=N"
         )
@@ -233,6 +239,9 @@ class _Plan:
         self, name: str, data: Any, shards: int | None, locations: Sequence[str], replication: int
     ):
         self.form, self.names, self.arrays = _columns(data)
+        if not self.arrays:
+            raise ShapeError(f"put {name!r}: an item sharded by rows needs at least one column")
+        _check_rows_axis(f"put {name!r}", self.names, self.arrays)
         lengths = {len(a) for a in self.arrays}
         if len(lengths) > 1:
             raise ShapeError(
@@ -241,6 +250,7 @@ class _Plan:
             )
         self.rows = lengths.pop() if lengths else 0
         bounds = shard_bounds(self.rows, len(locations) if shards is None else int(shards))
+        self.arrays = [_whole_ragged(a, len(bounds)) for a in self.arrays]
         count, version = len(bounds), _version()
         _check_name(name, "put", _shard_name("", count - 1, count, version))
         n = len(locations)
@@ -267,6 +277,37 @@ def _shard_map_of(rows: int, shards: list[dict[str, Any]]) -> dict[str, Any]:
     return {"rows": rows, "bytes": sum(s["bytes"] for s in shards), "shards": shards}
 
 
+def _signature(names: Sequence[str], arrays: Sequence[Any]) -> list[str]:
+    """What each column of a batch holds (its name, element type and the shape of a row), as
+    the shards of one item must agree on."""
+    out = []
+    for name, column in zip(names, arrays, strict=True):
+        if isinstance(column, list):
+            first = column[0] if column else None
+            kind = f"ragged {getattr(first, 'dtype', '?')}, ndim {getattr(first, 'ndim', '?')}"
+        elif isinstance(column, pa.Array | pa.ChunkedArray):
+            kind = str(column.type)
+        else:
+            kind = f"{getattr(column, 'dtype', type(column).__name__)} rows of shape "
+            kind += str(tuple(getattr(column, "shape", ())[1:]))
+        out.append(f"{name}: {kind}")
+    return out
+
+
+def _whole_ragged(column: Any, shards: int) -> Any:
+    """A ragged column (a list of arrays) as one Arrow array when its elements' shapes differ
+    and it is split into several shards: each shard then carries the whole list's
+    ``uniform_shape``, so the shards' columns agree (sharded one by one, a shard whose
+    elements happen to agree on a dimension would declare it uniform)."""
+    if shards < 2 or not isinstance(column, list):
+        return column
+    if len({tuple(getattr(a, "shape", ())) for a in column}) < 2:
+        return column
+    from .. import to_arrow
+
+    return to_arrow(column)
+
+
 class _StreamedShards:
     """The shards of a streamed put, as its batches come (see :meth:`ClusterClient.put`)."""
 
@@ -278,14 +319,25 @@ class _StreamedShards:
         self.shard: dict[str, Any] | None = None  # the one being written
         self.rows = 0
         self.form: str | None = None
+        self.columns: list[str] = []
 
-    def check(self, index: int, batch_form: str, arrays: Sequence[Any]) -> None:
-        """Raises :class:`ShapeError` unless batch ``index`` fits the stream."""
+    def check(
+        self, index: int, batch_form: str, names: Sequence[str], arrays: Sequence[Any]
+    ) -> None:
+        """Raises :class:`ShapeError` unless batch ``index`` fits the stream: the same form
+        and columns as the first (a later shard of other columns could not be read)."""
+        _check_rows_axis(f"put {self.name!r}: batch {index}", names, arrays)
+        signature = _signature(names, arrays)
         if self.form is None:
-            self.form = batch_form
+            self.form, self.columns = batch_form, signature
         elif batch_form != self.form:
             raise ShapeError(
                 f"put {self.name!r}: batch {index} is a {batch_form}, the first was a {self.form}"
+            )
+        elif signature != self.columns:
+            raise ShapeError(
+                f"put {self.name!r}: batch {index}: its columns [{'; '.join(signature)}] differ "
+                f"from the first batch's [{'; '.join(self.columns)}]"
             )
         if len({len(a) for a in arrays}) != 1:
             raise ShapeError(
@@ -325,6 +377,59 @@ class _StreamedShards:
     def stored(self) -> dict[str, Any]:
         """Every shard stored, or partly: what an interrupted put deletes."""
         return {"shards": self.done + ([self.shard] if self.shard is not None else [])}
+
+
+def _check_rows_axis(what: str, names: Sequence[str], arrays: Sequence[Any]) -> None:
+    """Raises :class:`ShapeError` for a column with no rows to shard (a 0-d array)."""
+    for column_name, column in zip(names, arrays, strict=True):
+        if not isinstance(column, list) and getattr(column, "ndim", 1) == 0:
+            raise ShapeError(
+                f"{what}: column {column_name!r} is 0-d (a scalar): an item sharded by "
+                "rows needs arrays of at least one dimension"
+            )
+
+
+def _delete_late(
+    pairs: Sequence[tuple[str, str]],
+    locations: Sequence[str],
+    token: str | None,
+    timeout: float | None,
+) -> None:
+    """Deletes the shards ``pairs`` (name, location) again on a thread of its own, a few
+    times over a few seconds (:data:`_LATE_DELETES`), for puts still landing after their
+    cleanup deleted nothing there. Blocking clients of its own: it outlives the client,
+    and the event loop of an asyncio one."""
+
+    def run() -> None:
+        clients: dict[str, Client] = {}
+        pending = set(pairs)
+        try:
+            for delay in _LATE_DELETES:
+                time.sleep(delay)
+                for shard_name, location in sorted(pending):
+                    if location not in clients:
+                        clients[location] = Client(
+                            location,
+                            token=token if location in locations else None,
+                            shm=False,
+                            timeout=timeout,
+                        )
+                    try:
+                        clients[location].delete(shard_name)
+                    except RemoteNotFoundError:
+                        continue  # not (yet) there
+                    except FlightCallError:
+                        pass  # its server is gone or refuses: nothing more to do there
+                    pending.discard((shard_name, location))
+                if not pending:
+                    break
+        except (FlightCallError, RuntimeError):
+            pass  # a client could not be made (the interpreter is exiting, say)
+        finally:
+            for client in clients.values():
+                client.close()
+
+    threading.Thread(target=run, name="arrowbridge-cluster-late-delete", daemon=True).start()
 
 
 def _replaced(
@@ -415,7 +520,7 @@ def _check_locations(locations: Any, replication: Any) -> list[str]:
         )
     locations = list(locations)
     if not locations:
-        raise ValueError("a cluster client needs at least one server location")
+        raise InvalidArgumentError("a cluster client needs at least one server location")
     for i, location in enumerate(locations):
         if location in locations[:i]:
             raise InvalidLocationError(
@@ -427,7 +532,7 @@ def _check_locations(locations: Any, replication: Any) -> list[str]:
         or not isinstance(replication, numbers.Integral)
         or not 1 <= replication <= len(locations)
     ):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"replication={replication!r}: must be an int between 1 and the "
             f"{len(locations)} server(s)"
         )
@@ -544,10 +649,15 @@ class ClusterClient:
         with self._lock:
             self._running.discard(future)
 
-    def _afterwards(self, error: BaseException, cleanup: Callable[[float | None], Any]) -> None:
-        """Runs ``cleanup`` of a put that did not commit: at once after an error; after an
+    def _afterwards(self, error: BaseException, method: str, *args: Any) -> None:
+        """Runs the cleanup of a put that did not commit, the method ``method(*args,
+        timeout)`` (``_discard`` or ``_roll_back``): at once after an error; after an
         interruption (Ctrl+C), on a thread of its own once the calls still under way have
         ended, so that the interrupt is not held up by the servers."""
+
+        def cleanup(timeout: float | None) -> None:
+            getattr(self, method)(*args, timeout)
+
         if isinstance(error, Exception):
             cleanup(self._timeout)
             return
@@ -647,8 +757,16 @@ class ClusterClient:
         new map not take the old one back, the new shards are kept (the error's note names
         the server), so that no server holds a map of missing shards. An item that is not
         sharded (put on one server directly) is replaced by the map, and not put back.
-        Concurrent puts of one name from several clients are not ordered: each server keeps
-        the last map it received.
+        Concurrent puts of one name (from several clients, or tasks) are not ordered: each
+        server keeps the last map it received, and a put whose map another replaced before it
+        was published everywhere may leave its shards behind (items named
+        ``name.shard-*.v<token>`` that no map names; ``list`` shows them, and a plain client
+        of their server deletes them: ``arrowbridge.connect(location).delete(shard)``).
+        Serialize puts of one name to avoid both.
+
+        The shards of a put that failed or was interrupted are deleted, and those not found
+        are deleted again over the next few seconds, on a thread of its own: a shard's put
+        that was cut off after its data was sent may still land on its server.
 
         ``name`` must be a valid item name (1-200 letters, digits, ``_``, ``-`` or ``.``,
         not starting with ``.``) with room left for its shards' suffix, and not contain a
@@ -692,7 +810,7 @@ class ClusterClient:
         except BaseException as error:
             # Nothing refers to these shards yet: the previous version is untouched.
             stored = {"shards": plan.shards}
-            self._afterwards(error, lambda timeout: self._delete_shards(stored, set(), timeout))
+            self._afterwards(error, "_discard", stored)
             raise
         self._commit(name, schema_ipc, plan.shard_map())
 
@@ -706,7 +824,7 @@ class ClusterClient:
 
         try:
             for index, (batch_form, names, arrays) in enumerate(_batches(data)):
-                stream.check(index, batch_form, arrays)
+                stream.check(index, batch_form, names, arrays)
                 if stream.shard is None:
                     shard = stream.start()
                     puts = [
@@ -741,7 +859,7 @@ class ClusterClient:
             for put in puts:
                 put.abort()  # the shard under way: its servers store nothing
             stored = stream.stored()
-            self._afterwards(error, lambda timeout: self._delete_shards(stored, set(), timeout))
+            self._afterwards(error, "_discard", stored)
             raise
         self._commit(name, schema_ipc, shard_map)
 
@@ -762,7 +880,7 @@ class ClusterClient:
                 )
             )
         except BaseException as error:
-            self._afterwards(error, lambda timeout: self._delete_shards(shard_map, set(), timeout))
+            self._afterwards(error, "_discard", shard_map)
             raise
         map_json = json.dumps(shard_map)
         published: set[str] = set()
@@ -778,10 +896,7 @@ class ClusterClient:
             if self._on_map is not None:
                 self._on_map(name, schema_ipc, map_json)
         except BaseException as error:
-            roll_back = functools.partial(
-                self._roll_back, name, before, published, shard_map, error
-            )
-            self._afterwards(error, roll_back)
+            self._afterwards(error, "_roll_back", name, before, published, shard_map, error)
             raise
         old, keep = _replaced(before.values(), shard_map)
         _old_shards_left(name, self._delete_shards(old, keep))
@@ -824,28 +939,38 @@ class ClusterClient:
             if f is not None
         ]
         if not stuck:
-            self._delete_shards(shard_map, set(), timeout)
+            self._discard(shard_map, timeout)
         elif hasattr(error, "add_note"):
             error.add_note(
                 f"put {name!r}: the new map stays on server(s) that could not take the "
                 f"previous one back ({'; '.join(stuck)}), so its shards were kept"
             )
 
+    def _discard(self, shard_map: dict[str, Any], timeout: float | None = None) -> None:
+        """Deletes the shards of a put that did not commit, and again later those it did
+        not find (see :func:`_delete_late`)."""
+        self._delete_shards(shard_map, set(), timeout, late=True)
+
     def _delete_shards(
         self,
         shard_map: dict[str, Any],
         keep: set[tuple[str, str]],
         timeout: float | None = None,
+        late: bool = False,
     ) -> list[tuple[str, FlightCallError]]:
         """Deletes every replica of the shards of ``shard_map`` but those in ``keep`` (shard
         name, location); best-effort: a shard already gone, or whose server is down, is
-        skipped. Returns what else failed: a line saying which, and the error."""
+        skipped (with ``late``, one not found is deleted again later: its put may still
+        land). Returns what else failed: a line saying which, and the error."""
+        missing: list[tuple[str, str]] = []
 
         def delete(shard_name: str, location: str) -> tuple[str, FlightCallError] | None:
             try:
                 self._client(location).delete(shard_name, timeout=timeout)
-            except (RemoteNotFoundError, ServerUnavailableError):
-                pass  # gone already, or with its server
+            except RemoteNotFoundError:
+                missing.append((shard_name, location))
+            except ServerUnavailableError:
+                pass  # gone with its server
             except FlightCallError as e:
                 return f"{shard_name!r} on {location}: {e}", e
             return None
@@ -853,6 +978,8 @@ class ClusterClient:
         failures = self._parallel(
             [functools.partial(delete, *pair) for pair in _shard_pairs(shard_map, keep)]
         )
+        if late and missing:
+            _delete_late(missing, self.locations, self._token, self._timeout or _CLEANUP_TIMEOUT)
         return [f for f in failures if f is not None]
 
     def get(
