@@ -42,10 +42,14 @@ install: $(DEPS)
 # The installed wheel, then what the tests and benchmarks use besides it: the example
 # extension built on arrowbridge-pyo3 (examples/extension), the test hooks
 # (crates/arrowbridge-testing, never shipped), the example kernel plugin and the Rust reader.
+# Each of these reuses the dependencies the wheel's build compiled: crates/workspace-hack gives
+# them one feature set, and the plugin is built as a cdylib alone, so that its dependencies are
+# compiled for link-time optimisation as the wheel's were (an rlib would want object code).
 build: install
 	$(BIN)/maturin develop --release --locked --quiet -m examples/extension/Cargo.toml
 	$(BIN)/maturin develop --release --locked --quiet -m crates/arrowbridge-testing/Cargo.toml
-	cargo build --release --locked -p arrowbridge-example-kernels -p arrowbridge --lib --example ipc_view
+	cargo rustc --release --locked --quiet -p arrowbridge-example-kernels --lib --crate-type cdylib
+	cargo build --release --locked --quiet -p arrowbridge --example ipc_view
 
 # The shipped wheels, one per CPython 3.10-3.13 found (on PATH or under pyenv), in dist/.
 wheel: $(BUILD_DEPS)
@@ -74,6 +78,7 @@ demo: $(DEMO_DEPS)
 
 lint: $(DEPS)
 	cargo fmt --all -- --check
+	$(BIN)/python packaging/unified.py
 	cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 	$(BIN)/ruff check python tests benchmarks notebooks examples
