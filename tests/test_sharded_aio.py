@@ -307,4 +307,5 @@ def test_a_client_moves_to_another_loop_only_once_the_first_has_no_calls(servers
         return fds, len(os.listdir("/proc/self/fd"))
 
     before, after = run(after_close())
-    assert after == before
+    # One leaked descriptor per call would be 50 more; others' may close meanwhile.
+    assert after <= before

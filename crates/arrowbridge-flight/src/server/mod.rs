@@ -203,7 +203,7 @@ pub fn start(config: ServerConfig) -> Result<RunningServer> {
             }
             Ok(Incoming::Unix(listener)) => {
                 let incoming = UnixListenerStream::new(listener).map_ok(|socket| {
-                    crate::wire::transport::widen_send_buffer(&socket);
+                    crate::wire::transport::size_send_buffer(&socket);
                     Coalesce::new(socket, Mode::AfterChained)
                 });
                 serve_until(
