@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -184,12 +185,11 @@ def ours_put_get(
 
 
 def ours_whole_and_streamed(
-    location: str, unix: str, x: np.ndarray, repeats: int
-) -> tuple[tuple[float, float], tuple[float, float], tuple[float, float]]:
-    """Put and get of `x` whole over TCP and over a Unix socket (to a server at `unix`), and
-    over TCP put from a generator of 8 MiB slices and got as a stream of batches (of about
-    8 MiB, the default), each batch touched as it arrives: (put, get) times of each, in that
-    order. The kinds take turns, so that a slow spell of the machine slows each alike."""
+    location: str, x: np.ndarray, repeats: int
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Put and get of `x` whole, and put from a generator of 8 MiB slices and get as a stream
+    of batches (of about 8 MiB, the default), each batch touched as it arrives: (put, get)
+    times of each. The two kinds take turns, so that a slow spell of the machine slows both."""
     rows = max(1, (8 * MIB) // (x.itemsize * int(np.prod(x.shape[1:]))))
 
     def streamed_get():
@@ -198,14 +198,10 @@ def ours_whole_and_streamed(
             n += len(batch)
         assert n == len(x)
 
-    with (
-        arrowbridge.connect(location, shm=False) as client,
-        arrowbridge.connect(unix, shm=False) as over_unix,
-    ):
+    with arrowbridge.connect(location, shm=False) as client:
         puts = medians_interleaved(
             {
                 "whole": lambda: client.put("bench", x),
-                "unix": lambda: over_unix.put("bench", x),
                 "streamed": lambda: client.put(
                     "bench", (x[i : i + rows] for i in range(0, len(x), rows))
                 ),
@@ -213,14 +209,30 @@ def ours_whole_and_streamed(
             repeats,
         )
         gets = medians_interleaved(
-            {
-                "whole": lambda: client.get("bench"),
-                "unix": lambda: over_unix.get("bench"),
-                "streamed": streamed_get,
-            },
+            {"whole": lambda: client.get("bench"), "streamed": streamed_get}, repeats
+        )
+    return (puts["whole"], gets["whole"]), (puts["streamed"], gets["streamed"])
+
+
+def ours_tcp_and_unix(
+    tcp: str, unix: str, x: np.ndarray, repeats: int
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Put and get of `x` over TCP and over a Unix socket (two servers), in turns: (put, get)
+    times of each. Two kinds only, so that each server's next put comes within the second
+    its freed landing stays warm (`Recycling`), as in the other rows."""
+    with (
+        arrowbridge.connect(tcp, shm=False) as over_tcp,
+        arrowbridge.connect(unix, shm=False) as over_unix,
+    ):
+        puts = medians_interleaved(
+            {"tcp": lambda: over_tcp.put("bench", x), "unix": lambda: over_unix.put("bench", x)},
             repeats,
         )
-    return tuple((puts[kind], gets[kind]) for kind in ("whole", "unix", "streamed"))
+        gets = medians_interleaved(
+            {"tcp": lambda: over_tcp.get("bench"), "unix": lambda: over_unix.get("bench")},
+            repeats,
+        )
+    return (puts["tcp"], gets["tcp"]), (puts["unix"], gets["unix"])
 
 
 def asyncio_calls(location: str, calls: int, threads: int, lone: int, rounds: int = 5) -> dict:
@@ -563,12 +575,86 @@ def server_memory(each: int) -> tuple[int, int]:
             return rss(proc.pid) - idle, 4 * rows * 1024 * 8
 
 
+def interrupts(nbytes: int, tries: int) -> dict:
+    """How late a blocking call gives up once its deadline has passed or Ctrl+C (SIGINT to
+    this process, from a timer thread) has arrived: `tries` times each against a server that
+    accepts connections and never answers (get, info and put in turn), and in the middle of
+    a get or put of `nbytes` over TCP to a real server (in turn). Lateness in seconds, by
+    case; a try whose call ended before its interrupt fired is not counted."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(256)
+    held: list[socket.socket] = []  # accepted and never answered
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(listener.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    silent = arrowbridge.connect(f"grpc://127.0.0.1:{listener.getsockname()[1]}")
+    x = np.ones((nbytes // (8 * 1024), 1024))
+    lateness: dict[str, list[float]] = {}
+    with (
+        process(ours("--port", str(free_port()))) as (_, line),
+        arrowbridge.connect(location_of(line), shm=False) as real,
+    ):
+        real.put("whole", x)
+        whole = median_time(lambda: real.get("whole"), 3)
+        # Well inside a transfer: a third of a whole get's time.
+        mid = whole / 3
+        calls = {
+            "silent server": [
+                lambda **kw: silent.get("x", **kw),
+                lambda **kw: silent.info("x", **kw),
+                lambda **kw: silent.put("x", np.arange(3), **kw),
+            ],
+            f"mid-transfer of {nbytes >> 20} MiB": [
+                lambda **kw: real.get("whole", **kw),
+                lambda **kw: real.put("other", x, **kw),
+            ],
+        }
+        for where, fns in calls.items():
+            wait = 0.05 if where == "silent server" else mid
+            deadline, ctrl_c = [], []
+            for i in range(tries):
+                fn = fns[i % len(fns)]
+                start = time.perf_counter()
+                try:
+                    fn(timeout=wait)
+                except arrowbridge.FlightTimeoutError:
+                    deadline.append(time.perf_counter() - start - wait)
+                fired: list[float] = []
+
+                def interrupt(fired: list[float] = fired) -> None:
+                    fired.append(time.perf_counter())
+                    signal.raise_signal(signal.SIGINT)
+
+                timer = threading.Timer(wait, interrupt)
+                timer.start()
+                try:
+                    fn()
+                    timer.join()  # ended first: its KeyboardInterrupt is still to come
+                    time.sleep(1)
+                except KeyboardInterrupt:
+                    if fired:
+                        ctrl_c.append(time.perf_counter() - fired[0])
+            lateness[f"deadline, {where}"] = deadline
+            lateness[f"Ctrl+C, {where}"] = ctrl_c
+    silent.close()
+    listener.close()
+    for s in held:
+        s.close()
+    return {"tries": tries, "lateness": lateness}
+
+
 def run(
     sizes: list[int],
     repeats: int,
     concurrency: tuple[int, int],
     small_n: int,
     bounded: tuple[int, int],
+    interrupted: tuple[int, int],
 ) -> dict:
     """Every Flight figure, at every size in `sizes` (bytes of a float64 (n, 1024) tensor)."""
     results: dict = {"sizes": {}, "iperf3": {}, "shmem_huge_pages": shmem_huge_pages()}
@@ -592,9 +678,10 @@ def run(
                 # never the ceiling they are compared with.
                 wire = [iperf3()]
                 row = {}
-                row["ours tcp"], row["ours unix"], streamed = ours_whole_and_streamed(
-                    tcp, unix, x, repeats
-                )
+                row["ours tcp"], streamed = ours_whole_and_streamed(tcp, x, repeats)
+                # Compared with TCP in turns of their own (the ratio in the headline).
+                tcp_again, row["ours unix"] = ours_tcp_and_unix(tcp, unix, x, repeats)
+                results.setdefault("tcp beside unix", {})[x.nbytes] = tcp_again
                 row["ours shared memory"] = ours_put_get(tcp, x, repeats, shm=True)
                 row["ours tcp, streamed"] = streamed
                 # Written to its file as it arrives, served from the page cache (warm after
@@ -622,6 +709,7 @@ def run(
             results["asyncio"] = asyncio_calls(tcp, 1000, 32, small_n)
         results["memory"] = server_memory(sizes[0])
         results["bounded"] = bounded_memory(*bounded)
+        results["interrupts"] = interrupts(*interrupted)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return results
@@ -652,6 +740,7 @@ def report(r: dict, fmt_time: Callable[[float], str]) -> tuple[list[str], list[s
         ours_put, ours_get = (nbytes / t for t in row["ours tcp"])
         pa_put, pa_get = (nbytes / t for t in row["pyarrow client, pyarrow server"])
         unix_put, unix_get = (nbytes / t for t in row["ours unix"])
+        beside_put, beside_get = (nbytes / t for t in r["tcp beside unix"][nbytes])
         vs_wire = (
             f"{ours_put / wire:.2f}× / {ours_get / wire:.2f}× iperf3's {wire / 1e9:.2f} GB/s, "
             if wire
@@ -680,8 +769,8 @@ def report(r: dict, fmt_time: Callable[[float], str]) -> tuple[list[str], list[s
             f"- Flight {nbytes >> 20} MiB over TCP: put {ours_put / 1e9:.2f} GB/s, get "
             f"{ours_get / 1e9:.2f} GB/s ({vs_wire}{ours_put / pa_put:.2f}× / "
             f"{ours_get / pa_get:.2f}× pyarrow.flight client ⇄ server); Unix socket "
-            f"{unix_put / ours_put:.2f}× / {unix_get / ours_get:.2f}× TCP (in turns with it; "
-            f"target ≥ 1.2×)."
+            f"{unix_put / beside_put:.2f}× / {unix_get / beside_get:.2f}× TCP (in turns with "
+            f"it; target ≥ 1.2×)."
         )
     p50, echo50 = percentile(r["ours call"], 50), percentile(r["echo call"], 50)
     wire50 = percentile(r["socket round trip"], 50)
@@ -720,6 +809,18 @@ def report(r: dict, fmt_time: Callable[[float], str]) -> tuple[list[str], list[s
         f"{b['total'] / b['kernel'] / 1e9:.2f} GB/s, {b['kernel_in_memory'] / b['kernel']:.2f}× "
         f"the throughput of the same over the item held in memory (target ≥ 0.8×)."
     )
+    late = r["interrupts"]["lateness"]
+
+    def p99(case: str) -> str:
+        values = late[case]
+        return f"{fmt_time(percentile(values, 99))} ({len(values)})" if values else "none"
+
+    headline.append(
+        "- Deadlines and Ctrl+C, how late a call gives up, p99 over "
+        f"{r['interrupts']['tries']} tries (tries counted): "
+        + "; ".join(f"{case} {p99(case)}" for case in late)
+        + " (target ≤ 100 ms)."
+    )
     wires = [
         f"{w / 1e9:.2f} GB/s around the {n >> 20} MiB transfers"
         for n, w in r["iperf3"].items()
@@ -738,5 +839,22 @@ def report(r: dict, fmt_time: Callable[[float], str]) -> tuple[list[str], list[s
         f"Concurrency: {c['clients']} clients × {c['calls'] // c['clients']} calls, "
         f"{c['calls_per_s']:.0f} calls/s, p50 {fmt_time(c['p50'])}, p99 {fmt_time(c['p99'])}, "
         f"{c['errors']} errors.",
+        "",
+        "Deadlines and Ctrl+C: how long after its deadline (`timeout=`) or after SIGINT a "
+        "blocking call raises `FlightTimeoutError` or `KeyboardInterrupt`, against a server "
+        "that accepts connections and never answers (get, info and put in turn) and in the "
+        "middle of a get or put over TCP (in turn; deadline and signal a third of a whole "
+        "get's time in).",
+        "",
+        "| case | tries | p50 | p99 | max |",
+        "| --- | --- | --- | --- | --- |",
     ]
+    for case, values in late.items():
+        if values:
+            lines.append(
+                f"| {case} | {len(values)} | {fmt_time(percentile(values, 50))} | "
+                f"{fmt_time(percentile(values, 99))} | {fmt_time(max(values))} |"
+            )
+        else:
+            lines.append(f"| {case} | 0 | | | |")
     return headline, lines

@@ -431,6 +431,8 @@ def main() -> None:
         small_n=100 if args.quick else 500,
         # A 4 GiB item through a client limited to 3 GiB of address space (quick: 256 MiB).
         bounded=(256 * MIB, 3 * GIB) if args.quick else (4 * GIB, 3 * GIB),
+        # Deadlines and Ctrl+C: 100 tries of each case, mid-transfer of 1 GiB (quick: 10, 64 MiB).
+        interrupted=(64 * MIB, 10) if args.quick else (GIB, 100),
     )
     flight_headline, flight_rows = flight_bench.report(fr, fmt_time)
     headline += flight_headline
