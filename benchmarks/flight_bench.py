@@ -581,6 +581,17 @@ def interrupts(nbytes: int, tries: int) -> dict:
     accepts connections and never answers (get, info and put in turn), and in the middle of
     a get or put of `nbytes` over TCP to a real server (in turn). Lateness in seconds, by
     case; a try whose call ended before its interrupt fired is not counted."""
+    # Ctrl+C at a terminal raises KeyboardInterrupt. A run started in the background of a
+    # non-interactive shell (as CI jobs often are) inherits SIGINT ignored, and Python then
+    # installs no handler: the terminal's is put back while this measures.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return _interrupts(nbytes, tries)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupts(nbytes: int, tries: int) -> dict:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(256)

@@ -195,7 +195,12 @@ def test_a_streamed_put_that_times_out_stores_nothing():
         assert c.list() == []
 
 
-CTRL_C = textwrap.dedent(
+# Ctrl+C at a terminal raises KeyboardInterrupt; a test runner started in the background of
+# a non-interactive shell (as CI jobs often are) passes SIGINT on ignored, and Python then
+# installs no handler of its own. The scripts below put back the terminal's.
+AT_A_TERMINAL = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+
+CTRL_C = AT_A_TERMINAL + textwrap.dedent(
     """
     import os, signal, socket, sys, threading, time
     import numpy as np, arrowbridge
@@ -576,7 +581,7 @@ def test_a_shared_memory_put_stops_at_its_deadline_and_stores_nothing():
         assert c.get("small").tolist() == [0, 1, 2]
 
 
-SHM_CTRL_C = textwrap.dedent(
+SHM_CTRL_C = AT_A_TERMINAL + textwrap.dedent(
     """
     import os, signal, threading, time
     import numpy as np, arrowbridge
@@ -607,7 +612,7 @@ def test_ctrl_c_stops_a_shared_memory_put_and_nothing_is_stored():
     assert int(interrupted) == 5 and float(slowest) < 0.1 and int(stored) == 0
 
 
-CLUSTER_CTRL_C = textwrap.dedent(
+CLUSTER_CTRL_C = AT_A_TERMINAL + textwrap.dedent(
     """
     import os, signal, socket, threading, time
     import numpy as np
