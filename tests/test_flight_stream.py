@@ -101,11 +101,14 @@ class TestStream:
             cluster.put("d", {"a": np.arange(6), "b": np.ones(6)}, shards=2)
             assert list(cluster.get("d", columns=["b"], rows=(2, 5))) == ["b"]
 
-    def test_a_cluster_stream_of_a_replaced_item_says_so(self):
+    @pytest.mark.parametrize("replication", [1, 2])
+    def test_a_cluster_stream_of_a_replaced_item_says_so(self, replication):
+        # With replicas, every replica answers that the version is gone: the item was
+        # replaced, not unreachable.
         with (
             arrowbridge.serve() as a,
             arrowbridge.serve() as b,
-            ClusterClient([a.location, b.location], shm=False) as cluster,
+            ClusterClient([a.location, b.location], shm=False, replication=replication) as cluster,
         ):
             cluster.put("s", np.arange(400_000), shards=2)
             stream = cluster.stream("s", batch_rows=10_000)

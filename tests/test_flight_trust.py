@@ -4,6 +4,7 @@ Every test runs real servers on loopback (or silent sockets that accept and neve
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -19,6 +20,7 @@ import pyarrow.flight as flight
 import pytest
 
 import arrowbridge
+import arrowbridge.aio
 
 # -- one version per read -------------------------------------------------------------------
 
@@ -726,3 +728,44 @@ def test_closing_a_client_stops_the_calls_other_threads_have_under_way(silent_se
             pass
     with pytest.raises(arrowbridge.FlightCallError, match="closed"):
         client.info("x")
+
+
+def _named_unavailable(raised: pytest.ExceptionInfo, call: str, location: str) -> None:
+    message = str(raised.value)
+    assert message.startswith(call) and f" at {location}: " in message, message
+    assert "Connection refused" in message, message
+    causes = message.split(": ")
+    assert len(causes) == len(set(causes)), f"a cause said twice: {message}"
+
+
+def test_a_server_that_is_not_there_is_named_by_every_call():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        location = f"grpc://127.0.0.1:{s.getsockname()[1]}"  # closed: nobody listens
+    with arrowbridge.connect(location, timeout=10) as c:
+        calls = {
+            "put": lambda: c.put("x", np.arange(3)),
+            "get": lambda: c.get("x"),
+            "info": lambda: c.info("x"),
+            "call": lambda: c.call("sum", np.arange(3)),
+            "list": c.list,
+        }
+        for name, f in calls.items():
+            with pytest.raises(arrowbridge.ServerUnavailableError) as raised:
+                f()
+            _named_unavailable(raised, name, location)
+
+    async def each_async_call() -> None:
+        async with arrowbridge.aio.connect(location, timeout=10) as c:
+            calls = {
+                "put": lambda: c.put("x", np.arange(3)),
+                "get": lambda: c.get("x"),
+                "info": lambda: c.info("x"),
+                "list": c.list,
+            }
+            for name, f in calls.items():
+                with pytest.raises(arrowbridge.ServerUnavailableError) as raised:
+                    await f()
+                _named_unavailable(raised, name, location)
+
+    asyncio.run(each_async_call())

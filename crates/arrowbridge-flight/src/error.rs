@@ -152,3 +152,18 @@ fn storage_status(source: &std::io::Error, message: String) -> Status {
     };
     with_kind(status, KIND_STORAGE)
 }
+
+/// `head` followed by `error` and each of its sources, joined by ": ", every text once:
+/// transport errors repeat their cause at each level ("connection refused: transport
+/// error: connection refused").
+pub(crate) fn chain(head: &str, error: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let texts = std::iter::once(head.to_string())
+        .chain(std::iter::successors(Some(error), |e| e.source()).map(|e| e.to_string()));
+    for text in texts {
+        if !text.is_empty() && !parts.contains(&text) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}

@@ -167,6 +167,7 @@ where
     let limit = timeout.or(client.timeout());
     let (completions, token) = done;
     let queue = completions.get().queue.clone();
+    let location = client.location().to_string();
     let task = client.spawn(async move {
         // A panic is the call's error, not a future that never resolves.
         let caught = {
@@ -186,6 +187,7 @@ where
                     })
             }
         };
+        let call = what.clone();
         let result = match limit {
             Some(limit) => match tokio::time::timeout(limit, caught).await {
                 Ok(result) => result,
@@ -197,7 +199,8 @@ where
             },
             None => caught.await,
         };
-        let outcome = result.map(|value| -> Convert { Box::new(move |py| convert(py, value)) });
+        let outcome = (result.map_err(|e| e.at(&call, &location)))
+            .map(|value| -> Convert { Box::new(move |py| convert(py, value)) });
         queue.push(token, outcome);
         // The Python object is released without the GIL: pyo3 defers its decref.
         drop(completions);

@@ -38,6 +38,7 @@ from .client import (
     _check_name,
     _combined,
     _delete_late,
+    _failure,
     _held_in,
     _no_replica,
     _nothing_to_delete,
@@ -127,7 +128,7 @@ class AsyncClusterClient:
             try:
                 return await op(client)
             except ServerUnavailableError as e:
-                failures.append(f"{location}: {e}")
+                failures.append(_failure(location, e))
             except RemoteNotFoundError as e:
                 missing = e
         if missing is not None:
@@ -151,7 +152,7 @@ class AsyncClusterClient:
             try:
                 return await op(self._client(location))
             except _TRY_NEXT_REPLICA as e:
-                failures.append(f"{location}: {e}")
+                failures.append(_failure(location, e))
         raise _no_replica(name, index, shard, failures)
 
     @staticmethod

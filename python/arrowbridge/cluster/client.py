@@ -169,6 +169,13 @@ def _shard_map(info: dict[str, Any]) -> dict[str, Any] | None:
     return None if text is None else json.loads(text)
 
 
+def _failure(location: str, error: BaseException) -> str:
+    """One server's failure, for :func:`_unanswered`: its error, led by its location unless
+    the error names it already."""
+    text = str(error)
+    return text if location in text else f"{location}: {text}"
+
+
 def _unanswered(what: str, failures: Sequence[str]) -> ServerUnavailableError:
     return ServerUnavailableError(f"{what}: no server answered: " + "; ".join(failures))
 
@@ -469,7 +476,7 @@ def _nothing_to_delete(
     ``_held``, or the error it answered with)."""
     if any(isinstance(f, tuple) for f in found):
         return None
-    down = [f"{loc}: {f}" for loc, f in zip(locations, found, strict=True) if f]
+    down = [_failure(loc, f) for loc, f in zip(locations, found, strict=True) if f]
     if len(down) == len(locations):
         return _unanswered(f"delete {name!r}", down)
     return RemoteNotFoundError(f"delete {name!r}: no server holds an item {name!r}")
@@ -601,7 +608,7 @@ class ClusterClient:
             try:
                 return op(client)
             except ServerUnavailableError as e:
-                failures.append(f"{location}: {e}")
+                failures.append(_failure(location, e))
             except RemoteNotFoundError as e:
                 missing = e
         if missing is not None:
@@ -622,7 +629,7 @@ class ClusterClient:
             try:
                 return op(client)
             except _TRY_NEXT_REPLICA as e:
-                failures.append(f"{location}: {e}")
+                failures.append(_failure(location, e))
         raise _no_replica(name, index, shard, failures)
 
     def _parallel(self, jobs: Sequence[Callable[[], Any]]) -> list[Any]:

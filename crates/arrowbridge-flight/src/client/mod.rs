@@ -164,15 +164,7 @@ impl From<Status> for ClientError {
             if code == Code::Unknown || (code == Code::Cancelled && transport) {
                 code = Code::Unavailable;
             }
-            let causes = error_sources(source);
-            message = format!(
-                "{message}: {source}{}",
-                if causes.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {causes}")
-                }
-            );
+            message = crate::error::chain(&message, source);
         }
         ClientError::Remote {
             code,
@@ -391,7 +383,7 @@ impl Route {
         match &self.shared {
             Some(channel) => Ok(channel.clone()),
             None => (self.target.connect().await)
-                .map_err(|e| Status::unavailable(format!("{e}: {}", error_sources(&e)))),
+                .map_err(|e| Status::unavailable(crate::error::chain("", &e))),
         }
     }
 }
@@ -747,7 +739,12 @@ impl Client {
     /// Runs `future` (the call `what`) on the client's runtime, on this thread, within the
     /// call's limits ([`crate::limits`]): past its deadline, or once interrupted, the future
     /// is dropped — its streams reset, what it received freed — and the call fails.
-    fn block_on<F: std::future::Future>(&self, what: &str, future: F) -> ClientResult<F::Output> {
+    /// An unavailable server's error names the call and the server ([`Self::unreachable`]).
+    fn block_on<T, F: std::future::Future<Output = ClientResult<T>>>(
+        &self,
+        what: &str,
+        future: F,
+    ) -> ClientResult<ClientResult<T>> {
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(ClientError::InsideRuntime);
         }
@@ -781,7 +778,7 @@ impl Client {
             };
             tokio::select! {
                 biased;
-                output = future => Ok(output),
+                output = future => Ok(output.map_err(|e| self.unreachable(what, e))),
                 () = expired => Err(ClientError::Timeout {
                     kept: false,
                     call: what.to_string(),
@@ -791,6 +788,11 @@ impl Client {
                 () = cancelled => Err(self.closed_instead(ClientError::Interrupted(what.to_string()))),
             }
         })
+    }
+
+    /// `error` of the call `what` ([`ClientError::at`] this client's server).
+    fn unreachable(&self, what: &str, error: ClientError) -> ClientError {
+        error.at(what, &self.location)
     }
 
     fn service(&self, channel: Channel) -> FlightServiceClient<Channel> {
@@ -1361,7 +1363,7 @@ impl Client {
                 .map(|l| Some(l.uri.as_str()))
                 .collect()
         };
-        let mut failures = Vec::new();
+        let mut failures = Failures::default();
         for location in &locations {
             let attempt = async {
                 let route = self.route_to(*location, own)?;
@@ -1371,21 +1373,13 @@ impl Client {
                 Ok(value) => return Ok(value),
                 // One location: its own error, as it is.
                 Err(e) if locations.len() == 1 => return Err(e),
-                Err(e) => failures.push(format!("{}: {e}", location.unwrap_or(&self.location))),
+                Err(e) => failures.push(location.unwrap_or(&self.location), e),
             }
         }
         let rows = endpoint_rows(endpoint)
             .map(|r| format!(" (rows [{}, {}))", r.start, r.end))
             .unwrap_or_default();
-        Err(ClientError::Remote {
-            code: Code::Unavailable,
-            kind: None,
-            message: format!(
-                "endpoint {index} of {name:?}{rows}: none of its {} locations answered: {}",
-                locations.len(),
-                failures.join("; ")
-            ),
-        })
+        Err(failures.into_error(&format!("endpoint {index} of {name:?}{rows}")))
     }
 
     /// Fetches the endpoints of `info` concurrently, each over a connection of its own (to
@@ -1683,9 +1677,60 @@ impl ClientError {
 }
 
 impl ClientError {
+    /// This error of the call `what` to the server at `location`: one saying the server is
+    /// unavailable (a transport failure, most often) names the call and the server, unless
+    /// it names the server already.
+    pub fn at(self, what: &str, location: &str) -> ClientError {
+        match self {
+            ClientError::Remote {
+                code: Code::Unavailable,
+                kind: None,
+                message,
+            } if !message.contains(location) => ClientError::Remote {
+                code: Code::Unavailable,
+                kind: None,
+                message: format!("{what} at {location}: {message}"),
+            },
+            other => other,
+        }
+    }
+
     /// Whether the server refused a ticket because its version was replaced.
     pub fn is_replaced(&self) -> bool {
         matches!(self, ClientError::Remote { kind: Some(kind), .. } if kind == crate::error::KIND_REPLACED)
+    }
+}
+
+/// How every replica of one piece of an item failed to send it.
+#[derive(Debug, Default)]
+pub(crate) struct Failures {
+    /// Each location tried, with its error.
+    tried: Vec<String>,
+    /// The first answer that the version read was replaced.
+    replaced: Option<ClientError>,
+}
+
+impl Failures {
+    pub(crate) fn push(&mut self, location: &str, error: ClientError) {
+        self.tried.push(format!("{location}: {error}"));
+        if error.is_replaced() && self.replaced.is_none() {
+            self.replaced = Some(error);
+        }
+    }
+
+    /// The read's error (`piece` names what was read): the version's replacement if any
+    /// replica said so — a server that answered knows, and a get then reads the new
+    /// version — else that no replica answered.
+    pub(crate) fn into_error(self, piece: &str) -> ClientError {
+        self.replaced.unwrap_or_else(|| ClientError::Remote {
+            code: Code::Unavailable,
+            kind: None,
+            message: format!(
+                "{piece}: none of its {} locations answered: {}",
+                self.tried.len(),
+                self.tried.join("; ")
+            ),
+        })
     }
 }
 
@@ -1807,17 +1852,6 @@ fn rows_of(value: &serde_json::Value) -> Option<std::ops::Range<usize>> {
     let rows = value.get("rows")?.as_array()?;
     let (start, end) = (rows.first()?.as_u64()?, rows.get(1)?.as_u64()?);
     Some(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
-}
-
-/// The causes of a transport error, which its message leaves out ("transport error").
-fn error_sources(e: &dyn std::error::Error) -> String {
-    let mut causes = Vec::new();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        causes.push(cause.to_string());
-        source = cause.source();
-    }
-    causes.join(": ")
 }
 
 /// The rows a ticket of an arrowbridge server's endpoint names (`None` for other tickets).
@@ -2027,4 +2061,50 @@ fn item_info(info: FlightInfo) -> ClientResult<ItemInfo> {
             .and_then(|t| t.version),
         endpoints: info.endpoint.len(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote(code: Code, kind: Option<&str>, message: &str) -> ClientError {
+        ClientError::Remote {
+            code,
+            kind: kind.map(str::to_string),
+            message: message.to_string(),
+        }
+    }
+
+    #[test]
+    fn replicas_that_all_failed_report_a_replacement_if_any_said_so() {
+        let mut failures = Failures::default();
+        failures.push(
+            "grpc://a:1",
+            remote(Code::Unavailable, None, "connection refused"),
+        );
+        failures.push(
+            "grpc://b:2",
+            remote(
+                Code::FailedPrecondition,
+                Some(crate::error::KIND_REPLACED),
+                "gone",
+            ),
+        );
+        let error = failures.into_error("endpoint 1 of \"x\"");
+        assert!(error.is_replaced(), "{error}");
+    }
+
+    #[test]
+    fn replicas_that_all_failed_otherwise_name_every_location() {
+        let mut failures = Failures::default();
+        failures.push("grpc://a:1", remote(Code::Unavailable, None, "refused"));
+        failures.push("grpc://b:2", remote(Code::Internal, None, "broken"));
+        let error = failures.into_error("endpoint 1 of \"x\"");
+        let ClientError::Remote { code, message, .. } = &error else {
+            panic!("{error:?}")
+        };
+        assert_eq!(*code, Code::Unavailable);
+        assert!(message.starts_with("endpoint 1 of \"x\": none of its 2 locations answered"));
+        assert!(message.contains("grpc://a:1") && message.contains("grpc://b:2"));
+    }
 }

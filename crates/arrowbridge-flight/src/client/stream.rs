@@ -15,11 +15,10 @@ use arrow_schema::{Schema, SchemaRef};
 use arrowbridge::ipc::Column;
 use arrowbridge::landing::Destination;
 use tokio::task::JoinHandle;
-use tonic::Code;
 
 use super::{
-    endpoint_rows, receive_from_server, service, Client, ClientError, ClientResult, Item, ItemForm,
-    Route,
+    endpoint_rows, receive_from_server, service, Client, ClientError, ClientResult, Failures, Item,
+    ItemForm, Route,
 };
 use crate::client::get::do_get_into;
 use crate::wire::protocol::ItemTicket;
@@ -491,7 +490,7 @@ async fn fetch_all(
                 .iter_mut()
                 .zip(&pieces)
                 .map(|(part, piece)| async move {
-                    let mut failures = Vec::new();
+                    let mut failures = Failures::default();
                     for route in &piece.routes {
                         part.rewind();
                         let channel = route.channel().await?;
@@ -501,10 +500,10 @@ async fn fetch_all(
                         {
                             Ok(()) => return Ok(()),
                             Err(e) if piece.routes.len() == 1 => return Err(e),
-                            Err(e) => failures.push(format!("{}: {e}", route.location)),
+                            Err(e) => failures.push(&route.location, e),
                         }
                     }
-                    Err(none_answered(what, &failures))
+                    Err(failures.into_error(&format!("{what}: a piece")))
                 });
             futures::future::try_join_all(fetches).await?;
             for part in parts {
@@ -529,7 +528,7 @@ async fn fetch_all(
 async fn decode_piece(
     piece: &Piece,
 ) -> ClientResult<(Option<SchemaRef>, Vec<arrow_array::RecordBatch>)> {
-    let mut failures = Vec::new();
+    let mut failures = Failures::default();
     for route in &piece.routes {
         let attempt = async {
             let request = route.request(Ticket::new(piece.ticket.clone()));
@@ -542,26 +541,14 @@ async fn decode_piece(
         match attempt.await {
             Ok(received) => return Ok((received.schema, received.batches)),
             Err(e) if piece.routes.len() == 1 => return Err(e),
-            Err(e) => failures.push(format!("{}: {e}", route.location)),
+            Err(e) => failures.push(&route.location, e),
         }
     }
-    Err(none_answered("DoGet", &failures))
+    Err(failures.into_error("DoGet of a piece"))
 }
 
 /// One piece of a stream, as columns.
 async fn fetch(what: String, schema: SchemaRef, piece: Piece) -> ClientResult<Columns> {
     let rows = piece.rows;
     fetch_all(&what, &schema, rows, vec![piece]).await
-}
-
-fn none_answered(what: &str, failures: &[String]) -> ClientError {
-    ClientError::Remote {
-        code: Code::Unavailable,
-        kind: None,
-        message: format!(
-            "{what}: none of the {} locations of a piece answered: {}",
-            failures.len(),
-            failures.join("; ")
-        ),
-    }
 }

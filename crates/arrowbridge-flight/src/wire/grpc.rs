@@ -126,7 +126,7 @@ pub(crate) fn transport(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) 
     let e = e.into();
     match e.downcast::<Status>() {
         Ok(status) => *status,
-        Err(e) => Status::unavailable(e.to_string()),
+        Err(e) => Status::unavailable(crate::error::chain("", &*e)),
     }
 }
 
