@@ -5,6 +5,7 @@ Every test runs real servers on loopback (or silent sockets that accept and neve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -181,10 +182,11 @@ def test_a_stream_waits_again_for_a_batch_whose_wait_timed_out():
                 break
         assert timeouts > 0
         assert np.array_equal(np.concatenate(got), x)
-        # Each says what became of the batch: not cancelled, but waited for again.
+        # Each names the call and the server, and says what became of the batch: not
+        # cancelled, but waited for again.
         assert messages == {
-            'stream "x"\'s next batch did not finish within its deadline ... its fetch goes on,'
-            " and the next read waits for it again"
+            f'stream "x"\'s next batch at {server.location} did not finish within its deadline'
+            " ... its fetch goes on, and the next read waits for it again"
         }
 
 
@@ -736,6 +738,63 @@ def _named_unavailable(raised: pytest.ExceptionInfo, call: str, location: str) -
     assert "Connection refused" in message, message
     causes = message.split(": ")
     assert len(causes) == len(set(causes)), f"a cause said twice: {message}"
+
+
+def _peer(answer: bytes | None) -> tuple[str, socket.socket]:
+    """A location where something other than a Flight server listens: it answers every
+    connection with `answer` and hangs up, or (None) accepts and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                if answer is None:
+                    held.append(conn)
+                    continue
+                with conn:
+                    conn.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"grpc://127.0.0.1:{listener.getsockname()[1]}", listener
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [b"\x00\xff" * 4096, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"],
+    ids=["garbage", "http/1.1"],
+)
+def test_a_peer_that_is_not_a_flight_server_is_named_as_unavailable(answer):
+    location, listener = _peer(answer)
+    with listener, arrowbridge.connect(location, timeout=10) as c:
+        for name, f in {
+            "get": lambda: c.get("x"),
+            "list": c.list,
+            "info": lambda: c.info("x"),
+        }.items():
+            with pytest.raises(arrowbridge.ServerUnavailableError) as raised:
+                f()
+            message = str(raised.value)
+            assert message.startswith(f"{name}") and f" at {location}: " in message, message
+            causes = message.split(": ")
+            assert len(causes) == len(set(causes)), f"a cause said twice: {message}"
+
+
+def test_a_deadline_names_the_call_and_the_server():
+    location, listener = _peer(None)
+    with listener, arrowbridge.connect(location, timeout=0.2) as c:
+        calls = {
+            "get": lambda: c.get("x"),
+            "put": lambda: c.put("x", np.arange(3)),
+            "info": lambda: c.info("x"),
+        }
+        for name, f in calls.items():
+            with pytest.raises(arrowbridge.FlightTimeoutError) as raised:
+                f()
+            assert str(raised.value).startswith(f'{name} "x" at {location} did not finish')
 
 
 def test_a_server_that_is_not_there_is_named_by_every_call():

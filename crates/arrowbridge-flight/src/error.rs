@@ -153,17 +153,49 @@ fn storage_status(source: &std::io::Error, message: String) -> Status {
     with_kind(status, KIND_STORAGE)
 }
 
-/// `head` followed by `error` and each of its sources, joined by ": ", every text once:
-/// transport errors repeat their cause at each level ("connection refused: transport
-/// error: connection refused").
+/// `head` followed by `error` and each of its sources, joined by ": ", each part once:
+/// transport errors repeat their causes at each level ("h2 protocol error: error reading a
+/// body: error reading a body: connection reset"), and a part said once is not said again.
 pub(crate) fn chain(head: &str, error: &dyn std::error::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     let texts = std::iter::once(head.to_string())
         .chain(std::iter::successors(Some(error), |e| e.source()).map(|e| e.to_string()));
     for text in texts {
-        if !text.is_empty() && !parts.contains(&text) {
-            parts.push(text);
+        for part in text.split(": ") {
+            if !part.is_empty() && !parts.iter().any(|p| p == part) {
+                parts.push(part.to_string());
+            }
         }
     }
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug)]
+    struct Caused(&'static str, Option<Box<Caused>>);
+
+    impl std::fmt::Display for Caused {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Caused {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|c| c as _)
+        }
+    }
+
+    #[test]
+    fn a_chain_says_each_cause_once() {
+        let reset = Caused("connection reset", None);
+        let body = Caused("error reading a body", Some(Box::new(reset)));
+        let outer = Caused("error reading a body", Some(Box::new(body)));
+        assert_eq!(
+            super::chain("h2 protocol error: error reading a body", &outer),
+            "h2 protocol error: error reading a body: connection reset"
+        );
+        assert_eq!(super::chain("", &Caused("refused", None)), "refused");
+    }
 }

@@ -155,13 +155,16 @@ impl From<Status> for ClientError {
         };
         let mut code = status.code();
         // A status with a source was made here, from a transport failure (a connection that
-        // broke, a server that died mid-call), never received from a server: the server is
+        // broke, a server that died mid-call, a peer that does not speak HTTP/2: h2's
+        // protocol errors are INTERNAL), never received from a server: the server is
         // unavailable, whatever code the transport chose. A request that a closing
         // connection dropped says "cancelled" (hyper's word), though nobody cancelled it.
         if let Some(source) = std::error::Error::source(&status) {
             let transport = std::iter::successors(Some(source), |e| e.source())
                 .any(|e| e.is::<tonic::transport::Error>());
-            if code == Code::Unknown || (code == Code::Cancelled && transport) {
+            if matches!(code, Code::Unknown | Code::Internal)
+                || (code == Code::Cancelled && transport)
+            {
                 code = Code::Unavailable;
             }
             message = crate::error::chain(&message, source);
@@ -781,7 +784,7 @@ impl Client {
                 output = future => Ok(output.map_err(|e| self.unreachable(what, e))),
                 () = expired => Err(ClientError::Timeout {
                     kept: false,
-                    call: what.to_string(),
+                    call: format!("{what} at {}", self.location),
                     limit: limits.at.map_or(Duration::ZERO, |at| at - limits.started),
                 }),
                 () = interrupted => Err(ClientError::Interrupted(what.to_string())),
@@ -1006,14 +1009,16 @@ impl Client {
 
     /// The server's shared-memory socket, if it offers one (asked once per client; a call
     /// that ran out of time or was interrupted asks again next time).
-    fn shm_socket(&self) -> ClientResult<Option<(PathBuf, String)>> {
+    /// `what` is the call that asks (its deadline's error names it).
+    fn shm_socket(&self, what: &str) -> ClientResult<Option<(PathBuf, String)>> {
         if self.shm == Some(false) || !cfg!(target_os = "linux") {
             return Ok(None);
         }
         if let Some(known) = self.shm_socket.get() {
             return Ok(known.clone());
         }
-        let body = match self.action("shm", Vec::new()) {
+        let body = match (self.block_on(what, self.action_async("shm", Vec::new()))).and_then(|r| r)
+        {
             Ok(body) => Some(body),
             Err(e @ (ClientError::Timeout { .. } | ClientError::Interrupted(_))) => return Err(e),
             Err(_) => None,
@@ -1031,7 +1036,8 @@ impl Client {
         request: crate::shm::Request,
         fd: Option<std::os::fd::RawFd>,
     ) -> ClientResult<Shm<(crate::shm::Reply, Option<std::os::fd::OwnedFd>)>> {
-        let Some((path, instance)) = self.shm_socket()? else {
+        let asks = format!("{} {:?}", request.op(), request.name());
+        let Some((path, instance)) = self.shm_socket(&asks)? else {
             return Ok(Shm::Unavailable(
                 "the server offers no shared memory".into(),
             ));
@@ -1051,7 +1057,12 @@ impl Client {
             kind: None,
             message: format!("shared memory at {}: {e}", path.display()),
         };
-        let what = format!("shared-memory {} {:?}", request.op(), request.name());
+        let what = format!(
+            "shared-memory {} {:?} at {}",
+            request.op(),
+            request.name(),
+            self.location
+        );
         let limits = crate::limits::current(self.timeout);
         // The request is small, and the reply comes in one write once it is ready: the wait
         // for it is what a deadline or Ctrl+C cuts short; a reply cut off mid-way cannot
@@ -1143,7 +1154,7 @@ impl Client {
         columns: &[(&str, &ArrowTensor)],
         form: ItemForm,
     ) -> ClientResult<Shm<usize>> {
-        if self.shm_socket()?.is_none() {
+        if self.shm_socket(&format!("put {name:?}"))?.is_none() {
             return Ok(Shm::Unavailable(
                 "the server offers no shared memory".into(),
             ));
@@ -1652,7 +1663,7 @@ impl ClientError {
     pub(crate) fn batch_kept(self) -> ClientError {
         match self {
             ClientError::Timeout { call, limit, .. } => ClientError::Timeout {
-                call: format!("{call}'s next batch"),
+                call,
                 limit,
                 kept: true,
             },

@@ -380,7 +380,7 @@ impl Client {
         if let Some(name) = stream.whole.take() {
             return self.get(&name).map(Some);
         }
-        let what = stream.what.clone();
+        let what = format!("{}'s next batch", stream.what);
         self.block_on(&what, self.next_batch_async(stream))
             .map_err(ClientError::batch_kept)?
     }
