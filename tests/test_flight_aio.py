@@ -368,3 +368,38 @@ def test_calls_queued_for_a_later_turn_fail_and_cancel_one_by_one(server):
     assert errors, "calls still queued when the client closed end with an error"
     assert any("before the call began" in str(e) for e in errors)
     assert all(isinstance(r, (np.ndarray, arrowbridge.FlightCallError)) for r in closed)
+
+
+def test_a_stream_batch_that_times_out_names_the_stream_and_the_server():
+    async def main() -> set[str]:
+        with arrowbridge.serve() as server:
+            async with aio.connect(server.location) as client:
+                await client.put("x", np.zeros((1 << 20, 8)))  # 64 MiB, 16 MiB batches
+                while True:  # opening the stream is bounded by the timeout too
+                    try:
+                        stream = await client.stream("x", batch_rows=1 << 18, timeout=0.0005)
+                        break
+                    except arrowbridge.FlightTimeoutError:
+                        pass
+                said = set()
+                async for _ in _until_a_timeout(stream, said):
+                    pass
+                stream.close()
+                return {m.replace(server.location, "SERVER") for m in said}
+
+    said = asyncio.run(main())
+    assert said, "a batch's wait ran out of time"
+    assert all(
+        m.startswith('stream "x"\'s next batch at SERVER did not finish within') for m in said
+    ), said
+
+
+async def _until_a_timeout(stream, said: set[str]):
+    while True:
+        try:
+            yield await stream.__anext__()
+        except arrowbridge.FlightTimeoutError as e:
+            said.add(str(e))
+            return
+        except StopAsyncIteration:
+            return

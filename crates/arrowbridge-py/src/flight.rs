@@ -857,6 +857,8 @@ pub struct FlightStream {
     form: &'static str,
     rows: usize,
     timeout: Option<Duration>,
+    /// What its errors name: `stream "x"'s next batch`.
+    what: String,
 }
 
 /// What a stream reads with: its connection, and where it is.
@@ -909,6 +911,7 @@ impl FlightStream {
         FlightStream {
             form: stream.form().name(),
             rows: stream.rows(),
+            what: format!("{}'s next batch", stream.what()),
             open: ForkBound::new(StreamParts {
                 client,
                 stream: Arc::new(tokio::sync::Mutex::new(Batches::Open(Box::new(stream)))),
@@ -975,9 +978,10 @@ impl FlightStream {
         let StreamParts { client, stream } = self.open.get("the stream")?;
         let limit = self.timeout.or(client.timeout());
         let (client, state, closed) = (client.clone(), stream.clone(), self.closed.clone());
+        let call = format!("{} at {}", self.what, client.location());
         Ok(spawn_call(
             &client.clone(),
-            "stream".to_string(),
+            self.what.clone(),
             // The batch's own deadline, below: a wait that runs out leaves the batch's fetch
             // for the next read, and says so.
             Some(Duration::MAX),
@@ -1000,7 +1004,7 @@ impl FlightStream {
                         .await
                         .unwrap_or_else(|_| {
                             Err(ClientError::Timeout {
-                                call: "stream's next batch".to_string(),
+                                call,
                                 limit,
                                 kept: true,
                             })

@@ -122,6 +122,11 @@ impl ItemStream {
     pub fn rows(&self) -> usize {
         self.rows
     }
+
+    /// The call that opened it (`stream "x"`), as its errors name it.
+    pub fn what(&self) -> &str {
+        &self.what
+    }
 }
 
 impl Drop for ItemStream {
@@ -380,7 +385,7 @@ impl Client {
         if let Some(name) = stream.whole.take() {
             return self.get(&name).map(Some);
         }
-        let what = format!("{}'s next batch", stream.what);
+        let what = format!("{}'s next batch", stream.what());
         self.block_on(&what, self.next_batch_async(stream))
             .map_err(ClientError::batch_kept)?
     }
