@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.flight as fl
 import pytest
-from conftest import start_cli_server
+from conftest import server_process, start_cli_server
 
 import arrowbridge
 from arrowbridge.cluster import ClusterClient, shard_bounds
@@ -484,3 +484,24 @@ def test_puts_whose_shards_could_not_be_read_back_are_refused(servers):
         with pytest.raises(arrowbridge.ShapeError, match=r"rows of shape \(4,\)\] differ"):
             client.put("t", widening, shard_bytes=1)
         assert sum(counts(servers)) == 2 * 3 + 3  # r's shards twice each, its map thrice
+
+
+@pytest.mark.parametrize("stopped", [0, 1], ids=["first server stopped", "second stopped"])
+def test_reads_move_past_a_replica_that_hangs(stopped):
+    # A stopped server accepts connections (the kernel does) and never answers: each read
+    # goes on to the other replica, a shard's within REPLICA_PATIENCE, a server asked for the
+    # whole item within the client's timeout.
+    x = np.arange(4000.0).reshape(1000, 4)
+    with server_process() as (a_proc, a), server_process() as (b_proc, b):
+        with ClusterClient([a, b], replication=2, timeout=1) as client:
+            client.put("x", x, shards=4)
+            hung = (a_proc, b_proc)[stopped]
+            hung.send_signal(signal.SIGSTOP)
+            try:
+                assert np.array_equal(client.get("x"), x)
+                assert np.array_equal(np.concatenate(list(client.stream("x"))), x)
+                assert np.array_equal(
+                    client.call("sum", client.stored("x")), arrowbridge.call("sum", x)
+                )
+            finally:
+                hung.send_signal(signal.SIGCONT)

@@ -33,12 +33,14 @@ from .client import (
     _CLEANUP_TIMEOUT,
     _READ_ATTEMPTS,
     _TRY_NEXT_REPLICA,
+    _TRY_NEXT_SERVER,
     ClusterClient,
     _check_locations,
     _check_name,
     _combined,
     _delete_late,
     _failure,
+    _given_up,
     _held_in,
     _no_replica,
     _nothing_to_delete,
@@ -122,18 +124,19 @@ class AsyncClusterClient:
 
     async def _any(self, what: str, op: Callable[[AsyncClient], Awaitable[Any]]) -> Any:
         """``op`` on the first server that answers it."""
-        failures = []
+        failures, errors = [], []
         missing = None
         for location, client in self._servers():
             try:
                 return await op(client)
-            except ServerUnavailableError as e:
+            except _TRY_NEXT_SERVER as e:
                 failures.append(_failure(location, e))
+                errors.append(e)
             except RemoteNotFoundError as e:
                 missing = e
         if missing is not None:
             raise missing
-        raise _unanswered(what, failures)
+        raise _given_up(errors, _unanswered(what, failures))
 
     async def _map(self, name: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
         info = await self._any(f"info of {name!r}", lambda c: c.info(name))
@@ -147,13 +150,14 @@ class AsyncClusterClient:
         op: Callable[[AsyncClient], Awaitable[Any]],
     ) -> Any:
         """``op`` on the first replica of shard ``index`` that answers."""
-        failures = []
+        failures, errors = [], []
         for location in shard["locations"]:
             try:
                 return await op(self._client(location))
             except _TRY_NEXT_REPLICA as e:
                 failures.append(_failure(location, e))
-        raise _no_replica(name, index, shard, failures)
+                errors.append(e)
+        raise _given_up(errors, _no_replica(name, index, shard, failures))
 
     @staticmethod
     async def _parallel(calls: Iterable[Awaitable[Any]]) -> list[Any]:

@@ -39,6 +39,7 @@ import pyarrow as pa
 
 from ..errors import (
     FlightCallError,
+    FlightTimeoutError,
     InvalidArgumentError,
     InvalidLocationError,
     InvalidNameError,
@@ -190,9 +191,27 @@ def _no_replica(
     )
 
 
-#: The errors after which a replica's next copy is tried: its server is down, or lost what
-#: it held in a restart (a version it no longer holds says it was replaced).
-_TRY_NEXT_REPLICA = (ServerUnavailableError, RemoteNotFoundError, ItemReplacedError)
+#: The errors after which a replica's next copy is tried: its server is down, did not
+#: answer within the client's timeout (a stopped process, a host gone behind a live
+#: address), or lost what it held in a restart (a version it no longer holds says it was
+#: replaced).
+_TRY_NEXT_REPLICA = (
+    ServerUnavailableError,
+    FlightTimeoutError,
+    RemoteNotFoundError,
+    ItemReplacedError,
+)
+
+#: The errors after which a read that any server answers asks the next one.
+_TRY_NEXT_SERVER = (ServerUnavailableError, FlightTimeoutError)
+
+
+def _given_up(errors: Sequence[FlightCallError], otherwise: FlightCallError) -> FlightCallError:
+    """The error of a read that every server failed with ``errors``: the timeout when each
+    ran out of time (still a ``TimeoutError``), else ``otherwise``."""
+    if errors and all(isinstance(e, FlightTimeoutError) for e in errors):
+        return errors[-1]
+    return otherwise
 
 
 def _read_again(error: FlightCallError) -> bool:
@@ -602,18 +621,19 @@ class ClusterClient:
     def _any(self, what: str, op: Callable[[Client], Any]) -> Any:
         """``op`` on the first server that answers it (a server that is down, or that lost
         what it held in a restart, is skipped)."""
-        failures = []
+        failures, errors = [], []
         missing = None
         for location, client in self._clients.items():
             try:
                 return op(client)
-            except ServerUnavailableError as e:
+            except _TRY_NEXT_SERVER as e:
                 failures.append(_failure(location, e))
+                errors.append(e)
             except RemoteNotFoundError as e:
                 missing = e
         if missing is not None:
             raise missing
-        raise _unanswered(what, failures)
+        raise _given_up(errors, _unanswered(what, failures))
 
     def _map(self, name: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
         info = self._any(f"info of {name!r}", lambda c: c.info(name))
@@ -623,14 +643,15 @@ class ClusterClient:
         self, name: str, index: int, shard: dict[str, Any], op: Callable[[Client], Any]
     ) -> Any:
         """``op`` on the first replica of shard ``index`` that answers."""
-        failures = []
+        failures, errors = [], []
         for location in shard["locations"]:
             client = self._client(location)
             try:
                 return op(client)
             except _TRY_NEXT_REPLICA as e:
                 failures.append(_failure(location, e))
-        raise _no_replica(name, index, shard, failures)
+                errors.append(e)
+        raise _given_up(errors, _no_replica(name, index, shard, failures))
 
     def _parallel(self, jobs: Sequence[Callable[[], Any]]) -> list[Any]:
         """Runs every job (each releases the GIL while data moves); all results, or the first

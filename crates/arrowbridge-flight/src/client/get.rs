@@ -8,22 +8,21 @@ use arrow_schema::Schema;
 use arrowbridge::landing::Sink;
 use bytes::Bytes;
 use prost::Message;
-use tonic::transport::Channel;
 use tonic::Status;
 
-use crate::client::{ClientError, ClientResult};
+use crate::client::{ClientError, ClientResult, Route};
 use crate::wire::grpc;
 use crate::wire::parse::Parser;
 
 /// The gRPC method.
 pub(crate) const DO_GET: &str = "/arrow.flight.protocol.FlightService/DoGet";
 
-/// Fetches the DoGet stream of `ticket` over `channel` into `part` (the rows of a
+/// Fetches the DoGet stream of `ticket` over `route` into `part` (the rows of a
 /// [`arrowbridge::landing::Destination`], or [`arrowbridge::landing::Bodies`]); the stream's schema must
-/// have `expected`'s fields. `authorization` is the request's header of that name.
-pub(crate) async fn do_get_into(
-    channel: Channel,
-    authorization: Option<&http::HeaderValue>,
+/// have `expected`'s fields. The connection and the answer's headers come within the
+/// route's patience ([`Route::answer`]).
+pub(super) async fn do_get_into(
+    route: &Route,
     ticket: &[u8],
     what: &str,
     expected: &Schema,
@@ -31,7 +30,12 @@ pub(crate) async fn do_get_into(
 ) -> ClientResult<()> {
     let request = ticket_request(ticket, what)?;
     let body = tonic::body::Body::new(http_body_util::Full::new(Bytes::from(request)));
-    let response = grpc::call(channel, DO_GET, authorization, body, what).await?;
+    let authorization = route.header_authorization();
+    let response = (route.answer(async {
+        let channel = route.channel().await?;
+        grpc::call(channel, DO_GET, authorization.as_ref(), body, what).await
+    }))
+    .await?;
     let mut parser = Parser::new(what, expected, part);
     // What the parser refuses is the client's own error about what the server sent; the
     // status in the answer's trailers (or a broken connection) is the server's.

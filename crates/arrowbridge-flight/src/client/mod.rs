@@ -350,6 +350,9 @@ struct Route {
     /// The `authorization` header this route's calls carry: the client's token where the
     /// user sent it (its own server, or a location it trusts), none elsewhere.
     authorization: Option<AsciiMetadataValue>,
+    /// How long its server may take to connect and answer a read's request when another
+    /// replica could serve it instead ([`REPLICA_PATIENCE`]); `None` for the last one.
+    patience: Option<Duration>,
 }
 
 impl Route {
@@ -380,6 +383,13 @@ fn header_value(authorization: Option<&AsciiMetadataValue>) -> Option<http::Head
     authorization.and_then(|v| http::HeaderValue::from_bytes(v.as_encoded_bytes()).ok())
 }
 
+/// How long a replica may take to connect and answer a read (its response's headers) before
+/// the next replica is tried. Only the wait for the answer is bounded, not the transfer: a
+/// server that answers is alive; one that does not (a stopped process, a host gone behind a
+/// live address) would otherwise hold the read until its deadline. The last replica has no
+/// such bound.
+pub(crate) const REPLICA_PATIENCE: Duration = Duration::from_millis(500);
+
 impl Route {
     /// The channel to call over: the client's, or a new connection.
     async fn channel(&self) -> Result<Channel, Status> {
@@ -388,6 +398,32 @@ impl Route {
             None => (self.target.connect().await)
                 .map_err(|e| Status::unavailable(crate::error::chain("", &e))),
         }
+    }
+
+    /// This route with `patience`: the `index`-th of `count` replicas waits for its answer
+    /// for [`REPLICA_PATIENCE`] at most, unless it is the last.
+    fn in_turn(mut self, index: usize, count: usize) -> Route {
+        self.patience = (index + 1 < count).then_some(REPLICA_PATIENCE);
+        self
+    }
+
+    /// `answer` (a connection and the answer's headers), within the route's patience: past
+    /// it, an unavailable status that sends the read to the next replica.
+    async fn answer<T>(
+        &self,
+        answer: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let Some(patience) = self.patience else {
+            return answer.await;
+        };
+        tokio::time::timeout(patience, answer)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Status::unavailable(format!(
+                    "{} did not answer within {patience:?} (another replica was tried)",
+                    self.location
+                )))
+            })
     }
 }
 
@@ -1266,19 +1302,10 @@ impl Client {
                                 if in_bodies {
                                     let schema = schema.clone();
                                     return async move {
-                                        let auth = route.header_authorization();
-                                        let channel = route.channel().await?;
                                         let mut bodies = Bodies::new("DoGet", schema.clone());
                                         let ticket = &ticket.ticket;
-                                        do_get_into(
-                                            channel,
-                                            auth.as_ref(),
-                                            ticket,
-                                            "DoGet",
-                                            &schema,
-                                            &mut bodies,
-                                        )
-                                        .await?;
+                                        do_get_into(&route, ticket, "DoGet", &schema, &mut bodies)
+                                            .await?;
                                         Ok(Received {
                                             descriptor: None,
                                             schema: None,
@@ -1289,9 +1316,11 @@ impl Client {
                                 }
                                 let request = route.request(ticket);
                                 async move {
-                                    let service = service(route.channel().await?);
-                                    let stream =
-                                        service.clone().do_get(request).await?.into_inner();
+                                    let stream = (route.answer(async {
+                                        service(route.channel().await?).do_get(request).await
+                                    }))
+                                    .await?
+                                    .into_inner();
                                     receive_from_server(stream, "DoGet").await
                                 }
                                 .boxed()
@@ -1324,6 +1353,7 @@ impl Client {
                 target: self.endpoint.clone(),
                 location: self.location.clone(),
                 authorization: self.authorization.clone(),
+                patience: None,
             },
             Some(location) => Route {
                 shared: None,
@@ -1342,6 +1372,7 @@ impl Client {
                     .trusts(location)
                     .then(|| self.authorization.clone())
                     .flatten(),
+                patience: None,
             },
         })
     }
@@ -1375,9 +1406,11 @@ impl Client {
                 .collect()
         };
         let mut failures = Failures::default();
-        for location in &locations {
+        for (turn, location) in locations.iter().enumerate() {
             let attempt = async {
-                let route = self.route_to(*location, own)?;
+                let route = self
+                    .route_to(*location, own)?
+                    .in_turn(turn, locations.len());
                 read(&mut *state, route, ticket.clone()).await
             };
             match attempt.await {
@@ -1437,11 +1470,7 @@ impl Client {
                         let schema = schema.clone();
                         async move {
                             let _slot = limiter.acquire(&route.location).await;
-                            let auth = route.header_authorization();
-                            let channel = route.channel().await?;
-                            let ticket = &ticket.ticket;
-                            do_get_into(channel, auth.as_ref(), ticket, "DoGet", &schema, part)
-                                .await
+                            do_get_into(&route, &ticket.ticket, "DoGet", &schema, part).await
                         }
                         .boxed()
                     },

@@ -253,15 +253,18 @@ impl Client {
     }
 
     /// The routes to each location of `endpoint`, over connections of their `own` or the
-    /// client's.
+    /// client's, tried in turn ([`Route::in_turn`]).
     fn routes(&self, endpoint: &FlightEndpoint, own: bool) -> ClientResult<Vec<Route>> {
         if endpoint.location.is_empty() {
             return Ok(vec![self.route_to(None, own)?]);
         }
-        endpoint
-            .location
-            .iter()
-            .map(|l| self.route_to(Some(l.uri.as_str()), own))
+        let count = endpoint.location.len();
+        (endpoint.location.iter().enumerate())
+            .map(|(turn, l)| {
+                Ok(self
+                    .route_to(Some(l.uri.as_str()), own)?
+                    .in_turn(turn, count))
+            })
             .collect()
     }
 
@@ -498,11 +501,7 @@ async fn fetch_all(
                     let mut failures = Failures::default();
                     for route in &piece.routes {
                         part.rewind();
-                        let channel = route.channel().await?;
-                        let auth = route.header_authorization();
-                        match do_get_into(channel, auth.as_ref(), &piece.ticket, what, schema, part)
-                            .await
-                        {
+                        match do_get_into(route, &piece.ticket, what, schema, part).await {
                             Ok(()) => return Ok(()),
                             Err(e) if piece.routes.len() == 1 => return Err(e),
                             Err(e) => failures.push(&route.location, e),
@@ -537,10 +536,10 @@ async fn decode_piece(
     for route in &piece.routes {
         let attempt = async {
             let request = route.request(Ticket::new(piece.ticket.clone()));
-            let stream = service(route.channel().await?)
-                .do_get(request)
-                .await?
-                .into_inner();
+            let stream = (route
+                .answer(async { service(route.channel().await?).do_get(request).await }))
+            .await?
+            .into_inner();
             receive_from_server(stream, "DoGet").await
         };
         match attempt.await {
