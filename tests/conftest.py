@@ -189,6 +189,28 @@ def server_process(*args, preexec_fn=None):
     assert proc.returncode == 0, "the server did not stop cleanly"
 
 
+def race_puts(writers, name: str, puts: int, rows: int, shards: int) -> None:
+    """Puts of ``name`` from two or more cluster clients at once, in threads started
+    together: ``writers`` pairs each client with a base, and its ``k``-th put stores ``rows``
+    rows of ``base + k``, sharded ``shards`` ways. Raises what any put raised."""
+    start, failures = threading.Barrier(len(writers)), []
+
+    def put_versions(client, base):
+        try:
+            start.wait()
+            for k in range(puts):
+                client.put(name, np.full((rows, 2), float(base + k)), shards=shards)
+        except BaseException as e:
+            failures.append(e)
+
+    threads = [threading.Thread(target=put_versions, args=pair) for pair in writers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not failures, failures
+
+
 def rss_bytes(pid: int | str = "self", kind: str = "VmRSS") -> int:
     """The resident memory of process ``pid`` (this one by default), in bytes: all of it, or
     one ``kind`` of ``/proc/PID/status`` (``RssAnon``: the process's own memory, not the

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import race_puts
 
 import arrowbridge
 import arrowbridge.cluster
@@ -107,6 +108,40 @@ def test_an_asyncio_client_tells_the_control_plane_of_its_maps():
         with arrowbridge.connect(cluster.servers[0].location) as restarted:
             assert restarted.info("x")["rows"] == 200
         assert cluster.servers[0].pid != before[0].pid
+
+
+def test_the_control_plane_keeps_the_newest_map_of_puts_that_race():
+    rows = 200
+    with arrowbridge.cluster.start(2, replication=2) as cluster:
+        with cluster.connect() as first, cluster.connect() as second:
+            race_puts([(first, 1000), (second, 2000)], "x", puts=15, rows=rows, shards=2)
+            newest = first.get("x")
+        assert set(np.unique(newest)) in ({1014.0}, {2014.0})
+        kill(cluster.servers[0])
+        cluster.wait()
+        # The restarted server got its map from the control plane, which the puts told in
+        # any order: it is the newest, the one the other server holds.
+        with arrowbridge.connect(cluster.servers[0].location) as restarted:
+            assert np.array_equal(restarted.get("x"), newest)
+
+
+def test_the_control_plane_keeps_the_newer_of_two_maps_told_out_of_order():
+    import json
+
+    from arrowbridge.cluster._actors import Head
+
+    head = Head.remote({})
+    shard = {"name": "x.shard-0-of-1.va", "rows": [0, 1], "bytes": 8, "locations": ["l"]}
+    older, newer = (
+        json.dumps({"rows": 1, "bytes": 8, "shards": [shard], "order": [ns, token]})
+        for ns, token in ((1, "a"), (2, "b"))
+    )
+    ray.get(head.record_map.remote("x", b"schema", newer))
+    ray.get(head.record_map.remote("x", b"schema", older))
+    assert ray.get(head.maps.remote())["x"][1] == newer
+    ray.get(head.record_map.remote("x", None, None))  # a delete forgets it
+    assert ray.get(head.maps.remote()) == {}
+    ray.kill(head)
 
 
 def test_with_a_data_dir_a_restarted_server_serves_its_shards_again(tmp_path):

@@ -542,6 +542,10 @@ def test_a_cluster_client_bounds_every_call_to_one_server(silent_server):
             assert time.monotonic() - started < 2
             with arrowbridge.connect(live.location) as c:
                 assert c.list() == [], "the failed put left nothing on the live server"
+            # The deadline of a call the delete makes is the delete's.
+            with pytest.raises(arrowbridge.FlightTimeoutError) as raised:
+                client.delete("x")
+            assert str(raised.value).startswith(f"delete 'x': info \"x\" at {silent_server}")
         finally:
             client.close()
 
@@ -808,6 +812,7 @@ def test_a_server_that_is_not_there_is_named_by_every_call():
             "info": lambda: c.info("x"),
             "call": lambda: c.call("sum", np.arange(3)),
             "list": c.list,
+            "call_stream 'normalize'": lambda: next(c.call_stream("normalize", c.stored("x"))),
         }
         for name, f in calls.items():
             with pytest.raises(arrowbridge.ServerUnavailableError) as raised:
@@ -821,6 +826,7 @@ def test_a_server_that_is_not_there_is_named_by_every_call():
                 "get": lambda: c.get("x"),
                 "info": lambda: c.info("x"),
                 "list": c.list,
+                "call_stream 'normalize'": lambda: anext(c.call_stream("normalize", c.stored("x"))),
             }
             for name, f in calls.items():
                 with pytest.raises(arrowbridge.ServerUnavailableError) as raised:

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.flight as fl
 import pytest
-from conftest import server_process, start_cli_server
+from conftest import race_puts, server_process, start_cli_server
 
 import arrowbridge
 from arrowbridge.cluster import ClusterClient, shard_bounds
@@ -346,6 +346,30 @@ def test_a_get_racing_puts_sees_one_version_whole(servers):
             thread.join(timeout=60)
         assert not failures, failures
         assert len(seen) > 2, "the reads overlapped several puts"
+
+
+def test_puts_of_one_name_racing_from_two_clients_leave_every_server_the_newest(servers):
+    # Each server used to keep whichever map reached it last: after two clients' puts of
+    # one name raced, servers disagreed on the item for good (each whole, but a reader's
+    # answer depended on the server it asked), and the loser's shards stayed behind.
+    locations = [s.location for s in servers]
+    rows = 600
+    for _ in range(3):
+        with ClusterClient(locations) as first, ClusterClient(locations) as second:
+            first.put("x", np.zeros((rows, 2)))
+            race_puts([(first, 1000), (second, 2000)], "x", puts=30, rows=rows, shards=3)
+            answers = []
+            for location in locations:
+                with arrowbridge.connect(location) as plain:
+                    got = plain.get("x")
+                    assert len(set(np.unique(got))) == 1, "a mix of versions"
+                    answers.append(float(got[0, 0]))
+            # Every server holds the same version: the last of one writer or the other.
+            assert len(set(answers)) == 1, answers
+            assert answers[0] in (1029.0, 2029.0)
+            # The map on each server and that version's 3 shards: nothing else is left.
+            assert sum(counts(servers)) == 3 + 3, [held(loc) for loc in locations]
+            first.delete("x")
 
 
 def test_names_reserved_for_shards_are_refused(servers):

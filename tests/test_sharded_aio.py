@@ -127,6 +127,31 @@ def test_a_put_that_fails_on_one_server_leaves_the_previous_version(tmp_path):
             assert held(location) == (["x"], 2)
 
 
+def test_puts_of_one_name_racing_on_one_loop_leave_every_server_the_newest(servers):
+    locations = [s.location for s in servers]
+    rows = 300
+
+    async def writer(client, base):
+        for k in range(20):
+            await client.put("x", np.full((rows, 2), float(base + k)), shards=3)
+
+    async def main():
+        async with (
+            AsyncClusterClient(locations) as first,
+            AsyncClusterClient(locations) as second,
+        ):
+            await first.put("x", np.zeros((rows, 2)))
+            await asyncio.gather(writer(first, 1000), writer(second, 2000))
+
+    run(main())
+    answers = set()
+    for location in locations:
+        with arrowbridge.connect(location) as plain:
+            answers |= set(np.unique(plain.get("x")))
+    assert answers in ({1019.0}, {2019.0})
+    assert sum(counts(servers)) == 3 + 3, [held(loc) for loc in locations]
+
+
 def test_a_cancelled_put_stores_nothing_and_deletes_its_shards(servers):
     locations = [s.location for s in servers]
     big = np.ones((3 * 2**20, 8))  # 192 MiB: still being sent when it is cancelled

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from . import _native
-from .errors import FlightCallError, ShapeError
+from .errors import FlightCallError, ShapeError, _as_part_of
 from .flight.client import (
     Stored,
     _arg,
@@ -373,8 +373,8 @@ class AsyncClient(_Connected):
 
     async def _put_map(
         self, name: str, schema_ipc: bytes, map_json: str, timeout: Any = None
-    ) -> None:
-        await self._calls.run(
+    ) -> str | None:
+        return await self._calls.run(
             lambda done: self._native.submit_put_map(
                 name, schema_ipc, map_json, done, timeout=timeout
             )
@@ -519,11 +519,13 @@ class AsyncClient(_Connected):
         """
         rest = [_arg(a) for a in others]
         _check_batch_rows(batch_rows)
-        described = await self._described(timeout)
+        with _as_part_of(f"call_stream {kernel!r}"):
+            described = await self._described(timeout)
         if isinstance(source, Stored):
-            infos = await self._calls.run(
-                lambda done: self._native.submit_info(source.name, done, timeout=timeout)
-            )
+            with _as_part_of(f"call_stream {kernel!r} on {source.name!r}"):
+                infos = await self._calls.run(
+                    lambda done: self._native.submit_info(source.name, done, timeout=timeout)
+                )
             results = _Results(kernel, described, _rank(infos[0]), params)
             for rows, of, args in _stored_calls(source.name, infos[0], batch_rows, rest):
                 for result in results.add(

@@ -5,6 +5,11 @@ built-in exception a Python user would expect (``ValueError``, ``TypeError``, â€
 ``except`` clauses keep working. Messages name the field, dtype, offset or kernel involved.
 """
 
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
 
 class ArrowBridgeError(Exception):
     """Base class of every arrowbridge error."""
@@ -145,7 +150,9 @@ class ItemReplacedError(FlightCallError, LookupError):
     """The version of an item a ticket names was replaced by a put (or deleted) and no reader
     holds it any more (``FAILED_PRECONDITION``, kind ``replaced``). Ask for the item's
     FlightInfo again to read the version stored now; arrowbridge's own client does so by
-    itself, so only plain Flight clients that follow endpoints see this."""
+    itself, so only plain Flight clients that follow endpoints see this. A server also says
+    so of a sharded item's map older than the one it holds (a newer put of the name won
+    there), which the cluster client takes in its stride."""
 
 
 class NotDistributableError(ArrowBridgeError, ValueError):
@@ -165,6 +172,18 @@ class InvalidNameError(ArrowBridgeError, ValueError):
 class InvalidArgumentError(ArrowBridgeError, ValueError):
     """An argument of a call outside the values it takes: a timeout that is negative or NaN,
     say. The message names the argument and the value."""
+
+
+@contextlib.contextmanager
+def _as_part_of(call: str) -> Iterator[None]:
+    """Says the Flight errors of the calls made inside as errors of the user's ``call`` (a
+    timeout of the ``info`` a ``delete`` begins with is the delete's), keeping their class."""
+    try:
+        yield
+    except FlightCallError as e:
+        if e.args and isinstance(e.args[0], str) and not e.args[0].startswith(call):
+            e.args = (f"{call}: {e.args[0]}", *e.args[1:])
+        raise
 
 
 __all__ = [

@@ -25,6 +25,11 @@ pub enum FlightServerError {
     /// ragged data); it is read over gRPC (`FAILED_PRECONDITION`, kind [`KIND_NOT_SHARED`]).
     #[error("{0}")]
     NotShareable(String),
+    /// A sharded item's map older than the one stored (another put of the name committed
+    /// later), or given back over another put's (`FAILED_PRECONDITION`, kind
+    /// [`KIND_REPLACED`]): see [`crate::shards`].
+    #[error("{0}")]
+    Superseded(String),
     /// A put would make the stored items take more than the server's memory budget
     /// (`RESOURCE_EXHAUSTED`, kind [`KIND_OUT_OF_MEMORY`]).
     #[error("{0}")]
@@ -81,6 +86,9 @@ impl From<FlightServerError> for Status {
                 with_kind(Status::resource_exhausted(message), KIND_OUT_OF_MEMORY)
             }
             FlightServerError::Sharded(_) => Status::failed_precondition(message),
+            FlightServerError::Superseded(_) => {
+                with_kind(Status::failed_precondition(message), KIND_REPLACED)
+            }
             FlightServerError::NotShareable(_) => {
                 with_kind(Status::failed_precondition(message), KIND_NOT_SHARED)
             }
@@ -120,7 +128,8 @@ pub const KIND_OUT_OF_MEMORY: &str = "out-of-memory";
 /// [`KIND_KEY`] of a server that cannot write its data directory.
 pub const KIND_STORAGE: &str = "storage";
 /// [`KIND_KEY`] of a ticket for a version of an item that a put or a delete replaced and
-/// that no reader holds any more (`FAILED_PRECONDITION`).
+/// that no reader holds any more, or of a sharded item's map that a newer put's replaced
+/// (`FAILED_PRECONDITION`).
 pub const KIND_REPLACED: &str = "replaced";
 
 /// [`KIND_KEY`] of an item that shared memory cannot carry (ragged data): read it over gRPC.

@@ -18,6 +18,14 @@
 //! reader follows the map it read, whose shards never change (servers refuse a second put
 //! under such a name).
 //!
+//! Puts of one name by several clients at once are ordered by their maps: each map a
+//! cluster client publishes carries its [`Order`] (the time its put committed, then its
+//! version token), and a server refuses a map older than the one it holds (`FAILED_PRECONDITION`,
+//! kind [`crate::error::KIND_REPLACED`]). However the publishes of two puts interleave,
+//! every server ends up with the newer map. A put that failed to publish everywhere gives
+//! each server back the map it replaced only where its own is still there
+//! ([`ShardMap::replaces`]).
+//!
 //! A map is stored (and persisted with a data directory) like any item, so it survives a
 //! restart the same way. The server never fetches the shards itself: DoGet and DoExchange
 //! of a map's name are refused with `FAILED_PRECONDITION`, naming the endpoints to follow.
@@ -40,7 +48,19 @@ pub struct ShardMap {
     pub bytes: usize,
     /// The shards in row order; their rows cover `0..rows` without gaps.
     pub shards: Vec<Shard>,
+    /// Where this map stands among the maps of its name: a server refuses a map older than
+    /// the one it holds. Maps without one (written by hand) are never refused for their age.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<Order>,
+    /// A map given back after a failed put: stored only if the map held now is the one of
+    /// this order (the failed put's own), never over a newer put's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<Order>,
 }
+
+/// The order of a map among the maps of its name: the time its put committed (nanoseconds
+/// since the Unix epoch), then the put's version token, which breaks ties.
+pub type Order = (u64, String);
 
 /// One shard of a [`ShardMap`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +109,30 @@ impl ShardMap {
             )));
         }
         Ok(Some(map))
+    }
+
+    /// Whether this map may be stored under `name` where `held` is the map stored now
+    /// (`None`: an item that is not sharded, or nothing): an error saying why not when a
+    /// newer put's map is there (see the module's documentation).
+    pub fn check_publish(&self, name: &str, held: Option<&ShardMap>) -> Result<()> {
+        let held_order = held.and_then(|m| m.order.as_ref());
+        if let Some(expected) = &self.replaces {
+            if held_order != Some(expected) {
+                return Err(FlightServerError::Superseded(format!(
+                    "{name:?}: the map of the put that would be undone here was replaced by \
+                     another put's (or deleted), which stays"
+                )));
+            }
+            return Ok(());
+        }
+        match (&self.order, held_order) {
+            (Some(new), Some(old)) if old > new => Err(FlightServerError::Superseded(format!(
+                "{name:?}: a newer put's map is stored here (committed at {} ns, this one at \
+                 {} ns), which stays",
+                old.0, new.0
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// The error of a request that would need the rows of a sharded item `name` here.

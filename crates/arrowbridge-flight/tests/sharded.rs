@@ -60,6 +60,8 @@ fn any_server_describes_a_sharded_item_and_the_client_reassembles_it() {
         rows: 100,
         bytes: 3200,
         shards,
+        order: None,
+        replaces: None,
     };
     for client in &clients {
         client.put_map("x", &schema, &map).unwrap();
@@ -168,6 +170,8 @@ fn a_map_with_rows_or_gaps_is_refused() {
             bytes: 80,
             locations: vec![server.location().to_string()],
         }],
+        order: None,
+        replaces: None,
     };
     let err = client.put_map("m", &schema, &gap).unwrap_err();
     assert!(

@@ -464,7 +464,9 @@ impl FlightClient {
 
     /// Stores the map of an item sharded over several servers: `schema_ipc` is the shards'
     /// schema (an IPC stream, as `info` gives it), `map_json` the map
-    /// (`arrowbridge_flight::shards::ShardMap` as JSON).
+    /// (`arrowbridge_flight::shards::ShardMap` as JSON). Returns the JSON of the map it
+    /// replaced on the server, or `None`; a map older than the server's raises
+    /// `ItemReplacedError`.
     #[pyo3(signature = (name, schema_ipc, map_json, *, timeout=None))]
     fn put_map(
         &self,
@@ -473,12 +475,14 @@ impl FlightClient {
         schema_ipc: Vec<u8>,
         map_json: &str,
         timeout: Option<f64>,
-    ) -> BridgeResult<()> {
+    ) -> BridgeResult<Option<String>> {
         no_panic("put_map", || {
             let client = self.client()?;
             let timeout = seconds(timeout)?;
             let (schema, map) = shard_map_parts(name, &schema_ipc, map_json)?;
-            limited(py, timeout, || client.put_map(name, &schema, &map)).map_err(client_error)
+            let replaced = limited(py, timeout, || client.put_map(name, &schema, &map))
+                .map_err(client_error)?;
+            Ok(replaced.as_ref().map(map_text))
         })
     }
 
@@ -631,7 +635,8 @@ impl FlightClient {
         ))
     }
 
-    /// `put_map` on the client's runtime: `done(None, None)` or `done(None, exception)`.
+    /// `put_map` on the client's runtime: `done(replaced_json_or_None, None)` or
+    /// `done(None, exception)`.
     #[pyo3(signature = (name, schema_ipc, map_json, done, *, timeout=None))]
     fn submit_put_map(
         &self,
@@ -649,7 +654,12 @@ impl FlightClient {
             seconds(timeout)?,
             done,
             async move { client.put_map_async(&name, &schema, &map).await },
-            |py, ()| Ok(py.None()),
+            |py, replaced: Option<arrowbridge_flight::shards::ShardMap>| {
+                Ok(pyo3::IntoPyObjectExt::into_py_any(
+                    replaced.as_ref().map(map_text),
+                    py,
+                )?)
+            },
         ))
     }
 
@@ -1196,6 +1206,11 @@ impl Drop for PutParts {
             guard.take();
         }
     }
+}
+
+/// A shard map as JSON text.
+fn map_text(map: &arrowbridge_flight::shards::ShardMap) -> String {
+    serde_json::to_string(map).expect("a shard map is serializable")
 }
 
 /// The schema (an IPC stream, as `info` gives it) and the map (JSON) of a sharded item's

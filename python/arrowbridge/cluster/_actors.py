@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import ray
 
+from ..errors import ItemReplacedError
+
 #: The Ray namespace of every cluster's actors, so that other drivers find them by name.
 NAMESPACE = "arrowbridge"
+
+
+def _order(map_json: str) -> tuple[int, str]:
+    """Where a map stands among the maps of its name (its ``order``; maps without one
+    first)."""
+    time_ns, token = json.loads(map_json).get("order") or (0, "")
+    return time_ns, token
 
 
 @ray.remote
@@ -40,7 +50,10 @@ class Head:
     def record_map(self, name: str, schema_ipc: bytes | None, map_json: str | None) -> None:
         if schema_ipc is None or map_json is None:
             self._maps.pop(name, None)
-        else:
+            return
+        # Puts of one name tell the head in any order: the newest map stays, as on servers.
+        held = self._maps.get(name)
+        if held is None or _order(held[1]) <= _order(map_json):
             self._maps[name] = (schema_ipc, map_json)
 
     def maps(self) -> dict[str, tuple[bytes, str]]:
@@ -70,7 +83,10 @@ class Server:
         if maps:
             with arrowbridge.connect(self._server.location, token=config["token"]) as own:
                 for name, (schema_ipc, map_json) in maps.items():
-                    own._native.put_map(name, schema_ipc, map_json)
+                    try:
+                        own._native.put_map(name, schema_ipc, map_json)
+                    except ItemReplacedError:
+                        pass  # its data directory holds a newer put's map, which stays
         ray.get(
             head.register.remote(
                 index,

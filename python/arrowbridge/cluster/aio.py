@@ -27,7 +27,13 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequen
 from typing import Any
 
 from ..aio import AsyncClient, AsyncItemStream, _async_batches, _to_async
-from ..errors import FlightCallError, RemoteNotFoundError, ServerUnavailableError
+from ..errors import (
+    FlightCallError,
+    ItemReplacedError,
+    RemoteNotFoundError,
+    ServerUnavailableError,
+    _as_part_of,
+)
 from ..flight.client import Stored, _batches, _names, _streamed, kernel_distribution
 from .client import (
     _CLEANUP_TIMEOUT,
@@ -40,11 +46,13 @@ from .client import (
     _combined,
     _delete_late,
     _failure,
+    _given_back,
     _given_up,
     _held_in,
     _no_replica,
     _nothing_to_delete,
     _old_shards_left,
+    _ordered,
     _Plan,
     _put_kind,
     _read_again,
@@ -54,6 +62,7 @@ from .client import (
     _stored_distribution,
     _StreamedShards,
     _unanswered,
+    _withdrawal,
 )
 
 #: What a server holds under a name: its schema (IPC) and map (JSON text, or None for an
@@ -321,8 +330,9 @@ class AsyncClusterClient:
 
     async def _commit(self, name: str, schema_ipc: bytes, shard_map: dict[str, Any]) -> None:
         """Publishes the map of ``name`` on every server (the commit point), tells
-        ``on_map``, then deletes the shards of the version it replaced; on failure, puts
-        back what each server held (see :meth:`ClusterClient._commit`)."""
+        ``on_map``, then deletes the shards of the version it replaced; a newer put's map
+        wins where it is first; on failure, puts back what each server held where the new
+        map is still there (see :meth:`ClusterClient._commit`)."""
         servers = self._servers()
         try:
             held = await self._parallel(_held(c, name) for _, c in servers)
@@ -330,20 +340,31 @@ class AsyncClusterClient:
             await self._afterwards(error, "_discard", shard_map)
             raise
         before = dict(zip(self.locations, held, strict=True))
+        shard_map = _ordered(shard_map)
         map_json = json.dumps(shard_map)
-        published: set[str] = set()
+        published: dict[str, str | None] = {}  # location: the map ours replaced there
+        superseded: set[str] = set()
 
         async def publish(location: str, client: AsyncClient) -> None:
-            await client._put_map(name, schema_ipc, map_json)
-            published.add(location)
+            try:
+                published[location] = await client._put_map(name, schema_ipc, map_json)
+            except ItemReplacedError:
+                superseded.add(location)  # a newer put's map is there, and stays
 
         try:
             await self._parallel(publish(loc, c) for loc, c in servers)
-            await self._tell(name, schema_ipc, map_json)
+            if not superseded:
+                await self._tell(name, schema_ipc, map_json)
         except BaseException as error:
-            await self._afterwards(error, "_roll_back", name, before, published, shard_map, error)
+            await self._afterwards(
+                error, "_roll_back", name, before, set(published), shard_map, error
+            )
             raise
-        old, keep = _replaced(before.values(), shard_map)
+        if superseded:
+            if not published:
+                await self._discard(shard_map)  # stored nowhere: nothing will ever read it
+            return
+        old, keep = _replaced(before.values(), shard_map, published.values())
         _old_shards_left(name, await self._delete_shards(old, keep))
 
     async def _roll_back(
@@ -355,8 +376,10 @@ class AsyncClusterClient:
         error: BaseException,
         timeout: float | None = None,
     ) -> None:
-        """After a failed publish: each server gets back what it held under ``name``; the
-        new shards are deleted unless a server that took the new map kept it."""
+        """After a failed publish: each server gets back what it held under ``name`` where
+        the new map is still its own; the new shards are deleted unless a server that took
+        the new map kept it."""
+        order = shard_map["order"]
 
         async def restore(location: str) -> str | None:
             held = before[location]
@@ -365,11 +388,11 @@ class AsyncClusterClient:
             client = self._clients[location]
             try:
                 if held is None or held[1] is None:
-                    await client.delete(name, timeout=timeout)
+                    await client._action("withdraw_map", _withdrawal(name, order), timeout)
                 else:
-                    await client._put_map(name, held[0], held[1], timeout)
-            except RemoteNotFoundError:
-                pass
+                    await client._put_map(name, held[0], _given_back(held[1], order), timeout)
+            except (RemoteNotFoundError, ItemReplacedError):
+                pass  # not ours (any more): a newer put's map, which stays
             except FlightCallError as e:
                 if location in published:
                     return f"{location}: {e}"
@@ -465,7 +488,8 @@ class AsyncClusterClient:
             except ServerUnavailableError as e:
                 return e
 
-        found = await self._parallel(look(c) for _, c in servers)
+        with _as_part_of(f"delete {name!r}"):
+            found = await self._parallel(look(c) for _, c in servers)
         missing = _nothing_to_delete(name, self.locations, found)
         if missing is not None:
             raise missing

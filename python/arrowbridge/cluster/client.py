@@ -48,6 +48,7 @@ from ..errors import (
     RemoteNotFoundError,
     ServerUnavailableError,
     ShapeError,
+    _as_part_of,
 )
 from ..flight.client import (
     COMBINE,
@@ -459,18 +460,41 @@ def _delete_late(
 
 
 def _replaced(
-    before: Iterable[tuple[bytes, str | None] | Exception | None], shard_map: dict[str, Any]
+    before: Iterable[tuple[bytes, str | None] | Exception | None],
+    shard_map: dict[str, Any],
+    acknowledged: Iterable[str | None] = (),
 ) -> tuple[dict[str, Any], set[tuple[str, str]]]:
-    """The shards of every map the servers held ``before`` a put of ``shard_map``, and the
-    (shard name, location) pairs among them that the new map uses."""
+    """The shards of every map the servers held ``before`` a put of ``shard_map`` and of
+    every map its publish replaced (``acknowledged``, as the servers said), and the (shard
+    name, location) pairs among them that the new map uses."""
+    texts = [held[1] for held in before if isinstance(held, tuple)]
     old = [
         shard
-        for held in before
-        if isinstance(held, tuple) and held[1] is not None
-        for shard in json.loads(held[1])["shards"]
+        for text in [*texts, *acknowledged]
+        if text is not None
+        for shard in json.loads(text)["shards"]
     ]
     keep = {(s["name"], loc) for s in shard_map["shards"] for loc in s["locations"]}
     return {"shards": old}, keep
+
+
+def _ordered(shard_map: dict[str, Any]) -> dict[str, Any]:
+    """``shard_map`` with its place among the maps of its name: the time its put commits,
+    then a fresh token. A server refuses a map older than the one it holds, so that however
+    the publishes of two puts of one name interleave, every server keeps the newer map."""
+    return {**shard_map, "order": [time.time_ns(), _version()]}
+
+
+def _given_back(held: str, order: list[Any]) -> str:
+    """The JSON of the map ``held`` that a failed put (of ``order``) gives back to a server:
+    stored only where that put's own map is still held, never over a newer put's."""
+    return json.dumps({**json.loads(held), "replaces": order})
+
+
+def _withdrawal(name: str, order: list[Any]) -> bytes:
+    """The body of the ``withdraw_map`` action: delete the map of ``name`` if it is the
+    failed put's own (of ``order``)."""
+    return json.dumps({"name": name, "order": order}).encode()
 
 
 def _shard_pairs(shard_map: dict[str, Any], keep: set[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -894,10 +918,18 @@ class ClusterClient:
     def _commit(self, name: str, schema_ipc: bytes, shard_map: dict[str, Any]) -> None:
         """Publishes the map of ``name``, whose shards are stored, on every server and tells
         the control plane: the commit point of a put. Then deletes the shards of the version
-        it replaced (of every map a server held) that it does not reuse.
+        it replaced (of every map a server held, or said this publish replaced) that it
+        does not reuse.
 
-        When it fails, the servers that took the new map get back what they held, the new
-        shards are deleted (see :meth:`put`), and the error is raised."""
+        Puts of one name by several clients at once are ordered by the time they commit:
+        a server refuses a map older than its own, so every server ends with the newest.
+        A put whose map a newer put's beat on some server leaves the rest to that put
+        (which deletes what it replaced); one that stored its map nowhere deletes its
+        shards.
+
+        When it fails, the servers that took the new map get back what they held (where
+        the new map is still theirs), the new shards are deleted (see :meth:`put`), and
+        the error is raised."""
         servers = self._servers()
         try:
             before = dict(
@@ -910,23 +942,34 @@ class ClusterClient:
         except BaseException as error:
             self._afterwards(error, "_discard", shard_map)
             raise
+        shard_map = _ordered(shard_map)
         map_json = json.dumps(shard_map)
-        published: set[str] = set()
+        published: dict[str, str | None] = {}  # location: the map ours replaced there
+        superseded: set[str] = set()
         lock = threading.Lock()
 
         def publish(location: str, client: Client) -> None:
-            client._native.put_map(name, schema_ipc, map_json)
+            try:
+                replaced = client._native.put_map(name, schema_ipc, map_json)
+            except ItemReplacedError:
+                with lock:
+                    superseded.add(location)  # a newer put's map is there, and stays
+                return
             with lock:
-                published.add(location)
+                published[location] = replaced
 
         try:
             self._parallel([functools.partial(publish, loc, c) for loc, c in servers])
-            if self._on_map is not None:
+            if self._on_map is not None and not superseded:
                 self._on_map(name, schema_ipc, map_json)
         except BaseException as error:
-            self._afterwards(error, "_roll_back", name, before, published, shard_map, error)
+            self._afterwards(error, "_roll_back", name, before, set(published), shard_map, error)
             raise
-        old, keep = _replaced(before.values(), shard_map)
+        if superseded:
+            if not published:
+                self._discard(shard_map)  # stored nowhere: nothing will ever read it
+            return
+        old, keep = _replaced(before.values(), shard_map, published.values())
         _old_shards_left(name, self._delete_shards(old, keep))
 
     def _roll_back(
@@ -940,8 +983,9 @@ class ClusterClient:
     ) -> None:
         """After a failed publish: gives each server back what it held under ``name`` (its
         map, or nothing; an unsharded item is not restored, its server just loses the new
-        map), then deletes the new shards, unless a server that took the new map could not
-        be given back its own."""
+        map) where the new map is still the one it holds, then deletes the new shards,
+        unless a server that took the new map could not be given back its own."""
+        order = shard_map["order"]
 
         def restore(location: str) -> str | None:
             held = before[location]
@@ -949,13 +993,15 @@ class ClusterClient:
                 return None  # its unsharded item is still there
             client = self._clients[location]
             try:
+                # Also where the publish failed: the map may have landed all the same.
                 if held is None or held[1] is None:
-                    client.delete(name, timeout=timeout)
+                    client._native.action("withdraw_map", _withdrawal(name, order), timeout=timeout)
                 else:
-                    # Also where the publish failed: the map may have landed all the same.
-                    client._native.put_map(name, held[0], held[1], timeout=timeout)
-            except RemoteNotFoundError:
-                pass
+                    client._native.put_map(
+                        name, held[0], _given_back(held[1], order), timeout=timeout
+                    )
+            except (RemoteNotFoundError, ItemReplacedError):
+                pass  # not ours (any more): a newer put's map, which stays
             except FlightCallError as e:
                 if location in published:
                     return f"{location}: {e}"
@@ -1084,7 +1130,8 @@ class ClusterClient:
             except ServerUnavailableError as e:
                 return e
 
-        found = self._parallel([functools.partial(look, c) for _, c in servers])
+        with _as_part_of(f"delete {name!r}"):
+            found = self._parallel([functools.partial(look, c) for _, c in servers])
         missing = _nothing_to_delete(name, self.locations, found)
         if missing is not None:
             raise missing

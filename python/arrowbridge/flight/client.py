@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import _native
-from ..errors import NotDistributableError, ShapeError, UnknownKernelError
+from ..errors import NotDistributableError, ShapeError, UnknownKernelError, _as_part_of
 from ..ipc import _array_like
 
 #: How the partial results of a reduction over rows combine (a kernel's distribution
@@ -697,7 +697,8 @@ class Client(_Connected):
         rest = [_arg(a) for a in others]
         _check_batch_rows(batch_rows)
         if isinstance(source, Stored):
-            info = self._native.info(source.name, timeout=timeout)
+            with _as_part_of(f"call_stream {kernel!r} on {source.name!r}"):
+                info = self._native.info(source.name, timeout=timeout)
             ndim, calls = _rank(info), _stored_calls(source.name, info, batch_rows, rest)
         else:
             arrays = _batch_arrays(kernel, _stream_source(kernel, source))
@@ -705,7 +706,9 @@ class Client(_Connected):
             ndim = np.ndim(first) if first is not None else 1
             everything = _chain(first, arrays) if first is not None else iter(())
             calls = _sent_calls(everything, rest)
-        results = _Results(kernel, self._described(timeout), ndim, params)
+        with _as_part_of(f"call_stream {kernel!r}"):
+            described = self._described(timeout)
+        results = _Results(kernel, described, ndim, params)
 
         def run() -> Iterator[Any]:
             for rows, of, args in calls:

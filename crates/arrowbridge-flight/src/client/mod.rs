@@ -58,7 +58,9 @@ use get::do_get_into;
 
 use crate::shards::{ShardMap, SHARDS_KEY};
 use crate::wire::framing::Messages;
-use crate::wire::protocol::{ExchangeArg, ExchangeCommand, ItemTicket, RaggedColumns, StoredRows};
+use crate::wire::protocol::{
+    ExchangeArg, ExchangeCommand, ItemTicket, PutAck, RaggedColumns, StoredRows,
+};
 use crate::wire::receive::{receive, Received};
 use crate::wire::MAX_FLIGHT_DATA;
 use crate::wire::MAX_MESSAGE;
@@ -982,7 +984,15 @@ impl Client {
     /// Stores the map of an item sharded over several servers ([`crate::shards`]) under
     /// `name`: `schema` is the shards' (the map adds its own metadata). With it, this server
     /// describes the whole item and a [`get`](Self::get) of `name` fetches every shard.
-    pub fn put_map(&self, name: &str, schema: &Schema, map: &ShardMap) -> ClientResult<()> {
+    /// Returns the map it replaced there, if any. A map older than the one the server holds
+    /// ([`ShardMap::order`]) is refused with the server's `FAILED_PRECONDITION` (kind
+    /// [`crate::error::KIND_REPLACED`]).
+    pub fn put_map(
+        &self,
+        name: &str,
+        schema: &Schema,
+        map: &ShardMap,
+    ) -> ClientResult<Option<ShardMap>> {
         self.block_on(
             &format!("put_map {name:?}"),
             self.put_map_async(name, schema, map),
@@ -995,7 +1005,7 @@ impl Client {
         name: &str,
         schema: &Schema,
         map: &ShardMap,
-    ) -> ClientResult<()> {
+    ) -> ClientResult<Option<ShardMap>> {
         let mut metadata = schema.metadata().clone();
         let text = serde_json::to_string(map).map_err(|e| {
             ClientError::Local(arrowbridge::Error::invalid("a shard map", e.to_string()))
@@ -1005,17 +1015,20 @@ impl Client {
         let descriptor = FlightDescriptor::new_path(vec![name.to_string()]);
         let (messages, failure) = encode(schema, Vec::new(), descriptor);
         let mut service = self.service(self.channel.clone());
-        async {
+        let ack = async {
             let mut results = service.do_put(self.request(messages)).await?.into_inner();
-            while results.message().await?.is_some() {}
-            Ok::<_, Status>(())
+            let mut ack = PutAck::default();
+            while let Some(result) = results.message().await? {
+                ack = PutAck::parse(&result.app_metadata);
+            }
+            Ok::<_, Status>(ack)
         }
         .await?;
         let failed = failure
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        failed.map_or(Ok(()), Err)
+        failed.map_or(Ok(ack.replaced), Err)
     }
 
     /// The item stored under `name`, each column one contiguous, aligned buffer.
@@ -1902,8 +1915,7 @@ fn ticket_rows(ticket: &[u8]) -> Option<std::ops::Range<usize>> {
 
 /// The rows a server's acknowledgement of a put counts.
 fn acknowledged_rows(ack: &PutResult) -> usize {
-    let ack: serde_json::Value = serde_json::from_slice(&ack.app_metadata).unwrap_or_default();
-    ack["rows"].as_u64().unwrap_or(0) as usize
+    PutAck::parse(&ack.app_metadata).rows
 }
 
 /// The DoExchange messages of a call of `kernel` on `args` with `params` (the command

@@ -23,7 +23,9 @@ use crate::names::check_name;
 use crate::server::store::{Store, Stored, VersionError};
 use crate::shards::{ShardMap, SHARDS_KEY};
 use crate::shm;
-use crate::wire::protocol::{ExchangeArg, ExchangeCommand, ItemTicket, RaggedColumns, StoredRows};
+use crate::wire::protocol::{
+    ExchangeArg, ExchangeCommand, ItemTicket, PutAck, RaggedColumns, StoredRows, WithdrawMap,
+};
 use crate::wire::receive::{next_data, receive, schema_message, Decoded, Received};
 use crate::wire::MAX_FLIGHT_DATA;
 
@@ -37,6 +39,30 @@ pub struct Service {
     /// This server's id, in every shared-memory reply: a client checks that the socket it
     /// found answers for the server it asked.
     instance: String,
+}
+
+/// Stores a put of `rows` rows (`is_map`: a sharded item's map) with `store`, and its
+/// acknowledgement: with the map it replaced, for a map. Writing (and fsyncing) a file
+/// blocks, so `store` runs off the async workers; so does freeing the item it replaced,
+/// before the acknowledgement, so that the next put of the same size lands in its memory
+/// rather than in pages never touched yet.
+async fn acknowledge(
+    rows: usize,
+    is_map: bool,
+    store: impl FnOnce() -> Result<Option<Arc<Stored>>> + Send + 'static,
+) -> Result<PutResult, Status> {
+    let replaced = tokio::task::spawn_blocking(move || {
+        let replaced = store()?;
+        Ok::<_, FlightServerError>(match replaced {
+            Some(item) if is_map => item.shards.clone(),
+            _ => None,
+        })
+    })
+    .await
+    .map_err(|e| Status::internal(e.to_string()))??;
+    Ok(PutResult {
+        app_metadata: PutAck { rows, replaced }.to_bytes().into(),
+    })
 }
 
 fn descriptor_name(descriptor: &FlightDescriptor) -> Result<String> {
@@ -354,18 +380,14 @@ impl Service {
         i64::try_from(rows).map_err(|_| {
             Status::invalid_argument(format!("{WHAT}: more rows than an item can have"))
         })?;
-        if ShardMap::of(&Arc::new(schema))?.is_some() && rows != 0 {
+        let is_map = ShardMap::of(&Arc::new(schema))?.is_some();
+        if is_map && rows != 0 {
             return Err(Status::invalid_argument(format!(
                 "the map of a sharded item ({SHARDS_KEY}) has no rows of its own; {rows} were sent"
             )));
         }
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.put_file(&name, file).map(drop))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
-        Ok(PutResult {
-            app_metadata: serde_json::json!({"rows": rows}).to_string().into(),
-        })
+        acknowledge(rows, is_map, move || store.put_file(&name, file)).await
     }
 
     /// Stores the item a DoPut stream brought; its acknowledgement.
@@ -388,15 +410,8 @@ impl Service {
         }
         let store = self.store.clone();
         let stored = Stored::new(schema, batches);
-        // Writing (and fsyncing) a file blocks: keep it off the async workers. The item this
-        // one replaces is freed before the acknowledgement, so that the next put of the same
-        // size lands in its memory rather than in pages never touched yet.
-        tokio::task::spawn_blocking(move || store.put(&name, stored).map(drop))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
-        Ok(PutResult {
-            app_metadata: serde_json::json!({"rows": rows}).to_string().into(),
-        })
+        let is_map = stored.shards.is_some();
+        acknowledge(rows, is_map, move || store.put(&name, stored)).await
     }
 
     /// Runs the kernel a DoExchange stream of `messages` asks for; the result's batches as
@@ -1036,6 +1051,25 @@ impl FlightService for Service {
                 }
                 serde_json::json!({"deleted": body})
             }
+            "withdraw_map" => {
+                let request: WithdrawMap = serde_json::from_str(&body).map_err(|e| {
+                    Status::invalid_argument(format!(
+                        "withdraw_map needs {{\"name\": ..., \"order\": [ns, token]}}: {e}"
+                    ))
+                })?;
+                let store = self.store.clone();
+                let (name, order) = (request.name.clone(), request.order.clone());
+                let existed = tokio::task::spawn_blocking(move || store.withdraw(&name, &order))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))??;
+                if !existed {
+                    return Err(Status::not_found(format!(
+                        "no array called {:?} is stored",
+                        request.name
+                    )));
+                }
+                serde_json::json!({"deleted": request.name})
+            }
             "list_kernels" => serde_json::json!(self
                 .registry
                 .iter()
@@ -1079,6 +1113,10 @@ impl FlightService for Service {
         self.authorize(&request)?;
         let actions = [
             ("delete", "Deletes the stored array named by the body"),
+            (
+                "withdraw_map",
+                "Deletes a sharded item's map if it is the one of the order the JSON body names",
+            ),
             ("list_kernels", "JSON object of kernel names and signatures"),
             (
                 "describe_kernels",

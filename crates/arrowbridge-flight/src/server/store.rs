@@ -13,7 +13,7 @@ use arrowbridge::{ArrowTensor, DType};
 
 use crate::error::{FlightServerError, Result};
 use crate::names::check_name;
-use crate::shards::ShardMap;
+use crate::shards::{Order, ShardMap};
 use crate::shm::{self, Shared};
 
 /// One stored item: the batches a client put under a name, held once. A put from an
@@ -403,6 +403,16 @@ impl Store {
         Ok(())
     }
 
+    /// Whether `stored`, when it is a sharded item's map, may replace what `name` holds now
+    /// ([`ShardMap::check_publish`]); any other item may.
+    fn check_publish(&self, name: &str, stored: &Stored) -> Result<()> {
+        let Some(map) = &stored.shards else {
+            return Ok(());
+        };
+        let held = self.get(name);
+        map.check_publish(name, held.as_ref().and_then(|item| item.shards.as_ref()))
+    }
+
     /// The file a put of `name` is written to as it arrives, in the data directory (see
     /// [`put_file`](Self::put_file)); `None` without one.
     pub fn begin_file(&self, name: &str) -> Result<Option<ipc::AtomicFile>> {
@@ -422,6 +432,7 @@ impl Store {
             // Mapped before it is committed: a file that cannot be served is never renamed
             // into place (the mapping outlives the rename: same inode).
             let stored = Stored::from_file(file.temp_path())?;
+            self.check_publish(name, &stored)?;
             file.commit()?;
             let stored = self.versioned(name, stored);
             let replaced = self.write_items().insert(name.to_string(), stored);
@@ -443,6 +454,7 @@ impl Store {
         check_name(name)?;
         self.writing(name, || {
             self.check_put(name)?;
+            self.check_publish(name, &stored)?;
             let replacing = self.get(name).map_or(0, |item| item.charge());
             let charge = stored.charge();
             self.reserve(name, charge, replacing)?;
@@ -548,20 +560,43 @@ impl Store {
     /// (in memory and on disk), so that a failed delete changes nothing.
     pub fn delete(&self, name: &str) -> Result<bool> {
         check_name(name)?;
+        self.writing(name, || self.remove(name))
+    }
+
+    /// Deletes the sharded item's map under `name` if it is the map of `order`: how a put
+    /// that failed to publish everywhere undoes its map where the server held nothing
+    /// before. `false` when nothing is stored; [`FlightServerError::Superseded`] when
+    /// another put's map (or another item) is, which stays.
+    pub fn withdraw(&self, name: &str, order: &Order) -> Result<bool> {
+        check_name(name)?;
         self.writing(name, || {
-            let mut removed_file = false;
-            if let Some(dir) = &self.data_dir {
-                let path = self.file(dir, name);
-                match std::fs::remove_file(&path) {
-                    Ok(()) => removed_file = true,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(FlightServerError::io(&path, e)),
-                }
+            let Some(item) = self.get(name) else {
+                return Ok(false);
+            };
+            if item.shards.as_ref().and_then(|m| m.order.as_ref()) != Some(order) {
+                return Err(FlightServerError::Superseded(format!(
+                    "{name:?}: the map of the put that would be undone here was replaced by \
+                     another put's, which stays"
+                )));
             }
-            let removed = self.write_items().remove(name);
-            self.release(removed.as_ref().map_or(0, |item| item.charge()));
-            Ok(removed.is_some() || removed_file)
+            self.remove(name)
         })
+    }
+
+    /// [`delete`](Self::delete), under the name's write lock.
+    fn remove(&self, name: &str) -> Result<bool> {
+        let mut removed_file = false;
+        if let Some(dir) = &self.data_dir {
+            let path = self.file(dir, name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed_file = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(FlightServerError::io(&path, e)),
+            }
+        }
+        let removed = self.write_items().remove(name);
+        self.release(removed.as_ref().map_or(0, |item| item.charge()));
+        Ok(removed.is_some() || removed_file)
     }
 
     /// The shared memory of item `name`, made on first use: the item's columns are copied
@@ -684,5 +719,67 @@ mod tests {
         assert_eq!(gone, VersionError::Replaced { current });
         store.delete("x").unwrap();
         assert_eq!(store.version("x", current).unwrap_err(), VersionError::Gone);
+    }
+
+    /// A map of one shard, of `order`, giving back what `replaces` published.
+    fn map(token: &str, order: u64, replaces: Option<(u64, &str)>) -> Stored {
+        let map = ShardMap {
+            rows: 1,
+            bytes: 0,
+            shards: vec![crate::shards::Shard {
+                name: format!("x.shard-0-of-1.v{token}"),
+                rows: [0, 1],
+                bytes: 0,
+                locations: vec!["grpc://a:1".into()],
+            }],
+            order: Some((order, token.into())),
+            replaces: replaces.map(|(t, v)| (t, v.to_string())),
+        };
+        let metadata = std::collections::HashMap::from([(
+            crate::shards::SHARDS_KEY.to_string(),
+            serde_json::to_string(&map).unwrap(),
+        )]);
+        let schema = Arc::new(arrow_schema::Schema::empty().with_metadata(metadata));
+        Stored::new(schema, vec![])
+    }
+
+    fn order_held(store: &Store) -> Option<Order> {
+        store.get("x")?.shards.as_ref()?.order.clone()
+    }
+
+    #[test]
+    fn the_newest_map_stays_whichever_order_the_puts_arrive_in() {
+        let store = Store::open(None).unwrap();
+        store.put("x", map("b", 20, None)).unwrap();
+        // The older put's publish, arriving late, is refused: the newer map stays.
+        let late = store.put("x", map("a", 10, None)).unwrap_err();
+        assert!(matches!(late, FlightServerError::Superseded(_)), "{late}");
+        assert_eq!(order_held(&store), Some((20, "b".into())));
+        // The same map again (a restarted server given its maps back) is taken.
+        store.put("x", map("b", 20, None)).unwrap();
+        store.put("x", map("c", 30, None)).unwrap();
+        assert_eq!(order_held(&store), Some((30, "c".into())));
+        let status = tonic::Status::from(late);
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    }
+
+    #[test]
+    fn a_failed_put_gives_back_only_where_its_own_map_is_still_held() {
+        let store = Store::open(None).unwrap();
+        store.put("x", map("c", 30, None)).unwrap();
+        // Undoing put "b" where put "c" replaced it: refused, "c" stays.
+        let err = store.put("x", map("a", 10, Some((20, "b")))).unwrap_err();
+        assert!(matches!(err, FlightServerError::Superseded(_)), "{err}");
+        assert!(matches!(
+            store.withdraw("x", &(20, "b".into())),
+            Err(FlightServerError::Superseded(_))
+        ));
+        assert_eq!(order_held(&store), Some((30, "c".into())));
+        // Undoing "c" itself: the map it replaced comes back (older, yet taken), or none.
+        store.put("x", map("a", 10, Some((30, "c")))).unwrap();
+        assert_eq!(order_held(&store), Some((10, "a".into())));
+        assert!(store.withdraw("x", &(10, "a".into())).unwrap());
+        assert!(store.get("x").is_none());
+        assert!(!store.withdraw("x", &(10, "a".into())).unwrap());
     }
 }

@@ -6,6 +6,44 @@
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 
+/// A server's acknowledgement of a DoPut (the `app_metadata` of its one `PutResult`): the
+/// rows it stored and, for a sharded item's map, the map it replaced there (`null`: none).
+///
+/// `{"rows": 1000}`, `{"rows": 0, "replaced": {"rows": 10, "bytes": 80, "shards": [...]}}`
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutAck {
+    /// Rows stored.
+    pub rows: usize,
+    /// The map this put replaced, when both it and the item it replaced are sharded maps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<crate::shards::ShardMap>,
+}
+
+impl PutAck {
+    /// The acknowledgement in `app_metadata` (an empty one from servers that send none).
+    pub fn parse(app_metadata: &[u8]) -> PutAck {
+        serde_json::from_slice(app_metadata).unwrap_or_default()
+    }
+
+    /// Its `app_metadata`.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an acknowledgement is serializable")
+    }
+}
+
+/// The body of the `withdraw_map` action: delete the sharded item's map under `name` if it
+/// is the map of `order` (see the server's store).
+///
+/// `{"name": "x", "order": [1733338000000000000, "5e1f09a2c4b7d3e8"]}`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WithdrawMap {
+    /// The item's name.
+    pub name: String,
+    /// The order of the map to delete ([`crate::shards::Order`]).
+    pub order: crate::shards::Order,
+}
+
 /// The DoExchange command: which kernel, on which arguments, with which parameters.
 ///
 /// `{"kernel": "matmul", "args": [{"column": "x"}, {"stored": "w"}], "params": {}}`;
