@@ -372,6 +372,24 @@ def test_puts_of_one_name_racing_from_two_clients_leave_every_server_the_newest(
             first.delete("x")
 
 
+def test_a_put_from_a_machine_whose_clock_is_behind_still_replaces_the_item(servers, monkeypatch):
+    # Maps are ordered by commit time: a writer whose clock lags a previous writer's must
+    # not see its later put refused everywhere (and its data silently dropped).
+    import arrowbridge.cluster.client as cluster_client
+
+    locations = [s.location for s in servers]
+    with ClusterClient(locations) as ahead, ClusterClient(locations) as behind:
+        ahead.put("x", np.full((30, 2), 1.0))
+        an_hour = 3600 * 10**9
+        late = cluster_client.time.time_ns() - an_hour
+        monkeypatch.setattr(cluster_client.time, "time_ns", lambda: late)
+        behind.put("x", np.full((30, 2), 2.0))
+        for location in locations:
+            with arrowbridge.connect(location) as plain:
+                assert np.array_equal(plain.get("x"), np.full((30, 2), 2.0))
+        assert sum(counts(servers)) == 3 + 3
+
+
 def test_names_reserved_for_shards_are_refused(servers):
     with ClusterClient([s.location for s in servers]) as client:
         client.put("x", np.arange(4), shards=2)

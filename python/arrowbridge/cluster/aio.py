@@ -340,7 +340,7 @@ class AsyncClusterClient:
             await self._afterwards(error, "_discard", shard_map)
             raise
         before = dict(zip(self.locations, held, strict=True))
-        shard_map = _ordered(shard_map)
+        shard_map = _ordered(shard_map, before.values())
         map_json = json.dumps(shard_map)
         published: dict[str, str | None] = {}  # location: the map ours replaced there
         superseded: set[str] = set()

@@ -478,11 +478,25 @@ def _replaced(
     return {"shards": old}, keep
 
 
-def _ordered(shard_map: dict[str, Any]) -> dict[str, Any]:
+def _ordered(
+    shard_map: dict[str, Any], held: Iterable[tuple[bytes, str | None] | Exception | None]
+) -> dict[str, Any]:
     """``shard_map`` with its place among the maps of its name: the time its put commits,
     then a fresh token. A server refuses a map older than the one it holds, so that however
-    the publishes of two puts of one name interleave, every server keeps the newer map."""
-    return {**shard_map, "order": [time.time_ns(), _version()]}
+    the publishes of two puts of one name interleave, every server keeps the newer map.
+
+    The time is later than that of every map the servers ``held`` when the put began to
+    commit (a Lamport clock): a put made after another's ends replaces it even from a
+    machine whose clock is behind; clocks only order puts that overlap."""
+    latest = max(
+        (
+            json.loads(h[1]).get("order", [0])[0]
+            for h in held
+            if isinstance(h, tuple) and h[1] is not None
+        ),
+        default=0,
+    )
+    return {**shard_map, "order": [max(time.time_ns(), latest + 1), _version()]}
 
 
 def _given_back(held: str, order: list[Any]) -> str:
@@ -942,7 +956,7 @@ class ClusterClient:
         except BaseException as error:
             self._afterwards(error, "_discard", shard_map)
             raise
-        shard_map = _ordered(shard_map)
+        shard_map = _ordered(shard_map, before.values())
         map_json = json.dumps(shard_map)
         published: dict[str, str | None] = {}  # location: the map ours replaced there
         superseded: set[str] = set()
