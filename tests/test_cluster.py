@@ -139,8 +139,14 @@ def test_the_control_plane_keeps_the_newer_of_two_maps_told_out_of_order():
     ray.get(head.record_map.remote("x", b"schema", newer))
     ray.get(head.record_map.remote("x", b"schema", older))
     assert ray.get(head.maps.remote())["x"][1] == newer
-    ray.get(head.record_map.remote("x", None, None))  # a delete forgets it
+    # A delete ordered after both forgets it, and a put it overtook, told late, stays out.
+    deleted = json.dumps({"deleted": True, "order": [3, "c"]})
+    ray.get(head.record_map.remote("x", None, deleted))
+    ray.get(head.record_map.remote("x", b"schema", newer))
     assert ray.get(head.maps.remote()) == {}
+    latest = json.dumps({"rows": 1, "bytes": 8, "shards": [shard], "order": [4, "d"]})
+    ray.get(head.record_map.remote("x", b"schema", latest))
+    assert ray.get(head.maps.remote())["x"][1] == latest
     ray.kill(head)
 
 

@@ -123,6 +123,7 @@ def test_a_plain_pyarrow_flight_client_can_do_everything(server):
     assert {a.type for a in raw.list_actions()} == {
         "delete",
         "withdraw_map",
+        "delete_map",
         "list_kernels",
         "describe_kernels",
         "health",

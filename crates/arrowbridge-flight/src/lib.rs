@@ -36,7 +36,7 @@ pub use server::service::{MAX_ENDPOINTS, PART_BYTES, SHM_IDLE};
 pub use server::store::{total_rows, VersionError};
 pub use server::{default_max_bytes, start, RunningServer, ServerConfig, SHUTDOWN_GRACE};
 
-pub use wire::protocol::{ExchangeArg, ExchangeCommand, ItemTicket, WithdrawMap};
+pub use wire::protocol::{ExchangeArg, ExchangeCommand, ItemTicket, MapOrder};
 pub use wire::receive::{receive, receive_part, Received};
 pub use wire::{MAX_FLIGHT_DATA, MAX_MESSAGE};
 /// The server's service and store and the client's response parser, which the fuzz targets

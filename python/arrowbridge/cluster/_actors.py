@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import ray
@@ -12,6 +13,10 @@ from ..errors import ItemReplacedError
 
 #: The Ray namespace of every cluster's actors, so that other drivers find them by name.
 NAMESPACE = "arrowbridge"
+
+
+#: How long the head remembers a delete (the servers' ``TOMBSTONE_KEEP``).
+_TOMBSTONE_KEEP = 600.0
 
 
 def _order(map_json: str) -> tuple[int, str]:
@@ -31,6 +36,8 @@ class Head:
         self._config = config
         self._servers: dict[int, dict[str, Any]] = {}
         self._maps: dict[str, tuple[bytes, str]] = {}
+        #: Names deleted lately: the delete's order and when it was told.
+        self._deleted: dict[str, tuple[tuple[int, str], float]] = {}
 
     def config(self) -> dict[str, Any]:
         return self._config
@@ -48,12 +55,28 @@ class Head:
         return [self._servers[i] for i in sorted(self._servers)]
 
     def record_map(self, name: str, schema_ipc: bytes | None, map_json: str | None) -> None:
-        if schema_ipc is None or map_json is None:
+        """A map put (``schema_ipc`` and its JSON), or a delete (``None`` and its order as
+        JSON, ``{"deleted": true, "order": ...}``). Puts and deletes of one name tell the
+        head in any order: the newest stays, as on the servers (a delete is remembered for
+        as long as servers remember theirs)."""
+        now = time.monotonic()
+        self._deleted = {
+            n: kept for n, kept in self._deleted.items() if now - kept[1] < _TOMBSTONE_KEEP
+        }
+        if map_json is None:  # a delete of no particular order
             self._maps.pop(name, None)
             return
-        # Puts of one name tell the head in any order: the newest map stays, as on servers.
+        order = _order(map_json)
         held = self._maps.get(name)
-        if held is None or _order(held[1]) <= _order(map_json):
+        deleted = self._deleted.get(name)
+        if (held is not None and _order(held[1]) > order) or (
+            deleted is not None and deleted[0] >= order
+        ):
+            return  # told late: a newer put or delete was told first
+        if schema_ipc is None:
+            self._maps.pop(name, None)
+            self._deleted[name] = (order, now)
+        else:
             self._maps[name] = (schema_ipc, map_json)
 
     def maps(self) -> dict[str, tuple[bytes, str]]:

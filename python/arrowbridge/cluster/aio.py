@@ -56,6 +56,7 @@ from .client import (
     _Plan,
     _put_kind,
     _read_again,
+    _removed,
     _replaced,
     _shard_map,
     _shard_pairs,
@@ -494,16 +495,20 @@ class AsyncClusterClient:
         if missing is not None:
             raise missing
 
-        async def delete_map(client: AsyncClient) -> None:
-            try:
-                await client.delete(name)
-            except (RemoteNotFoundError, ServerUnavailableError):
-                pass  # not there, or down: the control plane forgets it too
+        # Ordered as a put is (see ClusterClient.delete).
+        tombstone = json.dumps(_ordered({"deleted": True}, found))
+        body = _withdrawal(name, json.loads(tombstone)["order"])
 
-        await self._parallel(delete_map(c) for _, c in servers)
-        shards, _ = _replaced(found, {"shards": []})
+        async def delete_map(client: AsyncClient) -> str | None:
+            try:
+                return _removed(await client._action("delete_map", body, None))
+            except (RemoteNotFoundError, ServerUnavailableError, ItemReplacedError):
+                return None  # not there, down (the control plane forgets it too), or newer
+
+        removed = await self._parallel(delete_map(c) for _, c in servers)
+        shards, _ = _replaced(found, {"shards": []}, removed)
         failures = await self._delete_shards(shards, set())
-        await self._tell(name, None, None)
+        await self._tell(name, None, tombstone)
         if failures:
             raise failures[0][1]  # the map is gone everywhere; a shard is left
 

@@ -506,9 +506,16 @@ def _given_back(held: str, order: list[Any]) -> str:
 
 
 def _withdrawal(name: str, order: list[Any]) -> bytes:
-    """The body of the ``withdraw_map`` action: delete the map of ``name`` if it is the
-    failed put's own (of ``order``)."""
+    """The body of the ``withdraw_map`` action (delete the map of ``name`` if it is the
+    failed put's own, of ``order``) and of ``delete_map`` (delete ``name`` as of ``order``,
+    unless a newer put's map is there)."""
     return json.dumps({"name": name, "order": order}).encode()
+
+
+def _removed(reply: bytes) -> str | None:
+    """The JSON of the map a ``delete_map`` removed (``None``: an unsharded item)."""
+    removed = json.loads(reply).get("replaced")
+    return None if removed is None else json.dumps(removed)
 
 
 def _shard_pairs(shard_map: dict[str, Any], keep: set[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -641,8 +648,8 @@ class ClusterClient:
         # The calls under way on the pool, which a cleanup after Ctrl+C waits for.
         self._running: set[Future[Any]] = set()
         self._lock = threading.Lock()
-        # Told of every map put (name, schema, map) and deleted (name, None, None): the
-        # control plane that reinstalls maps on restarted servers.
+        # Told of every map put (name, schema, map) and delete (name, None, {"deleted": true,
+        # "order": ...}): the control plane that reinstalls maps on restarted servers.
         self._on_map = on_map
         self._kernels: dict[str, dict[str, Any]] | None = None
 
@@ -1149,18 +1156,22 @@ class ClusterClient:
         missing = _nothing_to_delete(name, self.locations, found)
         if missing is not None:
             raise missing
+        # Ordered as a put is: a put this delete overtakes cannot bring the item back on
+        # some servers, and a newer one stays everywhere.
+        tombstone = json.dumps(_ordered({"deleted": True}, found))
+        body = _withdrawal(name, json.loads(tombstone)["order"])
 
-        def delete_map(client: Client) -> None:
+        def delete_map(client: Client) -> str | None:
             try:
-                client.delete(name)
-            except (RemoteNotFoundError, ServerUnavailableError):
-                pass  # not there, or down: the control plane forgets it too
+                return _removed(client._native.action("delete_map", body))
+            except (RemoteNotFoundError, ServerUnavailableError, ItemReplacedError):
+                return None  # not there, down (the control plane forgets it too), or newer
 
-        self._parallel([functools.partial(delete_map, c) for _, c in servers])
-        shards, _ = _replaced(found, {"shards": []})
+        removed = self._parallel([functools.partial(delete_map, c) for _, c in servers])
+        shards, _ = _replaced(found, {"shards": []}, removed)
         failures = self._delete_shards(shards, set())
         if self._on_map is not None:
-            self._on_map(name, None, None)
+            self._on_map(name, None, tombstone)
         if failures:
             raise failures[0][1]  # the map is gone everywhere; a shard is left
 

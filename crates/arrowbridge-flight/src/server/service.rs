@@ -24,7 +24,7 @@ use crate::server::store::{Store, Stored, VersionError};
 use crate::shards::{ShardMap, SHARDS_KEY};
 use crate::shm;
 use crate::wire::protocol::{
-    ExchangeArg, ExchangeCommand, ItemTicket, PutAck, RaggedColumns, StoredRows, WithdrawMap,
+    ExchangeArg, ExchangeCommand, ItemTicket, MapOrder, PutAck, RaggedColumns, StoredRows,
 };
 use crate::wire::receive::{next_data, receive, schema_message, Decoded, Received};
 use crate::wire::MAX_FLIGHT_DATA;
@@ -62,6 +62,15 @@ async fn acknowledge(
     .map_err(|e| Status::internal(e.to_string()))??;
     Ok(PutResult {
         app_metadata: PutAck { rows, replaced }.to_bytes().into(),
+    })
+}
+
+/// The body of `withdraw_map` or `delete_map` (`action`).
+fn map_order(action: &str, body: &str) -> Result<MapOrder, Status> {
+    serde_json::from_str(body).map_err(|e| {
+        Status::invalid_argument(format!(
+            "{action} needs {{\"name\": ..., \"order\": [ns, token]}}: {e}"
+        ))
     })
 }
 
@@ -1051,24 +1060,26 @@ impl FlightService for Service {
                 }
                 serde_json::json!({"deleted": body})
             }
-            "withdraw_map" => {
-                let request: WithdrawMap = serde_json::from_str(&body).map_err(|e| {
-                    Status::invalid_argument(format!(
-                        "withdraw_map needs {{\"name\": ..., \"order\": [ns, token]}}: {e}"
-                    ))
-                })?;
+            kind @ ("withdraw_map" | "delete_map") => {
+                let MapOrder { name, order } = map_order(kind, &body)?;
                 let store = self.store.clone();
-                let (name, order) = (request.name.clone(), request.order.clone());
-                let existed = tokio::task::spawn_blocking(move || store.withdraw(&name, &order))
-                    .await
-                    .map_err(|e| Status::internal(e.to_string()))??;
-                if !existed {
+                let named = name.clone();
+                let withdraw = kind == "withdraw_map";
+                let removed = tokio::task::spawn_blocking(move || {
+                    if withdraw {
+                        Ok(store.withdraw(&named, &order)?.then_some(None))
+                    } else {
+                        store.delete_map(&named, &order)
+                    }
+                })
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??;
+                let Some(map) = removed else {
                     return Err(Status::not_found(format!(
-                        "no array called {:?} is stored",
-                        request.name
+                        "no array called {name:?} is stored"
                     )));
-                }
-                serde_json::json!({"deleted": request.name})
+                };
+                serde_json::json!({"deleted": name, "replaced": map})
             }
             "list_kernels" => serde_json::json!(self
                 .registry
@@ -1116,6 +1127,11 @@ impl FlightService for Service {
             (
                 "withdraw_map",
                 "Deletes a sharded item's map if it is the one of the order the JSON body names",
+            ),
+            (
+                "delete_map",
+                "Deletes a sharded item as of the order the JSON body names, unless a newer \
+                 put's map is stored; later maps no newer are refused",
             ),
             ("list_kernels", "JSON object of kernel names and signatures"),
             (

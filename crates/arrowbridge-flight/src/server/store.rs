@@ -205,7 +205,14 @@ pub struct Store {
     /// One lock per name being written, so that a put and a delete of the same name keep
     /// file and memory in step (other names go on in parallel).
     writing: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// The order of each sharded item deleted in the last [`TOMBSTONE_KEEP`]
+    /// ([`Store::delete_map`]): a map no newer that arrives late is refused.
+    tombstones: Mutex<HashMap<String, (Order, std::time::Instant)>>,
 }
+
+/// How long the order of a deleted sharded item is kept: far longer than a put's publish
+/// takes, so that a put the delete overtook cannot bring the item back on some servers.
+pub const TOMBSTONE_KEEP: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// How long a small replaced version stays readable ([`Store::version`]).
 pub const GRACE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -267,6 +274,7 @@ impl Store {
             charged: Mutex::new(0),
             data_dir,
             writing: Mutex::default(),
+            tombstones: Mutex::default(),
         };
         if let Some(dir) = &store.data_dir {
             std::fs::create_dir_all(dir).map_err(|e| FlightServerError::io(dir, e))?;
@@ -409,8 +417,29 @@ impl Store {
         let Some(map) = &stored.shards else {
             return Ok(());
         };
+        if let (Some(order), None) = (&map.order, &map.replaces) {
+            if let Some(deleted) = self.tombstone(name) {
+                if deleted >= *order {
+                    return Err(FlightServerError::Superseded(format!(
+                        "{name:?}: a later delete of the item (at {} ns) came before this \
+                         map (of {} ns), which is refused",
+                        deleted.0, order.0
+                    )));
+                }
+            }
+        }
         let held = self.get(name);
         map.check_publish(name, held.as_ref().and_then(|item| item.shards.as_ref()))
+    }
+
+    /// The order of the delete of `name` kept, if any ([`TOMBSTONE_KEEP`]).
+    fn tombstone(&self, name: &str) -> Option<Order> {
+        let tombstones = self
+            .tombstones
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (order, at) = tombstones.get(name)?;
+        (at.elapsed() < TOMBSTONE_KEEP).then(|| order.clone())
     }
 
     /// The file a put of `name` is written to as it arrives, in the data directory (see
@@ -580,6 +609,45 @@ impl Store {
                 )));
             }
             self.remove(name)
+        })
+    }
+
+    /// Deletes the sharded item `name` (its map, or whatever is stored under the name) as of
+    /// `order`, a delete's place among the puts of the name: refused
+    /// ([`FlightServerError::Superseded`]) when a newer put's map is stored, which stays;
+    /// else the item is removed, and maps no newer than `order` that arrive later are refused
+    /// (for ten minutes: `TOMBSTONE_KEEP`). `None` when nothing was stored, else the map removed (`None`
+    /// for an item that was not sharded).
+    pub fn delete_map(&self, name: &str, order: &Order) -> Result<Option<Option<ShardMap>>> {
+        check_name(name)?;
+        self.writing(name, || {
+            let held = self.get(name);
+            let map = held.as_ref().and_then(|item| item.shards.clone());
+            if let Some(newer) = map.as_ref().and_then(|m| m.order.as_ref()) {
+                if newer > order {
+                    return Err(FlightServerError::Superseded(format!(
+                        "{name:?}: a newer put's map is stored here (committed at {} ns, the \
+                         delete at {} ns), which stays",
+                        newer.0, order.0
+                    )));
+                }
+            }
+            {
+                let mut tombstones = self
+                    .tombstones
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if tombstones.len() >= 1024 {
+                    tombstones.retain(|_, (_, at)| at.elapsed() < TOMBSTONE_KEEP);
+                }
+                let kept = tombstones
+                    .entry(name.to_string())
+                    .or_insert_with(|| (order.clone(), std::time::Instant::now()));
+                if kept.0 < *order || kept.1.elapsed() >= TOMBSTONE_KEEP {
+                    *kept = (order.clone(), std::time::Instant::now());
+                }
+            }
+            Ok(self.remove(name)?.then_some(map))
         })
     }
 
@@ -781,5 +849,29 @@ mod tests {
         assert!(store.withdraw("x", &(10, "a".into())).unwrap());
         assert!(store.get("x").is_none());
         assert!(!store.withdraw("x", &(10, "a".into())).unwrap());
+    }
+
+    #[test]
+    fn a_deleted_item_refuses_the_maps_of_puts_the_delete_overtook() {
+        let store = Store::open(None).unwrap();
+        store.put("x", map("a", 10, None)).unwrap();
+        // A newer put's map stays; the delete is refused.
+        store.put("x", map("c", 30, None)).unwrap();
+        assert!(matches!(
+            store.delete_map("x", &(20, "d".into())),
+            Err(FlightServerError::Superseded(_))
+        ));
+        let removed = store.delete_map("x", &(40, "d".into())).unwrap();
+        assert_eq!(removed.unwrap().unwrap().order, Some((30, "c".into())));
+        // A put that began before the delete arrives late: refused, nothing comes back.
+        let late = store.put("x", map("b", 35, None)).unwrap_err();
+        assert!(matches!(late, FlightServerError::Superseded(_)), "{late}");
+        assert!(store.get("x").is_none());
+        // Nothing stored: the delete is still kept, for puts still under way.
+        assert_eq!(store.delete_map("y", &(50, "e".into())).unwrap(), None);
+        assert!(store.put("y", map("f", 45, None)).is_err());
+        // A put after the delete replaces nothing and is stored.
+        store.put("x", map("g", 50, None)).unwrap();
+        assert_eq!(order_held(&store), Some((50, "g".into())));
     }
 }

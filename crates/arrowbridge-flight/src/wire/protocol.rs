@@ -31,16 +31,18 @@ impl PutAck {
     }
 }
 
-/// The body of the `withdraw_map` action: delete the sharded item's map under `name` if it
-/// is the map of `order` (see the server's store).
+/// The body of the actions on a sharded item's map as of a put's or a delete's order (see
+/// [`crate::shards`]): `withdraw_map` deletes the map under `name` if it is the map of
+/// `order` (a failed put undoing its own); `delete_map` deletes the item unless a newer
+/// put's map is stored, and refuses maps no newer that arrive later (a cluster delete).
 ///
 /// `{"name": "x", "order": [1733338000000000000, "5e1f09a2c4b7d3e8"]}`
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct WithdrawMap {
+pub struct MapOrder {
     /// The item's name.
     pub name: String,
-    /// The order of the map to delete ([`crate::shards::Order`]).
+    /// The order ([`crate::shards::Order`]).
     pub order: crate::shards::Order,
 }
 
