@@ -523,7 +523,7 @@ def byte_count(text: str) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import signal
-    import threading
+    import time
 
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port}: the port must be 0-65535")
@@ -544,15 +544,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         kernels=args.kernels,
         max_bytes=args.max_bytes,
     )
-    stop = threading.Event()
+    # The handler only notes the signal: it runs in this thread between two bytecodes, and
+    # one that took a lock (Event.set) could find it held by this very thread (inside
+    # Event.wait) and wait for it forever, as SIGTERM did about one time in ten.
+    signals: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda signum, _: signals.append(signum))
     store = f"data directory {args.data_dir}" if args.data_dir else "in memory"
     print(f"arrowbridge Flight server at {server.location} ({store})", flush=True)
-    while not stop.wait(0.5):
+    while not signals:
         if not server.running:
             print("arrowbridge serve: the server stopped", file=sys.stderr)
             return 1
+        time.sleep(0.2)
     server.shutdown()
     print("arrowbridge Flight server stopped", flush=True)
     return 0
