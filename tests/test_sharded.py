@@ -415,6 +415,64 @@ def test_a_delete_racing_a_put_leaves_every_server_the_same(servers):
     assert outcomes <= {None, *((float(t),) for t in range(40))}
 
 
+class _Held:
+    """A cluster client's native client whose ``put_map`` first runs ``before()``."""
+
+    def __init__(self, inner, before):
+        self._inner, self._before = inner, before
+
+    def __getattr__(self, attribute):
+        return getattr(self._inner, attribute)
+
+    def put_map(self, *args, **kwargs):
+        self._before()
+        return self._inner.put_map(*args, **kwargs)
+
+
+def test_a_failed_put_gives_back_the_map_its_publish_replaced_not_an_older_one():
+    # Put F reads what the servers hold (A), then put X commits everywhere (deleting A's
+    # shards), then F's publish replaces X on two servers and fails on the third. F gave
+    # back A, whose shards were gone: two servers held a map nobody could read (6 of 6
+    # runs, found by a hostile pass). It gives back X, the map its publish replaced.
+    servers = [arrowbridge.serve() for _ in range(3)]
+    locations = [s.location for s in servers]
+    x_may_publish, x_done, lock = threading.Event(), threading.Event(), threading.Lock()
+    try:
+        with ClusterClient(locations) as a:
+            a.put("x", np.full((40, 2), 1.0), shards=2)
+
+        def f_publishes():
+            x_may_publish.set()
+            assert x_done.wait(30)
+            with lock:
+                servers[2].shutdown()  # F's publish fails there (idempotent)
+
+        with ClusterClient(locations, timeout=5) as x, ClusterClient(locations, timeout=5) as f:
+            for client in x._clients.values():
+                client._native = _Held(client._native, lambda: x_may_publish.wait(30))
+            for client in f._clients.values():
+                client._native = _Held(client._native, f_publishes)
+
+            def put_x():
+                try:
+                    x.put("x", np.full((40, 2), 3.0), shards=2)
+                finally:
+                    x_done.set()
+
+            thread = threading.Thread(target=put_x)
+            thread.start()
+            time.sleep(0.3)  # X has taken its order; its publish waits for F's
+            with pytest.raises(arrowbridge.ServerUnavailableError):
+                f.put("x", np.full((40, 2), 2.0), shards=2)
+            thread.join(timeout=30)
+        for location in locations[:2]:
+            with arrowbridge.connect(location) as plain:
+                assert np.array_equal(plain.get("x"), np.full((40, 2), 3.0))
+    finally:
+        for server in servers:
+            server.shutdown()
+
+
 def test_a_put_from_a_machine_whose_clock_is_behind_still_replaces_the_item(servers, monkeypatch):
     # Maps are ordered by commit time: a writer whose clock lags a previous writer's must
     # not see its later put refused everywhere (and its data silently dropped).

@@ -36,6 +36,7 @@ from ..errors import (
 )
 from ..flight.client import Stored, _batches, _names, _streamed, kernel_distribution
 from .client import (
+    _ANSWERED,
     _CLEANUP_TIMEOUT,
     _READ_ATTEMPTS,
     _TRY_NEXT_REPLICA,
@@ -63,6 +64,7 @@ from .client import (
     _stored_distribution,
     _StreamedShards,
     _unanswered,
+    _undo,
     _withdrawal,
 )
 
@@ -345,12 +347,16 @@ class AsyncClusterClient:
         map_json = json.dumps(shard_map)
         published: dict[str, str | None] = {}  # location: the map ours replaced there
         superseded: set[str] = set()
+        refused: set[str] = set()  # publishes a server answered with an error
 
         async def publish(location: str, client: AsyncClient) -> None:
             try:
                 published[location] = await client._put_map(name, schema_ipc, map_json)
             except ItemReplacedError:
                 superseded.add(location)  # a newer put's map is there, and stays
+            except _ANSWERED:
+                refused.add(location)
+                raise
 
         try:
             await self._parallel(publish(loc, c) for loc, c in servers)
@@ -358,7 +364,7 @@ class AsyncClusterClient:
                 await self._tell(name, schema_ipc, map_json)
         except BaseException as error:
             await self._afterwards(
-                error, "_roll_back", name, before, set(published), shard_map, error
+                error, "_roll_back", name, before, published, refused | superseded, shard_map, error
             )
             raise
         if superseded:
@@ -372,31 +378,35 @@ class AsyncClusterClient:
         self,
         name: str,
         before: dict[str, _Held],
-        published: set[str],
+        published: dict[str, str | None],
+        refused: set[str],
         shard_map: dict[str, Any],
         error: BaseException,
         timeout: float | None = None,
     ) -> None:
-        """After a failed publish: each server gets back what it held under ``name`` where
-        the new map is still its own; the new shards are deleted unless a server that took
-        the new map kept it."""
+        """After a failed publish: each server where the new map may be gets back the map
+        it replaced while the new map is still its own (see
+        :meth:`ClusterClient._roll_back`); the new shards are deleted unless a server that
+        may hold the new map could not be given back its own."""
         order = shard_map["order"]
 
         async def restore(location: str) -> str | None:
-            held = before[location]
-            if location not in published and held is not None and held[1] is None:
-                return None  # its unsharded item is still there
+            undo = _undo(location, before, published, refused)
+            if undo is None:
+                return None
+            back, schema = undo
             client = self._clients[location]
             try:
-                if held is None or held[1] is None:
+                if back is None:
                     await client._action("withdraw_map", _withdrawal(name, order), timeout)
                 else:
-                    await client._put_map(name, held[0], _given_back(held[1], order), timeout)
+                    if schema is None:
+                        schema = await self._map_schema(back, timeout)
+                    await client._put_map(name, schema, _given_back(back, order), timeout)
             except (RemoteNotFoundError, ItemReplacedError):
                 pass  # not ours (any more): a newer put's map, which stays
             except FlightCallError as e:
-                if location in published:
-                    return f"{location}: {e}"
+                return f"{location}: {e}"
             return None
 
         stuck = [f for f in await self._parallel(map(restore, self.locations)) if f is not None]
@@ -404,9 +414,23 @@ class AsyncClusterClient:
             await self._discard(shard_map, timeout)
         elif hasattr(error, "add_note"):
             error.add_note(
-                f"put {name!r}: the new map stays on server(s) that could not take the "
+                f"put {name!r}: the new map may stay on server(s) that could not take the "
                 f"previous one back ({'; '.join(stuck)}), so its shards were kept"
             )
+
+    async def _map_schema(self, map_json: str, timeout: float | None) -> bytes:
+        """The schema (IPC) of the item a map describes (see
+        :meth:`ClusterClient._map_schema`)."""
+        first = json.loads(map_json)["shards"][0]
+        for location in first["locations"]:
+            try:
+                info = await self._client(location)._info_raw(first["name"], timeout)
+                return info["schema_ipc"]
+            except FlightCallError:
+                continue
+        raise ServerUnavailableError(
+            f"the schema of the map to give back: no replica of {first['name']!r} answered"
+        )
 
     async def _discard(self, shard_map: dict[str, Any], timeout: float | None = None) -> None:
         """Deletes the shards of a put that did not commit, and again later those it did

@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import (
+    AuthenticationError,
     FlightCallError,
     FlightTimeoutError,
     InvalidArgumentError,
@@ -45,7 +46,10 @@ from ..errors import (
     InvalidNameError,
     ItemReplacedError,
     NotDistributableError,
+    RemoteInvalidError,
     RemoteNotFoundError,
+    RemoteOutOfMemoryError,
+    RemoteStorageError,
     ServerUnavailableError,
     ShapeError,
     _as_part_of,
@@ -512,6 +516,45 @@ def _withdrawal(name: str, order: list[Any]) -> bytes:
     return json.dumps({"name": name, "order": order}).encode()
 
 
+#: Errors in which a server answered a call with its status: what was asked did not happen
+#: there (a publish that raised one left no map behind).
+_ANSWERED = (
+    AuthenticationError,
+    RemoteInvalidError,
+    RemoteNotFoundError,
+    RemoteOutOfMemoryError,
+    RemoteStorageError,
+)
+
+
+def _undo(
+    location: str,
+    before: Mapping[str, tuple[bytes, str | None] | Exception | None],
+    published: Mapping[str, str | None],
+    refused: set[str],
+) -> tuple[str | None, bytes | None] | None:
+    """What a failed put gives back on ``location``: ``None`` where its map is not (it was
+    refused there); else the map to give back (JSON, ``None``: none, withdraw the put's own)
+    and that map's schema when ``before`` has it (``None``: look it up). Where the publish
+    was taken, the map it replaced (as the server said): what the put read ``before`` may be
+    older, and its shards gone. Where its outcome is unknown (a timeout, a server gone),
+    what the server held before: a compare-and-set on the put's own map makes either safe."""
+    if location in refused:
+        return None
+    held = before[location]
+    held_map = held[1] if isinstance(held, tuple) else None
+    back = published[location] if location in published else held_map
+    if back is None:
+        return None, None
+    same = held_map is not None and _order_of(held_map) == _order_of(back)
+    return back, (held[0] if same and isinstance(held, tuple) else None)
+
+
+def _order_of(map_json: str) -> tuple[Any, list[str]]:
+    shard_map = json.loads(map_json)
+    return shard_map.get("order"), [s["name"] for s in shard_map["shards"]]
+
+
 def _removed(reply: bytes) -> str | None:
     """The JSON of the map a ``delete_map`` removed (``None``: an unsharded item)."""
     removed = json.loads(reply).get("replaced")
@@ -967,6 +1010,7 @@ class ClusterClient:
         map_json = json.dumps(shard_map)
         published: dict[str, str | None] = {}  # location: the map ours replaced there
         superseded: set[str] = set()
+        refused: set[str] = set()  # publishes a server answered with an error
         lock = threading.Lock()
 
         def publish(location: str, client: Client) -> None:
@@ -976,6 +1020,10 @@ class ClusterClient:
                 with lock:
                     superseded.add(location)  # a newer put's map is there, and stays
                 return
+            except _ANSWERED:
+                with lock:
+                    refused.add(location)
+                raise
             with lock:
                 published[location] = replaced
 
@@ -984,7 +1032,9 @@ class ClusterClient:
             if self._on_map is not None and not superseded:
                 self._on_map(name, schema_ipc, map_json)
         except BaseException as error:
-            self._afterwards(error, "_roll_back", name, before, set(published), shard_map, error)
+            self._afterwards(
+                error, "_roll_back", name, before, published, refused | superseded, shard_map, error
+            )
             raise
         if superseded:
             if not published:
@@ -997,35 +1047,35 @@ class ClusterClient:
         self,
         name: str,
         before: Mapping[str, tuple[bytes, str | None] | None],
-        published: set[str],
+        published: Mapping[str, str | None],
+        refused: set[str],
         shard_map: dict[str, Any],
         error: BaseException,
         timeout: float | None = None,
     ) -> None:
-        """After a failed publish: gives each server back what it held under ``name`` (its
-        map, or nothing; an unsharded item is not restored, its server just loses the new
-        map) where the new map is still the one it holds, then deletes the new shards,
-        unless a server that took the new map could not be given back its own."""
+        """After a failed publish: gives each server where the new map may be the map it
+        replaced (see :func:`_undo`; an unsharded item is not restored, its server just loses
+        the new map), only while the new map is still the one it holds, then deletes the new
+        shards, unless a server that may hold the new map could not be given back its own."""
         order = shard_map["order"]
 
         def restore(location: str) -> str | None:
-            held = before[location]
-            if location not in published and held is not None and held[1] is None:
-                return None  # its unsharded item is still there
+            undo = _undo(location, before, published, refused)
+            if undo is None:
+                return None
+            back, schema = undo
             client = self._clients[location]
             try:
-                # Also where the publish failed: the map may have landed all the same.
-                if held is None or held[1] is None:
+                if back is None:
                     client._native.action("withdraw_map", _withdrawal(name, order), timeout=timeout)
                 else:
-                    client._native.put_map(
-                        name, held[0], _given_back(held[1], order), timeout=timeout
-                    )
+                    if schema is None:
+                        schema = self._map_schema(back, timeout)
+                    client._native.put_map(name, schema, _given_back(back, order), timeout=timeout)
             except (RemoteNotFoundError, ItemReplacedError):
                 pass  # not ours (any more): a newer put's map, which stays
             except FlightCallError as e:
-                if location in published:
-                    return f"{location}: {e}"
+                return f"{location}: {e}"
             return None
 
         stuck = [
@@ -1037,9 +1087,22 @@ class ClusterClient:
             self._discard(shard_map, timeout)
         elif hasattr(error, "add_note"):
             error.add_note(
-                f"put {name!r}: the new map stays on server(s) that could not take the "
+                f"put {name!r}: the new map may stay on server(s) that could not take the "
                 f"previous one back ({'; '.join(stuck)}), so its shards were kept"
             )
+
+    def _map_schema(self, map_json: str, timeout: float | None) -> bytes:
+        """The schema (IPC) of the item a map describes: its first shard's, from a replica."""
+        first = json.loads(map_json)["shards"][0]
+        for location in first["locations"]:
+            try:
+                info = self._client(location)._native.info(first["name"], timeout=timeout)
+                return info["schema_ipc"]
+            except FlightCallError:
+                continue
+        raise ServerUnavailableError(
+            f"the schema of the map to give back: no replica of {first['name']!r} answered"
+        )
 
     def _discard(self, shard_map: dict[str, Any], timeout: float | None = None) -> None:
         """Deletes the shards of a put that did not commit, and again later those it did
