@@ -13,6 +13,7 @@ import pytest
 from test_sharded import cli_server, counts, held
 
 import arrowbridge
+import arrowbridge.aio
 from arrowbridge.cluster import AsyncClusterClient, ClusterClient
 
 
@@ -231,6 +232,30 @@ def test_an_async_stream_is_sharded_as_it_comes(servers):
     assert [len(b) for b in batches] == [250, 250, 250, 250]
     assert after == stored, "a stream that failed part way left nothing"
     assert np.array_equal(again["i"], got["i"])
+
+
+def test_a_stream_whose_version_is_replaced_before_its_first_batch_starts_again(
+    servers, monkeypatch
+):
+    locations = [s.location for s in servers]
+    opened = arrowbridge.aio.AsyncClient.stream
+
+    async def main():
+        async with AsyncClusterClient(locations) as writer, AsyncClusterClient(locations) as r:
+            await writer.put("x", np.full((40, 2), 1.0), shards=2)
+
+            async def stream_then_put(self, name, **options):
+                stream = await opened(self, name, **options)
+                monkeypatch.setattr(arrowbridge.aio.AsyncClient, "stream", opened)
+                await writer.put("x", np.full((40, 2), 2.0), shards=2)
+                return stream
+
+            monkeypatch.setattr(arrowbridge.aio.AsyncClient, "stream", stream_then_put)
+            batches = [b async for b in await r.stream("x", batch_rows=10)]
+            assert np.array_equal(np.concatenate(batches), np.full((40, 2), 2.0))
+
+    run(main())
+    assert sum(counts(servers)) == 3 + 2
 
 
 def test_delete_and_bad_arguments_say_what_is_wrong(servers):

@@ -229,12 +229,15 @@ class AsyncItemStream:
         self._calls = calls
         self._next: asyncio.Future[Any] | None = None
         self._form: str = native.form
+        self._ahead: list[Any] = []
         self.rows: int = native.rows
 
     def __aiter__(self) -> AsyncItemStream:
         return self
 
     async def __anext__(self) -> Any:
+        if self._ahead:
+            return self._ahead.pop()
         # A task cancelled while it waits for a batch leaves the fetch going: the next
         # __anext__ gets that batch (no rows are skipped).
         if self._next is None:
@@ -248,6 +251,17 @@ class AsyncItemStream:
     def close(self) -> None:
         """Stops the stream (batches fetched ahead are dropped); idempotent."""
         self._native.close()
+
+    async def _started(self) -> AsyncItemStream:
+        """This stream, its first batch fetched (see :meth:`arrowbridge.ItemStream._started`)."""
+        try:
+            self._ahead.append(await self.__anext__())
+        except StopAsyncIteration:
+            pass
+        except BaseException:
+            self.close()
+            raise
+        return self
 
     async def __aenter__(self) -> AsyncItemStream:
         return self

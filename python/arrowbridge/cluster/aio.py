@@ -481,8 +481,15 @@ class AsyncClusterClient:
 
     async def stream(self, name: str, **options: Any) -> AsyncItemStream:
         """The item ``name`` as batches of its rows, shard by shard in row order, for
-        ``async for`` (options as :meth:`arrowbridge.aio.AsyncClient.stream`'s)."""
-        return await self._any(f"stream {name!r}", lambda c: c.stream(name, **options))
+        ``async for`` (options as :meth:`arrowbridge.aio.AsyncClient.stream`'s); started
+        again on the new version when a put replaces the item before its first batch
+        arrives (see :meth:`ClusterClient.stream`)."""
+
+        async def start() -> AsyncItemStream:
+            stream = await self._any(f"stream {name!r}", lambda c: c.stream(name, **options))
+            return await stream._started()
+
+        return await self._read(name, start)
 
     async def shards(self, name: str) -> list[dict[str, Any]]:
         """The shards of ``name`` in row order (see :meth:`ClusterClient.shards`)."""

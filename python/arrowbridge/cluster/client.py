@@ -1170,7 +1170,10 @@ class ClusterClient:
         """The item ``name`` as an iterator of batches of its rows, shard by shard in row
         order, each batch within one shard (see :meth:`arrowbridge.Client.stream` for
         ``columns``, ``rows``, ``batch_rows`` and ``timeout``). The item's map is read from
-        the first server that answers; each shard from its replicas in turn.
+        the first server that answers; each shard from its replicas in turn. The stream
+        reads one version: when a put replaces the item before its first batch arrives, it
+        starts again on the new version (as :meth:`get` does); once rows were read, the
+        next batch raises :class:`~arrowbridge.errors.ItemReplacedError` instead.
 
         >>> import numpy as np, arrowbridge
         >>> from arrowbridge.cluster import ClusterClient
@@ -1180,7 +1183,11 @@ class ClusterClient:
         ...         [batch.tolist() for batch in cluster.stream("x", batch_rows=2)]
         [[0, 1], [2], [3, 4], [5]]
         """
-        return self._any(f"stream {name!r}", lambda c: c.stream(name, **options))
+
+        def start() -> Any:
+            return self._any(f"stream {name!r}", lambda c: c.stream(name, **options))._started()
+
+        return self._read(name, start)
 
     def shards(self, name: str) -> list[dict[str, Any]]:
         """The shards of ``name`` in row order: ``name`` (the item each replica stores),

@@ -259,16 +259,31 @@ class ItemStream:
     def __init__(self, native: Any, form: str):
         self._native = native
         self._form = form
+        self._ahead: list[Any] = []
         self.rows: int = native.rows
 
     def __iter__(self) -> ItemStream:
         return self
 
     def __next__(self) -> Any:
+        if self._ahead:
+            return self._ahead.pop()
         arrays = next(self._native)
         if self._form == "array":
             return next(iter(arrays.values()))
         return arrays
+
+    def _started(self) -> ItemStream:
+        """This stream, its first batch fetched: what fetching it raises is raised here (and
+        the stream closed), before any rows reach the caller."""
+        try:
+            self._ahead.append(self.__next__())
+        except StopIteration:
+            pass
+        except BaseException:
+            self.close()
+            raise
+        return self
 
     def close(self) -> None:
         """Stops the stream (batches fetched ahead are dropped); reading on raises
