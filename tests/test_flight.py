@@ -122,7 +122,8 @@ def test_a_plain_pyarrow_flight_client_can_do_everything(server):
     assert health["status"] == "ok"
     assert {a.type for a in raw.list_actions()} == {
         "delete",
-        "withdraw_map",
+        "undo_map",
+        "maps_below",
         "delete_map",
         "list_kernels",
         "describe_kernels",

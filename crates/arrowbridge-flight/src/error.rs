@@ -21,12 +21,16 @@ pub enum FlightServerError {
     /// (`FAILED_PRECONDITION`).
     #[error("{0}")]
     Sharded(String),
+    /// A failed put cannot be undone here: the map its own replaced is no longer kept
+    /// (`FAILED_PRECONDITION`); its map stays.
+    #[error("{0}")]
+    Forgotten(String),
     /// The item cannot be served as shared memory (its columns are not fixed-width values:
     /// ragged data); it is read over gRPC (`FAILED_PRECONDITION`, kind [`KIND_NOT_SHARED`]).
     #[error("{0}")]
     NotShareable(String),
     /// A sharded item's map older than the one stored (another put of the name committed
-    /// later), or given back over another put's (`FAILED_PRECONDITION`, kind
+    /// later, or deleted it), or of a put undone here (`FAILED_PRECONDITION`, kind
     /// [`KIND_REPLACED`]): see [`crate::shards`].
     #[error("{0}")]
     Superseded(String),
@@ -85,7 +89,9 @@ impl From<FlightServerError> for Status {
             FlightServerError::Core(E::OutOfMemory { .. }) | FlightServerError::OverBudget(_) => {
                 with_kind(Status::resource_exhausted(message), KIND_OUT_OF_MEMORY)
             }
-            FlightServerError::Sharded(_) => Status::failed_precondition(message),
+            FlightServerError::Sharded(_) | FlightServerError::Forgotten(_) => {
+                Status::failed_precondition(message)
+            }
             FlightServerError::Superseded(_) => {
                 with_kind(Status::failed_precondition(message), KIND_REPLACED)
             }

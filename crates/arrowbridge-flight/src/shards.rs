@@ -22,9 +22,9 @@
 //! cluster client publishes carries its [`Order`] (the time its put committed, then its
 //! version token), and a server refuses a map older than the one it holds (`FAILED_PRECONDITION`,
 //! kind [`crate::error::KIND_REPLACED`]). However the publishes of two puts interleave,
-//! every server ends up with the newer map. A put that failed to publish everywhere gives
-//! each server back the map it replaced only where its own is still there
-//! ([`ShardMap::replaces`]).
+//! every server ends up with the newer map. A put that failed to publish everywhere asks
+//! each server to undo it (the `undo_map` action): where its map is still stored, the
+//! server brings back the map it replaced there, which only the server knows for sure.
 //!
 //! A map is stored (and persisted with a data directory) like any item, so it survives a
 //! restart the same way. The server never fetches the shards itself: DoGet and DoExchange
@@ -52,10 +52,6 @@ pub struct ShardMap {
     /// the one it holds. Maps without one (written by hand) are never refused for their age.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order: Option<Order>,
-    /// A map given back after a failed put: stored only if the map held now is the one of
-    /// this order (the failed put's own), never over a newer put's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replaces: Option<Order>,
 }
 
 /// The order of a map among the maps of its name: the time its put committed (nanoseconds
@@ -116,15 +112,6 @@ impl ShardMap {
     /// newer put's map is there (see the module's documentation).
     pub fn check_publish(&self, name: &str, held: Option<&ShardMap>) -> Result<()> {
         let held_order = held.and_then(|m| m.order.as_ref());
-        if let Some(expected) = &self.replaces {
-            if held_order != Some(expected) {
-                return Err(FlightServerError::Superseded(format!(
-                    "{name:?}: the map of the put that would be undone here was replaced by \
-                     another put's (or deleted), which stays"
-                )));
-            }
-            return Ok(());
-        }
         match (&self.order, held_order) {
             (Some(new), Some(old)) if old > new => Err(FlightServerError::Superseded(format!(
                 "{name:?}: a newer put's map is stored here (committed at {} ns, this one at \

@@ -61,7 +61,6 @@ fn any_server_describes_a_sharded_item_and_the_client_reassembles_it() {
         bytes: 3200,
         shards,
         order: None,
-        replaces: None,
     };
     for client in &clients {
         client.put_map("x", &schema, &map).unwrap();
@@ -171,7 +170,6 @@ fn a_map_with_rows_or_gaps_is_refused() {
             locations: vec![server.location().to_string()],
         }],
         order: None,
-        replaces: None,
     };
     let err = client.put_map("m", &schema, &gap).unwrap_err();
     assert!(

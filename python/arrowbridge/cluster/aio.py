@@ -47,15 +47,16 @@ from .client import (
     _combined,
     _delete_late,
     _failure,
-    _given_back,
     _given_up,
     _held_in,
+    _map_order,
     _no_replica,
     _nothing_to_delete,
     _old_shards_left,
     _ordered,
     _Plan,
     _put_kind,
+    _raced,
     _read_again,
     _removed,
     _replaced,
@@ -64,8 +65,6 @@ from .client import (
     _stored_distribution,
     _StreamedShards,
     _unanswered,
-    _undo,
-    _withdrawal,
 )
 
 #: What a server holds under a name: its schema (IPC) and map (JSON text, or None for an
@@ -189,8 +188,8 @@ class AsyncClusterClient:
         return [value for _, value in outcomes]
 
     async def _afterwards(self, error: BaseException, method: str, *args: Any) -> None:
-        """Runs the cleanup of a put that did not commit, the method ``method(*args,
-        timeout)`` (``_discard`` or ``_roll_back``): at once after an error. After a
+        """Runs the cleanup of a put, the method ``method(*args, timeout)`` (``_discard``,
+        ``_roll_back`` or ``_delete_shards``): at once after an error. After a
         cancellation, the blocking client's twin of it runs on a thread of its own: the
         cancelled task ends at once, and the cleanup outlives it and the event loop (which
         ``asyncio.run`` closes, cancelling the tasks left, right after a cancelled main)."""
@@ -334,8 +333,8 @@ class AsyncClusterClient:
     async def _commit(self, name: str, schema_ipc: bytes, shard_map: dict[str, Any]) -> None:
         """Publishes the map of ``name`` on every server (the commit point), tells
         ``on_map``, then deletes the shards of the version it replaced; a newer put's map
-        wins where it is first; on failure, puts back what each server held where the new
-        map is still there (see :meth:`ClusterClient._commit`)."""
+        wins where it is first; on failure, every server that may have taken the new map
+        undoes it (see :meth:`ClusterClient._commit`)."""
         servers = self._servers()
         try:
             held = await self._parallel(_held(c, name) for _, c in servers)
@@ -364,73 +363,86 @@ class AsyncClusterClient:
                 await self._tell(name, schema_ipc, map_json)
         except BaseException as error:
             await self._afterwards(
-                error, "_roll_back", name, before, published, refused | superseded, shard_map, error
+                error, "_roll_back", name, refused | superseded, shard_map, error
             )
             raise
         if superseded:
             if not published:
-                await self._discard(shard_map)  # stored nowhere: nothing will ever read it
+                await self._after_commit(self._discard, shard_map)  # stored nowhere: never read
             return
         old, keep = _replaced(before.values(), shard_map, published.values())
-        _old_shards_left(name, await self._delete_shards(old, keep))
+        raced = _raced(shard_map, published.values())
+        _old_shards_left(
+            name, await self._after_commit(self._delete_replaced, name, old, keep, raced)
+        )
+
+    async def _delete_replaced(
+        self,
+        name: str,
+        old: dict[str, Any],
+        keep: set[tuple[str, str]],
+        raced: list[Any] | None,
+        timeout: float | None = None,
+    ) -> list[tuple[str, FlightCallError]]:
+        """Deletes the shards of the versions a committed put replaced, and when puts
+        raced, of the older maps the servers keep (see
+        :meth:`ClusterClient._delete_replaced`)."""
+        if raced is not None:
+            body = _map_order(name, raced)
+
+            async def below(client: AsyncClient) -> list[dict[str, Any]]:
+                try:
+                    reply = await client._action("maps_below", body, timeout)
+                except FlightCallError:
+                    return []  # their shards stay: list shows them
+                return json.loads(reply)["maps"]
+
+            maps = await self._parallel(below(c) for _, c in self._servers())
+            old = {
+                "shards": old["shards"] + [s for found in maps for m in found for s in m["shards"]]
+            }
+        return await self._delete_shards(old, keep, timeout)
+
+    async def _after_commit(self, method: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """``await method(*args)``: the deletes that follow a put's commit, which go on in
+        the background when the task is cancelled (see :meth:`ClusterClient._after_commit`)."""
+        try:
+            return await method(*args)
+        except BaseException as error:
+            if not isinstance(error, Exception):
+                await self._afterwards(error, method.__name__, *args)
+            raise
 
     async def _roll_back(
         self,
         name: str,
-        before: dict[str, _Held],
-        published: dict[str, str | None],
         refused: set[str],
         shard_map: dict[str, Any],
         error: BaseException,
         timeout: float | None = None,
     ) -> None:
-        """After a failed publish: each server where the new map may be gets back the map
-        it replaced while the new map is still its own (see
-        :meth:`ClusterClient._roll_back`); the new shards are deleted unless a server that
-        may hold the new map could not be given back its own."""
-        order = shard_map["order"]
+        """After a failed publish: every server that may hold the new map undoes it, then
+        the new shards are deleted unless a server could not be asked (see
+        :meth:`ClusterClient._roll_back`)."""
+        body = _map_order(name, shard_map["order"])
 
-        async def restore(location: str) -> str | None:
-            undo = _undo(location, before, published, refused)
-            if undo is None:
-                return None
-            back, schema = undo
-            client = self._clients[location]
+        async def undo(location: str) -> str | None:
+            if location in refused:
+                return None  # the server answered the publish: no map of ours there
             try:
-                if back is None:
-                    await client._action("withdraw_map", _withdrawal(name, order), timeout)
-                else:
-                    if schema is None:
-                        schema = await self._map_schema(back, timeout)
-                    await client._put_map(name, schema, _given_back(back, order), timeout)
-            except (RemoteNotFoundError, ItemReplacedError):
-                pass  # not ours (any more): a newer put's map, which stays
+                await self._clients[location]._action("undo_map", body, timeout)
             except FlightCallError as e:
                 return f"{location}: {e}"
             return None
 
-        stuck = [f for f in await self._parallel(map(restore, self.locations)) if f is not None]
+        stuck = [f for f in await self._parallel(map(undo, self.locations)) if f is not None]
         if not stuck:
             await self._discard(shard_map, timeout)
         elif hasattr(error, "add_note"):
             error.add_note(
-                f"put {name!r}: the new map may stay on server(s) that could not take the "
-                f"previous one back ({'; '.join(stuck)}), so its shards were kept"
+                f"put {name!r}: the new map may stay on server(s) that could not undo it "
+                f"({'; '.join(stuck)}), so its shards were kept"
             )
-
-    async def _map_schema(self, map_json: str, timeout: float | None) -> bytes:
-        """The schema (IPC) of the item a map describes (see
-        :meth:`ClusterClient._map_schema`)."""
-        first = json.loads(map_json)["shards"][0]
-        for location in first["locations"]:
-            try:
-                info = await self._client(location)._info_raw(first["name"], timeout)
-                return info["schema_ipc"]
-            except FlightCallError:
-                continue
-        raise ServerUnavailableError(
-            f"the schema of the map to give back: no replica of {first['name']!r} answered"
-        )
 
     async def _discard(self, shard_map: dict[str, Any], timeout: float | None = None) -> None:
         """Deletes the shards of a put that did not commit, and again later those it did
@@ -528,7 +540,7 @@ class AsyncClusterClient:
 
         # Ordered as a put is (see ClusterClient.delete).
         tombstone = json.dumps(_ordered({"deleted": True}, found))
-        body = _withdrawal(name, json.loads(tombstone)["order"])
+        body = _map_order(name, json.loads(tombstone)["order"])
 
         async def delete_map(client: AsyncClient) -> str | None:
             try:

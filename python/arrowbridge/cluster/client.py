@@ -482,6 +482,15 @@ def _replaced(
     return {"shards": old}, keep
 
 
+def _raced(shard_map: dict[str, Any], acknowledged: Iterable[str | None]) -> list[Any] | None:
+    """The order of ``shard_map`` when the servers' acknowledgements of its publish named
+    different maps replaced: puts of the name raced, and those that lost to others on some
+    servers left what they replaced to the winner, which never saw it (see
+    ``ClusterClient._delete_replaced``); else ``None``."""
+    replaced = {None if a is None else json.dumps(json.loads(a).get("order")) for a in acknowledged}
+    return shard_map["order"] if len(replaced) > 1 else None
+
+
 def _ordered(
     shard_map: dict[str, Any], held: Iterable[tuple[bytes, str | None] | Exception | None]
 ) -> dict[str, Any]:
@@ -503,21 +512,14 @@ def _ordered(
     return {**shard_map, "order": [max(time.time_ns(), latest + 1), _version()]}
 
 
-def _given_back(held: str, order: list[Any]) -> str:
-    """The JSON of the map ``held`` that a failed put (of ``order``) gives back to a server:
-    stored only where that put's own map is still held, never over a newer put's."""
-    return json.dumps({**json.loads(held), "replaces": order})
-
-
-def _withdrawal(name: str, order: list[Any]) -> bytes:
-    """The body of the ``withdraw_map`` action (delete the map of ``name`` if it is the
-    failed put's own, of ``order``) and of ``delete_map`` (delete ``name`` as of ``order``,
-    unless a newer put's map is there)."""
+def _map_order(name: str, order: list[Any]) -> bytes:
+    """The body of the ``undo_map`` action (undo the failed put of ``order`` on ``name``) and
+    of ``delete_map`` (delete ``name`` as of ``order``, unless a newer put's map is there)."""
     return json.dumps({"name": name, "order": order}).encode()
 
 
 #: Errors in which a server answered a call with its status: what was asked did not happen
-#: there (a publish that raised one left no map behind).
+#: there (a publish that raised one left no map behind, and needs no undoing).
 _ANSWERED = (
     AuthenticationError,
     RemoteInvalidError,
@@ -525,34 +527,6 @@ _ANSWERED = (
     RemoteOutOfMemoryError,
     RemoteStorageError,
 )
-
-
-def _undo(
-    location: str,
-    before: Mapping[str, tuple[bytes, str | None] | Exception | None],
-    published: Mapping[str, str | None],
-    refused: set[str],
-) -> tuple[str | None, bytes | None] | None:
-    """What a failed put gives back on ``location``: ``None`` where its map is not (it was
-    refused there); else the map to give back (JSON, ``None``: none, withdraw the put's own)
-    and that map's schema when ``before`` has it (``None``: look it up). Where the publish
-    was taken, the map it replaced (as the server said): what the put read ``before`` may be
-    older, and its shards gone. Where its outcome is unknown (a timeout, a server gone),
-    what the server held before: a compare-and-set on the put's own map makes either safe."""
-    if location in refused:
-        return None
-    held = before[location]
-    held_map = held[1] if isinstance(held, tuple) else None
-    back = published[location] if location in published else held_map
-    if back is None:
-        return None, None
-    same = held_map is not None and _order_of(held_map) == _order_of(back)
-    return back, (held[0] if same and isinstance(held, tuple) else None)
-
-
-def _order_of(map_json: str) -> tuple[Any, list[str]]:
-    shard_map = json.loads(map_json)
-    return shard_map.get("order"), [s["name"] for s in shard_map["shards"]]
 
 
 def _removed(reply: bytes) -> str | None:
@@ -766,8 +740,9 @@ class ClusterClient:
             self._running.discard(future)
 
     def _afterwards(self, error: BaseException, method: str, *args: Any) -> None:
-        """Runs the cleanup of a put that did not commit, the method ``method(*args,
-        timeout)`` (``_discard`` or ``_roll_back``): at once after an error; after an
+        """Runs the cleanup of a put, the method ``method(*args, timeout)`` (``_discard``
+        or ``_roll_back`` for one that did not commit, ``_delete_shards`` for the version one
+        replaced): at once after an error; after an
         interruption (Ctrl+C), on a thread of its own once the calls still under way have
         ended, so that the interrupt is not held up by the servers."""
 
@@ -867,18 +842,18 @@ class ClusterClient:
         were deleted under it reads again, following the new map.
 
         A put that fails (a shard on any replica, or the map on any server) raises its
-        error after putting back, on every server that took the new map, what it held
-        before (the previous map, or nothing for a new item) and deleting every shard it
-        stored: the previous version reads exactly as before. Should a server that took the
-        new map not take the old one back, the new shards are kept (the error's note names
+        error after undoing its map on every server that may have taken it (each brings back
+        the map the new one replaced there, or nothing for a new item) and deleting every
+        shard it stored: the previous version reads exactly as before. Should a server that
+        may hold the new map not be reached, the new shards are kept (the error's note names
         the server), so that no server holds a map of missing shards. An item that is not
         sharded (put on one server directly) is replaced by the map, and not put back.
-        Concurrent puts of one name (from several clients, or tasks) are not ordered: each
-        server keeps the last map it received, and a put whose map another replaced before it
-        was published everywhere may leave its shards behind (items named
-        ``name.shard-*.v<token>`` that no map names; ``list`` shows them, and a plain client
-        of their server deletes them: ``arrowbridge.connect(location).delete(shard)``).
-        Serialize puts of one name to avoid both.
+        Concurrent puts of one name (from several clients, or tasks) are ordered by when
+        they commit: every server ends with the newest map, and each put returns, the older
+        replaced at once. Rarely (three puts racing, or a failure among racing puts), shards
+        no map names are left behind (items named ``name.shard-*.v<token>``; ``list`` shows
+        them, and a plain client of their server deletes them:
+        ``arrowbridge.connect(location).delete(shard)``).
 
         The shards of a put that failed or was interrupted are deleted, and those not found
         are deleted again over the next few seconds, on a thread of its own: a shard's put
@@ -991,9 +966,9 @@ class ClusterClient:
         (which deletes what it replaced); one that stored its map nowhere deletes its
         shards.
 
-        When it fails, the servers that took the new map get back what they held (where
-        the new map is still theirs), the new shards are deleted (see :meth:`put`), and
-        the error is raised."""
+        When it fails, every server that may have taken the new map undoes it (where the
+        new map is still there, the server brings back the map it replaced), the new shards
+        are deleted (see :meth:`put`), and the error is raised."""
         servers = self._servers()
         try:
             before = dict(
@@ -1032,77 +1007,92 @@ class ClusterClient:
             if self._on_map is not None and not superseded:
                 self._on_map(name, schema_ipc, map_json)
         except BaseException as error:
-            self._afterwards(
-                error, "_roll_back", name, before, published, refused | superseded, shard_map, error
-            )
+            self._afterwards(error, "_roll_back", name, refused | superseded, shard_map, error)
             raise
         if superseded:
             if not published:
-                self._discard(shard_map)  # stored nowhere: nothing will ever read it
+                self._after_commit(self._discard, shard_map)  # stored nowhere: never read
             return
         old, keep = _replaced(before.values(), shard_map, published.values())
-        _old_shards_left(name, self._delete_shards(old, keep))
+        raced = _raced(shard_map, published.values())
+        _old_shards_left(name, self._after_commit(self._delete_replaced, name, old, keep, raced))
+
+    def _delete_replaced(
+        self,
+        name: str,
+        old: dict[str, Any],
+        keep: set[tuple[str, str]],
+        raced: list[Any] | None,
+        timeout: float | None = None,
+    ) -> list[tuple[str, FlightCallError]]:
+        """Deletes the shards of the versions a put that committed everywhere replaced
+        (``old``, but those in ``keep``). When puts of the name ``raced`` (the put's order),
+        also those of every older map the servers keep to undo failed puts (the
+        ``maps_below`` action): one that a put which lost on some servers replaced on others
+        is named by no server's map now, and none of them can come back once this put's map
+        is on every server."""
+        if raced is not None:
+            body = _map_order(name, raced)
+
+            def below(client: Client) -> list[dict[str, Any]]:
+                try:
+                    reply = client._native.action("maps_below", body, timeout=timeout)
+                except FlightCallError:
+                    return []  # their shards stay: list shows them
+                return json.loads(reply)["maps"]
+
+            maps = self._parallel([functools.partial(below, c) for _, c in self._servers()])
+            old = {
+                "shards": old["shards"] + [s for found in maps for m in found for s in m["shards"]]
+            }
+        return self._delete_shards(old, keep, timeout)
+
+    def _after_commit(self, method: Callable[..., Any], *args: Any) -> Any:
+        """``method(*args)``: the deletes that follow a put's commit. When Ctrl+C stops
+        them, they go on in the background (see :meth:`_afterwards`): the put is done, and
+        what it replaced must not stay behind."""
+        try:
+            return method(*args)
+        except BaseException as error:
+            if not isinstance(error, Exception):
+                self._afterwards(error, method.__name__, *args)
+            raise
 
     def _roll_back(
         self,
         name: str,
-        before: Mapping[str, tuple[bytes, str | None] | None],
-        published: Mapping[str, str | None],
         refused: set[str],
         shard_map: dict[str, Any],
         error: BaseException,
         timeout: float | None = None,
     ) -> None:
-        """After a failed publish: gives each server where the new map may be the map it
-        replaced (see :func:`_undo`; an unsharded item is not restored, its server just loses
-        the new map), only while the new map is still the one it holds, then deletes the new
-        shards, unless a server that may hold the new map could not be given back its own."""
-        order = shard_map["order"]
+        """After a failed publish: asks every server that may hold the new map to undo it
+        (the ``undo_map`` action: where the new map is still there, the server brings back
+        the map it replaced, which only the server knows for sure: a put whose publish was
+        cut off knows neither whether its map arrived nor what it replaced; and the server
+        refuses the new map should it arrive later), then deletes the new shards, unless a
+        server could not be asked: its map, if it arrived, keeps its shards."""
+        body = _map_order(name, shard_map["order"])
 
-        def restore(location: str) -> str | None:
-            undo = _undo(location, before, published, refused)
-            if undo is None:
-                return None
-            back, schema = undo
-            client = self._clients[location]
+        def undo(location: str) -> str | None:
+            if location in refused:
+                return None  # the server answered the publish: no map of ours there
             try:
-                if back is None:
-                    client._native.action("withdraw_map", _withdrawal(name, order), timeout=timeout)
-                else:
-                    if schema is None:
-                        schema = self._map_schema(back, timeout)
-                    client._native.put_map(name, schema, _given_back(back, order), timeout=timeout)
-            except (RemoteNotFoundError, ItemReplacedError):
-                pass  # not ours (any more): a newer put's map, which stays
+                self._clients[location]._native.action("undo_map", body, timeout=timeout)
             except FlightCallError as e:
                 return f"{location}: {e}"
             return None
 
         stuck = [
-            f
-            for f in self._parallel([functools.partial(restore, loc) for loc in self.locations])
-            if f is not None
+            f for f in self._parallel([functools.partial(undo, loc) for loc in self.locations]) if f
         ]
         if not stuck:
             self._discard(shard_map, timeout)
         elif hasattr(error, "add_note"):
             error.add_note(
-                f"put {name!r}: the new map may stay on server(s) that could not take the "
-                f"previous one back ({'; '.join(stuck)}), so its shards were kept"
+                f"put {name!r}: the new map may stay on server(s) that could not undo it "
+                f"({'; '.join(stuck)}), so its shards were kept"
             )
-
-    def _map_schema(self, map_json: str, timeout: float | None) -> bytes:
-        """The schema (IPC) of the item a map describes: its first shard's, from a replica."""
-        first = json.loads(map_json)["shards"][0]
-        for location in first["locations"]:
-            try:
-                info = self._client(location)._native.info(first["name"], timeout=timeout)
-                return info["schema_ipc"]
-            except FlightCallError:
-                continue
-        raise ServerUnavailableError(
-            f"the schema of the map to give back: no replica of {first['name']!r} answered"
-        )
 
     def _discard(self, shard_map: dict[str, Any], timeout: float | None = None) -> None:
         """Deletes the shards of a put that did not commit, and again later those it did
@@ -1229,7 +1219,7 @@ class ClusterClient:
         # Ordered as a put is: a put this delete overtakes cannot bring the item back on
         # some servers, and a newer one stays everywhere.
         tombstone = json.dumps(_ordered({"deleted": True}, found))
-        body = _withdrawal(name, json.loads(tombstone)["order"])
+        body = _map_order(name, json.loads(tombstone)["order"])
 
         def delete_map(client: Client) -> str | None:
             try:

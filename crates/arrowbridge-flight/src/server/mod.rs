@@ -3,6 +3,7 @@
 pub(crate) mod routes;
 pub(crate) mod service;
 pub(crate) mod store;
+pub(crate) mod undo;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{FlightServerError, Result};
 use crate::names::check_name;
-use crate::server::store::{Store, Stored, VersionError};
+use crate::server::store::{Store, Stored, Undone, VersionError};
 use crate::shards::{ShardMap, SHARDS_KEY};
 use crate::shm;
 use crate::wire::protocol::{
@@ -65,7 +65,7 @@ async fn acknowledge(
     })
 }
 
-/// The body of `withdraw_map` or `delete_map` (`action`).
+/// The body of `undo_map` or `delete_map` (`action`).
 fn map_order(action: &str, body: &str) -> Result<MapOrder, Status> {
     serde_json::from_str(body).map_err(|e| {
         Status::invalid_argument(format!(
@@ -1060,20 +1060,30 @@ impl FlightService for Service {
                 }
                 serde_json::json!({"deleted": body})
             }
-            kind @ ("withdraw_map" | "delete_map") => {
-                let MapOrder { name, order } = map_order(kind, &body)?;
+            "undo_map" => {
+                let MapOrder { name, order } = map_order("undo_map", &body)?;
                 let store = self.store.clone();
                 let named = name.clone();
-                let withdraw = kind == "withdraw_map";
-                let removed = tokio::task::spawn_blocking(move || {
-                    if withdraw {
-                        Ok(store.withdraw(&named, &order)?.then_some(None))
-                    } else {
-                        store.delete_map(&named, &order)
-                    }
-                })
-                .await
-                .map_err(|e| Status::internal(e.to_string()))??;
+                let undone = tokio::task::spawn_blocking(move || store.undo(&named, &order))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))??;
+                match undone {
+                    Undone::GaveBack(map) => serde_json::json!({"undone": name, "now": map}),
+                    Undone::Removed => serde_json::json!({"undone": name, "now": null}),
+                    Undone::NotHeld => serde_json::json!({"undone": null}),
+                }
+            }
+            "maps_below" => {
+                let MapOrder { name, order } = map_order("maps_below", &body)?;
+                serde_json::json!({"maps": self.store.maps_below(&name, &order)})
+            }
+            "delete_map" => {
+                let MapOrder { name, order } = map_order("delete_map", &body)?;
+                let store = self.store.clone();
+                let named = name.clone();
+                let removed = tokio::task::spawn_blocking(move || store.delete_map(&named, &order))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))??;
                 let Some(map) = removed else {
                     return Err(Status::not_found(format!(
                         "no array called {name:?} is stored"
@@ -1125,13 +1135,19 @@ impl FlightService for Service {
         let actions = [
             ("delete", "Deletes the stored array named by the body"),
             (
-                "withdraw_map",
-                "Deletes a sharded item's map if it is the one of the order the JSON body names",
+                "undo_map",
+                "Undoes the failed put of the order the JSON body names: where its map is \
+                 stored, the map it replaced comes back; its map is refused afterwards",
             ),
             (
                 "delete_map",
                 "Deletes a sharded item as of the order the JSON body names, unless a newer \
                  put's map is stored; later maps no newer are refused",
+            ),
+            (
+                "maps_below",
+                "The maps older than the order the JSON body names that newer maps replaced \
+                 here and that the server keeps to undo failed puts",
             ),
             ("list_kernels", "JSON object of kernel names and signatures"),
             (

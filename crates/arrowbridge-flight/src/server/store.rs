@@ -13,6 +13,7 @@ use arrowbridge::{ArrowTensor, DType};
 
 use crate::error::{FlightServerError, Result};
 use crate::names::check_name;
+use crate::server::undo::{KeptMap, Previous, UndoLog, HISTORY_BYTES, HISTORY_KEPT};
 use crate::shards::{Order, ShardMap};
 use crate::shm::{self, Shared};
 
@@ -208,11 +209,33 @@ pub struct Store {
     /// The order of each sharded item deleted in the last [`TOMBSTONE_KEEP`]
     /// ([`Store::delete_map`]): a map no newer that arrives late is refused.
     tombstones: Mutex<HashMap<String, (Order, std::time::Instant)>>,
+    /// The maps replaced here and the puts undone, to undo failed puts ([`Store::undo`]).
+    undo: Mutex<UndoLog>,
 }
 
 /// How long the order of a deleted sharded item is kept: far longer than a put's publish
 /// takes, so that a put the delete overtook cannot bring the item back on some servers.
 pub const TOMBSTONE_KEEP: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// `replaced`, when it is a sharded item's map, as [`UndoLog`] keeps it.
+fn kept(replaced: Option<&Arc<Stored>>) -> Option<KeptMap> {
+    let item = replaced?;
+    Some(KeptMap {
+        schema: item.schema.clone(),
+        map: item.shards.clone()?,
+    })
+}
+
+/// What [`Store::undo`] did.
+#[derive(Debug, PartialEq)]
+pub enum Undone {
+    /// The failed put's map was there: the map it replaced here is back.
+    GaveBack(ShardMap),
+    /// The failed put's map was there and replaced nothing: the item is gone.
+    Removed,
+    /// The failed put's map was not there (a newer put's is, or nothing): nothing changed.
+    NotHeld,
+}
 
 /// How long a small replaced version stays readable ([`Store::version`]).
 pub const GRACE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -275,6 +298,7 @@ impl Store {
             data_dir,
             writing: Mutex::default(),
             tombstones: Mutex::default(),
+            undo: Mutex::default(),
         };
         if let Some(dir) = &store.data_dir {
             std::fs::create_dir_all(dir).map_err(|e| FlightServerError::io(dir, e))?;
@@ -417,7 +441,14 @@ impl Store {
         let Some(map) = &stored.shards else {
             return Ok(());
         };
-        if let (Some(order), None) = (&map.order, &map.replaces) {
+        if let Some(order) = &map.order {
+            if self.undo_log().was_undone(name, order) {
+                return Err(FlightServerError::Superseded(format!(
+                    "{name:?}: the put of this map (of {} ns) failed and was undone here \
+                     before its map arrived, which is refused",
+                    order.0
+                )));
+            }
             if let Some(deleted) = self.tombstone(name) {
                 if deleted >= *order {
                     return Err(FlightServerError::Superseded(format!(
@@ -430,6 +461,10 @@ impl Store {
         }
         let held = self.get(name);
         map.check_publish(name, held.as_ref().and_then(|item| item.shards.as_ref()))
+    }
+
+    fn undo_log(&self) -> std::sync::MutexGuard<'_, UndoLog> {
+        self.undo.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The order of the delete of `name` kept, if any ([`TOMBSTONE_KEEP`]).
@@ -464,9 +499,11 @@ impl Store {
             self.check_publish(name, &stored)?;
             file.commit()?;
             let stored = self.versioned(name, stored);
-            let replaced = self.write_items().insert(name.to_string(), stored);
+            let replaced = self.write_items().insert(name.to_string(), stored.clone());
             self.release(replaced.as_ref().map_or(0, |item| item.charge()));
             self.retire(replaced.as_ref());
+            self.undo_log()
+                .replaced(name, stored.shards.as_ref(), kept(replaced.as_ref()));
             Ok(replaced)
         })
     }
@@ -484,33 +521,43 @@ impl Store {
         self.writing(name, || {
             self.check_put(name)?;
             self.check_publish(name, &stored)?;
-            let replacing = self.get(name).map_or(0, |item| item.charge());
-            let charge = stored.charge();
-            self.reserve(name, charge, replacing)?;
-            let written = self.write_file(name, &stored).and_then(|file| {
-                let Some(file) = file else { return Ok(None) };
-                // Mapped before it is committed, as in `put_file`.
-                let mapped = self.mapped_file(&file, &stored)?;
-                file.commit()?;
-                Ok(mapped)
-            });
-            let stored = match written {
-                Ok(None) => stored,
-                Ok(Some(mapped)) => {
-                    self.release(charge);
-                    mapped
-                }
-                Err(e) => {
-                    self.release(charge);
-                    return Err(e);
-                }
-            };
-            let stored = self.versioned(name, stored);
-            let replaced = self.write_items().insert(name.to_string(), stored);
-            self.release(replaced.as_ref().map_or(0, |item| item.charge()));
-            self.retire(replaced.as_ref());
+            let replaced = self.store(name, stored)?;
+            let stored = self.get(name);
+            let map = stored.as_ref().and_then(|item| item.shards.as_ref());
+            self.undo_log().replaced(name, map, kept(replaced.as_ref()));
             Ok(replaced)
         })
+    }
+
+    /// Stores `stored` under `name` (see [`put`](Self::put)), under the name's write lock,
+    /// checked.
+    fn store(&self, name: &str, stored: Stored) -> Result<Option<Arc<Stored>>> {
+        let replacing = self.get(name).map_or(0, |item| item.charge());
+        let charge = stored.charge();
+        self.reserve(name, charge, replacing)?;
+        let written = self.write_file(name, &stored).and_then(|file| {
+            let Some(file) = file else { return Ok(None) };
+            // Mapped before it is committed, as in `put_file`.
+            let mapped = self.mapped_file(&file, &stored)?;
+            file.commit()?;
+            Ok(mapped)
+        });
+        let stored = match written {
+            Ok(None) => stored,
+            Ok(Some(mapped)) => {
+                self.release(charge);
+                mapped
+            }
+            Err(e) => {
+                self.release(charge);
+                return Err(e);
+            }
+        };
+        let stored = self.versioned(name, stored);
+        let replaced = self.write_items().insert(name.to_string(), stored);
+        self.release(replaced.as_ref().map_or(0, |item| item.charge()));
+        self.retire(replaced.as_ref());
+        Ok(replaced)
     }
 
     /// Charges `bytes` for a put of `name` that replaces an item of `replacing` bytes, when
@@ -592,24 +639,51 @@ impl Store {
         self.writing(name, || self.remove(name))
     }
 
-    /// Deletes the sharded item's map under `name` if it is the map of `order`: how a put
-    /// that failed to publish everywhere undoes its map where the server held nothing
-    /// before. `false` when nothing is stored; [`FlightServerError::Superseded`] when
-    /// another put's map (or another item) is, which stays.
-    pub fn withdraw(&self, name: &str, order: &Order) -> Result<bool> {
+    /// Undoes the put of `order` on `name`, a put that failed: where its map is stored, the
+    /// map it replaced here comes back (or, when it replaced none, the item goes); where it
+    /// is not (it never arrived, or a newer put's map replaced it), it is forgotten, so that
+    /// undoing that newer put will not bring it back. Either way, the put's map is refused
+    /// should it arrive later. What is stored under `name` now.
+    pub fn undo(&self, name: &str, order: &Order) -> Result<Undone> {
         check_name(name)?;
         self.writing(name, || {
-            let Some(item) = self.get(name) else {
-                return Ok(false);
+            let held = self.get(name);
+            let held_order = held
+                .as_ref()
+                .and_then(|i| i.shards.as_ref()?.order.as_ref());
+            let previous = {
+                let mut log = self.undo_log();
+                log.undone(name, order);
+                if held_order != Some(order) {
+                    log.drop_order(name, order);
+                    return Ok(Undone::NotHeld);
+                }
+                log.previous(name)
             };
-            if item.shards.as_ref().and_then(|m| m.order.as_ref()) != Some(order) {
-                return Err(FlightServerError::Superseded(format!(
-                    "{name:?}: the map of the put that would be undone here was replaced by \
-                     another put's, which stays"
-                )));
+            match previous {
+                Previous::Map(KeptMap { schema, map }) => {
+                    self.store(name, Stored::new(schema, vec![]))?;
+                    Ok(Undone::GaveBack(map))
+                }
+                Previous::Nothing => {
+                    self.remove(name)?;
+                    Ok(Undone::Removed)
+                }
+                Previous::Forgotten => Err(FlightServerError::Forgotten(format!(
+                    "{name:?}: the failed put's map stays here: the map it replaced is no \
+                     longer kept (this server keeps {HISTORY_KEPT} per item, \
+                     {HISTORY_BYTES} bytes in all)"
+                ))),
             }
-            self.remove(name)
         })
+    }
+
+    /// The maps older than `order` that newer maps replaced under `name` and that this store
+    /// keeps for [`undo`](Self::undo), oldest first. Once the put of `order` has replaced
+    /// the map on every server, none of them can come back: that put deletes their shards,
+    /// which puts that lost to others on some servers left behind.
+    pub fn maps_below(&self, name: &str, order: &Order) -> Vec<ShardMap> {
+        self.undo_log().below(name, order)
     }
 
     /// Deletes the sharded item `name` (its map, or whatever is stored under the name) as of
@@ -663,6 +737,7 @@ impl Store {
             }
         }
         let removed = self.write_items().remove(name);
+        self.undo_log().forget(name);
         self.release(removed.as_ref().map_or(0, |item| item.charge()));
         Ok(removed.is_some() || removed_file)
     }
@@ -736,6 +811,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::undo::UNDONE_KEPT;
 
     fn empty_rows(rows: usize) -> RecordBatch {
         let options = RecordBatchOptions::new().with_row_count(Some(rows));
@@ -789,8 +865,8 @@ mod tests {
         assert_eq!(store.version("x", current).unwrap_err(), VersionError::Gone);
     }
 
-    /// A map of one shard, of `order`, giving back what `replaces` published.
-    fn map(token: &str, order: u64, replaces: Option<(u64, &str)>) -> Stored {
+    /// A map of one shard, of `order`.
+    fn map(token: &str, order: u64) -> Stored {
         let map = ShardMap {
             rows: 1,
             bytes: 0,
@@ -801,7 +877,6 @@ mod tests {
                 locations: vec!["grpc://a:1".into()],
             }],
             order: Some((order, token.into())),
-            replaces: replaces.map(|(t, v)| (t, v.to_string())),
         };
         let metadata = std::collections::HashMap::from([(
             crate::shards::SHARDS_KEY.to_string(),
@@ -818,45 +893,137 @@ mod tests {
     #[test]
     fn the_newest_map_stays_whichever_order_the_puts_arrive_in() {
         let store = Store::open(None).unwrap();
-        store.put("x", map("b", 20, None)).unwrap();
+        store.put("x", map("b", 20)).unwrap();
         // The older put's publish, arriving late, is refused: the newer map stays.
-        let late = store.put("x", map("a", 10, None)).unwrap_err();
+        let late = store.put("x", map("a", 10)).unwrap_err();
         assert!(matches!(late, FlightServerError::Superseded(_)), "{late}");
         assert_eq!(order_held(&store), Some((20, "b".into())));
         // The same map again (a restarted server given its maps back) is taken.
-        store.put("x", map("b", 20, None)).unwrap();
-        store.put("x", map("c", 30, None)).unwrap();
+        store.put("x", map("b", 20)).unwrap();
+        store.put("x", map("c", 30)).unwrap();
         assert_eq!(order_held(&store), Some((30, "c".into())));
         let status = tonic::Status::from(late);
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
     }
 
     #[test]
-    fn a_failed_put_gives_back_only_where_its_own_map_is_still_held() {
+    fn undoing_a_failed_put_brings_back_the_map_it_replaced_here() {
         let store = Store::open(None).unwrap();
-        store.put("x", map("c", 30, None)).unwrap();
-        // Undoing put "b" where put "c" replaced it: refused, "c" stays.
-        let err = store.put("x", map("a", 10, Some((20, "b")))).unwrap_err();
-        assert!(matches!(err, FlightServerError::Superseded(_)), "{err}");
-        assert!(matches!(
-            store.withdraw("x", &(20, "b".into())),
-            Err(FlightServerError::Superseded(_))
-        ));
-        assert_eq!(order_held(&store), Some((30, "c".into())));
-        // Undoing "c" itself: the map it replaced comes back (older, yet taken), or none.
-        store.put("x", map("a", 10, Some((30, "c")))).unwrap();
+        store.put("x", map("a", 10)).unwrap();
+        store.put("x", map("b", 20)).unwrap();
+        store.put("x", map("c", 30)).unwrap();
+        // "c" failed: "b", which it replaced here, is back (whatever "c" read before).
+        let undone = store.undo("x", &(30, "c".into())).unwrap();
+        assert!(matches!(undone, Undone::GaveBack(_)), "{undone:?}");
+        assert_eq!(order_held(&store), Some((20, "b".into())));
+        // "b" fails too: "a" is back; "a" replaced nothing here, so undoing it removes it.
+        store.undo("x", &(20, "b".into())).unwrap();
         assert_eq!(order_held(&store), Some((10, "a".into())));
-        assert!(store.withdraw("x", &(10, "a".into())).unwrap());
+        assert_eq!(store.undo("x", &(10, "a".into())).unwrap(), Undone::Removed);
         assert!(store.get("x").is_none());
-        assert!(!store.withdraw("x", &(10, "a".into())).unwrap());
+        assert_eq!(store.undo("x", &(10, "a".into())).unwrap(), Undone::NotHeld);
+    }
+
+    #[test]
+    fn undoing_a_put_a_newer_one_replaced_changes_nothing_but_forgets_it() {
+        let store = Store::open(None).unwrap();
+        store.put("x", map("a", 10)).unwrap();
+        store.put("x", map("b", 20)).unwrap();
+        store.put("x", map("c", 30)).unwrap();
+        // "b" failed after "c" replaced it: "c" stays...
+        assert_eq!(store.undo("x", &(20, "b".into())).unwrap(), Undone::NotHeld);
+        assert_eq!(order_held(&store), Some((30, "c".into())));
+        // ...and when "c" fails as well, "a" comes back, not the failed "b" (whose shards
+        // its own roll-back deleted).
+        store.undo("x", &(30, "c".into())).unwrap();
+        assert_eq!(order_held(&store), Some((10, "a".into())));
+    }
+
+    #[test]
+    fn the_maps_below_a_put_are_those_it_replaced_here_and_theirs() {
+        let store = Store::open(None).unwrap();
+        store.put("x", map("a", 10)).unwrap();
+        store.put("x", map("b", 20)).unwrap();
+        store.put("x", map("c", 30)).unwrap();
+        let orders = |below: u64| -> Vec<u64> {
+            let maps = store.maps_below("x", &(below, "z".into()));
+            maps.iter().map(|m| m.order.as_ref().unwrap().0).collect()
+        };
+        assert_eq!(orders(40), vec![10, 20]);
+        assert_eq!(orders(15), vec![10]);
+        assert!(store.maps_below("y", &(40, "z".into())).is_empty());
+    }
+
+    #[test]
+    fn the_map_of_a_put_undone_here_is_refused_when_it_arrives_late() {
+        let store = Store::open(None).unwrap();
+        store.put("x", map("a", 10)).unwrap();
+        // Put "b" was interrupted: its roll-back reached this server before its publish.
+        assert_eq!(store.undo("x", &(20, "b".into())).unwrap(), Undone::NotHeld);
+        let late = store.put("x", map("b", 20)).unwrap_err();
+        assert!(late.to_string().contains("undone"), "{late}");
+        assert_eq!(order_held(&store), Some((10, "a".into())));
+        // Other puts are not affected.
+        store.put("x", map("d", 40)).unwrap();
+        assert_eq!(order_held(&store), Some((40, "d".into())));
+    }
+
+    #[test]
+    fn a_store_keeps_a_bounded_history_and_number_of_undone_puts() {
+        let store = Store::open(None).unwrap();
+        for i in 1..=HISTORY_KEPT as u64 + 5 {
+            store.put("x", map(&format!("t{i}"), i)).unwrap();
+        }
+        assert_eq!(store.undo_log().counts("x").0, HISTORY_KEPT);
+        // Undoing them all runs out of maps: older ones were forgotten, so the last undo
+        // keeps its map and says so rather than remove the item.
+        for i in (HISTORY_KEPT as u64 + 5..=HISTORY_KEPT as u64 + 5)
+            .chain((6..HISTORY_KEPT as u64 + 5).rev())
+        {
+            store.undo("x", &(i, format!("t{i}"))).unwrap();
+        }
+        assert_eq!(order_held(&store), Some((5, "t5".into())));
+        let err = store.undo("x", &(5, "t5".into())).unwrap_err();
+        assert!(err.to_string().contains("no longer kept"), "{err}");
+        assert_eq!(order_held(&store), Some((5, "t5".into())));
+        // Anything but a newer map forgets the history, and its bytes.
+        store
+            .put(
+                "x",
+                Stored::new(Arc::new(arrow_schema::Schema::empty()), vec![]),
+            )
+            .unwrap();
+        assert_eq!(store.undo_log().counts("x").0, 0);
+        assert_eq!(store.undo_log().counts("x").1, 0);
+        for i in 0..UNDONE_KEPT as u64 + 10 {
+            store.undo("y", &(i, "t".into())).unwrap();
+        }
+        assert_eq!(store.undo_log().counts("y").2, UNDONE_KEPT);
+        assert!(!store.undo_log().was_undone("y", &(0, "t".into())));
+        assert!(store
+            .undo_log()
+            .was_undone("y", &(UNDONE_KEPT as u64 + 9, "t".into())));
+    }
+
+    #[test]
+    fn undoing_a_put_with_a_data_directory_brings_the_map_back_on_disk() {
+        let dir = std::env::temp_dir().join(format!("arrowbridge-undo-{}", std::process::id()));
+        let store = Store::open(Some(dir.clone())).unwrap();
+        store.put("x", map("a", 10)).unwrap();
+        store.put("x", map("b", 20)).unwrap();
+        store.undo("x", &(20, "b".into())).unwrap();
+        drop(store);
+        let reopened = Store::open(Some(dir.clone())).unwrap();
+        assert_eq!(order_held(&reopened), Some((10, "a".into())));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_deleted_item_refuses_the_maps_of_puts_the_delete_overtook() {
         let store = Store::open(None).unwrap();
-        store.put("x", map("a", 10, None)).unwrap();
+        store.put("x", map("a", 10)).unwrap();
         // A newer put's map stays; the delete is refused.
-        store.put("x", map("c", 30, None)).unwrap();
+        store.put("x", map("c", 30)).unwrap();
         assert!(matches!(
             store.delete_map("x", &(20, "d".into())),
             Err(FlightServerError::Superseded(_))
@@ -864,14 +1031,14 @@ mod tests {
         let removed = store.delete_map("x", &(40, "d".into())).unwrap();
         assert_eq!(removed.unwrap().unwrap().order, Some((30, "c".into())));
         // A put that began before the delete arrives late: refused, nothing comes back.
-        let late = store.put("x", map("b", 35, None)).unwrap_err();
+        let late = store.put("x", map("b", 35)).unwrap_err();
         assert!(matches!(late, FlightServerError::Superseded(_)), "{late}");
         assert!(store.get("x").is_none());
         // Nothing stored: the delete is still kept, for puts still under way.
         assert_eq!(store.delete_map("y", &(50, "e".into())).unwrap(), None);
-        assert!(store.put("y", map("f", 45, None)).is_err());
+        assert!(store.put("y", map("f", 45)).is_err());
         // A put after the delete replaces nothing and is stored.
-        store.put("x", map("g", 50, None)).unwrap();
+        store.put("x", map("g", 50)).unwrap();
         assert_eq!(order_held(&store), Some((50, "g".into())));
     }
 }

@@ -32,9 +32,11 @@ impl PutAck {
 }
 
 /// The body of the actions on a sharded item's map as of a put's or a delete's order (see
-/// [`crate::shards`]): `withdraw_map` deletes the map under `name` if it is the map of
-/// `order` (a failed put undoing its own); `delete_map` deletes the item unless a newer
-/// put's map is stored, and refuses maps no newer that arrive later (a cluster delete).
+/// [`crate::shards`]): `undo_map` undoes the failed put of `order` (where its map is
+/// stored, the map it replaced comes back; its map is refused afterwards); `delete_map`
+/// deletes the item unless a newer put's map is stored, and refuses maps no newer that
+/// arrive later (a cluster delete); `maps_below` lists the maps older than `order` that the
+/// server keeps to undo puts.
 ///
 /// `{"name": "x", "order": [1733338000000000000, "5e1f09a2c4b7d3e8"]}`
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
