@@ -42,6 +42,7 @@ from .client import (
     _TRY_NEXT_REPLICA,
     _TRY_NEXT_SERVER,
     ClusterClient,
+    _brought_back,
     _check_locations,
     _check_name,
     _combined,
@@ -421,21 +422,25 @@ class AsyncClusterClient:
         error: BaseException,
         timeout: float | None = None,
     ) -> None:
-        """After a failed publish: every server that may hold the new map undoes it, then
-        the new shards are deleted unless a server could not be asked (see
-        :meth:`ClusterClient._roll_back`)."""
+        """After a failed publish: every server that may hold the new map undoes it, the
+        newest map they brought back is published on every server, and the new shards are
+        deleted unless a server could not be asked (see :meth:`ClusterClient._roll_back`)."""
         body = _map_order(name, shard_map["order"])
 
-        async def undo(location: str) -> str | None:
+        async def undo(location: str) -> tuple[str | None, bytes | None]:
             if location in refused:
-                return None  # the server answered the publish: no map of ours there
+                return None, None  # the server answered the publish: no map of ours there
             try:
-                await self._clients[location]._action("undo_map", body, timeout)
+                reply = await self._clients[location]._action("undo_map", body, timeout)
             except FlightCallError as e:
-                return f"{location}: {e}"
-            return None
+                return f"{location}: {e}", None
+            return None, reply
 
-        stuck = [f for f in await self._parallel(map(undo, self.locations)) if f is not None]
+        outcomes = await self._parallel(map(undo, self.locations))
+        stuck = [failure for failure, _ in outcomes if failure]
+        newest = _brought_back([reply for _, reply in outcomes])
+        if newest is not None:
+            await self._roll_forward(name, newest, timeout)
         if not stuck:
             await self._discard(shard_map, timeout)
         elif hasattr(error, "add_note"):
@@ -443,6 +448,30 @@ class AsyncClusterClient:
                 f"put {name!r}: the new map may stay on server(s) that could not undo it "
                 f"({'; '.join(stuck)}), so its shards were kept"
             )
+
+    async def _roll_forward(self, name: str, newest: dict[str, Any], timeout: float | None) -> None:
+        """Publishes ``newest`` on every server (see :meth:`ClusterClient._roll_forward`)."""
+        first = newest["shards"][0]
+        schema = None
+        for location in first["locations"]:
+            try:
+                schema = (await self._client(location)._info_raw(first["name"], timeout))[
+                    "schema_ipc"
+                ]
+                break
+            except FlightCallError:
+                continue
+        if schema is None:
+            return  # its shards are gone: the servers keep what they brought back
+        text = json.dumps(newest)
+
+        async def publish(client: AsyncClient) -> None:
+            try:
+                await client._put_map(name, schema, text, timeout)
+            except FlightCallError:
+                pass  # a newer map is there, or the server is gone
+
+        await self._parallel(publish(c) for _, c in self._servers())
 
     async def _discard(self, shard_map: dict[str, Any], timeout: float | None = None) -> None:
         """Deletes the shards of a put that did not commit, and again later those it did

@@ -482,6 +482,19 @@ def _replaced(
     return {"shards": old}, keep
 
 
+def _brought_back(replies: Iterable[bytes | None]) -> dict[str, Any] | None:
+    """The newest map the servers brought back undoing a failed put (``replies``: each
+    server's answer to ``undo_map``), if any. Where an older put lost to the failed one on
+    some servers and published on others, those others bring back its map and the rest an
+    older one: the failed put publishes this one on every server, so that they agree."""
+    maps = [
+        json.loads(reply)["now"]
+        for reply in replies
+        if reply is not None and json.loads(reply).get("now") is not None
+    ]
+    return max(maps, key=lambda m: m["order"], default=None)
+
+
 def _raced(shard_map: dict[str, Any], acknowledged: Iterable[str | None]) -> list[Any] | None:
     """The order of ``shard_map`` when the servers' acknowledgements of its publish named
     different maps replaced: puts of the name raced, and those that lost to others on some
@@ -843,8 +856,9 @@ class ClusterClient:
 
         A put that fails (a shard on any replica, or the map on any server) raises its
         error after undoing its map on every server that may have taken it (each brings back
-        the map the new one replaced there, or nothing for a new item) and deleting every
-        shard it stored: the previous version reads exactly as before. Should a server that
+        the map the new one replaced there, or nothing for a new item; the newest of those
+        is then published on every server, so that they agree) and deleting every shard it
+        stored: the previous version reads exactly as before. Should a server that
         may hold the new map not be reached, the new shards are kept (the error's note names
         the server), so that no server holds a map of missing shards. An item that is not
         sharded (put on one server directly) is replaced by the map, and not put back.
@@ -1070,22 +1084,25 @@ class ClusterClient:
         (the ``undo_map`` action: where the new map is still there, the server brings back
         the map it replaced, which only the server knows for sure: a put whose publish was
         cut off knows neither whether its map arrived nor what it replaced; and the server
-        refuses the new map should it arrive later), then deletes the new shards, unless a
-        server could not be asked: its map, if it arrived, keeps its shards."""
+        refuses the new map should it arrive later), then publishes the newest map they
+        brought back on every server (see :func:`_brought_back`) and deletes the new shards,
+        unless a server could not be asked: its map, if it arrived, keeps its shards."""
         body = _map_order(name, shard_map["order"])
 
-        def undo(location: str) -> str | None:
+        def undo(location: str) -> tuple[str | None, bytes | None]:
             if location in refused:
-                return None  # the server answered the publish: no map of ours there
+                return None, None  # the server answered the publish: no map of ours there
             try:
-                self._clients[location]._native.action("undo_map", body, timeout=timeout)
+                reply = self._clients[location]._native.action("undo_map", body, timeout=timeout)
             except FlightCallError as e:
-                return f"{location}: {e}"
-            return None
+                return f"{location}: {e}", None
+            return None, reply
 
-        stuck = [
-            f for f in self._parallel([functools.partial(undo, loc) for loc in self.locations]) if f
-        ]
+        outcomes = self._parallel([functools.partial(undo, loc) for loc in self.locations])
+        stuck = [failure for failure, _ in outcomes if failure]
+        newest = _brought_back([reply for _, reply in outcomes])
+        if newest is not None:
+            self._roll_forward(name, newest, timeout)
         if not stuck:
             self._discard(shard_map, timeout)
         elif hasattr(error, "add_note"):
@@ -1093,6 +1110,36 @@ class ClusterClient:
                 f"put {name!r}: the new map may stay on server(s) that could not undo it "
                 f"({'; '.join(stuck)}), so its shards were kept"
             )
+
+    def _roll_forward(self, name: str, newest: dict[str, Any], timeout: float | None) -> None:
+        """Publishes ``newest`` (see :func:`_brought_back`) on every server: those that hold
+        a newer map, or saw its put undone, refuse it; best-effort."""
+        try:
+            schema = self._map_schema(newest, timeout)
+        except FlightCallError:
+            return  # its shards are gone: the servers keep what they brought back
+        text = json.dumps(newest)
+
+        def publish(client: Client) -> None:
+            try:
+                client._native.put_map(name, schema, text, timeout=timeout)
+            except FlightCallError:
+                pass  # a newer map is there, or the server is gone
+
+        self._parallel([functools.partial(publish, c) for _, c in self._servers()])
+
+    def _map_schema(self, shard_map: dict[str, Any], timeout: float | None) -> bytes:
+        """The schema (IPC) of the item a map describes: its first shard's, from a replica."""
+        first = shard_map["shards"][0]
+        errors: list[str] = []
+        for location in first["locations"]:
+            try:
+                return self._client(location)._native.info(first["name"], timeout=timeout)[
+                    "schema_ipc"
+                ]
+            except FlightCallError as e:
+                errors.append(_failure(location, e))
+        raise _unanswered(f"the schema of {first['name']!r}", errors)
 
     def _discard(self, shard_map: dict[str, Any], timeout: float | None = None) -> None:
         """Deletes the shards of a put that did not commit, and again later those it did

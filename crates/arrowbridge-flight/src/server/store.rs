@@ -925,6 +925,17 @@ mod tests {
     }
 
     #[test]
+    fn the_same_map_published_again_is_not_what_undoing_it_brings_back() {
+        let store = Store::open(None).unwrap();
+        store.put("x", map("a", 10)).unwrap();
+        store.put("x", map("b", 20)).unwrap();
+        // "b" again (a failed put's roll-forward, then b's own publish arriving).
+        store.put("x", map("b", 20)).unwrap();
+        store.undo("x", &(20, "b".into())).unwrap();
+        assert_eq!(order_held(&store), Some((10, "a".into())));
+    }
+
+    #[test]
     fn undoing_a_put_a_newer_one_replaced_changes_nothing_but_forgets_it() {
         let store = Store::open(None).unwrap();
         store.put("x", map("a", 10)).unwrap();

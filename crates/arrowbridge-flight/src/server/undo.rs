@@ -69,8 +69,8 @@ fn size(kept: &KeptMap) -> usize {
 
 impl UndoLog {
     /// Notes what was stored under `name`: the map of a put (`stored`: `Some` when it is
-    /// an ordered map) that `replaced` another such map keeps it; anything else forgets
-    /// what was kept for the name.
+    /// an ordered map) that `replaced` another such map keeps it (the same map again keeps
+    /// nothing more); anything else forgets what was kept for the name.
     pub fn replaced(&mut self, name: &str, stored: Option<&ShardMap>, replaced: Option<KeptMap>) {
         let ordered = |map: &ShardMap| map.order.is_some();
         let Some(replaced) = replaced.filter(|r| stored.is_some_and(ordered) && ordered(&r.map))
@@ -78,6 +78,9 @@ impl UndoLog {
             self.forget(name);
             return;
         };
+        if stored.and_then(|m| m.order.as_ref()) == replaced.map.order.as_ref() {
+            return;
+        }
         let bytes = size(&replaced);
         let kept = self.history.entry(name.to_string()).or_default();
         if bytes > HISTORY_BYTES / HISTORY_KEPT {
