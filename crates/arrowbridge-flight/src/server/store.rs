@@ -317,6 +317,11 @@ impl Store {
                     continue;
                 }
                 let stored = store.versioned(name, Stored::from_file(&path)?);
+                if stored.shards.as_ref().is_some_and(|m| m.order.is_some()) {
+                    // What this map replaced was not written down: an undo of its put here
+                    // cannot tell what to bring back, and says so.
+                    store.undo_log().forgotten(name);
+                }
                 store.write_items().insert(name.to_string(), stored);
             }
         }
@@ -670,9 +675,9 @@ impl Store {
                     Ok(Undone::Removed)
                 }
                 Previous::Forgotten => Err(FlightServerError::Forgotten(format!(
-                    "{name:?}: the failed put's map stays here: the map it replaced is no \
-                     longer kept (this server keeps {HISTORY_KEPT} per item, \
-                     {HISTORY_BYTES} bytes in all)"
+                    "{name:?}: the failed put's map stays here: the map it replaced is not \
+                     kept (a server keeps {HISTORY_KEPT} per item, {HISTORY_BYTES} bytes in \
+                     all, none from before it started)"
                 ))),
             }
         })
@@ -995,7 +1000,7 @@ mod tests {
         }
         assert_eq!(order_held(&store), Some((5, "t5".into())));
         let err = store.undo("x", &(5, "t5".into())).unwrap_err();
-        assert!(err.to_string().contains("no longer kept"), "{err}");
+        assert!(err.to_string().contains("is not kept"), "{err}");
         assert_eq!(order_held(&store), Some((5, "t5".into())));
         // Anything but a newer map forgets the history, and its bytes.
         store
@@ -1026,6 +1031,14 @@ mod tests {
         drop(store);
         let reopened = Store::open(Some(dir.clone())).unwrap();
         assert_eq!(order_held(&reopened), Some((10, "a".into())));
+        // A restarted server does not know what its maps replaced: the undo of a put whose
+        // map it holds keeps that map and says so, rather than remove the item.
+        reopened.put("x", map("c", 30)).unwrap();
+        drop(reopened);
+        let reopened = Store::open(Some(dir.clone())).unwrap();
+        let err = reopened.undo("x", &(30, "c".into())).unwrap_err();
+        assert!(err.to_string().contains("is not kept"), "{err}");
+        assert_eq!(order_held(&reopened), Some((30, "c".into())));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

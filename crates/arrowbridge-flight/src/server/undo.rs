@@ -115,6 +115,19 @@ impl UndoLog {
         }
     }
 
+    /// Notes that what the map stored under `name` replaced is not known (a server that
+    /// restarted loads its maps, not their history): an undo past it says so.
+    pub fn forgotten(&mut self, name: &str) {
+        self.forget(name);
+        self.history.insert(
+            name.to_string(),
+            Kept {
+                maps: Vec::new(),
+                forgot: true,
+            },
+        );
+    }
+
     /// Forgets what was kept for `name` (it was deleted, or replaced by an item that is not
     /// a newer map).
     pub fn forget(&mut self, name: &str) {
