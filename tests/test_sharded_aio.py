@@ -283,7 +283,7 @@ def test_delete_and_bad_arguments_say_what_is_wrong(servers):
 def test_a_put_cancelled_as_its_loop_ends_is_cleaned_up_all_the_same(servers):
     # asyncio.run cancels what is left when main ends: the cleanup of a put cancelled right
     # before does not run on that loop, and shards of puts still landing after their
-    # cleanup's first delete are deleted again later.
+    # cleanup deleted them are refused by their servers.
     locations = [s.location for s in servers]
     big = np.ones((2**20, 8))  # 64 MiB
 

@@ -46,7 +46,6 @@ from .client import (
     _check_locations,
     _check_name,
     _combined,
-    _delete_late,
     _failure,
     _given_up,
     _held_in,
@@ -474,26 +473,24 @@ class AsyncClusterClient:
         await self._parallel(publish(c) for _, c in self._servers())
 
     async def _discard(self, shard_map: dict[str, Any], timeout: float | None = None) -> None:
-        """Deletes the shards of a put that did not commit, and again later those it did
-        not find (see :meth:`ClusterClient._discard`)."""
-        await self._delete_shards(shard_map, set(), timeout, late=True)
+        """Deletes the shards of a put that did not commit (see
+        :meth:`ClusterClient._discard`)."""
+        await self._delete_shards(shard_map, set(), timeout)
 
     async def _delete_shards(
         self,
         shard_map: dict[str, Any],
         keep: set[tuple[str, str]],
         timeout: float | None = None,
-        late: bool = False,
     ) -> list[tuple[str, FlightCallError]]:
         """Deletes every replica of the shards of ``shard_map`` but those in ``keep``,
         best-effort (see :meth:`ClusterClient._delete_shards`); what else failed."""
-        missing: list[tuple[str, str]] = []
 
         async def delete(shard_name: str, location: str) -> tuple[str, FlightCallError] | None:
             try:
                 await self._client(location).delete(shard_name, timeout=timeout)
             except RemoteNotFoundError:
-                missing.append((shard_name, location))
+                pass  # gone, or refused when it lands
             except ServerUnavailableError:
                 pass  # gone with its server
             except FlightCallError as e:
@@ -501,8 +498,6 @@ class AsyncClusterClient:
             return None
 
         failures = await self._parallel(delete(*pair) for pair in _shard_pairs(shard_map, keep))
-        if late and missing:
-            _delete_late(missing, self.locations, self._token, self._timeout or _CLEANUP_TIMEOUT)
         return [f for f in failures if f is not None]
 
     async def get(

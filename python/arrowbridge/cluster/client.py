@@ -80,12 +80,6 @@ _VERSION_BYTES = 8
 #: How long each call of the cleanup after an interrupted put may take, when the client has
 #: no timeout of its own (seconds).
 _CLEANUP_TIMEOUT = 10.0
-#: When a cleanup deletes again, in the background, the shards it did not find (seconds
-#: after the one before): a shard's put cancelled, or timed out, after its data was sent
-#: may still land on its server after the cleanup's first delete; on a loaded machine a
-#: 20 MiB shard landed more than 2.6 s after (one orphan in a CI run), so the last tries
-#: come 6.6 and 14.6 s after the cleanup.
-_LATE_DELETES = (0.1, 0.5, 2.0, 4.0, 8.0)
 #: How many times a read starts again when the item was replaced under it.
 _READ_ATTEMPTS = 8
 #: Where a streamed put starts its next shard, by default: once the shard holds this many
@@ -420,49 +414,6 @@ def _check_rows_axis(what: str, names: Sequence[str], arrays: Sequence[Any]) -> 
                 f"{what}: column {column_name!r} is 0-d (a scalar): an item sharded by "
                 "rows needs arrays of at least one dimension"
             )
-
-
-def _delete_late(
-    pairs: Sequence[tuple[str, str]],
-    locations: Sequence[str],
-    token: str | None,
-    timeout: float | None,
-) -> None:
-    """Deletes the shards ``pairs`` (name, location) again on a thread of its own, a few
-    times over a few seconds (:data:`_LATE_DELETES`), for puts still landing after their
-    cleanup deleted nothing there. Blocking clients of its own: it outlives the client,
-    and the event loop of an asyncio one."""
-
-    def run() -> None:
-        clients: dict[str, Client] = {}
-        pending = set(pairs)
-        try:
-            for delay in _LATE_DELETES:
-                time.sleep(delay)
-                for shard_name, location in sorted(pending):
-                    if location not in clients:
-                        clients[location] = Client(
-                            location,
-                            token=token if location in locations else None,
-                            shm=False,
-                            timeout=timeout,
-                        )
-                    try:
-                        clients[location].delete(shard_name)
-                    except RemoteNotFoundError:
-                        continue  # not (yet) there
-                    except FlightCallError:
-                        pass  # its server is gone or refuses: nothing more to do there
-                    pending.discard((shard_name, location))
-                if not pending:
-                    break
-        except (FlightCallError, RuntimeError):
-            pass  # a client could not be made (the interpreter is exiting, say)
-        finally:
-            for client in clients.values():
-                client.close()
-
-    threading.Thread(target=run, name="arrowbridge-cluster-late-delete", daemon=True).start()
 
 
 def _replaced(
@@ -871,9 +822,9 @@ class ClusterClient:
         them, and a plain client of their server deletes them:
         ``arrowbridge.connect(location).delete(shard)``).
 
-        The shards of a put that failed or was interrupted are deleted, and those not found
-        are deleted again over the next 15 seconds, on a thread of its own: a shard's put
-        that was cut off after its data was sent may still land on its server.
+        The shards of a put that failed or was interrupted are deleted; a server remembers
+        the shards it was asked to delete (for ten minutes, the last 65,536), so that a
+        shard's put cut off after its data was sent, landing after the cleanup, is refused.
 
         ``name`` must be a valid item name (1-200 letters, digits, ``_``, ``-`` or ``.``,
         not starting with ``.``) with room left for its shards' suffix, and not contain a
@@ -1144,28 +1095,27 @@ class ClusterClient:
         raise _unanswered(f"the schema of {first['name']!r}", errors)
 
     def _discard(self, shard_map: dict[str, Any], timeout: float | None = None) -> None:
-        """Deletes the shards of a put that did not commit, and again later those it did
-        not find (see :func:`_delete_late`)."""
-        self._delete_shards(shard_map, set(), timeout, late=True)
+        """Deletes the shards of a put that did not commit. A shard not found there yet
+        (its put cut off after its data was sent) is refused when it lands: its server
+        remembers the delete."""
+        self._delete_shards(shard_map, set(), timeout)
 
     def _delete_shards(
         self,
         shard_map: dict[str, Any],
         keep: set[tuple[str, str]],
         timeout: float | None = None,
-        late: bool = False,
     ) -> list[tuple[str, FlightCallError]]:
         """Deletes every replica of the shards of ``shard_map`` but those in ``keep`` (shard
-        name, location); best-effort: a shard already gone, or whose server is down, is
-        skipped (with ``late``, one not found is deleted again later: its put may still
-        land). Returns what else failed: a line saying which, and the error."""
-        missing: list[tuple[str, str]] = []
+        name, location); best-effort: a shard already gone (or not landed yet: it will be
+        refused), or whose server is down, is skipped. Returns what else failed: a line
+        saying which, and the error."""
 
         def delete(shard_name: str, location: str) -> tuple[str, FlightCallError] | None:
             try:
                 self._client(location).delete(shard_name, timeout=timeout)
             except RemoteNotFoundError:
-                missing.append((shard_name, location))
+                pass  # gone, or refused when it lands
             except ServerUnavailableError:
                 pass  # gone with its server
             except FlightCallError as e:
@@ -1175,8 +1125,6 @@ class ClusterClient:
         failures = self._parallel(
             [functools.partial(delete, *pair) for pair in _shard_pairs(shard_map, keep)]
         )
-        if late and missing:
-            _delete_late(missing, self.locations, self._token, self._timeout or _CLEANUP_TIMEOUT)
         return [f for f in failures if f is not None]
 
     def get(

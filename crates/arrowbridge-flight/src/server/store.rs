@@ -428,13 +428,22 @@ impl Store {
     }
 
     /// Refuses a put of `name` that could not be stored: a bad name, or a shard (written
-    /// once) that exists.
+    /// once) that exists or was deleted.
     fn check_put(&self, name: &str) -> Result<()> {
         check_name(name)?;
-        if crate::names::is_written_once(name) && self.get(name).is_some() {
+        if !crate::names::is_written_once(name) {
+            return Ok(());
+        }
+        if self.get(name).is_some() {
             return Err(FlightServerError::BadRequest(format!(
                 "{name:?} holds a shard (or part) of a sharded item, which is written once: \
                  a map names it, and readers of the item trust its rows not to change"
+            )));
+        }
+        if self.undo_log().was_deleted(name) {
+            return Err(FlightServerError::Superseded(format!(
+                "{name:?} is a shard (or part) of a sharded item that was deleted here: the \
+                 put it belongs to was replaced or cleaned up, and a shard is written once"
             )));
         }
         Ok(())
@@ -742,7 +751,13 @@ impl Store {
             }
         }
         let removed = self.write_items().remove(name);
-        self.undo_log().forget(name);
+        {
+            let mut log = self.undo_log();
+            log.forget(name);
+            if crate::names::is_written_once(name) {
+                log.deleted(name);
+            }
+        }
         self.release(removed.as_ref().map_or(0, |item| item.charge()));
         Ok(removed.is_some() || removed_file)
     }
@@ -1040,6 +1055,27 @@ mod tests {
         assert!(err.to_string().contains("is not kept"), "{err}");
         assert_eq!(order_held(&reopened), Some((30, "c".into())));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_shard_deleted_before_its_put_lands_is_refused_when_it_does() {
+        let store = Store::open(None).unwrap();
+        let batch = || Stored::new(empty_rows(3).schema(), vec![empty_rows(3)]);
+        let shard = "x.shard-0-of-2.v1f";
+        // The cleanup of a cancelled put deletes a shard that has not landed yet...
+        assert!(!store.delete(shard).unwrap());
+        // ...and the put, landing later, stores nothing.
+        let late = store.put(shard, batch()).unwrap_err();
+        assert!(matches!(late, FlightServerError::Superseded(_)), "{late}");
+        assert!(late.to_string().contains("was deleted here"), "{late}");
+        assert!(store.get(shard).is_none());
+        // Once deleted, a shard that was stored does not come back either.
+        store.put("x.shard-1-of-2.v1f", batch()).unwrap();
+        assert!(store.delete("x.shard-1-of-2.v1f").unwrap());
+        assert!(store.put("x.shard-1-of-2.v1f", batch()).is_err());
+        // Names users write are not affected.
+        assert!(!store.delete("y").unwrap());
+        store.put("y", batch()).unwrap();
     }
 
     #[test]

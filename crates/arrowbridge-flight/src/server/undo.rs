@@ -1,10 +1,12 @@
 //! What a server keeps to undo the puts of sharded items that fail ([`UndoLog`]): for each
 //! item, the maps newer maps replaced here (only the server knows for sure what a publish
-//! replaced: the put may not even know whether its map arrived), and the puts undone, whose
-//! maps are refused should they arrive late. Both are bounded; what no longer fits is
-//! forgotten, and an undo that would need it says so rather than guess.
+//! replaced: the put may not even know whether its map arrived), the puts undone, whose
+//! maps are refused should they arrive late, and the shards deleted, which are refused
+//! should their puts land late. All are bounded; what no longer fits is forgotten, and an
+//! undo that would need it says so rather than guess.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 use arrow_schema::SchemaRef;
@@ -20,16 +22,93 @@ pub const HISTORY_BYTES: usize = 64 << 20;
 pub const UNDONE_KEPT: usize = 4096;
 /// How long an undone put is remembered: far longer than a put's publish takes.
 pub const UNDONE_KEEP: Duration = Duration::from_secs(600);
+/// The most deleted shard names remembered (written-once names: [`crate::names`]), each for
+/// [`UNDONE_KEEP`]. A name takes about a hundred bytes.
+pub const DELETED_KEPT: usize = 1 << 16;
 
-/// The replaced maps and undone puts of a store (see the module's documentation).
-#[derive(Debug, Default)]
+/// Keys noted in the last `keep`, at most `most` of them (the first noted goes first).
+#[derive(Debug)]
+struct Recent<K> {
+    most: usize,
+    keep: Duration,
+    /// Each key, when it was noted and its place in line.
+    when: HashMap<K, (Instant, u64)>,
+    /// The keys in the order they were noted; a key noted again is here twice, its older
+    /// place no longer the one `when` holds (such places are dropped now and then).
+    order: VecDeque<(K, u64)>,
+    next: u64,
+}
+
+impl<K: Hash + Eq + Clone> Recent<K> {
+    fn new(most: usize, keep: Duration) -> Self {
+        Recent {
+            most,
+            keep,
+            when: HashMap::new(),
+            order: VecDeque::new(),
+            next: 0,
+        }
+    }
+
+    fn note(&mut self, key: K) {
+        let now = Instant::now();
+        self.next += 1;
+        self.when.insert(key.clone(), (now, self.next));
+        self.order.push_back((key, self.next));
+        if self.order.len() > 2 * self.most.max(1) {
+            let when = &self.when;
+            self.order
+                .retain(|(k, place)| when.get(k).is_some_and(|w| w.1 == *place));
+        }
+        while let Some((first, place)) = self.order.front() {
+            let Some(&(at, held)) = self.when.get(first) else {
+                self.order.pop_front();
+                continue;
+            };
+            if held != *place {
+                self.order.pop_front();
+                continue;
+            }
+            if now.duration_since(at) < self.keep && self.when.len() <= self.most {
+                break;
+            }
+            self.when.remove(first);
+            self.order.pop_front();
+        }
+    }
+
+    fn contains(&self, key: &K) -> bool {
+        self.when
+            .get(key)
+            .is_some_and(|(at, _)| at.elapsed() < self.keep)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.when.len()
+    }
+}
+
+/// The replaced maps, undone puts and deleted shards of a store (see the module's
+/// documentation).
+#[derive(Debug)]
 pub struct UndoLog {
     history: HashMap<String, Kept>,
     /// The bytes of the maps in `history`.
     bytes: usize,
-    /// Each undone put with when it was noted and its place in line.
-    undone: HashMap<(String, Order), (Instant, u64)>,
-    next: u64,
+    undone: Recent<(String, Order)>,
+    deleted: Recent<String>,
+}
+
+impl Default for UndoLog {
+    fn default() -> Self {
+        UndoLog {
+            history: HashMap::new(),
+            bytes: 0,
+            undone: Recent::new(UNDONE_KEPT, UNDONE_KEEP),
+            deleted: Recent::new(DELETED_KEPT, UNDONE_KEEP),
+        }
+    }
 }
 
 /// A sharded item's map, as it was stored: its schema (whose metadata holds it) and itself.
@@ -186,29 +265,24 @@ impl UndoLog {
     /// were deleted. Kept for [`UNDONE_KEEP`], at most [`UNDONE_KEPT`] (the first noted
     /// goes first).
     pub fn undone(&mut self, name: &str, order: &Order) {
-        if self.undone.len() >= UNDONE_KEPT {
-            self.undone.retain(|_, (at, _)| at.elapsed() < UNDONE_KEEP);
-            if self.undone.len() >= UNDONE_KEPT {
-                let first = self
-                    .undone
-                    .iter()
-                    .min_by_key(|(_, (_, n))| *n)
-                    .map(|(k, _)| k.clone());
-                self.undone.remove(&first.expect("full"));
-            }
-        }
-        self.next += 1;
-        self.undone.insert(
-            (name.to_string(), order.clone()),
-            (Instant::now(), self.next),
-        );
+        self.undone.note((name.to_string(), order.clone()));
     }
 
     /// Whether the put of `order` was undone on `name` ([`undone`](Self::undone)).
     pub fn was_undone(&self, name: &str, order: &Order) -> bool {
-        self.undone
-            .get(&(name.to_string(), order.clone()))
-            .is_some_and(|(at, _)| at.elapsed() < UNDONE_KEEP)
+        self.undone.contains(&(name.to_string(), order.clone()))
+    }
+
+    /// Notes that the shard `name` (written once) was deleted: its put, cancelled after it
+    /// sent its rows, may still land, after the cleanup that deleted it found nothing.
+    /// Kept for [`UNDONE_KEEP`], at most [`DELETED_KEPT`] (the first noted goes first).
+    pub fn deleted(&mut self, name: &str) {
+        self.deleted.note(name.to_string());
+    }
+
+    /// Whether the shard `name` was deleted ([`deleted`](Self::deleted)).
+    pub fn was_deleted(&self, name: &str) -> bool {
+        self.deleted.contains(&name.to_string())
     }
 
     #[cfg(test)]
@@ -239,6 +313,29 @@ mod tests {
             HashMap::from([(SHARDS_KEY.to_string(), serde_json::to_string(&map).unwrap())]);
         let schema = std::sync::Arc::new(arrow_schema::Schema::empty().with_metadata(metadata));
         KeptMap { schema, map }
+    }
+
+    #[test]
+    fn recent_keys_are_bounded_in_number_and_time() {
+        let mut recent = Recent::new(3, Duration::from_secs(600));
+        for key in 0..5 {
+            recent.note(key);
+        }
+        assert_eq!(recent.len(), 3);
+        assert!(!recent.contains(&1) && recent.contains(&2) && recent.contains(&4));
+        // A key noted again moves to the back of the line.
+        recent.note(2);
+        recent.note(5);
+        assert!(recent.contains(&2) && !recent.contains(&3));
+        // Noting the same key over and over keeps the line bounded too.
+        for _ in 0..100 {
+            recent.note(2);
+        }
+        assert!(recent.order.len() <= 6, "{}", recent.order.len());
+        assert!(recent.contains(&2) && recent.contains(&5));
+        let mut brief = Recent::new(3, Duration::ZERO);
+        brief.note(1);
+        assert!(!brief.contains(&1));
     }
 
     #[test]
