@@ -240,7 +240,9 @@ def asyncio_calls(location: str, calls: int, threads: int, lone: int, rounds: in
     ticker task measuring the loop's longest stall), against `threads` threads sharing one
     blocking client and `threads` threads of pyarrow.flight clients (DoExchange to the same
     server and kernel), the three taking turns for `rounds` rounds (medians); and lone
-    calls, async and blocking in turns."""
+    calls: awaited one after another (as an async handler making several calls does), in
+    blocks of 20 taking turns with 20 blocking calls, and one by one, each async call right
+    after a blocking one."""
     import asyncio
     import json
 
@@ -313,7 +315,7 @@ def asyncio_calls(location: str, calls: int, threads: int, lone: int, rounds: in
     loop = asyncio.new_event_loop()
     walls: dict[str, list[float]] = {"async": [], "sync": [], "pyarrow": []}
     stalls, floors = [], []
-    async_lone, sync_lone = [], []
+    async_lone, sync_lone, async_after_sync = [], [], []
     client = aio.connect(location)
     try:
         with arrowbridge.connect(location) as shared:
@@ -328,16 +330,24 @@ def asyncio_calls(location: str, calls: int, threads: int, lone: int, rounds: in
                 walls["sync"].append(blocking_threads(shared))
                 walls["pyarrow"].append(pyarrow_threads())
 
-            async def lone_async() -> float:
-                t1 = time.perf_counter()
-                await client.call("identity", small)
-                return time.perf_counter() - t1
+            async def lone_async(n: int) -> list[float]:
+                out = []
+                for _ in range(n):
+                    t1 = time.perf_counter()
+                    await client.call("identity", small)
+                    out.append(time.perf_counter() - t1)
+                return out
 
-            for _ in range(lone):
-                async_lone.append(loop.run_until_complete(lone_async()))
-                t1 = time.perf_counter()
+            block = 20
+            for _ in range(max(1, lone // block)):
+                async_lone += loop.run_until_complete(lone_async(block))
+                for _ in range(block):
+                    t1 = time.perf_counter()
+                    shared.call("identity", small)
+                    sync_lone.append(time.perf_counter() - t1)
+            for _ in range(lone // 2):
+                async_after_sync += loop.run_until_complete(lone_async(1))
                 shared.call("identity", small)
-                sync_lone.append(time.perf_counter() - t1)
     finally:
         client.close()
         loop.close()
@@ -354,6 +364,7 @@ def asyncio_calls(location: str, calls: int, threads: int, lone: int, rounds: in
         "stall_floor": statistics.median(floors),
         "async_lone_p50": percentile(async_lone, 50),
         "sync_lone_p50": percentile(sync_lone, 50),
+        "async_after_sync_p50": percentile(async_after_sync, 50),
     }
 
 
@@ -812,7 +823,9 @@ def report(r: dict, fmt_time: Callable[[float], str]) -> tuple[list[str], list[s
         f"{fmt_time(a['stall_max'])}), asyncio's own for a gather of {a['calls']} coroutines "
         f"that only sleep {fmt_time(a['stall_floor'])}; "
         f"a lone async call p50 {fmt_time(a['async_lone_p50'])}, "
-        f"{a['async_lone_p50'] / a['sync_lone_p50']:.2f}× a blocking one's.",
+        f"{a['async_lone_p50'] / a['sync_lone_p50']:.2f}× a blocking one's (calls awaited one "
+        f"after another; {a['async_after_sync_p50'] / a['sync_lone_p50']:.2f}× for an async "
+        "call right after a blocking one).",
         f"- Server memory after four puts of {put >> 22} MiB (two by clients that exit right "
         f"after the acknowledgement): {grown / MIB:.0f} MiB above idle for {put >> 20} MiB "
         f"({grown / put:.2f}×).",

@@ -100,6 +100,21 @@ def test_a_thousand_concurrent_calls_share_one_thread(server):
     assert peak <= before + 2, f"{peak - before} threads appeared for 1,000 calls"
 
 
+def test_the_client_thread_stays_awake_only_a_moment_after_a_lone_call(server):
+    # After a lone call the client's thread keeps polling for the next (up to 300 µs), so
+    # that a call awaited right after starts without waking it; it must then sleep.
+    async def main():
+        async with aio.connect(server.location) as client:
+            for _ in range(3):
+                await client.call("identity", np.ones(1024))
+            before = time.process_time()
+            await asyncio.sleep(0.5)
+            return time.process_time() - before
+
+    busy = asyncio.run(main())
+    assert busy < 0.1, f"the process took {busy:.3f} s of CPU in 0.5 s with no call under way"
+
+
 def test_the_loop_keeps_running_during_a_large_get(server):
     big = np.ones(64 << 20, np.uint8)
 
