@@ -189,3 +189,29 @@ def test_the_socket_is_private_and_removed_at_shutdown():
         assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
         assert os.stat(directory).st_uid == os.geteuid()
     assert not os.path.exists(path)
+
+
+def test_a_socket_a_killed_server_left_does_not_cost_a_new_one_its_shared_memory():
+    # A server killed (SIGKILL, the OOM killer) leaves its shared-memory socket behind,
+    # named by its process id; once the id was reused, the next server of that id could not
+    # bind the path and silently offered no shared memory (a CI run of make bench-smoke
+    # failed so, on a machine where 1,366 such sockets had piled up).
+    directory = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"arrowbridge-{os.getuid()}")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    left = []
+    for k in range(4096):  # this process's next paths, whatever servers it started before
+        path = os.path.join(directory, f"shm-{os.getpid()}-{k}.sock")
+        if os.path.exists(path):
+            continue
+        with socket.socket(socket.AF_UNIX) as dead:
+            dead.bind(path)  # closed without unlinking: what a killed process leaves
+        left.append(path)
+    try:
+        with arrowbridge.serve() as server:
+            with arrowbridge.connect(server.location, shm=True) as client:
+                client.put("x", np.arange(10.0))
+                assert client.get("x").tolist() == list(np.arange(10.0))
+    finally:
+        for path in left:
+            if os.path.exists(path):
+                os.unlink(path)

@@ -653,6 +653,37 @@ pub fn bind(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
     Ok(listener)
 }
 
+/// How many socket paths a server tries before it goes without shared memory.
+const BIND_TRIES: usize = 16;
+
+/// Binds the listening socket of a new server's shared memory ([`socket_path`], [`bind`]):
+/// a socket file left at that path by a process that died without removing it (killed;
+/// its process id now ours) is removed first, when nothing listens there; a path where
+/// something does listen (a process of the same id in another PID namespace sharing the
+/// directory) is passed over for the next.
+pub fn bind_new() -> std::io::Result<(std::os::unix::net::UnixListener, PathBuf)> {
+    let mut last = None;
+    for _ in 0..BIND_TRIES {
+        let path = socket_path()?;
+        match bind(&path) {
+            Ok(listener) => return Ok((listener, path)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                let stale = matches!(
+                    std::os::unix::net::UnixStream::connect(&path),
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+                );
+                if stale {
+                    std::fs::remove_file(&path)?;
+                    return Ok((bind(&path)?, path));
+                }
+                last = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::AddrInUse)))
+}
+
 /// An item's segment and where its columns lie in it.
 #[derive(Clone, Debug)]
 pub struct Shared {
@@ -825,6 +856,29 @@ pub fn instance_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_socket_left_by_a_killed_process_of_our_id_does_not_cost_the_shared_memory() {
+        // Sockets left at the next paths this process would take: most by processes that
+        // died (nothing listens), one live (a server of the same id in another namespace).
+        let next = SOCKETS.load(Ordering::Relaxed);
+        let dir = socket_path().unwrap().parent().unwrap().to_path_buf();
+        let at = |k: u64| dir.join(format!("shm-{}-{k}.sock", std::process::id()));
+        let live = std::os::unix::net::UnixListener::bind(at(next + 1)).unwrap();
+        for k in (next..next + 64).filter(|k| *k != next + 1) {
+            let _ = std::fs::remove_file(at(k));
+            drop(std::os::unix::net::UnixListener::bind(at(k)).unwrap());
+        }
+        let (listener, path) = bind_new().unwrap();
+        assert_ne!(path, at(next + 1));
+        drop(std::os::unix::net::UnixStream::connect(&path).unwrap());
+        // The live one was left alone.
+        drop(std::os::unix::net::UnixStream::connect(at(next + 1)).unwrap());
+        drop((listener, live));
+        for k in next..next + 64 {
+            let _ = std::fs::remove_file(at(k));
+        }
+    }
 
     /// Whichever way the kernel's setting makes `create` fill it (a mapping or `pwrite`), a
     /// segment holds its parts at their offsets, zeros between them, and arrives sealed.

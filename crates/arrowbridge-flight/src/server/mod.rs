@@ -134,9 +134,8 @@ pub fn start(config: ServerConfig) -> Result<RunningServer> {
     let location = listener.location(config.tls.is_some());
     // The shared-memory socket; a host where it cannot be made serves without it.
     let shm_listener = if config.shm {
-        crate::shm::socket_path()
-            .and_then(|path| {
-                let listener = crate::shm::bind(&path)?;
+        crate::shm::bind_new()
+            .and_then(|(listener, path)| {
                 listener.set_nonblocking(true)?;
                 Ok((listener, path))
             })
