@@ -1,5 +1,6 @@
 //! Starting and stopping the server on a background runtime.
 
+pub(crate) mod recent;
 pub(crate) mod routes;
 pub(crate) mod service;
 pub(crate) mod store;

@@ -13,6 +13,7 @@ use arrowbridge::{ArrowTensor, DType};
 
 use crate::error::{FlightServerError, Result};
 use crate::names::check_name;
+use crate::server::recent::Recent;
 use crate::server::undo::{KeptMap, Previous, UndoLog, HISTORY_BYTES, HISTORY_KEPT};
 use crate::shards::{Order, ShardMap};
 use crate::shm::{self, Shared};
@@ -206,9 +207,10 @@ pub struct Store {
     /// One lock per name being written, so that a put and a delete of the same name keep
     /// file and memory in step (other names go on in parallel).
     writing: Mutex<HashMap<String, Arc<Mutex<()>>>>,
-    /// The order of each sharded item deleted in the last [`TOMBSTONE_KEEP`]
-    /// ([`Store::delete_map`]): a map no newer that arrives late is refused.
-    tombstones: Mutex<HashMap<String, (Order, std::time::Instant)>>,
+    /// The order of each sharded item deleted in the last [`TOMBSTONE_KEEP`], the last
+    /// [`TOMBSTONES_KEPT`] of them ([`Store::delete_map`]): a map no newer that arrives late
+    /// is refused.
+    tombstones: Mutex<Recent<String, Order>>,
     /// The maps replaced here and the puts undone, to undo failed puts ([`Store::undo`]).
     undo: Mutex<UndoLog>,
 }
@@ -216,6 +218,9 @@ pub struct Store {
 /// How long the order of a deleted sharded item is kept: far longer than a put's publish
 /// takes, so that a put the delete overtook cannot bring the item back on some servers.
 pub const TOMBSTONE_KEEP: std::time::Duration = std::time::Duration::from_secs(600);
+/// The most deleted sharded items whose order is kept ([`TOMBSTONE_KEEP`]); the first deleted
+/// goes first.
+pub const TOMBSTONES_KEPT: usize = 1 << 16;
 
 /// `replaced`, when it is a sharded item's map, as [`UndoLog`] keeps it.
 fn kept(replaced: Option<&Arc<Stored>>) -> Option<KeptMap> {
@@ -297,7 +302,7 @@ impl Store {
             charged: Mutex::new(0),
             data_dir,
             writing: Mutex::default(),
-            tombstones: Mutex::default(),
+            tombstones: Mutex::new(Recent::new(TOMBSTONES_KEPT, TOMBSTONE_KEEP)),
             undo: Mutex::default(),
         };
         if let Some(dir) = &store.data_dir {
@@ -487,8 +492,7 @@ impl Store {
             .tombstones
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let (order, at) = tombstones.get(name)?;
-        (at.elapsed() < TOMBSTONE_KEEP).then(|| order.clone())
+        tombstones.get(&name.to_string()).cloned()
     }
 
     /// The file a put of `name` is written to as it arrives, in the data directory (see
@@ -725,15 +729,12 @@ impl Store {
                     .tombstones
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner);
-                if tombstones.len() >= 1024 {
-                    tombstones.retain(|_, (_, at)| at.elapsed() < TOMBSTONE_KEEP);
-                }
-                let kept = tombstones
-                    .entry(name.to_string())
-                    .or_insert_with(|| (order.clone(), std::time::Instant::now()));
-                if kept.0 < *order || kept.1.elapsed() >= TOMBSTONE_KEEP {
-                    *kept = (order.clone(), std::time::Instant::now());
-                }
+                let name = name.to_string();
+                let newest = match tombstones.get(&name) {
+                    Some(kept) if kept > order => kept.clone(),
+                    _ => order.clone(),
+                };
+                tombstones.note(name, newest);
             }
             Ok(self.remove(name)?.then_some(map))
         })
@@ -1076,6 +1077,28 @@ mod tests {
         // Names users write are not affected.
         assert!(!store.delete("y").unwrap());
         store.put("y", batch()).unwrap();
+    }
+
+    #[test]
+    fn the_deletes_a_store_keeps_are_bounded_in_number() {
+        // One per name deleted: a flood of deletes of names never stored costs bounded
+        // memory (it grew without bound for ten minutes, scanning all of it per delete).
+        let store = Store::open(None).unwrap();
+        for i in 0..TOMBSTONES_KEPT + 100 {
+            store
+                .delete_map(&format!("n{i}"), &(10, "a".into()))
+                .unwrap();
+        }
+        let tombstones = store.tombstones.lock().unwrap();
+        assert_eq!(tombstones.len(), TOMBSTONES_KEPT);
+        drop(tombstones);
+        // The newest still refuse the maps of puts they overtook; the first were forgotten.
+        let late = format!("n{}", TOMBSTONES_KEPT + 99);
+        assert!(store.put(&late, map("b", 5)).is_err());
+        store.put("n0", map("b", 5)).unwrap();
+        // A delete ordered before the one kept does not lower it.
+        store.delete_map(&late, &(1, "z".into())).unwrap();
+        assert!(store.put(&late, map("c", 7)).is_err());
     }
 
     #[test]

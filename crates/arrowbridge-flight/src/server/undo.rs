@@ -5,12 +5,12 @@
 //! should their puts land late. All are bounded; what no longer fits is forgotten, and an
 //! undo that would need it says so rather than guess.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::Hash;
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::time::Duration;
 
 use arrow_schema::SchemaRef;
 
+use crate::server::recent::Recent;
 use crate::shards::{Order, ShardMap, SHARDS_KEY};
 
 /// The most replaced maps kept per sharded item: as many puts of one name as may fail at
@@ -26,69 +26,6 @@ pub const UNDONE_KEEP: Duration = Duration::from_secs(600);
 /// [`UNDONE_KEEP`]. A name takes about a hundred bytes.
 pub const DELETED_KEPT: usize = 1 << 16;
 
-/// Keys noted in the last `keep`, at most `most` of them (the first noted goes first).
-#[derive(Debug)]
-struct Recent<K> {
-    most: usize,
-    keep: Duration,
-    /// Each key, when it was noted and its place in line.
-    when: HashMap<K, (Instant, u64)>,
-    /// The keys in the order they were noted; a key noted again is here twice, its older
-    /// place no longer the one `when` holds (such places are dropped now and then).
-    order: VecDeque<(K, u64)>,
-    next: u64,
-}
-
-impl<K: Hash + Eq + Clone> Recent<K> {
-    fn new(most: usize, keep: Duration) -> Self {
-        Recent {
-            most,
-            keep,
-            when: HashMap::new(),
-            order: VecDeque::new(),
-            next: 0,
-        }
-    }
-
-    fn note(&mut self, key: K) {
-        let now = Instant::now();
-        self.next += 1;
-        self.when.insert(key.clone(), (now, self.next));
-        self.order.push_back((key, self.next));
-        if self.order.len() > 2 * self.most.max(1) {
-            let when = &self.when;
-            self.order
-                .retain(|(k, place)| when.get(k).is_some_and(|w| w.1 == *place));
-        }
-        while let Some((first, place)) = self.order.front() {
-            let Some(&(at, held)) = self.when.get(first) else {
-                self.order.pop_front();
-                continue;
-            };
-            if held != *place {
-                self.order.pop_front();
-                continue;
-            }
-            if now.duration_since(at) < self.keep && self.when.len() <= self.most {
-                break;
-            }
-            self.when.remove(first);
-            self.order.pop_front();
-        }
-    }
-
-    fn contains(&self, key: &K) -> bool {
-        self.when
-            .get(key)
-            .is_some_and(|(at, _)| at.elapsed() < self.keep)
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.when.len()
-    }
-}
-
 /// The replaced maps, undone puts and deleted shards of a store (see the module's
 /// documentation).
 #[derive(Debug)]
@@ -96,8 +33,8 @@ pub struct UndoLog {
     history: HashMap<String, Kept>,
     /// The bytes of the maps in `history`.
     bytes: usize,
-    undone: Recent<(String, Order)>,
-    deleted: Recent<String>,
+    undone: Recent<(String, Order), ()>,
+    deleted: Recent<String, ()>,
 }
 
 impl Default for UndoLog {
@@ -265,7 +202,7 @@ impl UndoLog {
     /// were deleted. Kept for [`UNDONE_KEEP`], at most [`UNDONE_KEPT`] (the first noted
     /// goes first).
     pub fn undone(&mut self, name: &str, order: &Order) {
-        self.undone.note((name.to_string(), order.clone()));
+        self.undone.note((name.to_string(), order.clone()), ());
     }
 
     /// Whether the put of `order` was undone on `name` ([`undone`](Self::undone)).
@@ -277,7 +214,7 @@ impl UndoLog {
     /// sent its rows, may still land, after the cleanup that deleted it found nothing.
     /// Kept for [`UNDONE_KEEP`], at most [`DELETED_KEPT`] (the first noted goes first).
     pub fn deleted(&mut self, name: &str) {
-        self.deleted.note(name.to_string());
+        self.deleted.note(name.to_string(), ());
     }
 
     /// Whether the shard `name` was deleted ([`deleted`](Self::deleted)).
@@ -313,29 +250,6 @@ mod tests {
             HashMap::from([(SHARDS_KEY.to_string(), serde_json::to_string(&map).unwrap())]);
         let schema = std::sync::Arc::new(arrow_schema::Schema::empty().with_metadata(metadata));
         KeptMap { schema, map }
-    }
-
-    #[test]
-    fn recent_keys_are_bounded_in_number_and_time() {
-        let mut recent = Recent::new(3, Duration::from_secs(600));
-        for key in 0..5 {
-            recent.note(key);
-        }
-        assert_eq!(recent.len(), 3);
-        assert!(!recent.contains(&1) && recent.contains(&2) && recent.contains(&4));
-        // A key noted again moves to the back of the line.
-        recent.note(2);
-        recent.note(5);
-        assert!(recent.contains(&2) && !recent.contains(&3));
-        // Noting the same key over and over keeps the line bounded too.
-        for _ in 0..100 {
-            recent.note(2);
-        }
-        assert!(recent.order.len() <= 6, "{}", recent.order.len());
-        assert!(recent.contains(&2) && recent.contains(&5));
-        let mut brief = Recent::new(3, Duration::ZERO);
-        brief.note(1);
-        assert!(!brief.contains(&1));
     }
 
     #[test]
