@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use arrow_flight::{FlightData, FlightDescriptor, Ticket};
-use arrow_schema::Schema;
+use arrow_schema::{Schema, SchemaRef};
 use arrowbridge::landing::{
     announced_rows, announces_a_stream, announces_more_rows, Bodies, Incoming, Landing, Sink,
 };
@@ -251,7 +251,7 @@ async fn do_put(
         Ok(batches) => {
             let received = Received {
                 descriptor: Some(descriptor),
-                schema: Some(Arc::new(schema)),
+                schema: Some(schema),
                 batches,
             };
             service.store_received(received).await
@@ -311,7 +311,7 @@ fn first_message_len(read: &[u8]) -> Option<usize> {
 
 /// The descriptor and schema of a DoPut whose first message is `message`, and where its
 /// batches land, when it announces its rows; `None` otherwise.
-fn landing_of(message: &[u8]) -> Option<(FlightDescriptor, Schema, Arrival)> {
+fn landing_of(message: &[u8]) -> Option<(FlightDescriptor, SchemaRef, Arrival)> {
     let data = FlightData::decode(message).ok()?;
     // A put without a name goes tonic's way, which refuses it at its first message (it
     // could not be charged to the budget as it arrives).
@@ -323,7 +323,7 @@ fn landing_of(message: &[u8]) -> Option<(FlightDescriptor, Schema, Arrival)> {
         return None;
     }
     let schema = schema_message("DoPut", &data).ok()?;
-    let shared = Arc::new(schema.clone());
+    let shared = schema.clone();
     let arrival = match announced_rows(&schema) {
         Some(rows) => match Landing::new("DoPut", shared.clone(), rows).ok()? {
             Some(landing) => Arrival::Rows(landing),
@@ -436,7 +436,7 @@ mod tests {
         let announced = arrowbridge::landing::announcing(&plain, 10);
         let (descriptor, schema, arrival) =
             landing_of(&first_message(&announced, path.clone())).expect("lands in place");
-        assert_eq!((descriptor, schema), (name.clone(), announced));
+        assert_eq!((descriptor, (*schema).clone()), (name.clone(), announced));
         assert!(
             matches!(arrival, Arrival::Rows(_)),
             "fixed-width rows: one buffer a column"

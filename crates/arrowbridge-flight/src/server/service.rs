@@ -333,7 +333,7 @@ impl Service {
         })?;
         let name = descriptor_name(&descriptor)?;
         let first = first.ok_or_else(|| Status::invalid_argument("DoPut sent no schema"))?;
-        let schema = arrowbridge::landing::unannounced(&schema_message(WHAT, &first)?);
+        let schema = arrowbridge::landing::unannounced(&*schema_message(WHAT, &first)?);
         let store = self.store.clone();
         let file = {
             let name = name.clone();

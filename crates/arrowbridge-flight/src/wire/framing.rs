@@ -20,8 +20,7 @@ use std::convert::Infallible;
 
 use arrow_array::{Array, RecordBatch};
 use arrow_data::ArrayData;
-use arrow_flight::{FlightData, FlightDescriptor, SchemaAsIpc};
-use arrow_ipc::writer::IpcWriteOptions;
+use arrow_flight::{FlightData, FlightDescriptor};
 use arrow_schema::{DataType, Schema};
 use bytes::Bytes;
 use futures::stream;
@@ -55,8 +54,7 @@ impl Messages {
         max_bytes: usize,
         what: &str,
     ) -> Result<Option<Self>, Status> {
-        let mut schema_message =
-            FlightData::from(SchemaAsIpc::new(schema, &IpcWriteOptions::default()));
+        let mut schema_message = crate::wire::schemas::message(schema);
         schema_message.flight_descriptor = descriptor;
         Self::of(Some(schema_message), schema, batches, max_bytes, what)
     }
@@ -188,10 +186,7 @@ pub(crate) fn flight_data(
 ) -> Option<Vec<FlightData>> {
     let bodies = plain_bodies(schema, batches, max_bytes)?;
     let mut messages = Vec::with_capacity(1 + bodies.len());
-    messages.push(FlightData::from(SchemaAsIpc::new(
-        schema,
-        &IpcWriteOptions::default(),
-    )));
+    messages.push(crate::wire::schemas::message(schema));
     for (rows, body) in bodies {
         let header = body.header(rows);
         let mut chunks: Vec<Bytes> = body.chunks.into_iter().filter(|c| !c.is_empty()).collect();

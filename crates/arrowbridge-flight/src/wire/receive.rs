@@ -57,14 +57,17 @@ where
     Ok(None)
 }
 
-/// The schema a schema message carries, checked.
-pub(crate) fn schema_message(what: &str, data: &FlightData) -> Result<Schema, Status> {
-    arrowbridge::ipc::check_message(what, &data.data_header, &data.data_body, None)
-        .map_err(refused)?;
-    arrowbridge::ipc::schema_of_message(&data.data_header).ok_or_else(|| {
-        Status::invalid_argument(format!(
-            "{what}: the stream must begin with a schema message"
-        ))
+/// The schema a schema message carries, checked (once for the same bytes:
+/// [`crate::wire::schemas`]).
+pub(crate) fn schema_message(what: &str, data: &FlightData) -> Result<SchemaRef, Status> {
+    crate::wire::schemas::received(&data.data_header, || {
+        arrowbridge::ipc::check_message(what, &data.data_header, &data.data_body, None)
+            .map_err(refused)?;
+        arrowbridge::ipc::schema_of_message(&data.data_header).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "{what}: the stream must begin with a schema message"
+            ))
+        })
     })
 }
 
@@ -116,7 +119,6 @@ where
     };
     let schema = schema_message(what, &first)?;
     if let Some(rows) = announced_rows(&schema) {
-        let schema = Arc::new(schema);
         if let Some(mut landing) = Landing::new(what, schema.clone(), rows).map_err(refused)? {
             while let Some(data) = next_data(&mut stream, &mut descriptor).await? {
                 check_batch(what, &schema, &data)?;
