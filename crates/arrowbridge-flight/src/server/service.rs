@@ -596,8 +596,10 @@ impl Service {
                     )));
                 }
                 let replaced = self.store.put(&name, stored)?;
-                // Freed after the acknowledgement, on a thread of its own.
-                if let Some(replaced) = replaced {
+                // A large one is freed after the acknowledgement, on a thread of its own
+                // (unmapping takes a while); starting a thread costs more than freeing a
+                // small one.
+                if let Some(replaced) = replaced.filter(|r| r.bytes() >= FREE_ASIDE_BYTES) {
                     std::thread::spawn(move || drop(replaced));
                 }
                 let reply = shm::Reply {
@@ -894,6 +896,10 @@ pub const SHM_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 /// [`Service::exchange_messages`]). Small enough that a kernel whose result dwarfs its
 /// inputs stays short too: a broadcast `add` of 1024 × 1 and 1 × 1024 float64 makes 8 MiB.
 const INLINE_KERNEL_BYTES: usize = 16 << 10;
+
+/// The size from which a version a shared-memory put replaced is freed on a thread of its
+/// own.
+const FREE_ASIDE_BYTES: usize = 1 << 20;
 
 /// Runs the kernel `command` names on `args`; its outputs as the batches they travel back
 /// as.
