@@ -74,7 +74,7 @@ def test_dicts_tables_and_every_dtype_travel(server):
 def test_a_put_is_adopted_by_the_server_and_served_to_grpc_clients():
     with server_process() as (proc, location):
         x = sample("float32", (4096, 256))  # 4 MiB
-        with arrowbridge.connect(location) as c:
+        with arrowbridge.connect(location, shm=True) as c:
             c.put("adopted", x)
         # The server holds the client's segment: one mapping of x's size.
         sizes = [end - start for start, end in memfd_mappings(proc.pid)]
@@ -85,6 +85,31 @@ def test_a_put_is_adopted_by_the_server_and_served_to_grpc_clients():
             assert g.call("sum", g.stored("adopted")).item() == pytest.approx(
                 float(x.sum(dtype=np.float64)), rel=1e-4
             )
+
+
+def shmem_huge_pages() -> bool:
+    """Whether the kernel gives memfds huge pages (on request or always)."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/shmem_enabled") as f:
+            setting = f.read()
+    except OSError:
+        return False
+    return not any(f"[{never}]" in setting for never in ("never", "deny"))
+
+
+def test_shm_none_puts_through_shared_memory_only_where_that_is_faster():
+    # A new memfd costs more than a gRPC put below 4 MiB, and at any size without huge
+    # pages: there the client's choice is gRPC, and the server holds no segment of the put.
+    small, large = sample("float64", (1024,)), sample("float32", (4096, 256))  # 8 KiB, 4 MiB
+    with server_process() as (proc, location), arrowbridge.connect(location) as c:
+        c.put("small", small)
+        assert not any(end - start >= small.nbytes for start, end in memfd_mappings(proc.pid))
+        c.put("large", large)
+        adopted = any(end - start >= large.nbytes for start, end in memfd_mappings(proc.pid))
+        assert adopted == shmem_huge_pages()
+        # Gets go through shared memory whatever the size.
+        assert in_shared_memory(c.get("small")) and in_shared_memory(c.get("large"))
+        assert same_values(c.get("small"), small) and same_values(c.get("large"), large)
 
 
 def test_shm_false_uses_grpc_and_shm_true_needs_a_server_that_offers_it():
