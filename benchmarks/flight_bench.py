@@ -380,6 +380,26 @@ def small_calls(location: str, n: int) -> list[float]:
     return out
 
 
+def small_puts_gets(location: str, n: int) -> dict[str, list[float]]:
+    """Puts and gets of one 8 KiB item, in turns, as a client with default options makes
+    them (on this host: gets through shared memory, puts by gRPC)."""
+    small = np.ones(1024)  # 8 KiB
+    out: dict[str, list[float]] = {"put": [], "get": []}
+    with arrowbridge.connect(location) as client:
+        client.put("small", small)
+        client.get("small")
+        for _ in range(n):
+            for kind, call in (
+                ("put", lambda: client.put("small", small)),
+                ("get", lambda: client.get("small")),
+            ):
+                t0 = time.perf_counter()
+                call()
+                out[kind].append(time.perf_counter() - t0)
+        client.delete("small")
+    return out
+
+
 SOCKET_ECHO_SERVER = textwrap.dedent(
     """
     import socket
@@ -734,6 +754,7 @@ def run(
                         c.delete("bench")
                 print(f"  flight: measured {x.nbytes >> 20} MiB", file=sys.stderr)
             results["ours call"] = small_calls(tcp, small_n)  # calls always go by gRPC
+            results["small items"] = small_puts_gets(tcp, small_n)
             results["echo call"] = echo_calls(echo, small_n)
             results["socket round trip"] = socket_round_trips(small_n)
             results["concurrent"] = concurrent_calls(tcp, *concurrency)
@@ -814,6 +835,11 @@ def report(r: dict, fmt_time: Callable[[float], str]) -> tuple[list[str], list[s
         f"{fmt_time(wire50)} ({p50 / wire50:.2f}×); {c['clients']} clients × "
         f"{c['calls'] // c['clients']} calls: {c['calls_per_s']:.0f} calls/s, p99 "
         f"{fmt_time(c['p99'])}, {c['errors']} errors.",
+        f"- Small items (8 KiB, default options, on this host): put p50 "
+        f"{fmt_time(percentile(r['small items']['put'], 50))} (by gRPC), get p50 "
+        f"{fmt_time(percentile(r['small items']['get'], 50))} (through shared memory): "
+        f"{percentile(r['small items']['put'], 50) / p50:.2f}× / "
+        f"{percentile(r['small items']['get'], 50) / p50:.2f}× a small call.",
         f"- asyncio: {a['calls']} concurrent 8 KiB calls from one event loop on one "
         f"AsyncClient {a['async_per_s']:.0f} calls/s, {a['async_per_s'] / a['sync_per_s']:.2f}× "
         f"{a['threads']} threads on one blocking client ({a['sync_per_s']:.0f}/s) and "
