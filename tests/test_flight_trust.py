@@ -572,6 +572,49 @@ def test_a_server_that_sends_fewer_rows_than_it_announced_is_the_clients_error()
         server.shutdown()
 
 
+def test_a_small_item_is_served_whole_to_a_ticket_that_asks_and_refused_when_larger():
+    # What `get` asks first (one round trip for a small item), as any Flight client sees it.
+    with arrowbridge.serve() as server, arrowbridge.connect(server.location) as c:
+        c.put("small", np.arange(10.0))
+        c.put("large", np.zeros(1 << 16))  # 512 KiB
+        raw = flight.FlightClient(server.location)
+        ticket = lambda name: flight.Ticket(json.dumps({"name": name, "at_most": 1 << 18}))  # noqa: E731
+        got = raw.do_get(ticket("small")).read_all()
+        assert got.num_rows == 10 and got.column(0).to_pylist() == list(np.arange(10.0))
+        with pytest.raises(pa.ArrowInvalid, match="precondition failed.*524288 bytes"):
+            raw.do_get(ticket("large")).read_all()
+        # The client reads both whole, the larger as its FlightInfo describes.
+        assert np.array_equal(c.get("small"), np.arange(10.0))
+        assert np.array_equal(c.get("large"), np.zeros(1 << 16))
+        raw.close()
+
+
+def test_a_server_that_serves_any_ticket_is_asked_for_a_small_item_whole_once():
+    # A Flight server that answers every ticket with its one table: the client must not take
+    # that answer to its small-item ticket for the item (it names no version), and asks the
+    # FlightInfo's endpoints instead, from then on directly.
+    tickets = []
+
+    class OneTable(flight.FlightServerBase):
+        def get_flight_info(self, context, descriptor):
+            schema = pa.schema([("data", pa.int64())])
+            return flight.FlightInfo(schema, descriptor, [flight.FlightEndpoint(b"t", [])], 3, 24)
+
+        def do_get(self, context, ticket):
+            tickets.append(ticket.ticket)
+            return flight.RecordBatchStream(pa.table({"data": [1, 2, 3]}))
+
+    server = OneTable("grpc://127.0.0.1:0")
+    try:
+        with arrowbridge.connect(f"grpc://127.0.0.1:{server.port}") as c:
+            assert c.get("x")["data"].tolist() == [1, 2, 3]
+            assert c.get("x")["data"].tolist() == [1, 2, 3]
+        assert tickets[1:] == [b"t", b"t"]
+        assert json.loads(tickets[0]) == {"name": "x", "at_most": 1 << 18}
+    finally:
+        server.shutdown()
+
+
 # -- found by a hostile pass --------------------------------------------------------------
 
 

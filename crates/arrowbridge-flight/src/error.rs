@@ -140,6 +140,13 @@ pub const KIND_REPLACED: &str = "replaced";
 
 /// [`KIND_KEY`] of an item that shared memory cannot carry (ragged data): read it over gRPC.
 pub const KIND_NOT_SHARED: &str = "not-shared";
+/// The header of every DoGet answer of an arrowbridge server: the version it serves. A
+/// client asking for a small item whole ([`crate::ItemTicket::at_most`]) takes the answer
+/// only from a server that says it understood the ticket so.
+pub const VERSION_KEY: &str = "arrowbridge-version";
+/// [`KIND_KEY`] of an item that a ticket asked for whole if small
+/// ([`crate::ItemTicket::at_most`]) and that is not: read its FlightInfo.
+pub const KIND_NOT_WHOLE: &str = "not-whole";
 
 pub(crate) fn with_kind(mut status: Status, kind: &'static str) -> Status {
     status

@@ -784,9 +784,10 @@ def connect(
     ``shm``: with a server on this host, run by the same user, ``put`` and ``get`` go through
     sealed shared memory (a get is O(1) whatever the size, a put one copy); calls and other
     servers use gRPC. ``None`` (the default) uses shared memory where the server offers it
-    and it can be reached, for every get and for the puts it makes faster (4 MiB or more,
-    where the kernel gives shared memory huge pages: see the Flight guide), ``False`` never,
-    ``True`` always (``ServerUnavailableError`` where it cannot be used).
+    and it can be reached, for what it makes faster: gets of items over 256 KiB (smaller
+    ones come sooner in one gRPC round trip) and puts of 4 MiB or more where the kernel
+    gives shared memory huge pages (see the Flight guide); ``False`` never, ``True`` always
+    (``ServerUnavailableError`` where it cannot be used).
 
     ``timeout`` (seconds) bounds every call that does not set its own; ``None`` waits as
     long as the server takes (Ctrl+C still stops it).

@@ -141,8 +141,13 @@ async fn do_get(
     let Some(messages) = Messages::new(None, &schema, &batches, MAX_FLIGHT_DATA, what)? else {
         return Ok(None);
     };
+    let version = http::HeaderValue::from(held.version);
     // The answer holds the version it sends until its last byte is out.
-    Ok(Some(answer(messages.into_body(Some(ok_trailers()), held))))
+    let mut response = answer(messages.into_body(Some(ok_trailers()), held));
+    response
+        .headers_mut()
+        .insert(crate::error::VERSION_KEY, version);
+    Ok(Some(response))
 }
 
 /// The trailers of a call that succeeded.

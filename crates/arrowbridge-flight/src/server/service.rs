@@ -162,10 +162,9 @@ fn flight_info(
     // while a put replaces the item reads this version, or is told it is gone.
     for range in row_ranges(stored) {
         let ticket = ItemTicket {
-            name: name.to_string(),
             version: Some(stored.version),
             rows: Some([range.start, range.end]),
-            columns: None,
+            ..ItemTicket::whole(name)
         };
         info =
             info.with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket.to_bytes())));
@@ -648,6 +647,7 @@ impl Service {
             version,
             rows,
             columns,
+            at_most,
         } = ItemTicket::parse(ticket)?;
         let stored = match version {
             // A shard or part of one version of an item (written once, named by the
@@ -671,6 +671,23 @@ impl Service {
                 .version(&name, version)
                 .map_err(|e| version_status(&name, version, e))?,
         };
+        if let Some(most) = at_most {
+            let bytes = stored.bytes();
+            if stored.shards.is_some() || bytes > most {
+                return Err(crate::error::with_kind(
+                    Status::failed_precondition(format!(
+                        "{name:?} ({bytes} bytes{}) is not served whole to a ticket that \
+                         accepts at most {most} bytes: read its FlightInfo's endpoints",
+                        if stored.shards.is_some() {
+                            ", sharded"
+                        } else {
+                            ""
+                        }
+                    )),
+                    crate::error::KIND_NOT_WHOLE,
+                ));
+            }
+        }
         if let Some(map) = &stored.shards {
             return Err(map.not_here(&name, "its rows"));
         }
@@ -686,7 +703,7 @@ impl Service {
             .map(|columns| column_indices(&name, &stored.schema, &columns))
             .transpose()?;
         let held = stored.clone();
-        let wired = tokio::task::spawn_blocking(move || {
+        let wire_rows = move || {
             let batches = match rows {
                 Some([start, end]) => rows_of(&stored.batches, start..end),
                 None => stored.batches.clone(),
@@ -705,10 +722,17 @@ impl Service {
                 }
                 None => wire(stored.schema.clone(), batches),
             }
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?;
-        let (schema, batches) = wired?;
+        };
+        // Slicing and projecting are views, but laying out oversized rows copies them: only
+        // a small item's are laid out on the async worker (handing the work over costs two
+        // thread wake-ups, as much as the rest of a small get).
+        let (schema, batches) = if held.bytes() <= INLINE_GET_BYTES {
+            wire_rows()?
+        } else {
+            tokio::task::spawn_blocking(wire_rows)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??
+        };
         Ok((schema, batches, held))
     }
 
@@ -897,6 +921,10 @@ pub const SHM_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 /// inputs stays short too: a broadcast `add` of 1024 × 1 and 1 × 1024 float64 makes 8 MiB.
 const INLINE_KERNEL_BYTES: usize = 16 << 10;
 
+/// Items up to this size are laid out for a DoGet on the async worker that received it
+/// (see [`Service::get_batches`]).
+const INLINE_GET_BYTES: usize = 1 << 20;
+
 /// The size from which a version a shared-memory put replaced is freed on a thread of its
 /// own.
 const FREE_ASIDE_BYTES: usize = 1 << 20;
@@ -1026,12 +1054,17 @@ impl FlightService for Service {
     ) -> Result<Response<Self::DoGetStream>, Status> {
         self.authorize(&request)?;
         let (schema, batches, held) = self.get_batches(&request.get_ref().ticket).await?;
+        let version = tonic::metadata::MetadataValue::from(held.version);
         // The stream holds the version until its last message is sent (or it is cancelled).
         let stream = encode(schema, batches).map(move |message| {
             let _ = &held;
             message
         });
-        Ok(Response::new(stream.boxed()))
+        let mut response = Response::new(stream.boxed());
+        response
+            .metadata_mut()
+            .insert(crate::error::VERSION_KEY, version);
+        Ok(response)
     }
 
     async fn do_put(

@@ -113,6 +113,12 @@ pub struct StoredRows {
 /// some of its columns (`"columns": ["a", "c"]`, in the order given). A ticket that
 /// names a version is served that version or refused (`FAILED_PRECONDITION`, kind
 /// [`crate::error::KIND_REPLACED`]): never rows of another.
+///
+/// `{"name": "x", "at_most": 1048576}` asks for the whole item only if it is small: the
+/// version stored now when it holds at most that many bytes here (not a sharded item),
+/// else a refusal (`FAILED_PRECONDITION`, kind [`crate::error::KIND_NOT_WHOLE`]) after which
+/// the client reads the item's FlightInfo. A get of a small item then takes one round trip,
+/// not two.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ItemTicket {
@@ -128,6 +134,9 @@ pub struct ItemTicket {
     /// These columns of it, in this order; without, all of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub columns: Option<Vec<String>>,
+    /// Serve the item only if it holds at most this many bytes on this server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_most: Option<usize>,
 }
 
 impl ItemTicket {
@@ -147,12 +156,18 @@ impl ItemTicket {
         }
         let name = std::str::from_utf8(bytes)
             .map_err(|_| Status::invalid_argument("the ticket must be a UTF-8 name"))?;
-        Ok(ItemTicket {
+        Ok(ItemTicket::whole(name))
+    }
+
+    /// The ticket of the whole of `name`, as stored now.
+    pub fn whole(name: &str) -> ItemTicket {
+        ItemTicket {
             name: name.to_string(),
             version: None,
             rows: None,
             columns: None,
-        })
+            at_most: None,
+        }
     }
 
     /// The ticket as it travels.
