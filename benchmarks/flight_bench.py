@@ -382,7 +382,7 @@ def small_calls(location: str, n: int) -> list[float]:
 
 def small_puts_gets(location: str, n: int) -> dict[str, list[float]]:
     """Puts and gets of one 8 KiB item, in turns, as a client with default options makes
-    them (on this host: gets through shared memory, puts by gRPC)."""
+    them (on this host too, both by gRPC at this size: a get in one round trip)."""
     small = np.ones(1024)  # 8 KiB
     out: dict[str, list[float]] = {"put": [], "get": []}
     with arrowbridge.connect(location) as client:
@@ -836,8 +836,9 @@ def report(r: dict, fmt_time: Callable[[float], str]) -> tuple[list[str], list[s
         f"{c['calls'] // c['clients']} calls: {c['calls_per_s']:.0f} calls/s, p99 "
         f"{fmt_time(c['p99'])}, {c['errors']} errors.",
         f"- Small items (8 KiB, default options, on this host): put p50 "
-        f"{fmt_time(percentile(r['small items']['put'], 50))} (by gRPC), get p50 "
-        f"{fmt_time(percentile(r['small items']['get'], 50))} (through shared memory): "
+        f"{fmt_time(percentile(r['small items']['put'], 50))}, get p50 "
+        f"{fmt_time(percentile(r['small items']['get'], 50))} (both by gRPC, the get in one "
+        f"round trip): "
         f"{percentile(r['small items']['put'], 50) / p50:.2f}× / "
         f"{percentile(r['small items']['get'], 50) / p50:.2f}× a small call.",
         f"- asyncio: {a['calls']} concurrent 8 KiB calls from one event loop on one "
