@@ -504,6 +504,14 @@ fn with_schema(batch: &RecordBatch, schema: &SchemaRef) -> ClientResult<RecordBa
 /// 168).
 const SMALL_GET_BYTES: usize = 256 << 10;
 
+/// Whether a get whose small-item ticket ([`Client::get_small`]) failed with `error` reads
+/// the item's FlightInfo next: when the server answered (too large, sharded, missing,
+/// another kind of server), not when it cannot be reached or the call ran out of time.
+fn reads_its_flight_info(error: &ClientError) -> bool {
+    matches!(error, ClientError::Remote { code, .. }
+        if !matches!(code, Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled))
+}
+
 /// The size from which a put may go through shared memory when the client chooses.
 const SHM_PUT_BYTES: usize = 4 << 20;
 
@@ -1103,7 +1111,7 @@ impl Client {
         if self.shm != Some(true) {
             match self.block_on(&what, self.get_small(name))? {
                 Ok(item) => return Ok(item),
-                Err(ClientError::Remote { .. }) => {}
+                Err(e) if reads_its_flight_info(&e) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -1120,7 +1128,7 @@ impl Client {
     pub async fn get_async(&self, name: &str) -> ClientResult<Item> {
         match self.get_small(name).await {
             Ok(item) => Ok(item),
-            Err(ClientError::Remote { .. }) => self.get_versions(name).await,
+            Err(e) if reads_its_flight_info(&e) => self.get_versions(name).await,
             Err(e) => Err(e),
         }
     }
@@ -1442,8 +1450,8 @@ impl Client {
     /// `name` read whole in one DoGet, without its FlightInfo first: the version stored now,
     /// if it is small ([`SMALL_GET_BYTES`] at most, not sharded); the server refuses it
     /// otherwise ([`ItemTicket::at_most`]), and so does a server that takes no such ticket,
-    /// or holds no such item: a `Remote` error says to read its FlightInfo instead (which
-    /// says what is wrong, if anything).
+    /// or holds no such item: then its FlightInfo says how to read it, or what is wrong
+    /// ([`reads_its_flight_info`]).
     async fn get_small(&self, name: &str) -> ClientResult<Item> {
         use std::sync::atomic::Ordering;
         let another = || ClientError::Remote {
