@@ -581,7 +581,7 @@ def test_a_small_item_is_served_whole_to_a_ticket_that_asks_and_refused_when_lar
         ticket = lambda name: flight.Ticket(json.dumps({"name": name, "at_most": 1 << 18}))  # noqa: E731
         got = raw.do_get(ticket("small")).read_all()
         assert got.num_rows == 10 and got.column(0).to_pylist() == list(np.arange(10.0))
-        with pytest.raises(pa.ArrowInvalid, match="precondition failed.*524288 bytes"):
+        with pytest.raises(pa.ArrowInvalid, match=r"precondition failed.*524288 bytes"):
             raw.do_get(ticket("large")).read_all()
         # The client reads both whole, the larger as its FlightInfo describes.
         assert np.array_equal(c.get("small"), np.arange(10.0))

@@ -28,8 +28,8 @@ pub use client::{
     PutStream, Selection, ITEM_KEY,
 };
 pub use error::{
-    FlightServerError, Result, KIND_KEY, KIND_NOT_SHARED, KIND_OUT_OF_MEMORY, KIND_REPLACED,
-    KIND_STORAGE,
+    FlightServerError, Result, KIND_KEY, KIND_NOT_SHARED, KIND_NOT_WHOLE, KIND_OUT_OF_MEMORY,
+    KIND_REPLACED, KIND_STORAGE, VERSION_KEY,
 };
 pub use names::check_name;
 pub use server::service::{MAX_ENDPOINTS, PART_BYTES, SHM_IDLE};

@@ -9,7 +9,7 @@
 //! [`LARGEST`] bytes (schemas with large metadata) are not kept.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use arrow_flight::{FlightData, SchemaAsIpc};
 use arrow_ipc::writer::IpcWriteOptions;
@@ -23,6 +23,11 @@ const KEPT: usize = 32;
 const LARGEST: usize = 4096;
 
 /// At most [`KEPT`] pairs, the most recently used last.
+///
+/// A cache never waits for its lock: a thread that finds it taken decodes (or encodes) for
+/// itself. So calls on many threads never queue here, and a process forked while another
+/// thread held the lock (which the child then never sees released) goes without the cache
+/// instead of hanging.
 struct Recent<K, V>(Mutex<VecDeque<(K, V)>>);
 
 impl<K, V: Clone> Recent<K, V> {
@@ -30,9 +35,18 @@ impl<K, V: Clone> Recent<K, V> {
         Recent(Mutex::new(VecDeque::new()))
     }
 
+    /// The entries, unless another thread holds them.
+    fn entries(&self) -> Option<MutexGuard<'_, VecDeque<(K, V)>>> {
+        match self.0.try_lock() {
+            Ok(entries) => Some(entries),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// The value of the first key `matches` accepts, now the most recently used.
     fn find(&self, matches: impl Fn(&K) -> bool) -> Option<V> {
-        let mut entries = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut entries = self.entries()?;
         let at = entries.iter().rposition(|(k, _)| matches(k))?;
         let entry = entries.remove(at)?;
         let value = entry.1.clone();
@@ -41,7 +55,9 @@ impl<K, V: Clone> Recent<K, V> {
     }
 
     fn keep(&self, key: K, value: V) {
-        let mut entries = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(mut entries) = self.entries() else {
+            return;
+        };
         if entries.len() == KEPT {
             entries.pop_front();
         }
@@ -143,5 +159,18 @@ mod tests {
         assert_eq!(recent.find(|k| *k == key(0)), Some(0));
         assert_eq!(recent.find(|k| *k == key(KEPT)), Some(KEPT));
         assert_eq!(recent.0.lock().unwrap().len(), KEPT);
+    }
+
+    #[test]
+    fn a_cache_held_elsewhere_is_passed_by_not_waited_for() {
+        // As in a child forked while another thread held it: the lock is never released.
+        let recent: Recent<Bytes, usize> = Recent::new();
+        recent.keep(Bytes::from_static(b"k"), 1);
+        let held = recent.0.lock().unwrap();
+        assert_eq!(recent.find(|k| k == "k"), None);
+        recent.keep(Bytes::from_static(b"j"), 2);
+        drop(held);
+        assert_eq!(recent.find(|k| k == "k"), Some(1));
+        assert_eq!(recent.find(|k| k == "j"), None);
     }
 }
