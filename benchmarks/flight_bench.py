@@ -101,12 +101,15 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def medians_interleaved(fns: dict[str, object], repeats: int, before=None) -> dict[str, float]:
-    """The median of `repeats` timings of each of `fns` after one warm-up call each, in
+def medians_interleaved(
+    fns: dict[str, object], repeats: int, before=None, warmups: int = 1
+) -> dict[str, float]:
+    """The median of `repeats` timings of each of `fns` after `warmups` calls each, in
     seconds, the calls taking turns: what slows the machine for a while slows each alike.
     `before(name)`, if given, runs untimed before each call."""
     for fn in fns.values():
-        fn()
+        for _ in range(warmups):
+            fn()
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -219,7 +222,11 @@ def ours_tcp_and_unix(
 ) -> tuple[tuple[float, float], tuple[float, float]]:
     """Put and get of `x` over TCP and over a Unix socket (two servers), in turns: (put, get)
     times of each. Two kinds only, so that each server's next put comes within the second
-    its freed landing stays warm (`Recycling`), as in the other rows."""
+    its freed landing stays warm (`Recycling`), as in the other rows; two puts of each
+    before the timed ones, since a server's second put still lands in fresh pages (the
+    first put's version is stored until the second replaces it), and a put into fresh pages
+    can take long enough that the block the other server freed expires before that
+    server's next put, which then lands in fresh pages too."""
     with (
         arrowbridge.connect(tcp, shm=False) as over_tcp,
         arrowbridge.connect(unix, shm=False) as over_unix,
@@ -227,6 +234,7 @@ def ours_tcp_and_unix(
         puts = medians_interleaved(
             {"tcp": lambda: over_tcp.put("bench", x), "unix": lambda: over_unix.put("bench", x)},
             repeats,
+            warmups=2,
         )
         gets = medians_interleaved(
             {"tcp": lambda: over_tcp.get("bench"), "unix": lambda: over_unix.get("bench")},

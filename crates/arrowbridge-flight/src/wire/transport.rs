@@ -254,13 +254,15 @@ impl Address {
 /// How much a Unix socket may hold that its reader has not taken yet (the kernel doubles it
 /// for its bookkeeping).
 ///
-/// Small on purpose. A Unix socket hands the sender's pages to the reader, who copies the
-/// bytes out while they are still in the CPU's caches when little is queued. With 4 MiB
-/// (what this was until measured), 256 MiB Flight transfers between two processes on two
-/// cores ran at 0.64-0.95× TCP's; with 128 KiB, gets at 1.2-1.3× TCP's and puts at
-/// 0.8-0.95× (docs/benchmarks.md). Set rather than left to `net.core.wmem_default`, which
-/// hosts tune for other traffic.
-pub(crate) const UNIX_SEND_BUFFER: libc::c_int = 128 << 10;
+/// Neither small nor large. A Unix socket hands the sender's pages to the reader, who copies
+/// the bytes out while they are still in the CPU's caches when little is queued; but a
+/// sender that may queue less than one of the 1 MiB frames the server asks for stops (and
+/// is woken) several times a frame. 256 MiB Flight transfers between two processes on two
+/// cores, against TCP's in turns: with 4 MiB, puts at 0.89× and gets at 1.03×; with 128 KiB,
+/// puts at 0.82-0.96× and gets at 1.33-1.47×; with 1 MiB, puts at 0.96-1.10× and gets at
+/// 1.28-1.48×. Set rather than left to `net.core.wmem_default`, which hosts tune for other
+/// traffic.
+pub(crate) const UNIX_SEND_BUFFER: libc::c_int = 1 << 20;
 
 /// Asks for a send buffer of [`UNIX_SEND_BUFFER`] on `socket` (best effort: another size
 /// only costs speed).
