@@ -18,7 +18,9 @@
 //! ```
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 /// How often a waiting call checks whether it was interrupted.
@@ -80,6 +82,48 @@ impl Deadline {
         }
         self.latched.get()
     }
+
+    /// Ends once the deadline has passed (never without one).
+    ///
+    /// The clock is read at every poll, and tokio's timer only wakes the waiting task: a
+    /// timer fires when a worker thread of the runtime turns its driver, which one busy
+    /// moving a transfer's bytes does late. The task that waits is polled often meanwhile
+    /// (the future it races yields every few milliseconds), and mid-get of 1 GiB it saw
+    /// deadlines that tokio's timer alone reported up to 23 ms late.
+    pub(crate) async fn expired(&self) {
+        let Some(at) = self.at else {
+            return std::future::pending().await;
+        };
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(at.into()));
+        std::future::poll_fn(|cx| {
+            if Instant::now() >= at {
+                return Poll::Ready(());
+            }
+            timer.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// Ends once the interruption check says so, run every [`CHECK_EVERY`] by the clock
+    /// as [`Deadline::expired`] reads it (never without a check).
+    pub(crate) async fn interruption(&self) {
+        if self.interrupted.is_none() {
+            return std::future::pending().await;
+        }
+        let mut next = Instant::now() + CHECK_EVERY;
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(next.into()));
+        std::future::poll_fn(|cx| loop {
+            if Instant::now() < next && timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if self.is_interrupted() {
+                return Poll::Ready(());
+            }
+            next = Instant::now() + CHECK_EVERY;
+            timer.as_mut().reset(next.into());
+        })
+        .await
+    }
 }
 
 thread_local! {
@@ -132,6 +176,79 @@ pub(crate) fn current(default: Option<Duration>) -> Deadline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// How long `wait` takes to end, polled (between the turns of a future that yields
+    /// without end, as a transfer whose bytes are always ready does) on the thread that
+    /// blocks on a runtime whose one worker thread is busy for `busy` meanwhile, so that
+    /// nothing turns the runtime's timer.
+    fn waited_while_the_worker_is_busy<F: Future<Output = ()>>(
+        busy: Duration,
+        wait: impl FnOnce() -> F,
+    ) -> Duration {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+            .unwrap();
+        let (started, is_busy) = std::sync::mpsc::channel();
+        runtime.spawn(async move {
+            started.send(()).unwrap();
+            std::thread::sleep(busy);
+        });
+        is_busy.recv().unwrap();
+        let start = Instant::now();
+        runtime.block_on(async {
+            let transfer = async {
+                loop {
+                    tokio::task::yield_now().await;
+                }
+            };
+            tokio::select! {
+                biased;
+                () = wait() => {}
+                () = transfer => {}
+            }
+        });
+        let waited = start.elapsed();
+        runtime.shutdown_background();
+        waited
+    }
+
+    #[test]
+    fn a_deadline_is_seen_when_it_passes_though_the_runtime_is_too_busy_to_fire_timers() {
+        let busy = Duration::from_secs(2);
+        let deadline = Deadline {
+            started: Instant::now(),
+            at: Some(Instant::now() + Duration::from_millis(10)),
+            interrupted: None,
+            latched: Rc::default(),
+        };
+        let waited = waited_while_the_worker_is_busy(busy, || deadline.expired());
+        // tokio's timer alone would end it only once the worker is free again.
+        assert!(waited < busy / 2, "the deadline was seen {waited:?} in");
+        assert!(Instant::now() >= deadline.at.unwrap());
+    }
+
+    #[test]
+    fn an_interruption_is_checked_on_time_though_the_runtime_is_too_busy_to_fire_timers() {
+        let busy = Duration::from_secs(2);
+        let checks = Rc::new(Cell::new(0));
+        let counted = checks.clone();
+        let deadline = Deadline {
+            started: Instant::now(),
+            at: None,
+            // Says so at its third check.
+            interrupted: Some(Rc::new(move || {
+                counted.set(counted.get() + 1);
+                counted.get() == 3
+            })),
+            latched: Rc::default(),
+        };
+        let waited = waited_while_the_worker_is_busy(busy, || deadline.interruption());
+        assert_eq!(checks.get(), 3);
+        assert!(waited >= 3 * CHECK_EVERY, "checked too often: {waited:?}");
+        assert!(waited < busy / 2, "the interruption was seen {waited:?} in");
+    }
 
     #[test]
     fn scopes_nest_and_restore_the_outer_limits() {

@@ -873,26 +873,8 @@ impl Client {
         let cancelled = self.cancelled.notified();
         self.runtime.block_on(async {
             let future = std::pin::pin!(spinning(future));
-            let expired = async {
-                match limits.at {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let interrupted = async {
-                if limits.interrupted.is_none() {
-                    return std::future::pending().await;
-                }
-                let every = crate::limits::CHECK_EVERY;
-                let mut ticks =
-                    tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-                loop {
-                    ticks.tick().await;
-                    if limits.is_interrupted() {
-                        return;
-                    }
-                }
-            };
+            let expired = limits.expired();
+            let interrupted = limits.interruption();
             tokio::select! {
                 biased;
                 output = future => Ok(output.map_err(|e| self.unreachable(what, e))),
