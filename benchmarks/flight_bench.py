@@ -210,6 +210,7 @@ def ours_whole_and_streamed(
                 ),
             },
             repeats,
+            warmups=2,  # as in ours_tcp_and_unix: the third put of a size lands warm
         )
         gets = medians_interleaved(
             {"whole": lambda: client.get("bench"), "streamed": streamed_get}, repeats
