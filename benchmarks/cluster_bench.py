@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
-from flight_bench import location_of, median_time, ours, process
+from flight_bench import location_of, median_time, medians_interleaved, ours, process
 
 import arrowbridge
 from arrowbridge.cluster import ClusterClient
@@ -108,16 +108,29 @@ def matmul(size: int, repeats: int) -> dict:
 
 def one_shard(size: int, repeats: int) -> dict:
     """Put and get of a one-shard item through the cluster client, and through the plain
-    client, over TCP (no shared memory: the transport of servers on other hosts)."""
+    client, over TCP (no shared memory: the transport of servers on other hosts), in turns
+    (measured one after the other, the first ran 0.55-0.74x the second in two reports, and
+    the reverse in a probe: the machine's drift, not the clients)."""
     x = np.random.default_rng(1).standard_normal((size // 8192, 1024))
-    with servers(1) as (a,):
-        with arrowbridge.connect(a, shm=False) as plain:
-            put = median_time(lambda: plain.put("plain", x), repeats)
-            get = median_time(lambda: plain.get("plain"), repeats)
-        with ClusterClient([a], shm=False) as cluster:
-            cput = median_time(lambda: cluster.put("sharded", x), repeats)
-            cget = median_time(lambda: cluster.get("sharded"), repeats)
-    return {"size": size, "plain": (put, get), "cluster": (cput, cget)}
+    with (
+        servers(1) as (a,),
+        arrowbridge.connect(a, shm=False) as plain,
+        ClusterClient([a], shm=False) as cluster,
+    ):
+        puts = medians_interleaved(
+            {"plain": lambda: plain.put("plain", x), "cluster": lambda: cluster.put("sharded", x)},
+            repeats,
+            warmups=2,
+        )
+        gets = medians_interleaved(
+            {"plain": lambda: plain.get("plain"), "cluster": lambda: cluster.get("sharded")},
+            repeats,
+        )
+    return {
+        "size": size,
+        "plain": (puts["plain"], gets["plain"]),
+        "cluster": (puts["cluster"], gets["cluster"]),
+    }
 
 
 def sh(*command: str) -> None:
